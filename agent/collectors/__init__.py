@@ -1,0 +1,1 @@
+"""One module per kernel source: a pure parser plus a reader."""

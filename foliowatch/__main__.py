@@ -1,0 +1,5 @@
+import sys
+
+from foliowatch.cli import main
+
+sys.exit(main())

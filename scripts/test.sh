@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: the project's tests on Python 3.11+, then the agent's tests again
+# on Python 3.9 (the oldest system Python in the fleet). Services (Kafka, Prometheus,
+# Alertmanager) are started and stopped by the tests' own fixtures.
+set -euo pipefail
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$top"
+.venv/bin/python -m pytest "$@"
+echo "== agent tests on $(.venv39/bin/python --version)"
+.venv39/bin/python -m pytest -m agent39 -p no:cacheprovider -q tests

@@ -1,0 +1,67 @@
+"""Shared fixtures: real services started on loopback and stopped by PID.
+
+A service that cannot start fails the test with its log; nothing here skips.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from foliowatch.services import Alertmanager, KafkaCluster, Prometheus
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    """One real KRaft broker for the whole session, with the foliowatch topics."""
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), brokers=1).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def kafka3(tmp_path):
+    """A fresh 3-broker cluster (fault tests); stopped by PID afterwards."""
+    cluster = KafkaCluster(tmp_path / "kafka3", brokers=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def topic(kafka):
+    """A fresh topic (6 partitions) on the session broker, so tests never share data."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    name = f"test.{uuid.uuid4().hex[:12]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])
+    finally:
+        admin.close()
+    return name
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path):
+    started = []
+
+    def start(config: str, rule_files=None) -> Prometheus:
+        p = Prometheus(tmp_path / f"prometheus{len(started)}", config, rule_files).start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    am = Alertmanager(tmp_path / "alertmanager").start()
+    yield am
+    am.stop()

@@ -1,0 +1,184 @@
+"""Wire schema v1: what it accepts, what it rejects (naming the field), round trips."""
+import copy
+import json
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from foliowatch import schema
+from foliowatch.schema import SchemaError, decode, encode, example_record, validate
+
+pytestmark = pytest.mark.agent39
+
+
+def rejects(record, field):
+    with pytest.raises(SchemaError) as e:
+        validate(record)
+    assert e.value.field == field, str(e.value)
+    return str(e.value)
+
+
+def test_example_is_valid_and_round_trips():
+    rec = example_record()
+    assert decode(encode(rec)) == rec
+
+
+@pytest.mark.parametrize("field", schema.REQUIRED_FIELDS[1:])
+def test_missing_required_field_is_named(field):
+    rec = example_record()
+    del rec[field]
+    assert "missing" in rejects(rec, field)
+
+
+@pytest.mark.parametrize("label", list(schema.LABELS))
+def test_missing_label_is_named(label):
+    rec = example_record()
+    del rec["labels"][label]
+    rejects(rec, f"labels.{label}")
+
+
+@pytest.mark.parametrize("path,value", [
+    (("host_id",), 42), (("seq",), "7"), (("seq",), True), (("ts",), "now"),
+    (("labels", "cpus"), 9.5), (("labels", "page_size"), "4096"),
+    (("counters", "compact_stall"), 1.5), (("gauges", "uptime_s"), "1"),
+    (("mounts",), {}), (("labels",), []),
+])
+def test_wrong_types_are_rejected(path, value):
+    rec = example_record()
+    target = rec
+    for p in path[:-1]:
+        target = target[p]
+    target[path[-1]] = value
+    rejects(rec, ".".join(path))
+
+
+def test_negative_delta_is_rejected_with_advice():
+    rec = example_record()
+    rec["counters"]["compact_stall"] = -3
+    msg = rejects(rec, "counters.compact_stall")
+    assert "negative" in msg and "reset" in msg
+
+
+def test_negative_mount_delta_is_rejected():
+    rec = example_record()
+    rec["mounts"][0]["counters"]["write_bytes"] = -1
+    rejects(rec, "mounts[0].counters.write_bytes")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nan_and_inf_are_rejected(bad):
+    rec = example_record()
+    rec["gauges"]["frag_unusable_1m"] = bad
+    rejects(rec, "gauges.frag_unusable_1m")
+    rec = example_record(interval_s=bad)
+    rejects(rec, "interval_s")
+
+
+def test_nan_in_wire_bytes_is_rejected():
+    raw = encode(example_record()).replace(b'"uptime_s":864000.0', b'"uptime_s":NaN')
+    with pytest.raises(SchemaError):
+        decode(raw)
+
+
+def test_unknown_schema_version_is_rejected():
+    for v in (0, 2, "1", None):
+        msg = rejects(example_record(schema=v), "schema")
+        assert "version" in msg
+
+
+def test_oversized_kernel_release_is_rejected_as_cardinality_risk():
+    rec = example_record()
+    rec["labels"]["kernel"] = "6.6." + "x" * 10_000
+    assert "cardinality" in rejects(rec, "labels.kernel")
+
+
+def test_oversized_host_id_and_record_are_rejected():
+    rejects(example_record(host_id="h" * 500), "host_id")
+    rec = example_record()
+    rec["counters"] = {f"c{i}": 1 for i in range(schema.MAX_COUNTERS + 1)}
+    rejects(rec, "counters")
+    with pytest.raises(SchemaError) as e:
+        decode(b" " * (schema.MAX_RECORD_BYTES + 1))
+    assert e.value.field == "record"
+
+
+def test_label_with_path_or_control_characters_is_rejected():
+    rec = example_record()
+    rec["labels"]["fleet"] = "../../etc"
+    rejects(rec, "labels.fleet")
+    rec["labels"]["fleet"] = "db\nfleet"
+    rejects(rec, "labels.fleet")
+
+
+def test_unknown_fields_and_labels_are_rejected():
+    rejects(example_record(extra=1), "extra")
+    rec = example_record()
+    rec["labels"]["pod"] = "x"
+    rejects(rec, "labels.pod")
+
+
+def test_enumerated_values():
+    rec = example_record()
+    rec["labels"]["arch"] = "aarch64"
+    rejects(rec, "labels.arch")
+    rec = example_record()
+    rec["mounts"][0]["fs"] = "ntfs-3g"
+    rejects(rec, "mounts[0].fs")
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xff\xfe", b"[1,2]", b"{", b"null", b'"x"'])
+def test_garbage_bytes_are_rejected(raw):
+    with pytest.raises(SchemaError):
+        decode(raw)
+
+
+def test_key_metrics_are_absent_not_zero():
+    rec = example_record()
+    del rec["counters"]["compact_stall"]
+    m = schema.key_metrics(rec, "xfs")
+    assert m["compact_stall_per_s"] is None
+    assert m["write_mib_s"] == pytest.approx(1073741824 / 10 / 1048576)
+    assert m["allocstall_per_s"] == pytest.approx(0.5)
+    assert m["probe_mib_s"] is None
+    assert schema.key_metrics(rec, "ext4")["write_mib_s"] is None
+
+
+# --- property-based round trips --------------------------------------------------------
+names = st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z")
+label_values = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._+~-]{0,30}\Z")
+finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15)
+
+
+@st.composite
+def records(draw):
+    rec = example_record()
+    rec["seq"] = draw(st.integers(0, 2**62))
+    rec["ts"] = draw(st.floats(1e9, 4e9))
+    rec["interval_s"] = draw(st.floats(0.001, 3600))
+    rec["host_id"] = draw(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:@-]{0,60}\Z"))
+    for k in ("fleet", "role", "kernel", "instance_type"):
+        rec["labels"][k] = draw(label_values)
+    rec["labels"]["arch"] = draw(st.sampled_from(schema.ARCHES))
+    rec["labels"]["page_size"] = draw(st.sampled_from(schema.PAGE_SIZES))
+    rec["counters"] = draw(st.dictionaries(names, st.integers(0, 2**63 - 1), max_size=30))
+    rec["gauges"] = draw(st.dictionaries(names, finite, max_size=30))
+    return rec
+
+
+@settings(max_examples=200, deadline=None)
+@given(records())
+def test_encode_decode_round_trip(rec):
+    assert decode(encode(rec)) == rec
+
+
+@settings(max_examples=200, deadline=None)
+@given(records(), st.sampled_from(["counters", "gauges", "labels"]))
+def test_validation_never_crashes_on_mutations(rec, where):
+    bad = copy.deepcopy(rec)
+    bad[where]["zz_" if where != "labels" else "zz"] = None
+    with pytest.raises(SchemaError):
+        validate(bad)
+    # and on arbitrary bytes it raises SchemaError, never another exception
+    with pytest.raises(SchemaError):
+        decode(json.dumps(bad).encode())
