@@ -44,9 +44,14 @@ make_venv() {  # make_venv DIR PYTHON EXTRAS
   local dir=$1 py=$2 extras=$3 want
   want="$(stamp_of)-$extras-$("$py" -c 'import sys; print(sys.version.split()[0])')"
   if [ -f "$dir/.foliowatch-stamp" ] && [ "$(cat "$dir/.foliowatch-stamp")" = "$want" ]; then return 0; fi
-  say "creating $dir with $py ($extras)"
-  rm -rf "$dir"
-  "$py" -m venv "$dir"
+  # Recreate only when the interpreter changed; otherwise install over the existing env
+  # so that a running test or demo using it is not pulled from under its feet.
+  if [ ! -x "$dir/bin/python" ] || [ "$("$dir/bin/python" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" != "$("$py" -c 'import sys; print(sys.version.split()[0])')" ]; then
+    say "creating $dir with $py"
+    rm -rf "$dir"
+    "$py" -m venv "$dir"
+  fi
+  say "installing foliowatch[$extras] into $dir"
   "$dir/bin/python" -m pip install -q --upgrade pip setuptools >&2
   "$dir/bin/python" -m pip install -q -e ".[$extras]" >&2
   echo "$want" >"$dir/.foliowatch-stamp"
