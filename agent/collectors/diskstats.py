@@ -1,0 +1,59 @@
+"""``/proc/diskstats``: bytes and IOs written per block device.
+
+Columns (Documentation/admin-guide/iostats.rst): ``major minor name`` then reads
+completed, reads merged, sectors read, ms reading, writes completed, writes merged,
+sectors written, ms writing, IOs in progress, ms doing IO, weighted ms, and on 4.18+
+four discard fields, on 5.5+ two flush fields. A "sector" here is always 512 bytes,
+whatever the device's logical block size.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple
+
+SECTOR_BYTES = 512
+
+
+class DiskCounters(NamedTuple):
+    major: int
+    minor: int
+    name: str
+    write_ios: int
+    write_merges: int
+    write_bytes: int
+    write_ms: int
+    read_ios: int
+    read_bytes: int
+
+
+def parse(text: str) -> Dict[str, DiskCounters]:
+    """``{device name: DiskCounters}``; lines with fewer than 11 fields are skipped."""
+    out: Dict[str, DiskCounters] = {}
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) < 14:
+            continue
+        try:
+            major, minor = int(p[0]), int(p[1])
+            f = [int(x) for x in p[3:14]]
+        except ValueError:
+            continue
+        out[p[2]] = DiskCounters(major, minor, p[2], write_ios=f[4], write_merges=f[5],
+                                 write_bytes=f[6] * SECTOR_BYTES, write_ms=f[7],
+                                 read_ios=f[0], read_bytes=f[2] * SECTOR_BYTES)
+    return out
+
+
+def by_devno(stats: Dict[str, DiskCounters]) -> Dict[str, DiskCounters]:
+    """The same table keyed by ``"major:minor"`` (how /proc/self/mountinfo names devices)."""
+    return {f"{d.major}:{d.minor}": d for d in stats.values()}
+
+
+def mount_counters(d: DiskCounters) -> Dict[str, int]:
+    """The cumulative per-mount counters of wire schema v1 for this device."""
+    return {"write_bytes": d.write_bytes, "write_ios": d.write_ios}
+
+
+def read(proc: str = "/proc") -> Dict[str, DiskCounters]:
+    with open(f"{proc}/diskstats") as f:
+        return parse(f.read())

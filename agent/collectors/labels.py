@@ -1,0 +1,142 @@
+"""Who this host is and what it watches: identity, labels, and mount -> device mapping.
+
+Sources: ``/etc/machine-id`` (host id unless configured), ``/proc/sys/kernel/random/
+boot_id`` (new at every boot: counters restart), ``uname``, the page size, the CPU count,
+``/proc/meminfo`` (MemTotal), the DMI product name (on EC2 Nitro and most clouds the
+instance type, e.g. ``m8g.24xlarge``) unless configured, ``/proc/uptime`` and
+``/proc/self/mountinfo`` (filesystem type and block device of each watched mount).
+
+Every value is normalised to what wire schema v1 accepts (arch ``arm64``/``x86_64``;
+label alphabet ``[A-Za-z0-9._+~-]``), so a strange kernel string cannot make the agent
+emit records the pipeline rejects.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from typing import Dict, List, NamedTuple, Optional
+
+from foliowatch import schema
+
+ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64",
+                "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x"}
+DMI_PRODUCT = "class/dmi/id/product_name"
+_BAD_LABEL_CHARS = re.compile(r"[^A-Za-z0-9._+~-]+")
+_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9._:@-]+")
+
+
+def normalise_arch(machine: str) -> str:
+    """``uname -m`` -> schema arch; unknown machines are reported as-is lower-cased so the
+    schema check names them instead of the agent guessing."""
+    return ARCH_ALIASES.get(machine.lower(), machine.lower())
+
+
+def clean_label(value: str, fallback: str = "unknown") -> str:
+    value = _BAD_LABEL_CHARS.sub("_", value.strip()).strip("._+~-")
+    return value[:schema.MAX_LABEL_LEN] or fallback
+
+
+def clean_id(value: str, fallback: str = "unknown") -> str:
+    value = _BAD_ID_CHARS.sub("_", value.strip()).strip("._:@-")
+    return value[:schema.MAX_ID_LEN] or fallback
+
+
+def _read_first_line(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            line = f.readline().strip()
+    except OSError:
+        return None
+    return line or None
+
+
+def machine_id(etc: str = "/etc") -> Optional[str]:
+    return _read_first_line(os.path.join(etc, "machine-id"))
+
+
+def boot_id(proc: str = "/proc") -> str:
+    value = _read_first_line(f"{proc}/sys/kernel/random/boot_id")
+    if value is None:
+        raise OSError(f"{proc}/sys/kernel/random/boot_id unreadable: the agent needs it to "
+                      "tell reboots from counter resets; mount procfs")
+    return value
+
+
+def dmi_product(sys: str = "/sys") -> Optional[str]:
+    return _read_first_line(os.path.join(sys, DMI_PRODUCT))
+
+
+def parse_uptime(text: str) -> float:
+    return float(text.split()[0])
+
+
+def uptime_s(proc: str = "/proc") -> float:
+    with open(f"{proc}/uptime") as f:
+        return parse_uptime(f.read())
+
+
+def host_labels(*, fleet: str, role: str, instance_type: Optional[str], mem_bytes: int,
+                sys: str = "/sys") -> Dict[str, object]:
+    """The ``labels`` object of wire schema v1 for this host."""
+    uname = os.uname()
+    itype = instance_type or dmi_product(sys) or "unknown"
+    return {
+        "fleet": clean_label(fleet),
+        "role": clean_label(role),
+        "arch": normalise_arch(uname.machine or platform.machine()),
+        "kernel": clean_label(uname.release),
+        "page_size": os.sysconf("SC_PAGE_SIZE"),
+        "cpus": os.cpu_count() or 1,
+        "mem_bytes": mem_bytes,
+        "instance_type": clean_label(itype),
+    }
+
+
+class Mount(NamedTuple):
+    mount: str      # mount point
+    fs: str         # filesystem type as the kernel names it (xfs, ext4, ...)
+    devno: str      # "major:minor" of the superblock's device
+    source: str     # mount source (/dev/nvme1n1, ...)
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> List[Mount]:
+    """``/proc/self/mountinfo`` (proc(5)): ``id parent major:minor root mountpoint opts
+    [optional fields...] - fstype source superopts``."""
+    mounts: List[Mount] = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        lp, rp = left.split(), right.split()
+        if len(lp) < 5 or len(rp) < 2:
+            continue
+        mounts.append(Mount(_unescape(lp[4]), rp[0], lp[2], _unescape(rp[1])))
+    return mounts
+
+
+def find_mount(mounts: List[Mount], path: str) -> Optional[Mount]:
+    """The mount that holds ``path`` (the last, i.e. topmost, of the longest prefix)."""
+    path = os.path.realpath(path)
+    best: Optional[Mount] = None
+    for m in mounts:
+        mp = m.mount.rstrip("/") or "/"
+        if path == mp or path.startswith(mp if mp.endswith("/") else mp + "/"):
+            if best is None or len(mp) >= len(best.mount.rstrip("/") or "/"):
+                best = m
+    return best
+
+
+def schema_fs(fs: str) -> str:
+    return fs if fs in schema.FILESYSTEMS else "other"
+
+
+def read_mounts(proc: str = "/proc") -> List[Mount]:
+    with open(f"{proc}/self/mountinfo") as f:
+        return parse_mountinfo(f.read())

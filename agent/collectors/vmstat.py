@@ -1,0 +1,80 @@
+"""``/proc/vmstat``: compaction, direct reclaim, kswapd, THP and writeback counters.
+
+The kernel's own names are kept (``compact_stall``, ``allocstall_normal``, ...). Which
+counters exist depends on the kernel version and its config (``allocstall_device`` only
+with ZONE_DEVICE, ``thp_*`` only with CONFIG_TRANSPARENT_HUGEPAGE, ``compact_*`` only
+with CONFIG_COMPACTION): a counter the kernel lacks stays absent, it never becomes 0.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+# Cumulative event counters the agent ships as deltas. Prefixes select families so that
+# counters added by newer kernels (``compact_daemon_*``, ``thp_swpout_fallback``, ...) are
+# picked up without an agent release.
+COUNTER_PREFIXES = (
+    "compact_",        # direct and background compaction
+    "allocstall_",     # direct reclaim entries, one per zone type
+    "pgscan_",         # pages scanned by kswapd / direct reclaim / khugepaged
+    "pgsteal_",        # pages reclaimed
+    "kswapd_",         # kswapd wakeups and inode steals
+    "thp_",            # THP (anon and file) allocations, fallbacks, splits
+    "pageoutrun",
+    "pgpgout", "pgpgin",
+    "pgmajfault",
+    "pgmigrate_",      # migrations done by compaction
+    "drop_pagecache",
+    "workingset_refault_file",
+)
+EXACT_COUNTERS = ("nr_dirtied", "nr_written")
+
+# Point-in-time page counts that are gauges, not counters (converted to bytes by the
+# sampler with the host's page size).
+GAUGE_FIELDS = ("nr_free_pages", "nr_dirty", "nr_writeback", "nr_file_pages")
+
+# Some ``thp_*`` fields are gauges despite the prefix.
+NOT_COUNTERS = frozenset(("thp_file_mapped",))
+
+# Compaction and reclaim counters the write probe reports (schema ``probe`` object).
+ALLOCSTALL_PREFIX = "allocstall_"
+
+
+def parse(text: str) -> Dict[str, int]:
+    """Every ``name value`` line of /proc/vmstat as ``{name: int}``.
+
+    Malformed lines are skipped rather than failing the whole sample: a kernel that adds
+    a field with an unexpected format must not blind the agent to the others.
+    """
+    out: Dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 2:
+            continue
+        try:
+            out[parts[0]] = int(parts[1])
+        except ValueError:
+            continue
+    return out
+
+
+def is_counter(name: str) -> bool:
+    if name in NOT_COUNTERS:
+        return False
+    return name in EXACT_COUNTERS or name.startswith(COUNTER_PREFIXES)
+
+
+def counters(fields: Dict[str, int]) -> Dict[str, int]:
+    """The cumulative counters the agent ships, by the kernel's names."""
+    return {k: v for k, v in fields.items() if is_counter(k)}
+
+
+def allocstall_total(fields: Dict[str, int]) -> Optional[int]:
+    """Sum of ``allocstall_*`` (direct reclaim entries), ``None`` on a kernel without them."""
+    vals = [v for k, v in fields.items() if k.startswith(ALLOCSTALL_PREFIX)]
+    return sum(vals) if vals else None
+
+
+def read(proc: str = "/proc") -> Dict[str, int]:
+    with open(f"{proc}/vmstat") as f:
+        return parse(f.read())

@@ -1,0 +1,203 @@
+"""``/metrics``: the kernel figures the agent ships, and the agent's own health, for
+Prometheus. One ``Collector`` reads the kernel files on every scrape (no background
+thread keeps copies); values are cumulative (Prometheus computes rates) and in base units
+(bytes, seconds, ratios). Every name starts with ``foliowatch_agent_``; labels are
+bounded (mount, device, fs, zone, order, size), never per sample.
+
+Bound to 127.0.0.1 by default: the host's node-level scrape config decides whether to
+expose it further.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Iterator, Optional, Tuple
+
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
+                                    GaugeMetricFamily, InfoMetricFamily, Metric)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from foliowatch.agent.runner import Agent
+
+log = logging.getLogger("foliowatch.agent.exporter")
+P = "foliowatch_agent_"
+_MTHP = re.compile(r"^mthp_([0-9]+)kb_(.+)$")
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _metric_name(name: str) -> str:
+    return _NAME_OK.sub("_", name)
+
+
+class AgentCollector(Collector):
+    def __init__(self, agent: "Agent"):
+        self.agent = agent
+
+    def describe(self):
+        return []  # names depend on the running kernel; do not read it at registration
+
+    def collect(self) -> Iterator[Metric]:
+        start = time.monotonic()
+        ok = 1.0
+        try:
+            yield from self._kernel()
+        except Exception as e:  # noqa: BLE001 - a broken source must not kill /metrics
+            ok = 0.0
+            log.warning("scrape: reading the kernel failed: %s", e)
+        yield from self._health()
+        g = GaugeMetricFamily(P + "scrape_kernel_read_success",
+                              "1 if every kernel file could be read during this scrape")
+        g.add_metric([], ok)
+        yield g
+        g = GaugeMetricFamily(P + "scrape_duration_seconds",
+                              "Time spent reading the kernel files for this scrape")
+        g.add_metric([], time.monotonic() - start)
+        yield g
+
+    def _kernel(self) -> Iterator[Metric]:
+        sampler = self.agent.sampler
+        r = sampler.read()
+        mthp = {}
+        for name, value in sorted(r.counters.items()):
+            if name.startswith("psi_"):
+                continue
+            m = _MTHP.match(name)
+            if m:
+                mthp.setdefault(m.group(2), []).append((str(int(m.group(1)) * 1024), value))
+                continue
+            c = CounterMetricFamily(P + "vmstat_" + _metric_name(name),
+                                    f"/proc/vmstat {name} (cumulative)")
+            c.add_metric([], value)
+            yield c
+        psi = CounterMetricFamily(P + "pressure_stalled_seconds",
+                                  "PSI total stall time (/proc/pressure), by resource and kind",
+                                  labels=["resource", "kind"])
+        for name, value in sorted(r.counters.items()):
+            if name.startswith("psi_"):
+                _, resource, kind, _us = name.split("_")
+                psi.add_metric([resource, kind], value / 1e6)
+        yield psi
+        for stat, rows in sorted(mthp.items()):
+            c = CounterMetricFamily(P + "mthp_" + _metric_name(stat),
+                                    f"transparent_hugepage/hugepages-*/stats/{stat}, by folio "
+                                    "size in bytes", labels=["size_bytes"])
+            for size, value in sorted(rows, key=lambda x: int(x[0])):
+                c.add_metric([size], value)
+            yield c
+        frag = GaugeMetricFamily(P + "frag_unusable_ratio",
+                                 "Unusable free space index (Gorman) per allocation order: "
+                                 "share of free memory in blocks smaller than the order",
+                                 labels=["order"])
+        for name, value in sorted(r.gauges.items()):
+            if name.startswith("frag_unusable_order_"):
+                frag.add_metric([name.rsplit("_", 1)[1]], value)
+        yield frag
+        for name, value in sorted(r.gauges.items()):
+            if name.startswith("frag_unusable_order_"):
+                continue
+            if name == "frag_unusable_1m":
+                metric, help_ = "frag_unusable_1m_ratio", ("Unusable free space index for a "
+                                                           "1 MiB block at this page size")
+            elif name == "uptime_s":
+                metric, help_ = "uptime_seconds", "Seconds since boot (/proc/uptime)"
+            else:
+                metric, help_ = name, f"{name} (/proc/meminfo or /proc/buddyinfo)"
+            g = GaugeMetricFamily(P + metric, help_)
+            g.add_metric([], value)
+            yield g
+        blocks = GaugeMetricFamily(P + "buddy_free_blocks",
+                                   "Free blocks per node, zone and order (/proc/buddyinfo)",
+                                   labels=["node", "zone", "order"])
+        for z in r.zones:
+            for order, n in enumerate(z.free_blocks):
+                blocks.add_metric([str(z.node), z.zone, str(order)], n)
+        yield blocks
+        families = {}
+        for m in r.mounts:
+            for name, value in sorted(m.counters.items()):
+                if name not in families:
+                    base = name if name.startswith("xfs_") else "mount_" + name
+                    base = base.replace("write_bytes", "written_bytes")
+                    families[name] = CounterMetricFamily(
+                        P + _metric_name(base), f"{name} of a watched mount's device "
+                        "(/proc/diskstats; xfs_* from /sys/fs/xfs/<dev>/stats)",
+                        labels=["mount", "device", "fs"])
+                families[name].add_metric([m.mount, m.device, m.fs], value)
+        yield from families.values()
+        s = InfoMetricFamily(P + "kernel_settings", "Active THP settings",
+                             labels=[])
+        s.add_metric([], dict(r.settings))
+        yield s
+        labels_ = sampler.labels(r)
+        info = InfoMetricFamily(P + "host", "Host identity and labels as shipped in samples")
+        info.add_metric([], {"host_id": sampler.host_id, "boot_id": r.boot_id,
+                             **{k: str(v) for k, v in labels_.items()}})
+        yield info
+
+    def _health(self) -> Iterator[Metric]:
+        a = self.agent
+        st = a.stats
+
+        def counter(name: str, help_: str, value: float) -> Metric:
+            c = CounterMetricFamily(P + name, help_)
+            c.add_metric([], value)
+            return c
+
+        def gauge(name: str, help_: str, value: float) -> Metric:
+            g = GaugeMetricFamily(P + name, help_)
+            g.add_metric([], value)
+            return g
+
+        yield counter("samples", "Samples collected into records", st.samples)
+        yield counter("samples_spooled", "Records appended to the on-disk spool", st.spooled)
+        yield counter("samples_sent", "Records acknowledged by Kafka", a.sender_sent())
+        yield counter("samples_dropped", "Records dropped because the spool was full "
+                      "(oldest first), since the spool was created", a.spool_dropped())
+        yield counter("send_errors", "Failed attempts to deliver to Kafka", a.sender_errors())
+        yield counter("collection_errors", "Sampling passes that failed", st.collection_errors)
+        yield counter("baseline_resets", "Counters that went backwards and were rebased",
+                      a.baseline.resets)
+        yield gauge("spool_records", "Records waiting in the spool", a.spool_len())
+        yield gauge("spool_bytes", "Bytes used by the spool on disk", a.spool_bytes())
+        yield gauge("next_seq", "Sequence number of the next record", a.state.next_seq)
+        yield gauge("collection_duration_seconds", "Duration of the last sampling pass "
+                    "(collect + encode + spool)", st.last_duration_s)
+        yield gauge("last_sample_timestamp_seconds", "Wall time of the last record",
+                    st.last_sample_ts)
+        err_ts, err = a.last_send_error()
+        yield gauge("last_send_error_timestamp_seconds", "Wall time of the last failed "
+                    "delivery (0: none yet)", err_ts or 0.0)
+        info = InfoMetricFamily(P + "last_send_error", "Class of the last delivery error")
+        info.add_metric([], {"error": err or ""})
+        yield info
+        if st.probe is not None:
+            p = st.probe
+            yield gauge("probe_write_throughput_bytes_per_second", "Last write probe: "
+                        "bytes written / seconds (write + fsync)", p["mib_s"] * 1048576.0)
+            yield gauge("probe_bytes", "Last write probe: bytes written", p["bytes"])
+            yield gauge("probe_duration_seconds", "Last write probe: seconds", p["seconds"])
+            yield gauge("probe_compact_stall", "Last write probe: compact_stall during it",
+                        p["compact_stall"])
+            yield gauge("probe_allocstall", "Last write probe: allocstall_* during it",
+                        p["allocstall"])
+        yield counter("probe_refusals", "Probes that did not run (space, permissions)",
+                      st.probe_refusals)
+
+
+def make_registry(agent: "Agent") -> CollectorRegistry:
+    from prometheus_client import ProcessCollector
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(agent))
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds
+    return registry
+
+
+def serve(agent: "Agent", address: Tuple[str, int]):
+    """Start /metrics on ``address``; returns the server (``.shutdown()`` stops it)."""
+    from prometheus_client import start_http_server
+    result = start_http_server(address[1], addr=address[0], registry=make_registry(agent))
+    server: Optional[object] = result[0] if isinstance(result, tuple) else None
+    return server

@@ -1,0 +1,164 @@
+"""``foliowatch agent``: collect kernel telemetry on this host, send it to Kafka, serve
+/metrics.
+
+    foliowatch agent --check [--config agent.toml]   validate, print every problem
+    foliowatch agent --once --stdout                  one sample as JSON, no Kafka, no state
+    foliowatch agent --config /etc/foliowatch/agent.toml   run (systemd)
+    foliowatch agent --print-default-config           the embedded default, documented
+
+Exit codes: 0 ok; 1 samples left undelivered (``--once``) or a runtime failure; 2 invalid
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from foliowatch.agent import config as agent_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH",
+                        help="TOML file (default: the embedded default + FOLIOWATCH_AGENT_* "
+                             "environment overrides)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the configuration and this host's files, print each "
+                             "problem with its key, exit 0 (valid) or 2")
+    parser.add_argument("--once", action="store_true",
+                        help="take one sample (after a baseline if none is stored), deliver, "
+                             "exit")
+    parser.add_argument("--stdout", action="store_true",
+                        help="print samples as JSON lines instead of spooling and sending; "
+                             "touches no state")
+    parser.add_argument("--interval", type=float, metavar="SECONDS",
+                        help="override agent.interval_s (with --once --stdout: the sampled "
+                             "interval, default 1)")
+    parser.add_argument("--state-dir", metavar="DIR", help="override agent.state_dir")
+    parser.add_argument("--print-default-config", action="store_true",
+                        help="print the embedded default configuration and exit")
+
+
+def _load(args) -> "tuple":
+    environ = dict(os.environ)
+    if args.interval is not None:
+        environ["FOLIOWATCH_AGENT_INTERVAL_S"] = str(args.interval)
+    if args.state_dir:
+        environ["FOLIOWATCH_AGENT_STATE_DIR"] = os.path.abspath(args.state_dir)
+    return agent_config.load(args.config, environ)
+
+
+def _runtime_problems(cfg) -> list:
+    """What --check can verify on this host beyond the file itself."""
+    problems = []
+    for path in ("/proc/vmstat", "/proc/buddyinfo", "/proc/diskstats", "/proc/meminfo"):
+        if not os.access(path, os.R_OK):
+            problems.append(f"host {path}: not readable; the agent needs procfs mounted")
+    if not os.path.exists("/proc/pressure/memory"):
+        problems.append("host /proc/pressure/memory: absent (kernel without CONFIG_PSI or "
+                        "booted with psi=0); psi_* counters will be absent (warning)")
+    for m in cfg.mounts:
+        if not os.path.exists(m):
+            problems.append(f"config agent.mounts: {m!r} does not exist on this host; remove "
+                            "it or create the mount")
+    parent = cfg.state_dir
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        problems.append(f"config agent.state_dir: {cfg.state_dir!r} not writable by uid "
+                        f"{os.geteuid()}; create it for the agent's user")
+    return problems
+
+
+def _stdout_samples(cfg, once: bool, interval: float) -> int:
+    from foliowatch import schema
+    from foliowatch.agent.deltas import Baseline
+    from foliowatch.agent.sampler import Sampler
+    sampler = Sampler(cfg)
+    baseline = Baseline()
+    seq = 0
+    sampler.record(sampler.read(), baseline, seq)
+    stop = _stop_event()
+    while not stop.wait(interval):
+        record = sampler.record(sampler.read(), baseline, seq)
+        if record is None:
+            continue
+        sys.stdout.write(schema.encode(record).decode() + "\n")
+        sys.stdout.flush()
+        seq += 1
+        if once:
+            break
+    return 0
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def run(args) -> int:
+    if args.print_default_config:
+        sys.stdout.write(agent_config.DEFAULT_TOML)
+        return 0
+    cfg, problems = _load(args)
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if args.check:
+        if not problems:
+            problems = _runtime_problems(cfg)
+        for p in problems:
+            print(p, file=sys.stderr)
+        errors = [p for p in problems if not p.endswith("(warning)")]
+        if errors:
+            print(f"foliowatch agent --check: {len(errors)} problem(s)", file=sys.stderr)
+            return 2
+        print(f"foliowatch agent --check: configuration valid ({args.config or 'embedded default'})")
+        return 0
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 2
+    if args.stdout:
+        interval = args.interval if args.interval is not None else (1.0 if args.once
+                                                                   else cfg.interval_s)
+        return _stdout_samples(cfg, args.once, interval)
+
+    from foliowatch.agent.runner import Agent
+    agent = Agent(cfg)
+    server = None
+    stop = _stop_event()
+    try:
+        if cfg.metrics_enabled and not args.once:
+            from foliowatch.agent.exporter import serve
+            server = serve(agent, cfg.metrics_address())
+            logging.getLogger("foliowatch.agent").info(
+                "/metrics on http://%s:%d/metrics", *cfg.metrics_address())
+        if args.once:
+            record = agent.tick()
+            if record is None:  # first run: this reading was the baseline
+                time.sleep(min(cfg.interval_s, 5.0))
+                record = agent.tick()
+            left = len(agent.spool)
+            if record is not None:
+                print(json.dumps({"seq": record["seq"], "spooled": left}), file=sys.stderr)
+            return 1 if (left and agent.sender is not None) else 0
+        agent.run(stop)
+        return 0
+    finally:
+        if server is not None:
+            server.shutdown()
+        agent.close()

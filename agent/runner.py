@@ -1,0 +1,192 @@
+"""The agent's loop: sample -> record -> spool (write-ahead) -> Kafka, on a fixed cadence.
+
+One thread does the work in order, so samples are spooled and sent in ``seq`` order;
+the /metrics server has its own thread and only reads. Between ticks, a non-empty spool
+is retried as soon as the sender's back-off allows, so a returning broker receives the
+backlog without waiting a whole interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from foliowatch import schema
+from foliowatch.agent.collectors import probe as write_probe
+from foliowatch.agent.config import AgentConfig
+from foliowatch.agent.deltas import Baseline
+from foliowatch.agent.producer import KafkaSender
+from foliowatch.agent.sampler import Sampler
+from foliowatch.agent.spool import Spool
+from foliowatch.agent.state import AgentState
+
+log = logging.getLogger("foliowatch.agent")
+DRAIN_BATCH = 200
+
+
+@dataclass
+class AgentStats:
+    samples: int = 0
+    spooled: int = 0
+    collection_errors: int = 0
+    last_duration_s: float = 0.0
+    last_sample_ts: float = 0.0
+    probe: Optional[Dict[str, Any]] = None
+    probe_vmstat: Dict[str, int] = field(default_factory=dict)
+    probe_refusals: int = 0
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, proc: str = "/proc", sys: str = "/sys",
+                 etc: str = "/etc", deliver: bool = True):
+        self.cfg = cfg
+        self.sampler = Sampler(cfg, proc=proc, sys=sys, etc=etc)
+        self.state = AgentState(cfg.state_dir)
+        self.baseline = Baseline.from_json(self.state.baseline)
+        self.spool = Spool(os.path.join(cfg.state_dir, "spool"), cfg.spool_max_bytes)
+        if self.spool.torn_tail_bytes:
+            log.warning("spool: truncated %d bytes of a torn record (crash during a write)",
+                        self.spool.torn_tail_bytes)
+        self._recover_seq()
+        self.state.host_id = self.sampler.host_id
+        self.sender: Optional[KafkaSender] = None
+        if deliver and cfg.kafka_enabled:
+            self.sender = KafkaSender(cfg.kafka, cfg.topic, self.sampler.host_id.encode(),
+                                      cfg.send_timeout_s, cfg.retry_backoff_max_s)
+        self.stats = AgentStats()
+        self._lock = threading.Lock()
+
+    def _recover_seq(self) -> None:
+        """``seq`` must never be reused: take the larger of the state file and the newest
+        spooled record (the state is saved first, so this only matters if the state file
+        was restored from an older backup)."""
+        last = self.spool.last_payload()
+        if last is not None:
+            try:
+                seq = json.loads(last)["seq"]
+                if isinstance(seq, int) and seq >= self.state.next_seq:
+                    self.state.next_seq = seq + 1
+            except (ValueError, KeyError, TypeError):
+                pass
+
+    # -- health accessors for /metrics ----------------------------------------------
+    def sender_sent(self) -> int:
+        return self.sender.sent_total if self.sender else 0
+
+    def sender_errors(self) -> int:
+        return self.sender.errors_total if self.sender else 0
+
+    def last_send_error(self) -> Tuple[Optional[float], Optional[str]]:
+        if self.sender is None:
+            return None, None
+        return self.sender.last_error_ts, self.sender.last_error
+
+    def spool_len(self) -> int:
+        return len(self.spool)
+
+    def spool_bytes(self) -> int:
+        return self.spool.bytes_used()
+
+    def spool_dropped(self) -> int:
+        return self.spool.dropped_total
+
+    # -- the write probe ---------------------------------------------------------------
+    def probe_due(self) -> bool:
+        p = self.cfg.probe
+        return p.enabled and time.time() - self.state.last_probe_ts >= p.every_s
+
+    def run_probe(self) -> Optional[Dict[str, Any]]:
+        p = self.cfg.probe
+        self.state.last_probe_ts = time.time()  # a failing probe also waits every_s
+        try:
+            result = write_probe.run_as(p.user, p.directory, p.size_bytes, p.chunk_bytes,
+                                        p.max_seconds, p.min_free_bytes, p.min_free_ratio)
+        except (write_probe.ProbeRefused, OSError) as e:
+            self.stats.probe_refusals += 1
+            log.warning("write probe did not run: %s", e)
+            return None
+        self.stats.probe = result["probe"]
+        self.stats.probe_vmstat = result["vmstat"]
+        log.info("write probe: %d bytes in %.3fs = %.1f MiB/s, compaction/reclaim during it: %s",
+                 result["probe"]["bytes"], result["probe"]["seconds"],
+                 result["probe"]["mib_s"], result["vmstat"])
+        return result["probe"]
+
+    # -- one tick ----------------------------------------------------------------------
+    def tick(self) -> Optional[Dict[str, Any]]:
+        """Collect one sample, spool it, try to deliver. Returns the record, or ``None``
+        when this reading only set a baseline."""
+        with self._lock:
+            start = time.monotonic()
+            probe = self.run_probe() if self.probe_due() else None
+            reading = self.sampler.read()
+            seq = self.state.next_seq
+            record = self.sampler.record(reading, self.baseline, seq)
+            data = None
+            if record is not None:
+                if probe is not None:
+                    record["probe"] = probe
+                data = schema.encode(record)
+                self.state.next_seq = seq + 1
+            self.state.baseline = self.baseline.to_json()
+            self.state.save()  # seq reserved before the record exists anywhere else
+            if data is not None:
+                dropped = self.spool.append(data)
+                self.stats.samples += 1
+                self.stats.spooled += 1
+                self.stats.last_sample_ts = record["ts"]
+                if dropped:
+                    log.warning("spool full (%d bytes): dropped the %d oldest samples; %d "
+                                "dropped in total", self.cfg.spool_max_bytes, dropped,
+                                self.spool.dropped_total)
+            self.stats.last_duration_s = time.monotonic() - start
+        self.drain()
+        return record
+
+    def drain(self) -> int:
+        """Send spooled records in order until the spool is empty or a send fails."""
+        if self.sender is None or not self.sender.ready():
+            return 0
+        sent = 0
+        while True:
+            batch = self.spool.peek(DRAIN_BATCH)
+            if not batch:
+                break
+            n = self.sender.send([payload for _, payload in batch])
+            if n:
+                self.spool.ack(batch[n - 1][0])
+                sent += n
+            if n < len(batch):
+                break
+        return sent
+
+    def run(self, stop: threading.Event) -> None:
+        interval = self.cfg.interval_s
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception as e:  # noqa: BLE001 - one bad pass must not stop the agent
+                self.stats.collection_errors += 1
+                log.exception("sampling failed: %s", e)
+            next_tick += interval
+            now = time.monotonic()
+            if next_tick < now:  # overran (slow disk, long probe): skip, keep the cadence
+                next_tick = now + interval - ((now - next_tick) % interval)
+            while not stop.is_set():
+                remaining = next_tick - time.monotonic()
+                if remaining <= 0:
+                    break
+                stop.wait(min(remaining, 0.5))
+                if len(self.spool) and self.sender is not None and self.sender.ready():
+                    self.drain()
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close(timeout=self.cfg.send_timeout_s)
+        self.spool.close()

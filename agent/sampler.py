@@ -1,0 +1,168 @@
+"""One pass over the kernel's files -> a ``Reading`` (cumulative), and two readings ->
+one wire-schema-v1 record (deltas). The collectors parse; this module only composes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from typing import Any, Dict, List, NamedTuple, Optional
+
+from foliowatch import __version__, schema
+from foliowatch.agent.collectors import (buddyinfo, diskstats, labels, meminfo, pressure,
+                                         thp, vmstat, xfs)
+from foliowatch.agent.config import AgentConfig
+from foliowatch.agent.deltas import Baseline
+
+MOUNT_REFRESH_S = 60.0
+_SEP = "\x1f"
+_BAD_MOUNT_CHARS = re.compile(r"[^A-Za-z0-9._/+-]")
+
+
+class MountReading(NamedTuple):
+    mount: str
+    fs: str            # schema filesystem name (xfs, ext4, ..., other)
+    device: str
+    counters: Dict[str, int]   # cumulative: write_bytes, write_ios, xfs_*
+
+
+class Reading(NamedTuple):
+    boot_id: str
+    clock: float       # CLOCK_BOOTTIME: comparable across agent restarts within a boot
+    ts: float          # wall clock, Unix seconds
+    counters: Dict[str, int]
+    gauges: Dict[str, float]
+    mounts: List[MountReading]
+    settings: Dict[str, str]
+    mem_total: int
+    vmstat: Dict[str, int]     # every field, for the probe and /metrics
+    zones: List[buddyinfo.ZoneFree]
+
+
+def boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class Sampler:
+    def __init__(self, cfg: AgentConfig, proc: str = "/proc", sys: str = "/sys",
+                 etc: str = "/etc"):
+        self.cfg = cfg
+        self.proc, self.sys, self.etc = proc, sys, etc
+        self.page_size = os.sysconf("SC_PAGE_SIZE")
+        host = cfg.host_id or labels.machine_id(etc)
+        if not host:
+            raise RuntimeError(f"{etc}/machine-id missing or empty: set agent.host_id (or "
+                               "FOLIOWATCH_AGENT_HOST_ID) to a stable host identity")
+        self.host_id = labels.clean_id(host)
+        self._labels: Optional[Dict[str, Any]] = None
+        self._mount_lock = threading.Lock()
+        self._mounts: List[labels.Mount] = []
+        self._mounts_at = -1e18
+
+    # -- watched mounts --------------------------------------------------------------
+    def watched_mounts(self) -> List[labels.Mount]:
+        with self._mount_lock:
+            now = time.monotonic()
+            if now - self._mounts_at > MOUNT_REFRESH_S:
+                table = labels.read_mounts(self.proc)
+                found: List[labels.Mount] = []
+                for path in self.cfg.mounts:
+                    m = labels.find_mount(table, path) if os.path.exists(path) else None
+                    if m is not None and m not in found:
+                        found.append(m)
+                self._mounts, self._mounts_at = found, now
+            return list(self._mounts)
+
+    def refresh_mounts(self) -> None:
+        with self._mount_lock:
+            self._mounts_at = -1e18
+
+    def _mount_readings(self) -> List[MountReading]:
+        disks = diskstats.read(self.proc)
+        by_devno = diskstats.by_devno(disks)
+        out: List[MountReading] = []
+        for m in self.watched_mounts():
+            disk = by_devno.get(m.devno)
+            if disk is None:  # e.g. btrfs: anonymous st_dev, the source names the device
+                disk = disks.get(os.path.basename(os.path.realpath(m.source)))
+            device = disk.name if disk else labels.clean_label(os.path.basename(m.source), "none")
+            counters = diskstats.mount_counters(disk) if disk else {}
+            if m.fs == "xfs" and disk is not None:
+                stats = xfs.read(disk.name, self.sys)
+                if stats:
+                    counters.update(xfs.counters(stats))
+            mount = (_BAD_MOUNT_CHARS.sub("_", m.mount) or "/")[:256]
+            out.append(MountReading(mount, labels.schema_fs(m.fs), device, counters))
+        return out
+
+    # -- one pass ----------------------------------------------------------------------
+    def read(self) -> Reading:
+        vm = vmstat.read(self.proc)
+        counters = vmstat.counters(vm)
+        counters.update(pressure.read_all(self.proc))
+        counters.update(thp.read_mthp_counters(self.sys))
+        mem = meminfo.read(self.proc)
+        zones = buddyinfo.read(self.proc)
+        gauges = meminfo.gauges(mem)
+        gauges["uptime_s"] = labels.uptime_s(self.proc)
+        gauges.update(buddyinfo.gauges(zones, self.page_size))
+        settings = {k: labels.clean_label(v) for k, v in thp.read_settings(self.sys).items()}
+        return Reading(boot_id=labels.boot_id(self.proc), clock=boottime(), ts=time.time(),
+                       counters=counters, gauges=gauges, mounts=self._mount_readings(),
+                       settings=settings, mem_total=mem.get("MemTotal", 0), vmstat=vm,
+                       zones=zones)
+
+    def labels(self, reading: Reading) -> Dict[str, Any]:
+        if self._labels is None or self._labels["mem_bytes"] != reading.mem_total:
+            self._labels = labels.host_labels(
+                fleet=self.cfg.fleet, role=self.cfg.role,
+                instance_type=self.cfg.instance_type or None,
+                mem_bytes=max(1, reading.mem_total), sys=self.sys)
+        return dict(self._labels)
+
+    @staticmethod
+    def flatten(reading: Reading) -> Dict[str, int]:
+        """Every cumulative counter under one key, for the baseline."""
+        flat = {f"c{_SEP}{k}": v for k, v in reading.counters.items()}
+        for m in reading.mounts:
+            for k, v in m.counters.items():
+                flat[f"m{_SEP}{m.mount}{_SEP}{m.device}{_SEP}{k}"] = v
+        return flat
+
+    def record(self, reading: Reading, baseline: Baseline, seq: int = 0
+               ) -> Optional[Dict[str, Any]]:
+        """The wire record for the interval ending at ``reading``, or ``None`` when this
+        reading only sets a new baseline."""
+        advanced = baseline.advance(reading.boot_id, reading.clock, self.flatten(reading))
+        if advanced is None:
+            return None
+        interval, deltas = advanced
+        counters: Dict[str, int] = {}
+        mount_counters: Dict[str, Dict[str, int]] = {}
+        for key, value in deltas.items():
+            parts = key.split(_SEP)
+            if parts[0] == "c":
+                counters[parts[1]] = value
+            else:
+                mount_counters.setdefault(f"{parts[1]}{_SEP}{parts[2]}", {})[parts[3]] = value
+        if len(counters) > schema.MAX_COUNTERS:  # keep the kernel's vmstat/PSI first
+            counters = dict(list(counters.items())[: schema.MAX_COUNTERS])
+        mounts = [{"mount": m.mount, "fs": m.fs, "device": m.device,
+                   "counters": mount_counters.get(f"{m.mount}{_SEP}{m.device}", {})}
+                  for m in reading.mounts]
+        return {
+            "schema": schema.SCHEMA_VERSION,
+            "host_id": self.host_id,
+            "boot_id": labels.clean_id(reading.boot_id),
+            "seq": seq,
+            "ts": round(reading.ts, 3),
+            "interval_s": round(interval, 6),
+            "labels": self.labels(reading),
+            "counters": counters,
+            "gauges": {k: float(v) for k, v in reading.gauges.items()},
+            "mounts": mounts,
+            "settings": reading.settings,
+            "agent": __version__,
+        }

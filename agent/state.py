@@ -1,0 +1,73 @@
+"""The agent's small persistent state: the next ``seq`` and the counter baseline.
+
+Stored as JSON in ``<state_dir>/state.json`` and replaced atomically (write a temporary
+file, fsync it, rename it over the old one, fsync the directory), so a crash leaves
+either the old or the new state, never a torn one. ``seq`` is reserved here *before* the
+sample carrying it is spooled: a crash in between costs a gap in ``seq``, never a reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+STATE_FILE = "state.json"
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    directory = os.path.dirname(path) or "."
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AgentState:
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, STATE_FILE)
+        self.next_seq = 0
+        self.host_id: Optional[str] = None
+        self.baseline: Dict[str, Any] = {}
+        self.last_probe_ts = 0.0   # wall time of the last write probe (none: 0)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                d = json.loads(f.read())
+        except FileNotFoundError:
+            return
+        except ValueError as e:
+            # Only reachable if someone edited the file: the rename makes torn writes
+            # impossible. Refuse rather than restart seq at 0 and collide with old ids.
+            raise RuntimeError(f"{self.path}: not valid JSON ({e}); fix or remove it (removing "
+                               "restarts seq at 0: only do so with a new agent.host_id)") from None
+        seq = d.get("next_seq")
+        if isinstance(seq, int) and seq >= 0:
+            self.next_seq = seq
+        self.host_id = d.get("host_id") if isinstance(d.get("host_id"), str) else None
+        self.baseline = d.get("baseline") if isinstance(d.get("baseline"), dict) else {}
+        probe_ts = d.get("last_probe_ts")
+        self.last_probe_ts = float(probe_ts) if isinstance(probe_ts, (int, float)) else 0.0
+
+    def save(self) -> None:
+        data = json.dumps({"next_seq": self.next_seq, "host_id": self.host_id,
+                           "last_probe_ts": self.last_probe_ts, "baseline": self.baseline}, separators=(",", ":")).encode()
+        atomic_write(self.path, data)
