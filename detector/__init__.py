@@ -1,1 +1,17 @@
-"""foliowatch.detector"""
+"""foliowatch.detector: find kernel-rollout regressions in the pipeline's Parquet dataset.
+
+Math modules take polars frames in the dataset contract's shape and return typed
+results; none imports Kafka or HTTP clients:
+
+- ``frames``: reading the dataset, comparison groups, metric definitions
+- ``attribution``: rollout events inferred from host windows (kernel label changing at a
+  reboot), waves, rollbacks; matching change points to them
+- ``cohort``: host-level new-vs-baseline comparison with covariate adjustment
+- ``changepoint``: binary segmentation with a significance test
+- ``evidence``: Benjamini-Hochberg, joint evidence, ranking
+- ``records``: the regression record and its suspected/confirmed/resolved state machine
+- ``analysis``: one evaluation of a dataset as of a time
+
+Outputs (``outputs``: Kafka, /metrics, Grafana annotations) and the CLIs (``main``:
+``foliowatch detect``; ``verdict``: ``foliowatch verdict``) sit on top.
+"""

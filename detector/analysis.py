@@ -1,0 +1,156 @@
+"""One evaluation of the host windows as of a time: rollouts, cohort comparisons, FDR,
+joint evidence, change points and their attribution, regression candidates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import polars as pl
+
+from . import attribution, cohort, evidence
+from .changepoint import BinarySegmentation
+from .frames import GROUP_KEYS, LOG_FLOOR, TESTED_METRICS
+from .records import RegressionRecord, record_id
+
+CHANGEPOINT_METRICS = ("write_mib_s", "compact_stall_per_s")
+
+
+@dataclass
+class DetectorConfig:
+    lookback: timedelta = timedelta(hours=6)
+    policy: evidence.EvidencePolicy = field(default_factory=evidence.EvidencePolicy)
+    metrics: Sequence[str] = TESTED_METRICS
+    adjust: bool = True
+    changepoints: bool = True
+    cp_max_pvalue: float = 0.001
+    cp_min_segment: int = 15
+    cp_min_shift: float = 0.03          # log scale: ~3% level shift
+    # a rolled-back kernel must have left the group for this long before "resolved"
+    rollback_quiet: timedelta = timedelta(minutes=5)
+
+
+@dataclass
+class GroupChangePoint:
+    group: Tuple
+    metric: str
+    at: datetime
+    p_value: float
+    shift_log: float
+    attribution: attribution.Attribution
+
+    def to_dict(self) -> dict:
+        a = self.attribution
+        return {"metric": self.metric, "at": self.at.isoformat(), "p_value": self.p_value,
+                "shift_ratio": float(np.exp(self.shift_log)), "attributed_to": a.kind,
+                "kernel_from": a.kernel_from, "kernel_to": a.kernel_to,
+                "wave_start": a.wave_start.isoformat() if a.wave_start else None}
+
+
+@dataclass
+class Analysis:
+    as_of: datetime
+    comparisons: List[cohort.Comparison]
+    judgements: List[evidence.Judgement]           # ranked, only flagged ones
+    candidates: List[RegressionRecord]
+    rollouts: List[attribution.Rollout]
+    change_points: List[GroupChangePoint]
+    rolled_back: Set[Tuple[str, str]]               # (group id, kernel) left after rollback
+    hosts_by_group: Dict[Tuple, int]
+
+
+def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
+            config: Optional[DetectorConfig] = None) -> Analysis:
+    config = config or DetectorConfig()
+    if host_windows.is_empty():
+        raise ValueError("host windows: empty frame; nothing to analyse")
+    if as_of is None:
+        as_of = host_windows["window_start"].max()
+    history = host_windows.filter(pl.col("window_start") <= as_of)
+    recent = history.filter(pl.col("window_start") > as_of - config.lookback)
+    rollouts = attribution.infer_rollouts(history)
+
+    comparisons: List[cohort.Comparison] = []
+    hosts_by_group: Dict[Tuple, int] = {}
+    rolled_back: Set[Tuple[str, str]] = set()
+    change_points: List[GroupChangePoint] = []
+    for key, part in recent.group_by(list(GROUP_KEYS), maintain_order=True):
+        key = tuple(key)
+        hosts_by_group[key] = part["host_id"].n_unique()
+        for base, new in attribution.kernel_pairs(part, rollouts, key[:4]):
+            c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust)
+            if c is not None:
+                comparisons.append(c)
+        rolled_back |= _rolled_back(part, rollouts, key, as_of, config.rollback_quiet)
+        if config.changepoints:
+            change_points.extend(_group_change_points(part, key, rollouts, config))
+
+    evidence.apply_fdr(comparisons)
+    judgements = evidence.rank(evidence.judge(c, config.policy, hosts_by_group[c.group])
+                               for c in comparisons)
+    candidates = [_record(j, as_of, hosts_by_group[j.comparison.group], change_points)
+                  for j in judgements]
+    return Analysis(as_of, comparisons, judgements, candidates, rollouts, change_points,
+                    rolled_back, hosts_by_group)
+
+
+def _rolled_back(part: pl.DataFrame, rollouts, key: Tuple, as_of: datetime,
+                 quiet: timedelta) -> Set[Tuple[str, str]]:
+    out = set()
+    gid = record_id(key, "x", "y").rsplit("/", 1)[0]
+    for r in rollouts:
+        if r.key != key[:4] or not r.is_rollback or r.first_change > as_of:
+            continue
+        left = r.kernel_from       # the kernel rolled back from
+        still = part.filter((pl.col("kernel") == left)
+                            & (pl.col("window_start") > as_of - quiet)).height
+        if still == 0:
+            out.add((gid, left))
+    return out
+
+
+def _group_change_points(part: pl.DataFrame, key: Tuple, rollouts, config: DetectorConfig
+                         ) -> List[GroupChangePoint]:
+    out = []
+    for metric in CHANGEPOINT_METRICS:
+        if metric not in part.columns:
+            continue
+        s = (part.group_by("window_start")
+             .agg((pl.col(metric).clip(lower_bound=0) + LOG_FLOOR[metric]).log().median().alias("y"))
+             .sort("window_start").drop_nulls())
+        if s.height < 2 * config.cp_min_segment:
+            continue
+        times = s["window_start"].to_list()
+        seg = BinarySegmentation(config.cp_max_pvalue, config.cp_min_segment,
+                                 min_shift=config.cp_min_shift)
+        for cp in seg.fit_predict(s["y"].to_numpy()):
+            at = times[cp.index]
+            out.append(GroupChangePoint(key, metric, at, cp.p_value, cp.shift,
+                                        attribution.attribute(at, rollouts, key[:4])))
+    return out
+
+
+def _record(j: evidence.Judgement, as_of: datetime, hosts_in_group: int,
+            change_points: List[GroupChangePoint]) -> RegressionRecord:
+    c = j.comparison
+    t = j.primary
+    fleet, role, arch, page_size, fs = c.group
+    cps = [cp.to_dict() for cp in change_points
+           if cp.group == c.group and cp.attribution.kernel_to == c.kernel_to]
+    now = as_of.isoformat()
+    return RegressionRecord(
+        id=record_id(c.group, c.kernel_from, c.kernel_to), fleet=fleet, role=role, arch=arch,
+        page_size=int(page_size), fs=fs, kernel_from=c.kernel_from, kernel_to=c.kernel_to,
+        status=j.status, metric=t.metric, statistic=t.statistic, effect=t.effect,
+        ci_low=t.ci_low, ci_high=t.ci_high, effect_kind=t.effect_kind, p_value=t.p_value,
+        q_value=t.q_value, hosts_new=c.n_new, hosts_base=c.n_base,
+        hosts_in_group=hosts_in_group, impact=j.impact, windows=c.windows,
+        first_detected_at=now, updated_at=now,
+        new_kernel_first_seen=c.new_first_seen.isoformat() if c.new_first_seen else None,
+        metrics=[{"metric": s.metric, "statistic": s.statistic, "effect": s.effect,
+                  "ci_low": s.ci_low, "ci_high": s.ci_high, "effect_kind": s.effect_kind,
+                  "p_value": s.p_value, "q_value": s.q_value, "adjusted": s.adjusted}
+                 for s in j.significant],
+        change_points=cps, reasons=j.reasons)

@@ -1,0 +1,296 @@
+"""Host-level comparison of new-kernel hosts against baseline-kernel hosts of the same
+group (fleet, role, arch, page size, filesystem) over the same windows.
+
+Per metric, each host-window value is put on a log scale and centred on the baseline
+hosts' median in the same window, so load, time of day and traffic shifts that hit
+both kernels cancel. Each host then contributes one value per statistic (not one per
+window: windows of one host are not independent):
+
+- ``level``: the host's median centred value (the typical interval),
+- ``tail``: its 90th percentile in the worse direction (compaction stalls are tail
+  events; a median test passes when only a few intervals get 100x worse),
+- ``bad_share``: the share of its windows worse than the baseline's own 90th percentile
+  of that window (10% expected on an unchanged kernel).
+
+Host values are adjusted for covariates with a ridge regression fitted on baseline hosts
+only (instance type, cpus, memory, log uptime, and for the mechanism metrics the write
+load): canaries that just rebooted (unfragmented memory) or run on newer hardware are
+compared with what baseline hosts like them do. Baseline residuals are out-of-fold so the
+baseline spread is not understated. The test is a one-sided Mann-Whitney U (new worse),
+the effect a Hodges-Lehmann shift with its distribution-free interval, reported as a
+ratio (level, tail) or a difference of shares (bad_share).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import polars as pl
+from scipy import stats as sstats
+
+from .frames import LOG_FLOOR, MECHANISM_METRICS, STATE_METRIC, TESTED_METRICS, worse_direction
+
+STATISTICS = ("level", "tail", "bad_share")
+BASE_COVARIATES = ("instance_type", "cpus", "mem_bytes", "log_uptime_h")
+
+
+@dataclass
+class MetricTest:
+    metric: str
+    statistic: str                 # level | tail | bad_share
+    n_new: int
+    n_base: int
+    p_value: float                 # one-sided: new kernel worse
+    effect: float                  # ratio new/base (level, tail) or share difference
+    ci_low: float
+    ci_high: float
+    effect_kind: str               # "ratio" or "share_diff"
+    adjusted: bool
+    q_value: float = 1.0           # filled by evidence.benjamini_hochberg
+
+    def worse_by(self) -> float:
+        """How much worse the new kernel is, >0 worse: relative for ratios."""
+        d = worse_direction(self.metric)
+        if self.effect_kind == "ratio":
+            return (self.effect - 1.0) if d > 0 else (1.0 - self.effect)
+        return self.effect
+
+
+@dataclass
+class Comparison:
+    group: Tuple                   # fleet, role, arch, page_size, fs
+    kernel_from: str
+    kernel_to: str
+    n_new: int
+    n_base: int
+    windows: int
+    first_window: Optional[datetime]
+    last_window: Optional[datetime]
+    new_first_seen: Optional[datetime]
+    tests: List[MetricTest] = field(default_factory=list)
+    # memory-state coverage for the verdict: fragmentation seen on each kernel
+    frag_new_p75: Optional[float] = None
+    frag_base_median: Optional[float] = None
+    new_hosts_at_fleet_frag: int = 0
+    new_max_uptime_h: float = 0.0
+    uptime_h_at_fleet_frag: Optional[float] = None
+    unmatched_instance_types: List[str] = field(default_factory=list)
+    level_sd: Dict[str, float] = field(default_factory=dict)   # host-level spread (log)
+
+
+def hodges_lehmann(new: np.ndarray, base: np.ndarray, alpha: float = 0.05,
+                   max_pairs: int = 2_000_000, seed: int = 0) -> Tuple[float, float, float]:
+    """Hodges-Lehmann shift (median of pairwise differences new - base) and its
+    distribution-free (1 - alpha) interval from the Mann-Whitney order statistics."""
+    new = np.asarray(new, dtype=float)
+    base = np.asarray(base, dtype=float)
+    n1, n2 = new.size, base.size
+    if n1 * n2 > max_pairs:
+        rng = np.random.default_rng(seed)
+        base = rng.choice(base, size=max(1, max_pairs // n1), replace=False)
+        n2 = base.size
+    d = (new[:, None] - base[None, :]).ravel()
+    N = d.size
+    z = sstats.norm.ppf(1 - alpha / 2)
+    k = int(np.floor(N / 2.0 - z * np.sqrt(n1 * n2 * (n1 + n2 + 1) / 12.0)))
+    k = max(k, 0)
+    hi_idx = min(N - 1 - k, N - 1)
+    part = np.partition(d, sorted({k, hi_idx, N // 2, (N - 1) // 2}))
+    est = 0.5 * (part[N // 2] + part[(N - 1) // 2])
+    return float(est), float(part[k]), float(part[hi_idx])
+
+
+def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str) -> pl.DataFrame:
+    """Per host: level, tail and bad_share of the window-centred log metric."""
+    d = worse_direction(metric)
+    floor = LOG_FLOOR[metric]
+    q_bad = 0.9 if d > 0 else 0.1
+    x = (df.filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite())
+         .select("window_start", "host_id", "kernel",
+                 (pl.col(metric).clip(lower_bound=0) + floor).log().alias("y")))
+    is_base = pl.col("kernel") == base_kernel
+    centre = (x.filter(is_base).group_by("window_start")
+              .agg(pl.col("y").median().alias("centre"),
+                   pl.col("y").quantile(q_bad, "linear").alias("bad_at"),
+                   pl.len().alias("nb"))
+              .filter(pl.col("nb") >= 3))
+    x = x.join(centre, on="window_start", how="inner")
+    worse = (pl.col("y") > pl.col("bad_at")) if d > 0 else (pl.col("y") < pl.col("bad_at"))
+    q_tail = 0.9 if d > 0 else 0.1
+    return (x.with_columns((pl.col("y") - pl.col("centre")).alias("z"), worse.alias("bad"))
+            .group_by("host_id", "kernel")
+            .agg(pl.col("z").median().alias("level"),
+                 pl.col("z").quantile(q_tail, "linear").alias("tail"),
+                 pl.col("bad").mean().alias("bad_share"),
+                 pl.len().alias("n_windows")))
+
+
+def _covariates(df: pl.DataFrame) -> pl.DataFrame:
+    aggs = [pl.col("instance_type").mode().first().cast(pl.String).alias("instance_type") if "instance_type" in df.columns else pl.lit("unknown").alias("instance_type"),
+            pl.col("cpus").median().cast(pl.Float64).alias("cpus") if "cpus" in df.columns else pl.lit(0.0).alias("cpus"),
+            pl.col("mem_bytes").median().cast(pl.Float64).alias("mem_bytes") if "mem_bytes" in df.columns else pl.lit(0.0).alias("mem_bytes"),
+            ((pl.col("uptime_s").mean().cast(pl.Float64) / 3600.0).log1p().alias("log_uptime_h")
+             if "uptime_s" in df.columns else pl.lit(0.0).alias("log_uptime_h"))]
+    if {"nr_dirtied_sum", "interval_s_sum"} <= set(df.columns):
+        aggs.append((pl.col("nr_dirtied_sum").sum().cast(pl.Float64)
+                     / pl.col("interval_s_sum").sum().cast(pl.Float64) + 1.0).log()
+                    .alias("log_dirtied_per_s"))
+    if STATE_METRIC in df.columns:
+        aggs.append(pl.col(STATE_METRIC).mean().alias("frag"))
+    return df.group_by("host_id", "kernel").agg(aggs)
+
+
+class CovariateAdjuster:
+    """Ridge regression of a host statistic on host covariates, fitted on baseline hosts.
+
+    ``residuals`` returns observed minus predicted for every host, out-of-fold for the
+    baseline hosts. With too few baseline hosts it returns the values unchanged."""
+
+    def __init__(self, columns: Sequence[str], min_hosts: int = 20, alpha: float = 1.0,
+                 folds: int = 5):
+        self.columns = list(columns)
+        self.min_hosts = min_hosts
+        self.alpha = alpha
+        self.folds = folds
+
+    def _design(self, hosts: pl.DataFrame, is_base: np.ndarray) -> Optional[np.ndarray]:
+        """Numeric covariates standardised on baseline hosts, plus one-hot instance types
+        seen on baseline hosts (an unseen type gets all zeros: predicted from its cpus
+        and memory alone)."""
+        cols = []
+        for c in self.columns:
+            if c not in hosts.columns:
+                continue
+            if c == "instance_type":
+                types = hosts[c].cast(pl.String).fill_null("unknown").to_numpy()
+                seen = sorted(set(types[is_base]))
+                if len(seen) > 1:
+                    cols.extend((types == t).astype(float) for t in seen)
+                continue
+            v = hosts[c].cast(pl.Float64).to_numpy().astype(float)
+            vb = v[is_base]
+            if not np.isfinite(vb).any():
+                continue
+            med = float(np.nanmedian(vb))
+            v = np.where(np.isfinite(v), v, med)
+            # No extrapolation: a canary rebooted minutes ago is compared with the
+            # freshest baseline hosts, not with a line extended far past them (a
+            # slope fitted on 2..40-day uptimes says nothing about minute 5). Clipping
+            # errs towards the reboot bonus, i.e. towards "not worse".
+            v = np.clip(v, float(np.nanmin(vb)), float(np.nanmax(vb)))
+            sd = float(np.std(v[is_base]))
+            if sd > 0:
+                cols.append((v - float(np.mean(v[is_base]))) / sd)
+        return np.column_stack(cols) if cols else None
+
+    def residuals(self, hosts: pl.DataFrame, y: np.ndarray, is_base: np.ndarray
+                  ) -> Tuple[np.ndarray, bool]:
+        from sklearn.linear_model import Ridge
+        from sklearn.model_selection import KFold, cross_val_predict
+        n_base = int(is_base.sum())
+        if n_base < self.min_hosts:
+            return y, False
+        X = self._design(hosts, is_base)
+        if X is None:
+            return y, False
+        model = Ridge(alpha=self.alpha).fit(X[is_base], y[is_base])
+        pred = model.predict(X)
+        pred[is_base] = cross_val_predict(Ridge(alpha=self.alpha), X[is_base], y[is_base],
+                                          cv=KFold(min(self.folds, n_base), shuffle=True,
+                                                   random_state=0))
+        return y - pred, True
+
+
+def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
+            metrics: Sequence[str] = TESTED_METRICS, min_base_hosts: int = 3,
+            adjust: bool = True, alpha_ci: float = 0.05) -> Optional[Comparison]:
+    """Compare ``new_kernel`` with ``base_kernel`` on one group's host windows ``df``.
+
+    Only windows where both kernels report are used. Returns None when the new kernel
+    has no host in such a window."""
+    df = df.filter(pl.col("kernel").is_in([base_kernel, new_kernel]))
+    per_window = (df.group_by("window_start")
+                  .agg((pl.col("kernel") == new_kernel).any().alias("has_new"),
+                       pl.col("host_id").filter(pl.col("kernel") == base_kernel).n_unique().alias("nb")))
+    shared = per_window.filter(pl.col("has_new") & (pl.col("nb") >= min_base_hosts))["window_start"]
+    if shared.len() == 0:
+        return None
+    df = df.filter(pl.col("window_start").is_in(shared.implode()))
+    cov = _covariates(df)
+    is_new_k = pl.col("kernel") == new_kernel
+    n_new = cov.filter(is_new_k).height
+    n_base = cov.height - n_new
+    comp = Comparison(group=tuple(group), kernel_from=base_kernel, kernel_to=new_kernel,
+                      n_new=n_new, n_base=n_base, windows=shared.len(),
+                      first_window=shared.min(), last_window=shared.max(),
+                      new_first_seen=df.filter(is_new_k)["window_start"].min())
+    _coverage(comp, df, cov, new_kernel)
+    base_types = set(cov.filter(~is_new_k)["instance_type"].to_list())
+    comp.unmatched_instance_types = sorted(set(cov.filter(is_new_k)["instance_type"].to_list()) - base_types)
+    for metric in metrics:
+        if metric not in df.columns or df[metric].null_count() == df.height:
+            continue
+        hosts = _host_frame(df, metric, base_kernel)
+        if hosts.is_empty():
+            continue
+        hosts = hosts.join(cov, on=["host_id", "kernel"], how="left")
+        is_new = (hosts["kernel"] == new_kernel).to_numpy()
+        if is_new.sum() == 0 or (~is_new).sum() < min_base_hosts:
+            continue
+        columns = list(BASE_COVARIATES)
+        if metric in MECHANISM_METRICS and "log_dirtied_per_s" in hosts.columns:
+            columns.append("log_dirtied_per_s")
+        adjuster = CovariateAdjuster(columns)
+        d = worse_direction(metric)
+        for statistic in STATISTICS:
+            y = hosts[statistic].to_numpy().astype(float)
+            # oriented so that larger = worse
+            yo = y * d if statistic != "bad_share" else y
+            r, adjusted = (adjuster.residuals(hosts, yo, ~is_new) if adjust else (yo, False))
+            a, b = r[is_new], r[~is_new]
+            if statistic == "level":
+                comp.level_sd[metric] = float(np.std(b, ddof=1)) if b.size > 1 else float("nan")
+            p = float(sstats.mannwhitneyu(a, b, alternative="greater",
+                                          method="asymptotic" if a.size + b.size > 60 else "auto").pvalue)
+            est, lo, hi = hodges_lehmann(a, b, alpha_ci)
+            if statistic == "bad_share":
+                effect, ci = est, (lo, hi)
+                kind = "share_diff"
+            else:
+                # back from "oriented log shift" to a ratio new/base on the metric's scale
+                effect = float(np.exp(est * d))
+                ci = tuple(sorted((float(np.exp(lo * d)), float(np.exp(hi * d)))))
+                kind = "ratio"
+            comp.tests.append(MetricTest(metric, statistic, int(a.size), int(b.size), p,
+                                         effect, ci[0], ci[1], kind, adjusted))
+    return comp
+
+
+def _coverage(comp: Comparison, df: pl.DataFrame, cov: pl.DataFrame, new_kernel: str) -> None:
+    """Has the new kernel been seen at the fragmentation the fleet runs at?"""
+    if "frag" not in cov.columns:
+        return
+    new = cov.filter(pl.col("kernel") == new_kernel)
+    base = cov.filter(pl.col("kernel") != new_kernel)
+    if base.is_empty() or new.is_empty():
+        return
+    fleet_frag = base["frag"].median()
+    if fleet_frag is None:
+        return
+    comp.frag_base_median = float(fleet_frag)
+    comp.frag_new_p75 = float(new["frag"].quantile(0.75)) if new["frag"].null_count() < new.height else None
+    # a host counts as "at fleet fragmentation" when its own windows reach the fleet median
+    hw = (df.filter(pl.col("kernel") == new_kernel).group_by("host_id")
+          .agg(pl.col(STATE_METRIC).max().alias("fmax"), pl.col("uptime_s").max().alias("up")))
+    comp.new_hosts_at_fleet_frag = int(hw.filter(pl.col("fmax") >= fleet_frag).height)
+    comp.new_max_uptime_h = float((hw["up"].max() or 0) / 3600.0)
+    # uptime at which baseline hosts typically reach the fleet median fragmentation
+    b = (df.filter(pl.col("kernel") != new_kernel)
+         .select((pl.col("uptime_s") / 3600.0).alias("h"), pl.col(STATE_METRIC).alias("f"))
+         .drop_nulls())
+    if b.height >= 10:
+        at = b.filter(pl.col("f") >= fleet_frag)["h"]
+        comp.uptime_h_at_fleet_frag = float(at.quantile(0.1)) if at.len() else None

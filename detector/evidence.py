@@ -1,0 +1,93 @@
+"""From per-metric tests to regression candidates: Benjamini-Hochberg across every
+cohort x metric x statistic tested in a run, joint evidence (throughput down together
+with compaction / direct reclaim up on the same cohort), and ranking by impact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from .cohort import Comparison, MetricTest
+from .frames import MECHANISM_METRICS, THROUGHPUT_METRICS
+
+
+@dataclass(frozen=True)
+class EvidencePolicy:
+    # false discovery rate controlled across all tests of one run
+    fdr: float = 0.001
+    # smallest effect worth an alert (Intel's robot uses 1% on perf metrics)
+    min_ratio_effect: float = 0.01
+    min_share_effect: float = 0.03
+    # confirmation: joint evidence on enough hosts over enough windows
+    confirm_min_hosts: int = 3
+    confirm_min_windows: int = 15
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """Step-up BH adjusted p-values (q-values), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    q_sorted = np.minimum.accumulate(ranked[::-1])[::-1]
+    q = np.empty(m)
+    q[order] = np.minimum(q_sorted, 1.0)
+    return q
+
+
+def apply_fdr(comparisons: Iterable[Comparison]) -> None:
+    tests = [t for c in comparisons for t in c.tests]
+    for t, q in zip(tests, benjamini_hochberg([t.p_value for t in tests])):
+        t.q_value = float(q)
+
+
+def is_significant(t: MetricTest, policy: EvidencePolicy) -> bool:
+    floor = policy.min_share_effect if t.effect_kind == "share_diff" else policy.min_ratio_effect
+    return t.q_value <= policy.fdr and t.worse_by() >= floor
+
+
+@dataclass
+class Judgement:
+    comparison: Comparison
+    status: Optional[str]            # None, "suspected" or "confirmed"
+    significant: List[MetricTest]
+    primary: Optional[MetricTest]
+    impact: float                    # relative effect x hosts in the group
+    reasons: List[str]
+
+
+def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
+    sig = sorted((t for t in c.tests if is_significant(t, policy)), key=lambda t: t.q_value)
+    if not sig:
+        return Judgement(c, None, [], None, 0.0, [])
+    throughput = [t for t in sig if t.metric in THROUGHPUT_METRICS]
+    mechanism = [t for t in sig if t.metric in MECHANISM_METRICS]
+    primary = (throughput or mechanism)[0]
+    # impact: the typical-interval effect when it is significant, else the primary's
+    level = [t for t in (throughput or mechanism) if t.statistic == "level"]
+    eff = abs((level or [primary])[0].worse_by())
+    reasons = []
+    joint = bool(throughput) and bool(mechanism)
+    enough = c.n_new >= policy.confirm_min_hosts and c.windows >= policy.confirm_min_windows
+    if joint and enough:
+        status = "confirmed"
+        reasons.append(f"{primary.metric} worse together with {mechanism[0].metric} "
+                       f"on {c.n_new} new-kernel hosts over {c.windows} windows")
+    else:
+        status = "suspected"
+        if not joint:
+            reasons.append("only " + ("throughput" if throughput else "compaction/reclaim")
+                           + " metrics are worse; joint evidence missing")
+        if not enough:
+            reasons.append(f"{c.n_new} new-kernel hosts over {c.windows} windows; confirmation "
+                           f"needs {policy.confirm_min_hosts} hosts and {policy.confirm_min_windows} windows")
+    return Judgement(c, status, sig, primary, eff * max(hosts_in_group, c.n_new + c.n_base), reasons)
+
+
+def rank(judgements: Iterable[Judgement]) -> List[Judgement]:
+    return sorted((j for j in judgements if j.status), key=lambda j: -j.impact)

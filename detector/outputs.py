@@ -1,0 +1,114 @@
+"""Where regression transitions go: Kafka (``foliowatch.regressions.v1``), Prometheus
+gauges (bounded labels: fleet, arch, page size, fs, kernels, status), and Grafana
+annotations (a JSON list for the annotations API or a dashboard's static layer).
+The math modules never import this one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime
+from typing import Iterable, List, Optional, Sequence
+
+from .records import RegressionRecord, RegressionState, Transition
+
+
+def publish_kafka(transitions: Sequence[Transition], bootstrap: str, topic: Optional[str] = None,
+                  timeout_s: float = 30.0) -> int:
+    """Send each transition's record, keyed by the record id (one partition per
+    regression, so its history stays ordered). Returns the number sent."""
+    from foliowatch.kafka_io import TOPIC_REGRESSIONS, KafkaSettings, make_producer
+    if not transitions:
+        return 0
+    settings = KafkaSettings.from_dict({"bootstrap": bootstrap, "client_id": "foliowatch-detector"})
+    producer = make_producer(settings)
+    try:
+        futures = [producer.send(topic or TOPIC_REGRESSIONS, key=t.record.id.encode(),
+                                 value=t.record.to_json().encode()) for t in transitions]
+        producer.flush(timeout=timeout_s)
+        for f in futures:
+            f.get(timeout=timeout_s)
+    finally:
+        producer.close(timeout=timeout_s)
+    return len(transitions)
+
+
+def grafana_annotations(transitions: Iterable[Transition]) -> List[dict]:
+    out = []
+    for t in transitions:
+        r = t.record
+        when = r.resolved_at if r.status == "resolved" else r.updated_at
+        ms = int(datetime.fromisoformat(when).timestamp() * 1000)
+        eff = (f"x{r.effect:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" if r.effect_kind == "ratio"
+               else f"{r.effect:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]")
+        out.append({
+            "time": ms, "timeEnd": ms,
+            "tags": ["foliowatch", "regression", r.status, r.fleet, r.arch, r.fs, r.kernel_to],
+            "text": (f"{r.status}: {r.fleet}/{r.role} {r.arch} {r.page_size // 1024}K {r.fs} "
+                     f"{r.kernel_from} -> {r.kernel_to}: {r.metric} ({r.statistic}) {eff}, "
+                     f"q={r.q_value:.2g}, {r.hosts_new} vs {r.hosts_base} hosts"),
+        })
+    return out
+
+
+def write_json_atomic(path: str, payload) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+class RegressionCollector:
+    """prometheus-client collector reading the state on scrape (no background updates)."""
+
+    def __init__(self, state_path: str, last_run: Optional[dict] = None):
+        self.state_path = state_path
+        self.last_run = last_run if last_run is not None else {}
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        labels = ["fleet", "role", "arch", "page_size", "fs", "kernel_from", "kernel_to"]
+        open_g = GaugeMetricFamily("foliowatch_regression_open",
+                                   "1 per open regression; status is suspected or confirmed",
+                                   labels=labels + ["status"])
+        eff_g = GaugeMetricFamily("foliowatch_regression_effect_ratio",
+                                  "effect of the new kernel on the primary metric (new/base)",
+                                  labels=labels + ["metric"])
+        hosts_g = GaugeMetricFamily("foliowatch_regression_hosts",
+                                    "hosts of the group the regression can reach",
+                                    labels=labels)
+        state = RegressionState(self.state_path)
+        for r in state.open_records():
+            lv = [r.fleet, r.role, r.arch, str(r.page_size), r.fs, r.kernel_from, r.kernel_to]
+            open_g.add_metric(lv + [r.status], 1.0)
+            if r.effect_kind == "ratio":
+                eff_g.add_metric(lv + [r.metric], r.effect)
+            hosts_g.add_metric(lv, float(r.hosts_in_group))
+        yield open_g
+        yield eff_g
+        yield hosts_g
+        run = GaugeMetricFamily("foliowatch_detector_last_run_timestamp_seconds",
+                                "wall clock of the detector's last completed evaluation")
+        run.add_metric([], float(self.last_run.get("wall", 0.0)))
+        yield run
+        cmp_g = GaugeMetricFamily("foliowatch_detector_comparisons",
+                                  "new-vs-baseline kernel comparisons in the last evaluation")
+        cmp_g.add_metric([], float(self.last_run.get("comparisons", 0)))
+        yield cmp_g
+
+
+def metrics_text(state_path: str, last_run: Optional[dict] = None) -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+    reg = CollectorRegistry()
+    reg.register(RegressionCollector(state_path, last_run))
+    return generate_latest(reg)
+
+
+def serve_metrics(state_path: str, last_run: dict, port: int, addr: str = "127.0.0.1"):
+    from prometheus_client import CollectorRegistry, start_http_server
+    reg = CollectorRegistry()
+    reg.register(RegressionCollector(state_path, last_run))
+    return start_http_server(port, addr=addr, registry=reg)

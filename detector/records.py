@@ -1,0 +1,147 @@
+"""The regression record and its life: suspected -> confirmed -> resolved, kept in a
+local state file so that each transition is announced once, a regression is not
+re-announced every window, and a rollback of the kernel resolves it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+STATUSES = ("suspected", "confirmed", "resolved")
+_RANK = {"suspected": 1, "confirmed": 2}
+
+
+@dataclass
+class RegressionRecord:
+    id: str
+    fleet: str
+    role: str
+    arch: str
+    page_size: int
+    fs: str
+    kernel_from: str
+    kernel_to: str
+    status: str
+    metric: str                      # primary metric
+    statistic: str
+    effect: float                    # ratio new/base (or share difference)
+    ci_low: float
+    ci_high: float
+    effect_kind: str
+    p_value: float
+    q_value: float
+    hosts_new: int
+    hosts_base: int
+    hosts_in_group: int
+    impact: float
+    windows: int
+    first_detected_at: str           # ISO 8601 UTC
+    updated_at: str
+    new_kernel_first_seen: Optional[str] = None
+    metrics: List[dict] = field(default_factory=list)   # every significant test
+    change_points: List[dict] = field(default_factory=list)
+    reasons: List[str] = field(default_factory=list)
+    resolved_at: Optional[str] = None
+    resolution: Optional[str] = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RegressionRecord":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def record_id(group: Tuple, kernel_from: str, kernel_to: str) -> str:
+    fleet, role, arch, page_size, fs = group
+    return f"{fleet}/{role}/{arch}/{page_size}/{fs}/{kernel_from}->{kernel_to}"
+
+
+@dataclass
+class Transition:
+    record: RegressionRecord
+    previous: Optional[str]          # status before (None: new)
+
+
+class RegressionState:
+    """Open and resolved regressions by id, persisted as one JSON file (atomic replace)."""
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = path
+        self.records: Dict[str, RegressionRecord] = {}
+        self.streak: Dict[str, int] = {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                data = json.load(f)
+            if data.get("version") != 1:
+                raise ValueError(f"state file {path}: version {data.get('version')!r} "
+                                 "is not 1; move it away to start fresh")
+            self.records = {r["id"]: RegressionRecord.from_dict(r) for r in data["records"]}
+            self.streak = dict(data.get("streak", {}))
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        d = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".state-")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": 1, "records": [asdict(r) for r in self.records.values()],
+                       "streak": self.streak}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def open_records(self) -> List[RegressionRecord]:
+        return [r for r in self.records.values() if r.status != "resolved"]
+
+    def update(self, candidates: Iterable[RegressionRecord], rolled_back: Set[Tuple[str, str]],
+               as_of: datetime, min_consecutive: int = 1) -> List[Transition]:
+        """Apply one run's candidates. ``rolled_back`` holds (record id prefix group, new
+        kernel) pairs whose hosts went back to the baseline kernel and left the new one.
+        Returns the transitions to announce; a record whose status did not change is
+        updated silently."""
+        now = as_of.isoformat()
+        out: List[Transition] = []
+        seen = set()
+        for cand in candidates:
+            seen.add(cand.id)
+            self.streak[cand.id] = self.streak.get(cand.id, 0) + 1
+            old = self.records.get(cand.id)
+            if old is None or old.status == "resolved":
+                if self.streak[cand.id] < min_consecutive:
+                    continue
+                cand.first_detected_at = now
+                cand.updated_at = now
+                self.records[cand.id] = cand
+                out.append(Transition(cand, old.status if old else None))
+                continue
+            cand.first_detected_at = old.first_detected_at
+            cand.updated_at = now
+            if _RANK[cand.status] > _RANK[old.status]:
+                self.records[cand.id] = cand
+                out.append(Transition(cand, old.status))
+            else:
+                # never downgrade within an episode: keep the stronger status, fresh numbers
+                cand.status = old.status
+                self.records[cand.id] = cand
+        for rid in list(self.streak):
+            if rid not in seen:
+                self.streak[rid] = 0
+        for rec in self.records.values():
+            if rec.status == "resolved":
+                continue
+            if (rec.id.rsplit("/", 1)[0], rec.kernel_to) in rolled_back:
+                prev = rec.status
+                rec.status = "resolved"
+                rec.resolved_at = now
+                rec.updated_at = now
+                rec.resolution = f"rolled back to {rec.kernel_from}"
+                out.append(Transition(rec, prev))
+        return out
