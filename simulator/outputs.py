@@ -1,0 +1,155 @@
+"""Where simulated records go: files (JSON lines or Parquet) or Kafka, through the
+project's own producer path (``kafka_io.make_producer``: acks=all, idempotence, zstd),
+keyed by host id like the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from .frames import simulate_frame, to_wire_frame, to_wire_json
+from .scenario import Scenario
+from .truth import ground_truth, scenario_summary
+
+GROUND_TRUTH_FILE = "ground_truth.json"
+
+
+def write_ground_truth(scenario: Scenario, out_dir: Path, seed: int) -> Path:
+    """``ground_truth.json``: ``{"scenario": {...}, "truth": ground_truth(...)}``."""
+    path = Path(out_dir) / GROUND_TRUTH_FILE
+    doc = {"scenario": scenario_summary(scenario, seed), "truth": ground_truth(scenario, seed)}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def _write_lines(f, lines: pl.Series) -> int:
+    """Write a string series as newline-terminated lines straight from Arrow's buffer."""
+    arr = (lines + "\n").to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = pa.concat_arrays(arr.chunks)
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.large_string())
+    _validity, offsets, data = arr.buffers()
+    off = np.frombuffer(offsets, dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    f.write(memoryview(data)[int(off[0]):int(off[-1])])
+    return len(arr)
+
+
+def write_files(scenario: Scenario, out_dir, seed: Optional[int] = None, fmt: str = "jsonl",
+                *, rows_per_file: int = 2_000_000) -> List[Path]:
+    """Write the simulated records to ``out_dir`` in delivery order, as JSON lines
+    (``samples-00000.jsonl``: wire v1, one record per line) or Parquet
+    (``samples-00000.parquet``: the nested wire form, see ``frames.to_wire_frame``), plus
+    ``ground_truth.json``. Returns the paths written, data files first."""
+    if fmt not in ("jsonl", "parquet"):
+        raise ValueError(f"write_files fmt: expected 'jsonl' or 'parquet', got {fmt!r}")
+    seed = scenario.seed if seed is None else int(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: List[Path] = []
+    if fmt == "jsonl":
+        fh = None
+        rows = 0
+        for chunk in simulate_frame(scenario, seed):
+            if fh is None or rows >= rows_per_file:
+                if fh is not None:
+                    fh.close()
+                paths.append(out / f"samples-{len(paths):05d}.jsonl")
+                fh = open(paths[-1], "wb")
+                rows = 0
+            rows += _write_lines(fh, to_wire_json(chunk))
+        if fh is not None:
+            fh.close()
+    else:
+        import pyarrow.parquet as pq
+        writer = None
+        rows = 0
+        for chunk in simulate_frame(scenario, seed):
+            table = to_wire_frame(chunk).to_arrow()
+            if writer is None or rows >= rows_per_file:
+                if writer is not None:
+                    writer.close()
+                paths.append(out / f"samples-{len(paths):05d}.parquet")
+                writer = pq.ParquetWriter(paths[-1], table.schema, compression="zstd",
+                                          compression_level=1)
+                rows = 0
+            writer.write_table(table, row_group_size=max(1, table.num_rows))
+            rows += table.num_rows
+        if writer is not None:
+            writer.close()
+    paths.append(write_ground_truth(scenario, out, seed))
+    return paths
+
+
+def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
+                     seed: Optional[int] = None, realtime: bool = False, speed: float = 1.0,
+                     producer=None, progress=None) -> Dict[str, Any]:
+    """Send the simulated records to Kafka, key = host id, value = wire v1 JSON.
+
+    As fast as possible with simulated timestamps by default; with ``realtime`` each
+    chunk waits until its delivery time, the simulated clock running ``speed`` times
+    faster than the wall clock. Returns counts: ``sent`` (records acknowledged by the
+    broker), ``seconds``, ``records_per_s``."""
+    from foliowatch.kafka_io import TOPIC_SAMPLES, make_producer
+
+    topic = topic or TOPIC_SAMPLES
+    if speed <= 0:
+        raise ValueError(f"produce_to_kafka speed: must be > 0, got {speed}")
+    seed = scenario.seed if seed is None else int(seed)
+    own = producer is None
+    if own:
+        # larger batches than the agent's: one simulator stands in for a whole fleet
+        producer = make_producer(settings, batch_size=512 * 1024, linger_ms=50,
+                                 buffer_memory=256 * 1024 * 1024)
+    sent = 0
+    failures: List[BaseException] = []
+    t0 = time.monotonic()
+    sim0 = scenario.start_ts
+    try:
+        for chunk in simulate_frame(scenario, seed):
+            keys = chunk["host_id"].to_list()
+            values = to_wire_json(chunk).to_list()
+            if realtime:
+                emit = chunk["emit_ts"].to_numpy()
+                # send in slices of ~1 simulated second so records leave near their time
+                bounds = np.searchsorted(emit, np.arange(emit[0], emit[-1] + 1.0, 1.0))
+                bounds = list(bounds[1:]) + [len(emit)]
+                lo = 0
+                for hi in bounds:
+                    if hi <= lo:
+                        continue
+                    due = t0 + (emit[lo] - sim0) / speed
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    for k, v in zip(keys[lo:hi], values[lo:hi]):
+                        producer.send(topic, key=k.encode(), value=v.encode()
+                                      ).add_errback(failures.append)
+                    sent += hi - lo
+                    lo = hi
+            else:
+                send = producer.send
+                for k, v in zip(keys, values):
+                    send(topic, key=k.encode(), value=v.encode()).add_errback(failures.append)
+                sent += len(keys)
+            if progress:
+                progress(sent)
+        producer.flush()
+        if failures:
+            raise RuntimeError(f"kafka topic {topic}: {len(failures)} of {sent} records not "
+                               f"acknowledged (first: {failures[0]!r}); check the broker")
+    finally:
+        if own:
+            producer.close()
+    secs = time.monotonic() - t0
+    return {"sent": sent, "seconds": secs, "records_per_s": sent / secs if secs > 0 else 0.0,
+            "topic": topic}

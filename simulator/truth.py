@@ -1,0 +1,180 @@
+"""Ground truth of a scenario: what was injected, where and when, so a detector can be
+examined against it. Written as ``ground_truth.json`` beside the generated data.
+
+``ground_truth(scenario)`` returns a list of dicts, each with a ``type``:
+
+``change``   an injected effect. Keys: ``kind`` (``regression``, ``improvement``,
+             ``load_shift``, ``hardware``), ``fleet``, ``role``, ``arch``, ``page_size``,
+             ``fs`` (``None`` = all), ``kernel_from``/``kernel_to`` (release strings as the
+             hosts report them; ``None`` for a load shift), ``metric`` and ``effect`` (the
+             headline metric, a ratio new/old: 0.75 = 25 % lower), ``metrics`` (every
+             metric's ratio, ``schema.KEY_METRICS`` names), ``frag_onset``/``frag_full``
+             (the effect grows linearly with ``frag_unusable_1m`` between them and is
+             complete above ``frag_full``; ``None`` = not fragmentation-gated),
+             ``start_ts`` (first host exposed), ``end_ts`` (rollback or end of a load
+             shift, else ``None``), ``hosts`` (hosts in the cohort), ``note``.
+``rollout``  a rollout event: ``action`` (``start`` of a wave, ``pause``, ``rollback``),
+             ``ts``, ``fleet``, ``kernel_from``, ``kernel_to`` (version-build; releases
+             differ per arch/page size), ``wave``, ``wave_fraction`` (cumulative),
+             ``hosts`` (rebooted in this event), ``hosts_total``, ``reboot_spread_s``.
+``cohort``   every (fleet, arch, page_size, fs) cohort a rollout touches, with
+             ``kernel_from``/``kernel_to`` releases, ``hosts`` and ``expected``
+             (``regression``, ``improvement`` or ``none``): the list a detector is
+             scored on, false alarms included.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Dict, List, Optional
+
+from .fleet import build_plan
+from .scenario import INSTANCE_TYPES, KERNEL_TIED_KINDS, Scenario, kernel_release
+
+
+def _metrics(c) -> Dict[str, float]:
+    return {"write_mib_s": c.write_throughput, "probe_mib_s": c.write_throughput,
+            "compact_stall_per_s": c.compact_stall, "allocstall_per_s": c.direct_reclaim,
+            "pgscan_direct_per_s": c.direct_reclaim}
+
+
+def _headline(m: Dict[str, float]) -> str:
+    for k in ("write_mib_s", "compact_stall_per_s", "allocstall_per_s"):
+        if m[k] != 1.0:
+            return k
+    return "write_mib_s"
+
+
+def _iso(ts: Optional[float]) -> Optional[str]:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def ground_truth(scenario: Scenario, seed: Optional[int] = None) -> List[Dict[str, Any]]:
+    """The scenario's ground truth (see the module doc). Deterministic for a seed."""
+    sc = scenario
+    seed = sc.seed if seed is None else int(seed)
+    plan = build_plan(sc, seed)
+    start = sc.start_ts
+    out: List[Dict[str, Any]] = []
+    events = plan.rollout_events
+
+    def cohorts(fleet_name: str):
+        f = sc.fleet(fleet_name)
+        seen: Dict[tuple, Dict[str, Any]] = {}
+        for g in f.groups:
+            key = (g.arch, g.page_size, g.fs, g.kernel)
+            if key in seen:
+                seen[key]["hosts"] += g.hosts
+            else:
+                seen[key] = {"fleet": f.name, "role": f.role, "arch": g.arch,
+                             "page_size": g.page_size, "fs": g.fs, "kernel": g.kernel,
+                             "hosts": g.hosts}
+        return list(seen.values())
+
+    for r in sc.rollouts:
+        starts = [e for e in events if e["fleet"] == r.fleet and e["kernel_to"] == r.kernel_to
+                  and e["action"] == "start"]
+        if not starts:
+            continue
+        first_ts = starts[0]["ts"]
+        rb = [e["ts"] for e in events if e["fleet"] == r.fleet and e["action"] == "rollback"
+              and e["kernel_from"] == r.kernel_to]
+        end_ts = rb[0] if rb else None
+        for co in cohorts(r.fleet):
+            if co["kernel"] != r.kernel_from:
+                continue
+            rel_from = kernel_release(r.kernel_from, co["arch"], co["page_size"])
+            rel_to = kernel_release(r.kernel_to, co["arch"], co["page_size"])
+            expected = "none"
+            for c in sc.changes:
+                if c.kind not in KERNEL_TIED_KINDS or not c.matches(
+                        co["fleet"], co["arch"], co["page_size"], co["fs"]):
+                    continue
+                if c.kernel == r.kernel_to:
+                    m = _metrics(c)
+                    kind = c.kind
+                elif c.kernel == r.kernel_from:
+                    # leaving a kernel that carries the change: the opposite effect
+                    m = {k: 1.0 / v for k, v in _metrics(c).items()}
+                    kind = "improvement" if c.kind == "regression" else "regression"
+                else:
+                    continue
+                metric = _headline(m)
+                expected = kind
+                out.append({
+                    "type": "change", "kind": kind, "fleet": co["fleet"], "role": co["role"],
+                    "arch": co["arch"], "page_size": co["page_size"], "fs": co["fs"],
+                    "kernel_from": rel_from, "kernel_to": rel_to, "metric": metric,
+                    "effect": m[metric], "metrics": m,
+                    "frag_onset": c.frag_onset, "frag_full": c.frag_full,
+                    "start_ts": first_ts, "start": _iso(first_ts), "end_ts": end_ts,
+                    "end": _iso(end_ts), "hosts": co["hosts"], "note": c.note})
+            out.append({"type": "cohort", "fleet": co["fleet"], "role": co["role"],
+                        "arch": co["arch"], "page_size": co["page_size"], "fs": co["fs"],
+                        "kernel_from": rel_from, "kernel_to": rel_to, "hosts": co["hosts"],
+                        "expected": expected, "start_ts": first_ts, "end_ts": end_ts})
+        if r.prefer_instance_types:
+            f = sc.fleet(r.fleet)
+            fleet_types = {t for g in f.groups for t in g.instance_types}
+            new = [INSTANCE_TYPES[t][3] for t in r.prefer_instance_types if t in fleet_types]
+            old = [INSTANCE_TYPES[t][3] for t in fleet_types if t not in r.prefer_instance_types]
+            if new and old:
+                ratio = (sum(new) / len(new)) / (sum(old) / len(old))
+                out.append({
+                    "type": "change", "kind": "hardware", "fleet": r.fleet, "role": f.role,
+                    "arch": None, "page_size": None, "fs": None, "kernel_from": r.kernel_from,
+                    "kernel_to": r.kernel_to, "metric": "write_mib_s",
+                    "effect": round(ratio, 4), "metrics": {"write_mib_s": round(ratio, 4),
+                                                           "probe_mib_s": round(ratio, 4)},
+                    "frag_onset": None, "frag_full": None, "start_ts": first_ts,
+                    "start": _iso(first_ts), "end_ts": None, "end": None,
+                    "hosts": int(starts[0]["hosts"]),
+                    "note": "canary waves start on newer instance types "
+                            f"({', '.join(r.prefer_instance_types)}): faster hardware, not a "
+                            "kernel effect"})
+
+    for c in sc.changes:
+        if c.kind != "load_shift":
+            continue
+        at = start + c.at_h * 3600.0
+        until = start + c.until_h * 3600.0 if c.until_h is not None else None
+        hosts = sum(g.hosts for f in sc.fleets for g in f.groups
+                    if c.matches(f.name, g.arch, g.page_size, g.fs))
+        near = [e for e in events if e["action"] == "start"
+                and (c.fleet is None or e["fleet"] == c.fleet) and abs(e["ts"] - at) <= 3600]
+        m = {"write_mib_s": c.load, "compact_stall_per_s": c.load,
+             "allocstall_per_s": c.load, "pgscan_direct_per_s": c.load}
+        out.append({
+            "type": "change", "kind": "load_shift", "fleet": c.fleet,
+            "role": sc.fleet(c.fleet).role if c.fleet else None, "arch": c.arch,
+            "page_size": c.page_size, "fs": c.fs, "kernel_from": None, "kernel_to": None,
+            "metric": "write_mib_s", "effect": c.load, "metrics": m, "frag_onset": None,
+            "frag_full": None, "start_ts": at, "start": _iso(at), "end_ts": until,
+            "end": _iso(until), "hosts": hosts,
+            "coincides_with_rollout": bool(near),
+            "note": c.note or "demand changed on every kernel alike: not a kernel effect"})
+
+    for e in events:
+        d = dict(e)
+        d["time"] = _iso(e["ts"])
+        out.append(d)
+    out.sort(key=lambda d: (d.get("start_ts", d.get("ts")) or 0.0, d["type"]))
+    return out
+
+
+def scenario_summary(sc: Scenario, seed: int) -> Dict[str, Any]:
+    return {"name": sc.name, "description": sc.description, "seed": seed,
+            "start_ts": sc.start_ts, "start": _iso(sc.start_ts),
+            "end_ts": sc.start_ts + sc.hours * 3600.0,
+            "end": _iso(sc.start_ts + sc.hours * 3600.0), "hours": sc.hours,
+            "interval_s": sc.interval_s, "hosts": sc.hosts,
+            "fleets": [{"name": f.name, "role": f.role, "workload": f.workload,
+                        "hosts": f.hosts,
+                        "groups": [{"hosts": g.hosts, "arch": g.arch,
+                                    "page_size": g.page_size, "fs": g.fs,
+                                    "instance_types": g.instance_types,
+                                    "kernel": kernel_release(g.kernel, g.arch, g.page_size)}
+                                   for g in f.groups]} for f in sc.fleets],
+            "faults": dict(sc.faults), "source": sc.source}
