@@ -76,11 +76,14 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
     hosts_by_group: Dict[Tuple, int] = {}
     rolled_back: Set[Tuple[str, str]] = set()
     change_points: List[GroupChangePoint] = []
+    history_by_group = {tuple(k): g for k, g in history.group_by(list(GROUP_KEYS))}
     for key, part in recent.group_by(list(GROUP_KEYS), maintain_order=True):
         key = tuple(key)
         hosts_by_group[key] = part["host_id"].n_unique()
         for base, new in attribution.kernel_pairs(part, rollouts, key[:4]):
-            c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust)
+            reference = history_by_group[key].filter(pl.col("kernel") == base)
+            c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
+                               reference=reference)
             if c is not None:
                 comparisons.append(c)
         rolled_back |= _rolled_back(part, rollouts, key, as_of, config.rollback_quiet)

@@ -103,27 +103,87 @@ def hodges_lehmann(new: np.ndarray, base: np.ndarray, alpha: float = 0.05,
     return float(est), float(part[k]), float(part[hi_idx])
 
 
-def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str) -> pl.DataFrame:
-    """Per host: level, tail and bad_share of the window-centred log metric."""
-    d = worse_direction(metric)
+def _centred(df: pl.DataFrame, metric: str, base_kernel: str) -> pl.DataFrame:
+    """Host windows of ``metric`` on a log scale, centred on the baseline hosts' median of
+    the same window (windows with fewer than 3 baseline hosts are dropped)."""
     floor = LOG_FLOOR[metric]
-    q_bad = 0.9 if d > 0 else 0.1
-    x = (df.filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite())
-         .select("window_start", "host_id", "kernel",
-                 (pl.col(metric).clip(lower_bound=0) + floor).log().alias("y")))
-    is_base = pl.col("kernel") == base_kernel
-    centre = (x.filter(is_base).group_by("window_start")
-              .agg(pl.col("y").median().alias("centre"),
-                   pl.col("y").quantile(q_bad, "linear").alias("bad_at"),
-                   pl.len().alias("nb"))
+    cols = ["window_start", "host_id", "kernel",
+            (pl.col(metric).clip(lower_bound=0) + floor).log().alias("y")]
+    if STATE_METRIC in df.columns:
+        cols.append(pl.col(STATE_METRIC).alias("frag"))
+    x = df.filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite()).select(cols)
+    centre = (x.filter(pl.col("kernel") == base_kernel).group_by("window_start")
+              .agg(pl.col("y").median().alias("centre"), pl.len().alias("nb"))
               .filter(pl.col("nb") >= 3))
-    x = x.join(centre, on="window_start", how="inner")
-    worse = (pl.col("y") > pl.col("bad_at")) if d > 0 else (pl.col("y") < pl.col("bad_at"))
-    q_tail = 0.9 if d > 0 else 0.1
-    return (x.with_columns((pl.col("y") - pl.col("centre")).alias("z"), worse.alias("bad"))
+    return (x.join(centre, on="window_start", how="inner")
+            .with_columns((pl.col("y") - pl.col("centre")).alias("z")))
+
+
+class MemoryStateModel:
+    """How the baseline kernel's centred metric depends on fragmentation, learnt from
+    baseline host windows over the whole history (hosts that rebooted for maintenance
+    show the fresh-memory end of the curve). Subtracting it at the window level compares
+    a canary minutes after its reboot with what a baseline host at the same
+    fragmentation does, which removes the reboot bonus instead of mistaking it for an
+    improvement (or letting it hide a regression). Outside the fragmentation range seen
+    on baseline hosts the curve is held constant: no extrapolation."""
+
+    def __init__(self, max_rows: int = 200_000):
+        self.max_rows = max_rows
+        self.model = None
+        self.lo = self.hi = 0.0
+
+    def fit(self, reference: pl.DataFrame) -> "MemoryStateModel":
+        r = reference.filter(pl.col("frag").is_not_null() & pl.col("frag").is_finite()
+                             & pl.col("z").is_finite())
+        if r.height < 200:
+            return self
+        if r.height > self.max_rows:
+            r = r.sample(self.max_rows, seed=0)
+        f = r["frag"].to_numpy().astype(float)
+        self.lo, self.hi = float(np.quantile(f, 0.005)), float(np.quantile(f, 0.995))
+        if self.hi - self.lo < 0.02:
+            return self
+        from sklearn.linear_model import Ridge
+        # Two smooth terms, not a spline: the fresh end of the curve is populated by few
+        # hosts, and a flexible fit there learns those hosts' own speed instead of the
+        # effect of memory state. frag is linear for throughput (a fragmented host
+        # writes a little slower), log(frag) for compaction (stalls grow like a power).
+        self.model = Ridge(alpha=1.0).fit(self._features(f), r["z"].to_numpy())
+        return self
+
+    def _features(self, f: np.ndarray) -> np.ndarray:
+        f = np.clip(f, self.lo, self.hi)
+        return np.column_stack([f, np.log(f + 0.02)])
+
+    def predict(self, frag: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            return np.zeros(len(frag))
+        f = np.nan_to_num(np.asarray(frag, dtype=float), nan=(self.lo + self.hi) / 2)
+        return self.model.predict(self._features(f))
+
+
+def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str,
+                reference: Optional[pl.DataFrame] = None) -> pl.DataFrame:
+    """Per host: level, tail and bad_share of the window-centred log metric (adjusted for
+    memory state at the window level when a baseline ``reference`` history is given)."""
+    d = worse_direction(metric)
+    x = _centred(df, metric, base_kernel)
+    if reference is not None and "frag" in x.columns and x.height:
+        ref = _centred(reference, metric, base_kernel)
+        state = MemoryStateModel().fit(ref)
+        if state.model is not None:
+            x = x.with_columns(pl.Series("z", x["z"].to_numpy()
+                                         - state.predict(x["frag"].to_numpy())))
+    q_bad = 0.9 if d > 0 else 0.1
+    bad_at = (x.filter(pl.col("kernel") == base_kernel).group_by("window_start")
+              .agg(pl.col("z").quantile(q_bad, "linear").alias("bad_at")))
+    x = x.join(bad_at, on="window_start", how="inner")
+    worse = (pl.col("z") > pl.col("bad_at")) if d > 0 else (pl.col("z") < pl.col("bad_at"))
+    return (x.with_columns(worse.alias("bad"))
             .group_by("host_id", "kernel")
             .agg(pl.col("z").median().alias("level"),
-                 pl.col("z").quantile(q_tail, "linear").alias("tail"),
+                 pl.col("z").quantile(q_bad, "linear").alias("tail"),
                  pl.col("bad").mean().alias("bad_share"),
                  pl.len().alias("n_windows")))
 
@@ -206,11 +266,13 @@ class CovariateAdjuster:
 
 def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             metrics: Sequence[str] = TESTED_METRICS, min_base_hosts: int = 3,
-            adjust: bool = True, alpha_ci: float = 0.05) -> Optional[Comparison]:
+            adjust: bool = True, alpha_ci: float = 0.05,
+            reference: Optional[pl.DataFrame] = None) -> Optional[Comparison]:
     """Compare ``new_kernel`` with ``base_kernel`` on one group's host windows ``df``.
 
     Only windows where both kernels report are used. Returns None when the new kernel
-    has no host in such a window."""
+    has no host in such a window. ``reference``: the group's baseline-kernel host
+    windows over a longer history, for the memory-state (fragmentation) adjustment."""
     df = df.filter(pl.col("kernel").is_in([base_kernel, new_kernel]))
     per_window = (df.group_by("window_start")
                   .agg((pl.col("kernel") == new_kernel).any().alias("has_new"),
@@ -233,7 +295,7 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
     for metric in metrics:
         if metric not in df.columns or df[metric].null_count() == df.height:
             continue
-        hosts = _host_frame(df, metric, base_kernel)
+        hosts = _host_frame(df, metric, base_kernel, reference if adjust else None)
         if hosts.is_empty():
             continue
         hosts = hosts.join(cov, on=["host_id", "kernel"], how="left")
