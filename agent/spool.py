@@ -203,7 +203,7 @@ class Spool:
         just after it (pass the last one sent to ``ack``)."""
         out: List[Tuple[Position, bytes]] = []
         with self._lock:
-            seg, off = self._head
+            seg, off = self._head.segment, self._head.offset
             for index in sorted(i for i in self._sizes if i >= seg):
                 if len(out) >= limit:
                     break

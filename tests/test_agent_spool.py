@@ -1,0 +1,161 @@
+"""The on-disk spool and the seq state: order, durability, torn tails, bounds."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from foliowatch.agent.spool import HEADER, Spool, frame
+from foliowatch.agent.state import AgentState
+
+pytestmark = pytest.mark.agent39
+MIB = 1 << 20
+
+
+def payload(i: int, size: int = 100) -> bytes:
+    head = json.dumps({"seq": i}).encode()
+    return head + b" " * max(0, size - len(head))
+
+
+def drain_all(sp: Spool):
+    out = []
+    while True:
+        batch = sp.peek(7)
+        if not batch:
+            return out
+        out += [json.loads(p)["seq"] for _, p in batch]
+        sp.ack(batch[-1][0])
+
+
+def test_records_come_back_in_order_and_survive_reopen(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(50):
+        sp.append(payload(i))
+    batch = sp.peek(20)
+    sp.ack(batch[19][0])
+    assert len(sp) == 30
+    sp.close()
+    sp2 = Spool(str(tmp_path), MIB)
+    assert len(sp2) == 30
+    assert drain_all(sp2) == list(range(20, 50))
+    assert len(sp2) == 0
+
+
+def test_unacknowledged_records_are_sent_again_after_a_crash(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(5):
+        sp.append(payload(i))
+    sp.peek(5)                      # read but never acknowledged, then the process dies
+    sp2 = Spool(str(tmp_path), MIB)
+    assert drain_all(sp2) == [0, 1, 2, 3, 4]
+
+
+def test_torn_tail_is_detected_and_truncated(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(3):
+        sp.append(payload(i))
+    sp.close()
+    (seg,) = [f for f in os.listdir(tmp_path) if f.endswith(".seg")]
+    good_size = os.path.getsize(tmp_path / seg)
+    with open(tmp_path / seg, "ab") as f:     # a crash halfway through the 4th append
+        f.write(frame(payload(3))[:37])
+    sp2 = Spool(str(tmp_path), MIB)
+    assert sp2.torn_tail_bytes == 37
+    assert os.path.getsize(tmp_path / seg) == good_size
+    sp2.append(payload(4))                    # appends continue after the valid prefix
+    assert drain_all(sp2) == [0, 1, 2, 4]
+
+
+def test_checksum_mismatch_ends_the_valid_prefix(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(3):
+        sp.append(payload(i))
+    sp.close()
+    (seg,) = [f for f in os.listdir(tmp_path) if f.endswith(".seg")]
+    data = bytearray((tmp_path / seg).read_bytes())
+    second = HEADER.size + 100
+    data[second + HEADER.size + 3] ^= 0xFF    # flip a bit inside record 1's payload
+    (tmp_path / seg).write_bytes(bytes(data))
+    sp2 = Spool(str(tmp_path), MIB)
+    assert drain_all(sp2) == [0]
+
+
+def test_frame_is_length_and_crc32():
+    f = frame(b"abc")
+    assert f == struct.pack(">II", 3, zlib.crc32(b"abc")) + b"abc"
+
+
+def test_full_spool_drops_the_oldest_and_counts_them(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    n = 3000                                  # ~3 MiB of 1 KiB records into 1 MiB
+    dropped = 0
+    for i in range(n):
+        dropped += sp.append(payload(i, 1024))
+        assert sp.bytes_used() <= MIB
+    assert dropped == sp.dropped_total > 0
+    remaining = drain_all(sp)
+    assert len(remaining) + dropped == n
+    assert remaining == list(range(dropped, n))    # the newest survive, contiguous, in order
+    sp.close()
+    assert Spool(str(tmp_path), MIB).dropped_total == dropped   # the count is persisted
+
+
+def test_drop_while_partly_sent_counts_only_unsent(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(100):
+        sp.append(payload(i, 1024))
+    batch = sp.peek(10)
+    sp.ack(batch[-1][0])
+    for i in range(100, 3000):
+        sp.append(payload(i, 1024))
+    remaining = drain_all(sp)
+    assert len(remaining) + sp.dropped_total == 3000 - 10
+    assert remaining[-1] == 2999 and remaining == sorted(remaining)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("append"), st.integers(10, 3000)),
+                          st.tuples(st.just("send"), st.integers(1, 30)),
+                          st.tuples(st.just("reopen"), st.just(0))), max_size=60))
+def test_spool_matches_a_queue_model(tmp_path_factory, ops):
+    d = tmp_path_factory.mktemp("sp")
+    sp = Spool(str(d), MIB)
+    model, nxt = [], 0
+    for op, arg in ops:
+        if op == "append":
+            sp.append(payload(nxt, arg))
+            model.append(nxt)
+            nxt += 1
+        elif op == "send":
+            batch = sp.peek(arg)
+            assert [json.loads(p)["seq"] for _, p in batch] == model[:arg]
+            if batch:
+                sp.ack(batch[-1][0])
+            model = model[len(batch):]
+        else:
+            sp.close()
+            sp = Spool(str(d), MIB)
+        assert len(sp) == len(model)
+    assert drain_all(sp) == model
+
+
+def test_state_survives_restart_and_is_replaced_atomically(tmp_path):
+    s = AgentState(str(tmp_path))
+    assert s.next_seq == 0
+    s.next_seq = 41
+    s.baseline = {"boot_id": "b", "clock": 1.0, "values": {"c\x1fx": 3}}
+    s.save()
+    assert not [f for f in os.listdir(tmp_path) if ".tmp." in f]
+    s2 = AgentState(str(tmp_path))
+    assert s2.next_seq == 41 and s2.baseline["values"] == {"c\x1fx": 3}
+
+
+def test_state_file_damaged_by_hand_is_refused_not_reset(tmp_path):
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(RuntimeError, match="state.json: not valid JSON"):
+        AgentState(str(tmp_path))
