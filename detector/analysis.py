@@ -117,6 +117,7 @@ def _rolled_back(part: pl.DataFrame, rollouts, key: Tuple, as_of: datetime,
 def _group_change_points(part: pl.DataFrame, key: Tuple, rollouts, config: DetectorConfig
                          ) -> List[GroupChangePoint]:
     out = []
+    hosts_in_slice = part["host_id"].n_unique()
     for metric in CHANGEPOINT_METRICS:
         if metric not in part.columns:
             continue
@@ -131,7 +132,8 @@ def _group_change_points(part: pl.DataFrame, key: Tuple, rollouts, config: Detec
         for cp in seg.fit_predict(s["y"].to_numpy()):
             at = times[cp.index]
             out.append(GroupChangePoint(key, metric, at, cp.p_value, cp.shift,
-                                        attribution.attribute(at, rollouts, key[:4])))
+                                        attribution.attribute(at, rollouts, key[:4],
+                                                              hosts_in_slice=hosts_in_slice)))
     return out
 
 

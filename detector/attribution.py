@@ -104,16 +104,23 @@ def infer_rollouts(host_windows: pl.DataFrame, wave_gap: timedelta = timedelta(h
 
 def attribute(at: datetime, rollouts: Sequence[Rollout], key: Tuple,
               before: timedelta = timedelta(minutes=10),
-              after: timedelta = timedelta(hours=2)) -> Attribution:
+              after: timedelta = timedelta(hours=2), hosts_in_slice: int = 0,
+              min_share: float = 0.05) -> Attribution:
     """The rollout wave that coincides with a change point at ``at`` in the series of the
     fleet slice ``key`` (fleet, role, arch, page_size): a wave starting at most ``after``
     before the change point or ``before`` after it (change-point times are uncertain by a
-    few windows). The closest wave wins. No wave: a workload shift, not a kernel change."""
+    few windows). The closest wave wins. No wave: a workload shift, not a kernel change.
+
+    A wave that moved fewer than ``min_share`` of the slice's ``hosts_in_slice`` hosts
+    cannot shift the slice's median series: a change point during a 1% canary wave is a
+    workload change that happens to coincide, and is reported as such."""
     best: Optional[Tuple[float, Rollout, Wave]] = None
     for r in rollouts:
         if r.key != tuple(key):
             continue
         for w in r.waves:
+            if hosts_in_slice and w.hosts < min_share * hosts_in_slice:
+                continue
             if w.start - before <= at <= w.end + after:
                 lag = (at - w.start).total_seconds()
                 if best is None or abs(lag) < abs(best[0]):
