@@ -193,11 +193,10 @@ def merged_values(file_data: Optional[Mapping[str, Any]], environ: Mapping[str, 
     flat = _flatten(file_data or {})
     for key, raw in flat.items():
         if key not in DEFAULTS:
-            where = key if key.startswith("agent") else key
             if key in _SUBTABLES:
-                problems.append(f"config {where}: expected a table")
+                problems.append(f"config {key}: expected a table")
             else:
-                problems.append(f"config {where}: unknown key{_suggest(key)}")
+                problems.append(f"config {key}: unknown key{_suggest(key)}")
             continue
         try:
             values[key] = _coerce(key, raw, from_env=False)
