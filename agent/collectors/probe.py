@@ -13,19 +13,18 @@ Safety:
   stops early and the bytes actually written are reported);
 - the file is created with O_EXCL, removed in a ``finally``, and stale probe files left by
   a killed agent are removed before the next probe;
-- when the agent runs as root the probe runs in a child process as an unprivileged
-  ``user`` (default ``nobody``), so a wrong ``directory`` cannot overwrite anything root
+- when the agent runs as root the probe runs in a forked child that drops to an
+  unprivileged ``user`` (default ``nobody``), so a wrong ``directory`` cannot overwrite anything root
   owns; the directory must be writable by that user.
 
-Run as a module (``python -m foliowatch.agent.collectors.probe DIR SIZE CHUNK MAX_S``)
-it prints one JSON result; that is how the agent runs it as another user.
+Run as a module (``python -m foliowatch.agent.collectors.probe DIR SIZE CHUNK MAX_S
+MIN_FREE_BYTES MIN_FREE_RATIO``) it prints one JSON result, for trying it by hand.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Dict, Optional
@@ -88,7 +87,16 @@ def run(directory: str, size_bytes: int, chunk_bytes: int = DEFAULT_CHUNK,
     if chunk_bytes <= 0 or size_bytes < chunk_bytes:
         raise ProbeRefused(f"probe: size_bytes ({size_bytes}) must be >= chunk_bytes "
                            f"({chunk_bytes}) > 0")
-    if not os.path.isdir(directory):
+    import stat
+    try:
+        is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
+    except PermissionError:
+        raise ProbeRefused(f"probe.directory {directory}: not reachable by uid {os.geteuid()} "
+                           "(a parent folder is not searchable); choose a directory that "
+                           "agent.probe.user can reach") from None
+    except FileNotFoundError:
+        is_dir = False
+    if not is_dir:
         raise ProbeRefused(f"probe.directory {directory}: not a directory; create it on the "
                            "watched filesystem")
     remove_stale(directory)
@@ -132,28 +140,78 @@ def run(directory: str, size_bytes: int, chunk_bytes: int = DEFAULT_CHUNK,
 def run_as(user: Optional[str], directory: str, size_bytes: int, chunk_bytes: int,
            max_seconds: float, min_free_bytes: int, min_free_ratio: float,
            timeout: Optional[float] = None) -> Dict[str, object]:
-    """Run the probe, as ``user`` in a child process when this process is root and a user
-    is given; in this process otherwise."""
+    """Run the probe, as ``user`` in a forked child when this process is root and a user
+    is given; in this process otherwise.
+
+    A fork (not a new interpreter) because the agent's interpreter may live where the
+    unprivileged user cannot execute it; the child only writes, reads /proc, and exits.
+    """
     if os.geteuid() != 0 or not user or user == "root":
         return run(directory, size_bytes, chunk_bytes, max_seconds, min_free_bytes,
                    min_free_ratio)
     import pwd
+    import select
+    import signal
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
         raise ProbeRefused(f"probe.user {user!r}: no such user; create it or set "
                            "agent.probe.user") from None
-    argv = [sys.executable, "-m", "foliowatch.agent.collectors.probe", directory,
-            str(size_bytes), str(chunk_bytes), str(max_seconds), str(min_free_bytes),
-            str(min_free_ratio)]
-    p = subprocess.run(argv, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
-                       capture_output=True, text=True, cwd="/",
-                       timeout=timeout if timeout is not None else max_seconds + 120)
-    if p.returncode == 3:
-        raise ProbeRefused(p.stderr.strip())
-    if p.returncode != 0:
-        raise ProbeRefused(f"probe as {user} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
-    return json.loads(p.stdout)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop privileges for good, probe, report, exit
+        status = 0
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            if os.geteuid() != pw.pw_uid or os.getuid() != pw.pw_uid:
+                raise RuntimeError("could not drop privileges")
+            try:
+                out = {"ok": run(directory, size_bytes, chunk_bytes, max_seconds,
+                                 min_free_bytes, min_free_ratio)}
+            except ProbeRefused as e:
+                out = {"refused": str(e)}
+            data = json.dumps(out).encode()
+            while data:
+                data = data[os.write(wfd, data):]
+        except BaseException as e:  # noqa: BLE001 - report anything to the parent
+            status = 1
+            try:
+                os.write(wfd, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    deadline = time.monotonic() + (timeout if timeout is not None else max_seconds + 120)
+    chunks = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                raise ProbeRefused(f"probe as {user}: no result in time; killed it")
+            ready, _, _ = select.select([rfd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(rfd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        os.waitpid(pid, 0)
+    try:
+        out = json.loads(b"".join(chunks) or b"{}")
+    except ValueError:
+        out = {}
+    if "ok" in out:
+        return out["ok"]
+    if "refused" in out:
+        raise ProbeRefused(out["refused"])
+    raise ProbeRefused(f"probe as {user} failed: {out.get('error', 'no result')}")
 
 
 def main(argv=None) -> int:
