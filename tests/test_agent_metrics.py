@@ -1,0 +1,115 @@
+"""/metrics: what the agent serves, checked by Prometheus' own promtool and scraped by a
+real Prometheus."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from foliowatch.agent.config import AgentConfig
+from foliowatch.agent.exporter import serve
+from foliowatch.agent.runner import Agent
+from foliowatch.services import free_port
+
+pytestmark = pytest.mark.agent39
+
+
+@pytest.fixture
+def served_agent(tmp_path):
+    port = free_port()
+    cfg = AgentConfig(state_dir=str(tmp_path / "state"), mounts=["/"], kafka_enabled=False,
+                      metrics_listen=f"127.0.0.1:{port}", interval_s=1.0)
+    agent = Agent(cfg)
+    agent.tick()
+    time.sleep(0.05)
+    agent.tick()
+    server = serve(agent, cfg.metrics_address())
+    try:
+        yield agent, f"http://127.0.0.1:{port}/metrics"
+    finally:
+        server.shutdown()
+        agent.close()
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def value(text: str, series: str) -> float:
+    m = re.search(r"^" + re.escape(series) + r" (\S+)$", text, re.M)
+    assert m, f"{series} not in /metrics"
+    return float(m.group(1))
+
+
+def test_promtool_check_metrics_passes(served_agent):
+    _agent, url = served_agent
+    text = scrape(url)
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_kernel_figures_and_health_in_base_units(served_agent):
+    agent, url = served_agent
+    text = scrape(url)
+    names = set(re.findall(r"^([a-z_:][a-z0-9_:]*)(?:\{| )", text, re.M))
+    ours = {n for n in names if not n.startswith("process_")}
+    assert all(n.startswith("foliowatch_agent_") for n in ours), sorted(ours)
+    for series in ("foliowatch_agent_vmstat_compact_stall_total",
+                   "foliowatch_agent_vmstat_allocstall_normal_total",
+                   "foliowatch_agent_vmstat_pgscan_direct_total",
+                   "foliowatch_agent_frag_unusable_1m_ratio",
+                   "foliowatch_agent_mem_available_bytes",
+                   "foliowatch_agent_samples_total", "foliowatch_agent_samples_sent_total",
+                   "foliowatch_agent_samples_spooled_total",
+                   "foliowatch_agent_samples_dropped_total",
+                   "foliowatch_agent_send_errors_total",
+                   "foliowatch_agent_spool_records",
+                   "foliowatch_agent_collection_duration_seconds",
+                   "foliowatch_agent_last_send_error_timestamp_seconds",
+                   "process_resident_memory_bytes"):
+        value(text, series)
+    assert value(text, "foliowatch_agent_samples_spooled_total") == 1.0   # 1st tick: baseline
+    assert value(text, "foliowatch_agent_spool_records") == 1.0           # Kafka disabled
+    # PSI in seconds, not microseconds
+    with open("/proc/pressure/io") as f:
+        some_us = int(re.search(r"^some .*total=(\d+)", f.read(), re.M).group(1))
+    psi = value(text, 'foliowatch_agent_pressure_stalled_seconds_total{kind="some",resource="io"}')
+    assert some_us / 1e6 <= psi < some_us / 1e6 + 60
+    assert re.search(r'^foliowatch_agent_mount_written_bytes_total\{device="[^"]+",fs="ext4",'
+                     r'mount="/"\} \d', text, re.M)
+    assert re.search(r'^foliowatch_agent_frag_unusable_ratio\{order="8"\} [0-9.e-]+$', text, re.M)
+    assert 'foliowatch_agent_kernel_settings_info{thp_defrag=' in text
+
+
+def test_metrics_read_the_kernel_on_every_scrape(served_agent):
+    _agent, url = served_agent
+    a = value(scrape(url), "foliowatch_agent_uptime_seconds")
+    time.sleep(1.1)
+    b = value(scrape(url), "foliowatch_agent_uptime_seconds")
+    assert b >= a + 1.0
+
+
+def test_metrics_bind_loopback_by_default():
+    assert AgentConfig().metrics_address()[0] == "127.0.0.1"
+
+
+def test_prometheus_scrapes_the_agent(served_agent, prometheus_factory):
+    _agent, url = served_agent
+    target = url.split("//")[1].split("/")[0]
+    prom = prometheus_factory(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: agent\n"
+        f"    static_configs:\n      - targets: ['{target}']\n")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = prom.query("foliowatch_agent_frag_unusable_1m_ratio")
+        if r["data"]["result"]:
+            assert 0.0 <= float(r["data"]["result"][0]["value"][1]) <= 1.0
+            return
+        time.sleep(0.5)
+    raise AssertionError("Prometheus never scraped foliowatch_agent_frag_unusable_1m_ratio")
