@@ -1,0 +1,344 @@
+"""Event-time windows per source partition: lateness, deduplication, host partial sums,
+and the host and cohort rows of ``foliowatch.dataset`` when a window closes.
+
+Pure computation on polars frames; no I/O. Everything is decided per record in offset
+order, never by batch boundaries or wall-clock time, so a replay from a checkpoint
+produces the same windows with the same contents (and so the same file names):
+
+- The *watermark* of a partition is the largest ``ts`` accepted so far in it.
+- A record is *late* when its ``ts`` is more than ``lateness_s`` behind the watermark
+  just before it; it is not aggregated (it goes to the DLQ with reason ``late``).
+- A window ``[start, start + w)`` *closes* once the watermark reaches
+  ``start + w + lateness_s``: from then on any record for it would be late, so its rows
+  are final. Until then late-but-tolerated records simply update it.
+- A record whose ``(host_id, boot_id, seq)`` was already accepted is a *duplicate* and is
+  dropped (counted). Identities are remembered only while a copy could still arrive in
+  time, i.e. while ``ts >= watermark - lateness_s``: the state stays bounded.
+
+Host partial sums are mergeable (sums, counts, min/max), so open windows survive across
+batches and checkpoints as small frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import polars as pl
+
+from foliowatch import dataset as contract
+from foliowatch import schema as wire
+
+from .decode import MIB, explode_fs
+
+GROUP_KEYS = ("partition", "window_s", "window_start", "host_id", "boot_id", "fs", "fleet",
+              "role", "arch", "page_size", "kernel")
+# delta column -> (key metric, output sum column)
+RATE_INPUTS = {
+    "write_bytes": ("write_mib_s", "write_bytes_sum"),
+    "compact_stall": ("compact_stall_per_s", "compact_stall_sum"),
+    "allocstall": ("allocstall_per_s", "allocstall_sum"),
+    "pgscan_direct": ("pgscan_direct_per_s", "pgscan_direct_sum"),
+    "psi_memory_some_us": ("psi_memory_some_share", "psi_memory_some_us_sum"),
+    "nr_dirtied": (None, "nr_dirtied_sum"),
+}
+GAUGE_INPUTS = {"frag_unusable_1m": "frag_unusable_1m", "probe_mib_s": "probe_mib_s"}
+SEEN_SCHEMA = {"partition": pl.Int64, "host_id": pl.String, "boot_id": pl.String,
+               "seq": pl.Int64, "ts": pl.Float64}
+QUANTILE_METHOD = "linear"
+
+
+def _partial_schema() -> Dict[str, pl.DataType]:
+    s: Dict[str, pl.DataType] = {
+        "partition": pl.Int64, "window_s": pl.Int64, "window_start": pl.Int64,
+        "host_id": pl.String, "boot_id": pl.String, "fs": pl.String, "fleet": pl.String,
+        "role": pl.String, "arch": pl.String, "page_size": pl.Int64, "kernel": pl.String,
+        "samples": pl.Int64, "instance_type": pl.String, "cpus": pl.Int64,
+        "mem_bytes": pl.Int64, "uptime_s": pl.Float64, "first_ts": pl.Float64,
+        "last_ts": pl.Float64, "interval_s_sum": pl.Float64,
+        "first_offset": pl.Int64, "last_offset": pl.Int64,
+    }
+    for c in RATE_INPUTS:
+        s[f"{c}__sum"] = pl.Float64
+        s[f"{c}__iv"] = pl.Float64   # sum of the intervals of records reporting it
+    for g in GAUGE_INPUTS:
+        s[f"{g}__sum"] = pl.Float64
+        s[f"{g}__n"] = pl.Int64
+    return s
+
+
+PARTIAL_SCHEMA = _partial_schema()
+
+
+def _partial_aggs() -> List[pl.Expr]:
+    """Aggregations from per-(record, fs) rows to host partials."""
+    iv = pl.col("interval_s")
+    aggs = [pl.len().cast(pl.Int64).alias("samples"),
+            pl.col("instance_type").max(), pl.col("cpus").max(), pl.col("mem_bytes").max(),
+            pl.col("uptime_s").max(), pl.col("ts").min().alias("first_ts"),
+            pl.col("ts").max().alias("last_ts"), iv.sum().alias("interval_s_sum"),
+            pl.col("offset").min().alias("first_offset"),
+            pl.col("offset").max().alias("last_offset")]
+    for c in RATE_INPUTS:
+        aggs.append(pl.col(c).cast(pl.Float64).sum().alias(f"{c}__sum"))
+        aggs.append(iv.filter(pl.col(c).is_not_null()).sum().alias(f"{c}__iv"))
+    for g in GAUGE_INPUTS:
+        aggs.append(pl.col(g).sum().alias(f"{g}__sum"))
+        aggs.append(pl.col(g).count().cast(pl.Int64).alias(f"{g}__n"))
+    return aggs
+
+
+def _merge_aggs() -> List[pl.Expr]:
+    """Aggregations that merge host partials of the same group."""
+    aggs = [pl.col("samples").sum(), pl.col("instance_type").max(), pl.col("cpus").max(),
+            pl.col("mem_bytes").max(), pl.col("uptime_s").max(), pl.col("first_ts").min(),
+            pl.col("last_ts").max(), pl.col("interval_s_sum").sum(),
+            pl.col("first_offset").min(), pl.col("last_offset").max()]
+    for c in RATE_INPUTS:
+        aggs += [pl.col(f"{c}__sum").sum(), pl.col(f"{c}__iv").sum()]
+    for g in GAUGE_INPUTS:
+        aggs += [pl.col(f"{g}__sum").sum(), pl.col(f"{g}__n").sum()]
+    return aggs
+
+
+def host_rows(partials: pl.DataFrame) -> pl.DataFrame:
+    """Final host-window rows (the ``level=host`` columns) from merged partials."""
+    def rate(c: str, scale: float = 1.0) -> pl.Expr:
+        return (pl.when(pl.col(f"{c}__iv") > 0)
+                .then(pl.col(f"{c}__sum") / pl.col(f"{c}__iv") / scale).otherwise(None))
+
+    def total(c: str) -> pl.Expr:
+        return pl.when(pl.col(f"{c}__iv") > 0).then(pl.col(f"{c}__sum")).otherwise(None)
+
+    metrics = {
+        "write_mib_s": rate("write_bytes", MIB),
+        "compact_stall_per_s": rate("compact_stall"),
+        "allocstall_per_s": rate("allocstall"),
+        "pgscan_direct_per_s": rate("pgscan_direct"),
+        "psi_memory_some_share": pl.min_horizontal(rate("psi_memory_some_us", 1e6),
+                                                   pl.lit(1.0)),
+        "frag_unusable_1m": pl.when(pl.col("frag_unusable_1m__n") > 0)
+        .then(pl.col("frag_unusable_1m__sum") / pl.col("frag_unusable_1m__n")),
+        "probe_mib_s": pl.when(pl.col("probe_mib_s__n") > 0)
+        .then(pl.col("probe_mib_s__sum") / pl.col("probe_mib_s__n")),
+    }
+    assert tuple(metrics) == wire.KEY_METRICS
+    sums = {"interval_s_sum": pl.col("interval_s_sum")}
+    for c, (_m, out) in RATE_INPUTS.items():
+        sums[out] = total(c)
+    assert tuple(sums) == contract.HOST_SUMS
+    cols = [
+        pl.from_epoch(pl.col("window_start"), time_unit="s").dt.cast_time_unit("us")
+        .dt.replace_time_zone("UTC").alias("window_start"),
+        pl.col("window_s"),
+        *[pl.col(k) for k in contract.COHORT_KEYS],
+        *[pl.col(k) for k in contract.HOST_COLUMNS],
+        *[e.cast(pl.Float64).alias(m) for m, e in metrics.items()],
+        *[e.cast(pl.Float64).alias(n) for n, e in sums.items()],
+    ]
+    return (partials.select(cols)
+            .sort([*contract.COHORT_KEYS, "host_id", "boot_id"]))
+
+
+def cohort_rows(hosts: pl.DataFrame) -> pl.DataFrame:
+    """Cohort-window rows (the ``level=cohort`` columns) from host-window rows."""
+    aggs = [pl.col("host_id").n_unique().cast(pl.Int64).alias("hosts"),
+            pl.col("samples").sum().alias("samples")]
+    for m in wire.KEY_METRICS:
+        c = pl.col(m)
+        aggs += [c.mean().alias(f"{m}_mean"), c.median().alias(f"{m}_median"),
+                 c.quantile(0.9, QUANTILE_METHOD).alias(f"{m}_p90"),
+                 c.quantile(0.99, QUANTILE_METHOD).alias(f"{m}_p99"),
+                 c.count().cast(pl.Int64).alias(f"{m}_n"),
+                 pl.when(c.count() > 0).then(c.sum()).alias(f"{m}_sum"),
+                 pl.when(c.count() > 0).then((c * c).sum()).alias(f"{m}_sumsq")]
+    keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
+    return hosts.group_by(keys).agg(aggs).sort(keys)
+
+
+@dataclass
+class ClosedWindow:
+    """One window of one partition, final: its rows and the offsets they came from."""
+    partition: int
+    window_s: int
+    window_start: int          # Unix seconds
+    first_offset: int
+    last_offset: int
+    hosts: pl.DataFrame
+    cohorts: pl.DataFrame
+
+
+@dataclass
+class BatchOutcome:
+    accepted: int = 0
+    duplicates: int = 0
+    late_rows: List[int] = field(default_factory=list)   # "row" ids of late records
+
+
+@dataclass
+class PartitionMeta:
+    next_offset: int = 0
+    watermark: Optional[float] = None
+    finished: bool = False     # closed at end of input: every later record is late
+
+
+class WindowAggregator:
+    """Open windows, watermarks and dedupe memory for a set of source partitions."""
+
+    def __init__(self, windows_s: Sequence[int] = contract.DEFAULT_WINDOWS_S,
+                 lateness_s: float = 120.0):
+        if not windows_s or any(int(w) <= 0 for w in windows_s):
+            raise ValueError(f"windows: expected positive seconds, got {list(windows_s)}")
+        if lateness_s < 0:
+            raise ValueError(f"lateness: expected >= 0 seconds, got {lateness_s}")
+        self.windows_s = tuple(sorted(int(w) for w in windows_s))
+        self.lateness_s = float(lateness_s)
+        self.meta: Dict[int, PartitionMeta] = {}
+        self._partials: List[pl.DataFrame] = []
+        self._seen = pl.DataFrame(schema=SEEN_SCHEMA)
+
+    # -- per batch -----------------------------------------------------------------
+    def process(self, good: pl.DataFrame, next_offsets: Dict[int, int]) -> BatchOutcome:
+        """Aggregate a batch of accepted records (``decode.FLAT_SCHEMA`` + ``partition``
+        + ``offset``). ``next_offsets`` is, per partition, the offset after the batch's
+        last message (valid or not)."""
+        out = BatchOutcome()
+        for p, off in next_offsets.items():
+            m = self.meta.setdefault(p, PartitionMeta())
+            m.next_offset = max(m.next_offset, off)
+        if good.height == 0:
+            return out
+        good = good.sort("partition", "offset")
+        wm_state = {p: (m.watermark if m.watermark is not None else float("-inf"))
+                    for p, m in self.meta.items()}
+        finished = [p for p, m in self.meta.items() if m.finished]
+        before = pl.max_horizontal(
+            pl.col("ts").cum_max().shift(1).over("partition").fill_null(float("-inf")),
+            pl.col("partition").replace_strict(wm_state, default=float("-inf"),
+                                               return_dtype=pl.Float64))
+        good = good.with_columns(
+            ((pl.col("ts") < before - self.lateness_s)
+             | pl.col("partition").is_in(finished)).alias("late"))
+        late = good.filter(pl.col("late"))
+        out.late_rows = late["row"].to_list()
+        good = good.filter(~pl.col("late")).drop("late")
+        # watermarks advance with every on-time record
+        if good.height:
+            for p, mx in good.group_by("partition").agg(pl.col("ts").max()).iter_rows():
+                m = self.meta[p]
+                m.watermark = mx if m.watermark is None else max(m.watermark, mx)
+        # dedupe: first copy in offset order wins, across batches through self._seen
+        keys = ["partition", "host_id", "boot_id", "seq"]
+        fresh = good.filter(pl.struct(keys).is_first_distinct())
+        if self._seen.height:
+            fresh = fresh.join(self._seen.select(keys), on=keys, how="anti",
+                               maintain_order="left")
+        out.duplicates = good.height - fresh.height
+        out.accepted = fresh.height
+        self._seen = pl.concat([self._seen, fresh.select(list(SEEN_SCHEMA))])
+        self._prune_seen()
+        if fresh.height:
+            self._add_partials(fresh)
+        return out
+
+    def _prune_seen(self) -> None:
+        horizon = {p: (m.watermark - self.lateness_s if m.watermark is not None
+                       else float("-inf")) for p, m in self.meta.items()}
+        self._seen = self._seen.filter(
+            pl.col("ts") >= pl.col("partition").replace_strict(
+                horizon, default=float("-inf"), return_dtype=pl.Float64))
+
+    def _add_partials(self, fresh: pl.DataFrame) -> None:
+        per_fs = explode_fs(fresh)
+        aggs = _partial_aggs()
+        parts = []
+        for w in self.windows_s:
+            framed = per_fs.with_columns(
+                pl.lit(w, dtype=pl.Int64).alias("window_s"),
+                ((pl.col("ts") // w) * w).cast(pl.Int64).alias("window_start"))
+            parts.append(framed.group_by(list(GROUP_KEYS)).agg(aggs))
+        self._partials.extend(p.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA)
+                              for p in parts)
+        if len(self._partials) > 64:
+            self._compact()
+
+    def _compact(self) -> pl.DataFrame:
+        if not self._partials:
+            merged = pl.DataFrame(schema=PARTIAL_SCHEMA)
+        elif len(self._partials) == 1:
+            merged = self._partials[0]
+        else:
+            merged = (pl.concat(self._partials).group_by(list(GROUP_KEYS))
+                      .agg(_merge_aggs()).select(list(PARTIAL_SCHEMA)))
+        self._partials = [merged]
+        return merged
+
+    # -- closing windows -------------------------------------------------------------
+    def close_ready(self, final: bool = False,
+                    partitions: Optional[Iterable[int]] = None) -> List[ClosedWindow]:
+        """Windows whose end + lateness the watermark has passed (all of them when
+        ``final``, e.g. at the end of a finite input), removed from the open state."""
+        merged = self._compact()
+        if merged.height == 0:
+            if final:
+                for p in (partitions if partitions is not None else list(self.meta)):
+                    self.meta.setdefault(p, PartitionMeta()).finished = True
+            return []
+        if final:
+            ps = list(partitions) if partitions is not None else list(self.meta)
+            ready = pl.col("partition").is_in(ps)
+            for p in ps:
+                self.meta.setdefault(p, PartitionMeta()).finished = True
+        else:
+            wm = {p: m.watermark for p, m in self.meta.items() if m.watermark is not None}
+            ready = (pl.col("window_start") + pl.col("window_s") + self.lateness_s
+                     <= pl.col("partition").replace_strict(wm, default=float("-inf"),
+                                                           return_dtype=pl.Float64))
+        done = merged.filter(ready)
+        if done.height == 0:
+            return []
+        self._partials = [merged.filter(~ready)]
+        closed = []
+        for (p, w, start), part in sorted(done.group_by(["partition", "window_s",
+                                                          "window_start"]),
+                                          key=lambda kv: kv[0]):
+            hosts = host_rows(part)
+            closed.append(ClosedWindow(
+                partition=int(p), window_s=int(w), window_start=int(start),
+                first_offset=int(part["first_offset"].min()),
+                last_offset=int(part["last_offset"].max()),
+                hosts=hosts, cohorts=cohort_rows(hosts)))
+        return closed
+
+    # -- checkpoints -----------------------------------------------------------------
+    def partitions(self) -> List[int]:
+        return sorted(self.meta)
+
+    def snapshot(self, partition: int) -> Tuple[PartitionMeta, pl.DataFrame, pl.DataFrame]:
+        merged = self._compact()
+        m = self.meta.get(partition, PartitionMeta())
+        return (PartitionMeta(m.next_offset, m.watermark, m.finished),
+                merged.filter(pl.col("partition") == partition),
+                self._seen.filter(pl.col("partition") == partition))
+
+    def restore(self, partition: int, meta: PartitionMeta, partials: pl.DataFrame,
+                seen: pl.DataFrame) -> None:
+        self.drop(partition)
+        self.meta[partition] = meta
+        if partials.height:
+            self._partials.append(partials.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA))
+        if seen.height:
+            self._seen = pl.concat([self._seen, seen.select(list(SEEN_SCHEMA))
+                                    .cast(SEEN_SCHEMA)])
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition (revoked: another instance continues from its checkpoint)."""
+        self.meta.pop(partition, None)
+        merged = self._compact()
+        self._partials = [merged.filter(pl.col("partition") != partition)]
+        self._seen = self._seen.filter(pl.col("partition") != partition)
+
+    def open_windows(self) -> int:
+        merged = self._compact()
+        return merged.select(pl.struct("partition", "window_s", "window_start")
+                             .n_unique()).item() if merged.height else 0

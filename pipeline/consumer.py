@@ -1,0 +1,208 @@
+"""The Kafka side: a consumer-group member that reads ``foliowatch.samples.v1`` in
+micro-batches (bounded by records and time), runs them through the pipeline, and
+commits offsets only after the windows and the checkpoint that cover them are durable.
+
+Partition ownership follows the group: when partitions are assigned, this instance
+loads their checkpoints and seeks to the checkpointed offset (the checkpoint is the
+truth; the committed offset may lag it by one crash); when they are revoked, it
+finishes the pending batch, checkpoints and commits them, and forgets them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from foliowatch.kafka_io import KafkaSettings, make_consumer, make_producer
+
+from .engine import Pipeline
+from .sinks import StateStore
+
+log = logging.getLogger("foliowatch.pipeline")
+
+
+@dataclass
+class ConsumerConfig:
+    topic: str
+    group: str = "foliowatch-pipeline"
+    batch_records: int = 100_000
+    batch_seconds: float = 1.0
+    checkpoint_seconds: float = 5.0
+    until_idle_s: float = 0.0          # > 0: stop after this long with nothing to read
+    batch_pause_s: float = 0.0         # test aid: sleep after each batch
+    session_timeout_ms: int = 10_000
+    max_partition_fetch_bytes: int = 8 * 1024 * 1024
+    fetch_max_bytes: int = 64 * 1024 * 1024
+    max_poll_records: int = 20_000
+
+
+class KafkaRunner:
+    def __init__(self, settings: KafkaSettings, cfg: ConsumerConfig, pipeline: Pipeline,
+                 store: StateStore, metrics=None):
+        self.settings = settings
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.store = store
+        self.metrics = metrics
+        self.consumer = None
+        self.pending: List = []
+        self.stop_requested = False
+        self.last_checkpoint = time.monotonic()
+        self.totals = {"records": 0, "accepted": 0, "duplicates": 0, "invalid": 0,
+                       "late": 0, "windows": 0}
+
+    # -- rebalance callbacks (run inside poll) ---------------------------------------
+    def on_partitions_revoked(self, revoked) -> None:
+        mine = [tp.partition for tp in revoked if tp.topic == self.cfg.topic]
+        if not mine:
+            return
+        self._process_pending()
+        self._checkpoint_and_commit(mine)
+        for p in mine:
+            self.pipeline.agg.drop(p)
+        log.info("partitions %s revoked: checkpointed and released", sorted(mine))
+
+    def on_partitions_assigned(self, assigned) -> None:
+        for tp in assigned:
+            if tp.topic != self.cfg.topic:
+                continue
+            saved = self.store.load(tp.partition)
+            if saved is None:
+                self.pipeline.agg.drop(tp.partition)
+                continue
+            meta, partials, seen = saved
+            self.pipeline.agg.restore(tp.partition, meta, partials, seen)
+            self.consumer.seek(tp, meta.next_offset)
+        log.info("partitions %s assigned", sorted(tp.partition for tp in assigned))
+
+    # -- the loop --------------------------------------------------------------------
+    def _make_consumer(self):
+        from kafka import ConsumerRebalanceListener
+
+        runner = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                runner.on_partitions_revoked(revoked)
+
+            def on_partitions_assigned(self, assigned):
+                runner.on_partitions_assigned(assigned)
+
+        c = make_consumer(self.settings, group_id=self.cfg.group,
+                          max_poll_records=self.cfg.max_poll_records,
+                          max_partition_fetch_bytes=self.cfg.max_partition_fetch_bytes,
+                          fetch_max_bytes=self.cfg.fetch_max_bytes,
+                          session_timeout_ms=self.cfg.session_timeout_ms,
+                          heartbeat_interval_ms=max(1000, self.cfg.session_timeout_ms // 4),
+                          max_poll_interval_ms=600_000)
+        c.subscribe([self.cfg.topic], listener=Listener())
+        return c
+
+    def request_stop(self, *_args) -> None:
+        self.stop_requested = True
+
+    def run(self) -> dict:
+        self.consumer = self._make_consumer()
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        idle_since = time.monotonic()
+        try:
+            while not self.stop_requested:
+                got = self._fill_batch()
+                if got:
+                    idle_since = time.monotonic()
+                    self._process_pending()
+                    if self.cfg.batch_pause_s:
+                        time.sleep(self.cfg.batch_pause_s)
+                if time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_seconds:
+                    self._checkpoint_and_commit(self._owned())
+                self._update_lag()
+                if (self.cfg.until_idle_s > 0 and not got
+                        and time.monotonic() - idle_since >= self.cfg.until_idle_s
+                        and self._caught_up()):
+                    # a finite input is over: close every window as the end of the stream
+                    owned = self._owned()
+                    self.totals["windows"] += self.pipeline.finish(owned)
+                    break
+            self._process_pending()
+            self._checkpoint_and_commit(self._owned())
+        finally:
+            self.consumer.close()
+            self.pipeline.dlq.close()
+        return self.totals
+
+    def _owned(self) -> List[int]:
+        return sorted(tp.partition for tp in self.consumer.assignment()
+                      if tp.topic == self.cfg.topic)
+
+    def _fill_batch(self) -> int:
+        deadline = time.monotonic() + self.cfg.batch_seconds
+        n = 0
+        while n < self.cfg.batch_records and not self.stop_requested:
+            timeout = max(0.0, deadline - time.monotonic())
+            polled = self.consumer.poll(timeout_ms=int(timeout * 1000),
+                                        max_records=min(self.cfg.max_poll_records,
+                                                        self.cfg.batch_records - n))
+            for recs in polled.values():
+                self.pending.extend(recs)
+                n += len(recs)
+            if time.monotonic() >= deadline:
+                break
+        return n
+
+    def _process_pending(self) -> None:
+        if not self.pending:
+            return
+        recs, self.pending = self.pending, []
+        st = self.pipeline.process([r.value if r.value is not None else b"" for r in recs],
+                                   [r.partition for r in recs], [r.offset for r in recs],
+                                   self.cfg.topic, [r.key for r in recs])
+        for k in self.totals:
+            self.totals[k] += getattr(st, k)
+
+    def _checkpoint_and_commit(self, partitions: List[int]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        self.last_checkpoint = time.monotonic()
+        if not partitions:
+            return
+        offsets = self.pipeline.checkpoint(self.store, partitions)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit({TopicPartition(self.cfg.topic, p): OffsetAndMetadata(o, "", -1)
+                                  for p, o in offsets.items()})
+        except Exception as e:  # a rebalance in progress: the checkpoint still holds
+            log.warning("offset commit failed (%s); the checkpoint files hold the position", e)
+
+    def _caught_up(self) -> bool:
+        parts = list(self.consumer.assignment())
+        if not parts:
+            return True
+        ends = self.consumer.end_offsets(parts)
+        return all(self.consumer.position(tp) >= ends[tp] for tp in parts)
+
+    def _update_lag(self) -> None:
+        if self.metrics is None:
+            return
+        lag: Dict = {}
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = self.consumer.position(tp, timeout_ms=0)
+            except TypeError:
+                pos = self.consumer.position(tp)
+            if pos is not None:
+                lag[(tp.topic, tp.partition)] = max(0, hw - pos)
+        self.metrics.set_lag(lag)
+
+
+def make_kafka_dlq(settings: KafkaSettings, topic: str):
+    from .sinks import KafkaDLQ
+    return KafkaDLQ(make_producer(settings), topic)

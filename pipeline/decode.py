@@ -1,0 +1,441 @@
+"""Decode and validate a whole micro-batch of wire records at once, with polars.
+
+``decode_batch(values)`` takes the raw message values of one batch (bytes, in order) and
+returns the records that follow wire schema v1 as one flat polars frame (the columns the
+aggregation needs), plus a reason for every record that does not.
+
+The vectorised path must never accept a record that ``schema.validate`` rejects, so it
+is deliberately strict and conservative: JSON parsing and field types come from one
+``str.json_decode`` with a fixed dtype; the limits of ``foliowatch.schema`` are checked
+on whole columns; the things a fixed dtype cannot see (dynamic counter/gauge/setting
+names, integer-vs-float number syntax, booleans and nulls, unknown fields) are checked
+on the JSON text. Any row the vectorised path does not accept is handed to
+``schema.decode`` one by one: that yields the exact reason naming the field, and, when the
+vectorised checks were merely too strict (whitespace or escapes in names, duplicate keys,
+19-digit counters), the record is accepted through the Python path instead of being
+lost. A batch whose JSON polars cannot parse as a whole is bisected, so one garbage
+message costs a few extra parses, not the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import polars as pl
+
+from foliowatch import schema as wire
+
+MIB = 1048576.0
+
+# Counters the aggregation reads; any others are validated but not kept.
+KEPT_COUNTERS = ("compact_stall", "pgscan_direct", "psi_memory_some_us", "nr_dirtied") \
+    + wire.ALLOCSTALL_COUNTERS
+KEPT_GAUGES = ("uptime_s", "frag_unusable_1m")
+
+RECORD_DTYPE = pl.Struct({
+    "schema": pl.Int64,
+    "host_id": pl.String,
+    "boot_id": pl.String,
+    "seq": pl.Int64,
+    "ts": pl.Float64,
+    "interval_s": pl.Float64,
+    "labels": pl.Struct({"fleet": pl.String, "role": pl.String, "arch": pl.String,
+                         "kernel": pl.String, "page_size": pl.Int64, "cpus": pl.Int64,
+                         "mem_bytes": pl.Int64, "instance_type": pl.String}),
+    "counters": pl.Struct({c: pl.Int64 for c in KEPT_COUNTERS}),
+    "gauges": pl.Struct({g: pl.Float64 for g in KEPT_GAUGES}),
+    "mounts": pl.List(pl.Struct({"mount": pl.String, "fs": pl.String, "device": pl.String,
+                                 "counters": pl.Struct({"write_bytes": pl.Int64})})),
+    "probe": pl.Struct({"bytes": pl.Int64, "seconds": pl.Float64, "chunk_bytes": pl.Int64,
+                        "mib_s": pl.Float64, "compact_stall": pl.Int64,
+                        "allocstall": pl.Int64}),
+    "agent": pl.String,
+})
+
+# The flat frame handed to aggregation: one row per accepted record.
+FLAT_SCHEMA: Dict[str, pl.DataType] = {
+    "row": pl.Int64,            # position in the batch
+    "host_id": pl.String, "boot_id": pl.String, "seq": pl.Int64,
+    "ts": pl.Float64, "interval_s": pl.Float64,
+    "fleet": pl.String, "role": pl.String, "arch": pl.String, "kernel": pl.String,
+    "page_size": pl.Int64, "cpus": pl.Int64, "mem_bytes": pl.Int64,
+    "instance_type": pl.String,
+    "compact_stall": pl.Int64, "allocstall": pl.Int64, "pgscan_direct": pl.Int64,
+    "psi_memory_some_us": pl.Int64, "nr_dirtied": pl.Int64,
+    "uptime_s": pl.Float64, "frag_unusable_1m": pl.Float64, "probe_mib_s": pl.Float64,
+    "mounts": pl.List(pl.Struct({"fs": pl.String, "write_bytes": pl.Int64})),
+}
+
+# --- regular expressions over the JSON text (Rust regex syntax) ----------------------
+_NAME = r'"[a-z][a-z0-9_]{0,63}"'
+_INT = r"(?:0|[1-9][0-9]{0,17})"          # 19+ digits: left to the Python path
+_NUM = r"-?(?:0|[1-9][0-9]{0,16})(?:\.[0-9]{1,20})?(?:[eE][+-]?[0-9]{1,2})?"
+_LABEL_STR = r'"[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}"'
+# Whole map objects that follow the grammar; counted against all objects of that name.
+COUNTERS_OBJ_RE = rf'"counters":\{{(?:{_NAME}:{_INT}(?:,{_NAME}:{_INT})*)?\}}'
+GAUGES_OBJ_RE = rf'"gauges":\{{(?:{_NAME}:{_NUM}(?:,{_NAME}:{_NUM})*)?\}}'
+SETTINGS_OBJ_RE = rf'"settings":\{{(?:{_NAME}:{_LABEL_STR}(?:,{_NAME}:{_LABEL_STR})*)?\}}'
+# A mount counters object with more than 32 entries (N entries have N-1 commas).
+TOO_MANY_MOUNT_COUNTERS_RE = r'"counters":\{(?:[^,{}]*,){32}'
+# The mounts array: objects nested at most two deep (a mount, its counters).
+MOUNTS_SPAN_RE = r'"mounts":\[(?:[^\[\]{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\]'
+# Anything here sends the row to the Python path: whitespace (a valid v1 record's
+# strings cannot hold any, so compact JSON has none), bare true/false/null (v1 has none),
+# a non-integer or negative number after a key that must hold an integer, or a
+# non-string after a key that must hold a string.
+_INT_KEYS = "schema|seq|page_size|cpus|mem_bytes|bytes|chunk_bytes|compact_stall|allocstall"
+_STR_KEYS = "host_id|boot_id|fleet|role|arch|kernel|instance_type|agent|mount|fs|device"
+SUSPICIOUS_RE = (rf'\s|[:\[,](?:true|false|null)|"(?:{_INT_KEYS})":(?:-|[0-9]+[.eE])'
+                 rf'|"(?:{_STR_KEYS})":[^"]')
+KEY_RE = '":'
+
+# Below this many rows a failing chunk is not bisected further: each row goes to Python.
+_BISECT_MIN = 16
+
+
+@dataclass
+class DecodedBatch:
+    """Accepted records (flat, ``FLAT_SCHEMA``) and ``(row, reason)`` for the rest."""
+    good: pl.DataFrame
+    rejected: List[Tuple[int, str]]
+    python_accepted: int = 0   # rows the vectorised checks refused but schema accepted
+
+
+def _str_ok(col: pl.Expr, regex: str, max_len: int) -> pl.Expr:
+    return col.str.contains(regex) & (col.str.len_chars() <= max_len)
+
+
+def _checks(d: pl.Expr, raw: pl.Expr) -> pl.Expr:
+    """One boolean expression: True when the row certainly follows schema v1."""
+    lab = d.struct.field("labels")
+    probe = d.struct.field("probe")
+    mounts = d.struct.field("mounts")
+    ts = d.struct.field("ts")
+    iv = d.struct.field("interval_s")
+    seq = d.struct.field("seq")
+    el = pl.element()
+    mount_ok = mounts.list.eval(
+        el.struct.field("mount").str.contains(wire.MOUNT_RE.pattern)
+        & (el.struct.field("mount").str.len_chars() <= 256)
+        & el.struct.field("fs").is_in(list(wire.FILESYSTEMS))
+        & el.struct.field("device").str.contains(wire.LABEL_RE.pattern)
+        & (el.struct.field("device").str.len_chars() <= wire.MAX_LABEL_LEN)
+        & el.struct.field("counters").is_not_null()
+    ).list.all()
+    conds = [
+        d.is_not_null(),
+        d.struct.field("schema") == wire.SCHEMA_VERSION,
+        _str_ok(d.struct.field("host_id"), wire.ID_RE.pattern, wire.MAX_ID_LEN),
+        _str_ok(d.struct.field("boot_id"), wire.ID_RE.pattern, wire.MAX_ID_LEN),
+        seq.is_not_null() & (seq >= 0),
+        ts.is_finite() & (ts >= 946684800.0) & (ts <= 4102444800.0),
+        iv.is_finite() & (iv > 0.0) & (iv <= wire.MAX_INTERVAL_S),
+        lab.is_not_null(),
+        lab.struct.field("arch").is_in(list(wire.ARCHES)),
+        lab.struct.field("page_size").is_in(list(wire.PAGE_SIZES)),
+        lab.struct.field("cpus") > 0,
+        lab.struct.field("mem_bytes") > 0,
+        d.struct.field("counters").is_not_null(),
+        d.struct.field("gauges").is_not_null(),
+        mounts.is_not_null(),
+        mounts.list.len() <= wire.MAX_MOUNTS,
+        mount_ok.fill_null(True),
+        d.struct.field("agent").is_null()
+        | _str_ok(d.struct.field("agent"), wire.LABEL_RE.pattern, wire.MAX_LABEL_LEN),
+        probe.is_null() | (
+            probe.struct.field("bytes").is_not_null() & (probe.struct.field("bytes") >= 0)
+            & probe.struct.field("chunk_bytes").is_not_null()
+            & (probe.struct.field("chunk_bytes") >= 0)
+            & probe.struct.field("compact_stall").is_not_null()
+            & (probe.struct.field("compact_stall") >= 0)
+            & probe.struct.field("allocstall").is_not_null()
+            & (probe.struct.field("allocstall") >= 0)
+            & probe.struct.field("seconds").is_finite() & (probe.struct.field("seconds") >= 0)
+            & probe.struct.field("mib_s").is_finite() & (probe.struct.field("mib_s") >= 0)),
+        raw.str.contains(SUSPICIOUS_RE).not_(),
+    ]
+    for name in ("fleet", "role", "kernel", "instance_type"):
+        conds.append(_str_ok(lab.struct.field(name), wire.LABEL_RE.pattern, wire.MAX_LABEL_LEN))
+    ok = pl.all_horizontal(conds).fill_null(False)
+    return ok
+
+
+def _text_checks(df: pl.DataFrame, debug: bool = False) -> pl.Series:
+    """Checks on the JSON text: the dynamic maps (names, value syntax, sizes) and a key
+    count that proves there is no unknown field anywhere. Rows reaching here contain no
+    whitespace (see ``SUSPICIOUS_RE``), so the text is compact JSON; valid strings hold
+    no quotes, braces or commas, so counting ``":`` counts keys."""
+    raw = pl.col("raw")
+    d = pl.col("d")
+    n_mounts = d.struct.field("mounts").list.len().cast(pl.Int64)
+    probe = d.struct.field("probe").is_not_null().cast(pl.Int64)
+
+    def keys(e: pl.Expr) -> pl.Expr:
+        return e.str.count_matches(KEY_RE, literal=True).cast(pl.Int64)
+
+    counters_objs = raw.str.extract_all(COUNTERS_OBJ_RE)
+    gauges_obj = raw.str.extract(GAUGES_OBJ_RE, 0)
+    settings_obj = raw.str.extract(SETTINGS_OBJ_RE, 0)
+    n_settings = raw.str.count_matches('"settings":', literal=True).cast(pl.Int64)
+    counter_entries = keys(counters_objs.list.join("")) - counters_objs.list.len()
+    gauge_entries = keys(gauges_obj) - 1
+    setting_entries = (keys(settings_obj) - 1).fill_null(0)
+    top_present = pl.sum_horizontal(
+        [d.struct.field(f).is_not_null().cast(pl.Int64) for f in
+         ("schema", "host_id", "boot_id", "seq", "ts", "interval_s", "labels", "counters",
+          "gauges", "mounts", "probe", "agent")]) + n_settings
+    expected_keys = (top_present + len(wire.LABELS) + len(wire.PROBE_FIELDS) * probe
+                     + 4 * n_mounts + counter_entries + gauge_entries + setting_entries)
+    conds = [
+        # every counters/gauges/settings object present follows its grammar
+        raw.str.count_matches('"counters":', literal=True) == 1 + n_mounts,
+        counters_objs.list.len() == 1 + n_mounts,
+        raw.str.count_matches('"gauges":', literal=True) == 1,
+        gauges_obj.is_not_null(),
+        n_settings <= 1,
+        (n_settings == 0) | settings_obj.is_not_null(),
+        # sizes (a top-level counters object over 32 entries is fine; mounts' are not)
+        counter_entries <= wire.MAX_COUNTERS,
+        gauge_entries <= wire.MAX_GAUGES,
+        setting_entries <= wire.MAX_SETTINGS,
+        ~raw.str.extract(MOUNTS_SPAN_RE, 0).str.contains(TOO_MANY_MOUNT_COUNTERS_RE),
+        # no key beyond the ones accounted for: no unknown field at any level
+        keys(raw) == expected_keys,
+    ]
+    if debug:
+        return df.select([c.alias(f"c{i}") for i, c in enumerate(conds)])
+    return df.select(pl.all_horizontal(conds).fill_null(False).alias("ok"))["ok"]
+
+
+def _flatten(d: pl.Expr) -> List[pl.Expr]:
+    lab = d.struct.field("labels")
+    c = d.struct.field("counters")
+    g = d.struct.field("gauges")
+    stalls = [c.struct.field(n) for n in wire.ALLOCSTALL_COUNTERS]
+    return [
+        d.struct.field("host_id").alias("host_id"),
+        d.struct.field("boot_id").alias("boot_id"),
+        d.struct.field("seq").alias("seq"),
+        d.struct.field("ts").alias("ts"),
+        d.struct.field("interval_s").alias("interval_s"),
+        *[lab.struct.field(n).alias(n) for n in
+          ("fleet", "role", "arch", "kernel", "page_size", "cpus", "mem_bytes", "instance_type")],
+        c.struct.field("compact_stall").alias("compact_stall"),
+        pl.when(pl.any_horizontal([s.is_not_null() for s in stalls]))
+        .then(pl.sum_horizontal(stalls)).otherwise(None).cast(pl.Int64).alias("allocstall"),
+        c.struct.field("pgscan_direct").alias("pgscan_direct"),
+        c.struct.field("psi_memory_some_us").alias("psi_memory_some_us"),
+        c.struct.field("nr_dirtied").alias("nr_dirtied"),
+        g.struct.field("uptime_s").alias("uptime_s"),
+        g.struct.field("frag_unusable_1m").alias("frag_unusable_1m"),
+        d.struct.field("probe").struct.field("mib_s").alias("probe_mib_s"),
+        d.struct.field("mounts").list.eval(pl.struct(
+            pl.element().struct.field("fs").alias("fs"),
+            pl.element().struct.field("counters").struct.field("write_bytes")
+            .alias("write_bytes"))).alias("mounts"),
+    ]
+
+
+def flatten_record(rec: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``FLAT_SCHEMA`` row of one validated record (the Python path)."""
+    lab, c, g = rec["labels"], rec["counters"], rec["gauges"]
+    stalls = [c[k] for k in wire.ALLOCSTALL_COUNTERS if k in c]
+    row = {
+        "host_id": rec["host_id"], "boot_id": rec["boot_id"], "seq": rec["seq"],
+        "ts": float(rec["ts"]), "interval_s": float(rec["interval_s"]),
+        **{n: lab[n] for n in ("fleet", "role", "arch", "kernel", "page_size", "cpus",
+                               "mem_bytes", "instance_type")},
+        "compact_stall": c.get("compact_stall"),
+        "allocstall": sum(stalls) if stalls else None,
+        "pgscan_direct": c.get("pgscan_direct"),
+        "psi_memory_some_us": c.get("psi_memory_some_us"),
+        "nr_dirtied": c.get("nr_dirtied"),
+        "uptime_s": float(g["uptime_s"]) if "uptime_s" in g else None,
+        "frag_unusable_1m": float(g["frag_unusable_1m"]) if "frag_unusable_1m" in g else None,
+        "probe_mib_s": float(rec["probe"]["mib_s"]) if "probe" in rec else None,
+        "mounts": [{"fs": m["fs"], "write_bytes": m["counters"].get("write_bytes")}
+                   for m in rec["mounts"]],
+    }
+    for k in ("seq", "page_size", "cpus", "mem_bytes", "compact_stall", "allocstall",
+              "pgscan_direct", "psi_memory_some_us", "nr_dirtied"):
+        v = row[k]
+        if v is not None and v > wire.MAX_COUNTER_DELTA:
+            raise wire.SchemaError(k if k in rec else f"labels.{k}" if k in lab
+                                   else f"counters.{k}",
+                                   f"{v} exceeds the 64-bit range this pipeline stores")
+    for m in row["mounts"]:
+        if m["write_bytes"] is not None and m["write_bytes"] > wire.MAX_COUNTER_DELTA:
+            raise wire.SchemaError("mounts.counters.write_bytes", "exceeds 2^63-1")
+    return row
+
+
+def _newline_field(obj: Any, path: str = "") -> Optional[str]:
+    # Python's `$` also matches before a trailing newline, so schema.validate lets
+    # "name\n" through; such a value would become a partition key and a label value.
+    if isinstance(obj, str):
+        return path or "record" if "\n" in obj else None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            bad = _newline_field(v, f"{path}.{k}" if path else str(k))
+            if bad:
+                return bad
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            bad = _newline_field(v, f"{path}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
+def python_verdict(value: bytes) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """``schema.decode`` one record: (flat row, None) or (None, reason naming the field)."""
+    try:
+        rec = wire.decode(value)
+        bad = _newline_field(rec)
+        if bad:
+            raise wire.SchemaError(bad, "contains a newline")
+        return flatten_record(rec), None
+    except wire.SchemaError as e:
+        return None, str(e)
+    except (OverflowError, ValueError, TypeError, RecursionError) as e:
+        return None, f"record: {type(e).__name__}: {e}"[:300]
+
+
+def _parse(raw: pl.Series) -> Optional[pl.DataFrame]:
+    """Cast to text and JSON-decode a chunk; None when polars rejects the chunk."""
+    try:
+        text = raw.cast(pl.String)
+        return pl.DataFrame({"raw": text}).with_columns(
+            pl.col("raw").str.json_decode(RECORD_DTYPE).alias("d"))
+    except pl.exceptions.PolarsError:
+        return None
+
+
+def _parse_bisect(raw: pl.Series, base: int, out_frames: List[pl.DataFrame],
+                  python_rows: List[int]) -> None:
+    df = _parse(raw)
+    if df is not None:
+        out_frames.append(df.with_columns(
+            pl.int_range(base, base + len(raw), dtype=pl.Int64).alias("row")))
+        return
+    if len(raw) <= _BISECT_MIN:
+        python_rows.extend(range(base, base + len(raw)))
+        return
+    mid = len(raw) // 2
+    _parse_bisect(raw.slice(0, mid), base, out_frames, python_rows)
+    _parse_bisect(raw.slice(mid), base + mid, out_frames, python_rows)
+
+
+def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
+                 max_future_s: float = 0.0) -> DecodedBatch:
+    """Decode and validate a batch of raw values; see the module docstring.
+
+    ``max_future_s`` > 0 also rejects records whose ``ts`` lies more than that many
+    seconds after ``now`` (wall clock): one host with a wrong clock must not push the
+    pipeline's watermark into the future and make everyone else's records late.
+    """
+    n = len(values)
+    if n == 0:
+        return DecodedBatch(pl.DataFrame(schema=FLAT_SCHEMA), [])
+    raw = pl.Series("raw", values, dtype=pl.Binary)
+    sizes = raw.bin.size()
+    oversize = (sizes > wire.MAX_RECORD_BYTES) | (sizes == 0)
+    python_rows: List[int] = oversize.arg_true().to_list()
+    frames: List[pl.DataFrame] = []
+    if python_rows:
+        keep = (~oversize).arg_true()
+        # Parse the acceptable-size rows in runs so their row numbers stay known.
+        start = None
+        idx = keep.to_list()
+        runs: List[Tuple[int, int]] = []
+        for i in idx:
+            if start is None:
+                start = prev = i
+            elif i != prev + 1:
+                runs.append((start, prev + 1))
+                start = i
+            prev = i
+        if start is not None:
+            runs.append((start, prev + 1))
+        for a, b in runs:
+            _parse_bisect(raw.slice(a, b - a), a, frames, python_rows)
+    else:
+        _parse_bisect(raw, 0, frames, python_rows)
+
+    good_parts: List[pl.DataFrame] = []
+    for df in frames:
+        df = df.with_columns(_checks(pl.col("d"), pl.col("raw")).alias("ok"))
+        ok = df["ok"]
+        if ok.any():
+            cand = df.filter(ok)
+            text_ok = _text_checks(cand)
+            if not text_ok.all():
+                python_rows.extend(cand.filter(~text_ok)["row"].to_list())
+                cand = cand.filter(text_ok)
+            good_parts.append(cand.select(pl.col("row"), *_flatten(pl.col("d"))))
+        if not ok.all():
+            python_rows.extend(df.filter(~ok)["row"].to_list())
+
+    rejected: List[Tuple[int, str]] = []
+    rescued: List[Dict[str, Any]] = []
+    for r in sorted(python_rows):
+        row, reason = python_verdict(values[r])
+        if row is None:
+            rejected.append((r, reason or "record: rejected"))
+        else:
+            row["row"] = r
+            rescued.append(row)
+    if rescued:
+        good_parts.append(pl.DataFrame(rescued, schema=FLAT_SCHEMA))
+    good = (pl.concat([p.select(list(FLAT_SCHEMA)).cast(FLAT_SCHEMA) for p in good_parts])
+            if good_parts else pl.DataFrame(schema=FLAT_SCHEMA))
+    if good_parts and len(good_parts) > 1:
+        good = good.sort("row")
+    if max_future_s > 0 and good.height:
+        limit = (time.time() if now is None else now) + max_future_s
+        future = good["ts"] > limit
+        if future.any():
+            for r, ts in good.filter(future).select("row", "ts").iter_rows():
+                rejected.append((r, f"ts: {ts} is more than {max_future_s:g} s in the future "
+                                    "of this pipeline's clock; fix the host's clock"))
+            good = good.filter(~future)
+    rejected.sort()
+    return DecodedBatch(good, rejected, python_accepted=len(rescued))
+
+
+def record_key_metrics(flat: pl.DataFrame) -> pl.DataFrame:
+    """Per (record, filesystem) key metrics, vectorised: the polars twin of
+    ``schema.key_metrics(record, fs)``, tested against it. One row per filesystem the
+    record reports (``fs = "none"`` when it watches none)."""
+    per_fs = explode_fs(flat)
+    iv = pl.col("interval_s")
+    return per_fs.select(
+        "row", "fs",
+        (pl.col("write_bytes") / iv / MIB).alias("write_mib_s"),
+        (pl.col("compact_stall") / iv).alias("compact_stall_per_s"),
+        (pl.col("allocstall") / iv).alias("allocstall_per_s"),
+        (pl.col("pgscan_direct") / iv).alias("pgscan_direct_per_s"),
+        pl.min_horizontal(pl.col("psi_memory_some_us") / (iv * 1e6), pl.lit(1.0))
+        .alias("psi_memory_some_share"),
+        pl.col("frag_unusable_1m"),
+        pl.col("probe_mib_s"),
+    )
+
+
+def explode_fs(flat: pl.DataFrame) -> pl.DataFrame:
+    """One row per (record, fs): ``write_bytes`` sums that fs's mounts (null when none of
+    them reports it). Host-level columns are repeated on each fs row."""
+    base = flat.drop("mounts")
+    m = (flat.select("row", "mounts")
+         .with_columns(pl.when(pl.col("mounts").list.len() == 0)
+                       .then(pl.lit([{"fs": "none", "write_bytes": None}],
+                                    dtype=FLAT_SCHEMA["mounts"]))
+                       .otherwise(pl.col("mounts")).alias("mounts"))
+         .explode("mounts").unnest("mounts")
+         .group_by("row", "fs", maintain_order=True)
+         .agg(pl.when(pl.col("write_bytes").count() > 0)
+              .then(pl.col("write_bytes").sum()).otherwise(None).alias("write_bytes")))
+    return m.join(base, on="row", how="left").sort("row", "fs")

@@ -1,0 +1,134 @@
+"""The pipeline's /metrics (prometheus-client): its health, and cohort gauges for the
+latest complete window.
+
+Cohort gauges carry only cohort labels (fleet, role, arch, page_size, fs, kernel) plus
+window_s and stat: never a host, so their cardinality is bounded by the fleet's cohorts.
+They are computed on scrape by one Collector from the host rows of the latest closed
+window of each window size (merged across the partitions this instance owns), so the
+median and quantiles are real fleet-level ones, not averages of partitions'.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, Optional, Tuple
+
+import polars as pl
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from foliowatch import dataset as contract
+from foliowatch import schema as wire
+
+from .aggregate import ClosedWindow, cohort_rows
+
+STATS = ("mean", "median", "p90", "p99")
+_REASON_KINDS = frozenset(wire.TOP_FIELDS) | {"record", "late"}
+
+
+class _CohortCollector:
+    def __init__(self, owner: "PipelineMetrics"):
+        self.owner = owner
+
+    def collect(self):
+        labels = [*contract.COHORT_KEYS, "window_s"]
+        with self.owner.lock:
+            frames = dict(self.owner.latest)
+        hosts = GaugeMetricFamily("foliowatch_pipeline_cohort_hosts",
+                                  "Hosts in the cohort in the latest complete window",
+                                  labels=labels)
+        start = GaugeMetricFamily("foliowatch_pipeline_latest_window_start_seconds",
+                                  "Start of the latest complete window (Unix seconds)",
+                                  labels=["window_s"])
+        fams = {m: GaugeMetricFamily(f"foliowatch_pipeline_cohort_{m}",
+                                     f"Cohort {m} over host values, latest complete window",
+                                     labels=labels + ["stat"]) for m in wire.KEY_METRICS}
+        for w, (ws, host_frame) in sorted(frames.items()):
+            start.add_metric([str(w)], float(ws))
+            coh = cohort_rows(host_frame)
+            for row in coh.iter_rows(named=True):
+                lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
+                hosts.add_metric(lv, float(row["hosts"]))
+                for m in wire.KEY_METRICS:
+                    for s in STATS:
+                        v = row[f"{m}_{s}"]
+                        if v is not None:
+                            fams[m].add_metric(lv + [s], float(v))
+        yield hosts
+        yield start
+        yield from fams.values()
+
+
+class _LagCollector:
+    def __init__(self, owner: "PipelineMetrics"):
+        self.owner = owner
+
+    def collect(self):
+        g = GaugeMetricFamily("foliowatch_pipeline_consumer_lag_records",
+                              "Records behind the partition's high watermark",
+                              labels=["topic", "partition"])
+        with self.owner.lock:
+            lag = dict(self.owner.lag)
+        for (topic, p), v in sorted(lag.items()):
+            g.add_metric([topic, str(p)], float(v))
+        yield g
+
+
+class PipelineMetrics:
+    def __init__(self, registry: Optional[CollectorRegistry] = None):
+        self.registry = registry or CollectorRegistry()
+        self.lock = threading.Lock()
+        self.latest: Dict[int, Tuple[int, pl.DataFrame]] = {}
+        self.lag: Dict[Tuple[str, int], int] = {}
+        r = self.registry
+        self.records_in = Counter("foliowatch_pipeline_records_in_total",
+                                  "Records read from the source", registry=r)
+        self.records_out = Counter("foliowatch_pipeline_records_aggregated_total",
+                                   "Records accepted and aggregated into windows", registry=r)
+        self.duplicates = Counter("foliowatch_pipeline_records_duplicate_total",
+                                  "Records dropped as duplicates of (host_id, boot_id, seq)",
+                                  registry=r)
+        self.dlq = Counter("foliowatch_pipeline_records_dlq_total",
+                           "Records sent to the dead-letter queue, by reason kind",
+                           ["reason"], registry=r)
+        self.windows = Counter("foliowatch_pipeline_windows_written_total",
+                               "Window files written (host + cohort per window)",
+                               ["window_s"], registry=r)
+        self.batch_seconds = Histogram("foliowatch_pipeline_batch_duration_seconds",
+                                       "Time to decode, aggregate and write one micro-batch",
+                                       buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
+                                       registry=r)
+        r.register(_CohortCollector(self))
+        r.register(_LagCollector(self))
+
+    def observe_batch(self, st, reasons: List[str]) -> None:
+        self.records_in.inc(st.records)
+        self.records_out.inc(st.accepted)
+        self.duplicates.inc(st.duplicates)
+        for reason in reasons:
+            # bounded label: the field name before the colon, or "late"
+            kind = reason.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
+            if kind not in _REASON_KINDS:
+                kind = "unknown_field"
+            self.dlq.labels(kind).inc()
+        self.batch_seconds.observe(st.seconds)
+
+    def observe_window(self, cw: ClosedWindow) -> None:
+        self.windows.labels(str(cw.window_s)).inc()
+        with self.lock:
+            cur = self.latest.get(cw.window_s)
+            if cur is None or cw.window_start > cur[0]:
+                self.latest[cw.window_s] = (cw.window_start, cw.hosts)
+            elif cw.window_start == cur[0]:
+                self.latest[cw.window_s] = (cur[0], pl.concat([cur[1], cw.hosts]))
+
+    def set_lag(self, lag: Dict[Tuple[str, int], int]) -> None:
+        with self.lock:
+            self.lag = dict(lag)
+
+    def serve(self, addr: str) -> None:
+        from prometheus_client import start_http_server
+        host, _, port = addr.rpartition(":")
+        if not port.isdigit():
+            raise SystemExit(f"pipeline --metrics-addr: expected host:port, got {addr!r}")
+        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)

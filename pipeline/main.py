@@ -1,0 +1,158 @@
+"""``foliowatch pipeline``: consume samples (Kafka, or files with ``--from-files``),
+validate, aggregate per window and cohort, write the Parquet dataset, serve /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from foliowatch import dataset as contract
+from foliowatch.kafka_io import TOPIC_DLQ, TOPIC_SAMPLES, KafkaSettings, SettingsError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", required=True,
+                   help="dataset root: a local folder, or an s3:// URL (polars cloud support)")
+    p.add_argument("--from-files", nargs="+", metavar="PATH",
+                   help="read JSON lines / Parquet files or folders instead of Kafka")
+    p.add_argument("--windows", default=",".join(str(w) for w in contract.DEFAULT_WINDOWS_S),
+                   help="window lengths in seconds, comma-separated (default %(default)s)")
+    p.add_argument("--lateness", type=float, default=120.0, metavar="SECONDS",
+                   help="how far behind a partition's newest record a record may be and still "
+                        "update its window (default %(default)s); later ones go to the DLQ")
+    p.add_argument("--max-future", type=float, default=600.0, metavar="SECONDS",
+                   help="reject records stamped more than this far ahead of this machine's "
+                        "clock (0: off; default %(default)s)")
+    p.add_argument("--batch-records", type=int, default=100_000,
+                   help="micro-batch size bound (default %(default)s)")
+    p.add_argument("--batch-seconds", type=float, default=1.0,
+                   help="micro-batch time bound (default %(default)s)")
+    k = p.add_argument_group("Kafka")
+    k.add_argument("--bootstrap", default=os.environ.get("FOLIOWATCH_KAFKA_BOOTSTRAP",
+                                                         "127.0.0.1:9092"),
+                   help="host:port[,host:port] (env FOLIOWATCH_KAFKA_BOOTSTRAP)")
+    k.add_argument("--topic", default=TOPIC_SAMPLES)
+    k.add_argument("--dlq-topic", default=TOPIC_DLQ)
+    k.add_argument("--group", default="foliowatch-pipeline", help="consumer group id")
+    k.add_argument("--kafka-config", metavar="TOML",
+                   help="TOML file with a [kafka] table (security, SASL, TLS) for KafkaSettings")
+    k.add_argument("--state-dir", help="checkpoint folder (default OUTPUT/_state; required "
+                                       "when OUTPUT is an object store URL)")
+    k.add_argument("--checkpoint-seconds", type=float, default=5.0,
+                   help="checkpoint + commit at most this often (default %(default)s)")
+    k.add_argument("--until-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="stop after SECONDS with nothing to read, closing every window as the "
+                        "end of the stream (one-shot runs over a finite topic)")
+    k.add_argument("--max-poll-records", type=int, default=20_000)
+    k.add_argument("--max-partition-fetch-bytes", type=int, default=8 * 1024 * 1024)
+    k.add_argument("--fetch-max-bytes", type=int, default=64 * 1024 * 1024)
+    k.add_argument("--session-timeout-ms", type=int, default=10_000)
+    k.add_argument("--batch-pause", type=float, default=0.0, help=argparse.SUPPRESS)
+    m = p.add_argument_group("metrics")
+    m.add_argument("--metrics-addr", default="127.0.0.1:9466",
+                   help="serve /metrics on host:port (default %(default)s; 'off' to disable)")
+    p.add_argument("--dlq-file", help="--from-files: dead letters as JSON lines here "
+                                      "(default OUTPUT/_dlq/from-files.jsonl)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _windows(text: str):
+    try:
+        ws = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"pipeline --windows: expected seconds like 60,3600, got {text!r}")
+    if not ws or any(w <= 0 for w in ws):
+        raise SystemExit(f"pipeline --windows: expected positive seconds, got {text!r}")
+    return ws
+
+
+def _kafka_settings(args) -> KafkaSettings:
+    d = {}
+    if args.kafka_config:
+        try:
+            import tomllib
+            with open(args.kafka_config, "rb") as f:
+                d = dict(tomllib.load(f).get("kafka", {}))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"pipeline --kafka-config {args.kafka_config}: {e}")
+    d.setdefault("bootstrap", args.bootstrap)
+    d.setdefault("client_id", "foliowatch-pipeline")
+    try:
+        s = KafkaSettings.from_dict(d)
+        errs = s.check()
+    except (SettingsError, TypeError) as e:
+        raise SystemExit(f"pipeline kafka settings: {e}")
+    if errs:
+        raise SystemExit("pipeline kafka settings: " + "; ".join(errs))
+    return s
+
+
+def run(args) -> int:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .engine import Pipeline, PipelineConfig
+    from .exporter import PipelineMetrics
+    from .sinks import DatasetWriter, FileDLQ, StateStore, is_remote
+
+    if args.batch_records <= 0:
+        raise SystemExit(f"pipeline --batch-records: expected > 0, got {args.batch_records}")
+    cfg = PipelineConfig(output=args.output, windows_s=_windows(args.windows),
+                         lateness_s=args.lateness, max_future_s=args.max_future)
+    if cfg.lateness_s < 0:
+        raise SystemExit(f"pipeline --lateness: expected >= 0 seconds, got {args.lateness}")
+    writer = DatasetWriter(args.output)
+    metrics = PipelineMetrics()
+    if args.metrics_addr != "off":
+        try:
+            metrics.serve(args.metrics_addr)
+        except OSError as e:
+            raise SystemExit(f"pipeline --metrics-addr {args.metrics_addr}: cannot listen "
+                             f"({e.strerror}); pick a free port or 'off'") from None
+
+    if args.from_files:
+        from .files import expand_inputs, run_files
+        paths = expand_inputs(args.from_files)
+        if args.dlq_file:
+            dlq_path = Path(args.dlq_file)
+        elif is_remote(args.output):
+            raise SystemExit("pipeline --from-files with an object-store --output: give "
+                             "--dlq-file (a local path) for the dead letters")
+        else:
+            dlq_path = Path(args.output) / "_dlq" / "from-files.jsonl"
+        pipeline = Pipeline(cfg, writer, FileDLQ(dlq_path), metrics)
+        totals = run_files(pipeline, paths, args.batch_records)
+        totals["dlq_file"] = str(dlq_path)
+        print(json.dumps(totals), file=sys.stdout)
+        return 0
+
+    from .consumer import ConsumerConfig, KafkaRunner, make_kafka_dlq
+    settings = _kafka_settings(args)
+    if args.state_dir:
+        state_dir = args.state_dir
+    elif is_remote(args.output):
+        raise SystemExit("pipeline --output is an object store URL: give --state-dir (a local "
+                         "or shared folder) for the partition checkpoints")
+    else:
+        state_dir = str(Path(args.output) / "_state")
+    store = StateStore(state_dir, f"{args.group}.{args.topic}")
+    try:
+        dlq = make_kafka_dlq(settings, args.dlq_topic)
+    except Exception as e:
+        raise SystemExit(f"pipeline --bootstrap {args.bootstrap}: cannot reach Kafka "
+                         f"({type(e).__name__}: {e}); is the broker running?") from None
+    pipeline = Pipeline(cfg, writer, dlq, metrics)
+    ccfg = ConsumerConfig(topic=args.topic, group=args.group,
+                          batch_records=args.batch_records, batch_seconds=args.batch_seconds,
+                          checkpoint_seconds=args.checkpoint_seconds,
+                          until_idle_s=args.until_idle, batch_pause_s=args.batch_pause,
+                          session_timeout_ms=args.session_timeout_ms,
+                          max_partition_fetch_bytes=args.max_partition_fetch_bytes,
+                          fetch_max_bytes=args.fetch_max_bytes,
+                          max_poll_records=args.max_poll_records)
+    totals = KafkaRunner(settings, ccfg, pipeline, store, metrics).run()
+    print(json.dumps(totals), file=sys.stdout)
+    return 0

@@ -1,0 +1,226 @@
+"""Where the pipeline's output goes: the Parquet dataset (local folder or s3:// URL), the
+checkpoint state of each source partition, and the dead-letter queue (a Kafka topic, or
+a JSON-lines file without Kafka).
+
+Local writes are durable before they are visible: write to a temporary file outside
+the dataset tree, fsync it, rename it into place, fsync the directory. A reader never
+sees a partial file, and a file that is visible survives a crash. On s3:// a PUT is
+atomic by itself; polars writes through its own cloud support (object_store), with
+credentials from the environment as usual for AWS.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import json
+import os
+import struct
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import polars as pl
+
+from foliowatch import dataset as contract
+
+from .aggregate import PARTIAL_SCHEMA, SEEN_SCHEMA, ClosedWindow, PartitionMeta
+
+STATE_VERSION = 1
+
+
+def is_remote(root: str) -> bool:
+    return "://" in root and not root.startswith("file://")
+
+
+def _local(root: str) -> str:
+    return root[len("file://"):] if root.startswith("file://") else root
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temp file + fsync + rename)."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def window_file(level: str, window_s: int, window_start: int, partition: int,
+                first_offset: int, last_offset: int) -> str:
+    """Relative path of one window's file, as ``foliowatch.dataset`` lays it out."""
+    date = dt.datetime.fromtimestamp(window_start, dt.timezone.utc).date().isoformat()
+    return (f"level={level}/window_s={window_s}/date={date}/"
+            f"part-p{partition}-{first_offset}-{last_offset}.parquet")
+
+
+class DatasetWriter:
+    """Writes closed windows into the hive-partitioned dataset at ``root``."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self.remote = is_remote(self.root)
+        if not self.remote:
+            self.path = Path(_local(self.root))
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SystemExit(f"pipeline --output {root}: cannot create the dataset "
+                                 f"folder ({e.strerror}); choose a writable path") from None
+            self.tmp = self.path / "_tmp"
+
+    def write_window(self, cw: ClosedWindow) -> List[str]:
+        written = []
+        for level, frame in (("host", cw.hosts), ("cohort", cw.cohorts)):
+            rel = window_file(level, cw.window_s, cw.window_start, cw.partition,
+                              cw.first_offset, cw.last_offset)
+            self._write(rel, frame)
+            written.append(rel)
+        return written
+
+    def _write(self, rel: str, frame: pl.DataFrame) -> None:
+        if self.remote:
+            frame.write_parquet(f"{self.root}/{rel}", compression="zstd")
+            return
+        buf = io.BytesIO()
+        frame.write_parquet(buf, compression="zstd", statistics=True)
+        durable_write_bytes(self.path / rel, buf.getvalue(), self.tmp)
+
+
+def _ipc_bytes(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_ipc(buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+class StateStore:
+    """Checkpoints of each source partition, one file per partition:
+    ``{dir}/{source}/p{partition}.state`` holding the partition's next offset, watermark
+    and the open windows' partial sums and dedupe memory. Local folders only."""
+
+    MAGIC = b"FWPS"
+
+    def __init__(self, directory: str, source: str):
+        if is_remote(directory):
+            raise SystemExit(f"pipeline --state-dir {directory}: checkpoints need a local "
+                             "(or network-mounted) folder; give --state-dir explicitly when "
+                             "--output is an object store URL")
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in source)
+        self.dir = Path(_local(directory)) / safe
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.dir / "_tmp"
+
+    def path(self, partition: int) -> Path:
+        return self.dir / f"p{partition}.state"
+
+    def save(self, partition: int, meta: PartitionMeta, partials: pl.DataFrame,
+             seen: pl.DataFrame) -> None:
+        head = json.dumps({"version": STATE_VERSION, "next_offset": meta.next_offset,
+                           "watermark": meta.watermark, "finished": meta.finished}).encode()
+        parts = [head, _ipc_bytes(partials), _ipc_bytes(seen)]
+        data = self.MAGIC + b"".join(struct.pack("<Q", len(p)) + p for p in parts)
+        durable_write_bytes(self.path(partition), data, self.tmp)
+
+    def load_meta(self, partition: int) -> Optional[PartitionMeta]:
+        """Only the header of a checkpoint (cheap: no frames decoded)."""
+        try:
+            with open(self.path(partition), "rb") as f:
+                head = f.read(len(self.MAGIC) + 8)
+                if len(head) < len(self.MAGIC) + 8 or not head.startswith(self.MAGIC):
+                    return None
+                (n,) = struct.unpack_from("<Q", head, len(self.MAGIC))
+                meta = json.loads(f.read(n))
+        except FileNotFoundError:
+            return None
+        return PartitionMeta(int(meta["next_offset"]), meta["watermark"],
+                             bool(meta.get("finished")))
+
+    def load(self, partition: int) -> Optional[Tuple[PartitionMeta, pl.DataFrame,
+                                                     pl.DataFrame]]:
+        path = self.path(partition)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if not data.startswith(self.MAGIC):
+            raise SystemExit(f"pipeline state {path}: not a foliowatch checkpoint; move it "
+                             "away to start this partition from the committed offset")
+        pos, parts = len(self.MAGIC), []
+        for _ in range(3):
+            (n,) = struct.unpack_from("<Q", data, pos)
+            parts.append(data[pos + 8:pos + 8 + n])
+            pos += 8 + n
+        head = json.loads(parts[0])
+        if head.get("version") != STATE_VERSION:
+            raise SystemExit(f"pipeline state {path}: version {head.get('version')} is not "
+                             f"{STATE_VERSION}; finish with the old pipeline or move it away")
+        meta = PartitionMeta(int(head["next_offset"]), head["watermark"],
+                             bool(head.get("finished")))
+        partials = pl.read_ipc(io.BytesIO(parts[1])).cast(PARTIAL_SCHEMA)
+        seen = pl.read_ipc(io.BytesIO(parts[2])).cast(SEEN_SCHEMA)
+        return meta, partials, seen
+
+
+def dlq_record(reason: str, value: bytes, topic: str, partition: int, offset: int,
+               key: Optional[bytes] = None) -> Dict[str, Any]:
+    """The dead-letter record: why, where from, and the original bytes (base64)."""
+    return {"reason": reason, "topic": topic, "partition": partition, "offset": offset,
+            "key_b64": base64.b64encode(key).decode() if key is not None else None,
+            "value_b64": base64.b64encode(value).decode()}
+
+
+class FileDLQ:
+    """Dead letters as JSON lines (``--from-files``): one file per input, rewritten by
+    each run so that a rerun does not duplicate them."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lines: List[bytes] = []
+
+    def send(self, rec: Dict[str, Any]) -> None:
+        self._lines.append(json.dumps(rec, separators=(",", ":")).encode())
+
+    def flush(self) -> None:
+        durable_write_bytes(self.path, b"".join(line + b"\n" for line in self._lines),
+                            self.path.parent / "_tmp")
+
+    def close(self) -> None:
+        self.flush()
+
+
+class KafkaDLQ:
+    """Dead letters to a Kafka topic, keyed ``topic/partition/offset`` of the source so
+    that a replayed batch's copies can be recognised; reason and source also in headers."""
+
+    def __init__(self, producer, topic: str):
+        self.producer = producer
+        self.topic = topic
+
+    def send(self, rec: Dict[str, Any]) -> None:
+        key = f"{rec['topic']}/{rec['partition']}/{rec['offset']}".encode()
+        headers = [("reason", rec["reason"].encode()[:1000]),
+                   ("source_topic", rec["topic"].encode()),
+                   ("source_partition", str(rec["partition"]).encode()),
+                   ("source_offset", str(rec["offset"]).encode())]
+        self.producer.send(self.topic, key=key, headers=headers,
+                           value=json.dumps(rec, separators=(",", ":")).encode())
+
+    def flush(self) -> None:
+        self.producer.flush(timeout=30)
+
+    def close(self) -> None:
+        self.flush()
+        self.producer.close(timeout=10)
