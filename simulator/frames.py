@@ -23,6 +23,8 @@ The flat form (one row per delivered record) has these columns:
 ``probe.<field>``          the write probe (``schema.PROBE_FIELDS``); null when no probe ran
 =========================  ==========================================================
 
+Records carry ``settings`` only when a probe ran (see ``_wire_json_expr``).
+
 ``to_wire_json`` turns a chunk into wire schema v1 JSON (one string per row; vectorised
 in polars), ``to_wire_frame`` into the nested form that a JSON reader would produce
 (structs ``labels``/``counters``/``gauges``/``probe``, a list ``mounts``), which is what
@@ -137,15 +139,16 @@ def simulate_frame(scenario: Scenario, seed: Optional[int] = None, *,
         if pending is not None and pending.height:
             frame = pl.concat([pending, frame], how="vertical")
         horizon = scenario.start_ts + last * dtv
+        frame = frame.sort("emit_ts")
         if last < steps:
-            ready = frame.filter(pl.col("emit_ts") < horizon)
-            pending = frame.filter(pl.col("emit_ts") >= horizon)
+            cut = int(frame["emit_ts"].search_sorted(horizon, side="left"))
+            ready, pending = frame.slice(0, cut), frame.slice(cut)
         else:
             ready, pending = frame, None
         if ready.height:
-            yield ready.sort("emit_ts")
+            yield ready
     if pending is not None and pending.height:
-        yield pending.sort("emit_ts")
+        yield pending
 
 
 def _build_frame(plan: Plan, t: _Tables, hosts: np.ndarray, cols: Dict[str, np.ndarray],
@@ -239,24 +242,44 @@ def _probe_expr() -> pl.Expr:
     return pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in PROBE_COLUMNS])
 
 
+def _sub_object(cols) -> pl.Expr:
+    return pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in cols]).struct.json_encode()
+
+
+_SETTINGS_JSON = "{" + ",".join(f'"{k}":"{v}"' for k, v in SETTINGS.items()) + "}"
+
+
+def _wire_json_expr() -> pl.Expr:
+    # Sub-objects through struct.json_encode (vectorised in Rust), joined with as few
+    # literal pieces as possible (each literal is materialised per row). Absent fields
+    # (xfs_write_bytes on ext4, the probe) are left out, never written as null. Strings
+    # need no escaping: every string column comes from the scenario's restricted
+    # alphabets (checked in scenario.py) or from fixed tables. The settings ride along
+    # with the probe, whose result they explain (THP settings decide folio sizes).
+    has_probe = pl.col("probe.bytes").is_not_null()
+    return pl.concat_str([
+        pl.lit('{"schema":1,"host_id":"'), pl.col("host_id"), pl.lit('","boot_id":"'),
+        pl.col("boot_id"), pl.lit('","seq":'), pl.col("seq").cast(pl.String),
+        pl.lit(',"ts":'), pl.col("ts").cast(pl.String),
+        pl.lit(',"interval_s":'), pl.col("interval_s").cast(pl.String),
+        pl.lit(',"labels":'), _labels_expr().struct.json_encode(),
+        pl.lit(',"counters":'), _sub_object(COUNTER_COLUMNS),
+        pl.lit(',"gauges":'), _sub_object(GAUGE_COLUMNS),
+        pl.lit(',"mounts":['),
+        pl.when(pl.col("mount.xfs_write_bytes").is_not_null())
+        .then(_mount_expr(True).struct.json_encode())
+        .otherwise(_mount_expr(False).struct.json_encode()),
+        pl.lit("]"),
+        pl.when(has_probe).then(pl.concat_str([
+            pl.lit(',"probe":'), _probe_expr().struct.json_encode(),
+            pl.lit(',"settings":' + _SETTINGS_JSON)])).otherwise(pl.lit("")),
+        pl.lit(f',"agent":"{AGENT_VERSION}"}}'),
+    ]).alias("json")
+
+
 def to_wire_json(frame: pl.DataFrame) -> pl.Series:
     """Wire schema v1 JSON, one string per row of a flat chunk (vectorised)."""
-    head = pl.struct(
-        pl.lit(1, pl.Int64).alias("schema"), pl.col("host_id"), pl.col("boot_id"),
-        pl.col("seq"), pl.col("ts"), pl.col("interval_s"), _labels_expr(),
-        pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in COUNTER_COLUMNS]).alias("counters"),
-        pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in GAUGE_COLUMNS]).alias("gauges"),
-    ).struct.json_encode().str.head(-1)
-    mount = (pl.when(pl.col("mount.xfs_write_bytes").is_not_null())
-             .then(_mount_expr(True).struct.json_encode())
-             .otherwise(_mount_expr(False).struct.json_encode()))
-    probe = (pl.when(pl.col("probe.bytes").is_not_null())
-             .then(pl.concat_str([pl.lit(',"probe":'), _probe_expr().struct.json_encode()]))
-             .otherwise(pl.lit("")))
-    tail = (',"settings":{' + ",".join(f'"{k}":"{v}"' for k, v in SETTINGS.items())
-            + f'}},"agent":"{AGENT_VERSION}"}}')
-    return frame.select(pl.concat_str([head, pl.lit(',"mounts":['), mount, pl.lit("]"), probe,
-                                       pl.lit(tail)]).alias("json")).to_series()
+    return frame.select(_wire_json_expr()).to_series()
 
 
 def to_wire_frame(frame: pl.DataFrame) -> pl.DataFrame:
@@ -268,7 +291,8 @@ def to_wire_frame(frame: pl.DataFrame) -> pl.DataFrame:
         pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in COUNTER_COLUMNS]).alias("counters"),
         pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in GAUGE_COLUMNS]).alias("gauges"),
         pl.concat_list([_mount_expr(True)]).alias("mounts"),
-        pl.struct([pl.lit(v).alias(k) for k, v in SETTINGS.items()]).alias("settings"),
+        pl.when(pl.col("probe.bytes").is_not_null())
+        .then(pl.struct([pl.lit(v).alias(k) for k, v in SETTINGS.items()])).alias("settings"),
         pl.when(pl.col("probe.bytes").is_not_null()).then(_probe_expr()).alias("probe"),
         pl.lit(AGENT_VERSION).alias("agent"),
     )

@@ -6,15 +6,16 @@ keyed by host id like the agent.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
-from .frames import simulate_frame, to_wire_frame, to_wire_json
+from .frames import _wire_json_expr, simulate_frame, to_wire_frame, to_wire_json
 from .scenario import Scenario
 from .truth import ground_truth, scenario_summary
 
@@ -31,17 +32,53 @@ def write_ground_truth(scenario: Scenario, out_dir: Path, seed: int) -> Path:
     return path
 
 
-def _write_lines(f, lines: pl.Series) -> int:
-    """Write a string series as newline-terminated lines straight from Arrow's buffer."""
-    arr = (lines + "\n").to_arrow()
-    if isinstance(arr, pa.ChunkedArray):
-        arr = pa.concat_arrays(arr.chunks)
-    if arr.type != pa.large_string():
-        arr = arr.cast(pa.large_string())
-    _validity, offsets, data = arr.buffers()
-    off = np.frombuffer(offsets, dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    f.write(memoryview(data)[int(off[0]):int(off[-1])])
-    return len(arr)
+def _write_json_lines(fh, chunk: pl.DataFrame, parts: int = 2) -> int:
+    """Encode a chunk to wire JSON in ``parts`` slices in parallel (polars' own thread
+    pool) and append it as lines. A one-column CSV without quoting or header is exactly
+    JSON lines, and polars' CSV writer is the fastest way to get the strings to disk."""
+    step = -(-chunk.height // parts)
+    frames = pl.collect_all([chunk.lazy().slice(i * step, step).select(_wire_json_expr())
+                             for i in range(parts)])
+    for f in frames:
+        f.write_csv(fh, include_header=False, quote_style="never")
+    return chunk.height
+
+
+def _prefetch(chunks: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.DataFrame]:
+    """Generate the next chunks in a background thread while the caller encodes and
+    writes this one (numpy and polars release the GIL, so the two overlap)."""
+    q: "queue.Queue" = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for c in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(c, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # re-raised in the caller's thread
+            q.put(e)
+
+    t = threading.Thread(target=work, name="simulate-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
 
 
 def write_files(scenario: Scenario, out_dir, seed: Optional[int] = None, fmt: str = "jsonl",
@@ -56,24 +93,25 @@ def write_files(scenario: Scenario, out_dir, seed: Optional[int] = None, fmt: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: List[Path] = []
+    chunks = _prefetch(simulate_frame(scenario, seed))
     if fmt == "jsonl":
         fh = None
         rows = 0
-        for chunk in simulate_frame(scenario, seed):
+        for chunk in chunks:
             if fh is None or rows >= rows_per_file:
                 if fh is not None:
                     fh.close()
                 paths.append(out / f"samples-{len(paths):05d}.jsonl")
                 fh = open(paths[-1], "wb")
                 rows = 0
-            rows += _write_lines(fh, to_wire_json(chunk))
+            rows += _write_json_lines(fh, chunk)
         if fh is not None:
             fh.close()
     else:
         import pyarrow.parquet as pq
         writer = None
         rows = 0
-        for chunk in simulate_frame(scenario, seed):
+        for chunk in chunks:
             table = to_wire_frame(chunk).to_arrow()
             if writer is None or rows >= rows_per_file:
                 if writer is not None:
