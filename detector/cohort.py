@@ -10,7 +10,10 @@ window: windows of one host are not independent):
 - ``tail``: its 90th percentile in the worse direction (compaction stalls are tail
   events; a median test passes when only a few intervals get 100x worse),
 - ``bad_share``: the share of its windows worse than the baseline's own 90th percentile
-  of that window (10% expected on an unchanged kernel).
+  of that window (10% expected on an unchanged kernel),
+- ``within_host``: its level minus its own level on the baseline kernel before the
+  rollout (canaries' pre-reboot windows; baseline hosts' same period): a host-level
+  difference in differences that removes the large host-to-host spread of write demand.
 
 Host values are adjusted for covariates with a ridge regression fitted on baseline hosts
 only (instance type, cpus, memory, log uptime, and for the mechanism metrics the write
@@ -33,7 +36,7 @@ from scipy import stats as sstats
 
 from .frames import LOG_FLOOR, MECHANISM_METRICS, STATE_METRIC, TESTED_METRICS, worse_direction
 
-STATISTICS = ("level", "tail", "bad_share")
+STATISTICS = ("level", "tail", "bad_share", "within_host")
 BASE_COVARIATES = ("instance_type", "cpus", "mem_bytes", "log_uptime_h")
 
 
@@ -164,28 +167,42 @@ class MemoryStateModel:
 
 
 def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str,
-                reference: Optional[pl.DataFrame] = None) -> pl.DataFrame:
+                reference: Optional[pl.DataFrame] = None,
+                before: Optional[datetime] = None) -> pl.DataFrame:
     """Per host: level, tail and bad_share of the window-centred log metric (adjusted for
     memory state at the window level when a baseline ``reference`` history is given)."""
     d = worse_direction(metric)
     x = _centred(df, metric, base_kernel)
+    pre = None
     if reference is not None and "frag" in x.columns and x.height:
         ref = _centred(reference, metric, base_kernel)
         state = MemoryStateModel().fit(ref)
         if state.model is not None:
             x = x.with_columns(pl.Series("z", x["z"].to_numpy()
                                          - state.predict(x["frag"].to_numpy())))
+            ref = ref.with_columns(pl.Series("z", ref["z"].to_numpy()
+                                             - state.predict(ref["frag"].to_numpy())))
+        if before is not None:
+            # each host's own level on the baseline kernel before the rollout reached the
+            # group: canaries' pre-reboot windows and baseline hosts' same-period windows
+            pre = (ref.filter(pl.col("window_start") < before).group_by("host_id")
+                   .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"))
+                   .filter(pl.col("pre_n") >= 10))
     q_bad = 0.9 if d > 0 else 0.1
     bad_at = (x.filter(pl.col("kernel") == base_kernel).group_by("window_start")
               .agg(pl.col("z").quantile(q_bad, "linear").alias("bad_at")))
     x = x.join(bad_at, on="window_start", how="inner")
     worse = (pl.col("z") > pl.col("bad_at")) if d > 0 else (pl.col("z") < pl.col("bad_at"))
-    return (x.with_columns(worse.alias("bad"))
-            .group_by("host_id", "kernel")
-            .agg(pl.col("z").median().alias("level"),
-                 pl.col("z").quantile(q_bad, "linear").alias("tail"),
-                 pl.col("bad").mean().alias("bad_share"),
-                 pl.len().alias("n_windows")))
+    hosts = (x.with_columns(worse.alias("bad"))
+             .group_by("host_id", "kernel")
+             .agg(pl.col("z").median().alias("level"),
+                  pl.col("z").quantile(q_bad, "linear").alias("tail"),
+                  pl.col("bad").mean().alias("bad_share"),
+                  pl.len().alias("n_windows")))
+    if pre is not None and pre.height:
+        hosts = (hosts.join(pre, on="host_id", how="left")
+                 .with_columns((pl.col("level") - pl.col("pre_level")).alias("within_host")))
+    return hosts
 
 
 def _covariates(df: pl.DataFrame) -> pl.DataFrame:
@@ -290,12 +307,16 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
                       first_window=shared.min(), last_window=shared.max(),
                       new_first_seen=df.filter(is_new_k)["window_start"].min())
     _coverage(comp, df, cov, new_kernel)
+    rollout_start = (reference.filter(pl.col("kernel") == new_kernel)["window_start"].min()
+                     if reference is not None and "kernel" in reference.columns else None)
+    rollout_start = rollout_start or comp.new_first_seen
     base_types = set(cov.filter(~is_new_k)["instance_type"].to_list())
     comp.unmatched_instance_types = sorted(set(cov.filter(is_new_k)["instance_type"].to_list()) - base_types)
     for metric in metrics:
         if metric not in df.columns or df[metric].null_count() == df.height:
             continue
-        hosts = _host_frame(df, metric, base_kernel, reference if adjust else None)
+        hosts = _host_frame(df, metric, base_kernel, reference if adjust else None,
+                            rollout_start)
         if hosts.is_empty():
             continue
         hosts = hosts.join(cov, on=["host_id", "kernel"], how="left")
@@ -308,11 +329,20 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
         adjuster = CovariateAdjuster(columns)
         d = worse_direction(metric)
         for statistic in STATISTICS:
+            if statistic not in hosts.columns:
+                continue
             y = hosts[statistic].to_numpy().astype(float)
             # oriented so that larger = worse
             yo = y * d if statistic != "bad_share" else y
-            r, adjusted = (adjuster.residuals(hosts, yo, ~is_new) if adjust else (yo, False))
-            a, b = r[is_new], r[~is_new]
+            if statistic == "within_host":
+                # host covariates cancel in a host's own before/after difference
+                r, adjusted = yo, False
+            else:
+                r, adjusted = (adjuster.residuals(hosts, yo, ~is_new) if adjust else (yo, False))
+            ok = np.isfinite(r)
+            a, b = r[is_new & ok], r[~is_new & ok]
+            if a.size == 0 or b.size < min_base_hosts:
+                continue
             if statistic == "level":
                 comp.level_sd[metric] = float(np.std(b, ddof=1)) if b.size > 1 else float("nan")
             p = float(sstats.mannwhitneyu(a, b, alternative="greater",

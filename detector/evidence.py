@@ -24,6 +24,9 @@ class EvidencePolicy:
     # confirmation: joint evidence on enough hosts over enough windows
     confirm_min_hosts: int = 3
     confirm_min_windows: int = 15
+    # a mechanism metric corroborates a significant throughput drop on the same cohort
+    # when it is worse at this nominal one-sided level
+    corroborate_p: float = 0.01
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
@@ -67,6 +70,11 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
         return Judgement(c, None, [], None, 0.0, [])
     throughput = [t for t in sig if t.metric in THROUGHPUT_METRICS]
     mechanism = [t for t in sig if t.metric in MECHANISM_METRICS]
+    if throughput and not mechanism:
+        floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
+        mechanism = sorted((t for t in c.tests if t.metric in MECHANISM_METRICS
+                            and t.p_value <= policy.corroborate_p
+                            and t.worse_by() >= floor[t.effect_kind]), key=lambda t: t.p_value)
     primary = (throughput or mechanism)[0]
     # impact: the typical-interval effect when it is significant, else the primary's
     level = [t for t in (throughput or mechanism) if t.statistic == "level"]
