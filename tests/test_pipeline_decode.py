@@ -1,0 +1,248 @@
+"""The pipeline's vectorised decode/validate agrees with wire schema v1 (schema.decode)
+record by record, including on hostile input, and its key metrics agree with
+schema.key_metrics."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+
+import polars as pl
+import pytest
+
+from foliowatch import schema as wire
+from foliowatch.pipeline.decode import decode_batch, python_verdict, record_key_metrics
+
+
+def _enc(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def varied_record(rng: random.Random, i: int) -> dict:
+    """Valid records with the shapes the fleet sends: several filesystems, no mounts,
+    a probe, counters the kernel lacks, integer gauges and float timestamps."""
+    r = wire.example_record(seq=i, ts=1764000000.0 + 10 * i + rng.random(),
+                            host_id=f"host-{rng.randrange(40)}")
+    r["labels"] = dict(r["labels"], arch=rng.choice(["arm64", "x86_64"]),
+                       page_size=rng.choice([4096, 65536]), kernel=rng.choice(
+                           ["6.6.87-101.aarch64", "6.12.40-63"]))
+    kind = rng.randrange(6)
+    if kind == 0:
+        r["mounts"].append({"mount": "/data", "fs": "ext4", "device": "sdb",
+                            "counters": {"write_bytes": rng.randrange(10**9), "write_ios": 5}})
+    elif kind == 1:
+        r["mounts"] = []
+    elif kind == 2:
+        r["probe"] = {"bytes": 1 << 28, "seconds": 1.5, "chunk_bytes": 1 << 20,
+                      "mib_s": 170.7, "compact_stall": 3, "allocstall": 0}
+    elif kind == 3:
+        del r["counters"]["pgscan_direct"]
+        del r["counters"]["allocstall_normal"]
+        del r["counters"]["allocstall_movable"]
+        r["gauges"]["uptime_s"] = 12345
+    elif kind == 4:
+        r["mounts"].append({"mount": "/var/log", "fs": "xfs", "device": "nvme2n1",
+                            "counters": {"write_ios": 7}})
+        del r["settings"]
+        del r["agent"]
+    r["counters"]["compact_stall"] = rng.randrange(1000)
+    r["gauges"]["frag_unusable_1m"] = rng.random()
+    return r
+
+
+BAD_VALUES = [None, True, False, 1.5, 1.0, -1, 0, "x", "", [], {}, [1], {"a": 1},
+              2**63, 2**64, "1", 1e308, -0.0]
+HOSTILE_STRINGS = ["a" * 65, "a" * 129, "../../etc", "x y", "caf\u00e9", "\U0001F600",
+                   "name\n", "name\\n", "{brace}", "a\"b", "a,b", "a:b", "-lead", "ok-1.2_3"]
+
+
+def mutate(rng: random.Random, base: dict) -> bytes:
+    r = copy.deepcopy(base)
+    if not r["mounts"]:
+        r["mounts"] = copy.deepcopy(wire.example_record()["mounts"])
+    k = rng.randrange(26)
+    if k == 0:
+        r[rng.choice(wire.REQUIRED_FIELDS)] = rng.choice(BAD_VALUES)
+    elif k == 1:
+        del r[rng.choice(wire.REQUIRED_FIELDS)]
+    elif k == 2:
+        r[rng.choice(["extra", "Schema", "labels2"])] = rng.choice([1, "x", {}])
+    elif k == 3:
+        r["labels"][rng.choice(list(wire.LABELS))] = rng.choice(BAD_VALUES + HOSTILE_STRINGS)
+    elif k == 4:
+        r["labels"]["team"] = "x"
+    elif k == 5:
+        r["counters"][rng.choice(["compact_stall", "nr_dirtied", "x"])] = rng.choice(BAD_VALUES)
+    elif k == 6:
+        r["counters"][rng.choice(HOSTILE_STRINGS + ["Upper", "9lead", "ok_name"])] = 1
+    elif k == 7:
+        r["counters"] = {f"c{j}": j for j in range(rng.choice([256, 257]))}
+    elif k == 8:
+        r["gauges"][rng.choice(["uptime_s", "frag_unusable_1m", "g"])] = rng.choice(BAD_VALUES)
+    elif k == 9:
+        r["mounts"][0]["counters"] = {f"c{j}": j for j in range(rng.choice([32, 33]))}
+    elif k == 10:
+        r["mounts"] = [dict(r["mounts"][0]) for _ in range(rng.choice([16, 17]))]
+    elif k == 11:
+        m = r["mounts"][0]
+        m[rng.choice(["mount", "fs", "device", "counters", "extra"])] = \
+            rng.choice(BAD_VALUES + HOSTILE_STRINGS + ["/ok/path", "ntfs"])
+    elif k == 12:
+        del r["mounts"][0][rng.choice(["mount", "fs", "device", "counters"])]
+    elif k == 13:
+        r["ts"] = rng.choice([946684799.0, 4102444801, 0, float(2**40), 1764000000])
+    elif k == 14:
+        r["interval_s"] = rng.choice([0, -1, 3600, 3600.5, 1e-9, 10])
+    elif k == 15:
+        r["schema"] = rng.choice([2, "1", 1.0, True, 0])
+    elif k == 16:
+        r["probe"] = {"bytes": 1, "seconds": 1.0, "chunk_bytes": 1, "mib_s": 1.0,
+                      "compact_stall": 0, "allocstall": 0}
+        f = rng.choice(list(wire.PROBE_FIELDS) + ["extra"])
+        if rng.random() < 0.3:
+            r["probe"].pop(f, None)
+        else:
+            r["probe"][f] = rng.choice(BAD_VALUES)
+    elif k == 17:
+        r["settings"] = {rng.choice(["thp", "Bad Name"]): rng.choice(HOSTILE_STRINGS + [1])}
+    elif k == 18:
+        r["settings"] = {f"s{j}": "v" for j in range(rng.choice([32, 33]))}
+    elif k == 19:
+        r[rng.choice(["host_id", "boot_id", "agent"])] = rng.choice(HOSTILE_STRINGS + [7])
+    elif k == 20:
+        return json.dumps(r, indent=rng.choice([None, 1])).encode()   # whitespace
+    elif k == 21:   # duplicate key: Python keeps the last one
+        b = _enc(r)
+        return b.replace(b'"seq":', b'"seq":"dup","seq":', 1)
+    elif k == 22:   # escaped key names are the same names to a JSON parser
+        return _enc(r).replace(b'"compact_stall"', b'"compact_st\\u0061ll"', 1)
+    elif k == 23:
+        b = _enc(r)
+        return rng.choice([b[: rng.randrange(1, len(b))], b"\xef\xbb\xbf" + b, b + b"x",
+                           b.replace(b"0.62", b"NaN"), b.replace(b"0.62", b"1e999"),
+                           b.replace(b"0.62", b"1" + b"0" * 400), bytes(rng.randrange(256)
+                                                                      for _ in range(40))])
+    elif k == 24:
+        r["seq"] = rng.choice([2**63 - 1, 10**18, 10**19, -5])
+    elif k == 25:
+        r["counters"]["compact_stall"] = rng.choice([10**18, 2**63 - 1, 10**19, 2**63])
+    return _enc(r)
+
+
+def _python_ok(value: bytes) -> bool:
+    return python_verdict(value)[0] is not None
+
+
+def test_valid_records_take_the_vectorised_path_and_keep_their_values():
+    rng = random.Random(3)
+    recs = [varied_record(rng, i) for i in range(400)]
+    out = decode_batch([wire.encode(r) for r in recs])
+    assert out.rejected == []
+    assert out.python_accepted == 0, "valid compact records must not need the Python path"
+    assert out.good["row"].to_list() == list(range(400))
+    for r, row in zip(recs, out.good.iter_rows(named=True)):
+        assert (row["host_id"], row["boot_id"], row["seq"], row["ts"]) == \
+            (r["host_id"], r["boot_id"], r["seq"], r["ts"])
+        assert row["kernel"] == r["labels"]["kernel"]
+        assert row["compact_stall"] == r["counters"]["compact_stall"]
+        assert [m["fs"] for m in row["mounts"]] == [m["fs"] for m in r["mounts"]]
+
+
+def test_vectorised_verdict_equals_schema_decode_on_hostile_mutations():
+    rng = random.Random(11)
+    bases = [varied_record(rng, i) for i in range(30)]
+    values = [mutate(rng, rng.choice(bases)) for _ in range(1500)]
+    # valid records interleaved, so every chunk mixes good and bad
+    values += [wire.encode(b) for b in bases]
+    rng.shuffle(values)
+    out = decode_batch(values)
+    accepted = set(out.good["row"].to_list())
+    rejected = dict(out.rejected)
+    assert accepted.isdisjoint(rejected) and len(accepted) + len(rejected) == len(values)
+    for i, v in enumerate(values):
+        expect_ok = _python_ok(v)
+        assert (i in accepted) == expect_ok, (v[:300], rejected.get(i))
+        if not expect_ok:
+            try:
+                wire.decode(v)
+                expected_reason = None
+            except wire.SchemaError as e:
+                expected_reason = str(e)
+            except Exception:
+                expected_reason = None
+            if expected_reason is not None:
+                assert rejected[i] == expected_reason
+    assert len(rejected) > 500 and len(accepted) > 300   # the mutations bite both ways
+
+
+def test_good_records_sharing_a_batch_with_garbage_are_all_kept():
+    good = [wire.encode(wire.example_record(seq=i)) for i in range(5000)]
+    values = list(good)
+    for pos in (0, 17, 2500, 4999):
+        values.insert(pos, b"\x00\xffnot json")
+    out = decode_batch(values)
+    assert out.good.height == 5000
+    assert [r for r, _ in out.rejected] == [0, 17, 2500, 4999]
+    assert all(reason.startswith("record:") for _r, reason in out.rejected)
+
+
+def test_record_key_metrics_equal_schema_key_metrics_per_filesystem():
+    rng = random.Random(5)
+    recs = [varied_record(rng, i) for i in range(300)]
+    out = decode_batch([wire.encode(r) for r in recs])
+    km = record_key_metrics(out.good)
+    seen = 0
+    for row in km.iter_rows(named=True):
+        rec = recs[row["row"]]
+        fs = None if row["fs"] == "none" else row["fs"]
+        assert row["fs"] in wire.fs_of(rec)
+        expect = wire.key_metrics(rec, fs)
+        for m in wire.KEY_METRICS:
+            a, b = row[m], expect[m]
+            assert (a is None) == (b is None), (m, a, b)
+            if a is not None:
+                assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15), (m, a, b)
+        seen += 1
+    assert seen == sum(len(wire.fs_of(r)) for r in recs)
+
+
+def test_future_timestamps_are_rejected_against_the_pipeline_clock():
+    now = 1764000000.0
+    vals = [wire.encode(wire.example_record(seq=0, ts=now + 5)),
+            wire.encode(wire.example_record(seq=1, ts=now + 4000))]
+    out = decode_batch(vals, now=now, max_future_s=600)
+    assert out.good["seq"].to_list() == [0]
+    assert out.rejected[0][0] == 1 and out.rejected[0][1].startswith("ts:")
+
+
+def test_trailing_newline_in_a_label_is_rejected_although_python_re_allows_it():
+    rec = wire.example_record()
+    rec["labels"]["fleet"] = "payments\n"
+    wire.validate(rec)   # schema.py's `$` lets it through ...
+    out = decode_batch([_enc(rec)])
+    assert out.good.height == 0   # ... the pipeline does not: it would become a label value
+    assert out.rejected[0][1].startswith("labels.fleet")
+
+
+def test_vectorised_checks_alone_never_accept_what_schema_rejects():
+    """The same mutations, judged by the vectorised checks only (no Python fallback):
+    whatever they accept, schema.decode accepts too; and they accept the valid ones."""
+    from foliowatch.pipeline import decode as dec
+
+    rng = random.Random(23)
+    bases = [varied_record(rng, i) for i in range(30)]
+    values = [mutate(rng, rng.choice(bases)) for _ in range(1500)]
+    values = [v for v in values if dec._parse(pl.Series([v], dtype=pl.Binary)) is not None]
+    values += [wire.encode(b) for b in bases]
+    df = dec._parse(pl.Series("raw", values, dtype=pl.Binary))
+    assert df is not None   # every value parses: the whole frame takes the vectorised path
+    ok = df.select(dec._checks(pl.col("d"), pl.col("raw"))).to_series()
+    text_ok = dec._text_checks(df)
+    vector_ok = (ok & text_ok).to_list()
+    for v, accepted in zip(values, vector_ok):
+        if accepted:
+            assert _python_ok(v), v[:300]
+    assert all(vector_ok[-len(bases):])
+    assert sum(vector_ok) > 100 and vector_ok.count(False) > 500
