@@ -41,13 +41,16 @@ class KafkaSender:
 
     def _ensure_producer(self):
         if self._producer is None:
+            from kafka import KafkaProducer
             timeout_ms = int(self.send_timeout_s * 1000)
+            # Bounded: a send never blocks the sampling loop for much longer than this.
+            wanted = dict(max_block_ms=timeout_ms, request_timeout_ms=max(500, timeout_ms // 2),
+                          delivery_timeout_ms=timeout_ms + 100, linger_ms=5,
+                          reconnect_backoff_max_ms=2000, bootstrap_timeout_ms=timeout_ms)
+            # kafka-python 2.x lacks some of these; it rejects unknown keys.
+            known = getattr(KafkaProducer, "DEFAULT_CONFIG", wanted)
             self._producer = kafka_io.make_producer(
-                self.settings,
-                # Bounded: a send never blocks the sampling loop for longer than this.
-                max_block_ms=timeout_ms, request_timeout_ms=max(500, timeout_ms // 2),
-                delivery_timeout_ms=timeout_ms + 100, linger_ms=5,
-                reconnect_backoff_max_ms=2000, api_version_auto_timeout_ms=timeout_ms)
+                self.settings, **{k: v for k, v in wanted.items() if k in known})
         return self._producer
 
     def _fail(self, error: BaseException) -> None:
