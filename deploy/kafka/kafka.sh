@@ -113,7 +113,8 @@ EOF
 }
 
 start_node() {  # start_node DIR I
-  local dir=$1 i=$2 pidfile="$dir/node$i/pid"
+  local dir=$1 i=$2
+  local pidfile="$dir/node$i/pid"  # separate: $i must be this function's, not the caller's
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
   : >"$dir/node$i/server.log"
   # setsid: the node survives its caller's terminal, and stop() signals it by PID alone.
