@@ -186,7 +186,7 @@ class WindowAggregator:
     """Open windows, watermarks and dedupe memory for a set of source partitions."""
 
     def __init__(self, windows_s: Sequence[int] = contract.DEFAULT_WINDOWS_S,
-                 lateness_s: float = 120.0):
+                 lateness_s: float = 300.0):
         if not windows_s or any(int(w) <= 0 for w in windows_s):
             raise ValueError(f"windows: expected positive seconds, got {list(windows_s)}")
         if lateness_s < 0:

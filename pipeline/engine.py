@@ -29,7 +29,7 @@ LATE = "late"
 class PipelineConfig:
     output: str
     windows_s: Sequence[int] = contract.DEFAULT_WINDOWS_S
-    lateness_s: float = 120.0
+    lateness_s: float = 300.0
     max_future_s: float = 600.0
 
 

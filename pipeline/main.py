@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="read JSON lines / Parquet files or folders instead of Kafka")
     p.add_argument("--windows", default=",".join(str(w) for w in contract.DEFAULT_WINDOWS_S),
                    help="window lengths in seconds, comma-separated (default %(default)s)")
-    p.add_argument("--lateness", type=float, default=120.0, metavar="SECONDS",
+    p.add_argument("--lateness", type=float, default=300.0, metavar="SECONDS",
                    help="how far behind a partition's newest record a record may be and still "
                         "update its window (default %(default)s); later ones go to the DLQ")
     p.add_argument("--max-future", type=float, default=600.0, metavar="SECONDS",
@@ -104,6 +104,10 @@ def run(args) -> int:
                          lateness_s=args.lateness, max_future_s=args.max_future)
     if cfg.lateness_s < 0:
         raise SystemExit(f"pipeline --lateness: expected >= 0 seconds, got {args.lateness}")
+    paths = None
+    if args.from_files:
+        from .files import expand_inputs
+        paths = expand_inputs(args.from_files)   # bad inputs fail before anything starts
     writer = DatasetWriter(args.output)
     metrics = PipelineMetrics()
     if args.metrics_addr != "off":
@@ -113,9 +117,8 @@ def run(args) -> int:
             raise SystemExit(f"pipeline --metrics-addr {args.metrics_addr}: cannot listen "
                              f"({e.strerror}); pick a free port or 'off'") from None
 
-    if args.from_files:
-        from .files import expand_inputs, run_files
-        paths = expand_inputs(args.from_files)
+    if paths is not None:
+        from .files import run_files
         if args.dlq_file:
             dlq_path = Path(args.dlq_file)
         elif is_remote(args.output):
