@@ -217,8 +217,10 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
             target = max(done + 1, int(round(frac * total))) if frac < 1 else total
             target = min(target, total)
             hosts = order[done:target]
+            ts = t_wave + rng.uniform(0.0, spread, len(hosts))
+            # the rollback halts the wave: reboots not yet begun are cancelled
+            hosts, ts = hosts[ts < rollback_ts], ts[ts < rollback_ts]
             if len(hosts):
-                ts = t_wave + rng.uniform(0.0, spread, len(hosts))
                 add_reboots(ts, hosts, vt, REASON_ROLLOUT)
                 moved.append(hosts)
                 rollout_events.append(dict(

@@ -123,7 +123,11 @@ class Stepper:
             h = p.reboot_host[k]
             ts = p.reboot_ts[k]
             if ts < self.down_until[h]:
-                continue  # already rebooting
+                if p.reboot_ver[k] == REBOOT_KEEP_KERNEL:
+                    continue  # already rebooting
+                # a kernel change asked for while the host is still rebooting (a
+                # rollback meeting a rollout reboot): it reboots again once up
+                ts = self.down_until[h] + 30.0
             down = p.reboot_down_s[k]
             self.down_until[h] = ts + down
             self.boot_ts[h] = ts + 0.5 * down     # kernel up half way; agent after
@@ -142,7 +146,9 @@ class Stepper:
         n = p.n
         t_end = self.start + (i + 1) * dtv            # nominal end of the interval
         t_host = t_end + p.phase_s                    # each agent samples at its own phase
-        self._reboots(t_end)
+        # a reboot that starts before a host's sampling moment in this interval takes
+        # it down for this sample (hosts sample at their own phase within the interval)
+        self._reboots(t_end + dtv)
         self._start_episodes(t_end)
         ended = (self.ep_kind > 0) & (self.ep_end <= t_end)
         self.ep_kind[ended] = 0

@@ -1,0 +1,162 @@
+"""Simulated records: deterministic with a seed, every one valid wire schema v1, the
+Parquet form equal to the JSON form, counters reset only at reboots, and the delivery
+faults (lost, late, duplicated, skewed) present as configured."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from foliowatch import schema
+from foliowatch.simulator import (ground_truth, load_scenario, simulate_frame, to_wire_frame,
+                                  to_wire_json, write_files)
+from foliowatch.simulator.fleet import REASON_ROLLBACK, REASON_ROLLOUT, build_plan
+
+# a busy little fleet: the rollout, reboots, episodes and faults all happen within 3 h
+FAULTS = {"lost": 0.01, "late": 0.01, "duplicate": 0.01, "random_reboot_per_host_day": 0.5,
+          "noisy_neighbour_per_host_day": 0.5, "failing_disk_per_host_day": 0.2}
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    sc = load_scenario("rollback", hosts=60, hours=3, interval_s=30, seed=3, faults=FAULTS)
+    r = sc.rollouts[0]
+    r.start_h, r.wave_interval_h, r.rollback_h = 0.25, 0.5, 2.0
+    return sc
+
+
+@pytest.fixture(scope="module")
+def records(scenario):
+    return pl.concat(list(simulate_frame(scenario, 3, rows_per_chunk=2000)))
+
+
+def test_same_seed_same_records_other_seed_other_records(scenario, records):
+    again = pl.concat(list(simulate_frame(scenario, 3, rows_per_chunk=2000)))
+    assert records.equals(again)
+    other = pl.concat(list(simulate_frame(scenario, 4, rows_per_chunk=2000)))
+    assert not records.equals(other)
+    assert ground_truth(scenario, 3) == ground_truth(scenario, 3)
+
+
+def test_chunk_size_does_not_change_the_records(scenario, records):
+    big = pl.concat(list(simulate_frame(scenario, 3, rows_per_chunk=50_000)))
+    key = ["host_id", "seq", "emit_ts"]
+    assert big.sort(key).equals(records.sort(key))
+
+
+def test_every_record_is_valid_wire_v1(records):
+    lines = to_wire_json(records).to_list()
+    assert len(lines) == records.height > 10_000
+    decoded = [schema.decode(s.encode()) for s in lines]
+    kinds = {tuple(schema.fs_of(r)) for r in decoded}
+    assert kinds == {("xfs",), ("ext4",)}
+    assert any("probe" in r for r in decoded)
+    ext4 = next(r for r in decoded if r["mounts"][0]["fs"] == "ext4")
+    assert "xfs_write_bytes" not in ext4["mounts"][0]["counters"]  # absent, never null
+    for r in decoded[:200]:
+        m = schema.key_metrics(r)
+        assert m["write_mib_s"] > 0 and 0 <= m["frag_unusable_1m"] < 1
+
+
+def test_parquet_form_equals_the_json_form(records):
+    sample = records.sample(500, seed=1)
+    nested = to_wire_frame(sample).to_dicts()
+    for row, line in zip(nested, to_wire_json(sample).to_list()):
+        assert _drop_nulls(row) == json.loads(line)
+
+
+def _drop_nulls(v):
+    if isinstance(v, dict):
+        return {k: _drop_nulls(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_drop_nulls(x) for x in v]
+    return v
+
+
+def test_counters_reset_only_at_reboots(scenario, records):
+    """Per host in seq order: within a boot the boot time (ts - uptime) stays put; a new
+    boot id comes with a boot after the previous record; seq never restarts; the
+    kernel changes only with the boot; the reboots are the planned ones."""
+    plan = build_plan(scenario, 3)
+    first = records.unique(["host_id", "boot_id", "seq"]).sort("host_id", "seq")
+    per_host = first.group_by("host_id", maintain_order=True).agg(
+        pl.col("seq"), pl.col("boot_id"), pl.col("gauges.uptime_s"), pl.col("kernel"),
+        pl.col("ts"))
+    start, end = scenario.start_ts, scenario.start_ts + scenario.hours * 3600
+    planned = {}
+    for ts, h in zip(plan.reboot_ts, plan.reboot_host):
+        if start < ts < end - 600:  # reboots near the end may not report yet
+            planned.setdefault(plan.host_id[h], []).append(ts)
+    reboots_seen = 0
+    for host, seqs, boots, uptimes, kernels, ts in per_host.iter_rows():
+        assert all(b > a for a, b in zip(seqs, seqs[1:])), host
+        changes = [i for i in range(1, len(boots)) if boots[i] != boots[i - 1]]
+        booted = [t - u for t, u in zip(ts, uptimes)]
+        for i in range(1, len(boots)):
+            if i in changes:
+                assert booted[i] > ts[i - 1] and uptimes[i] < 3600, host  # a fresh boot
+            else:
+                assert abs(booted[i] - booted[i - 1]) < 0.5, host
+        for i in range(1, len(kernels)):   # the kernel changes only with the boot
+            if kernels[i] != kernels[i - 1]:
+                assert i in changes, host
+        assert len(set(boots)) == len(changes) + 1
+        reboots_seen += len(changes)
+        assert len(changes) <= len(planned.get(host, [])) + 1, host
+    assert reboots_seen >= 0.8 * sum(len(v) for v in planned.values()) > 20
+
+
+def test_rollout_and_rollback_reach_the_hosts(scenario, records):
+    plan = build_plan(scenario, 3)
+    truth = ground_truth(scenario, 3)
+    starts = [t for t in truth if t["type"] == "rollout" and t["action"] == "start"]
+    rollback = [t for t in truth if t["type"] == "rollout" and t["action"] == "rollback"][0]
+    moved = sum(t["hosts"] for t in starts)
+    assert rollback["hosts"] == moved == int((plan.reboot_reason == REASON_ROLLOUT).sum())
+    assert int((plan.reboot_reason == REASON_ROLLBACK).sum()) == moved
+    new = records.filter(pl.col("kernel").str.starts_with("6.12.40-63"))
+    assert new["host_id"].n_unique() >= moved - 2  # a host may still be down at the end
+    assert new["ts"].max() < rollback["ts"] + 20 * 60 + 60
+    assert new["ts"].min() > starts[0]["ts"]
+
+
+def test_delivery_faults_are_present(scenario, records):
+    key = ["host_id", "boot_id", "seq"]
+    dups = records.height - records.unique(key).height
+    assert dups > 0.004 * records.height
+    late = records.filter(pl.col("emit_ts") - pl.col("ts") > 20)
+    assert late.height > 0.004 * records.height
+    gaps = (records.unique(key).sort("host_id", "seq")
+            .with_columns(d=pl.col("seq").diff().over("host_id"))
+            .filter(pl.col("d") > 1).height)
+    assert gaps > 0
+    # chunks are in delivery order
+    assert records["emit_ts"].is_sorted() or all(
+        c["emit_ts"].is_sorted() for c in simulate_frame(scenario, 3, rows_per_chunk=2000))
+    # clock skew: each host's clock sits a constant few seconds off (ts is the agent's
+    # clock, emit_ts the true delivery time: their difference is skew minus delay)
+    plan = build_plan(scenario, 3)
+    off = (records.filter(pl.col("emit_ts") - pl.col("ts") < 10)
+           .group_by("host_id").agg(pl.col("ts").sub(pl.col("emit_ts")).median().alias("off")))
+    idx = [plan.host_id.index(h) for h in off["host_id"]]
+    expect = plan.skew_s[idx] - plan.delay_s[idx]
+    assert np.allclose(off["off"].to_numpy(), expect, atol=0.01)
+    assert 1.0 < plan.skew_s.std() < 3.0 and np.abs(plan.skew_s).max() <= 6.0
+
+
+def test_write_files_jsonl_and_parquet(tmp_path, scenario, records):
+    sc = load_scenario(scenario, hours=0.5)
+    jl = write_files(sc, tmp_path / "j", seed=3, fmt="jsonl")
+    pq = write_files(sc, tmp_path / "p", seed=3, fmt="parquet")
+    assert jl[-1].name == pq[-1].name == "ground_truth.json"
+    lines = jl[0].read_bytes().splitlines()
+    for line in lines:
+        schema.decode(line)
+    table = pl.read_parquet(pq[0])
+    assert table.height == len(lines)
+    assert table["seq"].to_list() == [json.loads(x)["seq"] for x in lines]
+    truth = json.loads(jl[-1].read_text())
+    assert truth["scenario"]["name"] == sc.name and truth["truth"] == json.loads(
+        json.dumps(ground_truth(sc, 3)))
