@@ -343,8 +343,10 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             a, b = r[is_new & ok], r[~is_new & ok]
             if a.size == 0 or b.size < min_base_hosts:
                 continue
-            if statistic == "level":
-                comp.level_sd[metric] = float(np.std(b, ddof=1)) if b.size > 1 else float("nan")
+            if statistic in ("level", "within_host") and b.size > 1:
+                # the most precise host-level statistic sets the comparison's power
+                sd = float(np.std(b, ddof=1))
+                comp.level_sd[metric] = min(sd, comp.level_sd.get(metric, sd))
             p = float(sstats.mannwhitneyu(a, b, alternative="greater",
                                           method="asymptotic" if a.size + b.size > 60 else "auto").pvalue)
             est, lo, hi = hodges_lehmann(a, b, alpha_ci)
@@ -379,10 +381,15 @@ def _coverage(comp: Comparison, df: pl.DataFrame, cov: pl.DataFrame, new_kernel:
           .agg(pl.col(STATE_METRIC).max().alias("fmax"), pl.col("uptime_s").max().alias("up")))
     comp.new_hosts_at_fleet_frag = int(hw.filter(pl.col("fmax") >= fleet_frag).height)
     comp.new_max_uptime_h = float((hw["up"].max() or 0) / 3600.0)
-    # uptime at which baseline hosts typically reach the fleet median fragmentation
-    b = (df.filter(pl.col("kernel") != new_kernel)
-         .select((pl.col("uptime_s") / 3600.0).alias("h"), pl.col(STATE_METRIC).alias("f"))
-         .drop_nulls())
-    if b.height >= 10:
-        at = b.filter(pl.col("f") >= fleet_frag)["h"]
-        comp.uptime_h_at_fleet_frag = float(at.quantile(0.1)) if at.len() else None
+    # uptime at which hosts reach the fleet's median fragmentation, from hosts seen
+    # crossing it (rebooted ones, either kernel): the frag build-up does not depend on
+    # how long the long-running hosts have been up
+    boot = "boot_id" if "boot_id" in df.columns else "host_id"
+    seen = (df.select("host_id", boot, (pl.col("uptime_s") / 3600.0).alias("h"),
+                      pl.col(STATE_METRIC).alias("f"))
+            .drop_nulls().group_by("host_id", boot)
+            .agg(pl.col("h").min().alias("first_h"),
+                 pl.col("h").filter(pl.col("f") >= fleet_frag).min().alias("cross_h"))
+            .filter((pl.col("first_h") < 2.0) & pl.col("cross_h").is_not_null()))
+    if seen.height >= 3:
+        comp.uptime_h_at_fleet_frag = float(seen["cross_h"].median())

@@ -103,7 +103,9 @@ def judge_group(c, policy_fdr: float, args) -> GroupVerdict:
         gv.reasons.append(
             f"only {c.new_hosts_at_fleet_frag} new-kernel hosts reached the fleet's median "
             f"fragmentation ({c.frag_base_median:.2f} unusable for 1 MiB); "
-            f"{args.min_frag_hosts} needed" + (f", about {gap:.1f} more hours of uptime" if gap else ""))
+            f"{args.min_frag_hosts} needed" + (f", about {gap:.1f} more hours of uptime" if gap
+                                               else ", hours unknown (no host seen crossing it)"
+                                               if c.uptime_h_at_fleet_frag is None else ""))
         gv.decision = EXIT_WAIT
     return gv
 
