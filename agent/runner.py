@@ -47,8 +47,8 @@ class Agent:
         self.cfg = cfg
         self.sampler = Sampler(cfg, proc=proc, sys=sys, etc=etc)
         self.state = AgentState(cfg.state_dir)
-        self.baseline = Baseline.from_json(self.state.baseline)
         self.spool = Spool(os.path.join(cfg.state_dir, "spool"), cfg.spool_max_bytes)
+        self.baseline = Baseline.from_json(self.state.baseline)
         if self.spool.torn_tail_bytes:
             log.warning("spool: truncated %d bytes of a torn record (crash during a write)",
                         self.spool.torn_tail_bytes)
@@ -66,13 +66,19 @@ class Agent:
         spooled record (the state is saved first, so this only matters if the state file
         was restored from an older backup)."""
         last = self.spool.last_payload()
-        if last is not None:
-            try:
-                seq = json.loads(last)["seq"]
-                if isinstance(seq, int) and seq >= self.state.next_seq:
-                    self.state.next_seq = seq + 1
-            except (ValueError, KeyError, TypeError):
-                pass
+        if last is None:
+            return
+        try:
+            newest = json.loads(last)
+            seq, ts = newest["seq"], float(newest["ts"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if isinstance(seq, int) and seq >= self.state.next_seq:
+            log.info("state was older than the spool (crash before its rename reached the "
+                     "disk): seq resumes at %d", seq + 1)
+            self.state.next_seq = seq + 1
+        if self.baseline.values and self.state.baseline_ts < ts:
+            self.baseline = Baseline()
 
     # -- health accessors for /metrics ----------------------------------------------
     def sender_sent(self) -> int:
@@ -134,6 +140,7 @@ class Agent:
                 data = schema.encode(record)
                 self.state.next_seq = seq + 1
             self.state.baseline = self.baseline.to_json()
+            self.state.baseline_ts = round(reading.ts, 3)  # as the record's ts
             self.state.save()  # seq reserved before the record exists anywhere else
             if data is not None:
                 dropped = self.spool.append(data)

@@ -60,6 +60,10 @@ class Sampler:
         self._mount_lock = threading.Lock()
         self._mounts: List[labels.Mount] = []
         self._mounts_at = -1e18
+        # Slow-changing inputs, re-read every MOUNT_REFRESH_S rather than every sample.
+        self._slow_at = -1e18
+        self._settings: Dict[str, str] = {}
+        self._mthp_sizes: List = []
 
     # -- watched mounts --------------------------------------------------------------
     def watched_mounts(self) -> List[labels.Mount]:
@@ -97,18 +101,27 @@ class Sampler:
             out.append(MountReading(mount, labels.schema_fs(m.fs), device, counters))
         return out
 
+    def _refresh_slow(self) -> None:
+        now = time.monotonic()
+        if now - self._slow_at > MOUNT_REFRESH_S:
+            self._settings = {k: labels.clean_label(v)
+                              for k, v in thp.read_settings(self.sys).items()}
+            self._mthp_sizes = thp.active_sizes(self.sys)
+            self._slow_at = now
+
     # -- one pass ----------------------------------------------------------------------
     def read(self) -> Reading:
+        self._refresh_slow()
         vm = vmstat.read(self.proc)
         counters = vmstat.counters(vm)
         counters.update(pressure.read_all(self.proc))
-        counters.update(thp.read_mthp_counters(self.sys))
+        counters.update(thp.read_mthp_counters(self.sys, self._mthp_sizes))
         mem = meminfo.read(self.proc)
         zones = buddyinfo.read(self.proc)
         gauges = meminfo.gauges(mem)
         gauges["uptime_s"] = labels.uptime_s(self.proc)
         gauges.update(buddyinfo.gauges(zones, self.page_size))
-        settings = {k: labels.clean_label(v) for k, v in thp.read_settings(self.sys).items()}
+        settings = dict(self._settings)
         return Reading(boot_id=labels.boot_id(self.proc), clock=boottime(), ts=time.time(),
                        counters=counters, gauges=gauges, mounts=self._mount_readings(),
                        settings=settings, mem_total=mem.get("MemTotal", 0), vmstat=vm,

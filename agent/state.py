@@ -4,6 +4,12 @@ Stored as JSON in ``<state_dir>/state.json`` and replaced atomically (write a te
 file, fsync it, rename it over the old one, fsync the directory), so a crash leaves
 either the old or the new state, never a torn one. ``seq`` is reserved here *before* the
 sample carrying it is spooled: a crash in between costs a gap in ``seq``, never a reuse.
+
+The per-sample save fsyncs the file but not the directory: if a crash loses the rename,
+the previous state (complete, one sample older) comes back, and the agent repairs it
+from the spool, whose newest record is always on disk: ``seq`` resumes after that
+record, and a baseline older than it is discarded (it would make the next interval
+overlap intervals already sent).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any, Dict, Optional
 STATE_FILE = "state.json"
 
 
-def atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, durable_rename: bool = True) -> None:
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -27,7 +33,8 @@ def atomic_write(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(directory)
+    if durable_rename:
+        fsync_dir(directory)
 
 
 def fsync_dir(directory: str) -> None:
@@ -45,6 +52,7 @@ class AgentState:
         self.host_id: Optional[str] = None
         self.baseline: Dict[str, Any] = {}
         self.last_probe_ts = 0.0   # wall time of the last write probe (none: 0)
+        self.baseline_ts = 0.0     # wall time of the reading the baseline holds
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._load()
 
@@ -64,10 +72,13 @@ class AgentState:
             self.next_seq = seq
         self.host_id = d.get("host_id") if isinstance(d.get("host_id"), str) else None
         self.baseline = d.get("baseline") if isinstance(d.get("baseline"), dict) else {}
+        bts = d.get("baseline_ts")
+        self.baseline_ts = float(bts) if isinstance(bts, (int, float)) else 0.0
         probe_ts = d.get("last_probe_ts")
         self.last_probe_ts = float(probe_ts) if isinstance(probe_ts, (int, float)) else 0.0
 
     def save(self) -> None:
         data = json.dumps({"next_seq": self.next_seq, "host_id": self.host_id,
-                           "last_probe_ts": self.last_probe_ts, "baseline": self.baseline}, separators=(",", ":")).encode()
-        atomic_write(self.path, data)
+                           "last_probe_ts": self.last_probe_ts,
+                           "baseline_ts": self.baseline_ts, "baseline": self.baseline}, separators=(",", ":")).encode()
+        atomic_write(self.path, data, durable_rename=False)

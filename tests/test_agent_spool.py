@@ -159,3 +159,28 @@ def test_state_file_damaged_by_hand_is_refused_not_reset(tmp_path):
     (tmp_path / "state.json").write_text("{not json")
     with pytest.raises(RuntimeError, match="state.json: not valid JSON"):
         AgentState(str(tmp_path))
+
+
+def test_lost_state_rename_is_repaired_from_the_spool(tmp_path):
+    """A crash can lose the last state.json rename (the directory is not fsync'd per
+    sample): the older state comes back. seq must resume after the newest spooled record
+    and the older baseline must not be used (its interval would overlap sent ones)."""
+    from foliowatch.agent.config import AgentConfig
+    from foliowatch.agent.runner import Agent
+    cfg = AgentConfig(state_dir=str(tmp_path / "st"), mounts=["/"], kafka_enabled=False)
+    agent = Agent(cfg)
+    agent.tick()
+    agent.tick()                                     # seq 0
+    old_state = (tmp_path / "st" / "state.json").read_bytes()
+    agent.tick()                                     # seq 1
+    agent.tick()                                     # seq 2
+    agent.close()
+    (tmp_path / "st" / "state.json").write_bytes(old_state)
+    again = Agent(cfg)
+    assert again.state.next_seq == 3
+    assert again.tick() is None                      # fresh baseline, no overlapping interval
+    assert again.tick()["seq"] == 3
+    again.close()
+    fresh = Agent(cfg)                               # a normal restart keeps its baseline
+    assert fresh.tick()["seq"] == 4
+    fresh.close()

@@ -40,6 +40,7 @@ With no free memory at all the index is undefined and the gauges are absent.
 from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Sequence
+from foliowatch.agent.collectors._io import read_text
 
 ONE_MIB = 1 << 20
 
@@ -123,5 +124,4 @@ def gauges(zones: Sequence[ZoneFree], page_size: int) -> Dict[str, float]:
 
 
 def read(proc: str = "/proc") -> List[ZoneFree]:
-    with open(f"{proc}/buddyinfo") as f:
-        return parse(f.read())
+    return parse(read_text(f"{proc}/buddyinfo"))

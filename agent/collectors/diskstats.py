@@ -10,6 +10,7 @@ whatever the device's logical block size.
 from __future__ import annotations
 
 from typing import Dict, NamedTuple
+from foliowatch.agent.collectors._io import read_text
 
 SECTOR_BYTES = 512
 
@@ -55,5 +56,4 @@ def mount_counters(d: DiskCounters) -> Dict[str, int]:
 
 
 def read(proc: str = "/proc") -> Dict[str, DiskCounters]:
-    with open(f"{proc}/diskstats") as f:
-        return parse(f.read())
+    return parse(read_text(f"{proc}/diskstats"))

@@ -19,6 +19,7 @@ import re
 from typing import Dict, List, NamedTuple, Optional
 
 from foliowatch import schema
+from foliowatch.agent.collectors._io import read_text
 
 ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64",
                 "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x"}
@@ -73,8 +74,7 @@ def parse_uptime(text: str) -> float:
 
 
 def uptime_s(proc: str = "/proc") -> float:
-    with open(f"{proc}/uptime") as f:
-        return parse_uptime(f.read())
+    return parse_uptime(read_text(f"{proc}/uptime"))
 
 
 def host_labels(*, fleet: str, role: str, instance_type: Optional[str], mem_bytes: int,

@@ -7,6 +7,7 @@ Values are printed in kB (KiB, despite the unit's spelling); fields without a un
 from __future__ import annotations
 
 from typing import Dict
+from foliowatch.agent.collectors._io import read_text
 
 # meminfo field -> gauge name in the wire record
 GAUGES = {"MemAvailable": "mem_available_bytes", "MemFree": "mem_free_bytes",
@@ -39,5 +40,4 @@ def gauges(fields: Dict[str, int]) -> Dict[str, float]:
 
 
 def read(proc: str = "/proc") -> Dict[str, int]:
-    with open(f"{proc}/meminfo") as f:
-        return parse(f.read())
+    return parse(read_text(f"{proc}/meminfo"))

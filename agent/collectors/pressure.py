@@ -13,6 +13,7 @@ reading it fails with EOPNOTSUPP, and the counters are absent from the record.
 from __future__ import annotations
 
 from typing import Dict, Optional
+from foliowatch.agent.collectors._io import read_text
 
 RESOURCES = ("memory", "io")
 
@@ -41,8 +42,7 @@ def counters(resource: str, totals: Dict[str, int]) -> Dict[str, int]:
 def read(resource: str, proc: str = "/proc") -> Optional[Dict[str, int]]:
     """Totals for ``resource``, or ``None`` when this kernel has no PSI for it."""
     try:
-        with open(f"{proc}/pressure/{resource}") as f:
-            return parse(f.read())
+        return parse(read_text(f"{proc}/pressure/{resource}"))
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError:  # EOPNOTSUPP when booted with psi=0

@@ -11,13 +11,21 @@ page-cache (XFS) folios; the agent still ships allocations and fallbacks per siz
 (``mthp_<N>kb_anon_fault_alloc`` ...) because anonymous fallbacks rise with the same
 fragmentation that makes large page-cache folios fail. Older kernels have no such
 folders and these counters are absent.
+
+Only *active* sizes are read (``active_sizes``): those whose anon ``enabled`` or
+``shmem_enabled`` is not ``never`` (``inherit`` resolves to the global setting). A size
+that is off allocates nothing, so its counters cannot move; skipping it saves ~40 file
+reads per sample on a 4 KiB-page host, where 9+ sizes exist and usually one is on. The
+agent refreshes the active set every minute.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
+
+from foliowatch.agent.collectors._io import read_text
 
 THP_DIR = "kernel/mm/transparent_hugepage"
 SETTINGS = {"enabled": "thp_enabled", "defrag": "thp_defrag",
@@ -58,22 +66,53 @@ def read_settings(sys: str = "/sys") -> Dict[str, str]:
     return out
 
 
-def read_mthp_counters(sys: str = "/sys") -> Dict[str, int]:
-    """``{mthp_<size>kb_<stat>: value}`` for every size folder with a ``stats/`` folder."""
+def _choice_of(path: str, default: str) -> str:
+    try:
+        return parse_choice(read_text(path)) or default
+    except OSError:
+        return default
+
+
+def size_dirs(sys: str = "/sys") -> List[Tuple[int, str]]:
+    """``[(size_kb, folder)]`` of every per-size folder that has ``stats/``, by size."""
     base = os.path.join(sys, THP_DIR)
-    out: Dict[str, int] = {}
     try:
         entries = os.listdir(base)
     except OSError:
-        return out
-    for entry in sorted(entries, key=lambda e: (len(e), e)):
+        return []
+    out = []
+    for entry in entries:
         m = _SIZE_DIR.match(entry)
-        if not m:
-            continue
+        if m and os.path.isdir(os.path.join(base, entry, "stats")):
+            out.append((int(m.group(1)), os.path.join(base, entry)))
+    return sorted(out)
+
+
+def active_sizes(sys: str = "/sys") -> List[Tuple[int, str]]:
+    base = os.path.join(sys, THP_DIR)
+    anon_global = _choice_of(os.path.join(base, "enabled"), "never")
+    shmem_global = _choice_of(os.path.join(base, "shmem_enabled"), "never")
+    out = []
+    for kb, folder in size_dirs(sys):
+        anon = _choice_of(os.path.join(folder, "enabled"), "never")
+        shmem = _choice_of(os.path.join(folder, "shmem_enabled"), "never")
+        if anon == "inherit":
+            anon = anon_global
+        if shmem == "inherit":
+            shmem = shmem_global
+        if anon != "never" or shmem not in ("never", "deny"):
+            out.append((kb, folder))
+    return out
+
+
+def read_mthp_counters(sys: str = "/sys", sizes: Optional[List[Tuple[int, str]]] = None
+                       ) -> Dict[str, int]:
+    """``{mthp_<size>kb_<stat>: value}`` for ``sizes`` (default: every size folder)."""
+    out: Dict[str, int] = {}
+    for kb, folder in (size_dirs(sys) if sizes is None else sizes):
         for stat in MTHP_STATS:
             try:
-                with open(os.path.join(base, entry, "stats", stat)) as f:
-                    out[f"mthp_{m.group(1)}kb_{stat}"] = int(f.read())
+                out[f"mthp_{kb}kb_{stat}"] = int(read_text(os.path.join(folder, "stats", stat)))
             except (OSError, ValueError):
                 continue
     return out

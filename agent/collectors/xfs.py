@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from typing import Dict, List, Optional
+from foliowatch.agent.collectors._io import read_text
 
 # tag -> names of its fields, in order (xfs_ prefix added for the wire record).
 FIELDS = {
@@ -59,7 +60,6 @@ def read(device: Optional[str] = None, sys: str = "/sys") -> Optional[Dict[str, 
     path = (os.path.join(sys, "fs/xfs", device, "stats/stats") if device
             else os.path.join(sys, "fs/xfs/stats/stats"))
     try:
-        with open(path) as f:
-            return parse(f.read())
+        return parse(read_text(path))
     except (FileNotFoundError, NotADirectoryError):
         return None
