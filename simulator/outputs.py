@@ -146,8 +146,7 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
     own = producer is None
     if own:
         # larger batches than the agent's: one simulator stands in for a whole fleet
-        producer = make_producer(settings, batch_size=512 * 1024, linger_ms=50,
-                                 buffer_memory=256 * 1024 * 1024)
+        producer = make_producer(settings, batch_size=512 * 1024, linger_ms=50)
     sent = 0
     failures: List[BaseException] = []
     t0 = time.monotonic()
