@@ -46,6 +46,19 @@ GAUGE_INPUTS = {"frag_unusable_1m": "frag_unusable_1m", "probe_mib_s": "probe_mi
 SEEN_SCHEMA = {"partition": pl.Int64, "host_id": pl.String, "boot_id": pl.String,
                "seq": pl.Int64, "ts": pl.Float64}
 QUANTILE_METHOD = "linear"
+# Partial sums are exact integers (Int128): counter deltas as they are, float inputs
+# (intervals, gauges) in fixed point with this scale. Integer sums do not depend on the
+# order of addition, so a window merged from different batch boundaries after a crash
+# holds bit-identical values, and so do its files.
+FIXED = float(2 ** 40)
+
+
+def _fixed(e: pl.Expr) -> pl.Expr:
+    return (e * FIXED).round().cast(pl.Int128)
+
+
+def _unfixed(e: pl.Expr) -> pl.Expr:
+    return e.cast(pl.Float64) / FIXED
 
 
 def _partial_schema() -> Dict[str, pl.DataType]:
@@ -55,14 +68,14 @@ def _partial_schema() -> Dict[str, pl.DataType]:
         "role": pl.String, "arch": pl.String, "page_size": pl.Int64, "kernel": pl.String,
         "samples": pl.Int64, "instance_type": pl.String, "cpus": pl.Int64,
         "mem_bytes": pl.Int64, "uptime_s": pl.Float64, "first_ts": pl.Float64,
-        "last_ts": pl.Float64, "interval_s_sum": pl.Float64,
+        "last_ts": pl.Float64, "interval_s_sum": pl.Int128,
         "first_offset": pl.Int64, "last_offset": pl.Int64,
     }
     for c in RATE_INPUTS:
-        s[f"{c}__sum"] = pl.Float64
-        s[f"{c}__iv"] = pl.Float64   # sum of the intervals of records reporting it
+        s[f"{c}__sum"] = pl.Int128
+        s[f"{c}__iv"] = pl.Int128    # fixed-point sum of the intervals of records reporting it
     for g in GAUGE_INPUTS:
-        s[f"{g}__sum"] = pl.Float64
+        s[f"{g}__sum"] = pl.Int128   # fixed point
         s[f"{g}__n"] = pl.Int64
     return s
 
@@ -72,7 +85,7 @@ PARTIAL_SCHEMA = _partial_schema()
 
 def _partial_aggs() -> List[pl.Expr]:
     """Aggregations from per-(record, fs) rows to host partials."""
-    iv = pl.col("interval_s")
+    iv = _fixed(pl.col("interval_s"))
     aggs = [pl.len().cast(pl.Int64).alias("samples"),
             pl.col("instance_type").max(), pl.col("cpus").max(), pl.col("mem_bytes").max(),
             pl.col("uptime_s").max(), pl.col("ts").min().alias("first_ts"),
@@ -80,10 +93,10 @@ def _partial_aggs() -> List[pl.Expr]:
             pl.col("offset").min().alias("first_offset"),
             pl.col("offset").max().alias("last_offset")]
     for c in RATE_INPUTS:
-        aggs.append(pl.col(c).cast(pl.Float64).sum().alias(f"{c}__sum"))
+        aggs.append(pl.col(c).cast(pl.Int128).sum().alias(f"{c}__sum"))
         aggs.append(iv.filter(pl.col(c).is_not_null()).sum().alias(f"{c}__iv"))
     for g in GAUGE_INPUTS:
-        aggs.append(pl.col(g).sum().alias(f"{g}__sum"))
+        aggs.append(_fixed(pl.col(g)).sum().alias(f"{g}__sum"))
         aggs.append(pl.col(g).count().cast(pl.Int64).alias(f"{g}__n"))
     return aggs
 
@@ -105,10 +118,16 @@ def host_rows(partials: pl.DataFrame) -> pl.DataFrame:
     """Final host-window rows (the ``level=host`` columns) from merged partials."""
     def rate(c: str, scale: float = 1.0) -> pl.Expr:
         return (pl.when(pl.col(f"{c}__iv") > 0)
-                .then(pl.col(f"{c}__sum") / pl.col(f"{c}__iv") / scale).otherwise(None))
+                .then(pl.col(f"{c}__sum").cast(pl.Float64) / _unfixed(pl.col(f"{c}__iv"))
+                      / scale).otherwise(None))
 
     def total(c: str) -> pl.Expr:
-        return pl.when(pl.col(f"{c}__iv") > 0).then(pl.col(f"{c}__sum")).otherwise(None)
+        return (pl.when(pl.col(f"{c}__iv") > 0).then(pl.col(f"{c}__sum").cast(pl.Float64))
+                .otherwise(None))
+
+    def mean(g: str) -> pl.Expr:
+        return (pl.when(pl.col(f"{g}__n") > 0)
+                .then(_unfixed(pl.col(f"{g}__sum")) / pl.col(f"{g}__n")).otherwise(None))
 
     metrics = {
         "write_mib_s": rate("write_bytes", MIB),
@@ -117,13 +136,11 @@ def host_rows(partials: pl.DataFrame) -> pl.DataFrame:
         "pgscan_direct_per_s": rate("pgscan_direct"),
         "psi_memory_some_share": pl.min_horizontal(rate("psi_memory_some_us", 1e6),
                                                    pl.lit(1.0)),
-        "frag_unusable_1m": pl.when(pl.col("frag_unusable_1m__n") > 0)
-        .then(pl.col("frag_unusable_1m__sum") / pl.col("frag_unusable_1m__n")),
-        "probe_mib_s": pl.when(pl.col("probe_mib_s__n") > 0)
-        .then(pl.col("probe_mib_s__sum") / pl.col("probe_mib_s__n")),
+        "frag_unusable_1m": mean("frag_unusable_1m"),
+        "probe_mib_s": mean("probe_mib_s"),
     }
     assert tuple(metrics) == wire.KEY_METRICS
-    sums = {"interval_s_sum": pl.col("interval_s_sum")}
+    sums = {"interval_s_sum": _unfixed(pl.col("interval_s_sum"))}
     for c, (_m, out) in RATE_INPUTS.items():
         sums[out] = total(c)
     assert tuple(sums) == contract.HOST_SUMS

@@ -121,8 +121,7 @@ class KafkaRunner:
                     self._checkpoint_and_commit(self._owned())
                 self._update_lag()
                 if (self.cfg.until_idle_s > 0 and not got
-                        and time.monotonic() - idle_since >= self.cfg.until_idle_s
-                        and self._caught_up()):
+                        and self._caught_up(time.monotonic() - idle_since)):
                     # a finite input is over: close every window as the end of the stream
                     owned = self._owned()
                     self.totals["windows"] += self.pipeline.finish(owned)
@@ -179,10 +178,15 @@ class KafkaRunner:
         except Exception as e:  # a rebalance in progress: the checkpoint still holds
             log.warning("offset commit failed (%s); the checkpoint files hold the position", e)
 
-    def _caught_up(self) -> bool:
+    def _caught_up(self, idle_s: float) -> bool:
+        """--until-idle: nothing read for a while and every owned partition read to its
+        end. Without partitions (a rebalance, e.g. waiting for a killed member's session
+        to expire) it waits much longer before concluding there is nothing to do."""
+        if idle_s < self.cfg.until_idle_s:
+            return False
         parts = list(self.consumer.assignment())
         if not parts:
-            return True
+            return idle_s >= self.cfg.until_idle_s + 3 * self.cfg.session_timeout_ms / 1000
         ends = self.consumer.end_offsets(parts)
         return all(self.consumer.position(tp) >= ends[tp] for tp in parts)
 
@@ -204,5 +208,18 @@ class KafkaRunner:
 
 
 def make_kafka_dlq(settings: KafkaSettings, topic: str):
+    """The DLQ producer, after checking that the topic exists: a pipeline that cannot
+    park bad records must not start consuming."""
+    from kafka.errors import KafkaTimeoutError
+
     from .sinks import KafkaDLQ
-    return KafkaDLQ(make_producer(settings), topic)
+    producer = make_producer(settings, max_block_ms=15_000)
+    try:
+        producer.partitions_for(topic)
+    except KafkaTimeoutError:
+        producer.close(timeout=5)
+        raise SystemExit(f"pipeline --dlq-topic {topic}: the topic does not exist on "
+                         f"{','.join(settings.bootstrap)} (or the broker is unreachable); "
+                         "create it (deploy/kafka/kafka.sh topics --bootstrap B) or point "
+                         "--dlq-topic at an existing one") from None
+    return KafkaDLQ(producer, topic)

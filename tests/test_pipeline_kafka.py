@@ -1,0 +1,342 @@
+"""``foliowatch pipeline`` against the real broker: simulator records end up in the
+dataset exactly as an independent computation says; a SIGKILL mid-batch and a restart,
+or a second instance taking over, leave the dataset identical to an uninterrupted run;
+a hostile stream is split exactly into aggregated records, duplicates and dead letters.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from foliowatch import schema as wire
+from foliowatch.kafka_io import KafkaSettings, make_producer
+from foliowatch.services import free_port
+
+from test_pipeline_reference import Reference, assert_dataset_matches
+
+pytestmark = pytest.mark.kafka
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- helpers ----------------------------------------------------------------------------
+def new_topic(kafka, partitions: int = 6) -> str:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    name = f"test.pipe.{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1),
+                             NewTopic(f"{name}.dlq", num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+    return name
+
+
+def produce_simulated(kafka, topic: str, hosts: int = 40, hours: float = 0.5, seed: int = 3):
+    from foliowatch.simulator import load_scenario, produce_to_kafka
+    sc = load_scenario("seed-iomap-arm64-xfs", hosts=hosts, hours=hours, seed=seed,
+                       faults={"late": 0.01, "duplicate": 0.01})
+    settings = KafkaSettings(bootstrap=[kafka.bootstrap])
+    producer = make_producer(settings, batch_size=512 * 1024, linger_ms=50)
+    try:
+        res = produce_to_kafka(sc, settings, topic=topic, seed=seed, producer=producer)
+    finally:
+        producer.close()
+    assert res["sent"] > 1000
+    return res["sent"]
+
+
+def read_topic(kafka, topic: str) -> List[Tuple[int, int, bytes, Optional[bytes], list]]:
+    """Every message of ``topic`` as (partition, offset, value, key, headers)."""
+    from kafka import KafkaConsumer, TopicPartition
+    c = KafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False,
+                      group_id=None, max_poll_records=5000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        c.assign(parts)
+        c.seek_to_beginning(*parts)
+        ends = c.end_offsets(parts)
+        out = []
+        deadline = time.monotonic() + 60
+        while any(c.position(tp) < ends[tp] for tp in parts):
+            assert time.monotonic() < deadline, "could not read the topic back"
+            for recs in c.poll(timeout_ms=500).values():
+                out += [(r.partition, r.offset, r.value, r.key, r.headers) for r in recs]
+        return out
+    finally:
+        c.close()
+
+
+def start_pipeline(kafka, topic: str, out: Path, group: str, *extra: str,
+                   env: Optional[Dict[str, str]] = None, log: Optional[Path] = None):
+    argv = [sys.executable, "-m", "foliowatch", "pipeline", "--bootstrap", kafka.bootstrap,
+            "--topic", topic, "--dlq-topic", f"{topic}.dlq", "--group", group,
+            "--output", str(out), *extra]
+    if "--metrics-addr" not in extra:
+        argv += ["--metrics-addr", "off"]
+    log = log or out.parent / f"{group}.{uuid.uuid4().hex[:6]}.log"
+    fh = open(log, "wb")
+    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
+                            env={**os.environ, **(env or {})})
+    proc.log_path = log
+    return proc
+
+
+def wait(proc, timeout: float = 180) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"pipeline did not finish in {timeout}s:\n"
+                             + proc.log_path.read_text()[-3000:])
+
+
+def totals(proc) -> dict:
+    lines = [l for l in proc.log_path.read_text().splitlines() if l.startswith("{")]
+    return json.loads(lines[-1])
+
+
+def snapshot(root: Path) -> Dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.glob("level=*/**/*.parquet"))}
+
+
+def run_to_end(kafka, topic, out, group, *extra, **kw) -> dict:
+    proc = start_pipeline(kafka, topic, out, group, "--until-idle", "2", *extra, **kw)
+    rc = wait(proc)
+    assert rc == 0, proc.log_path.read_text()[-3000:]
+    return totals(proc)
+
+
+@pytest.fixture(scope="module")
+def sim_topic(kafka, tmp_path_factory):
+    """A topic with simulator records, and the dataset of one uninterrupted run on it."""
+    topic = new_topic(kafka)
+    produce_simulated(kafka, topic)
+    out = tmp_path_factory.mktemp("ref") / "ds"
+    t = run_to_end(kafka, topic, out, "ref")
+    return topic, out, t
+
+
+# -- tests ------------------------------------------------------------------------------
+def test_simulator_records_through_the_broker_match_an_independent_computation(
+        kafka, sim_topic, tmp_path):
+    topic, out, t = sim_topic
+    msgs = read_topic(kafka, topic)
+    ref = Reference([(p, o, v) for p, o, v, _k, _h in msgs])
+    assert ref.late and ref.duplicates
+    assert t["records"] == len(msgs) == ref.total
+    assert t["accepted"] == len(ref.accepted) and t["duplicates"] == len(ref.duplicates)
+    assert t["late"] == len(ref.late) and t["invalid"] == len(ref.invalid) == 0
+    assert_dataset_matches(out, ref)
+    # every late record is in the DLQ with its coordinates and original bytes
+    dlq = [json.loads(v) for _p, _o, v, _k, _h in read_topic(kafka, f"{topic}.dlq")]
+    by_coord = {(p, o): v for p, o, v, _k, _h in msgs}
+    assert sorted((d["partition"], d["offset"]) for d in dlq) == sorted(ref.late)
+    for d in dlq:
+        assert d["reason"] == "late" and d["topic"] == topic
+        assert base64.b64decode(d["value_b64"]) == by_coord[(d["partition"], d["offset"])]
+    # offsets are committed: a rerun in the same group finds nothing left to do
+    t2 = run_to_end(kafka, topic, out, "ref")
+    assert t2["records"] == 0
+
+
+def test_metrics_expose_cohort_gauges_lag_and_counts(kafka, tmp_path):
+    topic = new_topic(kafka)
+    n = produce_simulated(kafka, topic, hosts=20, hours=0.25, seed=5)
+    port = free_port()
+    proc = start_pipeline(kafka, topic, tmp_path / "ds", "metrics", "--until-idle", "6",
+                          "--metrics-addr", f"127.0.0.1:{port}")
+    try:
+        body, deadline = "", time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+                if (f"foliowatch_pipeline_records_in_total {float(n)}" in body
+                        and "foliowatch_pipeline_cohort_write_mib_s{" in body):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert f"foliowatch_pipeline_records_in_total {float(n)}" in body, body[-2000:]
+        gauges = [l for l in body.splitlines()
+                  if l.startswith("foliowatch_pipeline_cohort_write_mib_s{")]
+        assert gauges and all("host" not in l.split("}")[0].replace("hosts", "") for l in gauges)
+        assert 'arch="arm64"' in body and 'stat="p99"' in body and 'fs="xfs"' in body
+        lag = [l for l in body.splitlines()
+               if l.startswith("foliowatch_pipeline_consumer_lag_records{")]
+        assert len(lag) == 6 and all(l.endswith(" 0.0") for l in lag), lag
+        assert "foliowatch_pipeline_batch_duration_seconds_count" in body
+        assert 'foliowatch_pipeline_records_dlq_total{reason="late"}' in body
+    finally:
+        assert wait(proc) == 0
+
+
+def test_sigkill_mid_batch_and_restart_gives_the_identical_dataset(kafka, sim_topic, tmp_path):
+    topic, ref_out, _t = sim_topic
+    expected = snapshot(ref_out)
+    out = tmp_path / "ds"
+    small = ("--batch-records", "700", "--checkpoint-seconds", "0")
+    # 1) killed by the fault hook right after window files are durable, before the
+    #    checkpoint that covers them (the worst moment)
+    proc = start_pipeline(kafka, topic, out, "crash", "--until-idle", "2", *small,
+                          env={"FOLIOWATCH_PIPELINE_FAULT": "kill-after-windows:40"})
+    assert wait(proc) == -signal.SIGKILL
+    partial = snapshot(out)
+    assert 0 < len(partial) < len(expected)
+    # 2) restarted, then SIGKILLed from outside at an arbitrary point of a batch
+    proc = start_pipeline(kafka, topic, out, "crash", "--until-idle", "2", *small,
+                          "--batch-pause", "0.05")
+    deadline = time.monotonic() + 60
+    while len(snapshot(out)) < len(partial) + 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    # 3) restarted to the end
+    run_to_end(kafka, topic, out, "crash", *small)
+    got = snapshot(out)
+    assert sorted(got) == sorted(expected), "same windows, same file names"
+    assert all(got[k] == expected[k] for k in expected), "byte-identical files"
+
+
+def test_two_instances_share_partitions_and_one_takes_over(kafka, sim_topic, tmp_path):
+    topic, ref_out, _t = sim_topic
+    expected = snapshot(ref_out)
+    out = tmp_path / "ds"
+    args = ("--until-idle", "8", "--batch-records", "300", "--batch-pause", "0.2",
+            "--checkpoint-seconds", "0.5", "--log-level", "INFO")
+    a = start_pipeline(kafka, topic, out, "pair", *args)
+    b = start_pipeline(kafka, topic, out, "pair", *args)
+    try:
+        deadline = time.monotonic() + 90
+        def assigned(p):
+            return [l for l in p.log_path.read_text().splitlines() if "assigned" in l]
+        while time.monotonic() < deadline:
+            la, lb = assigned(a), assigned(b)
+            if la and lb and "[]" not in la[-1] and "[]" not in lb[-1]:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("both instances should own partitions:\n"
+                                 + a.log_path.read_text()[-2000:] + b.log_path.read_text()[-2000:])
+        time.sleep(2)
+        a.send_signal(signal.SIGTERM)          # stop one: it checkpoints and leaves the group
+        assert wait(a, 60) == 0
+        ta = totals(a)
+        assert wait(b, 180) == 0
+        tb = totals(b)
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert ta["records"] > 0 and tb["records"] > 0
+    assert "revoked" in b.log_path.read_text() or "assigned" in b.log_path.read_text()
+    got = snapshot(out)
+    assert sorted(got) == sorted(expected)
+    assert all(got[k] == expected[k] for k in expected)
+
+
+def _hostile_stream() -> Tuple[List[Tuple[bytes, bytes]], Dict[str, int]]:
+    """(key, value) messages: 8 hosts x 40 intervals of good records, interleaved with
+    duplicates, late records, counter resets, garbage, wrong versions, hostile labels."""
+    t0 = 1764000000.0
+    msgs: List[Tuple[bytes, bytes]] = []
+    kinds: Dict[str, int] = {}
+
+    def add(kind: str, host: str, value: bytes) -> None:
+        msgs.append((host.encode(), value))
+        kinds[kind] = kinds.get(kind, 0) + 1
+
+    for i in range(40):
+        for h in range(8):
+            host = f"hostile-{h}"
+            boot = "boot-a" if i < 25 or h % 2 else "boot-b"     # odd hosts never reboot
+            seq = i if boot == "boot-a" else i - 25               # seq restarts after reboot
+            rec = wire.example_record(seq=seq, ts=t0 + 10 * i + h * 0.1, host_id=host,
+                                      boot_id=boot)
+            rec["labels"] = dict(rec["labels"], arch="arm64" if h < 4 else "x86_64")
+            rec["counters"]["compact_stall"] = 3 * h + i
+            add("good", host, wire.encode(rec))
+            if i % 7 == 3:
+                add("duplicate", host, wire.encode(rec))
+            if i == 30 and h < 3:   # 100+ s behind the stream's newest records: late
+                old = wire.example_record(seq=1000 + h, ts=t0 + 10 * i - 400, host_id=host,
+                                          boot_id=boot)
+                add("late", host, wire.encode(old))
+            if i == 12 and h == 5:  # a counter reset reported as a negative delta
+                bad = json.loads(wire.encode(rec))
+                bad["seq"] = 5000
+                bad["counters"]["nr_dirtied"] = -262144
+                add("invalid", host, json.dumps(bad).encode())
+            if i % 10 == 5 and h == 2:
+                add("invalid", host, rng_bytes(i))
+            if i == 20 and h == 1:
+                for v in (2, "1", 0):
+                    wrong = dict(rec, schema=v, seq=6000 + (v if isinstance(v, int) else 9))
+                    add("invalid", host, json.dumps(wrong).encode())
+            if i == 22 and h == 3:
+                for fleet in ("x" * 65, "../../etc/passwd", 'a"},{"x', "caf\u00e9",
+                              "prod\n", "<script>"):
+                    evil = dict(rec, seq=7000 + len(msgs))
+                    evil["labels"] = dict(rec["labels"], fleet=fleet)
+                    add("invalid", host, json.dumps(evil, ensure_ascii=False).encode())
+    return msgs, kinds
+
+
+def rng_bytes(i: int) -> bytes:
+    return bytes((i * 37 + j * 101) % 256 for j in range(64))
+
+
+def test_hostile_stream_good_all_aggregated_bad_all_in_dlq_counts_exact(kafka, tmp_path):
+    topic = new_topic(kafka, partitions=3)
+    msgs, kinds = _hostile_stream()
+    producer = make_producer(KafkaSettings(bootstrap=[kafka.bootstrap]))
+    for k, v in msgs:
+        producer.send(topic, key=k, value=v)
+    producer.send(topic, key=b"hostile-0", value=None)   # a tombstone: no value at all
+    kinds["invalid"] += 1
+    producer.flush()
+    producer.close()
+    out = tmp_path / "ds"
+    t = run_to_end(kafka, topic, out, "hostile", "--batch-records", "97")
+    read = read_topic(kafka, topic)
+    ref = Reference([(p, o, v or b"") for p, o, v, _k, _h in read])
+    assert len(ref.accepted) == kinds["good"]
+    assert len(ref.duplicates) == kinds["duplicate"]
+    assert len(ref.late) == kinds["late"] and len(ref.invalid) == kinds["invalid"]
+    assert t == {"records": len(msgs) + 1, "accepted": kinds["good"],
+                 "duplicates": kinds["duplicate"], "invalid": kinds["invalid"],
+                 "late": kinds["late"], "windows": t["windows"]}
+    assert t["records"] == t["accepted"] + t["duplicates"] + t["invalid"] + t["late"]
+    assert_dataset_matches(out, ref)
+    dlq = read_topic(kafka, f"{topic}.dlq")
+    recs = [json.loads(v) for _p, _o, v, _k, _h in dlq]
+    assert sorted((d["partition"], d["offset"]) for d in recs) == \
+        sorted(list(ref.invalid) + ref.late)
+    by_coord = {(p, o): v for p, o, v, _k, _h in read}
+    for (_p, _o, _v, key, headers), d in zip(dlq, recs):
+        assert base64.b64decode(d["value_b64"]) == (by_coord[(d["partition"], d["offset"])]
+                                                    or b"")
+        assert key == f"{topic}/{d['partition']}/{d['offset']}".encode()
+        assert dict(headers)["reason"].decode() == d["reason"][:1000]
+        if (d["partition"], d["offset"]) in ref.late:
+            assert d["reason"] == "late"
+        else:   # the reason names the field, as schema.decode does
+            assert d["reason"].split(":")[0] in ("record", "schema", "counters.nr_dirtied",
+                                                 "labels.fleet"), d["reason"]
+    # hostile label values never reach the dataset (no path smuggling in partitions)
+    assert all(p.name.startswith(("level=", "_")) for p in out.iterdir())
