@@ -103,8 +103,11 @@ class Agent:
 
     # -- the write probe ---------------------------------------------------------------
     def probe_due(self) -> bool:
+        """Enabled, not run for ``every_s``, and a baseline exists (a probe in a
+        baseline-only tick would have no record to ride in)."""
         p = self.cfg.probe
-        return p.enabled and time.time() - self.state.last_probe_ts >= p.every_s
+        return (p.enabled and bool(self.baseline.values)
+                and time.time() - self.state.last_probe_ts >= p.every_s)
 
     def run_probe(self) -> Optional[Dict[str, Any]]:
         p = self.cfg.probe

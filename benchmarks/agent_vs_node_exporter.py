@@ -1,0 +1,250 @@
+"""CPU and memory of the foliowatch agent beside Debian's prometheus-node-exporter, on
+this machine, in one run.
+
+node_exporter runs with only the vmstat, pressure, diskstats and meminfo collectors
+(``--collector.disable-defaults``) on a loopback port and is scraped N times; its CPU
+time per scrape is the utime+stime delta of its process (/proc/PID/stat) divided by N,
+its memory is VmRSS (and VmHWM, the peak) from /proc/PID/status.
+
+The agent runs as a separate process (this file with ``--agent-worker``) and takes N
+samples back to back, each one the full path of a real sample: read every kernel file,
+deltas, encode (schema-validated JSON), fsync'd spool append + state save, and send to
+a real Kafka broker with acks=all (``--no-kafka``: collect + encode + spool only). Its
+CPU per sample and RSS are measured the same way, from outside. The agent's own
+/metrics is then scraped N times too (its scrape re-reads the kernel, like
+node_exporter's).
+
+    .venv/bin/python benchmarks/agent_vs_node_exporter.py [--samples 300] [--no-kafka]
+        [--bootstrap HOST:PORT]   (default: start a 1-broker KRaft cluster for the run)
+
+No timing is asserted anywhere; this prints a table for the engineer's note.
+"""
+
+from __future__ import annotations
+
+# Only what the measured agent process needs is imported at the top: the worker must not
+# carry the benchmark's own modules (urllib, subprocess, ...) in its RSS.
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+COLLECTORS = ("vmstat", "pressure", "diskstats", "meminfo")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK     # utime, stime
+
+
+def memory(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> bytes:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read()
+
+
+def wait_http(url: str, proc, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode} during start")
+        try:
+            get(url)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} not ready after {timeout:.0f}s")
+
+
+def scrape_cost(pid: int, url: str, n: int) -> dict:
+    for _ in range(5):                      # warm-up: first scrapes allocate caches
+        get(url)
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    size = 0
+    for _ in range(n):
+        size = len(get(url))
+    c1, t1 = cpu_seconds(pid), time.monotonic()
+    return {"cpu_s": (c1 - c0) / n, "wall_s": (t1 - t0) / n, "bytes": size, **memory(pid)}
+
+
+def bench_node_exporter(n: int) -> dict:
+    import shutil
+    import subprocess
+    exe = shutil.which("prometheus-node-exporter")
+    if exe is None:
+        raise SystemExit("prometheus-node-exporter not found: apt-get install "
+                         "prometheus-node-exporter")
+    port = free_port()
+    argv = [exe, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
+            *[f"--collector.{c}" for c in COLLECTORS]]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_http(url, proc)
+        return scrape_cost(proc.pid, url, n)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def bench_agent(n: int, bootstrap: str, topic: str, workdir: str) -> dict:
+    import subprocess
+    port = free_port()
+    argv = [sys.executable, __file__, "--agent-worker", "--samples", str(n),
+            "--state-dir", workdir, "--metrics-port", str(port), "--topic", topic]
+    if bootstrap:
+        argv += ["--bootstrap", bootstrap]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    try:
+        def expect(word: str) -> dict:
+            line = proc.stdout.readline()
+            if not line.startswith(word):
+                raise SystemExit(f"agent worker: expected {word!r}, got {line!r}")
+            return json.loads(line.split(" ", 1)[1]) if " " in line else {}
+
+        stages = expect("ready")
+        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        done = expect("done")
+        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        mem = memory(proc.pid)
+        scrape = scrape_cost(proc.pid, f"http://127.0.0.1:{port}/metrics", n)
+        return {"cpu_s": (c1 - c0) / n, "wall_s": (t1 - t0) / n, **mem, "stages": stages,
+                "done": done, "scrape": scrape}
+    finally:
+        try:
+            proc.stdin.write("exit\n")
+            proc.stdin.flush()
+            proc.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(10)
+
+
+def agent_worker(args) -> int:
+    """The measured agent process: imports, warm-up, then N samples on 'go'."""
+    stages = {"interpreter": memory(os.getpid())["VmRSS"]}
+    from foliowatch.agent.config import AgentConfig
+    from foliowatch.agent.exporter import serve
+    from foliowatch.agent.runner import Agent
+    from foliowatch.kafka_io import KafkaSettings
+    import kafka  # noqa: F401  (counted in the import stage)
+    stages["imports"] = memory(os.getpid())["VmRSS"]
+    cfg = AgentConfig(state_dir=args.state_dir, mounts=["/"], interval_s=1.0,
+                      kafka_enabled=bool(args.bootstrap),
+                      kafka=KafkaSettings(bootstrap=[args.bootstrap or "127.0.0.1:9092"]),
+                      topic=args.topic, metrics_listen=f"127.0.0.1:{args.metrics_port}")
+    agent = Agent(cfg)
+    server = serve(agent, cfg.metrics_address())
+    for _ in range(5):
+        agent.tick()
+    stages["agent_ready"] = memory(os.getpid())["VmRSS"]
+    print("ready " + json.dumps(stages), flush=True)
+    sys.stdin.readline()
+    for _ in range(args.samples):
+        agent.tick()
+    print("done " + json.dumps({"spool_left": len(agent.spool),
+                               "sent": agent.sender_sent(),
+                               "record_bytes": len(agent.spool.last_payload() or b"")}),
+          flush=True)
+    sys.stdin.readline()
+    server.shutdown()
+    agent.close()
+    return 0
+
+
+def ensure_topic(bootstrap: str, topic: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+def main() -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--no-kafka", action="store_true")
+    ap.add_argument("--bootstrap", default="")
+    ap.add_argument("--topic", default="foliowatch.bench.agent")
+    ap.add_argument("--agent-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--state-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.agent_worker:
+        return agent_worker(args)
+    import tempfile
+    from pathlib import Path
+
+    cluster = None
+    bootstrap = args.bootstrap
+    with tempfile.TemporaryDirectory(prefix="foliowatch-bench-") as tmp:
+        try:
+            if not args.no_kafka and not bootstrap:
+                sys.path.insert(0, REPO)
+                from foliowatch.services import KafkaCluster
+                print("starting a 1-broker Kafka for the run ...", file=sys.stderr)
+                cluster = KafkaCluster(Path(tmp) / "kafka").start()
+                bootstrap = cluster.bootstrap
+            if bootstrap:
+                ensure_topic(bootstrap, args.topic)
+            ne = bench_node_exporter(args.samples)
+            ag = bench_agent(args.samples, "" if args.no_kafka else bootstrap, args.topic,
+                             str(Path(tmp) / "agent"))
+        finally:
+            if cluster is not None:
+                cluster.stop()
+
+    path = ("collect + encode + fsync'd spool + send to Kafka (acks=all)" if not args.no_kafka
+            else "collect + encode + fsync'd spool (no Kafka)")
+    mib = 1 << 20
+    print(f"\n{args.samples} scrapes / samples on {os.uname().release} {os.uname().machine}, "
+          f"{os.cpu_count()} CPUs; agent on Python {sys.version.split()[0]}")
+    print(f"agent sample = {path}; record {ag['done']['record_bytes']} bytes, "
+          f"sent {ag['done']['sent']}, left in spool {ag['done']['spool_left']}\n")
+    rows = [
+        ("CPU per scrape / sample (ms)", ne["cpu_s"] * 1e3, ag["cpu_s"] * 1e3),
+        ("agent /metrics scrape CPU (ms)", ne["cpu_s"] * 1e3, ag["scrape"]["cpu_s"] * 1e3),
+        ("wall per scrape / sample (ms)", ne["wall_s"] * 1e3, ag["wall_s"] * 1e3),
+        ("RSS after the run (MiB)", ne["VmRSS"] / mib, ag["VmRSS"] / mib),
+        ("peak RSS (MiB)", ne["VmHWM"] / mib, ag["scrape"]["VmHWM"] / mib),
+        ("/metrics size (KiB)", ne["bytes"] / 1024, ag["scrape"]["bytes"] / 1024),
+    ]
+    print(f"{'':34} {'node_exporter':>14} {'agent':>10} {'agent/ne':>9}")
+    for name, a, b in rows:
+        print(f"{name:34} {a:14.2f} {b:10.2f} {b / a if a else float('nan'):9.2f}")
+    st = ag["stages"]
+    print(f"\nagent RSS by stage (MiB): interpreter {st['interpreter'] / mib:.1f}, "
+          f"+ imports (prometheus-client, kafka-python, foliowatch) {st['imports'] / mib:.1f}, "
+          f"+ agent, producer, /metrics server, 5 samples {st['agent_ready'] / mib:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
