@@ -1,0 +1,138 @@
+"""Simulator throughput: records per second generated, to files (JSON lines, Parquet)
+and to the real Kafka broker, for a 100,000-host fleet at a 10 s interval.
+
+    .venv/bin/python benchmarks/simulator_throughput.py                  # files + Kafka
+    .venv/bin/python benchmarks/simulator_throughput.py --no-kafka --minutes 5
+    .venv/bin/python benchmarks/simulator_throughput.py --out /dev/shm/simbench  # RAM disk
+
+Target (issue 4): at least 300,000 records/s to files. Kafka goes through the project's
+producer path (kafka_io.make_producer: acks=all, idempotence, zstd) with kafka-python;
+the broker is started by the project's script unless --bootstrap is given.
+Prints one JSON object per measurement and a table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(name, fn):
+    t0, c0 = time.monotonic(), time.process_time()
+    records, nbytes = fn()
+    secs = time.monotonic() - t0
+    cpu = time.process_time() - c0
+    row = {"what": name, "records": records, "seconds": round(secs, 2),
+           "records_per_s": int(records / secs), "cpu_s": round(cpu, 2),
+           "mib": round(nbytes / 1048576, 1) if nbytes else None,
+           "bytes_per_record": int(nbytes / records) if nbytes else None,
+           "peak_rss_mib": round(rss_mib()), "load_avg_1m": os.getloadavg()[0]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", default="seed-iomap-arm64-xfs")
+    ap.add_argument("--hosts", type=int, default=100_000)
+    ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--minutes", type=float, default=5.0,
+                    help="simulated minutes for the file runs (5 min = ~3M records)")
+    ap.add_argument("--kafka-minutes", type=float, default=1.0,
+                    help="simulated minutes for the Kafka run")
+    ap.add_argument("--out", help="folder for the files (default: a temp folder on disk)")
+    ap.add_argument("--formats", default="generate,jsonl,parquet")
+    ap.add_argument("--no-kafka", action="store_true")
+    ap.add_argument("--bootstrap", help="use this broker instead of starting one")
+    args = ap.parse_args()
+
+    import polars as pl
+    from foliowatch.simulator import load_scenario, simulate_frame, write_files
+
+    sc = load_scenario(args.scenario, hosts=args.hosts, hours=args.minutes / 60.0,
+                       interval_s=args.interval)
+    print(json.dumps({"scenario": sc.name, "hosts": sc.hosts, "interval_s": sc.interval_s,
+                      "simulated_minutes": args.minutes, "cpus": os.cpu_count(),
+                      "polars": pl.__version__, "python": sys.version.split()[0]}), flush=True)
+    rows = []
+    base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="simbench-"))
+    try:
+        for fmt in args.formats.split(","):
+            if fmt == "generate":
+                def gen():
+                    return sum(c.height for c in simulate_frame(sc, 1)), 0
+                rows.append(measure("generate (frames only)", gen))
+                continue
+            out = base / fmt
+            shutil.rmtree(out, ignore_errors=True)
+
+            def files(fmt=fmt, out=out):
+                paths = write_files(sc, out, seed=1, fmt=fmt)
+                data = [p for p in paths if p.name != "ground_truth.json"]
+                if fmt == "jsonl":
+                    n = 0
+                    for p in data:
+                        with open(p, "rb") as f:
+                            n += sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 24), b""))
+                else:
+                    n = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in data)
+                return n, sum(p.stat().st_size for p in data)
+            rows.append(measure(f"files {fmt} -> {base}", files))
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if not args.out:
+            shutil.rmtree(base, ignore_errors=True)
+
+    if not args.no_kafka:
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from foliowatch.kafka_io import KafkaSettings
+        from foliowatch.services import KafkaCluster
+        from foliowatch.simulator import produce_to_kafka
+
+        cluster = None
+        tmp = Path(tempfile.mkdtemp(prefix="simbench-kafka-"))
+        try:
+            bootstrap = args.bootstrap
+            if not bootstrap:
+                cluster = KafkaCluster(tmp, brokers=1).start()
+                bootstrap = cluster.bootstrap
+            topic = f"bench.sim.{uuid.uuid4().hex[:8]}"
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+            admin.create_topics([NewTopic(topic, num_partitions=12, replication_factor=1)])
+            admin.close()
+            ksc = load_scenario(args.scenario, hosts=args.hosts,
+                                hours=args.kafka_minutes / 60.0, interval_s=args.interval)
+
+            def kafka():
+                r = produce_to_kafka(ksc, KafkaSettings(bootstrap=[bootstrap]), topic, seed=1)
+                return r["sent"], 0
+            rows.append(measure(f"kafka (acks=all, idempotent, zstd, 12 partitions)", kafka))
+        finally:
+            if cluster is not None:
+                cluster.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print(f"{'what':58s} {'records':>10s} {'s':>7s} {'records/s':>10s} {'B/rec':>6s} {'RSS MiB':>8s}")
+    for r in rows:
+        print(f"{r['what'][:58]:58s} {r['records']:10d} {r['seconds']:7.2f} "
+              f"{r['records_per_s']:10d} {r['bytes_per_record'] or 0:6d} {r['peak_rss_mib']:8d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
