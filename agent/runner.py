@@ -1,9 +1,12 @@
 """The agent's loop: sample -> record -> spool (write-ahead) -> Kafka, on a fixed cadence.
 
-One thread does the work in order, so samples are spooled and sent in ``seq`` order;
-the /metrics server has its own thread and only reads. Between ticks, a non-empty spool
-is retried as soon as the sender's back-off allows, so a returning broker receives the
-backlog without waiting a whole interval.
+Two threads, one queue between them. The sampling thread reads the kernel, encodes and
+appends to the spool on a fixed cadence; it never waits for Kafka, so an unreachable
+broker (whose client may block for ``send_timeout_s`` per attempt) cannot make it skip
+samples. The delivery thread sends the spool's records in order and acknowledges them;
+it retries as soon as the sender's back-off allows, so a returning broker receives the
+backlog without waiting a whole interval. The /metrics server has its own thread and
+only reads.
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ class Agent:
             self.sender = KafkaSender(cfg.kafka, cfg.topic, self.sampler.host_id.encode(),
                                       cfg.send_timeout_s, cfg.retry_backoff_max_s)
         self.stats = AgentStats()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()         # one sampling pass at a time
+        self._drain_lock = threading.Lock()   # one delivery pass at a time
+        self._wake = threading.Event()        # a new record is in the spool
 
     def _recover_seq(self) -> None:
         """``seq`` must never be reused: take the larger of the state file and the newest
@@ -127,9 +132,9 @@ class Agent:
         return result["probe"]
 
     # -- one tick ----------------------------------------------------------------------
-    def tick(self) -> Optional[Dict[str, Any]]:
-        """Collect one sample, spool it, try to deliver. Returns the record, or ``None``
-        when this reading only set a baseline."""
+    def tick(self, deliver: bool = True) -> Optional[Dict[str, Any]]:
+        """Collect one sample, spool it, and (``deliver``) try to send the spool in this
+        thread. Returns the record, or ``None`` when this reading only set a baseline."""
         with self._lock:
             start = time.monotonic()
             probe = self.run_probe() if self.probe_due() else None
@@ -155,13 +160,19 @@ class Agent:
                                 "dropped in total", self.cfg.spool_max_bytes, dropped,
                                 self.spool.dropped_total)
             self.stats.last_duration_s = time.monotonic() - start
-        self.drain()
+        if deliver:
+            self.drain()
         return record
 
     def drain(self) -> int:
         """Send spooled records in order until the spool is empty or a send fails."""
         if self.sender is None or not self.sender.ready():
             return 0
+        with self._drain_lock:
+            return self._drain()
+
+    def _drain(self) -> int:
+        assert self.sender is not None
         sent = 0
         while True:
             batch = self.spool.peek(DRAIN_BATCH)
@@ -175,26 +186,41 @@ class Agent:
                 break
         return sent
 
+    def _deliver_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if len(self.spool) and self.sender is not None and self.sender.ready():
+                try:
+                    self.drain()
+                except Exception as e:  # noqa: BLE001 - keep delivering; records stay spooled
+                    log.exception("delivery failed: %s", e)
+
     def run(self, stop: threading.Event) -> None:
+        deliverer = None
+        if self.sender is not None:
+            deliverer = threading.Thread(target=self._deliver_loop, args=(stop,),
+                                         name="foliowatch-deliver", daemon=True)
+            deliverer.start()
         interval = self.cfg.interval_s
         next_tick = time.monotonic()
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception as e:  # noqa: BLE001 - one bad pass must not stop the agent
-                self.stats.collection_errors += 1
-                log.exception("sampling failed: %s", e)
-            next_tick += interval
-            now = time.monotonic()
-            if next_tick < now:  # overran (slow disk, long probe): skip, keep the cadence
-                next_tick = now + interval - ((now - next_tick) % interval)
+        try:
             while not stop.is_set():
-                remaining = next_tick - time.monotonic()
-                if remaining <= 0:
-                    break
-                stop.wait(min(remaining, 0.5))
-                if len(self.spool) and self.sender is not None and self.sender.ready():
-                    self.drain()
+                try:
+                    self.tick(deliver=False)
+                    self._wake.set()
+                except Exception as e:  # noqa: BLE001 - one bad pass must not stop the agent
+                    self.stats.collection_errors += 1
+                    log.exception("sampling failed: %s", e)
+                next_tick += interval
+                now = time.monotonic()
+                if next_tick < now:  # overran (slow disk, long probe): keep the cadence
+                    next_tick = now + interval - ((now - next_tick) % interval)
+                stop.wait(max(0.0, next_tick - time.monotonic()))
+        finally:
+            stop.set()
+            if deliverer is not None:
+                deliverer.join(self.cfg.send_timeout_s * 2 + 5)
 
     def close(self) -> None:
         if self.sender is not None:
