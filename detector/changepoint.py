@@ -1,5 +1,13 @@
-"""Change points in a fleet series: binary segmentation on the standardized CUSUM
-(two-sample t statistic at every split), with a significance test.
+"""Change points in fleet series, with significance tests. Two methods:
+
+- ``Mosum`` (used by the detector): moving-sum two-sample statistic with the Gumbel
+  limit of its maximum; local, so a sharp step stands out of a diurnal cycle, and
+  streaming (``IncrementalMosum``) and vectorised over many series (``detect_many``).
+- ``BinarySegmentation``: binary segmentation on the standardized CUSUM (two-sample t
+  statistic at every split) with a Brownian-bridge p-value; global, the more powerful
+  on series without a daily cycle (hourly means, de-seasonalised contrasts).
+
+About the second:
 
 Why this test: the maximum over split points of a t statistic is not t-distributed
 (otava sidesteps that with a strict max_pvalue; permutations cost too much at fleet
@@ -12,8 +20,7 @@ approximation (James, James & Siegmund 1987)
 Telemetry windows are autocorrelated (load drifts slowly), so the statistic is deflated
 by the AR(1) long-run variance factor (1 + rho) / (1 - rho) estimated from the residuals
 around the split; heavy tails are tamed by winsorizing at 5 MADs. Everything is O(n) per
-split and vectorises over many series at once (``scan_many``), which is what lets the
-detector scan 10,000 cohorts x 30 days of minutes in seconds.
+split and vectorises over many series at once (``scan_many``).
 """
 
 from __future__ import annotations
@@ -155,78 +162,6 @@ class BinarySegmentation:
         return out
 
 
-def detect_many(X: np.ndarray, max_pvalue: float = 0.001, min_segment: int = 10,
-                chunk_rows: int = 256, max_screen_points: int = 8640) -> List[List[ChangePoint]]:
-    """Change points of every row of ``X`` (series x time): one vectorised first pass over
-    all rows in chunks; only rows with a significant first split are segmented further."""
-    X = np.asarray(X, dtype=np.float64)
-    S = X.shape[0]
-    result: List[List[ChangePoint]] = [[] for _ in range(S)]
-    seg = BinarySegmentation(max_pvalue=max_pvalue, min_segment=min_segment)
-    n = X.shape[1]
-    # Long series (30 days of minutes) are screened on means of consecutive blocks:
-    # the first pass costs O(n / block) per series, and block means are less
-    # autocorrelated. Rows that pass are then segmented at full resolution.
-    block_len = max(1, -(-n // max_screen_points))
-    usable = (n // block_len) * block_len
-    screen_segment = max(2, min_segment // block_len)
-    for lo in range(0, S, chunk_rows):
-        block = X[lo:lo + chunk_rows]
-        if np.isnan(block).any():
-            block = np.vstack([_fill_missing(r) for r in block])
-        if block_len > 1:
-            block = block[:, :usable].reshape(block.shape[0], -1, block_len).mean(axis=2)
-        block = winsorize(block)
-        _split, p, _c = scan_many(block, screen_segment)
-        for i in np.flatnonzero(p <= max_pvalue):
-            result[lo + i] = seg.fit_predict(X[lo + i])
-    return result
-
-
-class IncrementalScanner:
-    """Per-series state for continuous runs: only the segment since each series' last
-    accepted change point (bounded to ``max_tail`` points) is re-tested when a window
-    arrives, so one new window over 10,000 cohorts is a single vectorised scan."""
-
-    def __init__(self, n_series: int, max_tail: int = 720, max_pvalue: float = 0.001,
-                 min_segment: int = 10):
-        self.max_tail = max_tail
-        self.max_pvalue = max_pvalue
-        self.min_segment = min_segment
-        self.buffer = np.full((n_series, max_tail), np.nan)
-        self.filled = np.zeros(n_series, dtype=np.int64)   # valid points since last change
-        self.seen = 0
-
-    def append(self, column: np.ndarray) -> List[Tuple[int, ChangePoint]]:
-        """Add one new value per series; return (series, change point) found, with the
-        change point's index counted in points since the start of the stream."""
-        self.buffer[:, :-1] = self.buffer[:, 1:]
-        self.buffer[:, -1] = column
-        self.seen += 1
-        self.filled = np.minimum(self.filled + 1, self.max_tail)
-        out: List[Tuple[int, ChangePoint]] = []
-        ready = np.flatnonzero(self.filled >= 2 * self.min_segment)
-        if ready.size == 0:
-            return out
-        # Series with equal tail lengths share one scan (usually all of them).
-        for length in np.unique(self.filled[ready]):
-            rows = ready[self.filled[ready] == length]
-            block = self.buffer[rows, -length:]
-            if np.isnan(block).any():
-                block = np.vstack([_fill_missing(r) for r in block])
-            block = winsorize(block)
-            split, p, _c = scan_many(block, self.min_segment)
-            for j in np.flatnonzero(p <= self.max_pvalue):
-                r = rows[j]
-                s = int(split[j])
-                seg = block[j]
-                cp = ChangePoint(self.seen - length + s, float(p[j]), float(seg[:s].mean()),
-                                 float(seg[s:].mean()))
-                out.append((int(r), cp))
-                self.filled[r] = length - s     # the new segment starts at the change
-        return out
-
-
 def _fill_missing(x: np.ndarray) -> np.ndarray:
     """Carry the last value forward (and the first one back) over missing windows."""
     x = np.asarray(x, dtype=np.float64)
@@ -241,3 +176,190 @@ def _fill_missing(x: np.ndarray) -> np.ndarray:
     first = np.flatnonzero(~mask)[0]
     out[:first] = x[first]
     return out
+
+
+def _mosum_scale(X: np.ndarray, bandwidth: int) -> np.ndarray:
+    """Long-run noise sd of each row, robust to level shifts, slow trends (diurnal load)
+    and heavy tails: residuals around a centred moving mean of +-bandwidth, their MAD,
+    inflated by the AR(1) long-run variance factor (1 + rho) / (1 - rho)."""
+    S, n = X.shape
+    k = 2 * bandwidth + 1
+    c = np.concatenate([np.zeros((S, 1)), np.cumsum(X, axis=1)], axis=1)
+    local = (c[:, k:] - c[:, :-k]) / k                       # centred means, length n-k+1
+    r = X[:, bandwidth:n - bandwidth] - local
+    med = np.median(r, axis=1, keepdims=True)
+    mad = np.median(np.abs(r - med), axis=1) * 1.4826
+    rc = np.clip(r - med, -5 * mad[:, None] - 1e-12, 5 * mad[:, None] + 1e-12)
+    num = np.einsum("ij,ij->i", rc[:, 1:], rc[:, :-1])
+    den = np.einsum("ij,ij->i", rc, rc) + 1e-18
+    rho = np.clip(num / den, 0.0, 0.9)
+    # the sd of the clipped residuals, not the MAD: window means of heavy-tailed noise
+    # vary with its variance, which the MAD understates (by ~30% for Student-t(4));
+    # (2G+1)/2G undoes the moving mean's share of each residual
+    sd = np.sqrt(den / rc.shape[1] * (2 * bandwidth + 1) / (2 * bandwidth))
+    return np.maximum(sd, 1e-12) * np.sqrt((1 + rho) / (1 - rho))
+
+
+def _clip_outliers(X: np.ndarray, bandwidth: int, k: float = 4.0) -> np.ndarray:
+    """Clip each point to +-k MADs around its centred moving mean: one stall storm or
+    noisy-neighbour minute must not move a window mean (a level shift moves all of
+    them, and survives)."""
+    S, n = X.shape
+    w = 2 * bandwidth + 1
+    if n < w:
+        return X
+    c = np.concatenate([np.zeros((S, 1)), np.cumsum(X, axis=1)], axis=1)
+    local = np.empty_like(X)
+    local[:, bandwidth:n - bandwidth] = (c[:, w:] - c[:, :-w]) / w
+    local[:, :bandwidth] = local[:, [bandwidth]]
+    local[:, n - bandwidth:] = local[:, [n - bandwidth - 1]]
+    r = X - local
+    mad = np.median(np.abs(r - np.median(r, axis=1, keepdims=True)), axis=1, keepdims=True) * 1.4826
+    lim = k * np.maximum(mad, 1e-12)
+    return local + np.clip(r, -lim, lim)
+
+
+def mosum_pvalue(T: np.ndarray, n: int, bandwidth: int) -> np.ndarray:
+    """P(max_t T_t > T) under no change, from the Gumbel limit of the MOSUM maximum
+    (Eichinger & Kirch 2018, Bernoulli 24(1)): a = sqrt(2 log(n/G)),
+    b = 2 log(n/G) + log log(n/G) / 2 + log(3/2) - log(pi) / 2."""
+    L = np.log(max(n / bandwidth, np.e))
+    a = np.sqrt(2 * L)
+    b = 2 * L + 0.5 * np.log(L) + np.log(1.5) - 0.5 * np.log(np.pi)
+    return -np.expm1(-2.0 * np.exp(np.clip(b - a * np.asarray(T, dtype=float), -700, 700)))
+
+
+class Mosum:
+    """Moving-sum change points: at every t, the difference between the means of the
+    ``bandwidth`` points after and before t, standardized by a robust long-run noise sd;
+    local maxima whose Gumbel p-value is at most ``max_pvalue`` (and whose shift is at
+    least ``min_shift``) are change points, at most one per ``bandwidth`` neighbourhood.
+
+    Unlike a global CUSUM it tests each change against its own neighbourhood, so a
+    sharp step stands out of a diurnal cycle (which a global mean-shift test splits
+    into spurious steps), and a new window only touches the last 2 * bandwidth points."""
+
+    def __init__(self, bandwidth: int = 15, max_pvalue: float = 0.001, min_shift: float = 0.0):
+        if bandwidth < 3:
+            raise ValueError(f"bandwidth: must be >= 3 points, got {bandwidth}")
+        self.bandwidth = bandwidth
+        self.max_pvalue = max_pvalue
+        self.min_shift = min_shift
+
+    def statistic(self, X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(T, signed mean difference) for every row of X at t = G .. n - G."""
+        X = _clip_outliers(np.atleast_2d(np.asarray(X, dtype=np.float64)), self.bandwidth)
+        G = self.bandwidth
+        c = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(X, axis=1)], axis=1)
+        n = X.shape[1]
+        t = np.arange(G, n - G + 1)
+        diff = ((c[:, t + G] - c[:, t]) - (c[:, t] - c[:, t - G])) / G
+        sigma = _mosum_scale(X, G)[:, None]
+        return np.abs(diff) / (sigma * np.sqrt(2.0 / G)), diff
+
+    def fit_predict(self, series) -> List[ChangePoint]:
+        x = _fill_missing(np.asarray(series, dtype=np.float64))
+        G = self.bandwidth
+        n = x.size
+        if n < 4 * G:
+            return []
+        T, diff = self.statistic(x[None, :])
+        T, diff = T[0], diff[0]
+        p = mosum_pvalue(T, n, G)
+        out: List[ChangePoint] = []
+        cand = np.flatnonzero((p <= self.max_pvalue) & (np.abs(diff) >= self.min_shift))
+        taken = np.zeros(T.size, dtype=bool)
+        for i in cand[np.argsort(-T[cand])]:
+            if taken[max(0, i - G):i + G + 1].any():
+                continue
+            taken[i] = True
+            t = i + G
+            out.append(ChangePoint(int(t), float(p[i]), float(x[t - G:t].mean()), float(x[t:t + G].mean())))
+        return sorted(out, key=lambda c: c.index)
+
+
+def detect_many(X: np.ndarray, bandwidth: int = 15, max_pvalue: float = 0.001,
+                min_shift: float = 0.0, chunk_rows: int = 64) -> List[List[ChangePoint]]:
+    """MOSUM change points of every row of ``X`` (series x time), vectorised over rows in
+    chunks; O(n) per series."""
+    X = np.asarray(X, dtype=np.float64)
+    S, n = X.shape
+    det = Mosum(bandwidth, max_pvalue, min_shift)
+    result: List[List[ChangePoint]] = [[] for _ in range(S)]
+    if n < 4 * bandwidth:
+        return result
+    G = bandwidth
+    for lo in range(0, S, chunk_rows):
+        block = X[lo:lo + chunk_rows]
+        if np.isnan(block).any():
+            block = np.vstack([_fill_missing(r) for r in block])
+        T, diff = det.statistic(block)
+        p_max = mosum_pvalue(T.max(axis=1), n, G)
+        for i in np.flatnonzero(p_max <= max_pvalue):
+            # the few rows with a change: pick local maxima as in fit_predict
+            p = mosum_pvalue(T[i], n, G)
+            cand = np.flatnonzero((p <= max_pvalue) & (np.abs(diff[i]) >= min_shift))
+            taken = np.zeros(T.shape[1], dtype=bool)
+            for j in cand[np.argsort(-T[i, cand])]:
+                if taken[max(0, j - G):j + G + 1].any():
+                    continue
+                taken[j] = True
+                t = j + G
+                result[lo + i].append(ChangePoint(int(t), float(p[j]), float(block[i, t - G:t].mean()),
+                                                  float(block[i, t:t + G].mean())))
+            result[lo + i].sort(key=lambda c: c.index)
+    return result
+
+
+class IncrementalMosum:
+    """Streaming MOSUM over many series (continuous runs): each new window costs one
+    O(series x bandwidth) update. The noise scale of every series is re-estimated from
+    its last ``scale_window`` points every ``rescale_every`` windows."""
+
+    def __init__(self, n_series: int, bandwidth: int = 15, max_pvalue: float = 0.001,
+                 min_shift: float = 0.0, scale_window: int = 720, rescale_every: int = 60,
+                 horizon: int = 43_200):
+        self.G = bandwidth
+        self.max_pvalue = max_pvalue
+        self.min_shift = min_shift
+        self.scale_window = scale_window
+        self.rescale_every = rescale_every
+        self.horizon = horizon          # n used for the Gumbel threshold (30 days of minutes)
+        self.buffer = np.full((n_series, scale_window), np.nan)
+        self.pos = 0                    # ring buffer: next column to write
+        self.sigma = np.full(n_series, np.nan)
+        self.last_hit = np.full(n_series, -10**9, dtype=np.int64)
+        self.seen = 0
+
+    def _recent(self, k: int) -> np.ndarray:
+        idx = (self.pos - k + np.arange(k)) % self.scale_window
+        return self.buffer[:, idx]
+
+    def append(self, column: np.ndarray) -> List[Tuple[int, ChangePoint]]:
+        G = self.G
+        self.buffer[:, self.pos] = column
+        self.pos = (self.pos + 1) % self.scale_window
+        self.seen += 1
+        if self.seen < 2 * G:
+            return []
+        if self.seen % self.rescale_every == 0 or np.isnan(self.sigma).all():
+            have = min(self.seen, self.scale_window)
+            if have >= 4 * G:
+                block = self._recent(have)
+                if np.isnan(block).any():
+                    block = np.vstack([_fill_missing(r) for r in block])
+                self.sigma = _mosum_scale(block, G)
+        if np.isnan(self.sigma).all():
+            return []
+        tail = self._recent(2 * G)
+        diff = np.nanmean(tail[:, G:], axis=1) - np.nanmean(tail[:, :G], axis=1)
+        T = np.abs(diff) / (self.sigma * np.sqrt(2.0 / G))
+        p = mosum_pvalue(T, self.horizon, G)
+        hit = np.flatnonzero((p <= self.max_pvalue) & (np.abs(diff) >= self.min_shift)
+                             & (self.seen - self.last_hit > 2 * G))
+        out = []
+        for r in hit:
+            self.last_hit[r] = self.seen
+            out.append((int(r), ChangePoint(self.seen - G, float(p[r]), float(np.nanmean(tail[r, :G])),
+                                            float(np.nanmean(tail[r, G:])))))
+        return out
