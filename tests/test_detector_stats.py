@@ -147,7 +147,7 @@ def test_mosum_false_positive_rate_on_autocorrelated_heavy_tailed_noise():
 def test_detect_many_and_incremental_mosum_agree_on_a_step():
     rng = np.random.default_rng(6)
     X = rng.normal(0, 1, (50, 1200))
-    X[7, 700:] += 2.0
+    X[7, 700:] += 3.0
     found = detect_many(X, bandwidth=15, max_pvalue=0.001)
     assert [i for i, cps in enumerate(found) if cps] == [7]
     assert abs(found[7][0].index - 700) <= 5
