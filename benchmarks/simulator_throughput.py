@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--kafka-minutes", type=float, default=1.0,
                     help="simulated minutes for the Kafka run")
     ap.add_argument("--out", help="folder for the files (default: a temp folder on disk)")
-    ap.add_argument("--formats", default="generate,jsonl,parquet")
+    ap.add_argument("--formats", default="generate,jsonl-devnull,jsonl,parquet")
     ap.add_argument("--no-kafka", action="store_true")
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     args = ap.parse_args()
@@ -76,6 +76,15 @@ def main() -> int:
                 def gen():
                     return sum(c.height for c in simulate_frame(sc, 1)), 0
                 rows.append(measure("generate (frames only)", gen))
+                continue
+            if fmt == "jsonl-devnull":
+                from foliowatch.simulator.outputs import _prefetch, _write_json_lines
+
+                def encode_only():
+                    with open(os.devnull, "wb") as f:
+                        return sum(_write_json_lines(f, c)
+                                   for c in _prefetch(simulate_frame(sc, 1))), 0
+                rows.append(measure("encode jsonl -> /dev/null (no disk)", encode_only))
                 continue
             out = base / fmt
             shutil.rmtree(out, ignore_errors=True)

@@ -266,10 +266,15 @@ def _wire_json_expr() -> pl.Expr:
         pl.lit(',"counters":'), _sub_object(COUNTER_COLUMNS),
         pl.lit(',"gauges":'), _sub_object(GAUGE_COLUMNS),
         pl.lit(',"mounts":['),
+        pl.lit('{"mount":"'), pl.col("mount.path"), pl.lit('","fs":"'), pl.col("mount.fs"),
+        pl.lit('","device":"'), pl.col("mount.device"),
+        pl.lit('","counters":{"write_bytes":'), pl.col("mount.write_bytes").cast(pl.String),
+        pl.lit(',"write_ios":'), pl.col("mount.write_ios").cast(pl.String),
         pl.when(pl.col("mount.xfs_write_bytes").is_not_null())
-        .then(_mount_expr(True).struct.json_encode())
-        .otherwise(_mount_expr(False).struct.json_encode()),
-        pl.lit("]"),
+        .then(pl.concat_str([pl.lit(',"xfs_write_bytes":'),
+                             pl.col("mount.xfs_write_bytes").cast(pl.String)]))
+        .otherwise(pl.lit("")),
+        pl.lit("}}]"),
         pl.when(has_probe).then(pl.concat_str([
             pl.lit(',"probe":'), _probe_expr().struct.json_encode(),
             pl.lit(',"settings":' + _SETTINGS_JSON)])).otherwise(pl.lit("")),

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hours", type=float, help="simulated duration in hours")
     p.add_argument("--interval", type=float, help="agent sampling interval in seconds")
     p.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
+    p.add_argument("--start", metavar="now|ISO8601",
+                   help="start of the simulated clock (default: the scenario's; 'now' suits "
+                        "--realtime demos)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", metavar="DIR", help="write files (and ground_truth.json) here")
     out.add_argument("--kafka", metavar="HOST:PORT[,HOST:PORT]",
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         sc = load_scenario(args.scenario, hosts=args.hosts, hours=args.hours,
-                           interval_s=args.interval, seed=args.seed)
+                           interval_s=args.interval, seed=args.seed, start=args.start)
     except ScenarioError as e:
         print(f"foliowatch simulate: {e}", file=sys.stderr)
         return 2

@@ -489,10 +489,13 @@ def list_scenarios() -> List[str]:
 def load_scenario(name_or_path: Union[str, Path, Scenario], *, hosts: Optional[int] = None,
                   hosts_scale: Optional[float] = None, hours: Optional[float] = None,
                   interval_s: Optional[float] = None, seed: Optional[int] = None,
-                  faults: Optional[Dict[str, float]] = None) -> Scenario:
+                  faults: Optional[Dict[str, float]] = None,
+                  start: Union[None, str, float, dt.datetime] = None) -> Scenario:
     """A named scenario (see ``list_scenarios()``) or a TOML file, with overrides:
     ``hosts`` (total host count; every group scaled in proportion, at least 1 each),
-    ``hosts_scale``, ``hours``, ``interval_s``, ``seed``, ``faults`` (merged)."""
+    ``hosts_scale``, ``hours``, ``interval_s``, ``seed``, ``faults`` (merged), ``start``
+    (``"now"``, an ISO 8601 time, Unix seconds or a datetime: when the simulated clock
+    starts; rollout and change times stay relative to it)."""
     if isinstance(name_or_path, Scenario):
         sc = copy.deepcopy(name_or_path)
     else:
@@ -529,9 +532,30 @@ def load_scenario(name_or_path: Union[str, Path, Scenario], *, hosts: Optional[i
         sc.interval_s = float(interval_s)
     if seed is not None:
         sc.seed = int(seed)
+    if start is not None:
+        sc.start = _parse_start(start)
     if faults:
         for k, v in faults.items():
             if k not in FAULT_DEFAULTS:
                 raise ScenarioError(f"override faults.{k}: unknown; known: {', '.join(FAULT_DEFAULTS)}")
             sc.faults[k] = float(v)
     return sc
+
+
+def _parse_start(start: Union[str, float, dt.datetime]) -> dt.datetime:
+    if isinstance(start, dt.datetime):
+        return start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc)
+    if isinstance(start, (int, float)) and not isinstance(start, bool):
+        return dt.datetime.fromtimestamp(float(start), dt.timezone.utc)
+    if isinstance(start, str):
+        if start == "now":
+            # whole seconds, so that interval boundaries stay round numbers
+            return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        try:
+            t = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    raise ScenarioError(f"override start: expected 'now', an ISO 8601 time such as "
+                        f"'2026-11-02T00:00:00Z' or Unix seconds, got {start!r}")

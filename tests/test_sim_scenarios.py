@@ -76,6 +76,10 @@ def test_overrides_scale_hosts_and_clock(tmp_path):
     assert (sc.hours, sc.interval_s, sc.seed) == (2.0, 30.0, 9)
     assert sc.steps == 240
     assert load_scenario(write(tmp_path, GOOD)).hosts == 10
+    assert load_scenario(sc, start="2027-01-04T06:00:00Z").start_ts == 1799042400.0
+    assert abs(load_scenario(sc, start="now").start_ts - __import__("time").time()) < 5
+    with pytest.raises(ScenarioError, match="override start"):
+        load_scenario(sc, start="yesterday")
 
 
 @pytest.mark.parametrize("edit, key, hint", [
