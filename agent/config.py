@@ -52,7 +52,8 @@ sasl_password = ""           # prefer FOLIOWATCH_AGENT_KAFKA_SASL_PASSWORD
 ssl_cafile = ""
 ssl_certfile = ""
 ssl_keyfile = ""
-compression = "zstd"         # none, gzip, snappy, lz4, zstd
+compression = "gzip"         # gzip (always available), zstd / lz4 / snappy need their
+                             # Python package (zstandard, lz4, python-snappy), or none
 send_timeout_s = 10.0        # a batch not acknowledged by then stays in the spool
 retry_backoff_max_s = 30.0   # back-off between attempts grows up to this
 
@@ -100,7 +101,8 @@ class AgentConfig:
     mounts: List[str] = field(default_factory=lambda: ["/"])
     log_level: str = "info"
     kafka_enabled: bool = True
-    kafka: kafka_io.KafkaSettings = field(default_factory=kafka_io.KafkaSettings)
+    kafka: kafka_io.KafkaSettings = field(default_factory=lambda: kafka_io.KafkaSettings(
+        compression="gzip", client_id="foliowatch-agent"))
     topic: str = kafka_io.TOPIC_SAMPLES
     send_timeout_s: float = 10.0
     retry_backoff_max_s: float = 30.0
@@ -243,6 +245,7 @@ def _build(v: Dict[str, Any]) -> Tuple[AgentConfig, List[str]]:
 
     if cfg.kafka_enabled:
         p += [f"config {e}" for e in kafka.check(prefix="agent.kafka")]
+        p += _codec_problems(kafka.compression)
     if not 1.0 <= cfg.interval_s <= schema.MAX_INTERVAL_S:
         p.append(f"config agent.interval_s: must be in [1, {schema.MAX_INTERVAL_S:g}] "
                  f"seconds, got {cfg.interval_s:g}")
@@ -300,6 +303,23 @@ def _build(v: Dict[str, Any]) -> Tuple[AgentConfig, List[str]]:
     if pr.min_free_bytes < 0:
         p.append(f"config agent.probe.min_free_bytes: must be >= 0, got {pr.min_free_bytes}")
     return cfg, p
+
+
+_CODEC_PACKAGES = {"zstd": ("has_zstd", "zstandard"), "lz4": ("has_lz4", "lz4"),
+                   "snappy": ("has_snappy", "python-snappy")}
+
+
+def _codec_problems(compression: str) -> List[str]:
+    """The agent's hosts have only the agent's dependencies: a codec whose package is
+    missing would make every send fail, so say so before the agent starts."""
+    if compression not in _CODEC_PACKAGES:
+        return []
+    from kafka import codec
+    check, package = _CODEC_PACKAGES[compression]
+    if getattr(codec, check)():
+        return []
+    return [f"config agent.kafka.compression: {compression!r} needs the Python package "
+            f"{package}, which is not installed here; install it or use \"gzip\""]
 
 
 def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None

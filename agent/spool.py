@@ -9,7 +9,9 @@ Layout in ``<state_dir>/spool/``:
 - ``<20-digit index>.seg``: segments, appended in index order. Each record is framed as
   ``u32 length | u32 CRC32(payload) | payload`` (big-endian) and fsync'd after the write.
 - ``head``: ``<segment index> <offset> <dropped_total>``, the first unsent record and
-  how many records were ever dropped; replaced atomically.
+  how many records were ever dropped; replaced atomically (fsync'd when records are
+  dropped; not after each acknowledgement, where a lost update only means a re-send). A
+  missing or unreadable head restarts from the oldest segment.
 
 Crash safety: on open every segment is scanned; a record whose header or payload is
 incomplete or whose CRC does not match ends its segment, which is truncated there (a
@@ -153,9 +155,10 @@ class Spool:
         with self._lock:
             return sum(self._sizes.values())
 
-    def _save_head(self) -> None:
+    def _save_head(self, durable: bool = True) -> None:
         atomic_write(os.path.join(self.dir, "head"),
-                     f"{self._head.segment} {self._head.offset} {self.dropped_total}\n".encode())
+                     f"{self._head.segment} {self._head.offset} {self.dropped_total}\n".encode(),
+                     durable=durable)
 
     # -- writing --------------------------------------------------------------------
     def append(self, payload: bytes) -> int:
@@ -234,7 +237,10 @@ class Spool:
                 seg, off, index = min(i for i in self._sizes if i > seg), 0, 0
             self._head_index = index
             self._head = Position(seg, off, index)
-            self._save_head()
+            # Not fsync'd: losing this update in a crash only re-sends records Kafka
+            # already has (consumers drop copies by identity); fsync here would double
+            # the agent's per-sample disk syncs.
+            self._save_head(durable=False)
             for index in done:
                 os.unlink(self._seg_path(index))
                 del self._sizes[index], self._counts[index]

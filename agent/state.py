@@ -21,7 +21,11 @@ from typing import Any, Dict, Optional
 STATE_FILE = "state.json"
 
 
-def atomic_write(path: str, data: bytes, durable_rename: bool = True) -> None:
+def atomic_write(path: str, data: bytes, durable_rename: bool = True,
+                 durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so a reader sees the old or the new bytes, never a
+    mix. ``durable``: fsync the data before the rename (else a crash may leave an empty
+    file on some filesystems); ``durable_rename``: fsync the directory after it."""
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -29,11 +33,12 @@ def atomic_write(path: str, data: bytes, durable_rename: bool = True) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    if durable_rename:
+    if durable and durable_rename:
         fsync_dir(directory)
 
 

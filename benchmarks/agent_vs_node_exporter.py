@@ -153,7 +153,8 @@ def agent_worker(args) -> int:
     stages["imports"] = memory(os.getpid())["VmRSS"]
     cfg = AgentConfig(state_dir=args.state_dir, mounts=["/"], interval_s=1.0,
                       kafka_enabled=bool(args.bootstrap),
-                      kafka=KafkaSettings(bootstrap=[args.bootstrap or "127.0.0.1:9092"]),
+                      kafka=KafkaSettings(bootstrap=[args.bootstrap or "127.0.0.1:9092"],
+                                          compression="gzip"),
                       topic=args.topic, metrics_listen=f"127.0.0.1:{args.metrics_port}")
     agent = Agent(cfg)
     server = serve(agent, cfg.metrics_address())

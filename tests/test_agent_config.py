@@ -29,7 +29,7 @@ def test_embedded_default_is_valid_and_safe():
     assert cfg.metrics_listen.startswith("127.0.0.1:")
     assert cfg.probe.enabled is False
     assert cfg.probe.chunk_bytes == 1 << 20
-    assert cfg.kafka.compression == "zstd"
+    assert cfg.kafka.compression == "gzip"     # needs no package beyond the agent's own
     assert cfg.topic == "foliowatch.samples.v1"
 
 
@@ -45,6 +45,16 @@ def test_environment_overrides_file(tmp_path):
     assert cfg.kafka.bootstrap == ["k2:9093", "k3:9093"]
     assert cfg.spool_max_bytes == 2_000_000
     assert cfg.kafka.sasl_password == "s3cret"
+
+
+def test_compression_codec_must_be_installed(monkeypatch):
+    from kafka import codec
+    monkeypatch.setattr(codec, "has_zstd", lambda: False)
+    _cfg, problems = config.load(None, {"FOLIOWATCH_AGENT_KAFKA_COMPRESSION": "zstd"})
+    assert problems == ["config agent.kafka.compression: 'zstd' needs the Python package "
+                        "zstandard, which is not installed here; install it or use \"gzip\""]
+    monkeypatch.setattr(codec, "has_zstd", lambda: True)
+    assert config.load(None, {"FOLIOWATCH_AGENT_KAFKA_COMPRESSION": "zstd"})[1] == []
 
 
 def test_every_key_has_one_environment_variable():

@@ -184,3 +184,13 @@ def test_lost_state_rename_is_repaired_from_the_spool(tmp_path):
     fresh = Agent(cfg)                               # a normal restart keeps its baseline
     assert fresh.tick()["seq"] == 4
     fresh.close()
+
+
+def test_empty_head_after_a_crash_means_resend_not_loss(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(5):
+        sp.append(payload(i))
+    sp.ack(sp.peek(3)[-1][0])
+    sp.close()
+    (tmp_path / "head").write_bytes(b"")       # unsynced head lost by the filesystem
+    assert drain_all(Spool(str(tmp_path), MIB)) == [0, 1, 2, 3, 4]
