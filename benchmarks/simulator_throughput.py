@@ -54,6 +54,8 @@ def main() -> int:
                     help="simulated minutes for the file runs (5 min = ~3M records)")
     ap.add_argument("--kafka-minutes", type=float, default=1.0,
                     help="simulated minutes for the Kafka run")
+    ap.add_argument("--kafka-workers", type=int, default=2,
+                    help="also measure this many producer processes")
     ap.add_argument("--out", help="folder for the files (default: a temp folder on disk)")
     ap.add_argument("--formats", default="generate,jsonl-devnull,jsonl,parquet")
     ap.add_argument("--no-kafka", action="store_true")
@@ -126,10 +128,30 @@ def main() -> int:
             ksc = load_scenario(args.scenario, hosts=args.hosts,
                                 hours=args.kafka_minutes / 60.0, interval_s=args.interval)
 
-            def kafka():
-                r = produce_to_kafka(ksc, KafkaSettings(bootstrap=[bootstrap]), topic, seed=1)
-                return r["sent"], 0
-            rows.append(measure(f"kafka (acks=all, idempotent, zstd, 12 partitions)", kafka))
+            for workers in sorted({1, args.kafka_workers}):
+                def kafka(workers=workers):
+                    r = produce_to_kafka(ksc, KafkaSettings(bootstrap=[bootstrap]), topic,
+                                         seed=1, workers=workers)
+                    return r["sent"], 0
+                rows.append(measure(f"kafka, {workers} producer process(es) (acks=all, "
+                                    "idempotent, zstd, 12 partitions)", kafka))
+
+            # the client alone: kafka-python send() of pre-encoded records, no simulation
+            from foliowatch.kafka_io import make_producer
+            from foliowatch.simulator import to_wire_json
+            chunk = next(iter(simulate_frame(ksc, 1)))
+            keys = chunk["host_id"].cast(pl.Binary).to_list()
+            values = to_wire_json(chunk).cast(pl.Binary).to_list()
+
+            def client_only():
+                p = make_producer(KafkaSettings(bootstrap=[bootstrap]), batch_size=512 * 1024,
+                                  linger_ms=50)
+                for k, v in zip(keys, values):
+                    p.send(topic, key=k, value=v)
+                p.flush()
+                p.close()
+                return len(keys), sum(len(v) for v in values)
+            rows.append(measure("kafka-python send() alone, pre-encoded, 1 process", client_only))
         finally:
             if cluster is not None:
                 cluster.stop()

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --kafka: send each record at its simulated time")
     p.add_argument("--speed", type=float, default=1.0,
                    help="with --realtime: simulated seconds per wall-clock second")
+    p.add_argument("--workers", type=int, default=1,
+                   help="with --kafka: producer processes, each sending a share of the hosts")
     p.add_argument("--truth", metavar="FILE",
                    help="with --kafka: also write ground_truth.json to this file")
 
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if gt != Path(args.truth):
             gt.replace(args.truth)
     result = produce_to_kafka(sc, settings, args.topic, sc.seed, realtime=args.realtime,
-                              speed=args.speed)
+                              speed=args.speed, workers=args.workers)
     result.update(scenario=sc.name, seed=sc.seed, hosts=sc.hosts)
     print(json.dumps(result))
     return 0

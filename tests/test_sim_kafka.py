@@ -58,15 +58,19 @@ def test_produced_count_equals_consumed_count(kafka, topic):
     assert len({p for ps in partitions.values() for p in ps}) > 1
 
 
-def test_cli_produces_to_kafka_and_writes_truth(kafka, topic, tmp_path, capsys):
+def test_cli_produces_to_kafka_with_two_workers_and_writes_truth(kafka, topic, tmp_path,
+                                                                  capsys):
     truth = tmp_path / "truth.json"
     rc = cli.main(["simulate", "--scenario", "control-no-regression", "--hosts", "30",
                    "--hours", "0.1", "--seed", "2", "--kafka", kafka.bootstrap,
-                   "--topic", topic, "--truth", str(truth)])
+                   "--topic", topic, "--truth", str(truth), "--workers", "2"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    sc = load_scenario("control-no-regression", hosts=30, hours=0.1, seed=2)
+    expect = sorted(v.encode() for c in simulate_frame(sc) for v in to_wire_json(c).to_list())
     msgs = consume_all(kafka.bootstrap, topic, out["sent"])
-    assert len(msgs) == out["sent"] > 900
+    assert len(msgs) == out["sent"] == len(expect) > 900
+    assert sorted(m.value for m in msgs) == expect
     assert json.loads(truth.read_text())["scenario"]["name"] == "control-no-regression"
 
 
