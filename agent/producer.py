@@ -46,7 +46,10 @@ class KafkaSender:
             # Bounded: a send never blocks the sampling loop for much longer than this.
             wanted = dict(max_block_ms=timeout_ms, request_timeout_ms=max(500, timeout_ms // 2),
                           delivery_timeout_ms=timeout_ms + 100, linger_ms=5,
-                          reconnect_backoff_max_ms=2000, bootstrap_timeout_ms=timeout_ms)
+                          reconnect_backoff_max_ms=2000, bootstrap_timeout_ms=timeout_ms,
+                          # The client's internal sensors cost CPU on every request and
+                          # nothing reads them: the agent reports its own health.
+                          metrics_enabled=False)
             # kafka-python 2.x lacks some of these; it rejects unknown keys.
             known = getattr(KafkaProducer, "DEFAULT_CONFIG", wanted)
             self._producer = kafka_io.make_producer(
