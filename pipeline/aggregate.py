@@ -242,7 +242,7 @@ class WindowAggregator:
         # watermarks advance with every on-time record
         if good.height:
             for p, mx in good.group_by("partition").agg(pl.col("ts").max()).iter_rows():
-                m = self.meta[p]
+                m = self.meta.setdefault(p, PartitionMeta())
                 m.watermark = mx if m.watermark is None else max(m.watermark, mx)
         # dedupe: first copy in offset order wins, across batches through self._seen
         keys = ["partition", "host_id", "boot_id", "seq"]

@@ -53,6 +53,8 @@ class KafkaRunner:
         self.last_checkpoint = time.monotonic()
         self.totals = {"records": 0, "accepted": 0, "duplicates": 0, "invalid": 0,
                        "late": 0, "windows": 0}
+        self._first_record_at: Optional[float] = None
+        self._last_batch_done_at: Optional[float] = None
 
     # -- rebalance callbacks (run inside poll) ---------------------------------------
     def on_partitions_revoked(self, revoked) -> None:
@@ -131,6 +133,13 @@ class KafkaRunner:
         finally:
             self.consumer.close()
             self.pipeline.dlq.close()
+        import resource
+        if self._first_record_at is not None and self._last_batch_done_at is not None:
+            # from the poll that brought the first records to the end of the last batch
+            self.totals["busy_seconds"] = round(self._last_batch_done_at
+                                                - self._first_record_at, 3)
+        self.totals["peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return self.totals
 
     def _owned(self) -> List[int]:
@@ -139,6 +148,7 @@ class KafkaRunner:
 
     def _fill_batch(self) -> int:
         deadline = time.monotonic() + self.cfg.batch_seconds
+        self._batch_started_at = time.monotonic()
         n = 0
         while n < self.cfg.batch_records and not self.stop_requested:
             timeout = max(0.0, deadline - time.monotonic())
@@ -156,11 +166,14 @@ class KafkaRunner:
         if not self.pending:
             return
         recs, self.pending = self.pending, []
+        if self._first_record_at is None:
+            self._first_record_at = self._batch_started_at
         st = self.pipeline.process([r.value if r.value is not None else b"" for r in recs],
                                    [r.partition for r in recs], [r.offset for r in recs],
                                    self.cfg.topic, [r.key for r in recs])
         for k in self.totals:
             self.totals[k] += getattr(st, k)
+        self._last_batch_done_at = time.monotonic()
 
     def _checkpoint_and_commit(self, partitions: List[int]) -> None:
         from kafka import TopicPartition

@@ -82,14 +82,15 @@ SETTINGS_OBJ_RE = rf'"settings":\{{(?:{_NAME}:{_LABEL_STR}(?:,{_NAME}:{_LABEL_ST
 TOO_MANY_MOUNT_COUNTERS_RE = r'"counters":\{(?:[^,{}]*,){32}'
 # The mounts array: objects nested at most two deep (a mount, its counters).
 MOUNTS_SPAN_RE = r'"mounts":\[(?:[^\[\]{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\]'
-# Anything here sends the row to the Python path: whitespace (a valid v1 record's
-# strings cannot hold any, so compact JSON has none), bare true/false/null (v1 has none),
-# a non-integer or negative number after a key that must hold an integer, or a
-# non-string after a key that must hold a string.
-_INT_KEYS = "schema|seq|page_size|cpus|mem_bytes|bytes|chunk_bytes|compact_stall|allocstall"
-_STR_KEYS = "host_id|boot_id|fleet|role|arch|kernel|instance_type|agent|mount|fs|device"
-SUSPICIOUS_RE = (rf'\s|[:\[,](?:true|false|null)|"(?:{_INT_KEYS})":(?:-|[0-9]+[.eE])'
-                 rf'|"(?:{_STR_KEYS})":[^"]')
+# Cheap literal screens; a hit sends the row to the Python path. Whitespace: a valid v1
+# record's strings cannot hold any, so compact JSON has none. true/false/null: v1 has no
+# such values (a string containing the word merely takes the slow path).
+WHITESPACE_RE = r"[ \t\r\n]"
+BARE_WORDS_RE = r"true|false|null"
+# Fields that must hold an integer: their text must be integer syntax (polars would
+# silently turn 1.5 or 1.0 into 1).
+INT_FIELDS = ("schema", "seq", "page_size", "cpus", "mem_bytes")
+PROBE_INT_RE = r'"(?:bytes|chunk_bytes|compact_stall|allocstall)":(?:-|[0-9]+[.eE])'
 KEY_RE = '":'
 
 # Below this many rows a failing chunk is not bisected further: each row goes to Python.
@@ -155,7 +156,8 @@ def _checks(d: pl.Expr, raw: pl.Expr) -> pl.Expr:
             & (probe.struct.field("allocstall") >= 0)
             & probe.struct.field("seconds").is_finite() & (probe.struct.field("seconds") >= 0)
             & probe.struct.field("mib_s").is_finite() & (probe.struct.field("mib_s") >= 0)),
-        raw.str.contains(SUSPICIOUS_RE).not_(),
+        raw.str.contains(WHITESPACE_RE).not_(),
+        raw.str.contains(BARE_WORDS_RE).not_(),
     ]
     for name in ("fleet", "role", "kernel", "instance_type"):
         conds.append(_str_ok(lab.struct.field(name), wire.LABEL_RE.pattern, wire.MAX_LABEL_LEN))
@@ -164,45 +166,67 @@ def _checks(d: pl.Expr, raw: pl.Expr) -> pl.Expr:
 
 
 def _text_checks(df: pl.DataFrame, debug: bool = False) -> pl.Series:
-    """Checks on the JSON text: the dynamic maps (names, value syntax, sizes) and a key
-    count that proves there is no unknown field anywhere. Rows reaching here contain no
-    whitespace (see ``SUSPICIOUS_RE``), so the text is compact JSON; valid strings hold
-    no quotes, braces or commas, so counting ``":`` counts keys."""
+    """Checks on the JSON text: integer syntax where v1 wants integers, string values
+    where it wants strings, the dynamic maps (names, value syntax, sizes), and a key
+    count that proves there is no unknown field at any level.
+
+    Rows reaching here hold no whitespace (``WHITESPACE_RE``): the text is compact JSON,
+    and valid strings hold no quotes, braces, brackets, commas or colons, so counting
+    ``":`` counts keys and ``":"`` counts string values. Full passes over the text are
+    literal-prefixed (fast); the grammar checks run on the short extracted objects.
+    Layouts these checks do not expect (the top-level counters after the mounts, an
+    integer field written twice) are left to the Python path rather than guessed at."""
     raw = pl.col("raw")
     d = pl.col("d")
     n_mounts = d.struct.field("mounts").list.len().cast(pl.Int64)
     probe = d.struct.field("probe").is_not_null().cast(pl.Int64)
+    agent = d.struct.field("agent").is_not_null().cast(pl.Int64)
 
     def keys(e: pl.Expr) -> pl.Expr:
         return e.str.count_matches(KEY_RE, literal=True).cast(pl.Int64)
 
-    counters_objs = raw.str.extract_all(COUNTERS_OBJ_RE)
-    gauges_obj = raw.str.extract(GAUGES_OBJ_RE, 0)
-    settings_obj = raw.str.extract(SETTINGS_OBJ_RE, 0)
-    n_settings = raw.str.count_matches('"settings":', literal=True).cast(pl.Int64)
-    counter_entries = keys(counters_objs.list.join("")) - counters_objs.list.len()
-    gauge_entries = keys(gauges_obj) - 1
-    setting_entries = (keys(settings_obj) - 1).fill_null(0)
+    labels_t = raw.str.extract(r'"labels":\{[^{}]*\}', 0)
+    counters_t = raw.str.extract(r'"counters":\{[^{}]*\}', 0)     # first one: top level
+    gauges_t = raw.str.extract(GAUGES_OBJ_RE, 0)
+    settings_t = raw.str.extract(SETTINGS_OBJ_RE, 0)
+    probe_t = raw.str.extract(r'"probe":\{[^{}]*\}', 0)
+    span = raw.str.extract(MOUNTS_SPAN_RE, 0)
+    n_settings = settings_t.is_not_null().cast(pl.Int64)
+    counter_entries = keys(counters_t) - 1
+    gauge_entries = keys(gauges_t) - 1
+    setting_entries = (keys(settings_t) - 1).fill_null(0)
     top_present = pl.sum_horizontal(
         [d.struct.field(f).is_not_null().cast(pl.Int64) for f in
          ("schema", "host_id", "boot_id", "seq", "ts", "interval_s", "labels", "counters",
           "gauges", "mounts", "probe", "agent")]) + n_settings
-    expected_keys = (top_present + len(wire.LABELS) + len(wire.PROBE_FIELDS) * probe
-                     + 4 * n_mounts + counter_entries + gauge_entries + setting_entries)
+    expected_keys = (top_present + len(wire.LABELS) + counter_entries + gauge_entries
+                     + setting_entries + len(wire.PROBE_FIELDS) * probe
+                     + keys(span) - 1)   # the span's own "mounts" key is a top-level one
+    # string-valued members: host_id, boot_id, agent, 5 string labels, 3 per mount, the
+    # settings; one short means a string field was given a number
+    expected_strings = 2 + agent + 5 + 3 * n_mounts + setting_entries
     conds = [
-        # every counters/gauges/settings object present follows its grammar
-        raw.str.count_matches('"counters":', literal=True) == 1 + n_mounts,
-        counters_objs.list.len() == 1 + n_mounts,
-        raw.str.count_matches('"gauges":', literal=True) == 1,
-        gauges_obj.is_not_null(),
-        n_settings <= 1,
-        (n_settings == 0) | settings_obj.is_not_null(),
-        # sizes (a top-level counters object over 32 entries is fine; mounts' are not)
+        # integer syntax: schema leads the record, seq appears once, labels hold no floats
+        raw.str.starts_with('{"schema":1,'),
+        raw.str.count_matches('"seq":', literal=True) == 1,
+        raw.str.extract('"seq":([^,}]*)', 1).str.contains(r"^(?:0|[1-9][0-9]*)$"),
+        ~labels_t.str.contains(r":-?[0-9]+[.eE]"),
+        probe_t.is_null() | ~probe_t.str.contains(PROBE_INT_RE),
+        raw.str.count_matches('":"', literal=True).cast(pl.Int64) == expected_strings,
+        # the maps follow their grammar and sizes; the top-level counters precede mounts
+        raw.str.find('"counters":{', literal=True) < raw.str.find('"mounts":[', literal=True),
+        counters_t.str.contains("^" + COUNTERS_OBJ_RE + "$"),
         counter_entries <= wire.MAX_COUNTERS,
         gauge_entries <= wire.MAX_GAUGES,
         setting_entries <= wire.MAX_SETTINGS,
-        ~raw.str.extract(MOUNTS_SPAN_RE, 0).str.contains(TOO_MANY_MOUNT_COUNTERS_RE),
-        # no key beyond the ones accounted for: no unknown field at any level
+        # mounts: each object has exactly mount, fs, device and a valid counters object
+        span.str.count_matches(COUNTERS_OBJ_RE).cast(pl.Int64) == n_mounts,
+        ~span.str.contains(TOO_MANY_MOUNT_COUNTERS_RE),
+        keys(span.str.replace_all(r'"counters":\{[^{}]*\}', '"counters":0'))
+        == 1 + 4 * n_mounts,
+        # labels and probe have exactly their fields, and nothing else is anywhere
+        keys(labels_t) == 1 + len(wire.LABELS),
+        probe_t.is_null() | (keys(probe_t) == 1 + len(wire.PROBE_FIELDS)),
         keys(raw) == expected_keys,
     ]
     if debug:

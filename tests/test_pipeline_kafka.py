@@ -318,9 +318,10 @@ def test_hostile_stream_good_all_aggregated_bad_all_in_dlq_counts_exact(kafka, t
     assert len(ref.accepted) == kinds["good"]
     assert len(ref.duplicates) == kinds["duplicate"]
     assert len(ref.late) == kinds["late"] and len(ref.invalid) == kinds["invalid"]
-    assert t == {"records": len(msgs) + 1, "accepted": kinds["good"],
-                 "duplicates": kinds["duplicate"], "invalid": kinds["invalid"],
-                 "late": kinds["late"], "windows": t["windows"]}
+    expected = {"records": len(msgs) + 1, "accepted": kinds["good"],
+                "duplicates": kinds["duplicate"], "invalid": kinds["invalid"],
+                "late": kinds["late"]}
+    assert {k: t[k] for k in expected} == expected
     assert t["records"] == t["accepted"] + t["duplicates"] + t["invalid"] + t["late"]
     assert_dataset_matches(out, ref)
     dlq = read_topic(kafka, f"{topic}.dlq")

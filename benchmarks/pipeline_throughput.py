@@ -1,0 +1,218 @@
+"""Pipeline throughput: records per second through the whole pipeline (consume, decode,
+validate, dedupe, aggregate, write Parquet) beside Kafka's own Java consumer performance
+tool reading the same topic of the real broker in the same run; memory; and where the
+time goes (kafka-python consuming alone, decode+validate alone, aggregation alone).
+
+    .venv/bin/python benchmarks/pipeline_throughput.py                   # 1M records
+    .venv/bin/python benchmarks/pipeline_throughput.py --records 300000 --compression lz4
+
+Targets (issue 5): >= 50% of the Java tool's records/s, >= 200,000 records/s per
+pipeline process. The broker is started by the project's script (foliowatch.services).
+Prints one JSON object per measurement and a summary table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def emit(row: dict) -> dict:
+    row["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def produce(bootstrap: str, topic: str, records: int, compression: str, seed: int) -> int:
+    from foliowatch.kafka_io import KafkaSettings, make_producer
+    from foliowatch.simulator import load_scenario, produce_to_kafka
+    hosts = 2000
+    hours = records / (hosts * 360.0)
+    sc = load_scenario("seed-iomap-arm64-xfs", hosts=hosts, hours=hours, seed=seed)
+    settings = KafkaSettings(bootstrap=[bootstrap], compression=compression)
+    producer = make_producer(settings, batch_size=512 * 1024, linger_ms=50)
+    try:
+        res = produce_to_kafka(sc, settings, topic=topic, seed=seed, producer=producer)
+    finally:
+        producer.close()
+    return res["sent"]
+
+
+def java_consumer_perf(cluster, topic: str, n: int) -> dict:
+    p = cluster.tool("consumer-perf", "--bootstrap-server", cluster.bootstrap, "--topic", topic,
+                     "--messages", str(n), "--timeout", "60000",
+                     "--group", f"perf-{uuid.uuid4().hex[:6]}", timeout=600)
+    out = p.stdout.decode()
+    heads = [l for l in out.splitlines() if l.startswith("start.time")]
+    lines = [l for l in out.splitlines() if re.match(r"^\d{4}-\d\d-\d\d", l)]
+    if p.returncode != 0 or not lines or not heads:
+        raise SystemExit(f"consumer-perf failed ({p.returncode}):\n{out}\n{p.stderr.decode()[-3000:]}")
+    header = [h.strip() for h in heads[0].split(",")]
+    vals = [v.strip() for v in lines[-1].split(",")]
+    d = dict(zip(header, vals))
+    return {"what": "java consumer-perf", "records": int(d["data.consumed.in.nMsg"]),
+            "records_per_s": float(d["nMsg.sec"]),
+            "fetch_records_per_s": float(d.get("fetch.nMsg.sec", "nan")),
+            "rebalance_ms": float(d.get("rebalance.time.ms", "nan")),
+            "mb_per_s": float(d["MB.sec"]), "raw": d}
+
+
+def run_pipeline(bootstrap: str, topic: str, out: Path, extra) -> dict:
+    argv = [sys.executable, "-m", "foliowatch", "pipeline", "--bootstrap", bootstrap,
+            "--topic", topic, "--dlq-topic", f"{topic}.dlq", "--group",
+            f"bench-{uuid.uuid4().hex[:6]}", "--output", str(out), "--until-idle", "3",
+            "--metrics-addr", "off", "--log-level", "WARNING", *extra]
+    t0 = time.monotonic()
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    wall = time.monotonic() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"pipeline failed:\n{p.stderr[-3000:]}")
+    t = json.loads([l for l in p.stdout.splitlines() if l.startswith("{")][-1])
+    return {"what": "foliowatch pipeline (whole)", "records": t["records"],
+            "records_per_s": round(t["records"] / t["busy_seconds"]),
+            "busy_seconds": t["busy_seconds"], "wall_seconds_incl_startup_and_idle": round(wall, 1),
+            "peak_rss_mb": t["peak_rss_mb"], "windows": t["windows"],
+            "accepted": t["accepted"], "late": t["late"], "duplicates": t["duplicates"]}
+
+
+CONSUME_ONLY = r"""
+import json, resource, sys, time
+from foliowatch.kafka_io import KafkaSettings, make_consumer
+bootstrap, topic, n, mpr, mpfb, fmb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+c = make_consumer(KafkaSettings(bootstrap=[bootstrap]), topic, group_id=None,
+                  max_poll_records=mpr, max_partition_fetch_bytes=mpfb, fetch_max_bytes=fmb)
+got, nbytes, t0 = 0, 0, None
+deadline = time.monotonic() + 600
+while got < n and time.monotonic() < deadline:
+    for recs in c.poll(timeout_ms=1000, max_records=mpr).values():
+        if t0 is None:
+            t0 = time.monotonic()
+        got += len(recs)
+        nbytes += sum(len(r.value) for r in recs)
+secs = time.monotonic() - t0
+print(json.dumps({"records": got, "seconds": round(secs, 2), "records_per_s": round(got / secs),
+                  "mb_per_s": round(nbytes / secs / 1e6, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+
+def consume_only(bootstrap: str, topic: str, n: int, args) -> dict:
+    p = subprocess.run([sys.executable, "-c", CONSUME_ONLY, bootstrap, topic, str(n),
+                        str(args.max_poll_records), str(args.max_partition_fetch_bytes),
+                        str(args.fetch_max_bytes)], capture_output=True, text=True, cwd=REPO)
+    if p.returncode != 0:
+        raise SystemExit(f"consume-only failed:\n{p.stderr[-3000:]}")
+    return {"what": "kafka-python consume only", **json.loads(p.stdout.strip().splitlines()[-1])}
+
+
+def stages(bootstrap: str, topic: str, n: int) -> list:
+    """Decode+validate and aggregation alone, in this process, on records read first."""
+    from foliowatch.kafka_io import KafkaSettings, make_consumer
+    from foliowatch.pipeline.aggregate import WindowAggregator
+    from foliowatch.pipeline.decode import decode_batch
+    import polars as pl
+    c = make_consumer(KafkaSettings(bootstrap=[bootstrap]), topic, group_id=None,
+                      max_poll_records=20000)
+    recs = []
+    while len(recs) < n:
+        for rs in c.poll(timeout_ms=1000).values():
+            recs.extend(rs)
+    c.close()
+    values = [r.value for r in recs[:n]]
+    parts = [r.partition for r in recs[:n]]
+    offs = [r.offset for r in recs[:n]]
+    rows = []
+    batch = 100_000
+    t0 = time.perf_counter()
+    decoded = [decode_batch(values[i:i + batch]) for i in range(0, len(values), batch)]
+    secs = time.perf_counter() - t0
+    rows.append({"what": "decode+validate only (polars)", "records": len(values),
+                 "records_per_s": round(len(values) / secs)})
+    agg = WindowAggregator()
+    t0 = time.perf_counter()
+    for i, d in enumerate(decoded):
+        base = i * batch
+        g = d.good.with_columns(
+            pl.Series(parts[base:base + batch]).gather(d.good["row"]).cast(pl.Int64).alias("partition"),
+            pl.Series(offs[base:base + batch]).gather(d.good["row"]).cast(pl.Int64).alias("offset"))
+        agg.process(g, {})
+        agg.close_ready()
+    agg.close_ready(final=True)
+    secs = time.perf_counter() - t0
+    rows.append({"what": "lateness+dedupe+aggregate+close only", "records": len(values),
+                 "records_per_s": round(len(values) / secs)})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--compression", default="zstd", choices=["none", "gzip", "lz4", "zstd"])
+    ap.add_argument("--max-poll-records", type=int, default=20_000)
+    ap.add_argument("--max-partition-fetch-bytes", type=int, default=8 * 1024 * 1024)
+    ap.add_argument("--fetch-max-bytes", type=int, default=64 * 1024 * 1024)
+    ap.add_argument("--batch-records", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder")
+    args = ap.parse_args()
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from foliowatch.services import KafkaCluster
+
+    work = Path(tempfile.mkdtemp(prefix="fw-pipebench-"))
+    cluster = KafkaCluster(work / "kafka", brokers=1).start()
+    results = []
+    try:
+        topic = f"bench.{uuid.uuid4().hex[:8]}"
+        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+        admin.create_topics([NewTopic(topic, num_partitions=args.partitions, replication_factor=1),
+                             NewTopic(f"{topic}.dlq", num_partitions=1, replication_factor=1)])
+        admin.close()
+        t0 = time.monotonic()
+        n = produce(cluster.bootstrap, topic, args.records, args.compression, args.seed)
+        emit({"what": "produce (simulator -> broker)", "records": n,
+              "records_per_s": round(n / (time.monotonic() - t0)),
+              "compression": args.compression})
+        results.append(emit(java_consumer_perf(cluster, topic, n)))
+        results.append(emit(run_pipeline(cluster.bootstrap, topic, work / "ds", [
+            "--batch-records", str(args.batch_records),
+            "--max-poll-records", str(args.max_poll_records),
+            "--max-partition-fetch-bytes", str(args.max_partition_fetch_bytes),
+            "--fetch-max-bytes", str(args.fetch_max_bytes)])))
+        results.append(emit(consume_only(cluster.bootstrap, topic, n, args)))
+        for row in stages(cluster.bootstrap, topic, min(n, 300_000)):
+            results.append(emit(row))
+    finally:
+        cluster.stop()
+        if not args.keep:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+
+    java = results[0]["records_per_s"]
+    print("\n| measurement | records | records/s | vs Java tool | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['what']} | {r['records']} | {r['records_per_s']:,.0f} | "
+              f"{r['records_per_s'] / java:.0%} | {r.get('peak_rss_mb', '')} |")
+    whole = results[1]["records_per_s"]
+    print(f"\npipeline / Java consumer-perf = {whole / java:.0%} (target >= 50%); "
+          f"pipeline = {whole:,.0f} records/s (target >= 200,000); "
+          f"cpus = {os.cpu_count()}, compression = {args.compression}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
