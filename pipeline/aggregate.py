@@ -212,6 +212,7 @@ class WindowAggregator:
         self.lateness_s = float(lateness_s)
         self.meta: Dict[int, PartitionMeta] = {}
         self._partials: List[pl.DataFrame] = []
+        self._open: set = set()     # (partition, window_s, window_start) with partials
         self._seen = pl.DataFrame(schema=SEEN_SCHEMA)
 
     # -- per batch -----------------------------------------------------------------
@@ -274,10 +275,15 @@ class WindowAggregator:
                 pl.lit(w, dtype=pl.Int64).alias("window_s"),
                 ((pl.col("ts") // w) * w).cast(pl.Int64).alias("window_start"))
             parts.append(framed.group_by(list(GROUP_KEYS)).agg(aggs))
-        self._partials.extend(p.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA)
-                              for p in parts)
+        for part in parts:
+            self._partials.append(part.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA))
+            self._note_open(part)
         if len(self._partials) > 64:
             self._compact()
+
+    def _note_open(self, partials: pl.DataFrame) -> None:
+        self._open.update(partials.select("partition", "window_s", "window_start")
+                          .unique().iter_rows())
 
     def _compact(self) -> pl.DataFrame:
         if not self._partials:
@@ -295,6 +301,13 @@ class WindowAggregator:
                     partitions: Optional[Iterable[int]] = None) -> List[ClosedWindow]:
         """Windows whose end + lateness the watermark has passed (all of them when
         ``final``, e.g. at the end of a finite input), removed from the open state."""
+        if not final:
+            # cheap test first: most batches close nothing, and merging is not free
+            due = [k for k in self._open
+                   if self.meta.get(k[0]) is not None and self.meta[k[0]].watermark is not None
+                   and k[2] + k[1] + self.lateness_s <= self.meta[k[0]].watermark]
+            if not due:
+                return []
         merged = self._compact()
         if merged.height == 0:
             if final:
@@ -315,6 +328,8 @@ class WindowAggregator:
         if done.height == 0:
             return []
         self._partials = [merged.filter(~ready)]
+        self._open = set()
+        self._note_open(self._partials[0])
         closed = []
         for (p, w, start), part in sorted(done.group_by(["partition", "window_s",
                                                           "window_start"]),
@@ -344,6 +359,7 @@ class WindowAggregator:
         self.meta[partition] = meta
         if partials.height:
             self._partials.append(partials.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA))
+            self._note_open(partials)
         if seen.height:
             self._seen = pl.concat([self._seen, seen.select(list(SEEN_SCHEMA))
                                     .cast(SEEN_SCHEMA)])
@@ -353,6 +369,7 @@ class WindowAggregator:
         self.meta.pop(partition, None)
         merged = self._compact()
         self._partials = [merged.filter(pl.col("partition") != partition)]
+        self._open = {k for k in self._open if k[0] != partition}
         self._seen = self._seen.filter(pl.col("partition") != partition)
 
     def open_windows(self) -> int:
