@@ -12,7 +12,7 @@ The model in one place, per host h at time t (rates per second):
     load      = fleet_cycle(t) * load_shifts(t) * exp(wander_h(t)) * noise_t3
     frag      = frag_max_h * (1 - exp(-uptime / tau_h))
     gate_c    = clip((frag - onset_c) / (full_c - onset_c), 0, 1)   per kernel change c
-    write     = write_base_h * hw_h * load * (1 - 0.10 frag) * prod_c(1 + (w_c - 1) gate_c)
+    write     = write_base_h * hw_h * load * (1 - 0.15 frag) * prod_c(1 + (w_c - 1) gate_c)
     stalls    = stall_base_h * load * (frag / 0.8)^3 * prod_c(1 + (s_c - 1) gate_c)
     reclaim   = alloc_base_h * load * (0.15 + frag)^2 * prod_c(1 + (r_c - 1) gate_c)
 
@@ -31,7 +31,7 @@ from .fleet import (EP_DISK, EP_NOISY, REBOOT_KEEP_KERNEL, Plan, kernel_tied_cha
                     ARCH_PAGE, FS_NAMES)
 
 MIB = 1048576.0
-FRAG_WRITE_PENALTY = 0.10   # old kernels write a little slower when fragmented, too
+FRAG_WRITE_PENALTY = 0.15   # every kernel writes slower when fragmented: the reboot bonus
 
 COUNTERS = ("compact_stall", "compact_fail", "compact_success", "compact_migrate_scanned",
             "compact_free_scanned", "allocstall_normal", "allocstall_movable",

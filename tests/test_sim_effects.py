@@ -134,9 +134,12 @@ def test_small_effect_has_its_stated_size():
     r = sc.rollouts[0]
     r.start_h, r.waves, r.wave_interval_h = 4.0, [0.5, 1.0], 48.0
     write = did(host_hours(sc, 8), (0, 4), (14, 24), "6.12.40-63", 0.45, "write")
+    # ~240 hosts a side in the affected cohort and in x86_64 XFS; the smaller cohorts
+    # (~60 a side) carry more sampling noise (host wander, noisy neighbours)
     assert write[("arm64", 4096, "xfs")][0] == pytest.approx(0.95, abs=0.015), write
-    for cohort in (("x86_64", 4096, "xfs"), ("arm64", 4096, "ext4")):
-        assert write[cohort][0] == pytest.approx(1.0, abs=0.015), (cohort, write)
+    assert write[("x86_64", 4096, "xfs")][0] == pytest.approx(1.0, abs=0.015), write
+    for cohort in (("arm64", 4096, "ext4"), ("arm64", 65536, "xfs"), ("x86_64", 4096, "ext4")):
+        assert write[cohort][0] == pytest.approx(1.0, abs=0.045), (cohort, write)
 
 
 def test_load_shift_hits_both_kernels_at_its_stated_size():
