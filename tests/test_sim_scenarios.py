@@ -120,3 +120,18 @@ def test_unknown_scenario_lists_the_named_ones():
 def test_not_toml_is_reported(tmp_path):
     with pytest.raises(ScenarioError, match="not valid TOML"):
         load_scenario(write(tmp_path, "name = [unclosed"))
+
+
+def test_cli_lists_scenarios_and_writes_files(tmp_path, capsys):
+    from foliowatch import cli
+    assert cli.main(["simulate", "--list"]) == 0
+    assert "seed-iomap-arm64-xfs" in capsys.readouterr().out
+    rc = cli.main(["simulate", "--scenario", "improvement", "--hosts", "20", "--hours", "0.05",
+                   "--seed", "1", "--out", str(tmp_path), "--format", "parquet"])
+    assert rc == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ground_truth.json", "samples-00000.parquet"]
+    assert cli.main(["simulate", "--scenario", "improvement", "--realtime",
+                     "--out", str(tmp_path)]) == 2
+    assert cli.main(["simulate", "--scenario", "no-such", "--out", str(tmp_path)]) == 2
+    assert "named scenarios:" in capsys.readouterr().err
