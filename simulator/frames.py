@@ -40,7 +40,7 @@ import polars as pl
 
 from .fleet import ARCH_PAGE, DEVICES, FS_NAMES, MOUNTS, Plan, build_plan
 from .model import COUNTERS, GAUGES, PROBE_BYTES, PROBE_CHUNK, Stepper
-from .scenario import Scenario, WORKLOADS
+from .scenario import Scenario
 
 AGENT_VERSION = "sim-0.1.0"
 SETTINGS = {"thp_enabled": "madvise", "thp_defrag": "madvise"}

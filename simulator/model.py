@@ -27,8 +27,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from .fleet import (EP_DISK, EP_NOISY, REBOOT_KEEP_KERNEL, Plan, kernel_tied_changes,
-                    ARCH_PAGE, FS_NAMES)
+from .fleet import (ARCH_PAGE, EP_DISK, EP_NOISY, REBOOT_KEEP_KERNEL, Plan,
+                    kernel_tied_changes)
 
 MIB = 1048576.0
 FRAG_WRITE_PENALTY = 0.15   # every kernel writes slower when fragmented: the reboot bonus

@@ -61,9 +61,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 

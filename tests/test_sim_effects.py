@@ -10,7 +10,6 @@ the same hours (so load and time of day cancel); only hours at full fragmentatio
 """
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 import pytest
 
