@@ -53,8 +53,10 @@ class Agent:
         self.spool = Spool(os.path.join(cfg.state_dir, "spool"), cfg.spool_max_bytes)
         self.baseline = Baseline.from_json(self.state.baseline)
         if self.spool.torn_tail_bytes:
-            log.warning("spool: truncated %d bytes of a torn record (crash during a write)",
-                        self.spool.torn_tail_bytes)
+            log.warning("spool: truncated %d bytes of a torn record (crash during a write)%s",
+                        self.spool.torn_tail_bytes,
+                        f"; {self.spool.corrupt_total} damaged segment(s) cut short"
+                        if self.spool.corrupt_total else "")
         self._recover_seq()
         self.state.host_id = self.sampler.host_id
         self.sender: Optional[KafkaSender] = None
@@ -67,9 +69,9 @@ class Agent:
         self._wake = threading.Event()        # a new record is in the spool
 
     def _recover_seq(self) -> None:
-        """``seq`` must never be reused: take the larger of the state file and the newest
-        spooled record (the state is saved first, so this only matters if the state file
-        was restored from an older backup)."""
+        """Repair a state file older than the spool (its last rename was lost in a crash,
+        see ``state.py``): ``seq`` resumes after the newest spooled record, which the
+        spool always keeps, and a baseline older than that record is dropped."""
         last = self.spool.last_payload()
         if last is None:
             return
