@@ -30,6 +30,8 @@ class DetectorConfig:
     cp_min_shift: float = 0.03          # log scale: ~3% level shift
     # a rolled-back kernel must have left the group for this long before "resolved"
     rollback_quiet: timedelta = timedelta(minutes=5)
+    reference_history: timedelta = timedelta(hours=48)
+    reference_hosts: int = 400
 
 
 @dataclass
@@ -81,7 +83,7 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
         key = tuple(key)
         hosts_by_group[key] = part["host_id"].n_unique()
         for base, new in attribution.kernel_pairs(part, rollouts, key[:4]):
-            reference = history_by_group[key].filter(pl.col("kernel") == base)
+            reference = _reference(history_by_group[key], base, as_of, config)
             c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
                                reference=reference)
             if c is not None:
@@ -97,6 +99,20 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
                   for j in judgements]
     return Analysis(as_of, comparisons, judgements, candidates, rollouts, change_points,
                     rolled_back, hosts_by_group)
+
+
+def _reference(history: pl.DataFrame, base: str, as_of: datetime, config: "DetectorConfig"
+               ) -> pl.DataFrame:
+    """Baseline-kernel host windows for the memory-state model and the hosts' own
+    pre-rollout levels: the last ``reference_history``, at most ``reference_hosts`` hosts
+    (a stable hash sample: the same hosts every run)."""
+    ref = history.filter((pl.col("kernel") == base)
+                         & (pl.col("window_start") > as_of - config.reference_history))
+    if ref["host_id"].n_unique() > config.reference_hosts:
+        hosts = ref["host_id"].unique()
+        keep = hosts.filter(hosts.hash(seed=7) % 1000 < 1000 * config.reference_hosts / hosts.len())
+        ref = ref.filter(pl.col("host_id").is_in(keep.implode()))
+    return ref
 
 
 def _rolled_back(part: pl.DataFrame, rollouts, key: Tuple, as_of: datetime,

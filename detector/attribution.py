@@ -57,10 +57,15 @@ class Attribution:
 def kernel_changes(host_windows: pl.DataFrame) -> pl.DataFrame:
     """One row per host whose kernel label changed: host_id, rollout keys, at (the first
     window on the new kernel), kernel_from, kernel_to."""
-    cols = ["host_id", "window_start", "kernel", *ROLLOUT_KEYS]
-    df = (host_windows.select(cols)
-          .unique(subset=["host_id", "window_start"], keep="first")
-          .sort(["host_id", "window_start"]))
+    # A kernel changes only with a boot: reduce to one row per (host, boot, kernel) first.
+    if "boot_id" in host_windows.columns:
+        df = (host_windows.group_by(["host_id", "boot_id"])
+              .agg(pl.col("window_start").min(), pl.col("kernel").first(),
+                   *[pl.col(k).first() for k in ROLLOUT_KEYS]))
+    else:
+        df = (host_windows.group_by(["host_id", "kernel", *ROLLOUT_KEYS])
+              .agg(pl.col("window_start").min()))
+    df = df.sort(["host_id", "window_start"])
     df = df.with_columns(pl.col("kernel").shift(1).over("host_id").alias("kernel_from"))
     return (df.filter(pl.col("kernel_from").is_not_null() & (pl.col("kernel") != pl.col("kernel_from")))
             .rename({"kernel": "kernel_to", "window_start": "at"})

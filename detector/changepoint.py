@@ -178,45 +178,50 @@ def _fill_missing(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _mosum_scale(X: np.ndarray, bandwidth: int) -> np.ndarray:
-    """Long-run noise sd of each row, robust to level shifts, slow trends (diurnal load)
-    and heavy tails: residuals around a centred moving mean of +-bandwidth, their MAD,
-    inflated by the AR(1) long-run variance factor (1 + rho) / (1 - rho)."""
-    S, n = X.shape
-    k = 2 * bandwidth + 1
-    c = np.concatenate([np.zeros((S, 1)), np.cumsum(X, axis=1)], axis=1)
-    local = (c[:, k:] - c[:, :-k]) / k                       # centred means, length n-k+1
-    r = X[:, bandwidth:n - bandwidth] - local
-    med = np.median(r, axis=1, keepdims=True)
-    mad = np.median(np.abs(r - med), axis=1) * 1.4826
-    rc = np.clip(r - med, -5 * mad[:, None] - 1e-12, 5 * mad[:, None] + 1e-12)
-    num = np.einsum("ij,ij->i", rc[:, 1:], rc[:, :-1])
-    den = np.einsum("ij,ij->i", rc, rc) + 1e-18
-    rho = np.clip(num / den, 0.0, 0.9)
-    # the sd of the clipped residuals, not the MAD: window means of heavy-tailed noise
-    # vary with its variance, which the MAD understates (by ~30% for Student-t(4));
-    # (2G+1)/2G undoes the moving mean's share of each residual
-    sd = np.sqrt(den / rc.shape[1] * (2 * bandwidth + 1) / (2 * bandwidth))
-    return np.maximum(sd, 1e-12) * np.sqrt((1 + rho) / (1 - rho))
+def _robust_parts(X: np.ndarray, bandwidth: int, clip_k: float = 4.0
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """(X with outliers clipped, long-run noise sd) for every row, from one pass of
+    residuals around a centred moving mean of +-bandwidth (robust to level shifts and to
+    slow trends such as the diurnal load):
 
-
-def _clip_outliers(X: np.ndarray, bandwidth: int, k: float = 4.0) -> np.ndarray:
-    """Clip each point to +-k MADs around its centred moving mean: one stall storm or
-    noisy-neighbour minute must not move a window mean (a level shift moves all of
-    them, and survives)."""
+    - points further than ``clip_k`` MADs from their moving mean are clipped to it: one
+      stall storm or noisy-neighbour minute must not move a window mean, a level shift
+      moves all of them and survives;
+    - the noise sd is the sd of the clipped residuals (the MAD understates the spread of
+      heavy-tailed noise, ~30% for Student-t(4)), inflated by the AR(1) long-run variance
+      factor (1 + rho) / (1 - rho)."""
     S, n = X.shape
     w = 2 * bandwidth + 1
-    if n < w:
-        return X
-    c = np.concatenate([np.zeros((S, 1)), np.cumsum(X, axis=1)], axis=1)
+    if n < w + 2:
+        sd = np.std(X, axis=1) + 1e-12
+        return X, sd
+    c = np.cumsum(X, axis=1)
+    inner = np.empty((S, n - w + 1))
+    inner[:, 0] = c[:, w - 1]
+    inner[:, 1:] = c[:, w:] - c[:, :-w]
+    inner /= w
     local = np.empty_like(X)
-    local[:, bandwidth:n - bandwidth] = (c[:, w:] - c[:, :-w]) / w
-    local[:, :bandwidth] = local[:, [bandwidth]]
-    local[:, n - bandwidth:] = local[:, [n - bandwidth - 1]]
+    local[:, bandwidth:n - bandwidth] = inner
+    local[:, :bandwidth] = inner[:, :1]
+    local[:, n - bandwidth:] = inner[:, -1:]
     r = X - local
-    mad = np.median(np.abs(r - np.median(r, axis=1, keepdims=True)), axis=1, keepdims=True) * 1.4826
-    lim = k * np.maximum(mad, 1e-12)
-    return local + np.clip(r, -lim, lim)
+    step = max(1, n // 4096)                  # the MAD from a regular subsample
+    sub = r[:, ::step]
+    med = np.median(sub, axis=1, keepdims=True)
+    mad = np.median(np.abs(sub - med), axis=1, keepdims=True) * 1.4826
+    lim = clip_k * np.maximum(mad, 1e-12)
+    np.clip(r, -lim, lim, out=r)
+    mid = r[:, bandwidth:n - bandwidth]
+    num = np.einsum("ij,ij->i", mid[:, 1:], mid[:, :-1])
+    den = np.einsum("ij,ij->i", mid, mid) + 1e-18
+    rho = np.clip(num / den, 0.0, 0.9)
+    sd = np.sqrt(den / mid.shape[1] * w / (w - 1))
+    r += local
+    return r, np.maximum(sd, 1e-12) * np.sqrt((1 + rho) / (1 - rho))
+
+
+def _mosum_scale(X: np.ndarray, bandwidth: int) -> np.ndarray:
+    return _robust_parts(np.asarray(X, dtype=np.float64), bandwidth)[1]
 
 
 def mosum_pvalue(T: np.ndarray, n: int, bandwidth: int) -> np.ndarray:
@@ -248,14 +253,14 @@ class Mosum:
 
     def statistic(self, X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(T, signed mean difference) for every row of X at t = G .. n - G."""
-        X = _clip_outliers(np.atleast_2d(np.asarray(X, dtype=np.float64)), self.bandwidth)
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         G = self.bandwidth
-        c = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(X, axis=1)], axis=1)
+        Xc, sigma = _robust_parts(X, G)
+        c = np.cumsum(Xc, axis=1)
+        c = np.concatenate([np.zeros((X.shape[0], 1)), c], axis=1)
         n = X.shape[1]
-        t = np.arange(G, n - G + 1)
-        diff = ((c[:, t + G] - c[:, t]) - (c[:, t] - c[:, t - G])) / G
-        sigma = _mosum_scale(X, G)[:, None]
-        return np.abs(diff) / (sigma * np.sqrt(2.0 / G)), diff
+        diff = (c[:, 2 * G:] - 2 * c[:, G:n - G + 1] + c[:, :n - 2 * G + 1]) / G
+        return np.abs(diff) / (sigma[:, None] * np.sqrt(2.0 / G)), diff
 
     def fit_predict(self, series) -> List[ChangePoint]:
         x = _fill_missing(np.asarray(series, dtype=np.float64))

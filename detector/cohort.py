@@ -147,12 +147,16 @@ class MemoryStateModel:
         self.lo, self.hi = float(np.quantile(f, 0.005)), float(np.quantile(f, 0.995))
         if self.hi - self.lo < 0.02:
             return self
-        from sklearn.linear_model import Ridge
         # Two smooth terms, not a spline: the fresh end of the curve is populated by few
         # hosts, and a flexible fit there learns those hosts' own speed instead of the
         # effect of memory state. frag is linear for throughput (a fragmented host
         # writes a little slower), log(frag) for compaction (stalls grow like a power).
-        self.model = Ridge(alpha=1.0).fit(self._features(f), r["z"].to_numpy())
+        F = self._features(f)
+        z = r["z"].to_numpy()
+        self._fit = (F.mean(axis=0), z.mean(),
+                     np.linalg.solve((F - F.mean(axis=0)).T @ (F - F.mean(axis=0)) + np.eye(2),
+                                     (F - F.mean(axis=0)).T @ (z - z.mean())))
+        self.model = True
         return self
 
     def _features(self, f: np.ndarray) -> np.ndarray:
@@ -163,7 +167,8 @@ class MemoryStateModel:
         if self.model is None:
             return np.zeros(len(frag))
         f = np.nan_to_num(np.asarray(frag, dtype=float), nan=(self.lo + self.hi) / 2)
-        return self.model.predict(self._features(f))
+        fm, zm, beta = self._fit
+        return zm + (self._features(f) - fm) @ beta
 
 
 def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str,
@@ -265,20 +270,33 @@ class CovariateAdjuster:
 
     def residuals(self, hosts: pl.DataFrame, y: np.ndarray, is_base: np.ndarray
                   ) -> Tuple[np.ndarray, bool]:
-        from sklearn.linear_model import Ridge
-        from sklearn.model_selection import KFold, cross_val_predict
         n_base = int(is_base.sum())
         if n_base < self.min_hosts:
             return y, False
         X = self._design(hosts, is_base)
         if X is None:
             return y, False
-        model = Ridge(alpha=self.alpha).fit(X[is_base], y[is_base])
-        pred = model.predict(X)
-        pred[is_base] = cross_val_predict(Ridge(alpha=self.alpha), X[is_base], y[is_base],
-                                          cv=KFold(min(self.folds, n_base), shuffle=True,
-                                                   random_state=0))
+        pred = _ridge_predict(X[is_base], y[is_base], X, self.alpha)
+        # out-of-fold predictions for the baseline hosts (K folds, fixed shuffle)
+        idx = np.flatnonzero(is_base)
+        folds = np.random.default_rng(0).permutation(idx.size) % min(self.folds, idx.size)
+        for k in range(folds.max() + 1):
+            test = idx[folds == k]
+            train = idx[folds != k]
+            pred[test] = _ridge_predict(X[train], y[train], X[test], self.alpha)
         return y - pred, True
+
+
+def _ridge_predict(X: np.ndarray, y: np.ndarray, X_new: np.ndarray, alpha: float) -> np.ndarray:
+    """Ridge regression with an unpenalised intercept, closed form (a handful of host
+    covariates: solving the normal equations is microseconds; sklearn's estimator
+    machinery costs milliseconds per fit, and a run fits thousands)."""
+    xm = X.mean(axis=0)
+    ym = y.mean()
+    Xc = X - xm
+    A = Xc.T @ Xc + alpha * np.eye(X.shape[1])
+    beta = np.linalg.solve(A, Xc.T @ (y - ym))
+    return ym + (X_new - xm) @ beta
 
 
 def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
