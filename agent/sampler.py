@@ -132,7 +132,7 @@ class Sampler:
             self._labels = labels.host_labels(
                 fleet=self.cfg.fleet, role=self.cfg.role,
                 instance_type=self.cfg.instance_type or None,
-                mem_bytes=max(1, reading.mem_total), sys=self.sys)
+                mem_bytes=max(1, reading.mem_total), page_size=self.page_size, sys=self.sys)
         return dict(self._labels)
 
     @staticmethod

@@ -259,6 +259,8 @@ def test_sampler_on_fixture_trees_emits_valid_records(tmp_path, tree, mount, dev
     assert rec["gauges"]["frag_unusable_1m"] == rec["gauges"][
         f"frag_unusable_order_{buddyinfo.order_of(1 << 20, page)}"]
     assert rec["settings"]["thp_enabled"] == "madvise"
+    assert rec["labels"]["page_size"] == page
+    assert rec["labels"]["mem_bytes"] == meminfo.read(str(t2 / "proc"))["MemTotal"]
 
 
 # -- deltas and baselines ----------------------------------------------------------------

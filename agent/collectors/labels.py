@@ -78,7 +78,7 @@ def uptime_s(proc: str = "/proc") -> float:
 
 
 def host_labels(*, fleet: str, role: str, instance_type: Optional[str], mem_bytes: int,
-                sys: str = "/sys") -> Dict[str, object]:
+                page_size: int, sys: str = "/sys") -> Dict[str, object]:
     """The ``labels`` object of wire schema v1 for this host."""
     uname = os.uname()
     itype = instance_type or dmi_product(sys) or "unknown"
@@ -87,7 +87,7 @@ def host_labels(*, fleet: str, role: str, instance_type: Optional[str], mem_byte
         "role": clean_label(role),
         "arch": normalise_arch(uname.machine or platform.machine()),
         "kernel": clean_label(uname.release),
-        "page_size": os.sysconf("SC_PAGE_SIZE"),
+        "page_size": page_size,
         "cpus": os.cpu_count() or 1,
         "mem_bytes": mem_bytes,
         "instance_type": clean_label(itype),
