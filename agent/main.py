@@ -63,6 +63,13 @@ def _runtime_problems(cfg) -> list:
     if not os.path.exists("/proc/pressure/memory"):
         problems.append("host /proc/pressure/memory: absent (kernel without CONFIG_PSI or "
                         "booted with psi=0); psi_* counters will be absent (warning)")
+    if cfg.probe.enabled and cfg.probe.user and os.geteuid() == 0:
+        import pwd
+        try:
+            pwd.getpwnam(cfg.probe.user)
+        except KeyError:
+            problems.append(f"config agent.probe.user: no user {cfg.probe.user!r} on this "
+                            "host; create it or name an existing unprivileged user")
     for m in cfg.mounts:
         if not os.path.exists(m):
             problems.append(f"config agent.mounts: {m!r} does not exist on this host; remove "
@@ -117,6 +124,10 @@ def run(args) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if cfg.log_level != "debug":
+        # kafka-python logs every failed connection attempt at ERROR; during an outage
+        # that floods the journal. The agent logs one line per failed delivery instead.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     if args.check:
         if not problems:
             problems = _runtime_problems(cfg)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from foliowatch import schema
 from foliowatch.agent.collectors import (buddyinfo, diskstats, labels, meminfo, pressure,
@@ -101,6 +102,17 @@ def test_unusable_index_by_hand():
     assert buddyinfo.unusable_index(blocks, 3) == 8 / 16
     assert buddyinfo.unusable_index(blocks, 4) is None         # beyond MAX_PAGE_ORDER
     assert buddyinfo.unusable_index([0, 0, 0], 1) is None      # no free memory: undefined
+
+
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=14))
+def test_unusable_index_is_a_share_and_grows_with_order(blocks):
+    values = [buddyinfo.unusable_index(blocks, j) for j in range(len(blocks))]
+    if buddyinfo.free_pages(blocks) == 0:
+        assert values == [None] * len(blocks)
+        return
+    assert values[0] == 0.0
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert values == sorted(values)
 
 
 @pytest.mark.parametrize("page_size,order", [(4096, 8), (16384, 6), (65536, 4)])
