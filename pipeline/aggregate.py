@@ -196,7 +196,9 @@ class BatchOutcome:
 class PartitionMeta:
     next_offset: int = 0
     watermark: Optional[float] = None
-    finished: bool = False     # closed at end of input: every later record is late
+    # After an end-of-input close (--until-idle, end of files) every window up to here
+    # is final: a record stamped before it is late, one after it starts new windows.
+    closed_until: Optional[float] = None
 
 
 class WindowAggregator:
@@ -229,14 +231,15 @@ class WindowAggregator:
         good = good.sort("partition", "offset")
         wm_state = {p: (m.watermark if m.watermark is not None else float("-inf"))
                     for p, m in self.meta.items()}
-        finished = [p for p, m in self.meta.items() if m.finished]
+        closed = {p: m.closed_until for p, m in self.meta.items() if m.closed_until is not None}
         before = pl.max_horizontal(
             pl.col("ts").cum_max().shift(1).over("partition").fill_null(float("-inf")),
             pl.col("partition").replace_strict(wm_state, default=float("-inf"),
                                                return_dtype=pl.Float64))
         good = good.with_columns(
             ((pl.col("ts") < before - self.lateness_s)
-             | pl.col("partition").is_in(finished)).alias("late"))
+             | (pl.col("ts") < pl.col("partition").replace_strict(
+                 closed, default=float("-inf"), return_dtype=pl.Float64))).alias("late"))
         late = good.filter(pl.col("late"))
         out.late_rows = late["row"].to_list()
         good = good.filter(~pl.col("late")).drop("late")
@@ -309,17 +312,18 @@ class WindowAggregator:
             if not due:
                 return []
         merged = self._compact()
-        if merged.height == 0:
-            if final:
-                for p in (partitions if partitions is not None else list(self.meta)):
-                    self.meta.setdefault(p, PartitionMeta()).finished = True
-            return []
         if final:
             ps = list(partitions) if partitions is not None else list(self.meta)
             ready = pl.col("partition").is_in(ps)
             for p in ps:
-                self.meta.setdefault(p, PartitionMeta()).finished = True
-        else:
+                m = self.meta.setdefault(p, PartitionMeta())
+                if m.watermark is not None:
+                    w = max(self.windows_s)
+                    m.closed_until = max(m.closed_until or float("-inf"),
+                                         float((m.watermark // w) * w + w))
+        if merged.height == 0:
+            return []
+        if not final:
             wm = {p: m.watermark for p, m in self.meta.items() if m.watermark is not None}
             ready = (pl.col("window_start") + pl.col("window_s") + self.lateness_s
                      <= pl.col("partition").replace_strict(wm, default=float("-inf"),
@@ -349,7 +353,7 @@ class WindowAggregator:
     def snapshot(self, partition: int) -> Tuple[PartitionMeta, pl.DataFrame, pl.DataFrame]:
         merged = self._compact()
         m = self.meta.get(partition, PartitionMeta())
-        return (PartitionMeta(m.next_offset, m.watermark, m.finished),
+        return (PartitionMeta(m.next_offset, m.watermark, m.closed_until),
                 merged.filter(pl.col("partition") == partition),
                 self._seen.filter(pl.col("partition") == partition))
 

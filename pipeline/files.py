@@ -44,6 +44,13 @@ def expand_inputs(paths: Sequence[str]) -> List[Path]:
             out.append(p)
         else:
             raise InputError(f"pipeline --from-files {raw}: no such file or folder")
+    names: dict = {}
+    for f in out:
+        if f.name in names and names[f.name] != f.resolve():
+            raise InputError(f"pipeline --from-files: {names[f.name]} and {f} have the same "
+                             "file name, which names their partition in the dataset; rename "
+                             "one of them so their windows' files do not overwrite each other")
+        names[f.name] = f.resolve()
     return out
 
 

@@ -129,7 +129,8 @@ class StateStore:
     def save(self, partition: int, meta: PartitionMeta, partials: pl.DataFrame,
              seen: pl.DataFrame) -> None:
         head = json.dumps({"version": STATE_VERSION, "next_offset": meta.next_offset,
-                           "watermark": meta.watermark, "finished": meta.finished}).encode()
+                           "watermark": meta.watermark,
+                           "closed_until": meta.closed_until}).encode()
         parts = [head, _ipc_bytes(partials), _ipc_bytes(seen)]
         data = self.MAGIC + b"".join(struct.pack("<Q", len(p)) + p for p in parts)
         durable_write_bytes(self.path(partition), data, self.tmp)
@@ -146,7 +147,7 @@ class StateStore:
         except FileNotFoundError:
             return None
         return PartitionMeta(int(meta["next_offset"]), meta["watermark"],
-                             bool(meta.get("finished")))
+                             meta.get("closed_until"))
 
     def load(self, partition: int) -> Optional[Tuple[PartitionMeta, pl.DataFrame,
                                                      pl.DataFrame]]:
@@ -168,7 +169,7 @@ class StateStore:
             raise SystemExit(f"pipeline state {path}: version {head.get('version')} is not "
                              f"{STATE_VERSION}; finish with the old pipeline or move it away")
         meta = PartitionMeta(int(head["next_offset"]), head["watermark"],
-                             bool(head.get("finished")))
+                             head.get("closed_until"))
         partials = pl.read_ipc(io.BytesIO(parts[1])).cast(PARTIAL_SCHEMA)
         seen = pl.read_ipc(io.BytesIO(parts[2])).cast(SEEN_SCHEMA)
         return meta, partials, seen
