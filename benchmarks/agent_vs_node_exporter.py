@@ -7,10 +7,11 @@ time per scrape is the utime+stime delta of its process (/proc/PID/stat) divided
 its memory is VmRSS (and VmHWM, the peak) from /proc/PID/status.
 
 The agent runs as a separate process (this file with ``--agent-worker``) and takes N
-samples back to back, each one the full path of a real sample: read every kernel file,
-deltas, encode (schema-validated JSON), fsync'd spool append + state save, and send to
-a real Kafka broker with acks=all (``--no-kafka``: collect + encode + spool only). Its
-CPU per sample and RSS are measured the same way, from outside. The agent's own
+samples back to back in three phases, so the table shows what each step costs: (1) read
+every kernel file, deltas, encode (schema-validated JSON); (2) the same plus the state
+save and the fsync'd spool append; (3) the full sample: plus the send to a real Kafka
+broker with acks=all (skipped with ``--no-kafka``). Its CPU per sample and RSS are
+measured the same way as node_exporter's, from outside. The agent's own
 /metrics is then scraped N times too (its scrape re-reads the kernel, like
 node_exporter's).
 
@@ -106,6 +107,13 @@ def bench_node_exporter(n: int) -> dict:
         proc.wait(10)
 
 
+PHASES = (
+    ("collect", "read kernel, deltas, encode+validate"),
+    ("spool", "+ state save, fsync'd spool append"),
+    ("send", "+ Kafka send (acks=all, gzip) = all"),
+)
+
+
 def bench_agent(n: int, bootstrap: str, topic: str, workdir: str) -> dict:
     import subprocess
     port = free_port()
@@ -122,16 +130,19 @@ def bench_agent(n: int, bootstrap: str, topic: str, workdir: str) -> dict:
                 raise SystemExit(f"agent worker: expected {word!r}, got {line!r}")
             return json.loads(line.split(" ", 1)[1]) if " " in line else {}
 
-        stages = expect("ready")
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        done = expect("done")
-        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
-        mem = memory(proc.pid)
-        scrape = scrape_cost(proc.pid, f"http://127.0.0.1:{port}/metrics", n)
-        return {"cpu_s": (c1 - c0) / n, "wall_s": (t1 - t0) / n, **mem, "stages": stages,
-                "done": done, "scrape": scrape}
+        out = {"stages": expect("ready"), "phases": {}}
+        for phase, _what in PHASES:
+            if phase == "send" and not bootstrap:
+                continue
+            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            proc.stdin.write(f"{phase}\n")
+            proc.stdin.flush()
+            done = expect("done")
+            c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            out["phases"][phase] = {"cpu_s": (c1 - c0) / n, "wall_s": (t1 - t0) / n, **done}
+        out.update(memory(proc.pid))
+        out["scrape"] = scrape_cost(proc.pid, f"http://127.0.0.1:{port}/metrics", n)
+        return out
     finally:
         try:
             proc.stdin.write("exit\n")
@@ -143,9 +154,11 @@ def bench_agent(n: int, bootstrap: str, topic: str, workdir: str) -> dict:
 
 
 def agent_worker(args) -> int:
-    """The measured agent process: imports, warm-up, then N samples on 'go'."""
+    """The measured agent process: imports, warm-up, then N samples per phase."""
     stages = {"interpreter": memory(os.getpid())["VmRSS"]}
+    from foliowatch import schema
     from foliowatch.agent.config import AgentConfig
+    from foliowatch.agent.deltas import Baseline
     from foliowatch.agent.exporter import serve
     from foliowatch.agent.runner import Agent
     from foliowatch.kafka_io import KafkaSettings
@@ -162,14 +175,24 @@ def agent_worker(args) -> int:
         agent.tick()
     stages["agent_ready"] = memory(os.getpid())["VmRSS"]
     print("ready " + json.dumps(stages), flush=True)
-    sys.stdin.readline()
-    for _ in range(args.samples):
-        agent.tick()
-    print("done " + json.dumps({"spool_left": len(agent.spool),
-                               "sent": agent.sender_sent(),
-                               "record_bytes": len(agent.spool.last_payload() or b"")}),
-          flush=True)
-    sys.stdin.readline()
+    collect_baseline = Baseline()
+    while True:
+        phase = sys.stdin.readline().strip()
+        if phase == "collect":
+            for i in range(args.samples):
+                record = agent.sampler.record(agent.sampler.read(), collect_baseline, i)
+                if record is not None:
+                    schema.encode(record)
+        elif phase in ("spool", "send"):
+            for _ in range(args.samples):
+                agent.tick(deliver=phase == "send")
+            if phase == "spool" and agent.sender is not None:
+                agent.drain()          # not measured: empty the spool before "send"
+        else:
+            break
+        print("done " + json.dumps({"spool_left": len(agent.spool), "sent": agent.sender_sent(),
+                                   "record_bytes": len(agent.spool.last_payload() or b"")}),
+              flush=True)
     server.shutdown()
     agent.close()
     return 0
@@ -222,26 +245,29 @@ def main() -> int:
             if cluster is not None:
                 cluster.stop()
 
-    path = ("collect + encode + fsync'd spool + send to Kafka (acks=all)" if not args.no_kafka
-            else "collect + encode + fsync'd spool (no Kafka)")
     mib = 1 << 20
+    last = ag["phases"]["send" if "send" in ag["phases"] else "spool"]
     print(f"\n{args.samples} scrapes / samples on {os.uname().release} {os.uname().machine}, "
-          f"{os.cpu_count()} CPUs; agent on Python {sys.version.split()[0]}")
-    print(f"agent sample = {path}; record {ag['done']['record_bytes']} bytes, "
-          f"sent {ag['done']['sent']}, left in spool {ag['done']['spool_left']}\n")
-    rows = [
-        ("CPU per scrape / sample (ms)", ne["cpu_s"] * 1e3, ag["cpu_s"] * 1e3),
-        ("agent /metrics scrape CPU (ms)", ne["cpu_s"] * 1e3, ag["scrape"]["cpu_s"] * 1e3),
-        ("wall per scrape / sample (ms)", ne["wall_s"] * 1e3, ag["wall_s"] * 1e3),
-        ("RSS after the run (MiB)", ne["VmRSS"] / mib, ag["VmRSS"] / mib),
-        ("peak RSS (MiB)", ne["VmHWM"] / mib, ag["scrape"]["VmHWM"] / mib),
-        ("/metrics size (KiB)", ne["bytes"] / 1024, ag["scrape"]["bytes"] / 1024),
-    ]
-    print(f"{'':34} {'node_exporter':>14} {'agent':>10} {'agent/ne':>9}")
-    for name, a, b in rows:
-        print(f"{name:34} {a:14.2f} {b:10.2f} {b / a if a else float('nan'):9.2f}")
+          f"{os.cpu_count()} CPUs; agent on Python {sys.version.split()[0]}; record "
+          f"{last['record_bytes']} bytes, sent to Kafka {last['sent']}, left in spool "
+          f"{last['spool_left']}\n")
+    print(f"{'CPU per scrape / sample (ms)':52} {'node_exp':>9} {'agent':>8} {'ratio':>6}")
+    ne_ms = ne["cpu_s"] * 1e3
+    for phase, what in PHASES:
+        if phase in ag["phases"]:
+            ms = ag["phases"][phase]["cpu_s"] * 1e3
+            print(f"  agent sample: {what:36} {ne_ms:9.2f} {ms:8.2f} {ms / ne_ms:6.2f}")
+    ms = ag["scrape"]["cpu_s"] * 1e3
+    print(f"  {'agent /metrics scrape (re-reads the kernel)':50} {ne_ms:9.2f} {ms:8.2f} "
+          f"{ms / ne_ms:6.2f}")
+    print(f"\n{'memory (MiB)':52} {'node_exp':>9} {'agent':>8} {'ratio':>6}")
+    for name, a, b in (("RSS after the run", ne["VmRSS"], ag["VmRSS"]),
+                       ("peak RSS", ne["VmHWM"], ag["scrape"]["VmHWM"])):
+        print(f"  {name:50} {a / mib:9.1f} {b / mib:8.1f} {b / a:6.2f}")
+    print(f"\n/metrics size: node_exporter {ne['bytes'] / 1024:.1f} KiB, agent "
+          f"{ag['scrape']['bytes'] / 1024:.1f} KiB")
     st = ag["stages"]
-    print(f"\nagent RSS by stage (MiB): interpreter {st['interpreter'] / mib:.1f}, "
+    print(f"agent RSS by stage (MiB): interpreter {st['interpreter'] / mib:.1f}, "
           f"+ imports (prometheus-client, kafka-python, foliowatch) {st['imports'] / mib:.1f}, "
           f"+ agent, producer, /metrics server, 5 samples {st['agent_ready'] / mib:.1f}")
     return 0
