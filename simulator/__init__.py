@@ -14,8 +14,8 @@ Modules: ``scenario`` (files and validation), ``fleet`` (the plan: hosts and eve
 from .frames import FLAT_COLUMNS, simulate_frame, to_wire_frame, to_wire_json
 from .outputs import produce_to_kafka, write_files
 from .scenario import Scenario, ScenarioError, list_scenarios, load_scenario
-from .truth import ground_truth
+from .truth import ground_truth, host_table
 
 __all__ = ["load_scenario", "list_scenarios", "simulate_frame", "to_wire_json",
-           "to_wire_frame", "write_files", "produce_to_kafka", "ground_truth", "Scenario",
+           "to_wire_frame", "write_files", "produce_to_kafka", "ground_truth", "host_table", "Scenario",
            "ScenarioError", "FLAT_COLUMNS"]

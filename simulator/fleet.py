@@ -75,6 +75,7 @@ class Plan:
     reboot_host: np.ndarray
     reboot_ver: np.ndarray       # new version index or REBOOT_KEEP_KERNEL
     reboot_reason: np.ndarray
+    reboot_wave: np.ndarray      # rollout wave (1-based) of a rollout reboot, else 0
     reboot_down_s: np.ndarray    # host unreachable for this long after the reboot starts
     ep_ts: np.ndarray
     ep_host: np.ndarray
@@ -189,13 +190,15 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
     reb_host: List[np.ndarray] = []
     reb_ver: List[np.ndarray] = []
     reb_reason: List[np.ndarray] = []
+    reb_wave: List[np.ndarray] = []
     rollout_events: List[Dict[str, Any]] = []
 
-    def add_reboots(ts, hosts, ver, reason):
+    def add_reboots(ts, hosts, ver, reason, wave=0):
         reb_ts.append(np.asarray(ts, dtype=float))
         reb_host.append(np.asarray(hosts, dtype=np.int64))
         reb_ver.append(np.full(len(hosts), ver, dtype=np.int32))
         reb_reason.append(np.full(len(hosts), reason, dtype=np.int8))
+        reb_wave.append(np.full(len(hosts), wave, dtype=np.int8))
 
     for r in sc.rollouts:
         fi = [f.name for f in sc.fleets].index(r.fleet)
@@ -221,7 +224,7 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
             # the rollback halts the wave: reboots not yet begun are cancelled
             hosts, ts = hosts[ts < rollback_ts], ts[ts < rollback_ts]
             if len(hosts):
-                add_reboots(ts, hosts, vt, REASON_ROLLOUT)
+                add_reboots(ts, hosts, vt, REASON_ROLLOUT, wi + 1)
                 moved.append(hosts)
                 rollout_events.append(dict(
                     type="rollout", action="start", ts=t_wave, fleet=r.fleet,
@@ -284,11 +287,13 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
         rhost = np.concatenate(reb_host)[o]
         rver = np.concatenate(reb_ver)[o]
         rreason = np.concatenate(reb_reason)[o]
+        rwave = np.concatenate(reb_wave)[o]
     else:
         rts = np.zeros(0)
         rhost = np.zeros(0, dtype=np.int64)
         rver = np.zeros(0, dtype=np.int32)
         rreason = np.zeros(0, dtype=np.int8)
+        rwave = np.zeros(0, dtype=np.int8)
     down_s = rng.uniform(90.0, 360.0, len(rts))
     rollout_events.sort(key=lambda e: (e["ts"], e["fleet"]))
 
@@ -304,7 +309,7 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
         boot_ts0=boot_ts0, seq0=seq0, ver0=a["ver0"].astype(np.int32), itypes=itypes,
         versions=versions, releases=releases, release_names=release_names,
         fleet_names=[f.name for f in sc.fleets], reboot_ts=rts, reboot_host=rhost,
-        reboot_ver=rver, reboot_reason=rreason, reboot_down_s=down_s, ep_ts=ep_ts,
+        reboot_ver=rver, reboot_reason=rreason, reboot_wave=rwave, reboot_down_s=down_s, ep_ts=ep_ts,
         ep_host=ep_host, ep_end=ep_end, ep_kind=ep_kind, ep_depth=ep_depth,
         rollout_events=rollout_events)
 

@@ -17,9 +17,11 @@ import polars as pl
 
 from .frames import _wire_json_expr, simulate_frame, to_wire_frame, to_wire_json
 from .scenario import Scenario
-from .truth import ground_truth, scenario_summary
+from .truth import ground_truth, host_table, scenario_summary
 
 GROUND_TRUTH_FILE = "ground_truth.json"
+# CSV, not Parquet: a reader pointed at the folder picks up the data files only
+HOSTS_FILE = "ground_truth_hosts.csv"
 
 
 def write_ground_truth(scenario: Scenario, out_dir: Path, seed: int) -> Path:
@@ -86,7 +88,8 @@ def write_files(scenario: Scenario, out_dir, seed: Optional[int] = None, fmt: st
     """Write the simulated records to ``out_dir`` in delivery order, as JSON lines
     (``samples-00000.jsonl``: wire v1, one record per line) or Parquet
     (``samples-00000.parquet``: the nested wire form, see ``frames.to_wire_frame``), plus
-    ``ground_truth.json``. Returns the paths written, data files first."""
+    ``ground_truth.json`` and ``ground_truth_hosts.csv`` (see ``truth``). Returns the
+    paths written, data files first."""
     if fmt not in ("jsonl", "parquet"):
         raise ValueError(f"write_files fmt: expected 'jsonl' or 'parquet', got {fmt!r}")
     seed = scenario.seed if seed is None else int(seed)
@@ -125,6 +128,8 @@ def write_files(scenario: Scenario, out_dir, seed: Optional[int] = None, fmt: st
         if writer is not None:
             writer.close()
     paths.append(write_ground_truth(scenario, out, seed))
+    host_table(scenario, seed).write_csv(out / HOSTS_FILE)
+    paths.append(out / HOSTS_FILE)
     return paths
 
 

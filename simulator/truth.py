@@ -21,6 +21,11 @@ examined against it. Written as ``ground_truth.json`` beside the generated data.
              ``kernel_from``/``kernel_to`` releases, ``hosts`` and ``expected``
              (``regression``, ``improvement`` or ``none``): the list a detector is
              scored on, false alarms included.
+
+``host_table(scenario)`` (written as ``ground_truth_hosts.csv``) lists every host: its
+cohort labels, instance type, initial kernel release, and the rollout wave and times at
+which it rebooted onto the new kernel (and back, on a rollback): the canary set a
+detector can be scored against host by host.
 """
 
 from __future__ import annotations
@@ -178,3 +183,39 @@ def scenario_summary(sc: Scenario, seed: int) -> Dict[str, Any]:
                                     "kernel": kernel_release(g.kernel, g.arch, g.page_size)}
                                    for g in f.groups]} for f in sc.fleets],
             "faults": dict(sc.faults), "source": sc.source}
+
+
+def host_table(scenario: Scenario, seed: Optional[int] = None):
+    """One row per host (see the module doc), as a polars DataFrame."""
+    import numpy as np
+    import polars as pl
+
+    from .fleet import ARCH_PAGE, FS_NAMES, REASON_ROLLBACK, REASON_ROLLOUT
+
+    sc = scenario
+    seed = sc.seed if seed is None else int(seed)
+    p = build_plan(sc, seed)
+    n = p.n
+    wave = np.zeros(n, dtype=np.int64)
+    moved = np.full(n, np.nan)
+    back = np.full(n, np.nan)
+    for ts, h, reason, w in zip(p.reboot_ts, p.reboot_host, p.reboot_reason, p.reboot_wave):
+        if reason == REASON_ROLLOUT and np.isnan(moved[h]):
+            moved[h], wave[h] = ts, w
+        elif reason == REASON_ROLLBACK and np.isnan(back[h]):
+            back[h] = ts
+    fleets = [f for f in sc.fleets]
+    return pl.DataFrame({
+        "host_id": p.host_id,
+        "fleet": [fleets[i].name for i in p.fleet_idx],
+        "role": [fleets[i].role for i in p.fleet_idx],
+        "arch": [ARCH_PAGE[i][0] for i in p.arch_page],
+        "page_size": [ARCH_PAGE[i][1] for i in p.arch_page],
+        "fs": [FS_NAMES[i] for i in p.fs_idx],
+        "instance_type": [p.itypes[i] for i in p.itype_idx],
+        "cpus": p.cpus, "mem_bytes": p.mem_bytes,
+        "kernel_initial": [p.release_names[p.releases[v, a]] for v, a in zip(p.ver0, p.arch_page)],
+        "rollout_wave": wave,
+        "rollout_reboot_ts": pl.Series(moved).fill_nan(None),
+        "rollback_reboot_ts": pl.Series(back).fill_nan(None),
+    })

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from foliowatch import schema
-from foliowatch.simulator import (ground_truth, load_scenario, simulate_frame, to_wire_frame,
-                                  to_wire_json, write_files)
+from foliowatch.simulator import (ground_truth, host_table, load_scenario, simulate_frame,
+                                  to_wire_frame, to_wire_json, write_files)
 from foliowatch.simulator.fleet import REASON_ROLLBACK, REASON_ROLLOUT, build_plan
 
 # a busy little fleet: the rollout, reboots, episodes and faults all happen within 3 h
@@ -122,6 +122,19 @@ def test_rollout_and_rollback_reach_the_hosts(scenario, records):
     assert new["ts"].min() > starts[0]["ts"]
 
 
+def test_host_table_names_the_hosts_each_wave_moved(scenario, records):
+    hosts = host_table(scenario, 3)
+    assert hosts.height == scenario.hosts and hosts["host_id"].is_unique().all()
+    moved = set(hosts.filter(pl.col("rollout_wave") > 0)["host_id"])
+    reported = set(records.filter(pl.col("kernel").str.starts_with("6.12.40-63"))["host_id"])
+    assert reported <= moved and len(moved - reported) <= 2
+    assert hosts.filter(pl.col("rollout_wave") > 0)["rollback_reboot_ts"].null_count() == 0
+    starts = [t for t in ground_truth(scenario, 3) if t["type"] == "rollout" and t["action"] == "start"]
+    per_wave = hosts.group_by("rollout_wave").len()
+    for t in starts:
+        assert per_wave.filter(pl.col("rollout_wave") == t["wave"])["len"].item() == t["hosts"]
+
+
 def test_delivery_faults_are_present(scenario, records):
     key = ["host_id", "boot_id", "seq"]
     dups = records.height - records.unique(key).height
@@ -150,13 +163,14 @@ def test_write_files_jsonl_and_parquet(tmp_path, scenario, records):
     sc = load_scenario(scenario, hours=0.5)
     jl = write_files(sc, tmp_path / "j", seed=3, fmt="jsonl")
     pq = write_files(sc, tmp_path / "p", seed=3, fmt="parquet")
-    assert jl[-1].name == pq[-1].name == "ground_truth.json"
+    assert jl[-2].name == pq[-2].name == "ground_truth.json"
+    assert jl[-1].name == pq[-1].name == "ground_truth_hosts.csv"
     lines = jl[0].read_bytes().splitlines()
     for line in lines:
         schema.decode(line)
     table = pl.read_parquet(pq[0])
     assert table.height == len(lines)
     assert table["seq"].to_list() == [json.loads(x)["seq"] for x in lines]
-    truth = json.loads(jl[-1].read_text())
+    truth = json.loads(jl[-2].read_text())
     assert truth["scenario"]["name"] == sc.name and truth["truth"] == json.loads(
         json.dumps(ground_truth(sc, 3)))

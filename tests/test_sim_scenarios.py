@@ -130,7 +130,7 @@ def test_cli_lists_scenarios_and_writes_files(tmp_path, capsys):
                    "--seed", "1", "--out", str(tmp_path), "--format", "parquet"])
     assert rc == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["ground_truth.json", "samples-00000.parquet"]
+    assert names == ["ground_truth.json", "ground_truth_hosts.csv", "samples-00000.parquet"]
     assert cli.main(["simulate", "--scenario", "improvement", "--realtime",
                      "--out", str(tmp_path)]) == 2
     assert cli.main(["simulate", "--scenario", "no-such", "--out", str(tmp_path)]) == 2
