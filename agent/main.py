@@ -87,7 +87,11 @@ def _stdout_samples(cfg, once: bool, interval: float) -> int:
     from foliowatch import schema
     from foliowatch.agent.deltas import Baseline
     from foliowatch.agent.sampler import Sampler
-    sampler = Sampler(cfg)
+    try:
+        sampler = Sampler(cfg)
+    except RuntimeError as e:
+        print(f"foliowatch agent: {e}", file=sys.stderr)
+        return 1
     baseline = Baseline()
     seq = 0
     sampler.record(sampler.read(), baseline, seq)
@@ -149,7 +153,11 @@ def run(args) -> int:
         return _stdout_samples(cfg, args.once, interval)
 
     from foliowatch.agent.runner import Agent
-    agent = Agent(cfg)
+    try:
+        agent = Agent(cfg)
+    except (RuntimeError, OSError) as e:
+        print(f"foliowatch agent: {e}", file=sys.stderr)
+        return 1
     server = None
     stop = _stop_event()
     try:

@@ -49,6 +49,7 @@ class Agent:
                  etc: str = "/etc", deliver: bool = True):
         self.cfg = cfg
         self.sampler = Sampler(cfg, proc=proc, sys=sys, etc=etc)
+        self._lock_fd = _lock_state_dir(cfg.state_dir)
         self.state = AgentState(cfg.state_dir)
         self.spool = Spool(os.path.join(cfg.state_dir, "spool"), cfg.spool_max_bytes)
         self.baseline = Baseline.from_json(self.state.baseline)
@@ -228,3 +229,25 @@ class Agent:
         if self.sender is not None:
             self.sender.close(timeout=self.cfg.send_timeout_s)
         self.spool.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)   # releases the flock
+            self._lock_fd = None
+
+
+def _lock_state_dir(state_dir: str) -> int:
+    """One agent per state directory: two would interleave one spool and reuse seq
+    (e.g. ``--once`` run by hand while the service runs)."""
+    import fcntl
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(state_dir, "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"{path}: held by another agent (pid {holder}); stop it or give "
+                           "this one its own agent.state_dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd

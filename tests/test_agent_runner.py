@@ -62,3 +62,12 @@ def test_full_spool_drops_oldest_and_reports_it_on_metrics(tmp_path, caplog):
         agent.spool.ack(batch[-1][0])
     assert seqs == list(range(int(dropped), n))              # the oldest went, in order
     agent.close()
+
+
+def test_one_agent_per_state_dir(tmp_path):
+    cfg = AgentConfig(state_dir=str(tmp_path / "st"), mounts=["/"], kafka_enabled=False)
+    first = Agent(cfg)
+    with pytest.raises(RuntimeError, match=r"lock: held by another agent \(pid \d+\)"):
+        Agent(cfg)
+    first.close()
+    Agent(cfg).close()           # released on close
