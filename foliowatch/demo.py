@@ -1,0 +1,579 @@
+"""``foliowatch demo``: the whole system on one machine.
+
+It starts a local Kafka broker and Prometheus, one real agent on this host, the pipeline
+and the detector as separate processes (as they run in production), then plays a
+simulated fleet's telemetry — several thousand arm64 and x86_64 hosts on XFS and ext4 —
+through Kafka while a new kernel rolls out in waves. It shows live progress, the moment
+the regression is detected, the rollout verdict, and where the report is. Every process
+it started is stopped by PID on exit, Ctrl-C included.
+
+``--no-kafka`` runs the same path through files (simulator -> Parquet -> pipeline ->
+detector replayed window by window) for machines without Java.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from foliowatch.services import KafkaCluster, Prometheus, ServiceError, free_port, stop_pid
+
+DEFAULT_SCENARIO = "demo-rollout"
+LOCAL_TOPIC = "foliowatch.samples.this-host"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", default=DEFAULT_SCENARIO,
+                   help=f"simulator scenario name or TOML path (default {DEFAULT_SCENARIO}; "
+                        "`foliowatch simulate --list` lists them)")
+    p.add_argument("--hosts", type=int, default=3000, help="simulated hosts (default 3000)")
+    p.add_argument("--interval", type=float, default=60.0,
+                   help="simulated agents' sampling interval, seconds (default 60)")
+    p.add_argument("--hours", type=float, default=None,
+                   help="simulated hours (default: until 3 h after the rollout starts)")
+    p.add_argument("--speed", type=float, default=300.0,
+                   help="simulated seconds per wall second once the rollout starts; the "
+                        "history before it is played as fast as possible (default 300)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
+    p.add_argument("--workdir", default=None,
+                   help="where the dataset, state, logs and report go (default out/demo-<time>)")
+    p.add_argument("--no-kafka", action="store_true",
+                   help="files only (no Java needed): simulate -> files -> pipeline -> detector")
+    p.add_argument("--no-agent", action="store_true", help="do not run the real agent on this host")
+    p.add_argument("--plain", action="store_true",
+                   help="plain log lines instead of the live display (default when not a TTY)")
+
+
+# --------------------------------------------------------------------------------------
+@dataclass
+class Processes:
+    """Every child process the demo starts, each in its own session, stopped by PID."""
+
+    logdir: Path
+    children: Dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, argv: List[str], env: Optional[dict] = None) -> subprocess.Popen:
+        log = open(self.logdir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+        log.close()
+        self.children[name] = proc
+        return proc
+
+    def check(self) -> None:
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                tail = (self.logdir / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}; last lines of "
+                                   f"{self.logdir / (name + '.log')}:\n" + "\n".join(tail))
+
+    def stop(self, name: str) -> None:
+        proc = self.children.pop(name, None)
+        if proc is not None:
+            stop_pid(proc.pid)
+
+    def stop_all(self) -> None:
+        for name in list(self.children)[::-1]:
+            self.stop(name)
+
+
+def _foliowatch() -> List[str]:
+    return [sys.executable, "-m", "foliowatch"]
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def _fmt_sim(ts: float) -> str:
+    return _utc(ts).strftime("%a %H:%M")
+
+
+# --------------------------------------------------------------------------------------
+class Display:
+    """Live progress (rich) or plain lines."""
+
+    def __init__(self, plain: bool):
+        self.plain = plain or not sys.stdout.isatty()
+        self.live = None
+        self.progress = None
+        self.task = None
+        self.status: Dict[str, str] = {}
+        self._last_plain = 0.0
+
+    def __enter__(self):
+        if not self.plain:
+            from rich.console import Group
+            from rich.live import Live
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                     TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+            self.task = self.progress.add_task("simulated fleet", total=1.0)
+            self._group = Group
+            self.live = Live(self._render(), refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def _render(self):
+        from rich.table import Table
+
+        t = Table(show_header=False, box=None, padding=(0, 2))
+        for k, v in self.status.items():
+            t.add_row(f"[dim]{k}[/dim]", v)
+        return self._group(self.progress, t)
+
+    def update(self, fraction: float, status: Dict[str, str]) -> None:
+        self.status = status
+        if self.plain:
+            now = time.monotonic()
+            if now - self._last_plain >= 5.0:
+                self._last_plain = now
+                print("  " + " | ".join(f"{k}: {v}" for k, v in status.items()), flush=True)
+            return
+        self.progress.update(self.task, completed=min(1.0, fraction))
+        self.live.update(self._render())
+
+    def say(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            import re
+            print(re.sub(r"\[/?[a-z ]+\]", "", text), flush=True)
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------------------
+def _state_records(path: Path) -> List[dict]:
+    try:
+        return json.loads(path.read_text()).get("records", [])
+    except (OSError, ValueError):
+        return []
+
+
+def _truth_summary(truth: List[dict]):
+    changes = [t for t in truth if t.get("type") == "change"]
+    cohorts = [t for t in truth if t.get("type") == "cohort"]
+    rollouts = sorted((t for t in truth if t.get("type") == "rollout"), key=lambda t: t["ts"])
+    return changes, cohorts, rollouts
+
+
+def _wave_at(rollouts: List[dict], ts: float) -> str:
+    cur = None
+    for r in rollouts:
+        if r["ts"] <= ts:
+            cur = r
+    if cur is None:
+        nxt = rollouts[0] if rollouts else None
+        return "before rollout" + (f" (starts {_fmt_sim(nxt['ts'])})" if nxt else "")
+    if cur.get("action") == "start":
+        return (f"wave {cur['wave']}: {cur['wave_fraction']:.0%} of {cur['fleet']} on "
+                f"{cur['kernel_to']}")
+    return f"{cur.get('action')} {cur['fleet']} {cur.get('kernel_to', '')}"
+
+
+def _matches(rec: dict, cohort: dict) -> bool:
+    return all(str(rec.get(k)) == str(cohort.get(k))
+               for k in ("fleet", "arch", "page_size", "fs", "kernel_from", "kernel_to"))
+
+
+def _judge(records: List[dict], cohorts: List[dict], disp: Display) -> bool:
+    """Compare what was detected with the simulator's ground truth; True when every
+    injected regression whose cohort was observed is found and nothing else is."""
+    flagged = [r for r in records if r.get("status") in ("confirmed", "suspected")]
+    ok = True
+    disp.say("[bold]Ground truth vs detection[/bold]")
+    for c in cohorts:
+        hit = [r for r in flagged if _matches(r, c)]
+        expected = c.get("expected") == "regression"
+        mark = "ok " if bool(hit) == expected else "MISS" if expected else "FALSE ALARM"
+        ok &= bool(hit) == expected
+        disp.say(f"  {mark:11s} {c['fleet']} {c['arch']} {c['page_size'] // 1024}K {c['fs']} "
+                 f"{c['kernel_from']} -> {c['kernel_to']}: injected "
+                 f"{'regression' if expected else 'nothing'}, detected "
+                 f"{', '.join(r['status'] for r in hit) or 'nothing'}")
+    strays = [r for r in flagged if not any(_matches(r, c) for c in cohorts)]
+    for r in strays:
+        ok = False
+        disp.say(f"  FALSE ALARM {r['id']}")
+    return ok
+
+
+# --------------------------------------------------------------------------------------
+def _prometheus_config(targets: Dict[str, str]) -> str:
+    lines = ["global:", "  scrape_interval: 2s", "scrape_configs:"]
+    for job, addr in targets.items():
+        lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: ['{addr}']"]
+    return "\n".join(lines) + "\n"
+
+
+def _create_topic(bootstrap: str, name: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+
+
+def _agent_config(path: Path, bootstrap: Optional[str], port: int, state: Path) -> None:
+    kafka = (f'[agent.kafka]\nbootstrap = ["{bootstrap}"]\ntopic = "{LOCAL_TOPIC}"\n' if bootstrap
+             else "[agent.kafka]\nenabled = false\n")
+    path.write_text(
+        "[agent]\nfleet = \"demo-local\"\nrole = \"this-host\"\ninterval_s = 2.0\n"
+        f"state_dir = \"{state}\"\nmounts = [\"/\"]\n\n{kafka}\n"
+        f"[agent.metrics]\nlisten = \"127.0.0.1:{port}\"\n")
+
+
+def run(args) -> int:
+    from foliowatch.simulator import ground_truth, load_scenario
+
+    workdir = Path(args.workdir or f"out/demo-{datetime.now():%Y%m%d-%H%M%S}").resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    sc0 = load_scenario(args.scenario, hosts=args.hosts, interval_s=args.interval, seed=args.seed)
+    truth0 = ground_truth(sc0)
+    _, _, rollouts0 = _truth_summary(truth0)
+    hours = args.hours
+    if hours is None:
+        first = rollouts0[0]["ts"] if rollouts0 else sc0.start_ts + 6 * 3600
+        hours = (first - sc0.start_ts) / 3600.0 + 3.0
+    sc = load_scenario(args.scenario, hosts=args.hosts, interval_s=args.interval,
+                       hours=hours, seed=args.seed)
+    truth = ground_truth(sc)
+    changes, cohorts, rollouts = _truth_summary(truth)
+    (workdir / "ground_truth.json").write_text(json.dumps(truth, indent=1))
+    rollout_start = rollouts[0]["ts"] if rollouts else sc.start_ts
+    end_ts = sc.start_ts + hours * 3600.0
+
+    procs = Processes(workdir / "logs")
+    services: list = []
+    stopping = {"flag": False}
+
+    def on_signal(signum, frame):
+        if stopping["flag"]:
+            return  # already stopping: a second Ctrl-C must not abort the clean-up
+        stopping["flag"] = True
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    print(f"foliowatch demo: scenario {args.scenario}, {sc.hosts} simulated hosts every "
+          f"{args.interval:g}s, {hours:.1f} simulated hours; workdir {workdir}", flush=True)
+    for c in changes:
+        print(f"  injected: {c['kind']} on {c['fleet']} {c['arch']} {c['page_size'] // 1024}K "
+              f"{c['fs']} {c['kernel_from']} -> {c['kernel_to']} ({c['metric']} x{c['effect']})",
+              flush=True)
+    try:
+        if args.no_kafka:
+            ok = _run_files(args, sc, truth, workdir, procs)
+        else:
+            ok = _run_kafka(args, sc, truth, workdir, procs, services, rollout_start, end_ts)
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        print("\nfoliowatch demo: interrupted; stopping everything it started", file=sys.stderr)
+        return 130
+    except (ServiceError, RuntimeError) as e:
+        print(f"foliowatch demo: {e}", file=sys.stderr)
+        return 1
+    finally:
+        stopping["flag"] = True
+        procs.stop_all()
+        for s in services[::-1]:
+            s.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _produce(sc, bootstrap: str, topic: str, seed, speed: float, rollout_start: float,
+             progress: dict, stop: threading.Event) -> None:
+    """Play the simulated fleet into Kafka: the history before the rollout as fast as
+    possible, then `speed` simulated seconds per wall second."""
+    import numpy as np
+
+    from foliowatch.kafka_io import KafkaSettings, make_producer
+    from foliowatch.simulator import simulate_frame, to_wire_json
+
+    producer = make_producer(KafkaSettings(bootstrap=bootstrap.split(",")),
+                             batch_size=512 * 1024, linger_ms=50)
+    failures: list = []
+    try:
+        wall0 = None
+        for chunk in simulate_frame(sc, sc.seed if seed is None else seed):
+            if stop.is_set():
+                return
+            keys = chunk["host_id"].to_list()
+            values = to_wire_json(chunk).to_list()
+            ts = chunk["emit_ts"].to_numpy()
+            # pace in slices of one simulated minute once the rollout has begun
+            edges = list(np.searchsorted(ts, np.arange(ts[0], ts[-1] + 60.0, 60.0))[1:]) + [len(ts)]
+            lo = 0
+            for hi in edges:
+                if hi <= lo:
+                    continue
+                if ts[lo] >= rollout_start:
+                    if wall0 is None:
+                        wall0 = time.monotonic() - 0.0
+                    due = wall0 + (ts[lo] - rollout_start) / speed
+                    while not stop.is_set() and time.monotonic() < due:
+                        time.sleep(min(0.1, due - time.monotonic()))
+                for k, v in zip(keys[lo:hi], values[lo:hi]):
+                    producer.send(topic, key=k.encode(), value=v.encode()).add_errback(failures.append)
+                progress["sent"] += hi - lo
+                progress["sim_ts"] = float(ts[hi - 1])
+                lo = hi
+            if failures:
+                raise RuntimeError(f"{len(failures)} records not acknowledged: {failures[0]!r}")
+        producer.flush()
+    except BaseException as e:  # surfaced by the main loop
+        progress["error"] = e
+    finally:
+        producer.close()
+        progress["done"] = True
+
+
+def _announce(disp: Display, rec: dict, first_canary: Optional[float]) -> None:
+    det = datetime.fromisoformat(rec["first_detected_at"].replace("Z", "+00:00"))
+    after = ""
+    if first_canary is not None:
+        mins = (det.timestamp() - first_canary) / 60.0
+        after = f", {mins:.0f} simulated minutes after the first canary rebooted"
+    others = ", ".join(f"{m['metric']} {m['effect']:.2f}x" for m in rec.get("metrics", [])[:3])
+    disp.say(f"[bold red]REGRESSION {rec['status'].upper()}[/bold red] {rec['fleet']}/{rec['role']} "
+             f"{rec['arch']} {rec['page_size'] // 1024}K {rec['fs']}: {rec['kernel_from']} -> "
+             f"{rec['kernel_to']}: {rec['metric']} {rec['effect']:.2f}x "
+             f"[{rec['ci_low']:.2f}, {rec['ci_high']:.2f}] ({others}); "
+             f"{rec['hosts_new']} new vs {rec['hosts_base']} baseline hosts; detected at "
+             f"{_fmt_sim(det.timestamp())}{after}")
+
+
+def _first_canary(sc, truth) -> Optional[float]:
+    rollouts = [t for t in truth if t.get("type") == "rollout" and t.get("action") == "start"]
+    return min((r["ts"] for r in rollouts), default=None)
+
+
+def _finish(args, sc, truth, workdir: Path, dataset: Path, state: Path, disp: Display) -> bool:
+    from foliowatch import report
+
+    _, cohorts, _ = _truth_summary(truth)
+    records = _state_records(state)
+    ok = _judge(records, cohorts, disp)
+    # the rollout gate for every rolled-out kernel of the scenario
+    gates = sorted({(c["fleet"], c["kernel_to"]) for c in cohorts})
+    for fleet, kernel in gates:
+        p = subprocess.run(_foliowatch() + ["verdict", "--dataset", str(dataset), "--state",
+                                            str(state), "--fleet", fleet, "--kernel", kernel],
+                           capture_output=True, text=True)
+        word = {0: "PROCEED", 1: "STOP: regression confirmed", 2: "WAIT: not enough evidence"}.get(
+            p.returncode, f"error {p.returncode}")
+        disp.say(f"[bold]verdict[/bold] {fleet} {kernel}: exit {p.returncode} = {word}")
+        for line in (p.stdout or p.stderr).strip().splitlines()[:8]:
+            disp.say(f"    {line}")
+    try:
+        page = report.build(dataset, state, workdir / "report")
+        disp.say((workdir / "report" / "summary.txt").read_text().rstrip())
+        disp.say(f"[bold]report:[/bold] {page}")
+    except report.ReportError as e:
+        disp.say(f"report: {e}")
+        ok = False
+    return ok
+
+
+def _pipeline_progress(prom: Prometheus):
+    """(records consumed, consumer lag) of the fleet's pipeline, from its /metrics."""
+    def one(q):
+        r = prom.query(q)["data"]["result"]
+        return int(float(r[0]["value"][1])) if r else None
+    try:
+        consumed = one('sum(foliowatch_pipeline_records_in_total{job="pipeline"})') or 0
+        lag = one('sum(foliowatch_pipeline_consumer_lag_records{job="pipeline"})')
+    except Exception:
+        return 0, None
+    return consumed, lag
+
+
+def _this_host(prom: Prometheus) -> str:
+    """This host's own figures, read back through Prometheus from the agent's /metrics."""
+    try:
+        def one(q):
+            r = prom.query(q)["data"]["result"]
+            return float(r[0]["value"][1]) if r else None
+        sent = one('sum(foliowatch_agent_samples_sent_total)')
+        stall = one('sum(rate(foliowatch_agent_vmstat_compact_stall_total[30s]))')
+        frag = one('max(foliowatch_agent_frag_unusable_ratio{order="9"})')
+    except Exception as e:  # shown, never fatal: the fleet is the demo's subject
+        return f"Prometheus query failed: {e}"
+    parts = [f"{sent:.0f} samples sent" if sent is not None else "no samples yet"]
+    if stall is not None:
+        parts.append(f"compaction stalls {stall:.2f}/s")
+    if frag is not None:
+        parts.append(f"order-9 free memory unusable {frag:.0%}")
+    return ", ".join(parts)
+
+
+def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
+               rollout_start: float, end_ts: float) -> bool:
+    from foliowatch.kafka_io import TOPIC_SAMPLES
+
+    dataset, state = workdir / "dataset", workdir / "detector-state.json"
+    kafka = KafkaCluster(workdir / "kafka", brokers=1)
+    services.append(kafka)
+    print("starting Kafka (KRaft, 1 broker) ...", flush=True)
+    kafka.start()
+    ports = {"pipeline": free_port(), "detector": free_port()}
+    if not args.no_agent:
+        ports.update({"agent": free_port(), "pipeline-local": free_port()})
+    prom = Prometheus(workdir / "prometheus", _prometheus_config(
+        {k: f"127.0.0.1:{v}" for k, v in ports.items()}))
+    services.append(prom)
+    prom.start()
+    print(f"Kafka {kafka.bootstrap}; Prometheus {prom.url}", flush=True)
+
+    if not args.no_agent:
+        # This host's agent samples in real time while the simulated fleet runs on its own
+        # (simulated) clock: mixing both clocks in one stream would make one of them "late"
+        # against the pipeline's event-time watermark. So the real host gets its own topic,
+        # pipeline instance and dataset; everything else is the same path.
+        _create_topic(kafka.bootstrap, LOCAL_TOPIC)
+        cfg = workdir / "agent.toml"
+        _agent_config(cfg, kafka.bootstrap, ports["agent"], workdir / "agent-state")
+        procs.start("agent", _foliowatch() + ["agent", "--config", str(cfg)])
+        procs.start("pipeline-local", _foliowatch() + [
+            "pipeline", "--output", str(workdir / "dataset-this-host"), "--bootstrap",
+            kafka.bootstrap, "--topic", LOCAL_TOPIC, "--group", "foliowatch-pipeline-this-host",
+            "--metrics-addr", f"127.0.0.1:{ports['pipeline-local']}"])
+    group = "foliowatch-pipeline-demo"
+    procs.start("pipeline", _foliowatch() + [
+        "pipeline", "--output", str(dataset), "--bootstrap", kafka.bootstrap, "--group", group,
+        "--metrics-addr", f"127.0.0.1:{ports['pipeline']}", "--lateness", "120"])
+    detector_argv = _foliowatch() + [
+        "detect", "--follow", "--interval", "2", "--dataset", str(dataset), "--state", str(state),
+        "--kafka", kafka.bootstrap, "--metrics-port", str(ports["detector"]),
+        "--annotations", str(workdir / "grafana-annotations.json")]
+
+    progress = {"sent": 0, "sim_ts": sc.start_ts, "done": False}
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce, daemon=True,
+                                args=(sc, kafka.bootstrap, TOPIC_SAMPLES, args.seed, args.speed,
+                                      rollout_start, progress, stop))
+    _, cohorts, rollouts = _truth_summary(truth)
+    first_canary = _first_canary(sc, truth)
+    announced = set()
+    rate_prev = (time.monotonic(), 0)
+    rate = 0.0
+    idle_since = None
+    host_prev, host_line = 0.0, "starting"
+    pipe_prev, consumed, behind = 0.0, 0, None
+    try:
+        with Display(args.plain) as disp:
+            producer.start()
+            while True:
+                time.sleep(0.5)
+                procs.check()
+                if "detector" not in procs.children and any(
+                        (dataset / "level=host" / "window_s=60").rglob("*.parquet")):
+                    procs.start("detector", detector_argv)  # once there is data to read
+                if "error" in progress:
+                    raise RuntimeError(f"simulated fleet: {progress['error']}")
+                now = time.monotonic()
+                if now - rate_prev[0] >= 1.0:
+                    rate = (progress["sent"] - rate_prev[1]) / (now - rate_prev[0])
+                    rate_prev = (now, progress["sent"])
+                if now - pipe_prev >= 2.0:
+                    pipe_prev = now
+                    consumed, behind = _pipeline_progress(prom)
+                records = _state_records(state)
+                open_ = [r for r in records if r["status"] in ("suspected", "confirmed")]
+                for r in open_:
+                    key = (r["id"], r["status"])
+                    if key not in announced:
+                        announced.add(key)
+                        _announce(disp, r, first_canary)
+                sim = min(progress["sim_ts"], end_ts)
+                if not args.no_agent and now - host_prev >= 4.0:
+                    host_prev = now
+                    host_line = _this_host(prom)
+                disp.update((sim - sc.start_ts) / max(1.0, end_ts - sc.start_ts), {
+                    "simulated time": f"{_fmt_sim(sim)} ({(sim - sc.start_ts) / 3600:.1f} of "
+                                      f"{(end_ts - sc.start_ts) / 3600:.1f} h)",
+                    "rollout": _wave_at(rollouts, sim),
+                    "samples": f"{progress['sent']:,} sent, {rate:,.0f}/s",
+                    "pipeline": f"{consumed:,} consumed, lag "
+                                + ("?" if behind is None else f"{behind:,}") + " records",
+                    **({"this host (real agent)": host_line} if not args.no_agent else {}),
+                    "open regressions": str(len(open_)) + (
+                        "" if not open_ else " (" + ", ".join(
+                            f"{r['arch']} {r['fs']} {r['kernel_to']} {r['status']}" for r in open_) + ")"),
+                })
+                if progress["done"] and behind == 0 and consumed >= progress["sent"]:
+                    idle_since = idle_since or now
+                    if now - idle_since >= 8.0:  # a few detector cycles on the complete data
+                        break
+            disp.say(f"simulated fleet played: {progress['sent']:,} samples; pipeline caught up")
+            up = prom.query("up")["data"]["result"]
+            disp.say(f"Prometheus {prom.url}: {sum(1 for r in up if r['value'][1] == '1')} of "
+                     f"{len(up)} targets up ({', '.join(sorted(r['metric']['job'] for r in up))})")
+            procs.stop("detector")
+            procs.stop("pipeline")
+            procs.stop("agent")
+            procs.stop("pipeline-local")
+            return _finish(args, sc, truth, workdir, dataset, state, disp)
+    finally:
+        stop.set()
+
+
+def _run_files(args, sc, truth, workdir: Path, procs: Processes) -> bool:
+    """Files only: simulate to Parquet, run the pipeline over them, then replay the
+    detector window by window so that the moment of detection is what it would be live."""
+    from foliowatch.simulator import write_files
+
+    data, dataset, state = workdir / "samples", workdir / "dataset", workdir / "detector-state.json"
+    with Display(True) as disp:
+        disp.say("simulating the fleet to Parquet ...")
+        paths = write_files(sc, data, seed=args.seed, fmt="parquet")
+        inputs = [str(p) for p in paths if str(p).endswith(".parquet")]
+        if not args.no_agent:
+            disp.say("sampling this host with the real agent (5 samples) ...")
+            p = subprocess.run(_foliowatch() + ["agent", "--once", "--stdout", "--interval", "1"],
+                               capture_output=True, text=True)
+            if p.returncode == 0:
+                (data / "this-host.jsonl").write_text(p.stdout)
+                inputs.append(str(data / "this-host.jsonl"))
+        disp.say("running the pipeline over the files ...")
+        p = subprocess.run(_foliowatch() + ["pipeline", "--from-files", *inputs, "--output",
+                                            str(dataset)], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"pipeline failed: {p.stderr[-2000:]}")
+        disp.say(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "pipeline done")
+        first_canary = _first_canary(sc, truth)
+        step = 300.0
+        t = (first_canary or sc.start_ts) - step
+        end = sc.start_ts + sc.hours * 3600.0
+        end = max(end, t + step)
+        announced = set()
+        from foliowatch.cli import main as cli
+        import contextlib
+        import io
+        while t <= end:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cli(["detect", "--dataset", str(dataset), "--state", str(state),
+                     "--as-of", _utc(t).isoformat(), "--json"])
+            for r in _state_records(state):
+                key = (r["id"], r["status"])
+                if r["status"] in ("suspected", "confirmed") and key not in announced:
+                    announced.add(key)
+                    _announce(disp, r, first_canary)
+            t += step
+        return _finish(args, sc, truth, workdir, dataset, state, disp)
