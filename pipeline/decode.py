@@ -6,7 +6,8 @@ aggregation needs), plus a reason for every record that does not.
 
 The vectorised path must never accept a record that ``schema.validate`` rejects, so it
 is deliberately strict and conservative: JSON parsing and field types come from one
-``str.json_decode`` with a fixed dtype; the limits of ``foliowatch.schema`` are checked
+Arrow JSON read of the batch with a fixed schema (strictly typed, multi-threaded),
+handed to polars without copying; the limits of ``foliowatch.schema`` are checked
 on whole columns; the things a fixed dtype cannot see (dynamic counter/gauge/setting
 names, integer-vs-float number syntax, booleans and nulls, unknown fields) are checked
 on the JSON text. Any row the vectorised path does not accept is handed to
@@ -82,15 +83,10 @@ SETTINGS_OBJ_RE = rf'"settings":\{{(?:{_NAME}:{_LABEL_STR}(?:,{_NAME}:{_LABEL_ST
 TOO_MANY_MOUNT_COUNTERS_RE = r'"counters":\{(?:[^,{}]*,){32}'
 # The mounts array: objects nested at most two deep (a mount, its counters).
 MOUNTS_SPAN_RE = r'"mounts":\[(?:[^\[\]{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\]'
-# Cheap literal screens; a hit sends the row to the Python path. Whitespace: a valid v1
-# record's strings cannot hold any, so compact JSON has none. true/false/null: v1 has no
-# such values (a string containing the word merely takes the slow path).
-WHITESPACE_RE = r"[ \t\r\n]"
+# A cheap screen; a hit sends the row to the Python path: v1 has no true/false/null
+# values (Arrow reads a null as absent; a string containing the word merely takes the
+# slow path).
 BARE_WORDS_RE = r"true|false|null"
-# Fields that must hold an integer: their text must be integer syntax (polars would
-# silently turn 1.5 or 1.0 into 1).
-INT_FIELDS = ("schema", "seq", "page_size", "cpus", "mem_bytes")
-PROBE_INT_RE = r'"(?:bytes|chunk_bytes|compact_stall|allocstall)":(?:-|[0-9]+[.eE])'
 KEY_RE = '":'
 
 # Below this many rows a failing chunk is not bisected further: each row goes to Python.
@@ -156,7 +152,6 @@ def _checks(d: pl.Expr, raw: pl.Expr) -> pl.Expr:
             & (probe.struct.field("allocstall") >= 0)
             & probe.struct.field("seconds").is_finite() & (probe.struct.field("seconds") >= 0)
             & probe.struct.field("mib_s").is_finite() & (probe.struct.field("mib_s") >= 0)),
-        raw.str.contains(WHITESPACE_RE).not_(),
         raw.str.contains(BARE_WORDS_RE).not_(),
     ]
     for name in ("fleet", "role", "kernel", "instance_type"):
@@ -166,21 +161,20 @@ def _checks(d: pl.Expr, raw: pl.Expr) -> pl.Expr:
 
 
 def _text_checks(df: pl.DataFrame, debug: bool = False) -> pl.Series:
-    """Checks on the JSON text: integer syntax where v1 wants integers, string values
-    where it wants strings, the dynamic maps (names, value syntax, sizes), and a key
-    count that proves there is no unknown field at any level.
+    """Checks on the JSON text: the dynamic maps (names, value syntax, sizes), and a key
+    count that proves there is no unknown field at any level. (Field types are already
+    strict: see ``_arrow_options``.)
 
-    Rows reaching here hold no whitespace (``WHITESPACE_RE``): the text is compact JSON,
+    Rows reaching here hold no whitespace (screened before parsing): the text is compact JSON,
     and valid strings hold no quotes, braces, brackets, commas or colons, so counting
-    ``":`` counts keys and ``":"`` counts string values. Full passes over the text are
+    ``":`` counts keys. Full passes over the text are
     literal-prefixed (fast); the grammar checks run on the short extracted objects.
-    Layouts these checks do not expect (the top-level counters after the mounts, an
-    integer field written twice) are left to the Python path rather than guessed at."""
+    Layouts these checks do not expect (the top-level counters after the mounts) are
+    left to the Python path rather than guessed at."""
     raw = pl.col("raw")
     d = pl.col("d")
     n_mounts = d.struct.field("mounts").list.len().cast(pl.Int64)
     probe = d.struct.field("probe").is_not_null().cast(pl.Int64)
-    agent = d.struct.field("agent").is_not_null().cast(pl.Int64)
 
     def keys(e: pl.Expr) -> pl.Expr:
         return e.str.count_matches(KEY_RE, literal=True).cast(pl.Int64)
@@ -202,17 +196,7 @@ def _text_checks(df: pl.DataFrame, debug: bool = False) -> pl.Series:
     expected_keys = (top_present + len(wire.LABELS) + counter_entries + gauge_entries
                      + setting_entries + len(wire.PROBE_FIELDS) * probe
                      + keys(span) - 1)   # the span's own "mounts" key is a top-level one
-    # string-valued members: host_id, boot_id, agent, 5 string labels, 3 per mount, the
-    # settings; one short means a string field was given a number
-    expected_strings = 2 + agent + 5 + 3 * n_mounts + setting_entries
     conds = [
-        # integer syntax: schema leads the record, seq appears once, labels hold no floats
-        raw.str.starts_with('{"schema":1,'),
-        raw.str.count_matches('"seq":', literal=True) == 1,
-        raw.str.extract('"seq":([^,}]*)', 1).str.contains(r"^(?:0|[1-9][0-9]*)$"),
-        ~labels_t.str.contains(r":-?[0-9]+[.eE]"),
-        probe_t.is_null() | ~probe_t.str.contains(PROBE_INT_RE),
-        raw.str.count_matches('":"', literal=True).cast(pl.Int64) == expected_strings,
         # the maps follow their grammar and sizes; the top-level counters precede mounts
         raw.str.find('"counters":{', literal=True) < raw.str.find('"mounts":[', literal=True),
         counters_t.str.contains("^" + COUNTERS_OBJ_RE + "$"),
@@ -328,29 +312,96 @@ def python_verdict(value: bytes) -> Tuple[Optional[Dict[str, Any]], Optional[str
         return None, f"record: {type(e).__name__}: {e}"[:300]
 
 
-def _parse(raw: pl.Series) -> Optional[pl.DataFrame]:
-    """Cast to text and JSON-decode a chunk; None when polars rejects the chunk."""
+def _arrow_type(dt: pl.DataType):
+    import pyarrow as pa
+    if isinstance(dt, pl.Struct):
+        return pa.struct([pa.field(f.name, _arrow_type(f.dtype)) for f in dt.fields])
+    if isinstance(dt, pl.List):
+        return pa.list_(_arrow_type(dt.inner))
+    return {pl.Int64: pa.int64(), pl.Float64: pa.float64(), pl.String: pa.string()}[dt]
+
+
+_ARROW_OPTIONS = None
+
+
+def _arrow_options():
+    # Arrow's JSON reader converts with the declared types strictly (1.0, true or "1"
+    # for an int64 field, 5 for a string field: the chunk fails and is bisected), which
+    # is what schema v1 asks for; it ignores the members it is not asked about.
+    global _ARROW_OPTIONS
+    if _ARROW_OPTIONS is None:
+        import pyarrow as pa
+        import pyarrow.json as pj
+        schema = pa.schema([pa.field(f.name, _arrow_type(f.dtype))
+                            for f in RECORD_DTYPE.fields])
+        _ARROW_OPTIONS = (pj.ParseOptions(explicit_schema=schema,
+                                          unexpected_field_behavior="ignore"),
+                          pj.ReadOptions(block_size=16 << 20, use_threads=True))
+    return _ARROW_OPTIONS
+
+
+def _parse(values) -> Optional[pl.DataFrame]:
+    """JSON-decode a chunk of raw values (no whitespace in them, so one line each) into
+    ``raw`` (text) and ``d`` (struct of ``RECORD_DTYPE``); None when the chunk has a
+    value that is not UTF-8, not a JSON object, or has a field of the wrong type."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.json as pj
+    if isinstance(values, pl.Series):
+        values = values.to_list()
+    parse_opts, read_opts = _arrow_options()
     try:
-        text = raw.cast(pl.String)
+        table = pj.read_json(io.BytesIO(b"\n".join(values)), parse_options=parse_opts,
+                             read_options=read_opts)
+        if table.num_rows != len(values):
+            return None
+        text = pl.Series("raw", values, dtype=pl.Binary).cast(pl.String)
+        d = pl.from_arrow(table)
+        assert isinstance(d, pl.DataFrame)
         return pl.DataFrame({"raw": text}).with_columns(
-            pl.col("raw").str.json_decode(RECORD_DTYPE).alias("d"))
-    except pl.exceptions.PolarsError:
+            d.select(pl.struct(pl.all()).alias("d")).to_series().cast(RECORD_DTYPE))
+    except (pa.ArrowException, pl.exceptions.PolarsError, ValueError, OverflowError):
         return None
 
 
-def _parse_bisect(raw: pl.Series, base: int, out_frames: List[pl.DataFrame],
+def _parse_bisect(values: Sequence[bytes], base: int, out_frames: List[pl.DataFrame],
                   python_rows: List[int]) -> None:
-    df = _parse(raw)
+    df = _parse(values)
     if df is not None:
         out_frames.append(df.with_columns(
-            pl.int_range(base, base + len(raw), dtype=pl.Int64).alias("row")))
+            pl.int_range(base, base + len(values), dtype=pl.Int64).alias("row")))
         return
-    if len(raw) <= _BISECT_MIN:
-        python_rows.extend(range(base, base + len(raw)))
+    if len(values) <= _BISECT_MIN:
+        python_rows.extend(range(base, base + len(values)))
         return
-    mid = len(raw) // 2
-    _parse_bisect(raw.slice(0, mid), base, out_frames, python_rows)
-    _parse_bisect(raw.slice(mid), base + mid, out_frames, python_rows)
+    mid = len(values) // 2
+    _parse_bisect(values[:mid], base, out_frames, python_rows)
+    _parse_bisect(values[mid:], base + mid, out_frames, python_rows)
+
+
+def _runs(indices: List[int]) -> List[Tuple[int, int]]:
+    """Contiguous [start, end) runs of sorted row numbers."""
+    runs: List[Tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def screen(values: Sequence[bytes]) -> pl.Series:
+    """Rows left to the Python path before parsing: empty or oversized values, a UTF-8
+    BOM (which the Arrow reader would skip at the start of its input), and any
+    whitespace (compact JSON has none; it would also break the one-value-per-line
+    framing of the parser)."""
+    raw = pl.Series("raw", values, dtype=pl.Binary)
+    sizes = raw.bin.size()
+    return ((sizes > wire.MAX_RECORD_BYTES) | (sizes == 0)
+            | raw.bin.starts_with(b"\xef\xbb\xbf")
+            | raw.bin.contains(b" ") | raw.bin.contains(b"\n")
+            | raw.bin.contains(b"\r") | raw.bin.contains(b"\t"))
 
 
 def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
@@ -364,30 +415,15 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
     n = len(values)
     if n == 0:
         return DecodedBatch(pl.DataFrame(schema=FLAT_SCHEMA), [])
-    raw = pl.Series("raw", values, dtype=pl.Binary)
-    sizes = raw.bin.size()
-    oversize = (sizes > wire.MAX_RECORD_BYTES) | (sizes == 0)
-    python_rows: List[int] = oversize.arg_true().to_list()
+    values = list(values)
+    screened = screen(values)
+    python_rows: List[int] = screened.arg_true().to_list()
     frames: List[pl.DataFrame] = []
     if python_rows:
-        keep = (~oversize).arg_true()
-        # Parse the acceptable-size rows in runs so their row numbers stay known.
-        start = None
-        idx = keep.to_list()
-        runs: List[Tuple[int, int]] = []
-        for i in idx:
-            if start is None:
-                start = prev = i
-            elif i != prev + 1:
-                runs.append((start, prev + 1))
-                start = i
-            prev = i
-        if start is not None:
-            runs.append((start, prev + 1))
-        for a, b in runs:
-            _parse_bisect(raw.slice(a, b - a), a, frames, python_rows)
+        for a, b in _runs((~screened).arg_true().to_list()):
+            _parse_bisect(values[a:b], a, frames, python_rows)
     else:
-        _parse_bisect(raw, 0, frames, python_rows)
+        _parse_bisect(values, 0, frames, python_rows)
 
     good_parts: List[pl.DataFrame] = []
     for df in frames:

@@ -234,9 +234,9 @@ def test_vectorised_checks_alone_never_accept_what_schema_rejects():
     rng = random.Random(23)
     bases = [varied_record(rng, i) for i in range(30)]
     values = [mutate(rng, rng.choice(bases)) for _ in range(1500)]
-    values = [v for v in values if dec._parse(pl.Series([v], dtype=pl.Binary)) is not None]
+    values = [v for v in values if not dec.screen([v])[0] and dec._parse([v]) is not None]
     values += [wire.encode(b) for b in bases]
-    df = dec._parse(pl.Series("raw", values, dtype=pl.Binary))
+    df = dec._parse(values)
     assert df is not None   # every value parses: the whole frame takes the vectorised path
     ok = df.select(dec._checks(pl.col("d"), pl.col("raw"))).to_series()
     text_ok = dec._text_checks(df)
@@ -246,3 +246,10 @@ def test_vectorised_checks_alone_never_accept_what_schema_rejects():
             assert _python_ok(v), v[:300]
     assert all(vector_ok[-len(bases):])
     assert sum(vector_ok) > 100 and vector_ok.count(False) > 500
+
+
+def test_a_bom_first_in_the_batch_is_rejected_like_schema_does():
+    good = wire.encode(wire.example_record(seq=1))
+    out = decode_batch([b"\xef\xbb\xbf" + good, good])
+    assert out.good["row"].to_list() == [1]
+    assert out.rejected[0][0] == 0 and out.rejected[0][1].startswith("record:")
