@@ -183,6 +183,12 @@ class AgentCollector(Collector):
                         p["compact_stall"])
             yield gauge("probe_allocstall", "Last write probe: allocstall_* during it",
                         p["allocstall"])
+            g = GaugeMetricFamily(P + "probe_vmstat_delta", "Last write probe: change of "
+                                  "compaction and reclaim counters during it",
+                                  labels=["counter"])
+            for name, delta in sorted(st.probe_vmstat.items()):
+                g.add_metric([name], delta)
+            yield g
         yield counter("probe_refusals", "Probes that did not run (space, permissions)",
                       st.probe_refusals)
 
