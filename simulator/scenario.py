@@ -1,7 +1,8 @@
 """Scenario files: what a simulated fleet looks like, how its kernels roll out and which
 changes are injected. Parsing and validation only; the physics is in ``model.py``.
 
-A scenario is a TOML file (``simulator/scenarios/*.toml`` for the named ones)::
+A scenario is a TOML file (``simulator/scenarios/*.toml`` for the named ones), or the
+same structure in YAML (``.yaml``/``.yml``)::
 
     name = "seed-iomap-arm64-xfs"
     start = "2026-11-02T00:00:00Z"  # simulated wall clock of the first interval (UTC)
@@ -72,6 +73,7 @@ except ModuleNotFoundError:  # pragma: no cover - the simulator needs 3.11, see 
     import tomli as tomllib  # type: ignore
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+SCENARIO_SUFFIXES = (".toml", ".yaml", ".yml")
 
 # name -> (arch, vCPUs, memory GiB, hardware generation speed factor for buffered writes).
 # Newer generations write faster: a rollout that starts on them looks like an improvement.
@@ -499,17 +501,29 @@ def load_scenario(name_or_path: Union[str, Path, Scenario], *, hosts: Optional[i
         sc = copy.deepcopy(name_or_path)
     else:
         p = Path(name_or_path)
-        if not (p.suffix == ".toml" or p.exists()):
+        if not (p.suffix in SCENARIO_SUFFIXES or p.exists()):
             p = SCENARIO_DIR / f"{name_or_path}.toml"
             if not p.exists():
                 raise ScenarioError(f"scenario {name_or_path!r}: no such named scenario and no "
                                     f"such file; named scenarios: {', '.join(list_scenarios())}")
         try:
-            doc = tomllib.loads(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise ScenarioError(f"scenario {p}: cannot read ({e.strerror})") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ScenarioError(f"scenario {p}: not valid TOML ({e})") from None
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+            try:
+                doc = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise ScenarioError(f"scenario {p}: not valid YAML ({e})") from None
+            if not isinstance(doc, dict):
+                raise ScenarioError(f"scenario {p}: expected a mapping at the top (name, hours, "
+                                    f"fleet, ...), got {type(doc).__name__}")
+        else:
+            try:
+                doc = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                raise ScenarioError(f"scenario {p}: not valid TOML ({e})") from None
         sc = _parse(doc, str(p))
     if hosts is not None:
         if hosts <= 0:

@@ -117,6 +117,19 @@ def test_unknown_scenario_lists_the_named_ones():
     assert "seed-iomap-arm64-xfs" in str(e.value)
 
 
+def test_yaml_scenario_reads_like_toml(tmp_path):
+    import tomllib
+
+    import yaml
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(tomllib.loads(GOOD)))
+    from_yaml, from_toml = load_scenario(p), load_scenario(write(tmp_path, GOOD))
+    assert ground_truth(from_yaml) == ground_truth(from_toml)
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ScenarioError, match="expected a mapping"):
+        load_scenario(p)
+
+
 def test_not_toml_is_reported(tmp_path):
     with pytest.raises(ScenarioError, match="not valid TOML"):
         load_scenario(write(tmp_path, "name = [unclosed"))
