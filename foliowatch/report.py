@@ -210,14 +210,14 @@ def figure_png(dataset: Path, rec: dict, window_s: int = 60) -> Optional[bytes]:
     axes[0].legend(loc="lower left", fontsize=9)
     hosts = (agg.pivot(on="kernel", index="window_start", values="hosts", aggregate_function="sum")
                .fill_null(0).sort("window_start"))
-    total = sum(pl.col(c) for c in hosts.columns if c != "window_start")
-    share = hosts.with_columns(((pl.col(k_to) if k_to in hosts.columns else pl.lit(0)) / total)
-                               .alias("share"))
-    axes[2].fill_between(share["window_start"].to_list(), share["share"].to_list(), step="post",
+    on_new = hosts[k_to].to_list() if k_to in hosts.columns else [0] * hosts.height
+    total = hosts.select(sum(pl.col(c) for c in hosts.columns if c != "window_start")).to_series()
+    axes[2].fill_between(hosts["window_start"].to_list(), on_new, step="post",
                          color=colors[k_to], alpha=0.35)
-    axes[2].set_ylim(0, 1)
-    axes[2].set_ylabel("share")
-    axes[2].set_title(f"rollout: share of the cohort's hosts on {k_to}", loc="left", fontsize=11)
+    axes[2].set_ylim(0, max(1, max(on_new, default=0)) * 1.25)
+    axes[2].set_ylabel("hosts")
+    axes[2].set_title(f"rollout: hosts of the cohort on {k_to} (of {int(total.max() or 0)})",
+                      loc="left", fontsize=11)
     axes[2].grid(alpha=0.3)
     detected = _parse_ts(rec.get("first_detected_at"))
     first_seen = _parse_ts(rec.get("new_kernel_first_seen"))
