@@ -10,6 +10,7 @@ finishes the pending batch, checkpoints and commits them, and forgets them.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -185,6 +186,7 @@ class KafkaRunner:
         offsets = self.pipeline.checkpoint(self.store, partitions)
         if not offsets:
             return
+        log.info("checkpoint: next offsets %s", json.dumps(offsets, sort_keys=True))
         try:
             self.consumer.commit({TopicPartition(self.cfg.topic, p): OffsetAndMetadata(o, "", -1)
                                   for p, o in offsets.items()})

@@ -224,15 +224,20 @@ def test_two_instances_share_partitions_and_one_takes_over(kafka, sim_topic, tmp
         deadline = time.monotonic() + 90
         def assigned(p):
             return [l for l in p.log_path.read_text().splitlines() if "assigned" in l]
+
+        def checkpointed_since_sharing(p):
+            lines = p.log_path.read_text().splitlines()
+            last = max(i for i, l in enumerate(lines) if "assigned" in l)
+            return any("checkpoint: next offsets" in l for l in lines[last:])
         while time.monotonic() < deadline:
             la, lb = assigned(a), assigned(b)
-            if la and lb and "[]" not in la[-1] and "[]" not in lb[-1]:
+            if (la and lb and "[]" not in la[-1] and "[]" not in lb[-1]
+                    and checkpointed_since_sharing(a) and checkpointed_since_sharing(b)):
                 break
             time.sleep(0.2)
         else:
-            raise AssertionError("both instances should own partitions:\n"
+            raise AssertionError("both instances should own partitions and make progress:\n"
                                  + a.log_path.read_text()[-2000:] + b.log_path.read_text()[-2000:])
-        time.sleep(2)
         a.send_signal(signal.SIGTERM)          # stop one: it checkpoints and leaves the group
         assert wait(a, 60) == 0
         ta = totals(a)
