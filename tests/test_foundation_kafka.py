@@ -99,3 +99,17 @@ def test_three_broker_cluster_keeps_acked_message_when_a_broker_stops(kafka3):
     # still writable with acks=all: 2 in-sync replicas remain
     _produce(survivors, "replicated", [schema.example_record(seq=43)])
     assert len(_consume_all(survivors, "replicated", 2, timeout=60)) == 2
+
+
+def test_kafka_perf_tools_run_from_the_same_jars(kafka, topic):
+    prod = kafka.tool("producer-perf", "--topic", topic, "--num-records", "2000", "--record-size", "200",
+                      "--throughput", "-1", "--producer-props", f"bootstrap.servers={kafka.bootstrap}",
+                      "acks=all")
+    assert prod.returncode == 0, prod.stderr.decode()[-2000:]
+    assert b"2000 records sent" in prod.stdout
+    cons = kafka.tool("consumer-perf", "--bootstrap-server", kafka.bootstrap, "--topic", topic,
+                      "--messages", "2000", "--timeout", "30000")
+    assert cons.returncode == 0, cons.stderr.decode()[-2000:]
+    # header line, then one CSV row whose 5th column is the message count
+    row = [l for l in cons.stdout.decode().splitlines() if l and l[0].isdigit()][-1].split(",")
+    assert int(row[4].strip()) == 2000
