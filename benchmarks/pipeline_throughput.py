@@ -108,13 +108,13 @@ print(json.dumps({"records": got, "seconds": round(secs, 2), "records_per_s": ro
 """
 
 
-def consume_only(bootstrap: str, topic: str, n: int, args) -> dict:
+def consume_only(bootstrap: str, topic: str, n: int, mpr: int, mpfb: int, fmb: int) -> dict:
     p = subprocess.run([sys.executable, "-c", CONSUME_ONLY, bootstrap, topic, str(n),
-                        str(args.max_poll_records), str(args.max_partition_fetch_bytes),
-                        str(args.fetch_max_bytes)], capture_output=True, text=True, cwd=REPO)
+                        str(mpr), str(mpfb), str(fmb)], capture_output=True, text=True, cwd=REPO)
     if p.returncode != 0:
         raise SystemExit(f"consume-only failed:\n{p.stderr[-3000:]}")
-    return {"what": "kafka-python consume only", **json.loads(p.stdout.strip().splitlines()[-1])}
+    return {"what": f"kafka-python consume only (fetch {mpfb >> 20}/{fmb >> 20} MiB, "
+                    f"poll {mpr})", **json.loads(p.stdout.strip().splitlines()[-1])}
 
 
 def stages(bootstrap: str, topic: str, n: int) -> list:
@@ -192,7 +192,15 @@ def main() -> int:
             "--max-poll-records", str(args.max_poll_records),
             "--max-partition-fetch-bytes", str(args.max_partition_fetch_bytes),
             "--fetch-max-bytes", str(args.fetch_max_bytes)])))
-        results.append(emit(consume_only(cluster.bootstrap, topic, n, args)))
+        results.append(emit(consume_only(cluster.bootstrap, topic, n, args.max_poll_records,
+                                         args.max_partition_fetch_bytes, args.fetch_max_bytes)))
+        # smaller fetches: what memory the consumer's prefetching costs, and what speed
+        results.append(emit(consume_only(cluster.bootstrap, topic, n, 5000, 1 << 20, 8 << 20)))
+        small = emit(run_pipeline(cluster.bootstrap, topic, work / "ds-small", [
+            "--batch-records", "50000", "--max-poll-records", "5000",
+            "--max-partition-fetch-bytes", str(1 << 20), "--fetch-max-bytes", str(8 << 20)]))
+        small["what"] += " (fetch 1/8 MiB, batch 50k)"
+        results.append(small)
         for row in stages(cluster.bootstrap, topic, min(n, 300_000)):
             results.append(emit(row))
     finally:
