@@ -68,7 +68,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     sp = argparse.ArgumentParser(prog=f"foliowatch {name}", description=SUBCOMMANDS[name][1])
     mod.add_arguments(sp)
     args = sp.parse_args(argv[1:])
-    return int(mod.run(args) or 0)
+    try:
+        return int(mod.run(args) or 0)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        # a wrong path given by the user: say which and stop, without a traceback
+        print(f"foliowatch {name}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
