@@ -13,7 +13,6 @@ configuration.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -173,7 +172,12 @@ def run(args) -> int:
                 record = agent.tick()
             left = len(agent.spool)
             if record is not None:
-                print(json.dumps({"seq": record["seq"], "spooled": left}), file=sys.stderr)
+                waiting = (f"{left} sample(s) wait in {cfg.state_dir}/spool for Kafka"
+                           if agent.sender is not None and left else
+                           "delivered" if agent.sender is not None else
+                           f"spooled (Kafka disabled; {left} in the spool)")
+                print(f"foliowatch agent --once: sample seq {record['seq']}: {waiting}",
+                      file=sys.stderr)
             return 1 if (left and agent.sender is not None) else 0
         agent.run(stop)
         return 0
