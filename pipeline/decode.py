@@ -20,7 +20,6 @@ message costs a few extra parses, not the batch.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple

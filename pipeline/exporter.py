@@ -14,7 +14,7 @@ import threading
 from typing import Dict, List, Optional, Tuple
 
 import polars as pl
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from foliowatch import dataset as contract

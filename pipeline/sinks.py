@@ -23,7 +23,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import polars as pl
 
-from foliowatch import dataset as contract
 
 from .aggregate import PARTIAL_SCHEMA, SEEN_SCHEMA, ClosedWindow, PartitionMeta
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
 
-from foliowatch import schema as wire
 from foliowatch.pipeline import main as pipeline_main
 
 from test_pipeline_reference import Reference, assert_dataset_matches, file_messages, read_output

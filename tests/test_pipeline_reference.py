@@ -12,7 +12,7 @@ import statistics
 import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import polars as pl
 
@@ -174,10 +174,9 @@ def assert_dataset_matches(root: Path, ref: Reference) -> None:
     assert cohorts.height == len(ref.cohort_rows)
     for row in cohorts.iter_rows(named=True):
         start = int(row["window_start"].timestamp())
-        key = (row["_partition"], row["window_s"], start, *[row[k] for k in
-                                                            contract.COHORT_KEYS])
-        key = key[:3] + (row["fleet"], row["role"], row["arch"], row["page_size"], row["fs"],
-                         row["kernel"])
+        key = (row["_partition"], row["window_s"], start, row["fleet"], row["role"],
+               row["arch"], row["page_size"], row["fs"], row["kernel"])
+        assert key in ref.cohort_rows, key
         exp = ref.cohort_rows[key]
         assert row["hosts"] == exp["hosts"] and row["samples"] == exp["samples"], key
         for m in wire.KEY_METRICS:
