@@ -154,15 +154,26 @@ def run(args) -> int:
     from foliowatch.agent.runner import Agent
     try:
         agent = Agent(cfg)
-    except (RuntimeError, OSError) as e:
+    except RuntimeError as e:
         print(f"foliowatch agent: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the state directory: lock, state file, spool
+        print(f"foliowatch agent: agent.state_dir {cfg.state_dir}: {e.strerror} "
+              f"({e.filename}); make it writable for uid {os.geteuid()} or set "
+              "agent.state_dir", file=sys.stderr)
         return 1
     server = None
     stop = _stop_event()
     try:
         if cfg.metrics_enabled and not args.once:
             from foliowatch.agent.exporter import serve
-            server = serve(agent, cfg.metrics_address())
+            try:
+                server = serve(agent, cfg.metrics_address())
+            except OSError as e:
+                print(f"foliowatch agent: agent.metrics.listen {cfg.metrics_listen}: "
+                      f"{e.strerror}; pick a free port or set agent.metrics.enabled = false",
+                      file=sys.stderr)
+                return 1
             logging.getLogger("foliowatch.agent").info(
                 "/metrics on http://%s:%d/metrics", *cfg.metrics_address())
         if args.once:

@@ -117,3 +117,23 @@ def test_once_stdout_prints_one_valid_sample_without_kafka_or_state(tmp_path):
     assert "compact_stall" in rec["counters"]
     assert not (tmp_path / "never").exists()
     json.loads(lines[0])
+
+
+def test_runtime_errors_name_the_key(tmp_path):
+    import socket
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "state").write_text("a file where the state directory should be")
+    p = cli("--once", env={"FOLIOWATCH_AGENT_STATE_DIR": str(ro / "state"),
+                           "FOLIOWATCH_AGENT_KAFKA_ENABLED": "false"})
+    assert p.returncode == 1
+    assert f"foliowatch agent: agent.state_dir {ro / 'state'}: " in p.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        p = cli(env={"FOLIOWATCH_AGENT_STATE_DIR": str(tmp_path / "st"),
+                     "FOLIOWATCH_AGENT_KAFKA_ENABLED": "false",
+                     "FOLIOWATCH_AGENT_METRICS_LISTEN": f"127.0.0.1:{port}"})
+    assert p.returncode == 1
+    assert f"agent.metrics.listen 127.0.0.1:{port}: Address already in use" in p.stderr
