@@ -346,3 +346,16 @@ def test_real_host_deltas_agree_with_counters_read_independently(tmp_path):
     psi = pressure.read_all()
     for name in psi:
         assert name in rec["counters"]
+
+
+@given(st.text(max_size=400))
+def test_parsers_never_raise_on_unexpected_text(text_):
+    """A kernel that prints something unexpected must cost a field, not the sample."""
+    vmstat.parse(text_)
+    pressure.parse(text_)
+    buddyinfo.parse(text_)
+    diskstats.parse(text_)
+    meminfo.parse(text_)
+    xfs.parse(text_)
+    labels.parse_mountinfo(text_)
+    thp.parse_choice(text_)
