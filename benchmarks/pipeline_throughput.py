@@ -49,7 +49,14 @@ def produce(bootstrap: str, topic: str, records: int, compression: str, seed: in
     return res["sent"]
 
 
+def _children_cpu() -> float:
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def java_consumer_perf(cluster, topic: str, n: int) -> dict:
+    cpu0 = _children_cpu()
     p = cluster.tool("consumer-perf", "--bootstrap-server", cluster.bootstrap, "--topic", topic,
                      "--messages", str(n), "--timeout", "60000",
                      "--group", f"perf-{uuid.uuid4().hex[:6]}", timeout=600)
@@ -61,7 +68,9 @@ def java_consumer_perf(cluster, topic: str, n: int) -> dict:
     header = [h.strip() for h in heads[0].split(",")]
     vals = [v.strip() for v in lines[-1].split(",")]
     d = dict(zip(header, vals))
+    cpu = _children_cpu() - cpu0   # the whole JVM run, startup included
     return {"what": "java consumer-perf", "records": int(d["data.consumed.in.nMsg"]),
+            "cpu_seconds_incl_jvm_startup": round(cpu, 2),
             "records_per_s": float(d["nMsg.sec"]),
             "fetch_records_per_s": float(d.get("fetch.nMsg.sec", "nan")),
             "rebalance_ms": float(d.get("rebalance.time.ms", "nan")),
@@ -83,6 +92,8 @@ def run_pipeline(bootstrap: str, topic: str, out: Path, extra) -> dict:
             "records_per_s": round(t["records"] / t["busy_seconds"]),
             "busy_seconds": t["busy_seconds"], "wall_seconds_incl_startup_and_idle": round(wall, 1),
             "peak_rss_mb": t["peak_rss_mb"], "windows": t["windows"],
+            "cpu_seconds_incl_startup": t.get("cpu_seconds"),
+            "records_per_cpu_s": round(t["records"] / t["cpu_seconds"]) if t.get("cpu_seconds") else None,
             "accepted": t["accepted"], "late": t["late"], "duplicates": t["duplicates"]}
 
 
@@ -101,7 +112,9 @@ while got < n and time.monotonic() < deadline:
         got += len(recs)
         nbytes += sum(len(r.value) for r in recs)
 secs = time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"records": got, "seconds": round(secs, 2), "records_per_s": round(got / secs),
+                  "cpu_seconds_incl_startup": round(ru.ru_utime + ru.ru_stime, 2),
                   "mb_per_s": round(nbytes / secs / 1e6, 1),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
@@ -134,13 +147,13 @@ def stages(bootstrap: str, topic: str, n: int) -> list:
     offs = [r.offset for r in recs[:n]]
     rows = []
     batch = 100_000
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     decoded = [decode_batch(values[i:i + batch]) for i in range(0, len(values), batch)]
-    secs = time.perf_counter() - t0
-    rows.append({"what": "decode+validate only (polars)", "records": len(values),
-                 "records_per_s": round(len(values) / secs)})
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rows.append({"what": "decode+validate only (Arrow JSON + polars)", "records": len(values),
+                 "records_per_s": round(len(values) / secs), "cpu_seconds": round(cpu, 2)})
     agg = WindowAggregator()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i, d in enumerate(decoded):
         base = i * batch
         g = d.good.with_columns(
@@ -149,9 +162,9 @@ def stages(bootstrap: str, topic: str, n: int) -> list:
         agg.process(g, {})
         agg.close_ready()
     agg.close_ready(final=True)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     rows.append({"what": "lateness+dedupe+aggregate+close only", "records": len(values),
-                 "records_per_s": round(len(values) / secs)})
+                 "records_per_s": round(len(values) / secs), "cpu_seconds": round(cpu, 2)})
     return rows
 
 
@@ -209,11 +222,13 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     java = results[0]["records_per_s"]
-    print("\n| measurement | records | records/s | vs Java tool | peak RSS MB |")
-    print("|---|---|---|---|---|")
+    print("\n| measurement | records | records/s | vs Java tool | CPU s | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
     for r in results:
+        cpu = next((r[k] for k in ("cpu_seconds", "cpu_seconds_incl_startup",
+                                   "cpu_seconds_incl_jvm_startup") if r.get(k) is not None), "")
         print(f"| {r['what']} | {r['records']} | {r['records_per_s']:,.0f} | "
-              f"{r['records_per_s'] / java:.0%} | {r.get('peak_rss_mb', '')} |")
+              f"{r['records_per_s'] / java:.0%} | {cpu} | {r.get('peak_rss_mb', '')} |")
     whole = results[1]["records_per_s"]
     print(f"\npipeline / Java consumer-perf = {whole / java:.0%} (target >= 50%); "
           f"pipeline = {whole:,.0f} records/s (target >= 200,000); "

@@ -139,8 +139,9 @@ class KafkaRunner:
             # from the poll that brought the first records to the end of the last batch
             self.totals["busy_seconds"] = round(self._last_batch_done_at
                                                 - self._first_record_at, 3)
-        self.totals["peak_rss_mb"] = round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.totals["peak_rss_mb"] = round(ru.ru_maxrss / 1024, 1)
+        self.totals["cpu_seconds"] = round(ru.ru_utime + ru.ru_stime, 2)
         return self.totals
 
     def _owned(self) -> List[int]:
