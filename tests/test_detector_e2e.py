@@ -1,23 +1,19 @@
-"""The detector end to end on the simulator's named scenario and variants of it: host
-windows written as the dataset contract's Parquet files, `foliowatch detect` and
-`foliowatch verdict` run through the CLI, records to the real Kafka broker."""
+"""The detector end to end through files, on the simulator's seed scenario and variants
+of it (no regression, rollback): `foliowatch simulate --out` -> `foliowatch pipeline
+--from-files` -> Parquet dataset -> `foliowatch detect` / `foliowatch verdict`, records to
+the real Kafka broker. Small fleets and 60 s sampling keep the module near 3 minutes."""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from foliowatch import cli
-from foliowatch.simulator import load_scenario
 from foliowatch.simulator.scenario import SCENARIO_DIR
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from detector_scenarios import host_windows  # noqa: E402
 
 SEED_TOML = (SCENARIO_DIR / "seed-iomap-arm64-xfs.toml").read_text()
 
@@ -33,29 +29,34 @@ def scenario_file(tmp_path, name, *, drop_changes=False, rollout=None):
     return p
 
 
-def write_dataset(root: Path, df: pl.DataFrame) -> Path:
-    for (day,), part in df.with_columns(pl.col("window_start").dt.date().cast(pl.String).alias("_d")
-                                        ).group_by("_d"):
-        d = root / "level=host" / "window_s=60" / f"date={day}"
-        d.mkdir(parents=True, exist_ok=True)
-        part.drop("_d").write_parquet(d / "part-p0-0-0.parquet")
-    return root
+def simulate_and_aggregate(tmp: Path, scenario, hosts: int, hours: float, seed: int) -> Path:
+    """Simulator files -> the pipeline's --from-files mode -> dataset root."""
+    files, dataset = tmp / "files", tmp / "dataset"
+    assert cli.main(["simulate", "--scenario", str(scenario), "--hosts", str(hosts),
+                     "--hours", str(hours), "--interval", "60", "--seed", str(seed),
+                     "--out", str(files), "--format", "parquet"]) == 0
+    assert cli.main(["pipeline", "--from-files", str(files), "--output", str(dataset),
+                     "--windows", "60", "--metrics-addr", "off"]) == 0
+    assert list(dataset.glob("level=host/window_s=60/*/*.parquet"))
+    return dataset
 
 
 def detect(capsys, *argv) -> dict:
+    capsys.readouterr()          # drop what the simulator and the pipeline printed
     assert cli.main(["detect", *argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
 def verdict(capsys, *argv):
+    capsys.readouterr()
     code = cli.main(["verdict", *argv, "--json"])
     return code, json.loads(capsys.readouterr().out)
 
 
 @pytest.fixture(scope="module")
 def seed_dataset(tmp_path_factory):
-    sc = load_scenario("seed-iomap-arm64-xfs", hosts=500, hours=20, interval_s=60, seed=7)
-    return write_dataset(tmp_path_factory.mktemp("seed"), host_windows(sc))
+    return simulate_and_aggregate(tmp_path_factory.mktemp("seed"), "seed-iomap-arm64-xfs",
+                                  hosts=500, hours=20, seed=7)
 
 
 def test_seed_scenario_flags_arm64_xfs_only_with_the_right_kernels(seed_dataset, tmp_path, capsys):
@@ -84,9 +85,9 @@ def test_seed_scenario_flags_arm64_xfs_only_with_the_right_kernels(seed_dataset,
 
 
 def test_no_regression_scenario_raises_nothing(tmp_path, capsys):
-    sc = load_scenario(scenario_file(tmp_path, "control-no-regression", drop_changes=True),
-                       hosts=500, hours=20, interval_s=60, seed=11)
-    ds = write_dataset(tmp_path / "ds", host_windows(sc))
+    ds = simulate_and_aggregate(tmp_path, scenario_file(tmp_path, "control-no-regression",
+                                                        drop_changes=True),
+                                hosts=400, hours=20, seed=11)
     state = str(tmp_path / "s.json")
     for as_of in ("2026-11-02T11:00:00Z", "2026-11-02T15:00:00Z", "2026-11-02T19:30:00Z"):
         out = detect(capsys, "--dataset", str(ds), "--state", state, "--as-of", as_of)
@@ -96,9 +97,8 @@ def test_no_regression_scenario_raises_nothing(tmp_path, capsys):
 
 def test_rollback_resolves_the_open_regression_and_kafka_receives_records(tmp_path, capsys, kafka, topic):
     rollout = "waves = [0.10, 0.50]\nwave_interval_h = 3\nrollback_h = 15"
-    sc = load_scenario(scenario_file(tmp_path, "rollback", rollout=rollout),
-                       hosts=400, hours=17, interval_s=60, seed=3)
-    ds = write_dataset(tmp_path / "ds", host_windows(sc))
+    ds = simulate_and_aggregate(tmp_path, scenario_file(tmp_path, "rollback", rollout=rollout),
+                                hosts=400, hours=17, seed=3)
     state = str(tmp_path / "s.json")
     common = ["--dataset", str(ds), "--state", state, "--kafka", kafka.bootstrap]
     from foliowatch.detector import outputs
