@@ -90,11 +90,13 @@ def simulate_frame(scenario: Scenario, seed: Optional[int] = None, *,
     steps = scenario.steps
     dtv = scenario.interval_s
     k = max(1, rows_per_chunk // max(n, 1))
-    pending: Optional[pl.DataFrame] = None
+    pend_hosts: Optional[np.ndarray] = None
+    pend_cols: Dict[str, np.ndarray] = {}
     for first in range(0, steps, k):
         last = min(steps, first + k)
-        parts: Dict[str, List[np.ndarray]] = {}
-        rows_host: List[np.ndarray] = []
+        # records held back from the previous chunk come first
+        parts: Dict[str, List[np.ndarray]] = {k: [v] for k, v in pend_cols.items()}
+        rows_host: List[np.ndarray] = [pend_hosts] if pend_hosts is not None else []
         for i in range(first, last):
             out = stepper.step(i)
             u = out["u"]
@@ -135,20 +137,23 @@ def simulate_frame(scenario: Scenario, seed: Optional[int] = None, *,
             continue
         hosts = np.concatenate(rows_host)
         cols = {name: np.concatenate(v) for name, v in parts.items()}
-        frame = _build_frame(plan, tables, hosts, cols, dtv, stepper.boot_ids)
-        if pending is not None and pending.height:
-            frame = pl.concat([pending, frame], how="vertical")
-        horizon = scenario.start_ts + last * dtv
-        frame = frame.sort("emit_ts")
+        # Delivery order, decided on the arrays before any frame is built (a stable sort
+        # on the millisecond times the frame shows, so ties keep a fixed order); records
+        # due after this chunk's span wait for the next one.
+        cols["emit_ts"] = np.round(cols["emit_ts"], 3)
+        order = np.argsort(cols["emit_ts"], kind="stable")
+        cut = len(order)
         if last < steps:
-            cut = int(frame["emit_ts"].search_sorted(horizon, side="left"))
-            ready, pending = frame.slice(0, cut), frame.slice(cut)
+            horizon = scenario.start_ts + last * dtv
+            cut = int(np.searchsorted(cols["emit_ts"][order], horizon, side="left"))
+        ready, rest = order[:cut], order[cut:]
+        if len(rest):
+            pend_hosts, pend_cols = hosts[rest], {k: v[rest] for k, v in cols.items()}
         else:
-            ready, pending = frame, None
-        if ready.height:
-            yield ready
-    if pending is not None and pending.height:
-        yield pending
+            pend_hosts, pend_cols = None, {}
+        if len(ready):
+            yield _build_frame(plan, tables, hosts[ready], {k: v[ready] for k, v in cols.items()},
+                               dtv, stepper.boot_ids)
 
 
 def _build_frame(plan: Plan, t: _Tables, hosts: np.ndarray, cols: Dict[str, np.ndarray],
@@ -158,7 +163,7 @@ def _build_frame(plan: Plan, t: _Tables, hosts: np.ndarray, cols: Dict[str, np.n
     fs_idx = plan.fs_idx[hosts]
     boot_series = pl.Series("boot_id", boot_ids)
     data = {
-        "emit_ts": np.round(cols["emit_ts"], 3),
+        "emit_ts": cols["emit_ts"],
         "host_id": _gather(t.host_id, hosts),
         "boot_id": _gather(boot_series, cols["boot_idx"]),
         "seq": cols["seq"],
