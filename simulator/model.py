@@ -210,16 +210,17 @@ class Stepper:
 
         stall_rate = p.stall_base * load * (frag / 0.8) ** 3 * ks
         stall_rate = np.where(outlier, stall_rate * (5.0 + 45.0 * (u * 13.0 % 1.0)) + 5.0, stall_rate)
-        stalls = rng.poisson(stall_rate * dtv)
+        stalls = _event_counts(rng, stall_rate * dtv)
         fail_share = 0.35 + 0.55 * frag
         compact_fail = np.rint(stalls * fail_share).astype(np.int64)
         compact_success = stalls - compact_fail
         migrate = np.rint(stalls * 2600.0 * (1.0 + frag) * noise).astype(np.int64)
         free_scanned = np.rint(stalls * 11000.0 * (1.0 + frag) * noise).astype(np.int64)
         alloc_rate = p.alloc_base * load * (0.15 + frag) ** 2 * kr
-        alloc_normal = rng.poisson(alloc_rate * (0.8 * dtv))
-        alloc_movable = rng.poisson(alloc_rate * (0.2 * dtv))
-        allocs = alloc_normal + alloc_movable
+        allocs = _event_counts(rng, alloc_rate * dtv)
+        # about a fifth of direct reclaim entries come from movable-zone allocations
+        alloc_movable = np.floor(allocs * 0.2 + (u * 53.0) % 1.0).astype(np.int64)
+        alloc_normal = allocs - alloc_movable
         pgscan_direct = np.rint(allocs * 480.0 * noise).astype(np.int64)
         pgsteal_direct = np.rint(pgscan_direct * 0.82).astype(np.int64)
         pgscan_kswapd = np.rint(nr_dirtied * (0.5 + 0.4 * frag)).astype(np.int64)
@@ -279,6 +280,20 @@ class Stepper:
         order_1m = np.where(self.page_size == 65536, 4.0, 8.0)
         f = np.clip(frag1m, 1e-6, 0.999)
         return [np.round(np.clip(f ** (order_1m / k), 0.0, 0.999), 4) for k in (2.0, 4.0, 9.0)]
+
+
+def _event_counts(rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
+    """Poisson counts; above a mean of 25 the normal approximation (numpy's Poisson
+    sampler costs ~150 ns a draw there, and a fleet draws millions per second)."""
+    big = lam > 25.0
+    if not big.any():
+        return rng.poisson(lam)
+    out = np.empty(lam.shape, dtype=np.int64)
+    small = ~big
+    out[small] = rng.poisson(lam[small])
+    lb = lam[big]
+    out[big] = np.maximum(np.rint(lb + np.sqrt(lb) * rng.standard_normal(len(lb))), 0)
+    return out
 
 
 def _boot_ids(rng: np.random.Generator, n: int) -> List[str]:
