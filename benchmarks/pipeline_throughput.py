@@ -100,6 +100,7 @@ def run_pipeline(bootstrap: str, topic: str, out: Path, extra) -> dict:
 CONSUME_ONLY = r"""
 import json, resource, sys, time
 from foliowatch.kafka_io import KafkaSettings, make_consumer
+from foliowatch.pipeline.consumer import peak_rss_mb
 bootstrap, topic, n, mpr, mpfb, fmb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 c = make_consumer(KafkaSettings(bootstrap=[bootstrap]), topic, group_id=None,
                   max_poll_records=mpr, max_partition_fetch_bytes=mpfb, fetch_max_bytes=fmb)
@@ -116,7 +117,7 @@ ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"records": got, "seconds": round(secs, 2), "records_per_s": round(got / secs),
                   "cpu_seconds_incl_startup": round(ru.ru_utime + ru.ru_stime, 2),
                   "mb_per_s": round(nbytes / secs / 1e6, 1),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 
@@ -173,9 +174,9 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--compression", default="zstd", choices=["none", "gzip", "lz4", "zstd"])
-    ap.add_argument("--max-poll-records", type=int, default=20_000)
-    ap.add_argument("--max-partition-fetch-bytes", type=int, default=8 * 1024 * 1024)
-    ap.add_argument("--fetch-max-bytes", type=int, default=64 * 1024 * 1024)
+    ap.add_argument("--max-poll-records", type=int, default=10_000)
+    ap.add_argument("--max-partition-fetch-bytes", type=int, default=2 * 1024 * 1024)
+    ap.add_argument("--fetch-max-bytes", type=int, default=16 * 1024 * 1024)
     ap.add_argument("--batch-records", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -206,13 +207,13 @@ def main() -> int:
             "--fetch-max-bytes", str(args.fetch_max_bytes)])))
         results.append(emit(consume_only(cluster.bootstrap, topic, n, args.max_poll_records,
                                          args.max_partition_fetch_bytes, args.fetch_max_bytes)))
-        # smaller fetches: what memory the consumer's prefetching costs, and what speed
-        results.append(emit(consume_only(cluster.bootstrap, topic, n, 5000, 1 << 20, 8 << 20)))
-        small = emit(run_pipeline(cluster.bootstrap, topic, work / "ds-small", [
-            "--batch-records", "50000", "--max-poll-records", "5000",
-            "--max-partition-fetch-bytes", str(1 << 20), "--fetch-max-bytes", str(8 << 20)]))
-        small["what"] += " (fetch 1/8 MiB, batch 50k)"
-        results.append(small)
+        # larger fetches: what memory the consumer's prefetching costs, and what speed
+        results.append(emit(consume_only(cluster.bootstrap, topic, n, 20000, 8 << 20, 64 << 20)))
+        big = emit(run_pipeline(cluster.bootstrap, topic, work / "ds-big", [
+            "--batch-records", str(args.batch_records), "--max-poll-records", "20000",
+            "--max-partition-fetch-bytes", str(8 << 20), "--fetch-max-bytes", str(64 << 20)]))
+        big["what"] += " (fetch 8/64 MiB, poll 20000)"
+        results.append(big)
         for row in stages(cluster.bootstrap, topic, min(n, 300_000)):
             results.append(emit(row))
     finally:

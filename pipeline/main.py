@@ -48,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--until-idle", type=float, default=0.0, metavar="SECONDS",
                    help="stop after SECONDS with nothing to read, closing every window as the "
                         "end of the stream (one-shot runs over a finite topic)")
-    k.add_argument("--max-poll-records", type=int, default=20_000)
-    k.add_argument("--max-partition-fetch-bytes", type=int, default=8 * 1024 * 1024)
-    k.add_argument("--fetch-max-bytes", type=int, default=64 * 1024 * 1024)
+    k.add_argument("--max-poll-records", type=int, default=10_000)
+    k.add_argument("--max-partition-fetch-bytes", type=int, default=2 * 1024 * 1024)
+    k.add_argument("--fetch-max-bytes", type=int, default=16 * 1024 * 1024)
     k.add_argument("--session-timeout-ms", type=int, default=10_000)
     k.add_argument("--batch-pause", type=float, default=0.0, help=argparse.SUPPRESS)
     m = p.add_argument_group("metrics")
