@@ -20,6 +20,7 @@ from .scenario import Scenario
 from .truth import ground_truth, host_table, scenario_summary
 
 GROUND_TRUTH_FILE = "ground_truth.json"
+ROWS_PER_ROW_GROUP = 250_000
 # CSV, not Parquet: a reader pointed at the folder picks up the data files only
 HOSTS_FILE = "ground_truth_hosts.csv"
 
@@ -84,7 +85,7 @@ def _prefetch(chunks: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.Dat
 
 
 def write_files(scenario: Scenario, out_dir, seed: Optional[int] = None, fmt: str = "jsonl",
-                *, rows_per_file: int = 2_000_000) -> List[Path]:
+                *, rows_per_file: int = 1_000_000) -> List[Path]:
     """Write the simulated records to ``out_dir`` in delivery order, as JSON lines
     (``samples-00000.jsonl``: wire v1, one record per line) or Parquet
     (``samples-00000.parquet``: the nested wire form, see ``frames.to_wire_frame``), plus
@@ -111,22 +112,25 @@ def write_files(scenario: Scenario, out_dir, seed: Optional[int] = None, fmt: st
         if fh is not None:
             fh.close()
     else:
-        import pyarrow.parquet as pq
-        writer = None
+        pending: List[pl.DataFrame] = []
         rows = 0
+
+        def flush() -> None:
+            # polars' own writer: about a third cheaper than pyarrow's on this nested form
+            frame = pl.concat(pending, rechunk=False)
+            paths.append(out / f"samples-{len(paths):05d}.parquet")
+            frame.write_parquet(paths[-1], compression="zstd", compression_level=1,
+                                row_group_size=ROWS_PER_ROW_GROUP)
+            pending.clear()
+
         for chunk in chunks:
-            table = to_wire_frame(chunk).to_arrow()
-            if writer is None or rows >= rows_per_file:
-                if writer is not None:
-                    writer.close()
-                paths.append(out / f"samples-{len(paths):05d}.parquet")
-                writer = pq.ParquetWriter(paths[-1], table.schema, compression="zstd",
-                                          compression_level=1)
+            pending.append(to_wire_frame(chunk))
+            rows += chunk.height
+            if rows >= rows_per_file:
+                flush()
                 rows = 0
-            writer.write_table(table, row_group_size=max(1, table.num_rows))
-            rows += table.num_rows
-        if writer is not None:
-            writer.close()
+        if pending:
+            flush()
     paths.append(write_ground_truth(scenario, out, seed))
     host_table(scenario, seed).write_csv(out / HOSTS_FILE)
     paths.append(out / HOSTS_FILE)
