@@ -88,3 +88,38 @@ def test_bad_input_paths_are_named_with_what_to_do(tmp_path):
         run_pipeline(["--output", str(tmp_path / "o"), "--from-files", str(tmp_path / "x.csv"),
                       "--metrics-addr", "off"])
     assert "x.csv" in str(e.value) and ".jsonl" in str(e.value)
+
+
+def test_several_filesystems_no_mounts_and_probes_match_the_reference(tmp_path, capsys):
+    """One host-window row per filesystem (write throughput per fs, host counters
+    repeated), a "none" row for a host that watches no filesystem, probe means."""
+    import random
+    from test_pipeline_decode import varied_record
+    from foliowatch import schema as wire
+    rng = random.Random(17)
+    recs = []
+    for i in range(60):
+        for h in range(6):
+            r = varied_record(rng, i)
+            r.update(host_id=f"multi-{h}", seq=i, ts=1764000000.0 + 10 * i + h)
+            if h == 0:
+                r["labels"] = wire.example_record()["labels"]
+                r["mounts"] = [{"mount": "/a", "fs": "xfs", "device": "d1",
+                                "counters": {"write_bytes": 1000 * i}},
+                               {"mount": "/b", "fs": "ext4", "device": "d2",
+                                "counters": {"write_bytes": 7 * i}},
+                               {"mount": "/c", "fs": "xfs", "device": "d3",
+                                "counters": {"write_bytes": 5}}]
+            recs.append(wire.encode(r))
+    f = tmp_path / "multi.jsonl"
+    f.write_bytes(b"\n".join(recs) + b"\n")
+    out = tmp_path / "ds"
+    assert run_pipeline(["--output", str(out), "--from-files", str(f),
+                         "--metrics-addr", "off"]) == 0
+    ref = Reference(file_messages(f))
+    assert_dataset_matches(out, ref)
+    hosts = read_output(out, "host")
+    h0 = hosts.filter((pl.col("host_id") == "multi-0") & (pl.col("window_s") == 3600))
+    assert sorted(h0["fs"].to_list()) == ["ext4", "xfs"]
+    assert h0["compact_stall_sum"].n_unique() == 1     # host counters repeated per fs
+    assert "none" in hosts["fs"].to_list()
