@@ -77,6 +77,9 @@ class Plan:
     reboot_reason: np.ndarray
     reboot_wave: np.ndarray      # rollout wave (1-based) of a rollout reboot, else 0
     reboot_down_s: np.ndarray    # host unreachable for this long after the reboot starts
+    agent_off_ts: np.ndarray     # agent outages (host up, agent stopped), sorted by ts
+    agent_off_host: np.ndarray
+    agent_off_end: np.ndarray
     ep_ts: np.ndarray
     ep_host: np.ndarray
     ep_end: np.ndarray
@@ -295,6 +298,11 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
         rreason = np.zeros(0, dtype=np.int8)
         rwave = np.zeros(0, dtype=np.int8)
     down_s = rng.uniform(90.0, 360.0, len(rts))
+    k = rng.poisson(fl["agent_outage_per_host_day"] * days * n)
+    ag_ts = rng.uniform(start, end, k)
+    ag_host = rng.integers(0, n, k)
+    ag_end = ag_ts + rng.uniform(60.0, 1200.0, k)
+    o = np.argsort(ag_ts, kind="stable")
     rollout_events.sort(key=lambda e: (e["ts"], e["fleet"]))
 
     return Plan(
@@ -309,7 +317,8 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
         boot_ts0=boot_ts0, seq0=seq0, ver0=a["ver0"].astype(np.int32), itypes=itypes,
         versions=versions, releases=releases, release_names=release_names,
         fleet_names=[f.name for f in sc.fleets], reboot_ts=rts, reboot_host=rhost,
-        reboot_ver=rver, reboot_reason=rreason, reboot_wave=rwave, reboot_down_s=down_s, ep_ts=ep_ts,
+        reboot_ver=rver, reboot_reason=rreason, reboot_wave=rwave, reboot_down_s=down_s,
+        agent_off_ts=ag_ts[o], agent_off_host=ag_host[o], agent_off_end=ag_end[o], ep_ts=ep_ts,
         ep_host=ep_host, ep_end=ep_end, ep_kind=ep_kind, ep_depth=ep_depth,
         rollout_events=rollout_events)
 

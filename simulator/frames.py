@@ -53,7 +53,7 @@ PROBE_COLUMNS = ("probe.bytes", "probe.seconds", "probe.chunk_bytes", "probe.mib
 ROWS_PER_CHUNK = 250_000
 
 _INT_PER_STEP = ("seq",) + COUNTERS + ("write_bytes", "write_ios")
-_FLOAT_PER_STEP = ("ts", "emit_ts") + GAUGES
+_FLOAT_PER_STEP = ("ts", "emit_ts", "interval_s") + GAUGES
 
 
 class _Tables:
@@ -168,7 +168,7 @@ def _build_frame(plan: Plan, t: _Tables, hosts: np.ndarray, cols: Dict[str, np.n
         "boot_id": _gather(boot_series, cols["boot_idx"]),
         "seq": cols["seq"],
         "ts": np.round(cols["ts"], 3),
-        "interval_s": np.full(len(hosts), float(dtv)),
+        "interval_s": cols["interval_s"],
         "fleet": _gather(t.fleet, fleet_idx),
         "role": _gather(t.role, fleet_idx),
         "arch": _gather(t.arch, ap),

@@ -57,6 +57,9 @@ class Stepper:
         self.ver = p.ver0.copy()
         self.boot_ts = p.boot_ts0.copy()
         self.down_until = np.full(n, -math.inf)
+        self.agent_down_until = np.full(n, -math.inf)
+        self.missed = np.zeros(n, dtype=np.int64)   # samples the stopped agent did not take
+        self.ag_ptr = int(np.searchsorted(p.agent_off_ts, self.start, side="right"))
         self.seq = p.seq0.astype(np.int64).copy()
         self.boot_idx = np.arange(n, dtype=np.int64)
         self.boot_ids: List[str] = _boot_ids(self.rng, n)
@@ -136,6 +139,8 @@ class Stepper:
             self.boot_idx[h] = len(self.boot_ids)
             self.boot_ids.append(_boot_ids(self.rng, 1)[0])
             self.boots[h] += 1
+            self.agent_down_until[h] = -math.inf   # the agent starts with the new boot
+            self.missed[h] = 0
             if self.ep_kind[h] == EP_DISK and self.ep_end[h] <= ts + 1:
                 self.ep_kind[h] = 0   # disk replaced
         self.reb_ptr = j
@@ -153,8 +158,21 @@ class Stepper:
         ended = (self.ep_kind > 0) & (self.ep_end <= t_end)
         self.ep_kind[ended] = 0
 
+        j = int(np.searchsorted(p.agent_off_ts, t_end, side="right"))
+        if j > self.ag_ptr:
+            h = p.agent_off_host[self.ag_ptr:j]
+            self.agent_down_until[h] = np.maximum(self.agent_down_until[h],
+                                                  p.agent_off_end[self.ag_ptr:j])
+            self.ag_ptr = j
         # who reports: up, agent running, and a full interval since the agent started
-        up = t_host >= self.down_until + dtv
+        host_up = t_host >= self.down_until + dtv
+        agent_up = t_host >= self.agent_down_until
+        up = host_up & agent_up
+        # the agent keeps its last sample across a restart, so its first record after an
+        # outage covers the whole gap: a longer interval_s, larger deltas
+        self.missed += host_up & ~agent_up
+        span = np.where(up, self.missed + 1, 1) * dtv
+        self.missed[up] = 0
         u = rng.random(n)                              # one draw decides delivery faults
         seq = self.seq.copy()
         self.seq += up                                 # lost records still use a seq
@@ -203,21 +221,21 @@ class Stepper:
         outlier = u >= 1.0 - self.p_out
 
         write_mib = p.write_base * p.hw_speed * load * (1.0 - FRAG_WRITE_PENALTY * frag) * kw * epw
-        write_bytes = np.rint(write_mib * (MIB * dtv)).astype(np.int64)
+        write_bytes = np.rint(write_mib * (MIB * span)).astype(np.int64)
         write_ios = np.rint(write_bytes / p.io_bytes).astype(np.int64)
         nr_dirtied = write_bytes // self.page_size
         nr_written = np.rint(nr_dirtied * (0.97 + 0.06 * (u * 7.0 % 1.0))).astype(np.int64)
 
         stall_rate = p.stall_base * load * (frag / 0.8) ** 3 * ks
         stall_rate = np.where(outlier, stall_rate * (5.0 + 45.0 * (u * 13.0 % 1.0)) + 5.0, stall_rate)
-        stalls = _event_counts(rng, stall_rate * dtv)
+        stalls = _event_counts(rng, stall_rate * span)
         fail_share = 0.35 + 0.55 * frag
         compact_fail = np.rint(stalls * fail_share).astype(np.int64)
         compact_success = stalls - compact_fail
         migrate = np.rint(stalls * 2600.0 * (1.0 + frag) * noise).astype(np.int64)
         free_scanned = np.rint(stalls * 11000.0 * (1.0 + frag) * noise).astype(np.int64)
         alloc_rate = p.alloc_base * load * (0.15 + frag) ** 2 * kr
-        allocs = _event_counts(rng, alloc_rate * dtv)
+        allocs = _event_counts(rng, alloc_rate * span)
         # about a fifth of direct reclaim entries come from movable-zone allocations
         alloc_movable = np.floor(allocs * 0.2 + (u * 53.0) % 1.0).astype(np.int64)
         alloc_normal = allocs - alloc_movable
@@ -226,9 +244,9 @@ class Stepper:
         pgscan_kswapd = np.rint(nr_dirtied * (0.5 + 0.4 * frag)).astype(np.int64)
         pgsteal_kswapd = np.rint(pgscan_kswapd * 0.9).astype(np.int64)
         thp_rate = self.cpu_scale * load * 2.0
-        thp_alloc = np.rint(thp_rate * (1.0 - frag) * dtv).astype(np.int64)
-        thp_fallback = np.rint(thp_rate * frag * dtv).astype(np.int64)
-        span_us = dtv * 1e6
+        thp_alloc = np.rint(thp_rate * (1.0 - frag) * span).astype(np.int64)
+        thp_fallback = np.rint(thp_rate * frag * span).astype(np.int64)
+        span_us = span * 1e6
         psi_some = np.minimum(span_us * 0.002 * load + stalls * 3000.0 * (1.0 + frag)
                               + allocs * 5000.0, span_us)
         psi_some = np.rint(psi_some).astype(np.int64)
@@ -241,7 +259,7 @@ class Stepper:
 
         out = {
             "up": up, "u": u, "seq": seq, "t_host": t_host,
-            "ts": t_host + p.skew_s,
+            "ts": t_host + p.skew_s, "interval_s": span,
             "emit_ts": t_host + p.delay_s,
             "boot_idx": self.boot_idx.copy(), "release_idx": p.releases[self.ver, p.arch_page],
             "compact_stall": stalls, "compact_fail": compact_fail,

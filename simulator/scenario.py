@@ -133,6 +133,8 @@ FAULT_DEFAULTS: Dict[str, float] = {
     "noisy_neighbour_per_host_day": 0.03,   # episodes: writes 0.3-0.8x for 0.5-6 h
     "failing_disk_per_host_day": 0.002,     # episodes: writes decline to 0.1-0.5x
     "random_reboot_per_host_day": 0.01,     # maintenance/crash reboots, same kernel
+    "agent_outage_per_host_day": 0.05,      # agent stopped 1-20 min: a gap, then one record
+                                            # whose interval_s (and deltas) cover the gap
     "outlier_share": 0.0005,            # single intervals 5-50x off (stall storms)
     "probe_every_s": 1800.0,            # active write probe period per host (0: none)
 }

@@ -129,14 +129,16 @@ def test_fresh_canaries_look_fine_until_memory_fragments(seed_hours):
 
 
 def test_small_effect_has_its_stated_size():
-    sc = load_scenario("small-effect-5", hosts=1200, hours=24, interval_s=60, seed=8)
+    # 8 h before and 12 h after: long windows, so each host's own wander averages out
+    sc = load_scenario("small-effect-5", hosts=1200, hours=30, interval_s=60, seed=8)
     r = sc.rollouts[0]
-    r.start_h, r.waves, r.wave_interval_h = 4.0, [0.5, 1.0], 48.0
-    write = did(host_hours(sc, 8), (0, 4), (14, 24), "6.12.40-63", 0.45, "write")
-    # ~240 hosts a side in the affected cohort and in x86_64 XFS; the smaller cohorts
-    # (~60 a side) carry more sampling noise (host wander, noisy neighbours)
-    assert write[("arm64", 4096, "xfs")][0] == pytest.approx(0.95, abs=0.015), write
-    assert write[("x86_64", 4096, "xfs")][0] == pytest.approx(1.0, abs=0.015), write
+    r.start_h, r.waves, r.wave_interval_h = 8.0, [0.5, 1.0], 48.0
+    write = did(host_hours(sc, 8), (0, 8), (18, 30), "6.12.40-63", 0.45, "write")
+    # ~240 hosts a side in the affected cohort, ~180 in x86_64 XFS: across seeds the
+    # estimate spreads by ~0.008 (host wander, noisy neighbours, failing disks); the
+    # smaller cohorts (~60 a side) by ~0.015
+    assert write[("arm64", 4096, "xfs")][0] == pytest.approx(0.95, abs=0.02), write
+    assert write[("x86_64", 4096, "xfs")][0] == pytest.approx(1.0, abs=0.025), write
     for cohort in (("arm64", 4096, "ext4"), ("arm64", 65536, "xfs"), ("x86_64", 4096, "ext4")):
         assert write[cohort][0] == pytest.approx(1.0, abs=0.045), (cohort, write)
 

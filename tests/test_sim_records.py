@@ -16,7 +16,8 @@ from foliowatch.simulator.fleet import REASON_ROLLBACK, REASON_ROLLOUT, build_pl
 
 # a busy little fleet: the rollout, reboots, episodes and faults all happen within 3 h
 FAULTS = {"lost": 0.01, "late": 0.01, "duplicate": 0.01, "random_reboot_per_host_day": 0.5,
-          "noisy_neighbour_per_host_day": 0.5, "failing_disk_per_host_day": 0.2}
+          "noisy_neighbour_per_host_day": 0.5, "failing_disk_per_host_day": 0.2,
+          "agent_outage_per_host_day": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,20 @@ def test_rollout_and_rollback_reach_the_hosts(scenario, records):
     assert new["host_id"].n_unique() >= moved - 2  # a host may still be down at the end
     assert new["ts"].max() < rollback["ts"] + 20 * 60 + 60
     assert new["ts"].min() > starts[0]["ts"]
+
+
+def test_interval_covers_the_time_since_the_previous_sample(scenario, records):
+    """Consecutive records of one boot are ``interval_s`` apart: after an agent outage
+    the first record covers the whole gap, with deltas to match."""
+    r = (records.unique(["host_id", "boot_id", "seq"]).sort("host_id", "seq")
+         .with_columns(dseq=pl.col("seq").diff().over("host_id", "boot_id"),
+                       dts=pl.col("ts").diff().over("host_id", "boot_id"))
+         .filter(pl.col("dseq") == 1))
+    assert (r["dts"] - r["interval_s"]).abs().max() < 1e-3
+    long = r.filter(pl.col("interval_s") > scenario.interval_s)
+    assert long.height > 5 and long["interval_s"].max() <= 1260
+    rate = lambda f: (f["mount.write_bytes"] / f["interval_s"]).median()
+    assert rate(long) == pytest.approx(rate(r), rel=0.35)
 
 
 def test_host_table_names_the_hosts_each_wave_moved(scenario, records):
