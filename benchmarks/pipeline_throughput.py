@@ -177,7 +177,7 @@ def main() -> int:
     ap.add_argument("--max-poll-records", type=int, default=10_000)
     ap.add_argument("--max-partition-fetch-bytes", type=int, default=2 * 1024 * 1024)
     ap.add_argument("--fetch-max-bytes", type=int, default=16 * 1024 * 1024)
-    ap.add_argument("--batch-records", type=int, default=100_000)
+    ap.add_argument("--batch-records", type=int, default=25_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = ap.parse_args()
