@@ -6,13 +6,21 @@ Partition ownership follows the group: when partitions are assigned, this instan
 loads their checkpoints and seeks to the checkpointed offset (the checkpoint is the
 truth; the committed offset may lag it by one crash); when they are revoked, it
 finishes the pending batch, checkpoints and commits them, and forgets them.
+
+Consuming and processing overlap: this thread polls Kafka (kafka-python parses records
+in Python, holding the GIL) while one worker thread runs the previous batch through the
+pipeline (Arrow and polars release the GIL). Everything that reads or changes the
+pipeline's state from this thread (checkpoints, rebalances, the end of input) first
+waits for the worker to finish what it was handed, so checkpoints stay consistent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -56,6 +64,9 @@ class KafkaRunner:
                        "late": 0, "windows": 0}
         self._first_record_at: Optional[float] = None
         self._last_batch_done_at: Optional[float] = None
+        self._work: "queue.Queue" = queue.Queue(maxsize=1)
+        self._worker: Optional[threading.Thread] = None
+        self._worker_error: Optional[BaseException] = None
 
     # -- rebalance callbacks (run inside poll) ---------------------------------------
     def on_partitions_revoked(self, revoked) -> None:
@@ -63,12 +74,13 @@ class KafkaRunner:
         if not mine:
             return
         self._process_pending()
-        self._checkpoint_and_commit(mine)
+        self._checkpoint_and_commit(mine)   # waits for the worker first
         for p in mine:
             self.pipeline.agg.drop(p)
         log.info("partitions %s revoked: checkpointed and released", sorted(mine))
 
     def on_partitions_assigned(self, assigned) -> None:
+        self._drain()
         for tp in assigned:
             if tp.topic != self.cfg.topic:
                 continue
@@ -108,6 +120,9 @@ class KafkaRunner:
         self.stop_requested = True
 
     def run(self) -> dict:
+        self._worker = threading.Thread(target=self._work_loop, name="pipeline-batches",
+                                        daemon=True)
+        self._worker.start()
         self.consumer = self._make_consumer()
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
@@ -126,12 +141,15 @@ class KafkaRunner:
                 if (self.cfg.until_idle_s > 0 and not got
                         and self._caught_up(time.monotonic() - idle_since)):
                     # a finite input is over: close every window as the end of the stream
+                    self._drain()
                     owned = self._owned()
                     self.totals["windows"] += self.pipeline.finish(owned)
                     break
             self._process_pending()
             self._checkpoint_and_commit(self._owned())
         finally:
+            self._work.put(None)
+            self._worker.join(timeout=60)
             self.consumer.close()
             self.pipeline.dlq.close()
         import resource
@@ -165,11 +183,40 @@ class KafkaRunner:
         return n
 
     def _process_pending(self) -> None:
+        """Hand the pending records to the worker (waits while it is still busy with
+        the batch before the previous one)."""
         if not self.pending:
             return
         recs, self.pending = self.pending, []
         if self._first_record_at is None:
             self._first_record_at = self._batch_started_at
+        self._raise_worker_error()
+        self._work.put(recs)
+
+    def _drain(self) -> None:
+        """Wait until the worker has processed every batch handed to it."""
+        self._work.join()
+        self._raise_worker_error()
+
+    def _raise_worker_error(self) -> None:
+        if self._worker_error is not None:
+            err, self._worker_error = self._worker_error, None
+            raise err
+
+    def _work_loop(self) -> None:
+        while True:
+            recs = self._work.get()
+            try:
+                if recs is None:
+                    return
+                if self._worker_error is None:
+                    self._process_records(recs)
+            except BaseException as e:  # re-raised in the consuming thread
+                self._worker_error = e
+            finally:
+                self._work.task_done()
+
+    def _process_records(self, recs) -> None:
         st = self.pipeline.process([r.value if r.value is not None else b"" for r in recs],
                                    [r.partition for r in recs], [r.offset for r in recs],
                                    self.cfg.topic, [r.key for r in recs])
@@ -181,6 +228,7 @@ class KafkaRunner:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
+        self._drain()
         self.last_checkpoint = time.monotonic()
         if not partitions:
             return
