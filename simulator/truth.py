@@ -22,6 +22,9 @@ examined against it. Written as ``ground_truth.json`` beside the generated data.
              (``regression``, ``improvement`` or ``none``): the list a detector is
              scored on, false alarms included.
 
+``write_files`` writes ``ground_truth.json`` as ``{"scenario": {name, seed, start_ts,
+end_ts, hours, interval_s, hosts, fleets: [...], faults}, "truth": [the list above]}``.
+
 ``host_table(scenario)`` (written as ``ground_truth_hosts.csv``) lists every host: its
 cohort labels, instance type, initial kernel release, and the rollout wave and times at
 which it rebooted onto the new kernel (and back, on a rollback): the canary set a
