@@ -95,7 +95,7 @@ def simulate_frame(scenario: Scenario, seed: Optional[int] = None, *,
     for first in range(0, steps, k):
         last = min(steps, first + k)
         # records held back from the previous chunk come first
-        parts: Dict[str, List[np.ndarray]] = {k: [v] for k, v in pend_cols.items()}
+        parts: Dict[str, List[np.ndarray]] = {name: [a] for name, a in pend_cols.items()}
         rows_host: List[np.ndarray] = [pend_hosts] if pend_hosts is not None else []
         for i in range(first, last):
             out = stepper.step(i)
@@ -121,13 +121,13 @@ def simulate_frame(scenario: Scenario, seed: Optional[int] = None, *,
                     a = np.full(n, -1, dtype=np.int64)
                     a[out["probe_idx"]] = out[name]
                     probe_full[name] = a
-            for sel, extra in ((idx, 0.0), (dup_idx, None)):
+            for sel, is_retry in ((idx, False), (dup_idx, True)):
                 if not len(sel):
                     continue
                 rows_host.append(sel)
                 for name in _INT_PER_STEP + _FLOAT_PER_STEP + ("boot_idx", "release_idx"):
                     col = out[name][sel]
-                    if name == "emit_ts" and extra is None:
+                    if name == "emit_ts" and is_retry:
                         # the retry arrives 1-30 s after the first copy
                         col = col + 1.0 + 29.0 * ((u[sel] * 977.0) % 1.0)
                     parts.setdefault(name, []).append(col)
