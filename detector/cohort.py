@@ -16,9 +16,10 @@ window: windows of one host are not independent):
   difference in differences that removes the large host-to-host spread of write demand.
 
 Host values are adjusted for covariates with a ridge regression fitted on baseline hosts
-only (instance type, cpus, memory, log uptime, and for the mechanism metrics the write
-load): canaries that just rebooted (unfragmented memory) or run on newer hardware are
-compared with what baseline hosts like them do. Baseline residuals are out-of-fold so the
+only (instance type, cpus, memory, and for the mechanism metrics the write load), and
+window values for memory state (``MemoryStateModel``, fragmentation): canaries that just
+rebooted (unfragmented memory) or run on newer hardware are compared with what baseline
+hosts like them do. Baseline residuals are out-of-fold so the
 baseline spread is not understated. The test is a one-sided Mann-Whitney U (new worse),
 the effect a Hodges-Lehmann shift with its distribution-free interval, reported as a
 ratio (level, tail) or a difference of shares (bad_share).
@@ -37,7 +38,11 @@ from scipy import stats as sstats
 from .frames import LOG_FLOOR, MECHANISM_METRICS, STATE_METRIC, TESTED_METRICS, worse_direction
 
 STATISTICS = ("level", "tail", "bad_share", "within_host")
-BASE_COVARIATES = ("instance_type", "cpus", "mem_bytes", "log_uptime_h")
+# Memory state (fragmentation, the reboot bonus) is adjusted at the window level by
+# MemoryStateModel; uptime is deliberately not a host-level covariate as well: canaries
+# sit at the edge of (or outside) the baseline hosts' uptime range, where a host-level
+# slope is extrapolation and turned fresh hosts' better tails into "worse" residuals.
+BASE_COVARIATES = ("instance_type", "cpus", "mem_bytes")
 
 
 @dataclass

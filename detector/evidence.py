@@ -20,7 +20,7 @@ class EvidencePolicy:
     fdr: float = 0.001
     # smallest effect worth an alert (Intel's robot uses 1% on perf metrics)
     min_ratio_effect: float = 0.01
-    min_share_effect: float = 0.03
+    min_share_effect: float = 0.05
     # confirmation: joint evidence on enough hosts over enough windows
     confirm_min_hosts: int = 3
     confirm_min_windows: int = 15
