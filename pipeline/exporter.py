@@ -91,6 +91,10 @@ class PipelineMetrics:
         self.dlq = Counter("foliowatch_pipeline_records_dlq_total",
                            "Records sent to the dead-letter queue, by reason kind",
                            ["reason"], registry=r)
+        self.python_path = Counter(
+            "foliowatch_pipeline_records_slow_path_total",
+            "Valid records that needed the per-record Python validation (non-compact JSON, "
+            "unusual layouts): a producer to look at when this grows", registry=r)
         self.windows = Counter("foliowatch_pipeline_windows_written_total",
                                "Window files written (host + cohort per window)",
                                ["window_s"], registry=r)
@@ -105,6 +109,7 @@ class PipelineMetrics:
         self.records_in.inc(st.records)
         self.records_out.inc(st.accepted)
         self.duplicates.inc(st.duplicates)
+        self.python_path.inc(st.python_accepted)
         for reason in reasons:
             # bounded label: the field name before the colon, or "late"
             kind = reason.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
