@@ -139,14 +139,17 @@ def _check_str(field: str, v: Any, regex, max_len: int) -> None:
     if len(v) > max_len:
         raise SchemaError(field, f"longer than {max_len} characters ({len(v)}): "
                                  "would explode metric cardinality; shorten it")
-    if not regex.match(v):
+    if not regex.fullmatch(v):  # fullmatch: "$" alone would let a trailing newline through
         raise SchemaError(field, f"has characters outside {regex.pattern}: {v[:40]!r}")
 
 
 def _check_finite(field: str, v: Any) -> float:
     if not _is_num(v):
         raise SchemaError(field, f"expected a number, got {type(v).__name__}")
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer too large for a double
+        raise SchemaError(field, f"{str(v)[:20]}... is too large to be a finite number") from None
     if math.isnan(f) or math.isinf(f):
         raise SchemaError(field, f"must be finite, got {v!r}")
     return f

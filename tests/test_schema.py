@@ -182,3 +182,17 @@ def test_validation_never_crashes_on_mutations(rec, where):
     # and on arbitrary bytes it raises SchemaError, never another exception
     with pytest.raises(SchemaError):
         decode(json.dumps(bad).encode())
+
+
+def test_trailing_newline_in_a_label_is_rejected():
+    rec = example_record()
+    rec["labels"]["fleet"] = "prod\n"
+    rejects(rec, "labels.fleet")
+    rejects(example_record(host_id="h1\n"), "host_id")
+
+
+def test_huge_integer_gauge_is_a_schema_error_not_a_crash():
+    raw = encode(example_record()).replace(b'"uptime_s":864000.0', b'"uptime_s":' + b"9" * 400)
+    with pytest.raises(SchemaError) as e:
+        decode(raw)
+    assert e.value.field == "gauges.uptime_s"
