@@ -10,6 +10,7 @@ import math
 import random
 
 import polars as pl
+import pytest
 
 from foliowatch import schema as wire
 from foliowatch.pipeline.decode import decode_batch, python_verdict, record_key_metrics
