@@ -89,7 +89,8 @@ class Stepper:
                 if c.matches(fl.name, g.arch, g.page_size, g.fs):
                     mask |= p.group_idx == gi
             self.kchanges.append((mask, p.versions.index(c.kernel), c.write_throughput,
-                                  c.compact_stall, c.direct_reclaim, c.frag_onset, c.frag_full))
+                                  c.compact_stall, c.direct_reclaim, c.frag_onset, c.frag_full,
+                                  c.burst_share))
         self.shifts = []
         for c in sc.changes:
             if c.kind == "load_shift":
@@ -201,8 +202,10 @@ class Stepper:
         kw = np.ones(n)
         ks = np.ones(n)
         kr = np.ones(n)
-        for mask, vi, w, s, r, onset, full in self.kchanges:
+        for mask, vi, w, s, r, onset, full, burst in self.kchanges:
             on = mask & (self.ver == vi)
+            if burst < 1.0:
+                on &= (u * 7919.0) % 1.0 < burst
             if not on.any():
                 continue
             if onset is None:

@@ -52,6 +52,9 @@ same structure in YAML (``.yaml``/``.yml``)::
     direct_reclaim = 3.0            # ratio on allocstall_* and pgscan_direct
     frag_onset = 0.15               # effect starts at this frag_unusable_1m ...
     frag_full = 0.45                # ... and is complete at this one (linear between)
+    burst_share = 1.0               # optional: the effect hits only this share of the
+                                    # intervals (a tail-only regression: most intervals
+                                    # fine, a few far worse; the ratios above apply in them)
 
     # load_shift: at_h, until_h (optional), load (ratio on the fleet's write demand)
 
@@ -196,6 +199,7 @@ class Change:
     direct_reclaim: float = 1.0
     frag_onset: Optional[float] = None
     frag_full: Optional[float] = None
+    burst_share: float = 1.0
     load: float = 1.0
     at_h: Optional[float] = None
     until_h: Optional[float] = None
@@ -462,12 +466,14 @@ def _parse(doc: Dict[str, Any], src: str) -> Scenario:
                                     "the effect then ignores fragmentation)")
             if c.frag_onset is not None and c.frag_full <= c.frag_onset:
                 r.fail("frag_full", f"{c.frag_full} must be above frag_onset {c.frag_onset}")
+            c.burst_share = r.get("burst_share", float, 1.0, check=lambda v: None if 0 < v <= 1
+                                  else f"must be in (0, 1], got {v}")
             if (c.write_throughput, c.compact_stall, c.direct_reclaim) == (1.0, 1.0, 1.0):
                 r.fail("write_throughput", "no effect given; set write_throughput, "
                                            "compact_stall or direct_reclaim")
             known = ("kind", "fleet", "arch", "page_size", "fs", "note", "kernel",
                      "write_throughput", "compact_stall", "direct_reclaim", "frag_onset",
-                     "frag_full")
+                     "frag_full", "burst_share")
         else:  # load_shift
             c.at_h = r.get("at_h", float, check=_non_negative)
             c.until_h = r.get("until_h", float, None, check=_non_negative)

@@ -11,6 +11,9 @@ examined against it. Written as ``ground_truth.json`` beside the generated data.
              metric's ratio, ``schema.KEY_METRICS`` names), ``frag_onset``/``frag_full``
              (the effect grows linearly with ``frag_unusable_1m`` between them and is
              complete above ``frag_full``; ``None`` = not fragmentation-gated),
+             ``burst_share`` and ``burst_metrics`` (a tail-only change hits that share
+             of the intervals with the burst ratios; ``metrics`` are then the ratios of
+             the means over all intervals, and medians barely move),
              ``start_ts`` (first host exposed), ``end_ts`` (rollback or end of a load
              shift, else ``None``), ``hosts`` (hosts in the cohort), ``note``.
 ``rollout``  a rollout event: ``action`` (``start`` of a wave, ``pause``, ``rollback``),
@@ -40,10 +43,17 @@ from .fleet import build_plan
 from .scenario import INSTANCE_TYPES, KERNEL_TIED_KINDS, Scenario, kernel_release
 
 
-def _metrics(c) -> Dict[str, float]:
-    return {"write_mib_s": c.write_throughput, "probe_mib_s": c.write_throughput,
-            "compact_stall_per_s": c.compact_stall, "allocstall_per_s": c.direct_reclaim,
-            "pgscan_direct_per_s": c.direct_reclaim}
+def _metrics(c, in_burst: bool = False) -> Dict[str, float]:
+    """Ratios of the metrics' means; for a tail-only change (``burst_share`` < 1) the
+    mean over all intervals, or with ``in_burst`` the ratio inside the hit intervals."""
+    share = 1.0 if in_burst else c.burst_share
+
+    def mean(ratio: float) -> float:
+        return round(1.0 + share * (ratio - 1.0), 6)
+    return {"write_mib_s": mean(c.write_throughput), "probe_mib_s": mean(c.write_throughput),
+            "compact_stall_per_s": mean(c.compact_stall),
+            "allocstall_per_s": mean(c.direct_reclaim),
+            "pgscan_direct_per_s": mean(c.direct_reclaim)}
 
 
 def _headline(m: Dict[str, float]) -> str:
@@ -101,11 +111,12 @@ def ground_truth(scenario: Scenario, seed: Optional[int] = None) -> List[Dict[st
                         co["fleet"], co["arch"], co["page_size"], co["fs"]):
                     continue
                 if c.kernel == r.kernel_to:
-                    m = _metrics(c)
+                    m, mb = _metrics(c), _metrics(c, in_burst=True)
                     kind = c.kind
                 elif c.kernel == r.kernel_from:
                     # leaving a kernel that carries the change: the opposite effect
                     m = {k: 1.0 / v for k, v in _metrics(c).items()}
+                    mb = {k: 1.0 / v for k, v in _metrics(c, in_burst=True).items()}
                     kind = "improvement" if c.kind == "regression" else "regression"
                 else:
                     continue
@@ -117,6 +128,7 @@ def ground_truth(scenario: Scenario, seed: Optional[int] = None) -> List[Dict[st
                     "kernel_from": rel_from, "kernel_to": rel_to, "metric": metric,
                     "effect": m[metric], "metrics": m,
                     "frag_onset": c.frag_onset, "frag_full": c.frag_full,
+                    "burst_share": c.burst_share, "burst_metrics": mb,
                     "start_ts": first_ts, "start": _iso(first_ts), "end_ts": end_ts,
                     "end": _iso(end_ts), "hosts": co["hosts"], "note": c.note})
             out.append({"type": "cohort", "fleet": co["fleet"], "role": co["role"],

@@ -180,3 +180,26 @@ def test_canary_hardware_fools_a_naive_comparison_but_not_a_like_for_like_one():
         assert ratio == pytest.approx(1.0, abs=0.04), (itype, ratio, n_new, n_old)
     hw = next(t for t in ground_truth(sc) if t.get("kind") == "hardware")
     assert hw["effect"] > 1.05
+
+
+def test_tail_only_regression_moves_the_tail_not_the_median():
+    sc = load_scenario("tail-regression", hosts=500, hours=12, interval_s=60, seed=12)
+    r = sc.rollouts[0]
+    r.start_h, r.waves, r.wave_interval_h = 3.0, [0.5, 1.0], 48.0
+    truth = expected(sc)[("arm64", 4096, "xfs")]
+    recs = narrow_records(sc, 12).filter(
+        (pl.col("arch") == "arm64") & (pl.col("fs") == "xfs") & (pl.col("page_size") == 4096)
+        & (pl.col("frag") >= 0.45))
+    rate = recs.with_columns(stall=pl.col("counters.compact_stall") / pl.col("interval_s"))
+    base = (rate.filter(pl.col("t") < 3 * 3600).group_by("host_id")
+            .agg(pl.col("stall").mean().alias("base")))
+    after = (rate.filter(pl.col("t") >= 8 * 3600).join(base, on="host_id")
+             .with_columns(norm=pl.col("stall") / pl.col("base"),
+                           new=pl.col("kernel").str.starts_with("6.12.40-63")))
+    new, old = after.filter(pl.col("new"))["norm"], after.filter(~pl.col("new"))["norm"]
+    assert new.len() > 20_000 and old.len() > 20_000
+    assert new.median() / old.median() == pytest.approx(1.0, abs=0.1)
+    assert new.mean() / old.mean() == pytest.approx(truth["metrics"]["compact_stall_per_s"], rel=0.15)
+    storms = lambda s: (s > 10).mean()
+    assert storms(new) == pytest.approx(truth["burst_share"], abs=0.01)
+    assert storms(old) < 0.005
