@@ -12,7 +12,9 @@ The flat form (one row per delivered record) has these columns:
                            not on the wire, used for ordering and ``--realtime``
 ``host_id`` ``boot_id``    str: identity
 ``seq``                    int
-``ts`` ``interval_s``      float: the agent's (skewed) clock, and the interval length
+``ts`` ``interval_s``      float: the agent's (skewed) clock, and the interval the
+                           deltas cover (a multiple of the nominal one after an
+                           agent outage)
 ``fleet`` ``role`` ``arch`` ``kernel`` ``instance_type``          str labels
 ``page_size`` ``cpus`` ``mem_bytes``                              int labels
 ``counters.<name>``        int deltas, one column per name in ``model.COUNTERS``
