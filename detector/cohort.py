@@ -129,15 +129,22 @@ def _centred(df: pl.DataFrame, metric: str, base_kernel: str) -> pl.DataFrame:
 
 class MemoryStateModel:
     """How the baseline kernel's centred metric depends on fragmentation, learnt from
-    baseline host windows over the whole history (hosts that rebooted for maintenance
-    show the fresh-memory end of the curve). Subtracting it at the window level compares
+    baseline host windows over the history. Subtracting it at the window level compares
     a canary minutes after its reboot with what a baseline host at the same
     fragmentation does, which removes the reboot bonus instead of mistaking it for an
-    improvement (or letting it hide a regression). Outside the fragmentation range seen
-    on baseline hosts the curve is held constant: no extrapolation."""
+    improvement (or letting it hide a regression).
 
-    def __init__(self, max_rows: int = 200_000):
+    The slope is estimated within hosts (each host's windows demeaned by the host's own
+    means: a fixed-effects fit), so only hosts whose fragmentation actually changed -
+    rebooted for maintenance, or still building up - inform it. Across hosts,
+    fragmentation is confounded with everything else that differs between hosts (a
+    cross-sectional fit on the simulator's fleets made the reboot bonus 3x too large).
+    Outside the fragmentation range seen on baseline hosts the curve is held constant: no
+    extrapolation. Too little within-host variation: no adjustment."""
+
+    def __init__(self, max_rows: int = 400_000, min_within_sd: float = 0.01):
         self.max_rows = max_rows
+        self.min_within_sd = min_within_sd
         self.model = None
         self.lo = self.hi = 0.0
 
@@ -152,15 +159,20 @@ class MemoryStateModel:
         self.lo, self.hi = float(np.quantile(f, 0.005)), float(np.quantile(f, 0.995))
         if self.hi - self.lo < 0.02:
             return self
-        # Two smooth terms, not a spline: the fresh end of the curve is populated by few
-        # hosts, and a flexible fit there learns those hosts' own speed instead of the
-        # effect of memory state. frag is linear for throughput (a fragmented host
-        # writes a little slower), log(frag) for compaction (stalls grow like a power).
+        # Two smooth terms, not a spline: frag is linear for throughput (a fragmented
+        # host writes a little slower), log(frag) for compaction (stalls grow like a
+        # power of it).
         F = self._features(f)
-        z = r["z"].to_numpy()
-        self._fit = (F.mean(axis=0), z.mean(),
-                     np.linalg.solve((F - F.mean(axis=0)).T @ (F - F.mean(axis=0)) + np.eye(2),
-                                     (F - F.mean(axis=0)).T @ (z - z.mean())))
+        w = (r.select("host_id", pl.Series("f0", F[:, 0]), pl.Series("f1", F[:, 1]), "z")
+             .with_columns([(pl.col(c) - pl.col(c).mean().over("host_id")).alias(c)
+                            for c in ("f0", "f1", "z")]))
+        Fw = w.select("f0", "f1").to_numpy()
+        if np.std(Fw[:, 0]) < self.min_within_sd:
+            return self
+        zw = w["z"].to_numpy()
+        beta = np.linalg.solve(Fw.T @ Fw + 1e-3 * len(zw) * np.diag(Fw.var(axis=0) + 1e-12) * 0.01,
+                               Fw.T @ zw)
+        self._fit = (F.mean(axis=0), 0.0, beta)
         self.model = True
         return self
 

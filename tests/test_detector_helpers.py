@@ -21,7 +21,7 @@ def fleet_frame(n_hosts: int = 200, minutes: int = 240, *, fleet: str = "db", ro
                 reboot_bonus: float = 0.15, new_instance_type: Optional[str] = None,
                 new_hw_speedup: float = 1.0, load_shift: Optional[tuple] = None,
                 host_sd: float = 0.10, window_sd: float = 0.08,
-                seed: int = 0, host_prefix: str = "") -> pl.DataFrame:
+                seed: int = 0, host_prefix: str = "", fresh_share: float = 0.1) -> pl.DataFrame:
     """One group of hosts; ``canary_hosts`` reboot onto ``new_kernel`` at
     ``reboot_minute`` (staggered over 5 minutes) and, when ``rollback_minute`` is set,
     back to the baseline then. The new kernel multiplies write throughput by
@@ -32,6 +32,10 @@ def fleet_frame(n_hosts: int = 200, minutes: int = 240, *, fleet: str = "db", ro
     hosts = [f"{host_prefix}{fleet}-{arch}-{fs}-{i:04d}" for i in range(n_hosts)]
     host_level = rng.normal(0, host_sd, n_hosts)
     uptime0 = rng.uniform(2, 40, n_hosts) * 86400.0
+    # a tenth of the fleet rebooted for maintenance within the last few hours: their
+    # fragmentation is still building up (what the memory-state model learns from)
+    fresh = rng.random(n_hosts) < fresh_share
+    uptime0 = np.where(fresh, rng.uniform(0, 6, n_hosts) * 3600.0, uptime0)
     canary = np.zeros(n_hosts, dtype=bool)
     canary[rng.choice(n_hosts, canary_hosts, replace=False)] = True
     reboot_at = np.where(canary, reboot_minute + rng.integers(0, 5, n_hosts), 10**9)
@@ -50,7 +54,7 @@ def fleet_frame(n_hosts: int = 200, minutes: int = 240, *, fleet: str = "db", ro
         since = np.where(rebooted, (m - reboot_at) * 60.0, uptime0 + m * 60.0)
         if rollback_minute is not None:
             since = np.where(canary & (m >= rollback_minute), (m - rollback_minute) * 60.0, since)
-        frag = np.clip(0.1 + 0.6 * (1 - np.exp(-since / (3 * 86400.0))), 0, 1)
+        frag = np.clip(0.1 + 0.6 * (1 - np.exp(-since / (4 * 3600.0))), 0, 1)
         bonus = 1 + reboot_bonus * (1 - (frag - 0.1) / 0.6)
         hw = np.where(canary & (new_instance_type is not None), new_hw_speedup, 1.0)
         kfac = np.where(on_new, write_factor, 1.0)

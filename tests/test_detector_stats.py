@@ -47,14 +47,19 @@ def test_covariate_adjuster_removes_a_hardware_effect_fitted_on_baseline_hosts()
     assert abs(np.median(r[~is_base]) - np.median(r[is_base])) < 0.02
 
 
-def test_memory_state_model_learns_the_fresh_memory_bonus_without_extrapolating():
+def test_memory_state_model_fits_within_hosts_so_host_differences_do_not_leak_in():
     rng = np.random.default_rng(1)
-    frag = rng.uniform(0.2, 0.9, 5000)
-    z = -0.3 * frag + rng.normal(0, 0.05, frag.size)
-    m = cohort.MemoryStateModel().fit(pl.DataFrame({"frag": frag, "z": z}))
+    rows = []
+    for h in range(60):
+        frag = np.clip(rng.uniform(0.2, 0.9) + np.linspace(-0.15, 0.15, 200), 0.05, 0.95)
+        # hosts that sit at high fragmentation are also faster for unrelated reasons:
+        # a cross-sectional fit would find a positive slope
+        z = 0.6 * frag.mean() - 0.3 * frag + rng.normal(0, 0.05, frag.size)
+        rows.append(pl.DataFrame({"host_id": [f"h{h}"] * frag.size, "frag": frag, "z": z}))
+    m = cohort.MemoryStateModel().fit(pl.concat(rows))
     assert abs((m.predict(np.array([0.3])) - m.predict(np.array([0.8])))[0] - 0.15) < 0.03
     # below the baseline's range the curve is held, not extended
-    assert abs(m.predict(np.array([0.01]))[0] - m.predict(np.array([0.2]))[0]) < 1e-9
+    assert abs(m.predict(np.array([0.0]))[0] - m.predict(np.array([0.05]))[0]) < 1e-9
 
 
 def _flagged(df, minutes):
