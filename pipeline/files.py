@@ -32,7 +32,9 @@ def expand_inputs(paths: Sequence[str]) -> List[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+            # a folder from `foliowatch simulate` also holds its ground truth: not records
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES
+                           and not f.name.startswith("ground_truth"))
             if not found:
                 raise InputError(f"pipeline --from-files {raw}: no {', '.join(SUFFIXES)} files "
                                  "inside; point it at the simulator's output folder or a file")

@@ -123,3 +123,14 @@ def test_several_filesystems_no_mounts_and_probes_match_the_reference(tmp_path, 
     assert sorted(h0["fs"].to_list()) == ["ext4", "xfs"]
     assert h0["compact_stall_sum"].n_unique() == 1     # host counters repeated per fs
     assert "none" in hosts["fs"].to_list()
+
+
+def test_a_simulator_output_folder_is_read_without_its_ground_truth(tmp_path):
+    from foliowatch.pipeline.files import expand_inputs
+    from foliowatch.simulator import load_scenario, write_files
+
+    sc = load_scenario("control-no-regression", hosts=8, hours=0.1)
+    write_files(sc, tmp_path / "sim", fmt="jsonl")
+    assert (tmp_path / "sim" / "ground_truth.json").exists()
+    names = [p.name for p in expand_inputs([str(tmp_path / "sim")])]
+    assert names and all(n.startswith("samples-") for n in names)
