@@ -114,7 +114,8 @@ def decide(args):
     from .records import RegressionState
     state = RegressionState(args.state)
     analysis, _transitions = evaluate(args, state)
-    fdr = analysis and (args.fdr or 0.001)
+    from .evidence import EvidencePolicy
+    fdr = args.fdr or EvidencePolicy().fdr
     verdicts: List[GroupVerdict] = []
     for c in analysis.comparisons:
         if c.group[0] != args.fleet or not _matches(c.kernel_to, args.kernel):
