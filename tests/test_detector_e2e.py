@@ -56,12 +56,12 @@ def verdict(capsys, *argv):
 @pytest.fixture(scope="module")
 def seed_dataset(tmp_path_factory):
     return simulate_and_aggregate(tmp_path_factory.mktemp("seed"), "seed-iomap-arm64-xfs",
-                                  hosts=500, hours=20, seed=7)
+                                  hosts=500, hours=22, seed=7)
 
 
 def test_seed_scenario_flags_arm64_xfs_only_with_the_right_kernels(seed_dataset, tmp_path, capsys):
     out = detect(capsys, "--dataset", str(seed_dataset), "--state", str(tmp_path / "s.json"),
-                 "--as-of", "2026-11-02T19:30:00Z")
+                 "--as-of", "2026-11-02T21:55:00Z")
     flagged = out["regressions"]
     assert flagged, out
     for r in flagged:
@@ -73,11 +73,11 @@ def test_seed_scenario_flags_arm64_xfs_only_with_the_right_kernels(seed_dataset,
     assert four_k[0]["effect"] < 1.0 if four_k[0]["metric"] == "write_mib_s" else True
     # the rollout gate says stop for the arm64 kernel, and has no confirmed regression on x86
     code, body = verdict(capsys, "--dataset", str(seed_dataset), "--state", str(tmp_path / "s.json"),
-                         "--as-of", "2026-11-02T19:30:00Z", "--fleet", "payments-db",
+                         "--as-of", "2026-11-02T21:55:00Z", "--fleet", "payments-db",
                          "--kernel", "6.12.40-63.aarch64")
     assert code == 1, body
     code, body = verdict(capsys, "--dataset", str(seed_dataset), "--state", str(tmp_path / "s.json"),
-                         "--as-of", "2026-11-02T19:30:00Z", "--fleet", "payments-db",
+                         "--as-of", "2026-11-02T21:55:00Z", "--fleet", "payments-db",
                          "--kernel", "6.12.40-63.x86_64")
     # fresh canaries, not yet at the fleet's fragmentation: not enough evidence, never "safe"
     assert code == 2, body
@@ -89,7 +89,7 @@ def test_no_regression_scenario_raises_nothing(tmp_path, capsys):
                                                         drop_changes=True),
                                 hosts=400, hours=20, seed=11)
     state = str(tmp_path / "s.json")
-    for as_of in ("2026-11-02T11:00:00Z", "2026-11-02T15:00:00Z", "2026-11-02T19:30:00Z"):
+    for as_of in ("2026-11-02T11:00:00Z", "2026-11-02T15:00:00Z", "2026-11-02T21:55:00Z"):
         out = detect(capsys, "--dataset", str(ds), "--state", state, "--as-of", as_of)
         assert out["regressions"] == [], out["regressions"]
         assert out["comparisons"] >= 1
