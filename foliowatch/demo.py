@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=60.0,
                    help="simulated agents' sampling interval, seconds (default 60)")
     p.add_argument("--hours", type=float, default=None,
-                   help="simulated hours (default: until 3 h after the rollout starts)")
+                   help="simulated hours (default: until 6 h after the rollout starts)")
     p.add_argument("--speed", type=float, default=300.0,
                    help="simulated seconds per wall second once the rollout starts; the "
                         "history before it is played as fast as possible (default 300)")
@@ -256,7 +256,7 @@ def run(args) -> int:
     hours = args.hours
     if hours is None:
         first = rollouts0[0]["ts"] if rollouts0 else sc0.start_ts + 6 * 3600
-        hours = (first - sc0.start_ts) / 3600.0 + 3.0
+        hours = (first - sc0.start_ts) / 3600.0 + 6.0
     sc = load_scenario(args.scenario, hosts=args.hosts, interval_s=args.interval,
                        hours=hours, seed=args.seed)
     truth = ground_truth(sc)
@@ -356,11 +356,13 @@ def _announce(disp: Display, rec: dict, first_canary: Optional[float]) -> None:
     if first_canary is not None:
         mins = (det.timestamp() - first_canary) / 60.0
         after = f", {mins:.0f} simulated minutes after the first canary rebooted"
-    others = ", ".join(f"{m['metric']} {m['effect']:.2f}x" for m in rec.get("metrics", [])[:3])
+    from foliowatch.report import _fmt_effect
+
+    others = "; ".join(f"{m['metric']} ({m.get('statistic')}) {_fmt_effect(m)}"
+                       for m in rec.get("metrics", [])[:3])
     disp.say(f"[bold red]REGRESSION {rec['status'].upper()}[/bold red] {rec['fleet']}/{rec['role']} "
              f"{rec['arch']} {rec['page_size'] // 1024}K {rec['fs']}: {rec['kernel_from']} -> "
-             f"{rec['kernel_to']}: {rec['metric']} {rec['effect']:.2f}x "
-             f"[{rec['ci_low']:.2f}, {rec['ci_high']:.2f}] ({others}); "
+             f"{rec['kernel_to']}: {others}; "
              f"{rec['hosts_new']} new vs {rec['hosts_base']} baseline hosts; detected at "
              f"{_fmt_sim(det.timestamp())}{after}")
 
@@ -464,10 +466,11 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
     procs.start("pipeline", _foliowatch() + [
         "pipeline", "--output", str(dataset), "--bootstrap", kafka.bootstrap, "--group", group,
         "--metrics-addr", f"127.0.0.1:{ports['pipeline']}", "--lateness", "120"])
-    detector_argv = _foliowatch() + [
-        "detect", "--follow", "--interval", "2", "--dataset", str(dataset), "--state", str(state),
-        "--kafka", kafka.bootstrap, "--metrics-port", str(ports["detector"]),
+    detector_argv_once = _foliowatch() + [
+        "detect", "--dataset", str(dataset), "--state", str(state), "--kafka", kafka.bootstrap,
         "--annotations", str(workdir / "grafana-annotations.json")]
+    detector_argv = detector_argv_once + ["--follow", "--interval", "2",
+                                          "--metrics-port", str(ports["detector"])]
 
     progress = {"sent": 0, "sim_ts": sc.start_ts, "done": False}
     stop = threading.Event()
@@ -535,6 +538,14 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
             procs.stop("pipeline")
             procs.stop("agent")
             procs.stop("pipeline-local")
+            # one last evaluation on the complete dataset, so the result does not depend on
+            # where the follow loop happened to be when it was stopped
+            subprocess.run(detector_argv_once, capture_output=True, text=True)
+            for r in _state_records(state):
+                key = (r["id"], r["status"])
+                if r["status"] in ("suspected", "confirmed") and key not in announced:
+                    announced.add(key)
+                    _announce(disp, r, first_canary)
             return _finish(args, sc, truth, workdir, dataset, state, disp)
     finally:
         stop.set()

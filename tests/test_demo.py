@@ -55,7 +55,10 @@ def test_demo_detects_the_injected_regression_and_cleans_up(tmp_path):
         assert any(all(r[k] == c[k] for k in keys) for c in injected), r["id"]
     main = [r for r in flagged if (r["arch"], r["page_size"], r["fs"]) == ("arm64", 4096, "xfs")]
     assert main and main[0]["kernel_to"] == "6.12.40-63.aarch64"
-    assert "REGRESSION" in out and "verdict payments-db 6.12.40-63.aarch64: exit 1" in out
+    assert "REGRESSION" in out
+    # the gate answers for the regressed kernel: stop (1) once confirmed, wait (2) while suspected
+    expected_gate = 1 if main[0]["status"] == "confirmed" else 2
+    assert f"verdict payments-db 6.12.40-63.aarch64: exit {expected_gate}" in out
     assert (workdir / "report" / "report.html").exists()
 
     # nothing left behind: no process that mentions the workdir, no new listening port
