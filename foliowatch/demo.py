@@ -260,7 +260,7 @@ def run(args) -> int:
     sc = load_scenario(args.scenario, hosts=args.hosts, interval_s=args.interval,
                        hours=hours, seed=args.seed)
     truth = ground_truth(sc)
-    changes, cohorts, rollouts = _truth_summary(truth)
+    changes, _, rollouts = _truth_summary(truth)
     (workdir / "ground_truth.json").write_text(json.dumps(truth, indent=1))
     rollout_start = rollouts[0]["ts"] if rollouts else sc.start_ts
     end_ts = sc.start_ts + hours * 3600.0
@@ -356,9 +356,9 @@ def _announce(disp: Display, rec: dict, first_canary: Optional[float]) -> None:
     if first_canary is not None:
         mins = (det.timestamp() - first_canary) / 60.0
         after = f", {mins:.0f} simulated minutes after the first canary rebooted"
-    from foliowatch.report import _fmt_effect
+    from foliowatch.report import format_effect
 
-    others = "; ".join(f"{m['metric']} ({m.get('statistic')}) {_fmt_effect(m)}"
+    others = "; ".join(f"{m['metric']} ({m.get('statistic')}) {format_effect(m)}"
                        for m in rec.get("metrics", [])[:3])
     disp.say(f"[bold red]REGRESSION {rec['status'].upper()}[/bold red] {rec['fleet']}/{rec['role']} "
              f"{rec['arch']} {rec['page_size'] // 1024}K {rec['fs']}: {rec['kernel_from']} -> "
@@ -367,12 +367,12 @@ def _announce(disp: Display, rec: dict, first_canary: Optional[float]) -> None:
              f"{_fmt_sim(det.timestamp())}{after}")
 
 
-def _first_canary(sc, truth) -> Optional[float]:
+def _first_canary(truth) -> Optional[float]:
     rollouts = [t for t in truth if t.get("type") == "rollout" and t.get("action") == "start"]
     return min((r["ts"] for r in rollouts), default=None)
 
 
-def _finish(args, sc, truth, workdir: Path, dataset: Path, state: Path, disp: Display) -> bool:
+def _finish(truth, workdir: Path, dataset: Path, state: Path, disp: Display) -> bool:
     from foliowatch import report
 
     _, cohorts, _ = _truth_summary(truth)
@@ -477,8 +477,8 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
     producer = threading.Thread(target=_produce, daemon=True,
                                 args=(sc, kafka.bootstrap, TOPIC_SAMPLES, args.seed, args.speed,
                                       rollout_start, progress, stop))
-    _, cohorts, rollouts = _truth_summary(truth)
-    first_canary = _first_canary(sc, truth)
+    _, _, rollouts = _truth_summary(truth)
+    first_canary = _first_canary(truth)
     announced = set()
     rate_prev = (time.monotonic(), 0)
     rate = 0.0
@@ -546,7 +546,7 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
                 if r["status"] in ("suspected", "confirmed") and key not in announced:
                     announced.add(key)
                     _announce(disp, r, first_canary)
-            return _finish(args, sc, truth, workdir, dataset, state, disp)
+            return _finish(truth, workdir, dataset, state, disp)
     finally:
         stop.set()
 
@@ -574,7 +574,7 @@ def _run_files(args, sc, truth, workdir: Path, procs: Processes) -> bool:
         if p.returncode != 0:
             raise RuntimeError(f"pipeline failed: {p.stderr[-2000:]}")
         disp.say(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "pipeline done")
-        first_canary = _first_canary(sc, truth)
+        first_canary = _first_canary(truth)
         step = 300.0
         t = (first_canary or sc.start_ts) - step
         end = sc.start_ts + sc.hours * 3600.0
@@ -593,4 +593,4 @@ def _run_files(args, sc, truth, workdir: Path, procs: Processes) -> bool:
                     announced.add(key)
                     _announce(disp, r, first_canary)
             t += step
-        return _finish(args, sc, truth, workdir, dataset, state, disp)
+        return _finish(truth, workdir, dataset, state, disp)

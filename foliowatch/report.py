@@ -66,7 +66,7 @@ def _page(size: int) -> str:
     return f"{int(size) // 1024}K pages"
 
 
-def _fmt_effect(row: dict) -> str:
+def format_effect(row: dict) -> str:
     eff, lo, hi = row.get("effect"), row.get("ci_low"), row.get("ci_high")
     if eff is None:
         return "?"
@@ -142,7 +142,7 @@ def text_summary(findings: List[Finding], dataset_note: str = "") -> str:
         for m in fd.metric_rows():
             q = m.get("q_value")
             lines.append(f"    {m.get('metric')} ({m.get('statistic') or 'median'}): "
-                         f"{_fmt_effect(m)}" + (f"  q={q:.2g}" if q is not None else ""))
+                         f"{format_effect(m)}" + (f"  q={q:.2g}" if q is not None else ""))
         lines.append(f"    hosts compared: {r.get('hosts_new')} on {r['kernel_to']} vs "
                      f"{r.get('hosts_base')} on {r['kernel_from']}; first detected "
                      f"{r.get('first_detected_at')}")
@@ -273,7 +273,7 @@ def render_html(findings: List[Finding], figures: Dict[str, bytes], generated: s
             parts.append(f"<li><span class='badge b-{esc(r['status'])}'>{esc(r['status'])}</span> "
                          f"<b>{esc(fd.cohort)}</b>: {esc(r['kernel_from'])} &rarr; "
                          f"<b>{esc(r['kernel_to'])}</b>, {esc(str(head.get('metric')))} "
-                         f"{esc(_fmt_effect(head))}, {r.get('hosts_new')} hosts on the new kernel</li>")
+                         f"{esc(format_effect(head))}, {r.get('hosts_new')} hosts on the new kernel</li>")
         parts.append(f"</ul>{len(open_)} open.</div>")
     for fd in findings:
         r = fd.record
@@ -291,7 +291,7 @@ def render_html(findings: List[Finding], figures: Dict[str, bytes], generated: s
             p, q = m.get("p_value"), m.get("q_value")
             parts.append(f"<tr><td>{esc(str(title))} (<code>{esc(str(m.get('metric')))}</code>)"
                          f"</td><td>{esc(str(m.get('statistic') or 'median'))}</td>"
-                         f"<td>{esc(_fmt_effect(m))}</td>"
+                         f"<td>{esc(format_effect(m))}</td>"
                          f"<td>{'' if p is None else f'{p:.2g}'}</td>"
                          f"<td>{'' if q is None else f'{q:.2g}'}</td></tr>")
         parts.append("</table>")
