@@ -69,6 +69,56 @@ FLAT_SCHEMA: Dict[str, pl.DataType] = {
     "mounts": pl.List(pl.Struct({"fs": pl.String, "write_bytes": pl.Int64})),
 }
 
+# --- the canonical layout: one regular expression for the whole record ---------------
+# Records from the agent and the simulator share one field order and compact JSON, so
+# one anchored pattern (a DFA pass, no captures) can prove a whole record follows schema
+# v1 except for what only numbers can tell: ts and interval_s ranges and the number of
+# mounts (checked on the parsed columns) and the number of counter/gauge entries (a
+# record shorter than ``_SHORT_RECORD`` bytes cannot hold more than 256 entries in one
+# map; a longer one has its keys counted). Every alphabet, length, enumeration, integer
+# syntax and the exact set of keys at every level are in the pattern; strings hold no
+# escapes, so their JSON text is their value. A record in any other layout is not
+# rejected by this: it takes the general path below.
+_C_NAME = r'"[a-z][a-z0-9_]{0,63}"'
+_C_INT = r"(?:0|[1-9][0-9]{0,17})"                 # < 2^63, so no overflow anywhere
+_C_POS = r"[1-9][0-9]{0,17}"
+_C_UNUM = r"(?:0|[1-9][0-9]{0,16})(?:\.[0-9]{1,20})?(?:[eE][+-]?[0-9]{1,2})?"   # finite
+_C_NUM = "-?" + _C_UNUM
+_C_ID = r'"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"'     # wire.ID_RE, MAX_ID_LEN
+_C_LABEL = r'"[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}"'   # wire.LABEL_RE, MAX_LABEL_LEN
+_C_MOUNT_PATH = r'"/[A-Za-z0-9._/+-]{0,255}"'       # wire.MOUNT_RE, 256
+
+
+def _c_map(value: str, repeat: str = "*") -> str:
+    return rf"\{{(?:{_C_NAME}:{value}(?:,{_C_NAME}:{value}){repeat})?\}}"
+
+
+def _c_one_of(options) -> str:
+    return "(?:" + "|".join(str(o) for o in options) + ")"
+
+
+_C_MOUNT = (rf'\{{"mount":{_C_MOUNT_PATH},"fs":"{_c_one_of(wire.FILESYSTEMS)}",'
+            rf'"device":{_C_LABEL},"counters":{_c_map(_C_INT, "{0,31}")}\}}')
+_C_LABELS = (rf'\{{"fleet":{_C_LABEL},"role":{_C_LABEL},"arch":"{_c_one_of(wire.ARCHES)}",'
+             rf'"kernel":{_C_LABEL},"page_size":{_c_one_of(wire.PAGE_SIZES)},'
+             rf'"cpus":{_C_POS},"mem_bytes":{_C_POS},"instance_type":{_C_LABEL}\}}')
+_C_PROBE = (rf'\{{"bytes":{_C_INT},"seconds":{_C_UNUM},"chunk_bytes":{_C_INT},'
+            rf'"mib_s":{_C_UNUM},"compact_stall":{_C_INT},"allocstall":{_C_INT}\}}')
+_C_SETTINGS = _c_map(_C_LABEL, "{0,31}")
+CANONICAL_RE = (
+    rf'^\{{"schema":{wire.SCHEMA_VERSION},"host_id":{_C_ID},"boot_id":{_C_ID},'
+    rf'"seq":{_C_INT},"ts":{_C_NUM},"interval_s":{_C_NUM},"labels":{_C_LABELS},'
+    rf'"counters":{_c_map(_C_INT)},"gauges":{_c_map(_C_NUM)},'
+    rf'"mounts":\[(?:{_C_MOUNT}(?:,{_C_MOUNT})*)?\]'
+    # the agent writes settings before the probe, the simulator after it
+    rf'(?:(?:,"settings":{_C_SETTINGS})?(?:,"probe":{_C_PROBE})?'
+    rf'|,"probe":{_C_PROBE},"settings":{_C_SETTINGS})'
+    rf'(?:,"agent":{_C_LABEL})?\}}$')
+# A map entry takes at least 6 bytes ('"a":0,'): below this length no map can hold more
+# than 256 (MAX_COUNTERS, MAX_GAUGES) entries.
+_SHORT_RECORD = 6 * (max(wire.MAX_COUNTERS, wire.MAX_GAUGES) + 1) - 1
+assert wire.MAX_ID_LEN == 128 and wire.MAX_LABEL_LEN == 64 and wire.MAX_NAME_LEN == 64
+
 # --- regular expressions over the JSON text (Rust regex syntax) ----------------------
 _NAME = r'"[a-z][a-z0-9_]{0,63}"'
 _INT = r"(?:0|[1-9][0-9]{0,17})"          # 19+ digits: left to the Python path
@@ -361,6 +411,33 @@ def _parse(values) -> Optional[pl.DataFrame]:
         return None
 
 
+def _parse_text(text: pl.Series) -> Optional[pl.DataFrame]:
+    """``_parse`` for a String series whose values hold no newline: the newline-joined
+    input is built in Rust (one concatenation, no Python objects per record)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+    parse_opts, read_opts = _arrow_options()
+    try:
+        import numpy as np
+        joined = (text + "\n").to_arrow(compat_level=pl.CompatLevel.oldest())
+        if isinstance(joined, pa.ChunkedArray):
+            joined = joined.combine_chunks()
+        _validity, offsets, data = joined.buffers()
+        bounds = np.frombuffer(offsets, dtype=np.int64)[[joined.offset,
+                                                         joined.offset + len(joined)]]
+        data = data.slice(int(bounds[0]), int(bounds[1] - bounds[0]))
+        table = pj.read_json(pa.BufferReader(data), parse_options=parse_opts,
+                             read_options=read_opts)
+        if table.num_rows != len(text):
+            return None
+        d = pl.from_arrow(table)
+        assert isinstance(d, pl.DataFrame)
+        return pl.DataFrame({"raw": text}).with_columns(
+            d.select(pl.struct(pl.all()).alias("d")).to_series().cast(RECORD_DTYPE))
+    except (pa.ArrowException, pl.exceptions.PolarsError, ValueError, OverflowError):
+        return None
+
+
 def _parse_bisect(values: Sequence[bytes], base: int, out_frames: List[pl.DataFrame],
                   python_rows: List[int]) -> None:
     df = _parse(values)
@@ -400,6 +477,51 @@ def screen(values: Sequence[bytes]) -> pl.Series:
             | raw.bin.contains(b"\r") | raw.bin.contains(b"\t"))
 
 
+def _as_text(values: Sequence[bytes]) -> Tuple[pl.Series, List[int]]:
+    """The values as a String series (null where a value is not UTF-8) and the rows
+    that are not UTF-8 (they take the Python path, which names the problem)."""
+    raw = pl.Series("raw", values, dtype=pl.Binary)
+    try:
+        return raw.cast(pl.String), []
+    except pl.exceptions.PolarsError:   # some value is not UTF-8: find it
+        bad = []
+        for i, v in enumerate(values):
+            try:
+                bytes(v).decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(i)
+        fixed = list(values)
+        for i in bad:
+            fixed[i] = b""
+        text = pl.Series("raw", fixed, dtype=pl.Binary).cast(pl.String)
+        return text.scatter(bad, None), bad
+
+
+def canonical(text: pl.Series) -> pl.Series:
+    """True for each record that follows ``CANONICAL_RE`` and the entry-count bound:
+    what remains to check is numeric (``_canonical_checks`` on the parsed record)."""
+    ok = (text.str.contains(CANONICAL_RE) & (text.str.len_bytes() <= wire.MAX_RECORD_BYTES))
+    ok = ok.fill_null(False)
+    long_rows = (text.str.len_bytes() >= _SHORT_RECORD).fill_null(False)
+    if long_rows.any():
+        few_keys = text.str.count_matches(KEY_RE, literal=True) <= min(wire.MAX_COUNTERS,
+                                                                        wire.MAX_GAUGES)
+        ok = ok & (~long_rows | few_keys.fill_null(False))
+    return ok
+
+
+def _canonical_checks(d: pl.Expr) -> pl.Expr:
+    """What ``CANONICAL_RE`` cannot see: number ranges and the number of mounts."""
+    ts = d.struct.field("ts")
+    iv = d.struct.field("interval_s")
+    return pl.all_horizontal([
+        d.is_not_null(),
+        ts.is_finite() & (ts >= 946684800.0) & (ts <= 4102444800.0),
+        iv.is_finite() & (iv > 0.0) & (iv <= wire.MAX_INTERVAL_S),
+        d.struct.field("mounts").list.len() <= wire.MAX_MOUNTS,
+    ]).fill_null(False)
+
+
 def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
                  max_future_s: float = 0.0) -> DecodedBatch:
     """Decode and validate a batch of raw values; see the module docstring.
@@ -412,28 +534,27 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
     if n == 0:
         return DecodedBatch(pl.DataFrame(schema=FLAT_SCHEMA), [])
     values = list(values)
-    screened = screen(values)
-    python_rows: List[int] = screened.arg_true().to_list()
-    frames: List[pl.DataFrame] = []
-    if python_rows:
-        for a, b in _runs((~screened).arg_true().to_list()):
-            _parse_bisect(values[a:b], a, frames, python_rows)
-    else:
-        _parse_bisect(values, 0, frames, python_rows)
-
+    text, python_rows = _as_text(values)
     good_parts: List[pl.DataFrame] = []
-    for df in frames:
-        df = df.with_columns(_checks(pl.col("d"), pl.col("raw")).alias("ok"))
-        ok = df["ok"]
-        if ok.any():
-            cand = df.filter(ok)
-            text_ok = _text_checks(cand)
-            if not text_ok.all():
-                python_rows.extend(cand.filter(~text_ok)["row"].to_list())
-                cand = cand.filter(text_ok)
-            good_parts.append(cand.select(pl.col("row"), *_flatten(pl.col("d"))))
-        if not ok.all():
-            python_rows.extend(df.filter(~ok)["row"].to_list())
+    # 1) records in the canonical layout: one pattern pass, one parse, numeric checks
+    canon = canonical(text)
+    general = (~canon).arg_true().to_list()
+    if python_rows:
+        general = sorted(set(general) - set(python_rows))
+    if canon.any():
+        rows = canon.arg_true()
+        df = _parse_text(text.filter(canon))
+        if df is None:   # not expected: the pattern implies parseable JSON
+            general = sorted(general + rows.to_list())
+        else:
+            df = df.with_columns(rows.cast(pl.Int64).alias("row"))
+            ok = df.select(_canonical_checks(pl.col("d"))).to_series()
+            good_parts.append(df.filter(ok).select(pl.col("row"), *_flatten(pl.col("d"))))
+            if not ok.all():
+                python_rows.extend(df.filter(~ok)["row"].to_list())
+    # 2) any other layout: parse strictly, check the columns and the JSON text
+    if general:
+        _decode_general(values, general, python_rows, good_parts)
 
     rejected: List[Tuple[int, str]] = []
     rescued: List[Dict[str, Any]] = []
@@ -448,7 +569,7 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
         good_parts.append(pl.DataFrame(rescued, schema=FLAT_SCHEMA))
     good = (pl.concat([p.select(list(FLAT_SCHEMA)).cast(FLAT_SCHEMA) for p in good_parts])
             if good_parts else pl.DataFrame(schema=FLAT_SCHEMA))
-    if good_parts and len(good_parts) > 1:
+    if len(good_parts) > 1:
         good = good.sort("row")
     if max_future_s > 0 and good.height:
         limit = (time.time() if now is None else now) + max_future_s
@@ -460,6 +581,34 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
             good = good.filter(~future)
     rejected.sort()
     return DecodedBatch(good, rejected, python_accepted=len(rescued))
+
+
+def _decode_general(values: List[bytes], rows: List[int], python_rows: List[int],
+                    good_parts: List[pl.DataFrame]) -> None:
+    """The general path for ``rows``: screen, strict parse (bisecting a chunk that does
+    not parse), column checks and text checks; what they do not accept goes to
+    ``python_rows``."""
+    sub = [values[r] for r in rows]
+    screened = screen(sub)
+    frames: List[pl.DataFrame] = []
+    sub_python: List[int] = screened.arg_true().to_list()
+    for a, b in _runs((~screened).arg_true().to_list()):
+        _parse_bisect(sub[a:b], a, frames, sub_python)
+    row_of = pl.Series("row_of", rows, dtype=pl.Int64)
+    python_rows.extend(rows[i] for i in sub_python)
+    for df in frames:
+        df = df.with_columns(pl.lit(row_of).gather(pl.col("row")).alias("row"),
+                             _checks(pl.col("d"), pl.col("raw")).alias("ok"))
+        ok = df["ok"]
+        if ok.any():
+            cand = df.filter(ok)
+            text_ok = _text_checks(cand)
+            if not text_ok.all():
+                python_rows.extend(cand.filter(~text_ok)["row"].to_list())
+                cand = cand.filter(text_ok)
+            good_parts.append(cand.select(pl.col("row"), *_flatten(pl.col("d"))))
+        if not ok.all():
+            python_rows.extend(df.filter(~ok)["row"].to_list())
 
 
 def record_key_metrics(flat: pl.DataFrame) -> pl.DataFrame:
