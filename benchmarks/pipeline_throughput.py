@@ -94,47 +94,64 @@ def run_pipeline(bootstrap: str, topic: str, out: Path, extra) -> dict:
             "peak_rss_mb": t["peak_rss_mb"], "windows": t["windows"],
             "cpu_seconds_incl_startup": t.get("cpu_seconds"),
             "records_per_cpu_s": round(t["records"] / t["cpu_seconds"]) if t.get("cpu_seconds") else None,
+            "cpu_us_per_record": round(t["cpu_seconds"] / t["records"] * 1e6, 2),
+            "consumer_thread_cpu_seconds": t.get("consumer_thread_cpu_seconds"),
+            "worker_thread_cpu_seconds": t.get("worker_thread_cpu_seconds"),
             "accepted": t["accepted"], "late": t["late"], "duplicates": t["duplicates"]}
 
 
 CONSUME_ONLY = r"""
-import json, resource, sys, time
+import json, sys, time
 from foliowatch.kafka_io import KafkaSettings, make_consumer
 from foliowatch.pipeline.consumer import peak_rss_mb
-bootstrap, topic, n, mpr, mpfb, fmb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+bootstrap, topic, n, mpr, mpfb, fmb, crcs = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
+    int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "1")
 c = make_consumer(KafkaSettings(bootstrap=[bootstrap]), topic, group_id=None,
-                  max_poll_records=mpr, max_partition_fetch_bytes=mpfb, fetch_max_bytes=fmb)
+                  max_poll_records=mpr, max_partition_fetch_bytes=mpfb, fetch_max_bytes=fmb,
+                  check_crcs=crcs)
 got, nbytes, t0 = 0, 0, None
 deadline = time.monotonic() + 600
 while got < n and time.monotonic() < deadline:
     for recs in c.poll(timeout_ms=1000, max_records=mpr).values():
-        if t0 is None:
-            t0 = time.monotonic()
+        if t0 is None:   # from the first records on: connecting and joining are not counted
+            t0, c0 = time.monotonic(), time.process_time()
         got += len(recs)
         nbytes += sum(len(r.value) for r in recs)
-secs = time.monotonic() - t0
-ru = resource.getrusage(resource.RUSAGE_SELF)
+secs, cpu = time.monotonic() - t0, time.process_time() - c0
 print(json.dumps({"records": got, "seconds": round(secs, 2), "records_per_s": round(got / secs),
-                  "cpu_seconds_incl_startup": round(ru.ru_utime + ru.ru_stime, 2),
+                  "cpu_seconds": round(cpu, 2), "cpu_us_per_record": round(cpu / got * 1e6, 2),
                   "mb_per_s": round(nbytes / secs / 1e6, 1),
                   "peak_rss_mb": peak_rss_mb()}))
 """
 
 
-def consume_only(bootstrap: str, topic: str, n: int, mpr: int, mpfb: int, fmb: int) -> dict:
+def consume_only(bootstrap: str, topic: str, n: int, mpr: int, mpfb: int, fmb: int,
+                 check_crcs: bool = True) -> dict:
     p = subprocess.run([sys.executable, "-c", CONSUME_ONLY, bootstrap, topic, str(n),
-                        str(mpr), str(mpfb), str(fmb)], capture_output=True, text=True, cwd=REPO)
+                        str(mpr), str(mpfb), str(fmb), "1" if check_crcs else "0"],
+                       capture_output=True, text=True, cwd=REPO)
     if p.returncode != 0:
         raise SystemExit(f"consume-only failed:\n{p.stderr[-3000:]}")
     return {"what": f"kafka-python consume only (fetch {mpfb >> 20}/{fmb >> 20} MiB, "
-                    f"poll {mpr})", **json.loads(p.stdout.strip().splitlines()[-1])}
+                    f"poll {mpr}{'' if check_crcs else ', no CRC check'})",
+            **json.loads(p.stdout.strip().splitlines()[-1])}
 
 
-def stages(bootstrap: str, topic: str, n: int) -> list:
-    """Decode+validate and aggregation alone, in this process, on records read first."""
+def _cpu_row(what: str, n: int, secs: float, cpu: float) -> dict:
+    return {"what": what, "records": n, "records_per_s": round(n / secs),
+            "cpu_seconds": round(cpu, 2), "cpu_us_per_record": round(cpu / n * 1e6, 2)}
+
+
+def stages(bootstrap: str, topic: str, n: int, work: Path) -> list:
+    """The pipeline's own stages alone, in this process, on records read from the topic
+    first: decode+validate; lateness+dedupe+aggregation; and the whole engine (decode,
+    validate, dedupe, aggregate, Parquet files written durably, dead letters) without
+    Kafka. CPU seconds count every thread (polars and Arrow use both cores)."""
     from foliowatch.kafka_io import KafkaSettings, make_consumer
     from foliowatch.pipeline.aggregate import WindowAggregator
     from foliowatch.pipeline.decode import decode_batch
+    from foliowatch.pipeline.engine import Pipeline, PipelineConfig
+    from foliowatch.pipeline.sinks import DatasetWriter, FileDLQ
     import polars as pl
     c = make_consumer(KafkaSettings(bootstrap=[bootstrap]), topic, group_id=None,
                       max_poll_records=20000)
@@ -146,13 +163,13 @@ def stages(bootstrap: str, topic: str, n: int) -> list:
     values = [r.value for r in recs[:n]]
     parts = [r.partition for r in recs[:n]]
     offs = [r.offset for r in recs[:n]]
+    del recs
     rows = []
-    batch = 100_000
+    batch = 25_000
     t0, c0 = time.perf_counter(), time.process_time()
     decoded = [decode_batch(values[i:i + batch]) for i in range(0, len(values), batch)]
-    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rows.append({"what": "decode+validate only (Arrow JSON + polars)", "records": len(values),
-                 "records_per_s": round(len(values) / secs), "cpu_seconds": round(cpu, 2)})
+    rows.append(_cpu_row("decode+validate only (pattern pass + Arrow JSON + polars)", n,
+                         time.perf_counter() - t0, time.process_time() - c0))
     agg = WindowAggregator()
     t0, c0 = time.perf_counter(), time.process_time()
     for i, d in enumerate(decoded):
@@ -163,9 +180,19 @@ def stages(bootstrap: str, topic: str, n: int) -> list:
         agg.process(g, {})
         agg.close_ready()
     agg.close_ready(final=True)
-    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rows.append({"what": "lateness+dedupe+aggregate+close only", "records": len(values),
-                 "records_per_s": round(len(values) / secs), "cpu_seconds": round(cpu, 2)})
+    rows.append(_cpu_row("lateness+dedupe+aggregate+close only", n,
+                         time.perf_counter() - t0, time.process_time() - c0))
+    del decoded
+    out = work / "ds-engine"
+    engine = Pipeline(PipelineConfig(output=str(out), max_future_s=0), DatasetWriter(str(out)),
+                      FileDLQ(work / "engine-dlq.jsonl"))
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, n, batch):
+        engine.process(values[i:i + batch], parts[i:i + batch], offs[i:i + batch], topic)
+    engine.finish()
+    engine.dlq.flush()
+    rows.append(_cpu_row("whole engine without Kafka (decode ... durable Parquet, DLQ)", n,
+                         time.perf_counter() - t0, time.process_time() - c0))
     return rows
 
 
@@ -207,14 +234,17 @@ def main() -> int:
             "--fetch-max-bytes", str(args.fetch_max_bytes)])))
         results.append(emit(consume_only(cluster.bootstrap, topic, n, args.max_poll_records,
                                          args.max_partition_fetch_bytes, args.fetch_max_bytes)))
-        # larger fetches: what memory the consumer's prefetching costs, and what speed
+        # larger fetches: what memory the consumer's prefetching costs, and what speed;
+        # then without the CRC check too (the fastest kafka-python found here)
         results.append(emit(consume_only(cluster.bootstrap, topic, n, 20000, 8 << 20, 64 << 20)))
+        results.append(emit(consume_only(cluster.bootstrap, topic, n, 20000, 8 << 20, 64 << 20,
+                                         check_crcs=False)))
         big = emit(run_pipeline(cluster.bootstrap, topic, work / "ds-big", [
             "--batch-records", str(args.batch_records), "--max-poll-records", "20000",
             "--max-partition-fetch-bytes", str(8 << 20), "--fetch-max-bytes", str(64 << 20)]))
         big["what"] += " (fetch 8/64 MiB, poll 20000)"
         results.append(big)
-        for row in stages(cluster.bootstrap, topic, min(n, 300_000)):
+        for row in stages(cluster.bootstrap, topic, min(n, 300_000), work):
             results.append(emit(row))
     finally:
         cluster.stop()
@@ -223,13 +253,17 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     java = results[0]["records_per_s"]
-    print("\n| measurement | records | records/s | vs Java tool | CPU s | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+    print("\n| measurement | records | records/s | vs Java tool | CPU s | CPU µs/record "
+          "| peak RSS MB | load avg 1 min |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         cpu = next((r[k] for k in ("cpu_seconds", "cpu_seconds_incl_startup",
                                    "cpu_seconds_incl_jvm_startup") if r.get(k) is not None), "")
         print(f"| {r['what']} | {r['records']} | {r['records_per_s']:,.0f} | "
-              f"{r['records_per_s'] / java:.0%} | {cpu} | {r.get('peak_rss_mb', '')} |")
+              f"{r['records_per_s'] / java:.0%} | {cpu} | {r.get('cpu_us_per_record', '')} | "
+              f"{r.get('peak_rss_mb', '')} | {r.get('load_avg_1m', '')} |")
+    print(f"\nload average at the end (1/5/15 min): "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     whole = results[1]["records_per_s"]
     print(f"\npipeline / Java consumer-perf = {whole / java:.0%} (target >= 50%); "
           f"pipeline = {whole:,.0f} records/s (target >= 200,000); "

@@ -114,6 +114,15 @@ def _merge_aggs() -> List[pl.Expr]:
     return aggs
 
 
+WINDOW_KEY = ["partition", "window_s", "window_start"]
+
+
+def _merge(frames: List[pl.DataFrame]) -> pl.DataFrame:
+    """Partial frames of the same window(s) as one frame, one row per group."""
+    return (pl.concat(frames).group_by(list(GROUP_KEYS)).agg(_merge_aggs())
+            .select(list(PARTIAL_SCHEMA)))
+
+
 def host_rows(partials: pl.DataFrame) -> pl.DataFrame:
     """Final host-window rows (the ``level=host`` columns) from merged partials."""
     def rate(c: str, scale: float = 1.0) -> pl.Expr:
@@ -213,8 +222,10 @@ class WindowAggregator:
         self.windows_s = tuple(sorted(int(w) for w in windows_s))
         self.lateness_s = float(lateness_s)
         self.meta: Dict[int, PartitionMeta] = {}
-        self._partials: List[pl.DataFrame] = []
-        self._open: set = set()     # (partition, window_s, window_start) with partials
+        # (partition, window_s, window_start) -> that open window's partial frames, merged
+        # only when it closes or is checkpointed (or when many have piled up): closing a
+        # window costs its own rows, not every open window's
+        self._windows: Dict[Tuple[int, int, int], List[pl.DataFrame]] = {}
         self._seen = pl.DataFrame(schema=SEEN_SCHEMA)
 
     # -- per batch -----------------------------------------------------------------
@@ -271,76 +282,66 @@ class WindowAggregator:
 
     def _add_partials(self, fresh: pl.DataFrame) -> None:
         per_fs = explode_fs(fresh)
-        aggs = _partial_aggs()
-        parts = []
+        prev: Optional[Tuple[int, pl.DataFrame]] = None
         for w in self.windows_s:
-            framed = per_fs.with_columns(
-                pl.lit(w, dtype=pl.Int64).alias("window_s"),
-                ((pl.col("ts") // w) * w).cast(pl.Int64).alias("window_start"))
-            parts.append(framed.group_by(list(GROUP_KEYS)).agg(aggs))
-        for part in parts:
-            self._partials.append(part.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA))
-            self._note_open(part)
-        if len(self._partials) > 64:
-            self._compact()
+            if prev is not None and w % prev[0] == 0:
+                # a window made of whole smaller windows merges their partials (exact:
+                # integer sums, counts, min/max), far fewer rows than the records
+                part = (prev[1].with_columns(pl.lit(w, dtype=pl.Int64).alias("window_s"),
+                                             ((pl.col("window_start") // w) * w)
+                                             .alias("window_start"))
+                        .group_by(list(GROUP_KEYS)).agg(_merge_aggs()))
+            else:
+                framed = per_fs.with_columns(
+                    pl.lit(w, dtype=pl.Int64).alias("window_s"),
+                    ((pl.col("ts") // w) * w).cast(pl.Int64).alias("window_start"))
+                part = framed.group_by(list(GROUP_KEYS)).agg(_partial_aggs())
+            part = part.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA)
+            self._add_window_frames(part)
+            prev = (w, part)
 
-    def _note_open(self, partials: pl.DataFrame) -> None:
-        self._open.update(partials.select("partition", "window_s", "window_start")
-                          .unique().iter_rows())
+    def _add_window_frames(self, partials: pl.DataFrame) -> None:
+        for key, frame in partials.partition_by(WINDOW_KEY, as_dict=True,
+                                                maintain_order=False).items():
+            frames = self._windows.setdefault(tuple(int(k) for k in key), [])
+            frames.append(frame)
+            if len(frames) > 32:
+                frames[:] = [_merge(frames)]
 
-    def _compact(self) -> pl.DataFrame:
-        if not self._partials:
-            merged = pl.DataFrame(schema=PARTIAL_SCHEMA)
-        elif len(self._partials) == 1:
-            merged = self._partials[0]
-        else:
-            merged = (pl.concat(self._partials).group_by(list(GROUP_KEYS))
-                      .agg(_merge_aggs()).select(list(PARTIAL_SCHEMA)))
-        self._partials = [merged]
-        return merged
+    def _merged(self, key: Tuple[int, int, int]) -> pl.DataFrame:
+        frames = self._windows[key]
+        if len(frames) > 1:
+            frames[:] = [_merge(frames)]
+        return frames[0]
 
     # -- closing windows -------------------------------------------------------------
     def close_ready(self, final: bool = False,
                     partitions: Optional[Iterable[int]] = None) -> List[ClosedWindow]:
         """Windows whose end + lateness the watermark has passed (all of them when
         ``final``, e.g. at the end of a finite input), removed from the open state."""
-        if not final:
-            # cheap test first: most batches close nothing, and merging is not free
-            due = [k for k in self._open
-                   if self.meta.get(k[0]) is not None and self.meta[k[0]].watermark is not None
-                   and k[2] + k[1] + self.lateness_s <= self.meta[k[0]].watermark]
-            if not due:
-                return []
-        merged = self._compact()
         if final:
-            ps = list(partitions) if partitions is not None else list(self.meta)
-            ready = pl.col("partition").is_in(ps)
+            ps = set(partitions) if partitions is not None else set(self.meta)
+            due = [k for k in self._windows if k[0] in ps]
             for p in ps:
                 m = self.meta.setdefault(p, PartitionMeta())
                 if m.watermark is not None:
                     w = max(self.windows_s)
                     m.closed_until = max(m.closed_until or float("-inf"),
                                          float((m.watermark // w) * w + w))
-        if merged.height == 0:
-            return []
-        if not final:
-            wm = {p: m.watermark for p, m in self.meta.items() if m.watermark is not None}
-            ready = (pl.col("window_start") + pl.col("window_s") + self.lateness_s
-                     <= pl.col("partition").replace_strict(wm, default=float("-inf"),
-                                                           return_dtype=pl.Float64))
-        done = merged.filter(ready)
-        if done.height == 0:
-            return []
-        self._partials = [merged.filter(~ready)]
-        self._open = set()
-        self._note_open(self._partials[0])
+        else:
+            due = [k for k in self._windows
+                   if self.meta.get(k[0]) is not None and self.meta[k[0]].watermark is not None
+                   and k[2] + k[1] + self.lateness_s <= self.meta[k[0]].watermark]
         closed = []
-        for (p, w, start), part in sorted(done.group_by(["partition", "window_s",
-                                                          "window_start"]),
-                                          key=lambda kv: kv[0]):
+        for key in sorted(due):
+            part = self._merged(key)
+            del self._windows[key]
+            if part.height == 0:
+                continue
+            p, w, start = key
             hosts = host_rows(part)
             closed.append(ClosedWindow(
-                partition=int(p), window_s=int(w), window_start=int(start),
+                partition=p, window_s=w, window_start=start,
                 first_offset=int(part["first_offset"].min()),
                 last_offset=int(part["last_offset"].max()),
                 hosts=hosts, cohorts=cohort_rows(hosts)))
@@ -351,10 +352,10 @@ class WindowAggregator:
         return sorted(self.meta)
 
     def snapshot(self, partition: int) -> Tuple[PartitionMeta, pl.DataFrame, pl.DataFrame]:
-        merged = self._compact()
         m = self.meta.get(partition, PartitionMeta())
-        return (PartitionMeta(m.next_offset, m.watermark, m.closed_until),
-                merged.filter(pl.col("partition") == partition),
+        frames = [self._merged(k) for k in sorted(self._windows) if k[0] == partition]
+        partials = pl.concat(frames) if frames else pl.DataFrame(schema=PARTIAL_SCHEMA)
+        return (PartitionMeta(m.next_offset, m.watermark, m.closed_until), partials,
                 self._seen.filter(pl.col("partition") == partition))
 
     def restore(self, partition: int, meta: PartitionMeta, partials: pl.DataFrame,
@@ -362,8 +363,7 @@ class WindowAggregator:
         self.drop(partition)
         self.meta[partition] = meta
         if partials.height:
-            self._partials.append(partials.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA))
-            self._note_open(partials)
+            self._add_window_frames(partials.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA))
         if seen.height:
             self._seen = pl.concat([self._seen, seen.select(list(SEEN_SCHEMA))
                                     .cast(SEEN_SCHEMA)])
@@ -371,12 +371,8 @@ class WindowAggregator:
     def drop(self, partition: int) -> None:
         """Forget a partition (revoked: another instance continues from its checkpoint)."""
         self.meta.pop(partition, None)
-        merged = self._compact()
-        self._partials = [merged.filter(pl.col("partition") != partition)]
-        self._open = {k for k in self._open if k[0] != partition}
+        self._windows = {k: v for k, v in self._windows.items() if k[0] != partition}
         self._seen = self._seen.filter(pl.col("partition") != partition)
 
     def open_windows(self) -> int:
-        merged = self._compact()
-        return merged.select(pl.struct("partition", "window_s", "window_start")
-                             .n_unique()).item() if merged.height else 0
+        return len(self._windows)

@@ -46,6 +46,10 @@ class ConsumerConfig:
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
     fetch_max_bytes: int = 16 * 1024 * 1024
     max_poll_records: int = 10_000
+    # Every blocking broker call is bounded: with the broker gone, kafka-python's commit
+    # would otherwise retry forever and a SIGTERM would never be acted upon.
+    commit_timeout_ms: int = 5_000
+    stop_timeout_s: float = 3.0        # after SIGTERM: per broker call still attempted
 
 
 class KafkaRunner:
@@ -67,11 +71,14 @@ class KafkaRunner:
         self._work: "queue.Queue" = queue.Queue(maxsize=1)
         self._worker: Optional[threading.Thread] = None
         self._worker_error: Optional[BaseException] = None
+        self._worker_cpu = 0.0
+        self._closing = False
+        self._commit_failing = False
 
     # -- rebalance callbacks (run inside poll) ---------------------------------------
     def on_partitions_revoked(self, revoked) -> None:
         mine = [tp.partition for tp in revoked if tp.topic == self.cfg.topic]
-        if not mine:
+        if not mine or self._closing:   # closing: run() has checkpointed already
             return
         self._process_pending()
         self._checkpoint_and_commit(mine)   # waits for the worker first
@@ -148,10 +155,23 @@ class KafkaRunner:
             self._process_pending()
             self._checkpoint_and_commit(self._owned())
         finally:
+            self._closing = True
             self._work.put(None)
             self._worker.join(timeout=60)
-            self.consumer.close()
-            self.pipeline.dlq.close()
+            # bounded: leaving the group and delivering dead letters must not keep a
+            # stopping pipeline alive when the broker is gone (nothing is lost: the
+            # checkpoint covers only what was durable)
+            quick = self.stop_requested
+            try:
+                self.consumer.close(autocommit=False, timeout_ms=int(
+                    self.cfg.stop_timeout_s * 1000 if quick else self.cfg.commit_timeout_ms))
+            except Exception as e:
+                log.warning("consumer close: %s", e)
+            try:
+                self.pipeline.dlq.close(self.cfg.stop_timeout_s if quick else 30.0)
+            except Exception as e:
+                log.warning("dead-letter producer close: %s", e)
+        log.info("stopped")
         import resource
         if self._first_record_at is not None and self._last_batch_done_at is not None:
             # from the poll that brought the first records to the end of the last batch
@@ -160,6 +180,10 @@ class KafkaRunner:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.totals["peak_rss_mb"] = peak_rss_mb()
         self.totals["cpu_seconds"] = round(ru.ru_utime + ru.ru_stime, 2)
+        # where the CPU went: this (consuming) thread, the batch worker's own Python and
+        # native code, and the rest (polars/Arrow pools, kafka-python's IO thread)
+        self.totals["consumer_thread_cpu_seconds"] = round(time.thread_time(), 2)
+        self.totals["worker_thread_cpu_seconds"] = round(self._worker_cpu, 2)
         return self.totals
 
     def _owned(self) -> List[int]:
@@ -217,30 +241,51 @@ class KafkaRunner:
                 self._work.task_done()
 
     def _process_records(self, recs) -> None:
+        cpu0 = time.thread_time()
         st = self.pipeline.process([r.value if r.value is not None else b"" for r in recs],
                                    [r.partition for r in recs], [r.offset for r in recs],
                                    self.cfg.topic, [r.key for r in recs])
         for k in self.totals:
             self.totals[k] += getattr(st, k)
         self._last_batch_done_at = time.monotonic()
+        self._worker_cpu += time.thread_time() - cpu0
 
     def _checkpoint_and_commit(self, partitions: List[int]) -> None:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
+        from .sinks import DeadLetterError
+
         self._drain()
         self.last_checkpoint = time.monotonic()
         if not partitions:
             return
-        offsets = self.pipeline.checkpoint(self.store, partitions)
+        stopping = self.stop_requested
+        try:
+            offsets = self.pipeline.checkpoint(
+                self.store, partitions,
+                dlq_timeout_s=self.cfg.stop_timeout_s if stopping else 30.0)
+        except DeadLetterError as e:
+            # the previous checkpoint stays: a restart replays from it and rewrites the
+            # same window files, so nothing is lost or counted twice
+            log.warning("no checkpoint: %s", e)
+            return
         if not offsets:
             return
         log.info("checkpoint: next offsets %s", json.dumps(offsets, sort_keys=True))
+        if stopping and self._commit_failing:
+            log.warning("not committing offsets while stopping: the broker did not answer "
+                        "the last commit; the checkpoint files hold the position")
+            return
+        timeout_ms = int(self.cfg.stop_timeout_s * 1000) if stopping else self.cfg.commit_timeout_ms
         try:
             self.consumer.commit({TopicPartition(self.cfg.topic, p): OffsetAndMetadata(o, "", -1)
-                                  for p, o in offsets.items()})
-        except Exception as e:  # a rebalance in progress: the checkpoint still holds
-            log.warning("offset commit failed (%s); the checkpoint files hold the position", e)
+                                  for p, o in offsets.items()}, timeout_ms=timeout_ms)
+            self._commit_failing = False
+        except Exception as e:  # a rebalance, or the broker is gone: the checkpoint holds
+            self._commit_failing = True
+            log.warning("offset commit failed (%s: %s); the checkpoint files hold the position",
+                        type(e).__name__, e)
 
     def _caught_up(self, idle_s: float) -> bool:
         """--until-idle: nothing read for a while and every owned partition read to its
@@ -251,7 +296,11 @@ class KafkaRunner:
         parts = list(self.consumer.assignment())
         if not parts:
             return idle_s >= self.cfg.until_idle_s + 3 * self.cfg.session_timeout_ms / 1000
-        ends = self.consumer.end_offsets(parts)
+        try:
+            ends = self.consumer.end_offsets(parts, timeout_ms=self.cfg.commit_timeout_ms)
+        except Exception as e:   # broker unreachable: not known to be caught up
+            log.warning("end offsets: %s", e)
+            return False
         return all(self.consumer.position(tp) >= ends[tp] for tp in parts)
 
     def _update_lag(self) -> None:

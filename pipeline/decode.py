@@ -110,10 +110,13 @@ CANONICAL_RE = (
     rf'"seq":{_C_INT},"ts":{_C_NUM},"interval_s":{_C_NUM},"labels":{_C_LABELS},'
     rf'"counters":{_c_map(_C_INT)},"gauges":{_c_map(_C_NUM)},'
     rf'"mounts":\[(?:{_C_MOUNT}(?:,{_C_MOUNT})*)?\]'
-    # the agent writes settings before the probe, the simulator after it
-    rf'(?:(?:,"settings":{_C_SETTINGS})?(?:,"probe":{_C_PROBE})?'
-    rf'|,"probe":{_C_PROBE},"settings":{_C_SETTINGS})'
-    rf'(?:,"agent":{_C_LABEL})?\}}$')
+    # the optional members in the orders the fleet writes them, each at most once:
+    # settings, probe, agent (schema.example_record); probe, settings, agent (the
+    # simulator); settings, agent, probe (the agent, which adds its probe last)
+    rf'(?:(?:,"settings":{_C_SETTINGS})?(?:,"probe":{_C_PROBE})?(?:,"agent":{_C_LABEL})?'
+    rf'|,"probe":{_C_PROBE},"settings":{_C_SETTINGS}(?:,"agent":{_C_LABEL})?'
+    rf'|(?:,"settings":{_C_SETTINGS})?,"agent":{_C_LABEL},"probe":{_C_PROBE})'
+    rf'\}}$')
 # A map entry takes at least 6 bytes ('"a":0,'): below this length no map can hold more
 # than 256 (MAX_COUNTERS, MAX_GAUGES) entries.
 _SHORT_RECORD = 6 * (max(wire.MAX_COUNTERS, wire.MAX_GAUGES) + 1) - 1
@@ -163,14 +166,14 @@ def _checks(d: pl.Expr, raw: pl.Expr) -> pl.Expr:
     iv = d.struct.field("interval_s")
     seq = d.struct.field("seq")
     el = pl.element()
-    mount_ok = mounts.list.eval(
+    mount_ok = mounts.list.eval((
         el.struct.field("mount").str.contains(wire.MOUNT_RE.pattern)
         & (el.struct.field("mount").str.len_chars() <= 256)
         & el.struct.field("fs").is_in(list(wire.FILESYSTEMS))
         & el.struct.field("device").str.contains(wire.LABEL_RE.pattern)
         & (el.struct.field("device").str.len_chars() <= wire.MAX_LABEL_LEN)
         & el.struct.field("counters").is_not_null()
-    ).list.all()
+    ).fill_null(False)).list.all()   # a member missing from a mount (null) fails it
     conds = [
         d.is_not_null(),
         d.struct.field("schema") == wire.SCHEMA_VERSION,
@@ -386,10 +389,11 @@ def _arrow_options():
     return _ARROW_OPTIONS
 
 
-def _parse(values) -> Optional[pl.DataFrame]:
+def _parse(values, text: Optional[pl.Series] = None) -> Optional[pl.DataFrame]:
     """JSON-decode a chunk of raw values (no whitespace in them, so one line each) into
-    ``raw`` (text) and ``d`` (struct of ``RECORD_DTYPE``); None when the chunk has a
-    value that is not UTF-8, not a JSON object, or has a field of the wrong type."""
+    ``raw`` (text; ``text`` when the caller has it already) and ``d`` (struct of
+    ``RECORD_DTYPE``); None when the chunk has a value that is not UTF-8, not a JSON
+    object, or has a field of the wrong type."""
     import io
 
     import pyarrow as pa
@@ -402,34 +406,8 @@ def _parse(values) -> Optional[pl.DataFrame]:
                              read_options=read_opts)
         if table.num_rows != len(values):
             return None
-        text = pl.Series("raw", values, dtype=pl.Binary).cast(pl.String)
-        d = pl.from_arrow(table)
-        assert isinstance(d, pl.DataFrame)
-        return pl.DataFrame({"raw": text}).with_columns(
-            d.select(pl.struct(pl.all()).alias("d")).to_series().cast(RECORD_DTYPE))
-    except (pa.ArrowException, pl.exceptions.PolarsError, ValueError, OverflowError):
-        return None
-
-
-def _parse_text(text: pl.Series) -> Optional[pl.DataFrame]:
-    """``_parse`` for a String series whose values hold no newline: the newline-joined
-    input is built in Rust (one concatenation, no Python objects per record)."""
-    import pyarrow as pa
-    import pyarrow.json as pj
-    parse_opts, read_opts = _arrow_options()
-    try:
-        import numpy as np
-        joined = (text + "\n").to_arrow(compat_level=pl.CompatLevel.oldest())
-        if isinstance(joined, pa.ChunkedArray):
-            joined = joined.combine_chunks()
-        _validity, offsets, data = joined.buffers()
-        bounds = np.frombuffer(offsets, dtype=np.int64)[[joined.offset,
-                                                         joined.offset + len(joined)]]
-        data = data.slice(int(bounds[0]), int(bounds[1] - bounds[0]))
-        table = pj.read_json(pa.BufferReader(data), parse_options=parse_opts,
-                             read_options=read_opts)
-        if table.num_rows != len(text):
-            return None
+        if text is None:
+            text = pl.Series("raw", values, dtype=pl.Binary).cast(pl.String)
         d = pl.from_arrow(table)
         assert isinstance(d, pl.DataFrame)
         return pl.DataFrame({"raw": text}).with_columns(
@@ -543,7 +521,10 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
         general = sorted(set(general) - set(python_rows))
     if canon.any():
         rows = canon.arg_true()
-        df = _parse_text(text.filter(canon))
+        if rows.len() == n:
+            df = _parse(values, text)
+        else:
+            df = _parse([values[r] for r in rows.to_list()], text.filter(canon))
         if df is None:   # not expected: the pattern implies parseable JSON
             general = sorted(general + rows.to_list())
         else:
@@ -633,6 +614,13 @@ def record_key_metrics(flat: pl.DataFrame) -> pl.DataFrame:
 def explode_fs(flat: pl.DataFrame) -> pl.DataFrame:
     """One row per (record, fs): ``write_bytes`` sums that fs's mounts (null when none of
     them reports it). Host-level columns are repeated on each fs row."""
+    n_mounts = flat["mounts"].list.len()
+    if flat.height and (n_mounts <= 1).all():
+        # the common case, one watched filesystem per host: no explode, no regrouping
+        first = pl.col("mounts").list.first()
+        return (flat.with_columns(first.struct.field("fs").fill_null("none").alias("fs"),
+                                  first.struct.field("write_bytes").alias("write_bytes"))
+                .drop("mounts"))
     base = flat.drop("mounts")
     m = (flat.select("row", "mounts")
          .with_columns(pl.when(pl.col("mounts").list.len() == 0)

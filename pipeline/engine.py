@@ -103,8 +103,8 @@ class Pipeline:
         return st
 
     def emit(self, closed: List[ClosedWindow]) -> int:
+        self.writer.write_windows(closed)      # all durable when it returns
         for cw in closed:
-            self.writer.write_window(cw)
             if self.metrics is not None:
                 self.metrics.observe_window(cw)
             self._fault.window_written()
@@ -114,12 +114,14 @@ class Pipeline:
         """End of input: close every open window of ``partitions`` (default: all)."""
         return self.emit(self.agg.close_ready(final=True, partitions=partitions))
 
-    def checkpoint(self, store: StateStore, partitions: Sequence[int]) -> Dict[int, int]:
+    def checkpoint(self, store: StateStore, partitions: Sequence[int],
+                   dlq_timeout_s: float = 30.0) -> Dict[int, int]:
         """Make everything up to each partition's next offset durable: dead letters
         flushed, state saved. Returns {partition: next offset} to commit. A partition
         whose stored checkpoint is already ahead (another instance owns it now) is left
-        alone and not returned."""
-        self.dlq.flush()
+        alone and not returned. Raises ``sinks.DeadLetterError`` (and saves nothing)
+        when the dead letters cannot be made durable within ``dlq_timeout_s``."""
+        self.dlq.flush(dlq_timeout_s)
         out: Dict[int, int] = {}
         for p in partitions:
             if p not in self.agg.meta:

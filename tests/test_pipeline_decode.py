@@ -254,3 +254,128 @@ def test_a_bom_first_in_the_batch_is_rejected_like_schema_does():
     out = decode_batch([b"\xef\xbb\xbf" + good, good])
     assert out.good["row"].to_list() == [1]
     assert out.rejected[0][0] == 0 and out.rejected[0][1].startswith("record:")
+
+
+# -- the canonical layout: one pattern pass -------------------------------------------
+def _fast_path_accepts(values):
+    """Per value: accepted by the canonical pattern and its numeric checks alone (what
+    decode_batch then accepts without any other check)."""
+    from foliowatch.pipeline import decode as dec
+    text, _bad = dec._as_text(values)
+    canon = dec.canonical(text).to_list()
+    out = [False] * len(values)
+    rows = [i for i, c in enumerate(canon) if c]
+    # the pattern lets a repeated counter or gauge name through (so does schema.decode,
+    # keeping the last); the strict parser refuses a repeated kept one, and decode_batch
+    # then takes the general path: such rows are not accepted by this path alone
+    frames, unparsed = [], []
+    dec._parse_bisect([values[i] for i in rows], 0, frames, unparsed)
+    for df in frames:
+        ok = df.select(dec._canonical_checks(pl.col("d"))).to_series().to_list()
+        for j, good in zip(df["row"].to_list(), ok):
+            out[rows[j]] = good
+    return out
+
+
+def _same_flat_row(got: dict, value: bytes) -> None:
+    want, reason = python_verdict(value)
+    assert reason is None, (value[:300], reason)
+    for k, v in want.items():
+        assert got[k] == v, (k, got[k], v, value[:300])
+
+
+def test_the_fleets_layouts_take_the_one_pattern_path():
+    """Simulator records and the agent's layouts (with settings, probe and agent in the
+    orders each writes them) are proven by the pattern; values equal schema.decode's."""
+    from foliowatch.pipeline import decode as dec
+    from foliowatch.simulator import load_scenario
+    from foliowatch.simulator.frames import simulate_frame, to_wire_json
+
+    sc = load_scenario("seed-iomap-arm64-xfs", hosts=50, hours=0.5, seed=2)
+    sim = [v for ch in simulate_frame(sc, 2) for v in to_wire_json(ch).cast(pl.Binary)]
+    assert any(b'"probe"' in v for v in sim)
+    agent = []
+    for i in range(20):
+        r = wire.example_record(seq=i)
+        if i % 2:
+            r["probe"] = {"bytes": 1 << 28, "seconds": 0.5, "chunk_bytes": 1 << 20,
+                          "mib_s": 512.0, "compact_stall": i, "allocstall": 0}
+        if i % 3 == 0:
+            del r["settings"]
+        agent.append(wire.encode(r))
+    values = sim + agent
+    assert all(dec.canonical(dec._as_text(values)[0]))
+    out = decode_batch(values)
+    assert out.rejected == [] and out.python_accepted == 0
+    assert out.good.height == len(values)
+    for row in out.good.filter(pl.col("row") % 37 == 0).iter_rows(named=True):
+        _same_flat_row(row, values[row["row"]])
+
+
+NUMBER_VARIANTS = [b"0", b"-0", b"7", b"-7", b"1.5", b"-1.5", b"1e5", b"1E+5", b"1e-5", b"01",
+                   b"1.", b".5", b"1e", b"1e999", b"NaN", b"Infinity", b"true", b"null",
+                   b'"1"', b"9" * 18, b"9" * 19, b"1" + b"0" * 18, b"0.1234567890123456789",
+                   b"123456789012345678.5", b"1e99", b"-1e99", b"[1]", b"{}"]
+STRING_VARIANTS = [b"", b"a", b"a" * 63, b"a" * 64, b"a" * 65, b"h" * 127, b"h" * 128,
+                   b"h" * 129, b"/" + b"p" * 255, b"/" + b"p" * 256, b"a b", b"a\\u0041",
+                   b"a\\n", b"caf\xc3\xa9", b"x\xff", b"-lead", b"a:b", b"a@b", b"a+b~c",
+                   b"../etc", b"/ok/path", b"ok_name", b"Upper", b"9lead", b"xfs", b"ntfs",
+                   b"arm64", b"aarch64"]
+DANGEROUS_BYTES = b'0123456789-+.eE",:{}[] \\\n\tazAZ_/@~\x00\xff'
+
+
+def canonical_mutation(rng: random.Random, base: bytes) -> bytes:
+    import re as _re
+    k = rng.randrange(7)
+    if k == 0:      # one byte replaced by a byte that matters to JSON or the alphabets
+        i = rng.randrange(len(base))
+        return base[:i] + bytes([rng.choice(DANGEROUS_BYTES)]) + base[i + 1:]
+    if k == 1:      # one byte inserted
+        i = rng.randrange(len(base) + 1)
+        return base[:i] + bytes([rng.choice(DANGEROUS_BYTES)]) + base[i:]
+    if k == 2:      # a span deleted
+        i = rng.randrange(len(base))
+        return base[:i] + base[i + rng.randrange(1, 12):]
+    if k == 3:      # a span duplicated (repeated keys, members, objects)
+        i = rng.randrange(len(base))
+        j = min(len(base), i + rng.randrange(1, 80))
+        return base[:j] + base[i:j] + base[j:]
+    if k == 4:      # one number replaced
+        nums = list(_re.finditer(rb":(-?[0-9][0-9.eE+-]*)", base))
+        m = rng.choice(nums)
+        return base[:m.start(1)] + rng.choice(NUMBER_VARIANTS) + base[m.end(1):]
+    if k == 5:      # one string (key or value) replaced
+        strs = list(_re.finditer(rb'"([^"]*)"', base))
+        m = rng.choice(strs)
+        return base[:m.start(1)] + rng.choice(STRING_VARIANTS) + base[m.end(1):]
+    # a whole member removed
+    members = list(_re.finditer(rb',"[a-z_]+":(?:\{[^{}]*\}|[^,{}\[\]]+)', base))
+    m = rng.choice(members)
+    return base[:m.start()] + base[m.end():]
+
+
+def test_the_one_pattern_path_never_accepts_what_schema_rejects():
+    """Byte-level and targeted mutations of canonical records: whatever the pattern and
+    its numeric checks accept, schema.decode accepts too, with the same values."""
+    from foliowatch.simulator import load_scenario
+    from foliowatch.simulator.frames import simulate_frame, to_wire_json
+
+    rng = random.Random(29)
+    sc = load_scenario("seed-iomap-arm64-xfs", hosts=20, hours=0.2, seed=4)
+    bases = [v for ch in simulate_frame(sc, 4) for v in to_wire_json(ch).cast(pl.Binary)][:200]
+    bases += [wire.encode(varied_record(rng, i)) for i in range(100)]
+    values = [canonical_mutation(rng, rng.choice(bases)) for _ in range(12000)]
+    fast = _fast_path_accepts(values)
+    accepted = 0
+    for v, ok in zip(values, fast):
+        if ok:
+            accepted += 1
+            assert _python_ok(v), v[:400]
+    assert 1000 < accepted < len(values) - 3000   # the mutations bite both ways
+    # and decode_batch as a whole: same verdicts as schema.decode, same values
+    out = decode_batch(values)
+    good = {r["row"]: r for r in out.good.iter_rows(named=True)}
+    for i, v in enumerate(values):
+        assert (i in good) == _python_ok(v), v[:400]
+    for i in list(good)[::53]:
+        _same_flat_row(good[i], values[i])

@@ -346,3 +346,77 @@ def test_hostile_stream_good_all_aggregated_bad_all_in_dlq_counts_exact(kafka, t
                                                  "labels.fleet"), d["reason"]
     # hostile label values never reach the dataset (no path smuggling in partitions)
     assert all(p.name.startswith(("level=", "_")) for p in out.iterdir())
+
+
+@pytest.fixture
+def own_kafka(tmp_path):
+    """A broker of this test's own, which the test stops and starts again."""
+    from foliowatch.services import KafkaCluster
+    cluster = KafkaCluster(tmp_path / "kafka", brokers=1).start()
+    yield cluster
+    cluster.stop()
+
+
+def _end_offsets(kafka, topic: str) -> Dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+    c = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
+        return {tp.partition: o for tp, o in c.end_offsets(parts).items()}
+    finally:
+        c.close()
+
+
+def test_sigterm_with_the_broker_gone_stops_with_a_checkpoint_of_what_is_durable(
+        own_kafka, tmp_path):
+    """The broker dies under a running pipeline; SIGTERM (as services.stop_pid sends it,
+    with SIGKILL after its grace period) stops it by itself, with every partition's
+    checkpoint at what its durable output covers; with the broker back, the same group
+    finishes the stream and the dataset is byte-identical to an uninterrupted run."""
+    from foliowatch.pipeline.sinks import StateStore
+    from foliowatch.services import stop_pid
+
+    kafka = own_kafka
+    topic = new_topic(kafka, partitions=3)
+    msgs, _kinds = _hostile_stream()          # with dead letters to deliver
+    producer = make_producer(KafkaSettings(bootstrap=[kafka.bootstrap]))
+    for k, v in msgs:
+        producer.send(topic, key=k, value=v)
+    producer.flush()
+    producer.close()
+    ends = _end_offsets(kafka, topic)
+    ref_out = tmp_path / "ref"
+    run_to_end(kafka, topic, ref_out, "uninterrupted", "--batch-records", "97")
+    expected = snapshot(ref_out)
+
+    out = tmp_path / "ds"
+    proc = start_pipeline(kafka, topic, out, "gone", "--batch-records", "97",
+                          "--checkpoint-seconds", "0.5", "--log-level", "INFO")
+    store = StateStore(str(out / "_state"), f"gone.{topic}")
+
+    def checkpointed() -> Dict[int, Optional[int]]:
+        metas = {p: store.load_meta(p) for p in ends}
+        return {p: (m.next_offset if m is not None else None) for p, m in metas.items()}
+    try:
+        deadline = time.monotonic() + 120
+        while checkpointed() != ends:
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                proc.log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        kafka.stop_node(1)                     # the broker is gone
+        time.sleep(2)                          # periodic commits now wait on a dead broker
+        stop_pid(proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = proc.log_path.read_text()
+    # it stopped by itself (a KILLed process prints neither line)
+    assert "foliowatch.pipeline: stopped" in log, log[-3000:]
+    assert totals(proc)["records"] == len(msgs)
+    assert checkpointed() == ends
+    kafka.start_node(1)
+    t = run_to_end(kafka, topic, out, "gone", "--batch-records", "97")
+    assert t["records"] == 0                   # resumed at the checkpoint: nothing twice
+    got = snapshot(out)
+    assert sorted(got) == sorted(expected)
+    assert all(got[k] == expected[k] for k in expected)
