@@ -12,6 +12,11 @@ in Python, holding the GIL) while one worker thread runs the previous batch thro
 pipeline (Arrow and polars release the GIL). Everything that reads or changes the
 pipeline's state from this thread (checkpoints, rebalances, the end of input) first
 waits for the worker to finish what it was handed, so checkpoints stay consistent.
+
+SIGTERM/SIGINT stop it promptly even when the broker is gone: every blocking broker call
+has a bound (offset commits, leaving the group, delivering dead letters), the final
+checkpoint is written only when the dead letters it covers are acknowledged, and a
+commit the broker cannot take is skipped (the checkpoint files hold the position).
 """
 
 from __future__ import annotations

@@ -5,12 +5,21 @@ returns the records that follow wire schema v1 as one flat polars frame (the col
 aggregation needs), plus a reason for every record that does not.
 
 The vectorised path must never accept a record that ``schema.validate`` rejects, so it
-is deliberately strict and conservative: JSON parsing and field types come from one
-Arrow JSON read of the batch with a fixed schema (strictly typed, multi-threaded),
-handed to polars without copying; the limits of ``foliowatch.schema`` are checked
-on whole columns; the things a fixed dtype cannot see (dynamic counter/gauge/setting
-names, integer-vs-float number syntax, booleans and nulls, unknown fields) are checked
-on the JSON text. Any row the vectorised path does not accept is handed to
+is deliberately strict and conservative. Two vectorised paths:
+
+- The canonical layout (compact JSON, fields in the order the agent and the simulator
+  write them, strings without escapes) is proven by one anchored pattern pass per record
+  (``CANONICAL_RE``: every key at every level, alphabets, lengths, enumerations, integer
+  and number syntax), then parsed by one Arrow JSON read; only number ranges and the
+  number of mounts are left to check on the parsed columns. This is the fleet's path:
+  about a third of the CPU of the general one.
+- Any other layout: JSON parsing and field types come from one Arrow JSON read with a
+  fixed schema (strictly typed), handed to polars without copying; the limits of
+  ``foliowatch.schema`` are checked on whole columns; the things a fixed dtype cannot see
+  (dynamic counter/gauge/setting names, integer-vs-float number syntax, booleans and
+  nulls, unknown fields) are checked on the JSON text.
+
+Any row the vectorised paths do not accept is handed to
 ``schema.decode`` one by one: that yields the exact reason naming the field, and, when the
 vectorised checks were merely too strict (whitespace or escapes in names, duplicate keys,
 19-digit counters), the record is accepted through the Python path instead of being
