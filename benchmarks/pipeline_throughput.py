@@ -142,7 +142,7 @@ def _cpu_row(what: str, n: int, secs: float, cpu: float) -> dict:
             "cpu_seconds": round(cpu, 2), "cpu_us_per_record": round(cpu / n * 1e6, 2)}
 
 
-def stages(bootstrap: str, topic: str, n: int, work: Path) -> list:
+def stages(bootstrap: str, topic: str, n: int, work: Path, batch: int) -> list:
     """The pipeline's own stages alone, in this process, on records read from the topic
     first: decode+validate; lateness+dedupe+aggregation; and the whole engine (decode,
     validate, dedupe, aggregate, Parquet files written durably, dead letters) without
@@ -165,7 +165,6 @@ def stages(bootstrap: str, topic: str, n: int, work: Path) -> list:
     offs = [r.offset for r in recs[:n]]
     del recs
     rows = []
-    batch = 25_000
     t0, c0 = time.perf_counter(), time.process_time()
     decoded = [decode_batch(values[i:i + batch]) for i in range(0, len(values), batch)]
     rows.append(_cpu_row("decode+validate only (pattern pass + Arrow JSON + polars)", n,
@@ -204,7 +203,7 @@ def main() -> int:
     ap.add_argument("--max-poll-records", type=int, default=10_000)
     ap.add_argument("--max-partition-fetch-bytes", type=int, default=2 * 1024 * 1024)
     ap.add_argument("--fetch-max-bytes", type=int, default=16 * 1024 * 1024)
-    ap.add_argument("--batch-records", type=int, default=25_000)
+    ap.add_argument("--batch-records", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = ap.parse_args()
@@ -215,6 +214,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fw-pipebench-"))
     cluster = KafkaCluster(work / "kafka", brokers=1).start()
     results = []
+    print(f"load average at the start (1/5/15 min): "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     try:
         topic = f"bench.{uuid.uuid4().hex[:8]}"
         admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
@@ -227,7 +228,7 @@ def main() -> int:
               "records_per_s": round(n / (time.monotonic() - t0)),
               "compression": args.compression})
         results.append(emit(java_consumer_perf(cluster, topic, n)))
-        results.append(emit(run_pipeline(cluster.bootstrap, topic, work / "ds", [
+        results.append(emit(run_pipeline(cluster.bootstrap, topic, work / "ds", [  # defaults
             "--batch-records", str(args.batch_records),
             "--max-poll-records", str(args.max_poll_records),
             "--max-partition-fetch-bytes", str(args.max_partition_fetch_bytes),
@@ -240,11 +241,11 @@ def main() -> int:
         results.append(emit(consume_only(cluster.bootstrap, topic, n, 20000, 8 << 20, 64 << 20,
                                          check_crcs=False)))
         big = emit(run_pipeline(cluster.bootstrap, topic, work / "ds-big", [
-            "--batch-records", str(args.batch_records), "--max-poll-records", "20000",
+            "--batch-records", "25000", "--max-poll-records", "20000",
             "--max-partition-fetch-bytes", str(8 << 20), "--fetch-max-bytes", str(64 << 20)]))
-        big["what"] += " (fetch 8/64 MiB, poll 20000)"
+        big["what"] += " (batch 25000, fetch 8/64 MiB, poll 20000)"
         results.append(big)
-        for row in stages(cluster.bootstrap, topic, min(n, 300_000), work):
+        for row in stages(cluster.bootstrap, topic, min(n, 300_000), work, args.batch_records):
             results.append(emit(row))
     finally:
         cluster.stop()

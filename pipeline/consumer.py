@@ -42,7 +42,7 @@ log = logging.getLogger("foliowatch.pipeline")
 class ConsumerConfig:
     topic: str
     group: str = "foliowatch-pipeline"
-    batch_records: int = 25_000
+    batch_records: int = 10_000
     batch_seconds: float = 1.0
     checkpoint_seconds: float = 5.0
     until_idle_s: float = 0.0          # > 0: stop after this long with nothing to read

@@ -111,7 +111,7 @@ def iter_batches(path: Path, batch_records: int) -> Iterator[Tuple[List[bytes], 
             yield values, offsets
 
 
-def run_files(pipeline: Pipeline, paths: Sequence[Path], batch_records: int = 25_000) -> dict:
+def run_files(pipeline: Pipeline, paths: Sequence[Path], batch_records: int = 10_000) -> dict:
     """Run every file through ``pipeline``; returns totals."""
     totals = {"records": 0, "accepted": 0, "duplicates": 0, "invalid": 0, "late": 0,
               "windows": 0}

@@ -28,9 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reject records stamped more than this far ahead of this machine's "
                         "clock (0: off; default 600 from Kafka, off with --from-files, "
                         "whose data may be recorded or simulated at any time)")
-    p.add_argument("--batch-records", type=int, default=25_000,
+    p.add_argument("--batch-records", type=int, default=10_000,
                    help="micro-batch size bound (default %(default)s; peak memory grows "
-                        "with it: about 0.5 GB at 25k records of ~1 KB, 1 GB at 100k)")
+                        "with it: about 0.4 GB at 10k records of ~1 KB, 0.9-1 GB at 25k, "
+                        "for the same CPU per record)")
     p.add_argument("--batch-seconds", type=float, default=1.0,
                    help="micro-batch time bound (default %(default)s)")
     k = p.add_argument_group("Kafka")
