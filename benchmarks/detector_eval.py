@@ -32,7 +32,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_scenarios import host_windows  # noqa: E402
 
-from foliowatch.detector.analysis import DetectorConfig, analyze  # noqa: E402
+from foliowatch.detector.analysis import AnalysisCache, DetectorConfig, analyze  # noqa: E402
 from foliowatch.detector.attribution import kernel_changes  # noqa: E402
 from foliowatch.detector.records import RegressionState  # noqa: E402
 from foliowatch.simulator import ground_truth, load_scenario  # noqa: E402
@@ -43,8 +43,44 @@ KEEP = ["window_start", "fleet", "role", "arch", "page_size", "fs", "kernel", "h
         "probe_mib_s", "nr_dirtied_sum", "interval_s_sum"]
 
 
-def simulate(name: str, seed: int, hosts: Optional[int], hours: Optional[float]):
+def replicate(sc, copies: int, scale: float, seed: int):
+    """The scenario's fleets ``copies`` times over (``fleet-0``, ``fleet-1``, ...), each group
+    scaled by ``scale``, each copy's rollouts and changes with it and its rollout shifted
+    by up to a wave interval: many small independent cohorts, for false-alarm rates per
+    cohort-day."""
+    import copy
+    import random
+    rnd = random.Random(seed)
+    out = copy.deepcopy(sc)
+    out.fleets, out.rollouts, out.changes = [], [], []
+    for k in range(copies):
+        shift = rnd.uniform(0.0, 4.0)
+        for f in sc.fleets:
+            g = copy.deepcopy(f)
+            g.name = f"{f.name}-{k}"
+            for grp in g.groups:
+                grp.hosts = max(8, int(round(grp.hosts * scale)))
+            out.fleets.append(g)
+            for r in sc.rollouts:
+                if r.fleet == f.name:
+                    r2 = copy.deepcopy(r)
+                    r2.fleet = g.name
+                    r2.start_h = r.start_h + shift
+                    out.rollouts.append(r2)
+            for c in sc.changes:
+                if c.fleet == f.name:
+                    c2 = copy.deepcopy(c)
+                    c2.fleet = g.name
+                    out.changes.append(c2)
+    out.changes += [copy.deepcopy(c) for c in sc.changes if c.fleet is None]
+    return out
+
+
+def simulate(name: str, seed: int, hosts: Optional[int], hours: Optional[float],
+             copies: int = 1, scale: float = 1.0):
     sc = load_scenario(name, hosts=hosts, hours=hours, interval_s=60, seed=seed)
+    if copies > 1:
+        sc = replicate(sc, copies, scale, seed)
     df = host_windows(sc).select(KEEP)
     truth = ground_truth(sc, seed)
     return sc, df, truth
@@ -63,13 +99,15 @@ def is_true(rec, truth) -> bool:
 def replay(df: pl.DataFrame, truth, times: List[datetime], cfg: DetectorConfig) -> Dict:
     """Run the detector at each time with a state, as the continuous mode would."""
     state = RegressionState(None)
+    cache = AnalysisCache()
     first_true: Dict[str, datetime] = {}
     false_ids: Dict[str, datetime] = {}
+    false_confirmed: Dict[str, datetime] = {}
     groups = set()
     wall = []
     for t in times:
         w0 = time.perf_counter()
-        a = analyze(df, as_of=t, config=cfg)
+        a = analyze(df, as_of=t, config=cfg, cache=cache)
         wall.append(time.perf_counter() - w0)
         groups |= set(a.hosts_by_group)
         state.update(a.candidates, a.rolled_back, a.as_of)
@@ -78,7 +116,10 @@ def replay(df: pl.DataFrame, truth, times: List[datetime], cfg: DetectorConfig) 
                 first_true.setdefault(rec.id, t)
             else:
                 false_ids.setdefault(rec.id, t)
-    return {"first_true": first_true, "false": false_ids, "groups": groups,
+                if rec.status == "confirmed":
+                    false_confirmed.setdefault(rec.id, t)
+    return {"first_true": first_true, "false": false_ids, "false_confirmed": false_confirmed,
+            "groups": groups,
             "state": state, "eval_s": sum(wall) / max(len(wall), 1)}
 
 
@@ -90,25 +131,42 @@ def grid(start: datetime, end: datetime, step_min: int) -> List[datetime]:
     return out
 
 
+def visible_at(df: pl.DataFrame, ch: pl.DataFrame, change: dict, hosts: int = 3) -> Optional[datetime]:
+    """When the injected regression became visible on ``hosts`` canaries: the time the
+    third canary of the affected group reached the fragmentation at which the change is
+    half on (``frag_onset``/``frag_full`` of the scenario; the simulator's physics)."""
+    mid = 0.5 * (change["frag_onset"] + change["frag_full"])
+    canaries = ch.filter((pl.col("arch") == change["arch"]) & (pl.col("page_size") == change["page_size"])
+                         & (pl.col("kernel_to") == change["kernel_to"]))
+    w = (df.filter((pl.col("fs") == change["fs"]) & (pl.col("kernel") == change["kernel_to"])
+                   & (pl.col("frag_unusable_1m") >= mid))
+         .join(canaries.select("host_id"), on="host_id").group_by("host_id")
+         .agg(pl.col("window_start").min()).sort("window_start"))
+    return w["window_start"][hosts - 1] if w.height >= hosts else None
+
+
 def seed_case(args) -> List[str]:
     sc, df, truth = simulate("seed-iomap-arm64-xfs", 42, None, 10 + 8 + 1)
     ch = kernel_changes(df)
     first = ch["at"].min()
+    inj = [t for t in injected(truth) if t["page_size"] == 4096][0]
+    vis = visible_at(df, ch, inj)
+    vis_txt = f"{(vis - first).total_seconds() / 60:.0f} min" if vis else "never"
     cfg = DetectorConfig(changepoints=False)
     times = grid(first, first + timedelta(hours=8), 5 if not args.quick else 15)[:25] + \
         grid(first + timedelta(hours=2, minutes=30), first + timedelta(hours=8, minutes=50), 30)
     r = replay(df, truth, sorted(set(times)), cfg)
-    rows = ["| scenario | cohort flagged | kernels | status | metric (stat) | effect [95% CI] | first flag after first canary reboot | hosts new/base | other cohorts flagged |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| scenario | cohort flagged | kernels | status | metric (stat) | effect [95% CI] | first flag after first canary reboot | regression visible on 3 canaries after | hosts new/base | other cohorts flagged |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for rid, t in sorted(r["first_true"].items(), key=lambda kv: kv[1]):
         rec = r["state"].records[rid]
         rows.append(f"| seed-iomap-arm64-xfs (2000 hosts) | {rec.arch} {rec.page_size // 1024}K {rec.fs} | "
                     f"{rec.kernel_from} -> {rec.kernel_to} | {rec.status} | {rec.metric} ({rec.statistic}) | "
                     f"x{rec.effect:.3f} [{rec.ci_low:.3f}, {rec.ci_high:.3f}] | "
-                    f"{(t - first).total_seconds() / 60:.0f} min | {rec.hosts_new}/{rec.hosts_base} | "
+                    f"{(t - first).total_seconds() / 60:.0f} min | {vis_txt} | {rec.hosts_new}/{rec.hosts_base} | "
                     f"{', '.join(sorted(r['false'])) or 'none'} |")
     if not r["first_true"]:
-        rows.append(f"| seed-iomap-arm64-xfs | not flagged in 8 h | | | | | | | {', '.join(sorted(r['false'])) or 'none'} |")
+        rows.append(f"| seed-iomap-arm64-xfs | not flagged in 8 h | | | | | | {vis_txt} | | {', '.join(sorted(r['false'])) or 'none'} |")
     return rows
 
 
@@ -152,27 +210,40 @@ def detection(args) -> List[str]:
 
 
 def false_alarms(args) -> List[str]:
-    rows = ["| scenario | seeds | cohorts | simulated days evaluated | cohort-days | false alarms | per 1,000 cohort-days |",
-            "|---|---|---|---|---|---|---|"]
-    total_fa = total_cd = 0.0
+    rows = ["| scenario | seeds | fleet copies x scale | cohorts | simulated days evaluated | cohort-days | false alarms (suspected or confirmed) | of them confirmed | per 1,000 cohort-days (any / confirmed) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    total_fa = total_fc = total_cd = 0.0
     for name in ("control-no-regression", "load-shift", "improvement", "canary-new-hardware"):
-        fa = 0
+        fa = fc = 0
         cd = 0.0
+        ncoh = 0
         for s in range(args.seeds):
-            sc, df, truth = simulate(name, 200 + s, None, None)
+            sc, df, truth = simulate(name, 200 + s, None, None, copies=args.copies, scale=args.scale)
             first = kernel_changes(df)["at"].min()
             start = df["window_start"].min() + timedelta(hours=6)
             end = df["window_start"].max()
             r = replay(df, truth, grid(max(start, first), end, args.step), DetectorConfig(changepoints=False))
             fa += len(r["false"])
+            fc += len(r["false_confirmed"])
+            for rid in sorted(r["false"]):
+                rec = r["state"].records[rid]
+                print(f"  false alarm in {name} seed {200 + s}: {rid} {rec.status} {rec.metric} "
+                      f"({rec.statistic}) x{rec.effect:.3f} n={rec.hosts_new}/{rec.hosts_base}", flush=True)
             days = (end - max(start, first)).total_seconds() / 86400
             cd += len(r["groups"]) * days
             ncoh = len(r["groups"])
         total_fa += fa
+        total_fc += fc
         total_cd += cd
-        rows.append(f"| {name} | {args.seeds} | {ncoh} | {cd / max(ncoh, 1):.2f} | {cd:.1f} | {fa} | {1000 * fa / cd:.0f} |")
+        rows.append(f"| {name} | {args.seeds} | {args.copies} x {args.scale:g} | {ncoh} | {cd / max(ncoh, 1):.2f} | "
+                    f"{cd:.1f} | {fa} | {fc} | {1000 * fa / cd:.0f} / {1000 * fc / cd:.0f} |")
         print(rows[-1], flush=True)
-    rows.append(f"| all | | | | {total_cd:.1f} | {total_fa:.0f} | {1000 * total_fa / total_cd:.0f} |")
+    up = 3.0 / total_cd * 1000 if total_cd else float("nan")
+    rows.append(f"| all | | | | | {total_cd:.1f} | {total_fa:.0f} | {total_fc:.0f} | "
+                f"{1000 * total_fa / total_cd:.1f} / {1000 * total_fc / total_cd:.1f} |")
+    rows.append("")
+    rows.append(f"With no alarm in {total_cd:.0f} cohort-days the 95% upper bound on the rate is "
+                f"3/{total_cd:.0f} = {up:.1f} per 1,000 cohort-days (rule of three).")
     return rows
 
 
@@ -181,6 +252,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--step", type=int, default=60, help="simulated minutes between evaluations")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--copies", type=int, default=1,
+                   help="false alarms: each scenario's fleet this many times over (more cohorts)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="false alarms: host count of each copy's groups, as a share of the scenario's")
     p.add_argument("--only", choices=("seed", "detection", "false"), default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)

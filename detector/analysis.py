@@ -52,6 +52,41 @@ class GroupChangePoint:
 
 
 @dataclass
+class AnalysisCache:
+    """What the continuous detector keeps between runs, so that one new window costs a
+    new window's work: the boots seen so far (kernel changes are read from boots, and a
+    new window adds only its new boots) and, per group and kernel pair, the reference
+    states built from the baseline history (memory-state model, comparable-state
+    threshold, pre-rollout host levels), rebuilt every ``refresh`` of data time. A run
+    for an earlier time than the last one starts the cache afresh."""
+    refresh: timedelta = timedelta(minutes=60)
+    boots: Optional[pl.DataFrame] = None
+    boots_until: Optional[datetime] = None
+    references: Dict[Tuple, Tuple[datetime, Dict[str, cohort.ReferenceState]]] = \
+        field(default_factory=dict)
+
+    def rollouts(self, host_windows: pl.DataFrame, as_of: datetime) -> List[attribution.Rollout]:
+        upto = pl.col("window_start") <= as_of
+        if "boot_id" not in host_windows.columns:
+            return attribution.infer_rollouts(host_windows.filter(upto))
+        if self.boots is None or self.boots_until is None or as_of < self.boots_until:
+            self.references.clear()
+            self.boots = attribution.boots(host_windows.filter(upto))
+        else:
+            new = host_windows.filter(upto & (pl.col("window_start") > self.boots_until))
+            if not new.is_empty():
+                self.boots = attribution.merge_boots(self.boots, attribution.boots(new))
+        self.boots_until = as_of
+        return attribution.infer_rollouts(changes=attribution.changes_from_boots(self.boots))
+
+    def reference_states(self, key: Tuple, as_of: datetime) -> Optional[Dict[str, cohort.ReferenceState]]:
+        hit = self.references.get(key)
+        if hit is not None and hit[0] <= as_of < hit[0] + self.refresh:
+            return hit[1]
+        return None
+
+
+@dataclass
 class Analysis:
     as_of: datetime
     comparisons: List[cohort.Comparison]
@@ -64,28 +99,49 @@ class Analysis:
 
 
 def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
-            config: Optional[DetectorConfig] = None) -> Analysis:
+            config: Optional[DetectorConfig] = None,
+            cache: Optional[AnalysisCache] = None) -> Analysis:
+    """Evaluate ``host_windows`` as of ``as_of`` (default: its last window). ``cache``:
+    state kept between the runs of a continuous detector (``AnalysisCache``)."""
     config = config or DetectorConfig()
     if host_windows.is_empty():
         raise ValueError("host windows: empty frame; nothing to analyse")
     if as_of is None:
         as_of = host_windows["window_start"].max()
-    history = host_windows.filter(pl.col("window_start") <= as_of)
-    recent = history.filter(pl.col("window_start") > as_of - config.lookback)
-    rollouts = attribution.infer_rollouts(history)
+    recent = host_windows.filter((pl.col("window_start") <= as_of)
+                                 & (pl.col("window_start") > as_of - config.lookback))
+    _history: List[pl.DataFrame] = []
+
+    def history() -> pl.DataFrame:     # everything up to as_of, only when needed
+        if not _history:
+            _history.append(host_windows.filter(pl.col("window_start") <= as_of))
+        return _history[0]
+
+    rollouts = cache.rollouts(host_windows, as_of) if cache is not None \
+        else attribution.infer_rollouts(history())
 
     comparisons: List[cohort.Comparison] = []
     hosts_by_group: Dict[Tuple, int] = {}
     rolled_back: Set[Tuple[str, str]] = set()
     change_points: List[GroupChangePoint] = []
-    history_by_group = {tuple(k): g for k, g in history.group_by(list(GROUP_KEYS))}
     for key, part in recent.group_by(list(GROUP_KEYS), maintain_order=True):
         key = tuple(key)
         hosts_by_group[key] = part["host_id"].n_unique()
         for base, new in attribution.kernel_pairs(part, rollouts, key[:4]):
-            reference = _reference(history_by_group[key], base, as_of, config)
+            start = min((r.first_change for r in rollouts if r.key == key[:4]
+                         and (r.kernel_from, r.kernel_to) == (base, new)), default=None)
+            states = cache.reference_states((key, base, new), as_of) if cache is not None else None
+            reference = None
+            if states is None and config.adjust:
+                group_history = history().filter(pl.all_horizontal(
+                    [pl.col(k) == v for k, v in zip(GROUP_KEYS, key)]))
+                reference = _reference(group_history, base, as_of, config, new)
+                states = {}
+                if cache is not None:
+                    cache.references[(key, base, new)] = (as_of, states)
             c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
-                               reference=reference)
+                               reference=reference, rollout_start=start,
+                               reference_states=states)
             if c is not None:
                 comparisons.append(c)
         rolled_back |= _rolled_back(part, rollouts, key, as_of, config.rollback_quiet)
@@ -101,16 +157,24 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
                     rolled_back, hosts_by_group)
 
 
-def _reference(history: pl.DataFrame, base: str, as_of: datetime, config: "DetectorConfig"
-               ) -> pl.DataFrame:
+def _reference(history: pl.DataFrame, base: str, as_of: datetime, config: "DetectorConfig",
+               new: Optional[str] = None) -> pl.DataFrame:
     """Baseline-kernel host windows for the memory-state model and the hosts' own
     pre-rollout levels: the last ``reference_history``, at most ``reference_hosts`` hosts
-    (a stable hash sample: the same hosts every run)."""
+    (a stable hash sample: the same hosts every run) plus every host that has run the
+    ``new`` kernel (their windows before it are their own "before") and every host that
+    rebooted within it (the few that show the fresh-memory states)."""
     ref = history.filter((pl.col("kernel") == base)
                          & (pl.col("window_start") > as_of - config.reference_history))
     if ref["host_id"].n_unique() > config.reference_hosts:
         hosts = ref["host_id"].unique()
         keep = hosts.filter(hosts.hash(seed=7) % 1000 < 1000 * config.reference_hosts / hosts.len())
+        extra = [keep]
+        if new is not None:
+            extra.append(history.filter(pl.col("kernel") == new)["host_id"].unique())
+        if "uptime_s" in ref.columns:
+            extra.append(ref.filter(pl.col("uptime_s") < 6 * 3600.0)["host_id"].unique())
+        keep = pl.concat(extra).unique()
         ref = ref.filter(pl.col("host_id").is_in(keep.implode()))
     return ref
 

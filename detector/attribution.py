@@ -54,17 +54,23 @@ class Attribution:
     lag_s: Optional[float] = None   # change point time minus wave start
 
 
-def kernel_changes(host_windows: pl.DataFrame) -> pl.DataFrame:
-    """One row per host whose kernel label changed: host_id, rollout keys, at (the first
-    window on the new kernel), kernel_from, kernel_to."""
-    # A kernel changes only with a boot: reduce to one row per (host, boot, kernel) first.
-    if "boot_id" in host_windows.columns:
-        df = (host_windows.group_by(["host_id", "boot_id"])
-              .agg(pl.col("window_start").min(), pl.col("kernel").first(),
-                   *[pl.col(k).first() for k in ROLLOUT_KEYS]))
-    else:
-        df = (host_windows.group_by(["host_id", "kernel", *ROLLOUT_KEYS])
-              .agg(pl.col("window_start").min()))
+def boots(host_windows: pl.DataFrame) -> pl.DataFrame:
+    """One row per (host, boot): its first window, kernel and rollout keys."""
+    return (host_windows.group_by(["host_id", "boot_id"])
+            .agg(pl.col("window_start").min(), pl.col("kernel").first(),
+                 *[pl.col(k).first() for k in ROLLOUT_KEYS]))
+
+
+def merge_boots(seen: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+    """Boots seen so far plus those of newer windows (a boot in both keeps its first
+    window)."""
+    return (pl.concat([seen, new.select(seen.columns)])
+            .group_by(["host_id", "boot_id"])
+            .agg(pl.col("window_start").min(), pl.col("kernel").first(),
+                 *[pl.col(k).first() for k in ROLLOUT_KEYS]))
+
+
+def changes_from_boots(df: pl.DataFrame) -> pl.DataFrame:
     df = df.sort(["host_id", "window_start"])
     df = df.with_columns(pl.col("kernel").shift(1).over("host_id").alias("kernel_from"))
     return (df.filter(pl.col("kernel_from").is_not_null() & (pl.col("kernel") != pl.col("kernel_from")))
@@ -72,11 +78,26 @@ def kernel_changes(host_windows: pl.DataFrame) -> pl.DataFrame:
             .select(["host_id", *ROLLOUT_KEYS, "at", "kernel_from", "kernel_to"]))
 
 
-def infer_rollouts(host_windows: pl.DataFrame, wave_gap: timedelta = timedelta(hours=2)
-                   ) -> List[Rollout]:
-    """Rollouts (and rollbacks) seen in the host windows, each split into waves: a wave
-    ends where no host changed kernel for ``wave_gap``."""
-    changes = kernel_changes(host_windows)
+def kernel_changes(host_windows: pl.DataFrame) -> pl.DataFrame:
+    """One row per host whose kernel label changed: host_id, rollout keys, at (the first
+    window on the new kernel), kernel_from, kernel_to."""
+    # A kernel changes only with a boot: reduce to one row per (host, boot, kernel) first.
+    if "boot_id" in host_windows.columns:
+        df = boots(host_windows)
+    else:
+        df = (host_windows.group_by(["host_id", "kernel", *ROLLOUT_KEYS])
+              .agg(pl.col("window_start").min()))
+    return changes_from_boots(df)
+
+
+def infer_rollouts(host_windows: Optional[pl.DataFrame] = None,
+                   wave_gap: timedelta = timedelta(hours=2),
+                   changes: Optional[pl.DataFrame] = None) -> List[Rollout]:
+    """Rollouts (and rollbacks) seen in the host windows (or in their ``changes``, from
+    ``kernel_changes``), each split into waves: a wave ends where no host changed kernel
+    for ``wave_gap``."""
+    if changes is None:
+        changes = kernel_changes(host_windows)
     if changes.is_empty():
         return []
     rollouts: List[Rollout] = []

@@ -13,7 +13,14 @@ window: windows of one host are not independent):
   of that window (10% expected on an unchanged kernel),
 - ``within_host``: its level minus its own level on the baseline kernel before the
   rollout (canaries' pre-reboot windows; baseline hosts' same period): a host-level
-  difference in differences that removes the large host-to-host spread of write demand.
+  difference in differences that removes the large host-to-host spread. Tested on the
+  probe only (``frames.WITHIN_HOST_METRICS`` says why).
+
+Like is compared with like. Windows count only in memory states the baseline hosts
+occupy (fragmentation bins seen on at least ``MIN_STATE_HOSTS`` baseline hosts): a
+canary minutes after its reboot is not compared until its memory is in a state the
+fleet is seen in. New-kernel hosts of an instance type fewer than ``min_type_hosts``
+baseline hosts share are left out (and named).
 
 Host values are adjusted for covariates with a ridge regression fitted on baseline hosts
 only (instance type, cpus, memory, and for the mechanism metrics the write load), and
@@ -35,7 +42,8 @@ import numpy as np
 import polars as pl
 from scipy import stats as sstats
 
-from .frames import LOG_FLOOR, MECHANISM_METRICS, STATE_METRIC, TESTED_METRICS, worse_direction
+from .frames import (LOG_FLOOR, MECHANISM_METRICS, STATE_METRIC, TESTED_METRICS,
+                     WITHIN_HOST_METRICS, worse_direction)
 
 STATISTICS = ("level", "tail", "bad_share", "within_host")
 # Memory state (fragmentation, the reboot bonus) is adjusted at the window level by
@@ -87,6 +95,10 @@ class Comparison:
     uptime_h_at_fleet_frag: Optional[float] = None
     unmatched_instance_types: List[str] = field(default_factory=list)
     level_sd: Dict[str, float] = field(default_factory=dict)   # host-level spread (log)
+    # new-kernel hosts with windows in comparable memory states (the tests' hosts)
+    n_new_compared: int = 0
+    # new-kernel hosts left out: their instance type is (nearly) absent on the baseline
+    n_new_unmatched: int = 0
 
 
 def hodges_lehmann(new: np.ndarray, base: np.ndarray, alpha: float = 0.05,
@@ -188,28 +200,104 @@ class MemoryStateModel:
         return zm + (self._features(f) - fm) @ beta
 
 
+# Memory states compared: fragmentation in bins of this width; a bin is comparable when
+# at least this many distinct baseline hosts were seen in it (see ``comparable_states``).
+FRAG_BIN = 0.05
+MIN_STATE_HOSTS = 10
+
+
+@dataclass(frozen=True)
+class StateSupport:
+    """The fragmentation bins the baseline hosts occupy (on ``MIN_STATE_HOSTS`` hosts)."""
+    bins: Tuple[int, ...]
+
+    def expr(self) -> pl.Expr:
+        """True for windows in a supported bin, or without the gauge (nothing to match)."""
+        b = (pl.col("frag") / FRAG_BIN).floor().cast(pl.Int64)
+        return (pl.col("frag").is_null() | ~pl.col("frag").is_finite()
+                | b.is_in(list(self.bins)))
+
+
+def state_support(x: pl.DataFrame, base_kernel: str, min_hosts: int = MIN_STATE_HOSTS
+                  ) -> Optional[StateSupport]:
+    """Bins of fragmentation where at least ``min_hosts`` baseline hosts have windows
+    (None: no fragmentation gauge, no gate)."""
+    if "frag" not in x.columns:
+        return None
+    b = (x.filter((pl.col("kernel") == base_kernel) & pl.col("frag").is_finite())
+         .group_by((pl.col("frag") / FRAG_BIN).floor().cast(pl.Int64).alias("bin"))
+         .agg(pl.col("host_id").n_unique().alias("hosts")))
+    if b.is_empty():
+        return None
+    return StateSupport(tuple(sorted(b.filter(pl.col("hosts") >= min_hosts)["bin"].to_list())))
+
+
+def comparable_states(x: pl.DataFrame, support: Optional[StateSupport]) -> pl.DataFrame:
+    """Keep the windows whose memory state the baseline hosts occupy.
+
+    A canary minutes after its reboot has unfragmented memory that few or no baseline
+    hosts share: a model of the "reboot bonus" is extrapolation there (or rests on a
+    handful of maintenance reboots), and a few percent of error in it reads as a
+    regression or hides one. So windows of either kernel in a fragmentation bin that
+    fewer than ``MIN_STATE_HOSTS`` baseline hosts occupy are left out: a canary enters
+    the comparison once its memory is in a state the fleet is seen in, which for a
+    long-running fleet is also when a fragmentation-gated regression shows."""
+    if support is None or "frag" not in x.columns:
+        return x
+    return x.filter(support.expr())
+
+
+@dataclass
+class ReferenceState:
+    """What a baseline ``reference`` history says for one metric: the memory-state model,
+    the memory states the baseline occupies, and each host's own level on the baseline
+    kernel before the rollout. Built once per reference and reused by runs that share it
+    (``detector.analysis.AnalysisCache``)."""
+    state: Optional[MemoryStateModel]
+    support: Optional[StateSupport]
+    pre: Optional[pl.DataFrame]      # host_id, pre_level, pre_n
+
+
+def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
+                    before: Optional[datetime]) -> ReferenceState:
+    ref = _centred(reference, metric, base_kernel)
+    if "frag" not in ref.columns or ref.is_empty():
+        return ReferenceState(None, None, None)
+    state = MemoryStateModel().fit(ref)
+    if state.model is None:
+        state = None
+    else:
+        ref = ref.with_columns(pl.Series("z", ref["z"].to_numpy()
+                                         - state.predict(ref["frag"].to_numpy())))
+    support = state_support(ref, base_kernel)
+    ref = comparable_states(ref, support)
+    pre = None
+    if before is not None:
+        # each host's own level on the baseline kernel before the rollout reached the
+        # group (canaries' pre-reboot windows, baseline hosts' same period), over the
+        # same comparable memory states
+        pre = (ref.filter(pl.col("window_start") < before).group_by("host_id")
+               .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"))
+               .filter(pl.col("pre_n") >= 10))
+    return ReferenceState(state, support, pre)
+
+
 def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str,
-                reference: Optional[pl.DataFrame] = None,
-                before: Optional[datetime] = None) -> pl.DataFrame:
-    """Per host: level, tail and bad_share of the window-centred log metric (adjusted for
-    memory state at the window level when a baseline ``reference`` history is given)."""
+                ref_state: Optional[ReferenceState] = None) -> pl.DataFrame:
+    """Per host: level, tail and bad_share of the window-centred log metric over the
+    windows in comparable memory states, adjusted for memory state at the window level
+    when a baseline reference is given (and its ``within_host`` change from ``pre``)."""
     d = worse_direction(metric)
     x = _centred(df, metric, base_kernel)
+    support = (ref_state.support if ref_state is not None and ref_state.support is not None
+               else state_support(x, base_kernel))
+    x = comparable_states(x, support)
     pre = None
-    if reference is not None and "frag" in x.columns and x.height:
-        ref = _centred(reference, metric, base_kernel)
-        state = MemoryStateModel().fit(ref)
-        if state.model is not None:
+    if ref_state is not None and "frag" in x.columns and x.height:
+        if ref_state.state is not None:
             x = x.with_columns(pl.Series("z", x["z"].to_numpy()
-                                         - state.predict(x["frag"].to_numpy())))
-            ref = ref.with_columns(pl.Series("z", ref["z"].to_numpy()
-                                             - state.predict(ref["frag"].to_numpy())))
-        if before is not None:
-            # each host's own level on the baseline kernel before the rollout reached the
-            # group: canaries' pre-reboot windows and baseline hosts' same-period windows
-            pre = (ref.filter(pl.col("window_start") < before).group_by("host_id")
-                   .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"))
-                   .filter(pl.col("pre_n") >= 10))
+                                         - ref_state.state.predict(x["frag"].to_numpy())))
+        pre = ref_state.pre
     q_bad = 0.9 if d > 0 else 0.1
     bad_at = (x.filter(pl.col("kernel") == base_kernel).group_by("window_start")
               .agg(pl.col("z").quantile(q_bad, "linear").alias("bad_at")))
@@ -319,12 +407,18 @@ def _ridge_predict(X: np.ndarray, y: np.ndarray, X_new: np.ndarray, alpha: float
 def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             metrics: Sequence[str] = TESTED_METRICS, min_base_hosts: int = 3,
             adjust: bool = True, alpha_ci: float = 0.05,
-            reference: Optional[pl.DataFrame] = None) -> Optional[Comparison]:
+            reference: Optional[pl.DataFrame] = None,
+            rollout_start: Optional[datetime] = None,
+            reference_states: Optional[Dict[str, ReferenceState]] = None,
+            min_type_hosts: int = 10) -> Optional[Comparison]:
     """Compare ``new_kernel`` with ``base_kernel`` on one group's host windows ``df``.
 
     Only windows where both kernels report are used. Returns None when the new kernel
     has no host in such a window. ``reference``: the group's baseline-kernel host
-    windows over a longer history, for the memory-state (fragmentation) adjustment."""
+    windows over a longer history, for the memory-state (fragmentation) adjustment and
+    each host's level before ``rollout_start`` (default: the new kernel's first window).
+    ``reference_states``: per-metric states already built from that reference (a cache:
+    filled here for the metrics missing from it)."""
     df = df.filter(pl.col("kernel").is_in([base_kernel, new_kernel]))
     per_window = (df.group_by("window_start")
                   .agg((pl.col("kernel") == new_kernel).any().alias("has_new"),
@@ -342,16 +436,32 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
                       first_window=shared.min(), last_window=shared.max(),
                       new_first_seen=df.filter(is_new_k)["window_start"].min())
     _coverage(comp, df, cov, new_kernel)
-    rollout_start = (reference.filter(pl.col("kernel") == new_kernel)["window_start"].min()
-                     if reference is not None and "kernel" in reference.columns else None)
     rollout_start = rollout_start or comp.new_first_seen
-    base_types = set(cov.filter(~is_new_k)["instance_type"].to_list())
-    comp.unmatched_instance_types = sorted(set(cov.filter(is_new_k)["instance_type"].to_list()) - base_types)
+    if reference_states is None:
+        reference_states = {}
+    # Like with like: new-kernel hosts of an instance type that too few baseline hosts
+    # share are left out of the tests. A regression model cannot adjust for hardware it
+    # has barely seen on the baseline kernel (ridge shrinks a 3-host type's coefficient
+    # towards zero), and waves often go to the newest hardware first.
+    counts = cov.filter(~is_new_k).group_by("instance_type").len()
+    matched = counts.filter(pl.col("len") >= min_type_hosts)["instance_type"]
+    unmatched = cov.filter(is_new_k & ~pl.col("instance_type").is_in(matched.implode()))
+    comp.unmatched_instance_types = sorted(set(unmatched["instance_type"].drop_nulls().to_list()))
+    comp.n_new_unmatched = unmatched.height
+    if unmatched.height:
+        gone = unmatched["host_id"].implode()
+        df = df.filter(~(is_new_k & pl.col("host_id").is_in(gone)))
+        cov = cov.filter(~(is_new_k & pl.col("host_id").is_in(gone)))
     for metric in metrics:
         if metric not in df.columns or df[metric].null_count() == df.height:
             continue
-        hosts = _host_frame(df, metric, base_kernel, reference if adjust else None,
-                            rollout_start)
+        ref_state = None
+        if adjust and (reference is not None or metric in reference_states):
+            if metric not in reference_states:
+                reference_states[metric] = reference_state(reference, metric, base_kernel,
+                                                           rollout_start)
+            ref_state = reference_states[metric]
+        hosts = _host_frame(df, metric, base_kernel, ref_state)
         if hosts.is_empty():
             continue
         hosts = hosts.join(cov, on=["host_id", "kernel"], how="left")
@@ -364,7 +474,8 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
         adjuster = CovariateAdjuster(columns)
         d = worse_direction(metric)
         for statistic in STATISTICS:
-            if statistic not in hosts.columns:
+            if statistic not in hosts.columns or (statistic == "within_host"
+                                                  and metric not in WITHIN_HOST_METRICS):
                 continue
             y = hosts[statistic].to_numpy().astype(float)
             # oriented so that larger = worse
@@ -383,7 +494,7 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
                 sd = float(np.std(b, ddof=1))
                 comp.level_sd[metric] = min(sd, comp.level_sd.get(metric, sd))
             p = float(sstats.mannwhitneyu(a, b, alternative="greater",
-                                          method="asymptotic" if a.size + b.size > 60 else "auto").pvalue)
+                                          method=_mwu_method(a.size, b.size, statistic)).pvalue)
             est, lo, hi = hodges_lehmann(a, b, alpha_ci)
             if statistic == "bad_share":
                 effect, ci = est, (lo, hi)
@@ -395,7 +506,19 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
                 kind = "ratio"
             comp.tests.append(MetricTest(metric, statistic, int(a.size), int(b.size), p,
                                          effect, ci[0], ci[1], kind, adjusted))
+    comp.n_new_compared = max((t.n_new for t in comp.tests), default=0)
     return comp
+
+
+def _mwu_method(n_new: int, n_base: int, statistic: str) -> str:
+    """Exact Mann-Whitney for a handful of new-kernel hosts: the normal approximation is
+    conservative by orders of magnitude in the far tail (4 canaries above 800 baseline
+    hosts: exact p 1e-10, normal 3e-4), which is where a canary wave's evidence sits.
+    The exact distribution assumes no ties, so the tie-heavy bad_share statistic keeps
+    the tie-corrected normal approximation."""
+    if n_new <= 8 and statistic != "bad_share":
+        return "exact"
+    return "asymptotic" if n_new + n_base > 60 else "auto"
 
 
 def _coverage(comp: Comparison, df: pl.DataFrame, cov: pl.DataFrame, new_kernel: str) -> None:

@@ -21,6 +21,9 @@ class EvidencePolicy:
     # smallest effect worth an alert (Intel's robot uses 1% on perf metrics)
     min_ratio_effect: float = 0.01
     min_share_effect: float = 0.05
+    # no flag from fewer new-kernel hosts than this (one or two hosts in the tail are
+    # a noisy neighbour or a failing disk as often as a kernel)
+    min_hosts: int = 3
     # confirmation: joint evidence on enough hosts over enough windows
     confirm_min_hosts: int = 3
     confirm_min_windows: int = 15
@@ -51,7 +54,7 @@ def apply_fdr(comparisons: Iterable[Comparison]) -> None:
 
 def is_significant(t: MetricTest, policy: EvidencePolicy) -> bool:
     floor = policy.min_share_effect if t.effect_kind == "share_diff" else policy.min_ratio_effect
-    return t.q_value <= policy.fdr and t.worse_by() >= floor
+    return t.q_value <= policy.fdr and t.worse_by() >= floor and t.n_new >= policy.min_hosts
 
 
 @dataclass
@@ -73,7 +76,7 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
     if throughput and not mechanism:
         floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
         mechanism = sorted((t for t in c.tests if t.metric in MECHANISM_METRICS
-                            and t.p_value <= policy.corroborate_p
+                            and t.p_value <= policy.corroborate_p and t.n_new >= policy.min_hosts
                             and t.worse_by() >= floor[t.effect_kind]), key=lambda t: t.p_value)
     primary = (throughput or mechanism)[0]
     # impact: the typical-interval effect when it is significant, else the primary's
@@ -81,18 +84,20 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
     eff = abs((level or [primary])[0].worse_by())
     reasons = []
     joint = bool(throughput) and bool(mechanism)
-    enough = c.n_new >= policy.confirm_min_hosts and c.windows >= policy.confirm_min_windows
+    enough = (c.n_new_compared >= policy.confirm_min_hosts
+              and c.windows >= policy.confirm_min_windows)
     if joint and enough:
         status = "confirmed"
         reasons.append(f"{primary.metric} worse together with {mechanism[0].metric} "
-                       f"on {c.n_new} new-kernel hosts over {c.windows} windows")
+                       f"on {c.n_new_compared} new-kernel hosts over {c.windows} windows")
     else:
         status = "suspected"
         if not joint:
             reasons.append("only " + ("throughput" if throughput else "compaction/reclaim")
                            + " metrics are worse; joint evidence missing")
         if not enough:
-            reasons.append(f"{c.n_new} new-kernel hosts over {c.windows} windows; confirmation "
+            reasons.append(f"{c.n_new_compared} of {c.n_new} new-kernel hosts in comparable "
+                           f"memory states over {c.windows} windows; confirmation "
                            f"needs {policy.confirm_min_hosts} hosts and {policy.confirm_min_windows} windows")
     return Judgement(c, status, sig, primary, eff * max(hosts_in_group, c.n_new + c.n_base), reasons)
 

@@ -85,13 +85,39 @@ def load_frame(args, as_of: Optional[datetime]):
     return df
 
 
-def evaluate(args, state, as_of: Optional[datetime] = None):
-    """One evaluation: returns (analysis, transitions)."""
+class FollowedFrame:
+    """The host windows a continuous detector holds between runs: each poll reads only
+    the windows from ``reread`` before the newest one held (late records rewrite the
+    last windows' files) and drops what falls out of ``history``."""
+
+    def __init__(self, args, reread: timedelta = timedelta(minutes=10)):
+        self.args = args
+        self.reread = reread
+        self.df = None
+
+    def update(self, newest: datetime):
+        from .frames import _utc, read_host_windows
+        import polars as pl
+        newest = _utc(newest)
+        if self.df is None or self.df.is_empty():
+            self.df = load_frame(self.args, newest)
+            return self.df
+        cut = self.df["window_start"].max() - self.reread
+        fresh = read_host_windows(self.args.dataset, self.args.window_s, since=cut, until=newest)
+        keep = self.df.filter((pl.col("window_start") < cut)
+                              & (pl.col("window_start") >= newest - self.args.history))
+        self.df = pl.concat([keep, fresh.select(keep.columns)], how="vertical_relaxed")
+        return self.df
+
+
+def evaluate(args, state, as_of: Optional[datetime] = None, frame=None, cache=None):
+    """One evaluation: returns (analysis, transitions). ``frame``: host windows already
+    read (``FollowedFrame``); ``cache``: an ``AnalysisCache`` kept between runs."""
     from .analysis import analyze
-    df = load_frame(args, as_of or args.as_of)
+    df = frame if frame is not None else load_frame(args, as_of or args.as_of)
     if df.is_empty():
         raise SystemExit(f"dataset {args.dataset}: no host windows in the requested range")
-    analysis = analyze(df, as_of=as_of or args.as_of, config=config_from(args))
+    analysis = analyze(df, as_of=as_of or args.as_of, config=config_from(args), cache=cache)
     transitions = state.update(analysis.candidates, analysis.rolled_back, analysis.as_of,
                                min_consecutive=getattr(args, "min_consecutive", 1))
     state.save()
@@ -168,13 +194,17 @@ def run(args) -> int:
     if args.metrics_port:
         from .outputs import serve_metrics
         serve_metrics(args.state, last_run, args.metrics_port)
+    from .analysis import AnalysisCache
+    from .frames import scan_host_windows
+    import polars as pl
     newest_done = None
+    followed = FollowedFrame(args)
+    cache = AnalysisCache()
     while True:
-        from .frames import scan_host_windows
-        import polars as pl
         newest = scan_host_windows(args.dataset, args.window_s).select(pl.col("window_start").max()).collect().item()
         if newest is not None and newest != newest_done:
-            analysis, transitions = evaluate(args, state, as_of=newest)
+            analysis, transitions = evaluate(args, state, as_of=newest,
+                                             frame=followed.update(newest), cache=cache)
             announce(args, transitions, analysis, last_run)
             if args.json:
                 print(json.dumps(summary(analysis, transitions)), flush=True)

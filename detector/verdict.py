@@ -72,7 +72,7 @@ def judge_group(c, policy_fdr: float, args) -> GroupVerdict:
     if sd and sd > 0 and c.n_base > 1:
         z = sstats.norm.ppf(1 - policy_fdr) + sstats.norm.ppf(args.power)
         se_unit = z * sd / math.sqrt(0.95)
-        mde = se_unit * math.sqrt(1 / max(c.n_new, 1) + 1 / c.n_base)
+        mde = se_unit * math.sqrt(1 / max(c.n_new_compared, 1) + 1 / c.n_base)
         gv.detectable_effect = round(1 - math.exp(-mde), 4)
         target = -math.log(1 - args.target_effect)
         if mde > target:
@@ -83,14 +83,18 @@ def judge_group(c, policy_fdr: float, args) -> GroupVerdict:
                                   f"{args.target_effect:.0%} effect (host spread {sd:.3f} log)")
                 gv.more_hosts_needed = -1
             else:
-                gv.more_hosts_needed = max(need - c.n_new, 1)
-                gv.reasons.append(f"{c.n_new} new-kernel hosts can only see a "
+                gv.more_hosts_needed = max(need - c.n_new_compared, 1)
+                gv.reasons.append(f"{c.n_new_compared} comparable new-kernel hosts can only see a "
                                   f"{gv.detectable_effect:.1%} regression; {gv.more_hosts_needed} more "
                                   f"hosts to see {args.target_effect:.0%}")
             gv.decision = EXIT_WAIT
     else:
         gv.reasons.append("no write-throughput spread measured yet")
         gv.decision = EXIT_WAIT
+    if c.n_new_unmatched:
+        gv.reasons.append(f"{c.n_new_unmatched} new-kernel hosts run instance types that fewer "
+                          f"than 10 baseline hosts share ({', '.join(c.unmatched_instance_types)}): "
+                          "not compared")
     if hours < args.min_hours:
         gv.more_hours_needed = round(args.min_hours - hours, 2)
         gv.reasons.append(f"new kernel observed for {hours:.1f} h; {args.min_hours:g} h needed")

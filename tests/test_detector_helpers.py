@@ -43,6 +43,10 @@ def fleet_frame(n_hosts: int = 200, minutes: int = 240, *, fleet: str = "db", ro
     if new_instance_type:
         itype = np.where(canary, new_instance_type, itype)
     cpus = np.where(itype == "m7g.16xlarge", 64, np.where(itype == "m7g.8xlarge", 32, 96))
+    # fragmentation builds after a boot towards a host's own ceiling, with a host's own
+    # time constant (a database fleet: 0.5-2 h), as in DESIGN and the simulator
+    frag_ceiling = rng.uniform(0.55, 0.9, n_hosts)
+    frag_tau_s = rng.uniform(0.5, 2.0, n_hosts) * 3600.0
     rows = []
     for m in range(minutes):
         t = T0 + timedelta(minutes=m)
@@ -54,8 +58,8 @@ def fleet_frame(n_hosts: int = 200, minutes: int = 240, *, fleet: str = "db", ro
         since = np.where(rebooted, (m - reboot_at) * 60.0, uptime0 + m * 60.0)
         if rollback_minute is not None:
             since = np.where(canary & (m >= rollback_minute), (m - rollback_minute) * 60.0, since)
-        frag = np.clip(0.1 + 0.6 * (1 - np.exp(-since / (4 * 3600.0))), 0, 1)
-        bonus = 1 + reboot_bonus * (1 - (frag - 0.1) / 0.6)
+        frag = np.clip(0.05 + (frag_ceiling - 0.05) * (1 - np.exp(-since / frag_tau_s)), 0, 1)
+        bonus = 1 + reboot_bonus * (1 - (frag - 0.05) / 0.85)
         hw = np.where(canary & (new_instance_type is not None), new_hw_speedup, 1.0)
         kfac = np.where(on_new, write_factor, 1.0)
         write = (200.0 * load * np.exp(host_level) * bonus * hw * kfac

@@ -1,0 +1,104 @@
+"""The continuous detector (`foliowatch detect --follow`) on a dataset that grows while it
+runs: it evaluates each newest window, reads only what is new (the frame it holds equals
+a fresh read), serves /metrics over HTTP, and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from argparse import Namespace
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+
+from foliowatch import cli
+from foliowatch.detector.main import FollowedFrame, load_frame
+from foliowatch.services import free_port, stop_pid
+
+from test_detector_e2e import scenario_file
+
+
+def _pipeline(files: Path, dataset: Path) -> None:
+    assert cli.main(["pipeline", "--from-files", str(files), "--output", str(dataset),
+                     "--windows", "60", "--metrics-addr", "off"]) == 0
+
+
+def _split_samples(tmp: Path, scenario: Path):
+    """Simulated samples cut in two at 11 h: the dataset gets the first part, then the
+    second part while the detector runs."""
+    files = tmp / "files"
+    assert cli.main(["simulate", "--scenario", str(scenario), "--hosts", "200", "--hours", "13",
+                     "--interval", "60", "--seed", "5", "--out", str(files),
+                     "--format", "parquet"]) == 0
+    df = pl.concat([pl.read_parquet(p) for p in sorted(files.glob("samples-*.parquet"))])
+    cut = df["ts"].min() + 11 * 3600
+    parts = []
+    for name, part in (("a", df.filter(pl.col("ts") < cut)), ("b", df.filter(pl.col("ts") >= cut))):
+        d = tmp / f"files-{name}"
+        d.mkdir()
+        part.write_parquet(d / "samples-00000.parquet")
+        parts.append(d)
+    return parts
+
+
+def _wait_lines(proc, out_path: Path, n: int, timeout: float = 240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [ln for ln in out_path.read_text().splitlines() if ln.startswith("{")]
+        if len(lines) >= n:
+            return [json.loads(ln) for ln in lines]
+        assert proc.poll() is None, f"detector exited early: {out_path.read_text()[-2000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"no {n} evaluations within {timeout} s: {out_path.read_text()[-2000:]}")
+
+
+def test_follow_evaluates_new_windows_serves_metrics_and_stops_on_sigterm(tmp_path, capsys):
+    first, second = _split_samples(tmp_path, scenario_file(tmp_path, "seed-iomap-arm64-xfs"))
+    dataset, state = tmp_path / "dataset", tmp_path / "state.json"
+    _pipeline(first, dataset)
+    port = free_port()
+    out = tmp_path / "detect.out"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "foliowatch.cli", "detect", "--follow",
+                                 "--dataset", str(dataset), "--state", str(state),
+                                 "--interval", "0.5", "--metrics-port", str(port), "--json"],
+                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        runs = _wait_lines(proc, out, 1)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "foliowatch_detector_last_run_timestamp_seconds" in body
+        assert "foliowatch_detector_comparisons" in body
+        _pipeline(second, dataset)          # the dataset grows while the detector runs
+        runs = _wait_lines(proc, out, 2)
+        assert runs[-1]["as_of"] > runs[0]["as_of"]
+        assert state.exists()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)               # stops promptly, not by escalation to KILL
+    finally:
+        if proc.poll() is None:
+            stop_pid(proc.pid)
+
+
+def test_followed_frame_equals_a_fresh_read_after_the_dataset_grows(tmp_path):
+    first, second = _split_samples(tmp_path, scenario_file(tmp_path, "seed-iomap-arm64-xfs"))
+    dataset = tmp_path / "dataset"
+    args = Namespace(dataset=str(dataset), window_s=60, history=timedelta(hours=8))
+    _pipeline(first, dataset)
+    followed = FollowedFrame(args)
+    n1 = load_frame(args, None)["window_start"].max()
+    followed.update(n1)
+    _pipeline(second, dataset)
+    n2 = load_frame(args, None)["window_start"].max()
+    assert n2 > n1
+    held = followed.update(n2)
+    fresh = load_frame(args, n2)
+    keys = ["window_start", "host_id", "boot_id", "fs"]
+    assert held.height == fresh.height
+    assert held.sort(keys).equals(fresh.select(held.columns).sort(keys))
+    assert held["window_start"].min() >= n2 - args.history
