@@ -96,8 +96,10 @@ def is_true(rec, truth) -> bool:
                and rec.kernel_from == t["kernel_from"] for t in injected(truth))
 
 
-def replay(df: pl.DataFrame, truth, times: List[datetime], cfg: DetectorConfig) -> Dict:
-    """Run the detector at each time with a state, as the continuous mode would."""
+def replay(df: pl.DataFrame, truth, times: List[datetime], cfg: DetectorConfig,
+           stop_when=None) -> Dict:
+    """Run the detector at each time with a state, as the continuous mode would
+    (``stop_when``: stop at the first true detection whose record satisfies it)."""
     state = RegressionState(None)
     cache = AnalysisCache()
     first_true: Dict[str, datetime] = {}
@@ -118,6 +120,8 @@ def replay(df: pl.DataFrame, truth, times: List[datetime], cfg: DetectorConfig) 
                 false_ids.setdefault(rec.id, t)
                 if rec.status == "confirmed":
                     false_confirmed.setdefault(rec.id, t)
+        if stop_when is not None and any(stop_when(state.records[rid]) for rid in first_true):
+            break
     return {"first_true": first_true, "false": false_ids, "false_confirmed": false_confirmed,
             "groups": groups,
             "state": state, "eval_s": sum(wall) / max(len(wall), 1)}
@@ -175,7 +179,11 @@ def detection(args) -> List[str]:
             "|---|---|---|---|---|---|---|---|---|"]
     cases = [("seed-iomap-arm64-xfs", "25%"), ("small-effect-10", "10%"), ("small-effect-5", "5%"),
              ("small-effect-2", "2%")]
+    if args.cases:
+        cases = [c for c in cases if c[0] in args.cases.split(",")]
     scales = [(None, "full")] if args.quick else [(None, "full"), (0.25, "quarter")]
+    if args.scales:
+        scales = [sc for sc in scales if sc[1] in args.scales.split(",")]
     for name, eff in cases:
         for scale, scale_name in scales:
             det1 = det10 = 0
@@ -184,14 +192,15 @@ def detection(args) -> List[str]:
             for s in range(args.seeds):
                 sc0 = load_scenario(name)
                 hosts = int(sc0.hosts * scale) if scale else None
-                sc, df, truth = simulate(name, 100 + s, hosts, 10 + 16 + 0.5)
+                sc, df, truth = simulate(name, args.seed0 + s, hosts, 10 + 16 + 0.5)
                 tr = injected(truth)[0]
                 target_hosts = tr["hosts"]
                 first = kernel_changes(df)["at"].min()
                 end1 = first + timedelta(hours=8)
                 end10 = first + timedelta(hours=16)
                 times = grid(first + timedelta(minutes=30), end10, args.step)
-                r = replay(df, truth, times, DetectorConfig(changepoints=False))
+                r = replay(df, truth, times, DetectorConfig(changepoints=False),
+                           stop_when=lambda rec, ps=tr["page_size"]: rec.page_size == ps)
                 evs.append(r["eval_s"])
                 hits = [t for rid, t in r["first_true"].items()
                         if r["state"].records[rid].page_size == tr["page_size"]]
@@ -252,6 +261,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--step", type=int, default=60, help="simulated minutes between evaluations")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--cases", default=None, help="detection: comma-separated scenario names")
+    p.add_argument("--scales", default=None, help="detection: full,quarter")
+    p.add_argument("--seed0", type=int, default=100, help="detection: first simulation seed")
     p.add_argument("--copies", type=int, default=1,
                    help="false alarms: each scenario's fleet this many times over (more cohorts)")
     p.add_argument("--scale", type=float, default=1.0,

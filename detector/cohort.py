@@ -283,10 +283,20 @@ def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
 
 
 def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str,
-                ref_state: Optional[ReferenceState] = None) -> pl.DataFrame:
+                ref_state: Optional[ReferenceState] = None,
+                cov: Optional[pl.DataFrame] = None,
+                adjuster: Optional["CovariateAdjuster"] = None) -> Tuple[pl.DataFrame, bool]:
     """Per host: level, tail and bad_share of the window-centred log metric over the
     windows in comparable memory states, adjusted for memory state at the window level
-    when a baseline reference is given (and its ``within_host`` change from ``pre``)."""
+    when a baseline reference is given (and its ``within_host`` change from ``pre``).
+
+    With ``cov`` and an ``adjuster``, host covariates are removed at the window level
+    too: each host's windows are shifted by what the ridge regression fitted on baseline
+    hosts' levels predicts for a host like it (out of fold for baseline hosts), before
+    the tail and the bad-interval share are taken. Tails and shares are non-linear in
+    the windows, so adjusting them after the fact (as host statistics) leaves a faster
+    instance type's windows on the wrong side of the baseline's thresholds. Returns the
+    host frame and whether the covariate adjustment was applied."""
     d = worse_direction(metric)
     x = _centred(df, metric, base_kernel)
     support = (ref_state.support if ref_state is not None and ref_state.support is not None
@@ -298,6 +308,18 @@ def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str,
             x = x.with_columns(pl.Series("z", x["z"].to_numpy()
                                          - ref_state.state.predict(x["frag"].to_numpy())))
         pre = ref_state.pre
+    levels = x.group_by("host_id", "kernel").agg(pl.col("z").median().alias("raw_level"))
+    adjusted = False
+    if adjuster is not None and cov is not None and levels.height:
+        h = levels.join(cov, on=["host_id", "kernel"], how="left")
+        is_base = (h["kernel"] == base_kernel).to_numpy()
+        y = h["raw_level"].to_numpy().astype(float)
+        r, adjusted = adjuster.residuals(h, y, is_base)
+        if adjusted:
+            off = h.select("host_id", "kernel", pl.Series("offset", y - r))
+            x = (x.join(off, on=["host_id", "kernel"], how="left")
+                 .with_columns((pl.col("z") - pl.col("offset").fill_null(0.0)).alias("z"))
+                 .drop("offset"))
     q_bad = 0.9 if d > 0 else 0.1
     bad_at = (x.filter(pl.col("kernel") == base_kernel).group_by("window_start")
               .agg(pl.col("z").quantile(q_bad, "linear").alias("bad_at")))
@@ -308,11 +330,14 @@ def _host_frame(df: pl.DataFrame, metric: str, base_kernel: str,
              .agg(pl.col("z").median().alias("level"),
                   pl.col("z").quantile(q_bad, "linear").alias("tail"),
                   pl.col("bad").mean().alias("bad_share"),
-                  pl.len().alias("n_windows")))
+                  pl.len().alias("n_windows"))
+             .join(levels, on=["host_id", "kernel"], how="left"))
     if pre is not None and pre.height:
+        # a host's own before/after difference: its covariates cancel, so from the level
+        # before the covariate adjustment
         hosts = (hosts.join(pre, on="host_id", how="left")
-                 .with_columns((pl.col("level") - pl.col("pre_level")).alias("within_host")))
-    return hosts
+                 .with_columns((pl.col("raw_level") - pl.col("pre_level")).alias("within_host")))
+    return hosts, adjusted
 
 
 def _covariates(df: pl.DataFrame) -> pl.DataFrame:
@@ -461,17 +486,16 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
                 reference_states[metric] = reference_state(reference, metric, base_kernel,
                                                            rollout_start)
             ref_state = reference_states[metric]
-        hosts = _host_frame(df, metric, base_kernel, ref_state)
+        columns = list(BASE_COVARIATES)
+        if metric in MECHANISM_METRICS and "log_dirtied_per_s" in cov.columns:
+            columns.append("log_dirtied_per_s")
+        hosts, cov_adjusted = _host_frame(df, metric, base_kernel, ref_state, cov,
+                                          CovariateAdjuster(columns) if adjust else None)
         if hosts.is_empty():
             continue
-        hosts = hosts.join(cov, on=["host_id", "kernel"], how="left")
         is_new = (hosts["kernel"] == new_kernel).to_numpy()
         if is_new.sum() == 0 or (~is_new).sum() < min_base_hosts:
             continue
-        columns = list(BASE_COVARIATES)
-        if metric in MECHANISM_METRICS and "log_dirtied_per_s" in hosts.columns:
-            columns.append("log_dirtied_per_s")
-        adjuster = CovariateAdjuster(columns)
         d = worse_direction(metric)
         for statistic in STATISTICS:
             if statistic not in hosts.columns or (statistic == "within_host"
@@ -480,11 +504,8 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             y = hosts[statistic].to_numpy().astype(float)
             # oriented so that larger = worse
             yo = y * d if statistic != "bad_share" else y
-            if statistic == "within_host":
-                # host covariates cancel in a host's own before/after difference
-                r, adjusted = yo, False
-            else:
-                r, adjusted = (adjuster.residuals(hosts, yo, ~is_new) if adjust else (yo, False))
+            # covariates were removed at the window level (within_host: they cancel)
+            r, adjusted = yo, cov_adjusted and statistic != "within_host"
             ok = np.isfinite(r)
             a, b = r[is_new & ok], r[~is_new & ok]
             if a.size == 0 or b.size < min_base_hosts:
