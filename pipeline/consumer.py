@@ -7,6 +7,12 @@ loads their checkpoints and seeks to the checkpointed offset (the checkpoint is 
 truth; the committed offset may lag it by one crash); when they are revoked, it
 finishes the pending batch, checkpoints and commits them, and forgets them.
 
+kafka-python 3.x runs the rebalance listener on the consumer's IO thread, inside the
+event loop that talks to the broker: a blocking ``commit()`` there cannot work (it
+would wait on the loop it is running on). So the listener is an
+``AsyncConsumerRebalanceListener`` and awaits ``commit_async``, which the loop completes
+while the listener waits; the checkpoint itself (local files) is written inline.
+
 Consuming and processing overlap: this thread polls Kafka (kafka-python parses records
 in Python, holding the GIL) while one worker thread runs the previous batch through the
 pipeline (Arrow and polars release the GIL). Everything that reads or changes the
@@ -80,16 +86,44 @@ class KafkaRunner:
         self._closing = False
         self._commit_failing = False
 
-    # -- rebalance callbacks (run inside poll) ---------------------------------------
-    def on_partitions_revoked(self, revoked) -> None:
+    # -- rebalance callbacks (run inside poll, on kafka-python's IO thread) -----------
+    async def on_partitions_revoked(self, revoked) -> None:
         mine = [tp.partition for tp in revoked if tp.topic == self.cfg.topic]
         if not mine or self._closing:   # closing: run() has checkpointed already
             return
         self._process_pending()
-        self._checkpoint_and_commit(mine)   # waits for the worker first
+        offsets = self._checkpoint(mine)    # waits for the worker first
+        committed = bool(offsets) and await self._commit_from_listener(offsets)
         for p in mine:
             self.pipeline.agg.drop(p)
-        log.info("partitions %s revoked: checkpointed and released", sorted(mine))
+        log.info("partitions %s revoked: checkpointed, %s and released", sorted(mine),
+                 "committed" if committed else "not committed")
+
+    def on_partitions_lost(self, lost) -> None:
+        """Evicted from the group (session expired): the generation is gone, so a commit
+        would be refused; the checkpoint still records what is durable."""
+        mine = [tp.partition for tp in lost if tp.topic == self.cfg.topic]
+        if not mine or self._closing:
+            return
+        self._process_pending()
+        self._checkpoint(mine)
+        for p in mine:
+            self.pipeline.agg.drop(p)
+        log.warning("partitions %s lost (evicted from the group): checkpointed, not "
+                    "committed, released", sorted(mine))
+
+    async def _commit_from_listener(self, offsets: Dict[int, int]) -> bool:
+        # awaited on the IO loop, which sends the request meanwhile; bounded by the
+        # consumer's request_timeout_ms, after which the commit's future fails
+        try:
+            await self.consumer.commit_async(self._offset_map(offsets))
+        except Exception as e:  # the checkpoint files hold the position
+            self._commit_failing = True
+            log.warning("offset commit on revoke failed (%s: %s); the checkpoint files "
+                        "hold the position", type(e).__name__, e)
+            return False
+        self._commit_failing = False
+        return True
 
     def on_partitions_assigned(self, assigned) -> None:
         self._drain()
@@ -107,16 +141,19 @@ class KafkaRunner:
 
     # -- the loop --------------------------------------------------------------------
     def _make_consumer(self):
-        from kafka import ConsumerRebalanceListener
+        from kafka import AsyncConsumerRebalanceListener
 
         runner = self
 
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
-                runner.on_partitions_revoked(revoked)
+        class Listener(AsyncConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked):
+                await runner.on_partitions_revoked(revoked)
 
-            def on_partitions_assigned(self, assigned):
+            async def on_partitions_assigned(self, assigned):
                 runner.on_partitions_assigned(assigned)
+
+            async def on_partitions_lost(self, lost):
+                runner.on_partitions_lost(lost)
 
         c = make_consumer(self.settings, group_id=self.cfg.group,
                           max_poll_records=self.cfg.max_poll_records,
@@ -255,37 +292,48 @@ class KafkaRunner:
         self._last_batch_done_at = time.monotonic()
         self._worker_cpu += time.thread_time() - cpu0
 
-    def _checkpoint_and_commit(self, partitions: List[int]) -> None:
+    def _offset_map(self, offsets: Dict[int, int]) -> Dict:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
+        return {TopicPartition(self.cfg.topic, p): OffsetAndMetadata(o, "", -1)
+                for p, o in offsets.items()}
 
+    def _checkpoint(self, partitions: List[int]) -> Dict[int, int]:
+        """Checkpoint ``partitions`` (after the worker is done); returns the next offsets
+        it recorded, which may be committed (none if no checkpoint was written)."""
         from .sinks import DeadLetterError
 
         self._drain()
         self.last_checkpoint = time.monotonic()
         if not partitions:
-            return
-        stopping = self.stop_requested
+            return {}
         try:
             offsets = self.pipeline.checkpoint(
                 self.store, partitions,
-                dlq_timeout_s=self.cfg.stop_timeout_s if stopping else 30.0)
+                dlq_timeout_s=self.cfg.stop_timeout_s if self.stop_requested else 30.0)
         except DeadLetterError as e:
             # the previous checkpoint stays: a restart replays from it and rewrites the
             # same window files, so nothing is lost or counted twice
             log.warning("no checkpoint: %s", e)
-            return
+            return {}
+        if offsets:
+            log.info("checkpoint: next offsets %s", json.dumps(offsets, sort_keys=True))
+        return offsets or {}
+
+    def _checkpoint_and_commit(self, partitions: List[int]) -> None:
+        """From the consuming thread (never from a rebalance listener: see the module
+        docstring)."""
+        offsets = self._checkpoint(partitions)
         if not offsets:
             return
-        log.info("checkpoint: next offsets %s", json.dumps(offsets, sort_keys=True))
+        stopping = self.stop_requested
         if stopping and self._commit_failing:
             log.warning("not committing offsets while stopping: the broker did not answer "
                         "the last commit; the checkpoint files hold the position")
             return
         timeout_ms = int(self.cfg.stop_timeout_s * 1000) if stopping else self.cfg.commit_timeout_ms
         try:
-            self.consumer.commit({TopicPartition(self.cfg.topic, p): OffsetAndMetadata(o, "", -1)
-                                  for p, o in offsets.items()}, timeout_ms=timeout_ms)
+            self.consumer.commit(self._offset_map(offsets), timeout_ms=timeout_ms)
             self._commit_failing = False
         except Exception as e:  # a rebalance, or the broker is gone: the checkpoint holds
             self._commit_failing = True

@@ -3,8 +3,10 @@ checkpoint state of each source partition, and the dead-letter queue (a Kafka to
 a JSON-lines file without Kafka).
 
 Local writes are durable before they are visible: write to a temporary file outside
-the dataset tree, fsync it, rename it into place, fsync the directory. A reader never
-sees a partial file, and a file that is visible survives a crash. On s3:// a PUT is
+the dataset tree, fsync it, rename it into place, fsync the directory. A directory
+created on the way (a new ``date=`` partition) is fsynced in its parent, up to the first
+directory that already existed, so the path to the file survives a crash too. A reader
+never sees a partial file, and a file that is visible survives a crash. On s3:// a PUT is
 atomic by itself; polars writes through its own cloud support (object_store), with
 credentials from the environment as usual for AWS.
 """
@@ -17,6 +19,7 @@ import io
 import json
 import os
 import struct
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -45,10 +48,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def durable_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temp file + fsync + rename)."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+# Held while a directory is created and fsynced in its parent: a writer thread that finds
+# a directory another thread has just created must not use it before its entry is durable.
+_MKDIR_LOCK = threading.Lock()
+
+
+def make_dirs_durable(directory: Path) -> List[Path]:
+    """Create ``directory`` and its missing parents so that they survive a crash: each
+    directory created is fsynced in its parent, from the deepest up to the first that
+    already existed. Returns the directories created, deepest first (each one's parent
+    was fsynced after it was made)."""
+    with _MKDIR_LOCK:
+        missing: List[Path] = []
+        d = directory
+        while not d.is_dir():
+            missing.append(d)
+            if d.parent == d:
+                break
+            d = d.parent
+        for d in reversed(missing):        # outermost first: mkdir needs the parent
+            try:
+                d.mkdir()
+            except FileExistsError:        # another process made it: fsync it anyway
+                if not d.is_dir():
+                    raise
+        created: List[Path] = []
+        for d in missing:                  # deepest first
+            _fsync_dir(d.parent)
+            created.append(d)              # reported only once its entry is durable
+        return created
+
+
+def durable_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> List[Path]:
+    """Write ``data`` to ``path`` atomically and durably (temp file + fsync + rename),
+    creating its directory durably (``make_dirs_durable``). Returns the directories
+    created for it."""
+    created = make_dirs_durable(path.parent)
+    make_dirs_durable(tmp_dir)      # a plain mkdir could create a shared parent undurably
     tmp = tmp_dir / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -56,6 +92,7 @@ def durable_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    return created
 
 
 def window_file(level: str, window_s: int, window_start: int, partition: int,
@@ -76,7 +113,7 @@ class DatasetWriter:
         if not self.remote:
             self.path = Path(_local(self.root))
             try:
-                self.path.mkdir(parents=True, exist_ok=True)
+                make_dirs_durable(self.path)
             except OSError as e:
                 raise SystemExit(f"pipeline --output {root}: cannot create the dataset "
                                  f"folder ({e.strerror}); choose a writable path") from None
@@ -134,7 +171,7 @@ class StateStore:
                              "--output is an object store URL")
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in source)
         self.dir = Path(_local(directory)) / safe
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs_durable(self.dir)
         self.tmp = self.dir / "_tmp"
 
     def path(self, partition: int) -> Path:

@@ -1,7 +1,8 @@
 """``foliowatch pipeline`` against the real broker: simulator records end up in the
 dataset exactly as an independent computation says; a SIGKILL mid-batch and a restart,
 or a second instance taking over, leave the dataset identical to an uninterrupted run;
-a hostile stream is split exactly into aggregated records, duplicates and dead letters.
+partitions revoked by a rebalance are committed at their checkpoint; a hostile stream is
+split exactly into aggregated records, duplicates and dead letters.
 """
 
 from __future__ import annotations
@@ -253,6 +254,77 @@ def test_two_instances_share_partitions_and_one_takes_over(kafka, sim_topic, tmp
     got = snapshot(out)
     assert sorted(got) == sorted(expected)
     assert all(got[k] == expected[k] for k in expected)
+
+
+def _committed(kafka, group: str, topic: str, partitions) -> Dict[int, Optional[int]]:
+    """The group's committed offsets, as the broker has them (None: never committed)."""
+    from kafka import KafkaConsumer, TopicPartition
+    c = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group,
+                      enable_auto_commit=False)
+    try:
+        return {p: c.committed(TopicPartition(topic, p), timeout_ms=10_000)
+                for p in partitions}
+    finally:
+        c.close(autocommit=False)
+
+
+def test_partitions_revoked_by_a_rebalance_are_committed_at_their_checkpoint(
+        kafka, tmp_path):
+    """A second instance joins the group: the first one's partitions are revoked, and
+    their offsets end up committed in the group (not only in the checkpoint files) at
+    exactly the checkpointed positions. Periodic checkpoints are off, so nothing but the
+    rebalance can have committed them."""
+    from foliowatch.pipeline.sinks import StateStore
+
+    topic = new_topic(kafka)
+    n = produce_simulated(kafka, topic, hosts=20, hours=0.25, seed=11)
+    ends = {p: o for p, o in _end_offsets(kafka, topic).items() if o > 0}
+    assert len(ends) >= 3, ends        # partitions with records (hosts hash unevenly)
+    out, group = tmp_path / "ds", "revoke"
+    args = ("--checkpoint-seconds", "3600", "--log-level", "INFO")
+    port = free_port()
+    a = start_pipeline(kafka, topic, out, group, *args, "--metrics-addr", f"127.0.0.1:{port}")
+    b = None
+    store = StateStore(str(out / "_state"), f"{group}.{topic}")
+    try:
+        # a owns every partition and has read them to the end
+        body, deadline = "", time.monotonic() + 90
+        while f"foliowatch_pipeline_records_in_total {float(n)}" not in body:
+            assert a.poll() is None and time.monotonic() < deadline, \
+                body[-1000:] + a.log_path.read_text()[-3000:]
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+            except OSError:
+                pass
+        assert set(_committed(kafka, group, topic, ends).values()) == {None}
+        assert all(store.load_meta(p) is None for p in ends)
+
+        b = start_pipeline(kafka, topic, out, group, *args)
+
+        def shared() -> bool:
+            la = a.log_path.read_text()
+            lb = [l for l in b.log_path.read_text().splitlines() if "assigned" in l]
+            return "revoked:" in la and bool(lb) and "[]" not in lb[-1]
+        deadline = time.monotonic() + 90
+        while not shared():
+            assert a.poll() is None and b.poll() is None and time.monotonic() < deadline, \
+                a.log_path.read_text()[-3000:] + b.log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        checkpointed = {p: store.load_meta(p).next_offset for p in ends}
+        assert checkpointed == ends
+        assert _committed(kafka, group, topic, ends) == checkpointed
+        log_a = a.log_path.read_text()
+        assert "revoked: checkpointed, committed and released" in log_a, log_a[-3000:]
+        assert "commit on revoke failed" not in log_a
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in (a, b):
+            if p is not None:
+                assert wait(p, 60) == 0, p.log_path.read_text()[-3000:]
 
 
 def _hostile_stream() -> Tuple[List[Tuple[bytes, bytes]], Dict[str, int]]:
