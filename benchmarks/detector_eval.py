@@ -153,9 +153,10 @@ def seed_case(args) -> List[str]:
     sc, df, truth = simulate("seed-iomap-arm64-xfs", 42, None, 10 + 8 + 1)
     ch = kernel_changes(df)
     first = ch["at"].min()
-    inj = [t for t in injected(truth) if t["page_size"] == 4096][0]
-    vis = visible_at(df, ch, inj)
-    vis_txt = f"{(vis - first).total_seconds() / 60:.0f} min" if vis else "never"
+    def vis_txt(page_size: int) -> str:
+        inj = [t for t in injected(truth) if t["page_size"] == page_size]
+        vis = visible_at(df, ch, inj[0]) if inj else None
+        return f"{(vis - first).total_seconds() / 60:.0f} min" if vis else "never"
     cfg = DetectorConfig(changepoints=False)
     times = grid(first, first + timedelta(hours=8), 5 if not args.quick else 15)[:25] + \
         grid(first + timedelta(hours=2, minutes=30), first + timedelta(hours=8, minutes=50), 30)
@@ -167,10 +168,10 @@ def seed_case(args) -> List[str]:
         rows.append(f"| seed-iomap-arm64-xfs (2000 hosts) | {rec.arch} {rec.page_size // 1024}K {rec.fs} | "
                     f"{rec.kernel_from} -> {rec.kernel_to} | {rec.status} | {rec.metric} ({rec.statistic}) | "
                     f"x{rec.effect:.3f} [{rec.ci_low:.3f}, {rec.ci_high:.3f}] | "
-                    f"{(t - first).total_seconds() / 60:.0f} min | {vis_txt} | {rec.hosts_new}/{rec.hosts_base} | "
+                    f"{(t - first).total_seconds() / 60:.0f} min | {vis_txt(rec.page_size)} | {rec.hosts_new}/{rec.hosts_base} | "
                     f"{', '.join(sorted(r['false'])) or 'none'} |")
     if not r["first_true"]:
-        rows.append(f"| seed-iomap-arm64-xfs | not flagged in 8 h | | | | | | {vis_txt} | | {', '.join(sorted(r['false'])) or 'none'} |")
+        rows.append(f"| seed-iomap-arm64-xfs | not flagged in 8 h | | | | | | {vis_txt(4096)} | | {', '.join(sorted(r['false'])) or 'none'} |")
     return rows
 
 
@@ -237,7 +238,9 @@ def false_alarms(args) -> List[str]:
             for rid in sorted(r["false"]):
                 rec = r["state"].records[rid]
                 print(f"  false alarm in {name} seed {200 + s}: {rid} {rec.status} {rec.metric} "
-                      f"({rec.statistic}) x{rec.effect:.3f} n={rec.hosts_new}/{rec.hosts_base}", flush=True)
+                      f"({rec.statistic}) x{rec.effect:.3f} n={rec.hosts_new}/{rec.hosts_base}; "
+                      + ", ".join(f"{m['metric']}.{m['statistic']} {m['effect']:.3f} q={m['q_value']:.1e}"
+                                  for m in rec.metrics), flush=True)
             days = (end - max(start, first)).total_seconds() / 86400
             cd += len(r["groups"]) * days
             ncoh = len(r["groups"])
