@@ -3,6 +3,8 @@ joint evidence, change points and their attribution, regression candidates."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -120,10 +122,10 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
     rollouts = cache.rollouts(host_windows, as_of) if cache is not None \
         else attribution.infer_rollouts(history())
 
-    comparisons: List[cohort.Comparison] = []
     hosts_by_group: Dict[Tuple, int] = {}
     rolled_back: Set[Tuple[str, str]] = set()
     change_points: List[GroupChangePoint] = []
+    tasks = []
     for key, part in recent.group_by(list(GROUP_KEYS), maintain_order=True):
         key = tuple(key)
         hosts_by_group[key] = part["host_id"].n_unique()
@@ -139,14 +141,24 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
                 states = {}
                 if cache is not None:
                     cache.references[(key, base, new)] = (as_of, states)
-            c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
-                               reference=reference, rollout_start=start,
-                               reference_states=states)
-            if c is not None:
-                comparisons.append(c)
+            tasks.append((part, key, base, new, reference, start, states))
         rolled_back |= _rolled_back(part, rollouts, key, as_of, config.rollback_quiet)
         if config.changepoints:
             change_points.extend(_group_change_points(part, key, rollouts, config))
+
+    def run(task) -> Optional[cohort.Comparison]:
+        part, key, base, new, reference, start, states = task
+        return cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
+                              reference=reference, rollout_start=start, reference_states=states)
+
+    # Comparisons are independent (each fills only its own reference states) and spend
+    # their time in polars, which releases the GIL: one per core.
+    if len(tasks) > 1 and (os.cpu_count() or 1) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
+            results = list(pool.map(run, tasks))
+    else:
+        results = [run(t) for t in tasks]
+    comparisons: List[cohort.Comparison] = [c for c in results if c is not None]
 
     evidence.apply_fdr(comparisons)
     judgements = evidence.rank(evidence.judge(c, config.policy, hosts_by_group[c.group])
