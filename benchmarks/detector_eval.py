@@ -211,6 +211,11 @@ def detection(args) -> List[str]:
                     det10 += t <= end10
                     delays.append((t - first).total_seconds() / 3600)
                 fa += len(r["false"])
+                for rid in sorted(r["false"]):
+                    rec = r["state"].records[rid]
+                    print(f"  false alarm in {name} seed {args.seed0 + s}: {rid} {rec.status} "
+                          f"{rec.metric} ({rec.statistic}) x{rec.effect:.3f} "
+                          f"n={rec.hosts_new}/{rec.hosts_base}", flush=True)
             med = sorted(delays)[len(delays) // 2] if delays else None
             rows.append(f"| {name} | {eff} | {target_hosts} ({scale_name}) | {args.seeds} | "
                         f"{det1}/{args.seeds} | {det10}/{args.seeds} | "
@@ -228,7 +233,8 @@ def false_alarms(args) -> List[str]:
         cd = 0.0
         ncoh = 0
         for s in range(args.seeds):
-            sc, df, truth = simulate(name, 200 + s, None, None, copies=args.copies, scale=args.scale)
+            sc, df, truth = simulate(name, args.false_seed0 + s, None, None, copies=args.copies,
+                                     scale=args.scale)
             first = kernel_changes(df)["at"].min()
             start = df["window_start"].min() + timedelta(hours=6)
             end = df["window_start"].max()
@@ -237,7 +243,7 @@ def false_alarms(args) -> List[str]:
             fc += len(r["false_confirmed"])
             for rid in sorted(r["false"]):
                 rec = r["state"].records[rid]
-                print(f"  false alarm in {name} seed {200 + s}: {rid} {rec.status} {rec.metric} "
+                print(f"  false alarm in {name} seed {args.false_seed0 + s}: {rid} {rec.status} {rec.metric} "
                       f"({rec.statistic}) x{rec.effect:.3f} n={rec.hosts_new}/{rec.hosts_base}; "
                       + ", ".join(f"{m['metric']}.{m['statistic']} {m['effect']:.3f} q={m['q_value']:.1e}"
                                   for m in rec.metrics), flush=True)
@@ -267,6 +273,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default=None, help="detection: comma-separated scenario names")
     p.add_argument("--scales", default=None, help="detection: full,quarter")
     p.add_argument("--seed0", type=int, default=100, help="detection: first simulation seed")
+    p.add_argument("--false-seed0", type=int, default=200, help="false alarms: first simulation seed")
     p.add_argument("--copies", type=int, default=1,
                    help="false alarms: each scenario's fleet this many times over (more cohorts)")
     p.add_argument("--scale", type=float, default=1.0,
