@@ -63,11 +63,8 @@ def boots(host_windows: pl.DataFrame) -> pl.DataFrame:
 
 def merge_boots(seen: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
     """Boots seen so far plus those of newer windows (a boot in both keeps its first
-    window)."""
-    return (pl.concat([seen, new.select(seen.columns)])
-            .group_by(["host_id", "boot_id"])
-            .agg(pl.col("window_start").min(), pl.col("kernel").first(),
-                 *[pl.col(k).first() for k in ROLLOUT_KEYS]))
+    window): ``boots`` of the two tables together, whose rows have the windows' shape."""
+    return boots(pl.concat([seen, new.select(seen.columns)]))
 
 
 def changes_from_boots(df: pl.DataFrame) -> pl.DataFrame:
@@ -85,8 +82,9 @@ def kernel_changes(host_windows: pl.DataFrame) -> pl.DataFrame:
     if "boot_id" in host_windows.columns:
         df = boots(host_windows)
     else:
-        df = (host_windows.group_by(["host_id", "kernel", *ROLLOUT_KEYS])
-              .agg(pl.col("window_start").min()))
+        # without boots: every window (a host that goes A -> B -> A changes twice)
+        df = (host_windows.select(["host_id", "window_start", "kernel", *ROLLOUT_KEYS])
+              .unique(subset=["host_id", "window_start"], keep="first"))
     return changes_from_boots(df)
 
 

@@ -204,6 +204,8 @@ class MemoryStateModel:
 # at least this many distinct baseline hosts were seen in it (see ``comparable_states``).
 FRAG_BIN = 0.05
 MIN_STATE_HOSTS = 10
+# New-kernel hosts are compared only on instance types this many baseline hosts share.
+MIN_TYPE_HOSTS = 10
 
 
 @dataclass(frozen=True)
@@ -439,7 +441,7 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             reference: Optional[pl.DataFrame] = None,
             rollout_start: Optional[datetime] = None,
             reference_states: Optional[Dict[str, ReferenceState]] = None,
-            min_type_hosts: int = 10) -> Optional[Comparison]:
+            min_type_hosts: int = MIN_TYPE_HOSTS) -> Optional[Comparison]:
     """Compare ``new_kernel`` with ``base_kernel`` on one group's host windows ``df``.
 
     Only windows where both kernels report are used. Returns None when the new kernel

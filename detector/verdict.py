@@ -91,9 +91,11 @@ def judge_group(c, policy_fdr: float, args) -> GroupVerdict:
     else:
         gv.reasons.append("no write-throughput spread measured yet")
         gv.decision = EXIT_WAIT
+    from .cohort import MIN_TYPE_HOSTS
     if c.n_new_unmatched:
         gv.reasons.append(f"{c.n_new_unmatched} new-kernel hosts run instance types that fewer "
-                          f"than 10 baseline hosts share ({', '.join(c.unmatched_instance_types)}): "
+                          f"than {MIN_TYPE_HOSTS} baseline hosts share "
+                          f"({', '.join(c.unmatched_instance_types)}): "
                           "not compared")
     if hours < args.min_hours:
         gv.more_hours_needed = round(args.min_hours - hours, 2)
