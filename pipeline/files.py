@@ -3,10 +3,13 @@
 null means absent; or a ``value`` column of raw message bytes) and runs them through the
 same pipeline as Kafka.
 
-Each input file is one "partition" (a stable hash of its file name) and the offsets are
-line or row numbers, so the output file names follow the dataset contract and a rerun
-over the same files overwrites instead of duplicating. The end of the input is the end
-of the stream: every window is closed.
+Each input file is one "partition" and the offsets are line or row numbers, so the
+output file names follow the dataset contract and a rerun over the same files overwrites
+instead of duplicating. An input's partition is a stable hash of its file name and its
+first 64 KiB: a rerun finds its own windows' files, and another file that happens to share the name (``samples-00000.parquet`` of another
+simulation, a day's log of another day) gets a partition of its own instead of
+overwriting the windows of the first (numbered from 0 too, in the same ``date=``
+folder). The end of the input is the end of the stream: every window is closed.
 """
 
 from __future__ import annotations
@@ -46,19 +49,31 @@ def expand_inputs(paths: Sequence[str]) -> List[Path]:
             out.append(p)
         else:
             raise InputError(f"pipeline --from-files {raw}: no such file or folder")
-    names: dict = {}
+    seen: dict = {}
     for f in out:
-        if f.name in names and names[f.name] != f.resolve():
-            raise InputError(f"pipeline --from-files: {names[f.name]} and {f} have the same "
-                             "file name, which names their partition in the dataset; rename "
-                             "one of them so their windows' files do not overwrite each other")
-        names[f.name] = f.resolve()
+        part, real = file_partition(f), f.resolve()
+        if part in seen and seen[part][1] != real:
+            raise InputError(f"pipeline --from-files: {seen[part][0]} and {f} have the same "
+                             f"name and the same first {IDENTITY_BYTES // 1024} KiB, which "
+                             "make their partition in the dataset: the same input twice? "
+                             "Pass one of them (or rename one) so that their windows' files "
+                             "do not overwrite each other")
+        seen[part] = (f, real)
     return out
 
 
+IDENTITY_BYTES = 64 * 1024
+
+
 def file_partition(path: Path) -> int:
-    """The stand-in partition number of an input file: a stable hash of its name."""
-    return zlib.crc32(path.name.encode()) & 0x7FFFFFFF
+    """The stand-in partition number of an input file: a stable hash of its name and
+    its first IDENTITY_BYTES bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(IDENTITY_BYTES)
+    except OSError as e:
+        raise InputError(f"pipeline --from-files {path}: cannot open ({e.strerror})") from None
+    return zlib.crc32(path.name.encode() + b"\0" + head) & 0x7FFFFFFF
 
 
 def _strip_nulls(lines: pl.Series) -> pl.Series:
@@ -123,5 +138,7 @@ def run_files(pipeline: Pipeline, paths: Sequence[Path], batch_records: int = 10
             for k in totals:
                 totals[k] += getattr(st, k)
         totals["windows"] += pipeline.finish([part])
+        if hasattr(pipeline.dlq, "input_done"):
+            pipeline.dlq.input_done(part, path)
     pipeline.dlq.flush()
     return totals

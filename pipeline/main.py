@@ -58,8 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("metrics")
     m.add_argument("--metrics-addr", default="127.0.0.1:9466",
                    help="serve /metrics on host:port (default %(default)s; 'off' to disable)")
-    p.add_argument("--dlq-file", help="--from-files: dead letters as JSON lines here "
-                                      "(default OUTPUT/_dlq/from-files.jsonl)")
+    p.add_argument("--dlq-file", help="--from-files: this run's dead letters as JSON lines "
+                                      "in this file, replacing its contents (default: one "
+                                      "file per input, OUTPUT/_dlq/from-files-p<partition>"
+                                      ".jsonl, rewritten when that input is run again)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -126,15 +128,15 @@ def run(args) -> int:
     if paths is not None:
         from .files import run_files
         if args.dlq_file:
-            dlq_path = Path(args.dlq_file)
+            dlq = FileDLQ(Path(args.dlq_file))
         elif is_remote(args.output):
             raise SystemExit("pipeline --from-files with an object-store --output: give "
                              "--dlq-file (a local path) for the dead letters")
         else:
-            dlq_path = Path(args.output) / "_dlq" / "from-files.jsonl"
-        pipeline = Pipeline(cfg, writer, FileDLQ(dlq_path), metrics)
+            dlq = FileDLQ(Path(args.output) / "_dlq", per_input=True)
+        pipeline = Pipeline(cfg, writer, dlq, metrics)
         totals = run_files(pipeline, paths, args.batch_records)
-        totals["dlq_file"] = str(dlq_path)
+        totals["dlq_files"] = dlq.files()
         print(json.dumps(totals), file=sys.stdout)
         return 0
 

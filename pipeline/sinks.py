@@ -235,19 +235,43 @@ def dlq_record(reason: str, value: bytes, topic: str, partition: int, offset: in
 
 
 class FileDLQ:
-    """Dead letters as JSON lines (``--from-files``): one file per input, rewritten by
-    each run so that a rerun does not duplicate them."""
+    """Dead letters as JSON lines (``--from-files``). Given a folder: one file per input,
+    ``from-files-p<partition>.jsonl``, rewritten when that input is run again (a rerun
+    does not duplicate them; another input's dead letters are kept). Given a file: the
+    dead letters of this run, all inputs, replacing the file's contents."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._lines: List[bytes] = []
+    def __init__(self, path: Path, per_input: bool = False):
+        self.path = Path(path)
+        self.per_input = per_input
+        self._lines: Dict[int, List[bytes]] = {}
+        self._inputs: Dict[int, str] = {}
+
+    def file(self, partition: int) -> Path:
+        return self.path / f"from-files-p{partition}.jsonl" if self.per_input else self.path
 
     def send(self, rec: Dict[str, Any]) -> None:
-        self._lines.append(json.dumps(rec, separators=(",", ":")).encode())
+        part = int(rec["partition"]) if self.per_input else 0
+        self._lines.setdefault(part, []).append(
+            json.dumps(rec, separators=(",", ":")).encode())
+
+    def input_done(self, partition: int, path) -> None:
+        """An input was read to its end: its file is written even with no dead letter
+        (a rerun that finds none clears the old ones)."""
+        self._inputs[partition] = str(path)
+        if self.per_input:
+            self._lines.setdefault(partition, [])
+
+    def files(self) -> List[str]:
+        return [str(self.file(p)) for p in sorted(self._lines)] if self.per_input \
+            else [str(self.path)]
 
     def flush(self, timeout: float = 0.0) -> None:   # a local write: no timeout applies
-        durable_write_bytes(self.path, b"".join(line + b"\n" for line in self._lines),
-                            self.path.parent / "_tmp")
+        parts = sorted(self._lines) if self.per_input else [0]
+        for part in parts:
+            target = self.file(part)
+            durable_write_bytes(target, b"".join(line + b"\n"
+                                                 for line in self._lines.get(part, [])),
+                                target.parent / "_tmp")
 
     def close(self, timeout: float = 0.0) -> None:
         self.flush(timeout)

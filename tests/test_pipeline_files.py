@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -47,7 +48,9 @@ def test_simulator_jsonl_becomes_the_reference_dataset(sim_files, tmp_path, caps
     assert totals["duplicates"] == len(ref.duplicates)
     assert totals["late"] == len(ref.late) and totals["invalid"] == len(ref.invalid)
     assert_dataset_matches(out, ref)
-    dlq = [json.loads(l) for l in (out / "_dlq" / "from-files.jsonl").read_text().splitlines()]
+    assert sorted(totals["dlq_files"]) == sorted(
+        str(out / "_dlq" / f"from-files-p{p}.jsonl") for p in {m[0] for m in msgs})
+    dlq = [json.loads(l) for f in totals["dlq_files"] for l in Path(f).read_text().splitlines()]
     assert sorted((d["partition"], d["offset"]) for d in dlq) == \
         sorted(list(ref.invalid) + ref.late)
     assert all(d["reason"] == "late" for d in dlq if (d["partition"], d["offset"]) in ref.late)
@@ -76,6 +79,45 @@ def test_rerun_overwrites_instead_of_duplicating(sim_files, tmp_path, capsys):
     second = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.parquet")}
     assert first == second and first
     assert not list(out.glob("_tmp/*")), "no temporary files left behind"
+
+
+def test_inputs_of_the_same_name_in_two_runs_keep_each_others_windows(sim_files, tmp_path,
+                                                                       capsys):
+    """Two inputs named alike (the simulator names every first file samples-00000), run
+    one after the other into one dataset: the second overwrites none of the first's
+    window files or dead letters, and the dataset holds both."""
+    jsonl, _ = sim_files
+    lines = jsonl[0].read_bytes().splitlines(keepends=True)
+    halves = []
+    for name, part in (("early", lines[:len(lines) // 2]), ("late", lines[len(lines) // 2:])):
+        (tmp_path / name).mkdir()
+        halves.append(tmp_path / name / jsonl[0].name)
+        halves[-1].write_bytes(b"".join(part))
+    out = tmp_path / "ds"
+    run_pipeline(["--output", str(out), "--from-files", str(halves[0]), "--metrics-addr", "off"])
+    first = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    run_pipeline(["--output", str(out), "--from-files", str(halves[1]), "--metrics-addr", "off"])
+    assert first and all(p.read_bytes() == b for p, b in first.items()), \
+        "the second input overwrote files of the first"
+    msgs = file_messages(halves[0]) + file_messages(halves[1])
+    assert len({m[0] for m in msgs}) == 2
+    ref = Reference(msgs)
+    assert_dataset_matches(out, ref)
+    dlq = [json.loads(l) for f in (out / "_dlq").glob("from-files-p*.jsonl")
+           for l in f.read_text().splitlines()]
+    assert sorted((d["partition"], d["offset"]) for d in dlq) == \
+        sorted(list(ref.invalid) + ref.late)
+    # the same input named twice in one run is refused, naming both
+    with pytest.raises(SystemExit) as e:
+        run_pipeline(["--output", str(out), "--from-files", str(halves[0]),
+                      str(_copy(halves[0], tmp_path / "copy")), "--metrics-addr", "off"])
+    assert "the same input twice" in str(e.value) and "copy" in str(e.value)
+
+
+def _copy(src: Path, folder: Path) -> Path:
+    folder.mkdir()
+    (folder / src.name).write_bytes(src.read_bytes())
+    return folder / src.name
 
 
 def test_bad_input_paths_are_named_with_what_to_do(tmp_path):

@@ -187,7 +187,8 @@ def assert_dataset_matches(root: Path, ref: Reference) -> None:
 
 def file_messages(path: Path) -> List[Tuple[int, int, bytes]]:
     """(partition, offset, value) of a JSON-lines input as ``--from-files`` numbers them."""
-    p = zlib.crc32(path.name.encode()) & 0x7FFFFFFF
+    with open(path, "rb") as fh:         # the input's name and its first 64 KiB
+        p = zlib.crc32(path.name.encode() + b"\0" + fh.read(64 * 1024)) & 0x7FFFFFFF
     out = []
     for i, line in enumerate(path.read_bytes().split(b"\n")):
         line = line.rstrip(b"\r")
