@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
+import time
 from datetime import datetime, timezone
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import polars as pl
 
@@ -68,14 +70,164 @@ def scan_host_windows(root: str, window_s: int = 60) -> pl.LazyFrame:
     return lf.drop(drop) if drop else lf
 
 
+class DatasetReadError(SystemExit):
+    """The dataset stayed unreadable through every attempt."""
+
+
+# The pipeline writes a window's file once and renames it into place; a replayed window
+# is renamed over its old copy. polars takes a file's size when it plans a scan and reads
+# the file later, so a file replaced in between is read at the old size: "expected
+# parquet magic bytes" or a panic on the byte range. A local dataset is therefore read
+# from files opened first (an open file keeps the copy it opened: a snapshot per file),
+# up to a thousand at a time; an object store is read again on such an error.
+READ_ATTEMPTS = 5
+def _files_per_read() -> int:
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    # as fast as one scan of every file from 1,000 files a slice on; a quarter of the
+    # process's open-file limit at most (the Parquet reader opens files of its own)
+    return max(16, min(1024, (soft if soft > 0 else 1024) // 4))
+
+
+FILES_PER_READ = _files_per_read()
+_READ_ERRORS = (pl.exceptions.PolarsError, OSError) + (
+    (pl.exceptions.PanicException,) if hasattr(pl.exceptions, "PanicException") else ())
+
+
+def _day(name: str) -> Optional[str]:
+    return name[5:] if name.startswith("date=") else None
+
+
+def host_files(root: str, window_s: int, since: Optional[datetime] = None,
+               until: Optional[datetime] = None) -> list:
+    """The host-window files of a local dataset, in a stable order; with ``since`` /
+    ``until`` only the ``date=`` folders that can hold such windows."""
+    base = os.path.join(str(root), "level=host", f"window_s={window_s}")
+    try:
+        entries = sorted(os.listdir(base))
+    except FileNotFoundError:
+        entries = []
+    lo = _utc(since).date().isoformat() if since is not None else None
+    hi = _utc(until).date().isoformat() if until is not None else None
+    files = []
+    for name in entries:
+        day = _day(name)
+        if day is not None and ((lo and day < lo) or (hi and day > hi)):
+            continue
+        path = os.path.join(base, name)
+        if name.endswith(".parquet"):
+            files.append(path)
+        elif os.path.isdir(path):
+            files.extend(sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)))
+    return files
+
+
+def _collect_opened(paths: Sequence[str], query) -> list:
+    """``query`` over ``paths`` opened first, in slices of FILES_PER_READ: what is read
+    is what was opened, whatever renames happen meanwhile."""
+    frames = []
+    for i in range(0, len(paths), FILES_PER_READ):
+        fds = []
+        try:
+            for p in paths[i:i + FILES_PER_READ]:
+                try:
+                    fds.append(os.open(p, os.O_RDONLY))
+                except FileNotFoundError:     # removed after the listing: nothing to read
+                    continue
+            if fds:
+                lf = pl.scan_parquet([f"/proc/self/fd/{fd}" for fd in fds])
+                try:
+                    frames.append(query(lf).collect())
+                except _READ_ERRORS as e:
+                    e.foliowatch_files = list(paths[i:i + FILES_PER_READ])
+                    raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return frames
+
+
+def collect_host_windows(root: str, window_s: int,
+                         query: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda lf: lf,
+                         since: Optional[datetime] = None, until: Optional[datetime] = None,
+                         attempts: int = READ_ATTEMPTS) -> list:
+    """``query`` (row-wise: filters, selects) applied to the host windows; one frame per
+    slice of files read. ``since`` / ``until`` only prune ``date=`` folders: the query
+    filters rows. Raises ``DatasetReadError`` naming the dataset when a file cannot be
+    read (damaged, not a rename)."""
+    remote = str(root).startswith("s3://")
+    last = None
+    for attempt in range(attempts):
+        try:
+            if remote:
+                return [query(scan_host_windows(root, window_s)).collect()]
+            files = host_files(root, window_s, since, until)
+            if not files:
+                every = host_files(root, window_s)
+                if not every:
+                    scan_host_windows(root, window_s)       # raises: names the dataset
+                files = every[-1:]       # no file in range: one for the columns, 0 rows
+            return _collect_opened(files, query)
+        except _READ_ERRORS as e:
+            if isinstance(e, FileNotFoundError) and "no host windows" in str(e):
+                raise
+            last = e
+            if attempt + 1 < attempts:
+                print(f"detector: dataset {root}: read failed ({_first_line(e)}); "
+                      "reading again", file=sys.stderr)
+                time.sleep(0.2 * (attempt + 1))
+    bad = _damaged(getattr(last, "foliowatch_files", []))
+    where = f"{bad} is damaged or not Parquet" if bad else \
+        "a file under level=host/ is damaged or not Parquet"
+    raise DatasetReadError(
+        f"dataset {root}: host windows unreadable in {attempts} attempts "
+        f"({_first_line(last)}): {where}. Move it out of the dataset (the detector then "
+        "reads the rest, without the hosts of that file's window) and check the disk") from None
+
+
+def _damaged(paths: Sequence[str]) -> Optional[str]:
+    """The first of ``paths`` that does not read on its own (the error path only)."""
+    for p in paths:
+        try:
+            pl.read_parquet(p)
+        except FileNotFoundError:
+            continue
+        except _READ_ERRORS:
+            return p
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def newest_window(root: str, window_s: int = 60) -> Optional[datetime]:
+    """Start of the newest host window in the dataset (None when it holds none)."""
+    newest = [f.item() for f in collect_host_windows(
+        root, window_s, lambda lf: lf.select(pl.col("window_start").max()))]
+    newest = [t for t in newest if t is not None]
+    return max(newest) if newest else None
+
+
 def read_host_windows(root: str, window_s: int = 60, since: Optional[datetime] = None,
                       until: Optional[datetime] = None) -> pl.DataFrame:
-    lf = scan_host_windows(root, window_s)
-    if since is not None:
-        lf = lf.filter(pl.col("window_start") >= _utc(since))
-    if until is not None:
-        lf = lf.filter(pl.col("window_start") <= _utc(until))
-    return normalise_host_windows(lf.collect())
+    def query(lf: pl.LazyFrame) -> pl.LazyFrame:
+        names = lf.collect_schema().names()
+        drop = [c for c in ("level", "date") if c in names]
+        if drop:
+            lf = lf.drop(drop)
+        if since is not None:
+            lf = lf.filter(pl.col("window_start") >= _utc(since))
+        if until is not None:
+            lf = lf.filter(pl.col("window_start") <= _utc(until))
+        return lf
+    frames = [normalise_host_windows(f) for f in
+              collect_host_windows(root, window_s, query, since=since, until=until)]
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
 
 def normalise_host_windows(df: pl.DataFrame) -> pl.DataFrame:

@@ -195,13 +195,12 @@ def run(args) -> int:
         from .outputs import serve_metrics
         serve_metrics(args.state, last_run, args.metrics_port)
     from .analysis import AnalysisCache
-    from .frames import scan_host_windows
-    import polars as pl
+    from .frames import newest_window
     newest_done = None
     followed = FollowedFrame(args)
     cache = AnalysisCache()
     while True:
-        newest = scan_host_windows(args.dataset, args.window_s).select(pl.col("window_start").max()).collect().item()
+        newest = newest_window(args.dataset, args.window_s)
         if newest is not None and newest != newest_done:
             analysis, transitions = evaluate(args, state, as_of=newest,
                                              frame=followed.update(newest), cache=cache)

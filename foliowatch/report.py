@@ -154,18 +154,27 @@ def text_summary(findings: List[Finding], dataset_note: str = "") -> str:
 def _cohort_series(dataset: Path, rec: dict, window_s: int):
     import polars as pl
 
+    from foliowatch.detector.frames import DatasetReadError, collect_host_windows
+
     root = Path(dataset) / "level=host" / f"window_s={window_s}"
-    files = sorted(root.rglob("*.parquet"))
-    if not files:
+    cols: list = []
+
+    def query(lf):
+        cols[:] = lf.collect_schema().names()
+        filt = ((pl.col("fleet") == rec["fleet"]) & (pl.col("arch") == rec["arch"])
+                & (pl.col("page_size") == int(rec["page_size"])) & (pl.col("fs") == rec["fs"]))
+        if "role" in cols and rec.get("role"):
+            filt = filt & (pl.col("role") == rec["role"])
+        return lf.filter(filt)
+
+    try:    # the detector's reader: whole files even while the pipeline replaces some
+        parts = collect_host_windows(str(dataset), window_s, query)
+    except FileNotFoundError:
         raise ReportError(f"dataset {dataset}: no host windows under {root}; run "
-                          "`foliowatch pipeline` first (or pass the right --dataset)")
-    lf = pl.scan_parquet([str(f) for f in files], hive_partitioning=False)
-    cols = lf.collect_schema().names()
-    filt = ((pl.col("fleet") == rec["fleet"]) & (pl.col("arch") == rec["arch"])
-            & (pl.col("page_size") == int(rec["page_size"])) & (pl.col("fs") == rec["fs"]))
-    if "role" in cols and rec.get("role"):
-        filt = filt & (pl.col("role") == rec["role"])
-    df = lf.filter(filt).collect()
+                          "`foliowatch pipeline` first (or pass the right --dataset)") from None
+    except DatasetReadError as e:
+        raise ReportError(str(e)) from None
+    df = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
     if df.is_empty():
         return None
     span = (df["window_start"].max() - df["window_start"].min()).total_seconds()

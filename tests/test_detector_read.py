@@ -1,0 +1,105 @@
+"""The detector reads the pipeline's dataset while the pipeline writes it: a window's file
+renamed over its old copy (a replayed window) is read whole, old or new, never half of
+each; ``since`` reads only the ``date=`` folders it needs; a damaged file is an error
+that names the dataset and what to do."""
+
+from __future__ import annotations
+
+import io
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from foliowatch.detector import frames
+from foliowatch.pipeline.sinks import durable_write_bytes
+
+DAY0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+
+
+def _window(version: int, rows: int, start: datetime) -> bytes:
+    df = pl.DataFrame({
+        "window_start": [start] * rows,
+        "window_s": [60] * rows,
+        "host_id": [f"h{i}" for i in range(rows)],
+        "version": [version] * rows,
+        "write_mib_s": [float(i) for i in range(rows)],
+    })
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    return buf.getvalue()
+
+
+def _rows(version: int) -> int:
+    return 50 + (version % 40) * 23      # every version of a file has another size
+
+
+def test_files_replaced_while_read_are_read_whole(tmp_path):
+    day = tmp_path / "ds" / "level=host" / "window_s=60" / "date=2026-11-02"
+    day.mkdir(parents=True)
+    names = [day / f"part-p0-{i * 1000}-{i * 1000 + 999}.parquet" for i in range(6)]
+    for i, p in enumerate(names):
+        p.write_bytes(_window(i, _rows(i), DAY0 + timedelta(minutes=i)))
+    stop, rewrites = threading.Event(), [0]
+
+    def replay():     # the pipeline's own atomic write, as fast as it goes
+        v = len(names)
+        while not stop.is_set():
+            durable_write_bytes(names[v % len(names)],
+                                _window(v, _rows(v), DAY0 + timedelta(minutes=v % len(names))),
+                                tmp_path / "ds" / "_tmp")
+            v += 1
+            rewrites[0] += 1
+
+    writer = threading.Thread(target=replay)
+    writer.start()
+    try:
+        reads = 0
+        while reads < 150 or rewrites[0] < 300:
+            df = frames.read_host_windows(str(tmp_path / "ds"), 60)
+            counts = df.group_by("version").len()
+            assert counts.height == len(names), counts
+            for v, n in counts.iter_rows():
+                assert n == _rows(v), f"version {v}: {n} rows of {_rows(v)}"
+            reads += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert rewrites[0] >= 300
+
+
+def test_since_reads_only_the_days_it_needs_and_equals_a_filtered_full_read(tmp_path):
+    root = tmp_path / "ds"
+    for d in range(4):
+        day = root / "level=host" / "window_s=60" / f"date={(DAY0 + timedelta(days=d)).date()}"
+        day.mkdir(parents=True)
+        for h in range(3):
+            (day / f"part-p0-{d}-{h}.parquet").write_bytes(
+                _window(d, 10, DAY0 + timedelta(days=d, hours=h * 8)))
+    since = DAY0 + timedelta(days=2, hours=4)
+    files = frames.host_files(str(root), 60, since=since)
+    assert {Path(f).parent.name for f in files} == {"date=2026-11-04", "date=2026-11-05"}
+    full = frames.read_host_windows(str(root), 60)
+    part = frames.read_host_windows(str(root), 60, since=since)
+    assert part.sort("window_start", "host_id").equals(
+        full.filter(pl.col("window_start") >= since).sort("window_start", "host_id"))
+    # nothing in range: no rows, the columns all the same
+    empty = frames.read_host_windows(str(root), 60, since=DAY0 + timedelta(days=9))
+    assert empty.is_empty() and empty.columns == full.columns
+    assert frames.newest_window(str(root), 60) == DAY0 + timedelta(days=3, hours=16)
+
+
+def test_a_damaged_file_is_named_with_what_to_do(tmp_path):
+    day = tmp_path / "ds" / "level=host" / "window_s=60" / "date=2026-11-02"
+    day.mkdir(parents=True)
+    (day / "part-p0-0-9.parquet").write_bytes(_window(0, 10, DAY0))
+    (day / "part-p0-10-19.parquet").write_bytes(b"PAR1 not parquet at all")
+    with pytest.raises(frames.DatasetReadError) as e:
+        frames.read_host_windows(str(tmp_path / "ds"), 60)
+    msg = str(e.value)
+    assert str(day / "part-p0-10-19.parquet") in msg and "damaged" in msg
+    assert "Move it out of the dataset" in msg
+    with pytest.raises(FileNotFoundError, match="run `foliowatch pipeline` first"):
+        frames.read_host_windows(str(tmp_path / "empty"), 60)
