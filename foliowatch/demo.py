@@ -333,8 +333,13 @@ def _produce(sc, bootstrap: str, topic: str, seed, speed: float, rollout_start: 
                     if wall0 is None:
                         wall0 = time.monotonic() - 0.0
                     due = wall0 + (ts[lo] - rollout_start) / speed
-                    while not stop.is_set() and time.monotonic() < due:
-                        time.sleep(min(0.1, due - time.monotonic()))
+                    # one reading of the clock per step: read twice, the second reading
+                    # can pass ``due`` and the sleep length come out negative
+                    while not stop.is_set():
+                        remaining = due - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        stop.wait(min(0.1, remaining))
                 for k, v in zip(keys[lo:hi], values[lo:hi]):
                     producer.send(topic, key=k.encode(), value=v.encode()).add_errback(failures.append)
                 progress["sent"] += hi - lo
