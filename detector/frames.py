@@ -60,14 +60,18 @@ def scan_host_windows(root: str, window_s: int = 60) -> pl.LazyFrame:
     """Host windows of one window length, lazily. Raises with the path when empty."""
     pattern = host_glob(root, window_s)
     if not str(root).startswith("s3://") and not glob.glob(pattern, recursive=True):
-        raise FileNotFoundError(
-            f"dataset {root}: no host windows under level=host/window_s={window_s}; "
-            "run `foliowatch pipeline` first or pass the dataset root")
+        raise _no_host_windows(root, window_s)
     lf = pl.scan_parquet(pattern, hive_partitioning=True)
     names = lf.collect_schema().names()
     # Partition columns may shadow or duplicate file columns; keep a stable set.
     drop = [c for c in ("level", "date") if c in names]
     return lf.drop(drop) if drop else lf
+
+
+def _no_host_windows(root: str, window_s: int) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"dataset {root}: no host windows under level=host/window_s={window_s}; "
+        "run `foliowatch pipeline` first or pass the dataset root")
 
 
 class DatasetReadError(SystemExit):
@@ -81,6 +85,8 @@ class DatasetReadError(SystemExit):
 # from files opened first (an open file keeps the copy it opened: a snapshot per file),
 # up to a thousand at a time; an object store is read again on such an error.
 READ_ATTEMPTS = 5
+
+
 def _files_per_read() -> int:
     try:
         import resource
@@ -161,19 +167,16 @@ def collect_host_windows(root: str, window_s: int,
     remote = str(root).startswith("s3://")
     last = None
     for attempt in range(attempts):
+        if not remote:
+            # no file in range: the newest file all the same, for the columns (0 rows)
+            files = host_files(root, window_s, since, until) or host_files(root, window_s)[-1:]
+            if not files:
+                raise _no_host_windows(root, window_s)
         try:
             if remote:
                 return [query(scan_host_windows(root, window_s)).collect()]
-            files = host_files(root, window_s, since, until)
-            if not files:
-                every = host_files(root, window_s)
-                if not every:
-                    scan_host_windows(root, window_s)       # raises: names the dataset
-                files = every[-1:]       # no file in range: one for the columns, 0 rows
             return _collect_opened(files, query)
         except _READ_ERRORS as e:
-            if isinstance(e, FileNotFoundError) and "no host windows" in str(e):
-                raise
             last = e
             if attempt + 1 < attempts:
                 print(f"detector: dataset {root}: read failed ({_first_line(e)}); "

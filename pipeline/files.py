@@ -6,10 +6,11 @@ same pipeline as Kafka.
 Each input file is one "partition" and the offsets are line or row numbers, so the
 output file names follow the dataset contract and a rerun over the same files overwrites
 instead of duplicating. An input's partition is a stable hash of its file name and its
-first 64 KiB: a rerun finds its own windows' files, and another file that happens to share the name (``samples-00000.parquet`` of another
-simulation, a day's log of another day) gets a partition of its own instead of
-overwriting the windows of the first (numbered from 0 too, in the same ``date=``
-folder). The end of the input is the end of the stream: every window is closed.
+first 64 KiB: a rerun finds its own windows' files, and another file that happens to
+share the name (``samples-00000.parquet`` of another simulation, a day's log of another
+day) gets a partition of its own instead of overwriting the windows of the first (its
+offsets are numbered from 0 too, and its windows may fall in the same ``date=`` folder).
+The end of the input is the end of the stream: every window is closed.
 """
 
 from __future__ import annotations
@@ -139,6 +140,6 @@ def run_files(pipeline: Pipeline, paths: Sequence[Path], batch_records: int = 10
                 totals[k] += getattr(st, k)
         totals["windows"] += pipeline.finish([part])
         if hasattr(pipeline.dlq, "input_done"):
-            pipeline.dlq.input_done(part, path)
+            pipeline.dlq.input_done(part)
     pipeline.dlq.flush()
     return totals

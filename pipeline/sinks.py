@@ -243,8 +243,9 @@ class FileDLQ:
     def __init__(self, path: Path, per_input: bool = False):
         self.path = Path(path)
         self.per_input = per_input
-        self._lines: Dict[int, List[bytes]] = {}
-        self._inputs: Dict[int, str] = {}
+        # dead letters by input (all under 0 in one file); a single file is rewritten
+        # even when it gets none
+        self._lines: Dict[int, List[bytes]] = {} if per_input else {0: []}
 
     def file(self, partition: int) -> Path:
         return self.path / f"from-files-p{partition}.jsonl" if self.per_input else self.path
@@ -254,23 +255,19 @@ class FileDLQ:
         self._lines.setdefault(part, []).append(
             json.dumps(rec, separators=(",", ":")).encode())
 
-    def input_done(self, partition: int, path) -> None:
+    def input_done(self, partition: int) -> None:
         """An input was read to its end: its file is written even with no dead letter
         (a rerun that finds none clears the old ones)."""
-        self._inputs[partition] = str(path)
         if self.per_input:
             self._lines.setdefault(partition, [])
 
     def files(self) -> List[str]:
-        return [str(self.file(p)) for p in sorted(self._lines)] if self.per_input \
-            else [str(self.path)]
+        return [str(self.file(p)) for p in sorted(self._lines)]
 
     def flush(self, timeout: float = 0.0) -> None:   # a local write: no timeout applies
-        parts = sorted(self._lines) if self.per_input else [0]
-        for part in parts:
+        for part, lines in sorted(self._lines.items()):
             target = self.file(part)
-            durable_write_bytes(target, b"".join(line + b"\n"
-                                                 for line in self._lines.get(part, [])),
+            durable_write_bytes(target, b"".join(line + b"\n" for line in lines),
                                 target.parent / "_tmp")
 
     def close(self, timeout: float = 0.0) -> None:
