@@ -52,15 +52,10 @@ def worse_direction(metric: str) -> int:
     return WORSE_DIRECTION[metric]
 
 
-def host_glob(root: str, window_s: int) -> str:
-    return os.path.join(str(root), "level=host", f"window_s={window_s}", "**", "*.parquet")
-
-
-def scan_host_windows(root: str, window_s: int = 60) -> pl.LazyFrame:
-    """Host windows of one window length, lazily. Raises with the path when empty."""
-    pattern = host_glob(root, window_s)
-    if not str(root).startswith("s3://") and not glob.glob(pattern, recursive=True):
-        raise _no_host_windows(root, window_s)
+def scan_remote_host_windows(root: str, window_s: int = 60) -> pl.LazyFrame:
+    """Host windows of one window length in an object store, lazily (a local dataset is
+    read by ``collect_host_windows`` from files opened first)."""
+    pattern = f"{str(root).rstrip('/')}/level=host/window_s={window_s}/**/*.parquet"
     lf = pl.scan_parquet(pattern, hive_partitioning=True)
     names = lf.collect_schema().names()
     # Partition columns may shadow or duplicate file columns; keep a stable set.
@@ -174,7 +169,7 @@ def collect_host_windows(root: str, window_s: int,
                 raise _no_host_windows(root, window_s)
         try:
             if remote:
-                return [query(scan_host_windows(root, window_s)).collect()]
+                return [query(scan_remote_host_windows(root, window_s)).collect()]
             return _collect_opened(files, query)
         except _READ_ERRORS as e:
             last = e
@@ -219,10 +214,6 @@ def newest_window(root: str, window_s: int = 60) -> Optional[datetime]:
 def read_host_windows(root: str, window_s: int = 60, since: Optional[datetime] = None,
                       until: Optional[datetime] = None) -> pl.DataFrame:
     def query(lf: pl.LazyFrame) -> pl.LazyFrame:
-        names = lf.collect_schema().names()
-        drop = [c for c in ("level", "date") if c in names]
-        if drop:
-            lf = lf.drop(drop)
         if since is not None:
             lf = lf.filter(pl.col("window_start") >= _utc(since))
         if until is not None:

@@ -157,13 +157,11 @@ def _cohort_series(dataset: Path, rec: dict, window_s: int):
     from foliowatch.detector.frames import DatasetReadError, collect_host_windows
 
     root = Path(dataset) / "level=host" / f"window_s={window_s}"
-    cols: list = []
 
     def query(lf):
-        cols[:] = lf.collect_schema().names()
         filt = ((pl.col("fleet") == rec["fleet"]) & (pl.col("arch") == rec["arch"])
                 & (pl.col("page_size") == int(rec["page_size"])) & (pl.col("fs") == rec["fs"]))
-        if "role" in cols and rec.get("role"):
+        if "role" in lf.collect_schema().names() and rec.get("role"):
             filt = filt & (pl.col("role") == rec["role"])
         return lf.filter(filt)
 
@@ -179,7 +177,7 @@ def _cohort_series(dataset: Path, rec: dict, window_s: int):
         return None
     span = (df["window_start"].max() - df["window_start"].min()).total_seconds()
     bucket = "1m" if span <= 6 * 3600 else ("10m" if span <= 3 * 86400 else "1h")
-    metrics = [m for m in ("write_mib_s", "compact_stall_per_s") if m in cols]
+    metrics = [m for m in ("write_mib_s", "compact_stall_per_s") if m in df.columns]
     agg = (df.sort("window_start")
              .group_by_dynamic("window_start", every=bucket, group_by="kernel")
              .agg([pl.col(m).median().alias(m) for m in metrics]
