@@ -232,7 +232,7 @@ def main() -> int:
         try:
             if not args.no_kafka and not bootstrap:
                 sys.path.insert(0, REPO)
-                from foliowatch.services import KafkaCluster
+                from foliowatch.shell.services import KafkaCluster
                 print("starting a 1-broker Kafka for the run ...", file=sys.stderr)
                 cluster = KafkaCluster(Path(tmp) / "kafka").start()
                 bootstrap = cluster.bootstrap

@@ -7,7 +7,7 @@ time goes (kafka-python consuming alone, decode+validate alone, aggregation alon
     .venv/bin/python benchmarks/pipeline_throughput.py --records 300000 --compression lz4
 
 Targets (issue 5): >= 50% of the Java tool's records/s, >= 200,000 records/s per
-pipeline process. The broker is started by the project's script (foliowatch.services).
+pipeline process. The broker is started by the project's script (foliowatch.shell.services).
 Prints one JSON object per measurement and a summary table at the end.
 """
 
@@ -209,7 +209,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from kafka.admin import KafkaAdminClient, NewTopic
-    from foliowatch.services import KafkaCluster
+    from foliowatch.shell.services import KafkaCluster
 
     work = Path(tempfile.mkdtemp(prefix="fw-pipebench-"))
     cluster = KafkaCluster(work / "kafka", brokers=1).start()

@@ -138,7 +138,7 @@ def main() -> int:
     if not args.no_kafka:
         from kafka.admin import KafkaAdminClient, NewTopic
         from foliowatch.kafka_io import KafkaSettings
-        from foliowatch.services import KafkaCluster
+        from foliowatch.shell.services import KafkaCluster
         from foliowatch.simulator import produce_to_kafka
 
         cluster = None

@@ -3,8 +3,10 @@
 The installed package maps the repository's top-level folders under one namespace:
 ``foliowatch.agent`` (agent/), ``foliowatch.pipeline`` (pipeline/), ``foliowatch.detector``
 (detector/), ``foliowatch.dashboards`` (dashboards/), ``foliowatch.simulator``
-(simulator/). This package itself holds what they share: the wire schema, the dataset
-contract, configuration and the CLI.
+(simulator/) and ``foliowatch.shell`` (shell/: the CLI, demo, report and local services,
+which stand on every component). This package itself is the ground floor they all
+stand on: the wire schema, the dataset contract and the Kafka settings. It imports
+nothing above it.
 """
 
 __version__ = "0.1.0"

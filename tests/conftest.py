@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from foliowatch.services import Alertmanager, KafkaCluster, Prometheus
+from foliowatch.shell.services import Alertmanager, KafkaCluster, Prometheus
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -19,7 +19,7 @@ from foliowatch.agent.runner import Agent
 from foliowatch.agent.spool import Spool
 from foliowatch.agent.state import AgentState
 from foliowatch.kafka_io import KafkaSettings
-from foliowatch.services import free_port
+from foliowatch.shell.services import free_port
 
 pytestmark = [pytest.mark.agent39, pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 from foliowatch.agent.config import AgentConfig
 from foliowatch.agent.exporter import serve
 from foliowatch.agent.runner import Agent
-from foliowatch.services import free_port
+from foliowatch.shell.services import free_port
 
 pytestmark = pytest.mark.agent39
 

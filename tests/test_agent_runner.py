@@ -14,7 +14,7 @@ from foliowatch.agent.config import AgentConfig
 from foliowatch.agent.exporter import make_registry
 from foliowatch.agent.runner import Agent
 from foliowatch.kafka_io import KafkaSettings
-from foliowatch.services import free_port
+from foliowatch.shell.services import free_port
 
 pytestmark = pytest.mark.agent39
 

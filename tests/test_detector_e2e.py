@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from foliowatch import cli
+from foliowatch.shell import cli
 from foliowatch.simulator.scenario import SCENARIO_DIR
 
 SEED_TOML = (SCENARIO_DIR / "seed-iomap-arm64-xfs.toml").read_text()

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import polars as pl
 
-from foliowatch import cli
+from foliowatch.shell import cli
 from foliowatch.detector.main import FollowedFrame, load_frame
-from foliowatch.services import free_port, stop_pid
+from foliowatch.shell.services import free_port, stop_pid
 
 from test_detector_e2e import scenario_file
 
@@ -65,7 +65,7 @@ def test_follow_evaluates_new_windows_serves_metrics_and_stops_on_sigterm(tmp_pa
     port = free_port()
     out = tmp_path / "detect.out"
     with open(out, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "foliowatch.cli", "detect", "--follow",
+        proc = subprocess.Popen([sys.executable, "-m", "foliowatch", "detect", "--follow",
                                  "--dataset", str(dataset), "--state", str(state),
                                  "--interval", "0.5", "--metrics-port", str(port), "--json"],
                                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

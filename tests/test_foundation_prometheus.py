@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from foliowatch.services import Prometheus, ServiceError
+from foliowatch.shell.services import Prometheus, ServiceError
 
 
 class _Target(http.server.BaseHTTPRequestHandler):

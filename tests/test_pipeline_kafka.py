@@ -23,7 +23,7 @@ import pytest
 
 from foliowatch import schema as wire
 from foliowatch.kafka_io import KafkaSettings, make_producer
-from foliowatch.services import free_port
+from foliowatch.shell.services import free_port
 
 from test_pipeline_reference import Reference, assert_dataset_matches
 
@@ -423,7 +423,7 @@ def test_hostile_stream_good_all_aggregated_bad_all_in_dlq_counts_exact(kafka, t
 @pytest.fixture
 def own_kafka(tmp_path):
     """A broker of this test's own, which the test stops and starts again."""
-    from foliowatch.services import KafkaCluster
+    from foliowatch.shell.services import KafkaCluster
     cluster = KafkaCluster(tmp_path / "kafka", brokers=1).start()
     yield cluster
     cluster.stop()
@@ -446,7 +446,7 @@ def test_sigterm_with_the_broker_gone_stops_with_a_checkpoint_of_what_is_durable
     checkpoint at what its durable output covers; with the broker back, the same group
     finishes the stream and the dataset is byte-identical to an uninterrupted run."""
     from foliowatch.pipeline.sinks import StateStore
-    from foliowatch.services import stop_pid
+    from foliowatch.shell.services import stop_pid
 
     kafka = own_kafka
     topic = new_topic(kafka, partitions=3)

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from foliowatch import report
-from foliowatch.cli import main as cli
+from foliowatch.shell import report
+from foliowatch.shell.cli import main as cli
 from foliowatch.detector.records import RegressionRecord, RegressionState
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=timezone.utc)

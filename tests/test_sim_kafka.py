@@ -9,7 +9,8 @@ from collections import defaultdict
 
 import pytest
 
-from foliowatch import cli, schema
+from foliowatch import schema
+from foliowatch.shell import cli
 from foliowatch.kafka_io import KafkaSettings, make_consumer
 from foliowatch.simulator import (load_scenario, produce_to_kafka, simulate_frame,
                                   to_wire_json)

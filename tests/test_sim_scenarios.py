@@ -136,7 +136,7 @@ def test_not_toml_is_reported(tmp_path):
 
 
 def test_cli_lists_scenarios_and_writes_files(tmp_path, capsys):
-    from foliowatch import cli
+    from foliowatch.shell import cli
     assert cli.main(["simulate", "--list"]) == 0
     assert "seed-iomap-arm64-xfs" in capsys.readouterr().out
     rc = cli.main(["simulate", "--scenario", "improvement", "--hosts", "20", "--hours", "0.05",

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from foliowatch.services import KafkaCluster, Prometheus, ServiceError, free_port, stop_pid
+from foliowatch.shell.services import KafkaCluster, Prometheus, ServiceError, free_port, stop_pid
 
 DEFAULT_SCENARIO = "demo-rollout"
 LOCAL_TOPIC = "foliowatch.samples.this-host"
@@ -361,7 +361,7 @@ def _announce(disp: Display, rec: dict, first_canary: Optional[float]) -> None:
     if first_canary is not None:
         mins = (det.timestamp() - first_canary) / 60.0
         after = f", {mins:.0f} simulated minutes after the first canary rebooted"
-    from foliowatch.report import format_effect
+    from foliowatch.shell.report import format_effect
 
     others = "; ".join(f"{m['metric']} ({m.get('statistic')}) {format_effect(m)}"
                        for m in rec.get("metrics", [])[:3])
@@ -378,7 +378,7 @@ def _first_canary(truth) -> Optional[float]:
 
 
 def _finish(truth, workdir: Path, dataset: Path, state: Path, disp: Display) -> bool:
-    from foliowatch import report
+    from foliowatch.shell import report
 
     _, cohorts, _ = _truth_summary(truth)
     records = _state_records(state)
@@ -585,7 +585,7 @@ def _run_files(args, sc, truth, workdir: Path, procs: Processes) -> bool:
         end = sc.start_ts + sc.hours * 3600.0
         end = max(end, t + step)
         announced = set()
-        from foliowatch.cli import main as cli
+        from foliowatch.shell.cli import main as cli
         import contextlib
         import io
         while t <= end:

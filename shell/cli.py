@@ -20,8 +20,8 @@ SUBCOMMANDS = {
     "detect": ("foliowatch.detector.main", "find kernel-rollout regressions in the Parquet dataset", True),
     "verdict": ("foliowatch.detector.verdict", "rollout gate: exit 0 proceed, 1 regression, 2 not enough evidence", True),
     "dashboards": ("foliowatch.dashboards.main", "generate and validate the Grafana dashboards", True),
-    "report": ("foliowatch.report", "HTML/PNG/text report of regressions from a dataset", True),
-    "demo": ("foliowatch.demo", "the whole system on this machine: Kafka, agent, simulated fleet, detection", True),
+    "report": ("foliowatch.shell.report", "HTML/PNG/text report of regressions from a dataset", True),
+    "demo": ("foliowatch.shell.demo", "the whole system on this machine: Kafka, agent, simulated fleet, detection", True),
 }
 
 
