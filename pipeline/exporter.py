@@ -133,7 +133,6 @@ class PipelineMetrics:
 
     def serve(self, addr: str) -> None:
         from prometheus_client import start_http_server
-        host, _, port = addr.rpartition(":")
-        if not port.isdigit():
-            raise SystemExit(f"pipeline --metrics-addr: expected host:port, got {addr!r}")
-        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        from foliowatch.flags import parse_listen
+        host, port = parse_listen(addr)
+        start_http_server(port, addr=host, registry=self.registry)
