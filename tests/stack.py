@@ -108,6 +108,13 @@ class FleetStack:
 
     def start(self) -> "FleetStack":
         """Start the pipeline consuming the topic (the detector starts once there is data)."""
+        from kafka.admin import KafkaAdminClient, NewTopic
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            admin.create_topics([NewTopic(f"{self.topic}.dlq", num_partitions=1,
+                                          replication_factor=1)])
+        finally:
+            admin.close()
         self._start("pipeline", foliowatch_argv(
             "pipeline", "--output", str(self.dataset), "--bootstrap", self.bootstrap,
             "--topic", self.topic, "--group", f"pipeline-{self.topic}",
