@@ -89,5 +89,10 @@ def headline(levels: Dict[str, dict], hosts_new: int, hosts_base: int,
 def record_headline(record) -> str:
     """The headline of a ``RegressionRecord`` (or its dict form)."""
     r = record if isinstance(record, dict) else vars(record)
-    return headline(r.get("levels") or {}, int(r.get("hosts_new") or 0),
-                    int(r.get("hosts_base") or 0), fallback=r)
+    levels = r.get("levels") or {}
+    if not levels:
+        # older records kept only their significant tests: use the level ratios among them
+        levels = {m["metric"]: m for m in r.get("metrics") or []
+                  if m.get("statistic") == "level" and m.get("effect_kind") == "ratio"}
+    return headline(levels, int(r.get("hosts_new") or 0), int(r.get("hosts_base") or 0),
+                    fallback=r)

@@ -9,6 +9,7 @@ the rollback has closed the record. Timers are seconds instead of minutes
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -85,6 +86,8 @@ def test_seed_rollout_pages_once_for_arm64_xfs_and_resolves_after_rollback(kafka
         stack.stop()
         am.stop()
         webhook.stop()
+        # what the receiver got, for whoever reads a failure
+        (tmp_path / "notifications.json").write_text(json.dumps(webhook.received(), indent=1))
 
     notes = regression_notes()
     pages = [n for p, n in notes if p == "/payments-db"]
