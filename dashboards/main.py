@@ -26,8 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if the files in --out differ from the code")
 
-    p = sub.add_parser("push", help="create or update the dashboards in a Grafana folder and "
-                                    "post regression annotations")
+    # no abbreviations: `--token SECRET` must be refused, not taken for --token-file
+    # (and the secret then printed in the "cannot read" error)
+    p = sub.add_parser("push", allow_abbrev=False,
+                       help="create or update the dashboards in a Grafana folder and "
+                            "post regression annotations")
     p.add_argument("--url", required=True, help="Grafana's root URL, e.g. https://grafana.example.com/")
     p.add_argument("--token-file", default=None,
                    help="file holding the API token (default: $FOLIOWATCH_GRAFANA_TOKEN)")

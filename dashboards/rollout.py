@@ -31,7 +31,7 @@ def build() -> Dashboard:
         "none", steps=((None, "green"), (1, "red"), (2, "yellow")),
         mappings=p.value_map(config.VERDICTS), width=12)
     open_count = p.stat(
-        "Open regressions",
+        "Regressions open, by status",
         "Regressions the detector holds open (suspected or confirmed) in the selected cohorts.",
         [p.query(f"sum by (status) (foliowatch_regression_open{{{reg_sel}}})", "{{status}}",
                  instant=True)],
