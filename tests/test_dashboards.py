@@ -139,3 +139,15 @@ def test_concrete_replaces_variables_and_refuses_unknown_ones():
         'sum(rate(x{fleet=~"payments-db",arch=~".*"}[30s]))'
     with pytest.raises(ValueError, match=r"\$region"):
         queries.concrete('x{region=~"$region"}')
+
+
+def test_provisioning_files_name_the_datasource_and_folder_the_dashboards_use():
+    import yaml
+    root = generate.GENERATED_DIR.parents[1] / "deploy" / "grafana" / "provisioning"
+    ds = yaml.safe_load((root / "datasources" / "foliowatch.yaml").read_text())
+    (source,) = ds["datasources"]
+    assert (source["uid"], source["type"]) == (config.DATASOURCE_UID, config.DATASOURCE_TYPE)
+    prov = yaml.safe_load((root / "dashboards" / "foliowatch.yaml").read_text())
+    (provider,) = prov["providers"]
+    assert provider["type"] == "file" and provider["folderUid"] == config.FOLDER_UID
+    assert provider["allowUiUpdates"] is False
