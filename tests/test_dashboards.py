@@ -124,7 +124,7 @@ def test_the_write_health_dashboard_annotates_regressions():
     stored = [a for a in ann if a["datasource"]["type"] == "grafana"]
     assert stored and stored[0]["target"]["tags"] == config.ANNOTATION_TAGS
     live = [a for a in ann if a.get("expr")]
-    assert live and "foliowatch_regression_info" in live[0]["expr"]
+    assert live and "foliowatch_regression_open" in live[0]["expr"]
     # the push posts annotations with the tags the dashboards filter on
     from foliowatch.detector.outputs import grafana_annotations  # noqa: F401
     legends = {p["title"]: p["targets"][0]["legendFormat"] for p in _panels(d)}
