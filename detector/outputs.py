@@ -83,7 +83,7 @@ class RegressionCollector:
         hosts_g = GaugeMetricFamily("foliowatch_regression_hosts",
                                     "hosts of the group the regression can reach",
                                     labels=labels)
-        state = RegressionState(self.state_path)
+        state = RegressionState.read_only(self.state_path)
         for r in state.open_records():
             lv = [r.fleet, r.role, r.arch, str(r.page_size), r.fs, r.kernel_from, r.kernel_to]
             open_g.add_metric(lv + [r.status], 1.0)
