@@ -177,11 +177,12 @@ def decide(analysis, state, fleet: str, kernel: str, policy: GatePolicy = GatePo
         if rec.status == "confirmed":
             gv.decision = EXIT_REGRESSION
             gv.reasons.insert(0, f"confirmed regression since {rec.first_detected_at}: "
-                                 f"{rec.metric} ({rec.statistic}) {eff}, q={rec.q_value:.2g}")
+                                 f"{rec.headline} (evidence: {rec.metric} ({rec.statistic}) "
+                                 f"{eff}, q={rec.q_value:.2g})")
         else:
             gv.decision = max(gv.decision, EXIT_WAIT) if gv.decision != EXIT_REGRESSION else gv.decision
-            gv.reasons.insert(0, f"suspected regression: {rec.metric} ({rec.statistic}) {eff}; "
-                                 "waiting for joint evidence")
+            gv.reasons.insert(0, f"suspected regression: {rec.headline} (evidence: {rec.metric} "
+                                 f"({rec.statistic}) {eff}); waiting for joint evidence")
     if not verdicts:
         return Decision(fleet, kernel, EXIT_WAIT, [],
                         [f"no host of fleet {fleet} runs kernel {kernel} beside a baseline "

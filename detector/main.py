@@ -66,6 +66,7 @@ def announce(args, transitions: List[Transition], analysis, state, last_run: dic
             pass
         outputs.write_json_atomic(args.annotations, existing + outputs.grafana_annotations(transitions))
     last_run.update(wall=time.time(), comparisons=len(analysis.comparisons),
+                    as_of=analysis.as_of.timestamp(),
                     rollout_verdicts=decide_all(analysis, state, policy_from(args),
                                                 fdr=args.fdr))
     if args.metrics_file:
@@ -100,7 +101,8 @@ def print_text(analysis, transitions: List[Transition], out=sys.stdout) -> None:
         eff = (f"x{r.effect:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" if r.effect_kind == "ratio"
                else f"{r.effect:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]")
         others = ", ".join(sorted({m["metric"] for m in r.metrics} - {r.metric}))
-        print(f"  [{r.status}] {r.id}  {r.metric}/{r.statistic} {eff} q={r.q_value:.2g} "
+        print(f"  [{r.status}] {r.id}: {r.headline}", file=out)
+        print(f"      evidence: {r.metric}/{r.statistic} {eff} q={r.q_value:.2g} "
               f"hosts {r.hosts_new} vs {r.hosts_base} impact {r.impact:.1f}"
               + (f"  also: {others}" if others else ""), file=out)
     for cp in analysis.change_points:

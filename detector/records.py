@@ -51,6 +51,10 @@ class RegressionRecord:
     reasons: List[str] = field(default_factory=list)
     resolved_at: Optional[str] = None
     resolution: Optional[str] = None
+    # level effects by metric (``headline.level_effects``) and the effect in words;
+    # records of older state files have neither and get the headline on reading
+    levels: Dict[str, dict] = field(default_factory=dict)
+    headline: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -58,7 +62,11 @@ class RegressionRecord:
     @classmethod
     def from_dict(cls, d: dict) -> "RegressionRecord":
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        rec = cls(**{k: v for k, v in d.items() if k in known})
+        if not rec.headline:
+            from .headline import record_headline
+            rec.headline = record_headline(rec)
+        return rec
 
 
 def record_id(group: Tuple, kernel_from: str, kernel_to: str) -> str:

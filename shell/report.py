@@ -55,6 +55,12 @@ class Finding:
         raw = f"{r['fleet']}-{r['role']}-{r['arch']}-{r['page_size']}-{r['fs']}-{r['kernel_to']}"
         return "".join(c if c.isalnum() or c in "-." else "_" for c in raw)
 
+    @property
+    def headline(self) -> str:
+        """The effect in the operator's terms (records of older state files have none)."""
+        from foliowatch.detector.headline import record_headline
+        return self.record.get("headline") or record_headline(self.record)
+
     def metric_rows(self) -> List[dict]:
         rows = list(self.record.get("metrics") or [])
         if not rows:
@@ -141,6 +147,8 @@ def text_summary(findings: List[Finding], dataset_note: str = "") -> str:
                                               -float(f.record.get("impact") or 0))):
         r = fd.record
         lines.append(f"{r['status'].upper():9s} {fd.cohort}: {r['kernel_from']} -> {r['kernel_to']}")
+        lines.append(f"    {fd.headline}")
+        lines.append("    evidence:")
         for m in fd.metric_rows():
             q = m.get("q_value")
             lines.append(f"    {m.get('metric')} ({m.get('statistic') or 'median'}): "
@@ -278,17 +286,16 @@ def render_html(findings: List[Finding], figures: Dict[str, bytes], generated: s
         parts.append("<div class='card'><b>Summary.</b><ul>")
         for fd in findings:
             r = fd.record
-            head = fd.metric_rows()[0]
             parts.append(f"<li><span class='badge b-{esc(r['status'])}'>{esc(r['status'])}</span> "
                          f"<b>{esc(fd.cohort)}</b>: {esc(r['kernel_from'])} &rarr; "
-                         f"<b>{esc(r['kernel_to'])}</b>, {esc(str(head.get('metric')))} "
-                         f"{esc(format_effect(head))}, {r.get('hosts_new')} hosts on the new kernel</li>")
+                         f"<b>{esc(r['kernel_to'])}</b>: {esc(fd.headline)}</li>")
         parts.append(f"</ul>{len(open_)} open.</div>")
     for fd in findings:
         r = fd.record
         parts.append(f"<div class='card {esc(r['status'])}'><h2>{esc(fd.cohort)}: "
                      f"{esc(r['kernel_from'])} &rarr; {esc(r['kernel_to'])} "
                      f"<span class='badge b-{esc(r['status'])}'>{esc(r['status'])}</span></h2>")
+        parts.append(f"<p class='headline'><b>{esc(fd.headline)}</b></p>")
         parts.append(f"<div class='muted'>first detected {esc(str(r.get('first_detected_at')))}"
                      f"; new kernel first seen {esc(str(r.get('new_kernel_first_seen')))}; "
                      f"hosts compared: {r.get('hosts_new')} new vs {r.get('hosts_base')} baseline"
