@@ -130,3 +130,10 @@ def test_a_library_error_becomes_exit_2_and_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == "foliowatch detect: --fdr: expected a rate in (0, 1), got 3.0\n"
     assert not (tmp_path / "s.json").exists()
+
+
+def test_dashboards_generate_writes_to_output(capsys):
+    p = parser("dashboards")
+    assert p.parse_args(["generate", "--output", "d"]).output == "d"
+    assert p.parse_args(["generate", "--out", "d"]).output == "d"
+    assert "--out is deprecated" in capsys.readouterr().err
