@@ -130,10 +130,11 @@ def flatten_record(rec: Dict[str, Any]) -> Dict[str, Any]:
     return row
 
 
-def python_verdict(value: bytes) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+def python_verdict(value: bytes, fields: Sequence[wire.Field] = wire.FIELDS
+                   ) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     """``schema.decode`` one record: (flat row, None) or (None, reason naming the field)."""
     try:
-        return flatten_record(wire.decode(value)), None
+        return flatten_record(wire.decode(value, fields)), None
     except wire.SchemaError as e:
         return None, str(e)
     except (OverflowError, ValueError, TypeError, RecursionError) as e:
@@ -294,7 +295,7 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
     rejected: List[Tuple[int, str]] = []
     rescued: List[Dict[str, Any]] = []
     for r in sorted(python_rows):
-        row, reason = python_verdict(values[r])
+        row, reason = python_verdict(values[r], checks.fields)
         if row is None:
             rejected.append((r, reason or "record: rejected"))
         else:
