@@ -6,12 +6,12 @@ The math modules never import this one."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime
 from typing import Iterable, List, Optional, Sequence
 
-from .records import RegressionRecord, RegressionState, Transition
+from foliowatch.files import atomic_write
+
+from .records import RegressionState, Transition
 
 
 def publish_kafka(transitions: Sequence[Transition], bootstrap: str, topic: Optional[str] = None,
@@ -53,12 +53,7 @@ def grafana_annotations(transitions: Iterable[Transition]) -> List[dict]:
 
 
 def write_json_atomic(path: str, payload) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=1).encode())
 
 
 class RegressionCollector:
