@@ -45,10 +45,6 @@ class Position(NamedTuple):
     index: int = 0   # records in the segment up to this position
 
 
-class SpoolFullError(RuntimeError):
-    pass
-
-
 def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload) & 0xFFFFFFFF) + payload
 

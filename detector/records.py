@@ -13,7 +13,6 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from foliowatch.files import atomic_write
 
-STATUSES = ("suspected", "confirmed", "resolved")
 _RANK = {"suspected": 1, "confirmed": 2}
 
 

@@ -31,9 +31,5 @@ HOST_COLUMNS = ("host_id", "boot_id", "instance_type", "cpus", "mem_bytes",
 # Raw sums kept on host rows so windows can be merged and re-derived exactly.
 HOST_SUMS = ("interval_s_sum", "write_bytes_sum", "compact_stall_sum", "allocstall_sum",
              "pgscan_direct_sum", "psi_memory_some_us_sum", "nr_dirtied_sum")
-COHORT_STATS = ("mean", "median", "p90", "p99", "n", "sum", "sumsq")
 DEFAULT_WINDOWS_S = (60, 3600)
 
-
-def cohort_stat_column(metric: str, stat: str) -> str:
-    return f"{metric}_{stat}"

@@ -62,9 +62,6 @@ class DatasetWriter:
                                  f"folder ({e.strerror}); choose a writable path") from None
             self.tmp = self.path / "_tmp"
 
-    def write_window(self, cw: ClosedWindow) -> List[str]:
-        return self.write_windows([cw])
-
     def write_windows(self, closed: Sequence[ClosedWindow]) -> List[str]:
         """Write the files of ``closed``; every one is durable when this returns. Files
         are encoded and fsync'd on a few threads at once (polars and fsync release the

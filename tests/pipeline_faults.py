@@ -1,13 +1,13 @@
 """Runs ``foliowatch pipeline`` with faults injected from outside the product, for the
 crash and rebalance tests:
 
-    python tests/pipeline_faults.py [--kill-after-windows N] [--batch-pause S] -- ARGS...
+    python tests/pipeline_faults.py [--kill-after-windows N] [--batch-pause S] -- pipeline ARGS...
 
 ``--kill-after-windows N``: SIGKILL the process right after the N-th window's files are
 durable and before the checkpoint that would cover them (the worst moment to crash).
 ``--batch-pause S``: sleep S seconds between micro-batches, so that a test can act
 (SIGKILL, a second instance joining) while a run is under way.
-ARGS are the pipeline's own arguments.
+What follows ``--`` is the command line of ``foliowatch`` (``pipeline`` and its arguments).
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def main(argv) -> int:
     args = p.parse_args(argv)
     rest = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
     inject(args.kill_after_windows, args.batch_pause)
+    if rest[:1] != ["pipeline"]:
+        p.error(f"expected `-- pipeline ARGS...`, got {rest[:1]}")
     from foliowatch.shell.cli import main as cli
-    return cli(["pipeline", *rest])
+    return cli(rest)
 
 
 if __name__ == "__main__":
