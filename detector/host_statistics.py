@@ -47,7 +47,9 @@ def host_statistics(df: pl.DataFrame, metric: str, base_kernel: str,
     levels = x.group_by("host_id", "kernel").agg(pl.col("z").median().alias("raw_level"))
     adjusted = False
     if adjuster is not None and cov is not None and levels.height:
-        h = levels.join(cov, on=["host_id", "kernel"], how="left")
+        # a fixed host order: the ridge's out-of-fold split follows it, and polars' group_by
+        # order changes from one process to the next
+        h = levels.join(cov, on=["host_id", "kernel"], how="left").sort("host_id", "kernel")
         is_base = (h["kernel"] == base_kernel).to_numpy()
         y = h["raw_level"].to_numpy().astype(float)
         r, adjusted = adjuster.residuals(h, y, is_base)
