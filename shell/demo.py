@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from foliowatch.flags import add_output
 from foliowatch.shell.services import KafkaCluster, Prometheus, ServiceError, free_port, stop_pid
 
 DEFAULT_SCENARIO = "demo-rollout"
@@ -45,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="simulated seconds per wall second once the rollout starts; the "
                         "history before it is played as fast as possible (default 300)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
-    p.add_argument("--workdir", default=None,
-                   help="where the dataset, state, logs and report go (default out/demo-<time>)")
+    add_output(p, default=None, old=("--workdir",),
+               help="where the dataset, state, logs and report go (default out/demo-<time>)")
     p.add_argument("--no-kafka", action="store_true",
                    help="files only (no Java needed): simulate -> files -> pipeline -> detector")
     p.add_argument("--no-agent", action="store_true", help="do not run the real agent on this host")
@@ -273,7 +274,7 @@ def _say_plan(args, sc, truth, hours: float, workdir: Path) -> None:
 
 
 def run(args) -> int:
-    workdir = Path(args.workdir or f"out/demo-{datetime.now():%Y%m%d-%H%M%S}").resolve()
+    workdir = Path(args.output or f"out/demo-{datetime.now():%Y%m%d-%H%M%S}").resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     sc, truth, hours = _demo_scenario(args)
     (workdir / "ground_truth.json").write_text(json.dumps(truth, indent=1))
@@ -514,11 +515,11 @@ def _start_fleet_pipeline(paths: DemoPaths, procs: Processes, svc: DemoServices)
 def _detect_argv(paths: DemoPaths, svc: DemoServices, follow: bool) -> List[str]:
     argv = _foliowatch() + [
         "detect", "--dataset", str(paths.dataset), "--state", str(paths.state),
-        "--kafka", svc.kafka.bootstrap,
+        "--bootstrap", svc.kafka.bootstrap,
         "--annotations", str(paths.workdir / "grafana-annotations.json")]
     if follow:
-        argv += ["--follow", "--interval", "2",
-                 "--metrics-port", str(svc.metrics_ports["detector"])]
+        argv += ["--follow", "--poll-interval", "2",
+                 "--metrics-addr", f"127.0.0.1:{svc.metrics_ports['detector']}"]
     return argv
 
 
