@@ -348,10 +348,3 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
         return AgentConfig(), problems
     return _build(values)
 
-
-def load_or_raise(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
-                  ) -> AgentConfig:
-    cfg, problems = load(path, environ)
-    if problems:
-        raise ConfigError(problems)
-    return cfg

@@ -79,10 +79,6 @@ class Sampler:
                 self._mounts, self._mounts_at = found, now
             return list(self._mounts)
 
-    def refresh_mounts(self) -> None:
-        with self._mount_lock:
-            self._mounts_at = -1e18
-
     def _mount_readings(self) -> List[MountReading]:
         disks = diskstats.read(self.proc)
         by_devno = diskstats.by_devno(disks)

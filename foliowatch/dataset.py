@@ -33,9 +33,5 @@ HOST_COLUMNS = ("host_id", "boot_id", "instance_type", "cpus", "mem_bytes",
 # Raw sums kept on host rows so windows can be merged and re-derived exactly: the
 # intervals, the key metric rates' inputs and the carried counters (schema.summed_columns).
 HOST_SUMS = ("interval_s_sum",) + tuple(f"{c}_sum" for c in _wire.summed_columns())
-COHORT_STATS = ("mean", "median", "p90", "p99", "n", "sum", "sumsq")
 DEFAULT_WINDOWS_S = (60, 3600)
 
-
-def cohort_stat_column(metric: str, stat: str) -> str:
-    return f"{metric}_{stat}"

@@ -400,5 +400,3 @@ class WindowAggregator:
         self._windows = {k: v for k, v in self._windows.items() if k[0] != partition}
         self._seen = self._seen.filter(pl.col("partition") != partition)
 
-    def open_windows(self) -> int:
-        return len(self._windows)
