@@ -17,13 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+import signal
+from contextlib import contextmanager
 
 from foliowatch.agent.collectors import tracepoints as tp
 from foliowatch.agent.config import AgentConfig, TracepointsConfig, load
 from foliowatch.agent.deltas import Baseline
 from foliowatch.agent.sampler import Sampler
 
-pytestmark = pytest.mark.agent39
+agent39 = pytest.mark.agent39
 
 MIB = 1 << 20
 FIX = Path(__file__).resolve().parent / "fixtures" / "agent" / "x86_64-6.18-4k"
@@ -41,6 +43,7 @@ def _formats(root: Path = TRACEFS_FIX):
 
 
 # -- parsers -------------------------------------------------------------------------
+@agent39
 def test_buckets_parse_and_reject_gaps_overlaps_and_closed_ends():
     assert [b.name for b in DEFAULT] == ["order_0", "order_1_3", "order_4_7", "order_8_up"]
     assert [b.filter() for b in DEFAULT] == [
@@ -54,6 +57,7 @@ def test_buckets_parse_and_reject_gaps_overlaps_and_closed_ends():
             tp.parse_buckets(bad)
 
 
+@agent39
 def test_format_files_give_fields_and_the_kernels_flag_and_status_values():
     f = _formats()
     assert set(f) == set(tp.EVENTS)
@@ -70,6 +74,7 @@ def test_format_files_give_fields_and_the_kernels_flag_and_status_values():
     assert tp.symbol_value(f[tp.EV_COMPACT_END].print_fmt, "deferred") == 2
 
 
+@agent39
 def test_plan_counts_pagecache_per_order_and_the_rest_per_bucket():
     specs, problems = tp.plan(_formats(), DEFAULT, max_order=9, devices=[(7 << 20) | 3])
     assert problems == []
@@ -84,6 +89,7 @@ def test_plan_counts_pagecache_per_order_and_the_rest_per_bucket():
     assert by_key["direct_reclaim"].filter == ""
 
 
+@agent39
 def test_plan_names_each_missing_event_and_field_and_keeps_the_rest():
     f = _formats()
     del f[tp.EV_COMPACT_DEFERRED]
@@ -97,6 +103,7 @@ def test_plan_names_each_missing_event_and_field_and_keeps_the_rest():
     assert any("filemap:mm_filemap_add_to_page_cache: no field order" in p for p in problems)
 
 
+@agent39
 def test_wire_counters_sum_orders_into_buckets_with_exact_bytes():
     counts = {"pagecache_order_0": 5, "pagecache_order_2": 1, "pagecache_order_4": 2,
               "pagecache_order_8": 3, "pagecache_order_9": 1, "compact_try_order_4_7": 7}
@@ -110,11 +117,13 @@ def test_wire_counters_sum_orders_into_buckets_with_exact_bytes():
     assert out["tp_compact_try_order_4_7"] == 7
 
 
+@agent39
 def test_kernel_dev_matches_the_tracepoints_encoding():
     assert tp.kernel_dev("254:0") == 254 << 20
     assert tp.kernel_dev("7:3") == (7 << 20) | 3
 
 
+@agent39
 def test_config_defaults_off_and_names_bad_keys():
     assert AgentConfig().tracepoints.enabled is False
     _cfg, problems = load(environ={"FOLIOWATCH_AGENT_TRACEPOINTS_ORDER_BUCKETS": "0,2+",
@@ -124,3 +133,131 @@ def test_config_defaults_off_and_names_bad_keys():
     assert any(p.startswith("config agent.tracepoints.pagecache_devices: expected") for p in problems)
     assert any(p.startswith("config agent.tracepoints.tracefs: expected an absolute path")
                for p in problems)
+
+
+# -- the real kernel -------------------------------------------------------------------
+def _run(*argv: str) -> str:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout
+
+
+@pytest.fixture(scope="module")
+def tracefs():
+    assert os.geteuid() == 0, "the tracepoint tests count on the real kernel and need root"
+    if not os.path.isdir("/sys/kernel/tracing/events"):
+        _run("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing")
+    return "/sys/kernel/tracing"
+
+
+@contextmanager
+def loop_fs(fstype: str, size: int = 1 << 30):
+    """A fresh ``fstype`` filesystem on a loop device under /tmp; yields (mount point,
+    "major:minor"). Only this test writes to it, so a device filter isolates its folios
+    from the rest of the machine's page cache."""
+    d = Path(tempfile.mkdtemp(prefix=f"foliowatch-{fstype}-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    image, mnt = d / "fs.img", d / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(size)
+    _run(f"mkfs.{fstype}", "-q", *(["-F"] if fstype.startswith("ext") else []), str(image))
+    _run("mount", "-t", fstype, "-o", "loop", str(image), str(mnt))
+    try:
+        yield str(mnt), _run("findmnt", "-n", "-o", "MAJ:MIN", str(mnt)).strip()
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=120)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class PerfStat:
+    """``perf stat -a`` with given (event, filter) pairs, started disabled and switched
+    on and off through its control FIFO (so its window is exactly the test's)."""
+
+    def __init__(self, pairs, workdir: Path):
+        self.pairs = list(pairs)
+        self.ctl, self.ack, self.out = workdir / "ctl", workdir / "ack", workdir / "perf.csv"
+        os.mkfifo(self.ctl)
+        os.mkfifo(self.ack)
+        argv = ["perf", "stat", "-a", "-x", ",", "-D", "-1", "--control",
+                f"fifo:{self.ctl},{self.ack}", "-o", str(self.out)]
+        for event, filter_ in self.pairs:
+            argv += ["-e", event.replace("/", ":")] + (["--filter", filter_] if filter_ else [])
+        self.proc = subprocess.Popen(argv,   # -a without a command: runs until SIGINT
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.ctl_fd = os.open(self.ctl, os.O_RDWR)
+        self.ack_fd = os.open(self.ack, os.O_RDWR)
+
+    def _command(self, cmd: str) -> None:
+        os.write(self.ctl_fd, cmd.encode() + b"\n")
+        reply = os.read(self.ack_fd, 16)
+        assert reply.startswith(b"ack"), f"perf stat did not acknowledge {cmd}: {reply!r}"
+
+    def enable(self) -> None:
+        self._command("enable")
+
+    def disable(self) -> None:
+        self._command("disable")
+
+    def counts(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _out, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        os.close(self.ctl_fd)
+        os.close(self.ack_fd)
+        rows = [l.split(",") for l in self.out.read_text().splitlines()
+                if l and not l.startswith("#")]
+        assert len(rows) == len(self.pairs), f"perf stat: {self.out.read_text()} {err!r}"
+        assert all(r[0].isdigit() for r in rows), f"perf stat could not count: {rows}"
+        return [int(r[0]) for r in rows]
+
+
+def write_file(path: str, chunk: int, count: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        buf = b"\x5a" * chunk
+        for _ in range(count):
+            os.write(fd, buf)
+    finally:
+        os.close(fd)
+
+
+@agent39
+@pytest.mark.parametrize("fstype", ["xfs", "ext4"])
+def test_buffered_writes_land_in_the_expected_buckets_and_agree_with_perf_stat(
+        tracefs, fstype, tmp_path):
+    with loop_fs(fstype) as (mnt, devno):
+        counters = tp.TracepointCounters(DEFAULT, devices=[tp.kernel_dev(devno)])
+        counters.open()
+        try:
+            assert counters.on, counters.off_reason
+            assert counters.problems == []
+            perf = PerfStat([(s.event, s.filter) for s in counters.specs
+                             if s.event == tp.EV_FILEMAP], tmp_path)
+            perf.enable()
+            before = counters.raw_counts()
+            write_file(f"{mnt}/large", MIB, 256)        # 1 MiB writes ask for order 8
+            write_file(f"{mnt}/medium", 64 << 10, 64)   # 64 KiB: order 4
+            write_file(f"{mnt}/small", 4096, 1024)      # 4 KiB: order 0
+            after = counters.raw_counts()
+            perf.disable()
+            by_perf = perf.counts()
+        finally:
+            counters.close()
+    delta = {k: after[k] - before[k] for k in after}
+    ours = [delta[s.key] for s in counters.specs if s.event == tp.EV_FILEMAP]
+    assert ours == by_perf
+    wire = tp.wire_counters(delta, DEFAULT, 4096)
+    print(f"{fstype}: {wire}")
+    large_bytes = wire["tp_pagecache_bytes_order_4_7"] + wire["tp_pagecache_bytes_order_8_up"]
+    # every byte of the 1 MiB and 64 KiB writes sits in folios of order >= 4, most in 8+
+    assert large_bytes == 256 * MIB + 4 * MIB
+    assert wire["tp_pagecache_folios_order_8_up"] >= 200
+    assert wire["tp_pagecache_folios_order_4_7"] >= 64
+    assert wire["tp_pagecache_folios_order_1_3"] == 0
+    # the 4 KiB writes: one order-0 folio each (the filesystem may add a few of its own)
+    assert 1024 <= wire["tp_pagecache_folios_order_0"] <= 1024 + 64
