@@ -20,7 +20,7 @@ import pytest
 import signal
 from contextlib import contextmanager
 
-from foliowatch.agent.collectors import tracepoints as tp
+from foliowatch.agent.collectors import buddyinfo, tracepoints as tp
 from foliowatch.agent.config import AgentConfig, TracepointsConfig, load
 from foliowatch.agent.deltas import Baseline
 from foliowatch.agent.sampler import Sampler
@@ -261,3 +261,141 @@ def test_buffered_writes_land_in_the_expected_buckets_and_agree_with_perf_stat(
     assert wire["tp_pagecache_folios_order_1_3"] == 0
     # the 4 KiB writes: one order-0 folio each (the filesystem may add a few of its own)
     assert 1024 <= wire["tp_pagecache_folios_order_0"] <= 1024 + 64
+
+
+UNPRIVILEGED_AGENT = r"""
+import json, logging, sys, time
+from foliowatch.agent.config import AgentConfig, TracepointsConfig
+from foliowatch.agent.deltas import Baseline
+from foliowatch.agent.sampler import Sampler
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+cfg = AgentConfig(host_id="unprivileged", mounts=["/"],
+                  tracepoints=TracepointsConfig(enabled=True, tracefs=sys.argv[1]))
+sampler = Sampler(cfg)
+baseline = Baseline()
+records = []
+for seq in range(3):
+    r = sampler.record(sampler.read(), baseline, seq)
+    if r is not None:
+        records.append(r)
+    time.sleep(0.2)
+print(json.dumps({"off": sampler.tracepoints.off_reason, "on": sampler.tracepoints.on,
+                  "counters": records[-1]["counters"], "gauges": records[-1]["gauges"]}))
+"""
+
+
+def _run_as_nobody(tracefs_arg: str):
+    assert os.geteuid() == 0, "dropping to nobody needs root"
+    p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        "--inh-caps=-all", sys.executable, "-c", UNPRIVILEGED_AGENT,
+                        tracefs_arg], capture_output=True, text=True, timeout=120,
+                       cwd="/")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout), p.stderr
+
+
+def test_unprivileged_agent_says_once_why_tracepoints_are_off_and_keeps_collecting(tracefs):
+    paranoid = Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip()
+    # 1. tracefs itself is root-only here: the event ids cannot be read
+    out, err = _run_as_nobody("")
+    assert out["on"] is False
+    assert "permission denied" in out["off"] and "tracefs" in out["off"]
+    # 2. the ids readable (a copy of this kernel's tracefs files): perf_event_open refuses
+    copy = Path(tempfile.mkdtemp(prefix="foliowatch-tracefs-", dir="/tmp"))
+    try:
+        for event in tp.EVENTS:
+            src = Path(tracefs) / "events" / event
+            if src.is_dir():
+                (copy / "events" / event).mkdir(parents=True)
+                for name in ("id", "format"):
+                    shutil.copy(src / name, copy / "events" / event / name)
+        for d, _dirs, files in os.walk(copy):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        out2, err2 = _run_as_nobody(str(copy))
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    print("unprivileged, tracefs unreadable:", out["off"])
+    print(f"unprivileged, perf_event_paranoid = {paranoid}:", out2["off"])
+    assert out2["on"] is False
+    assert "perf_event_open(" in out2["off"]
+    assert "Permission denied" in out2["off"] or "Operation not permitted" in out2["off"]
+    assert "CAP_PERFMON" in out2["off"] and f"perf_event_paranoid = {paranoid}" in out2["off"]
+    for o, e in ((out, err), (out2, err2)):
+        # said once, though the agent sampled three times
+        assert e.count("tracepoint counters are off") == 1, e
+        assert not any(k.startswith("tp_") for k in o["counters"])
+        # the other collectors kept working
+        assert "compact_stall" in o["counters"] and "psi_memory_some_us" in o["counters"]
+        assert "frag_unusable_1m" in o["gauges"]
+
+
+def _meminfo(key: str) -> int:
+    m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    return int(m.group(1)) * 1024
+
+
+def _write_measured(counters, path: str, size: int):
+    before = counters.raw_counts()
+    write_file(path, MIB, size // MIB)
+    after = counters.raw_counts()
+    os.unlink(path)
+    return tp.wire_counters({k: after[k] - before[k] for k in after}, DEFAULT, 4096)
+
+
+def _large_share(w) -> float:
+    total = sum(v for k, v in w.items() if k.startswith("tp_pagecache_bytes_"))
+    return (w["tp_pagecache_bytes_order_4_7"] + w["tp_pagecache_bytes_order_8_up"]) / total
+
+
+@agent39
+def test_fragmented_memory_then_large_writes_reports_folio_orders_and_direct_compaction(
+        tracefs):
+    """Fragment free memory with order-0 page cache (a sparse file read 4 KiB at a time
+    with readahead off fills memory as many small files would, without a million
+    inodes; every other page is then dropped), then write 1 GiB in 1 MiB writes. What
+    the kernel does then (smaller folios, or direct compaction to get the large ones)
+    depends on the host, so it is printed, not assumed; the counts themselves are
+    checked."""
+    size = 1 << 30
+    with loop_fs("xfs", size=64 << 30) as (mnt, devno):
+        counters = tp.TracepointCounters(DEFAULT, devices=[tp.kernel_dev(devno)])
+        counters.open()
+        try:
+            assert counters.on, counters.off_reason
+            fresh = _write_measured(counters, f"{mnt}/fresh", size)
+            frag_before = buddyinfo.gauges(buddyinfo.read(), 4096)["frag_unusable_order_8"]
+            fill = int(_meminfo("MemFree") * 1.2)   # past free: the writes must use the holes
+            fd = os.open(f"{mnt}/fill", os.O_RDWR | os.O_CREAT)
+            try:
+                os.ftruncate(fd, fill)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                for off in range(0, fill, 4096):
+                    os.pread(fd, 4096, off)
+                for off in range(0, fill, 8192):
+                    os.posix_fadvise(fd, off, 4096, os.POSIX_FADV_DONTNEED)
+                frag_after = buddyinfo.gauges(buddyinfo.read(), 4096)["frag_unusable_order_8"]
+                fragmented = _write_measured(counters, f"{mnt}/fragmented", size)
+            finally:
+                os.close(fd)
+        finally:
+            counters.close()
+    for name, w in (("fresh memory", fresh), ("fragmented memory", fragmented)):
+        # every byte written was counted in some bucket
+        assert sum(v for k, v in w.items() if k.startswith("tp_pagecache_bytes_")) == size
+        attempts = {k[len("tp_compact_try_"):]: v for k, v in w.items()
+                    if k.startswith("tp_compact_try_order_")}
+        print(f"{name}: large-folio share {_large_share(w):.4f}, folios by bucket "
+              f"{[w['tp_pagecache_folios_' + b.name] for b in DEFAULT]}, direct compaction "
+              f"attempts per GiB {attempts} (costly with __GFP_DIRECT_RECLAIM: "
+              f"{w['tp_compact_try_costly_direct']}), compaction ended "
+              f"{w['tp_compact_end']} (success {w['tp_compact_end_success']}), deferred "
+              f"{w['tp_compact_deferred']}, direct reclaim {w['tp_direct_reclaim']}")
+    print(f"unusable free space index at order 8: {frag_before:.3f} -> {frag_after:.3f} "
+          f"(fill {fill >> 20} MiB, every other page dropped)")
+    moved_down = _large_share(fragmented) < _large_share(fresh)
+    print(f"folio order buckets moved down: {'yes' if moved_down else 'no'}; direct "
+          f"compaction from the writes: "
+          f"{'yes' if fragmented['tp_compact_try_costly_direct'] else 'no'}")
+    assert frag_after > frag_before, "the fragmentation step did not fragment free memory"
