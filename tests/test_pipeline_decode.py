@@ -13,7 +13,9 @@ import polars as pl
 import pytest
 
 from foliowatch import schema as wire
-from foliowatch.pipeline.decode import decode_batch, python_verdict, record_key_metrics
+from foliowatch.pipeline.aggregate import record_key_metrics
+from foliowatch.pipeline.decode import decode_batch, python_verdict
+from foliowatch.pipeline.wire_checks import DEFAULT as checks
 
 
 def _enc(obj) -> bytes:
@@ -239,8 +241,8 @@ def test_vectorised_checks_alone_never_accept_what_schema_rejects():
     values += [wire.encode(b) for b in bases]
     df = dec._parse(values)
     assert df is not None   # every value parses: the whole frame takes the vectorised path
-    ok = df.select(dec._checks(pl.col("d"), pl.col("raw"))).to_series()
-    text_ok = dec._text_checks(df)
+    ok = df.select(checks.checks(pl.col("d"), pl.col("raw"))).to_series()
+    text_ok = checks.text_checks(df)
     vector_ok = (ok & text_ok).to_list()
     for v, accepted in zip(values, vector_ok):
         if accepted:
@@ -262,7 +264,7 @@ def _fast_path_accepts(values):
     decode_batch then accepts without any other check)."""
     from foliowatch.pipeline import decode as dec
     text, _bad = dec._as_text(values)
-    canon = dec.canonical(text).to_list()
+    canon = checks.canonical(text).to_list()
     out = [False] * len(values)
     rows = [i for i, c in enumerate(canon) if c]
     # the pattern lets a repeated counter or gauge name through (so does schema.decode,
@@ -271,7 +273,7 @@ def _fast_path_accepts(values):
     frames, unparsed = [], []
     dec._parse_bisect([values[i] for i in rows], 0, frames, unparsed)
     for df in frames:
-        ok = df.select(dec._canonical_checks(pl.col("d"))).to_series().to_list()
+        ok = df.select(checks.canonical_checks(pl.col("d"))).to_series().to_list()
         for j, good in zip(df["row"].to_list(), ok):
             out[rows[j]] = good
     return out
@@ -304,7 +306,7 @@ def test_the_fleets_layouts_take_the_one_pattern_path():
             del r["settings"]
         agent.append(wire.encode(r))
     values = sim + agent
-    assert all(dec.canonical(dec._as_text(values)[0]))
+    assert all(checks.canonical(dec._as_text(values)[0]))
     out = decode_batch(values)
     assert out.rejected == [] and out.python_accepted == 0
     assert out.good.height == len(values)
