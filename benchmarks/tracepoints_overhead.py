@@ -52,11 +52,33 @@ def write_round(path: str, chunk: int, size: int):
     return size / wall, size / cpu
 
 
+def per_counter_cost(path: str, rounds: int, writes: int = 16384):
+    """Writer CPU per page-cache event with 0, 1, 4 and 10 filtered counters per CPU on
+    ``filemap:mm_filemap_add_to_page_cache`` (4 KiB writes, one event each): the fixed
+    cost of an armed tracepoint and the cost of each further counter."""
+    fmt = tp.read_event_format(tp.find_tracefs() or tp.TRACEFS_PATHS[0], tp.EV_FILEMAP)
+    cpus = tp.online_cpus()
+    cpu_s = {0: [], 1: [], 4: [], 10: []}
+    for _ in range(rounds):
+        for n in cpu_s:
+            fds = [tp.perf_open_tracepoint(fmt.id, c, f"order == {k}")
+                   for k in range(n) for c in cpus]
+            try:
+                cpu_s[n].append(4096 * writes / write_round(path, 4096, 4096 * writes)[1])
+            finally:
+                for fd in fds:
+                    os.close(fd)
+    base = statistics.median(cpu_s[0])
+    return {n: (statistics.median(v) - base) / writes * 1e9 for n, v in cpu_s.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=8, help="pairs of rounds per chunk size")
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--chunks", default="1048576,4096")
+    ap.add_argument("--cost-rounds", type=int, default=12,
+                    help="rounds of the per-counter cost measurement (0: skip)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("tracepoints_overhead: needs root (loop mount, perf counters)", file=sys.stderr)
@@ -73,8 +95,12 @@ def main(argv=None) -> int:
     _run("mount", "-t", "xfs", "-o", "loop", str(image), str(mnt))
     load0 = os.getloadavg()
     rows = []
+    cost = {}
     try:
         path = str(mnt / "bench")
+        if args.cost_rounds:
+            write_round(path, 4096, 64 << 20)
+            cost = per_counter_cost(path, args.cost_rounds)
         for chunk in (int(c) for c in args.chunks.split(",")):
             write_round(path, chunk, size)  # warm-up: inode, allocator, CPU caches
             wall_ratios, cpu_ratios, null_ratios, null_cpu, ns_per_event = [], [], [], [], []
@@ -122,6 +148,14 @@ def main(argv=None) -> int:
     for chunk, med, lo, hi, cpu, events, null, ncpu, ns in rows:
         print(f"| {chunk} B | {med:.4f} | {lo:.4f} .. {hi:.4f} | {null:.4f} | {cpu:.4f} | "
               f"{ncpu:.4f} | {ns:.0f} | {events} |")
+    if cost:
+        print()
+        print("writer CPU per page-cache event (4 KiB writes), by filtered counters per CPU "
+              "on filemap:mm_filemap_add_to_page_cache (median of rounds; the collector "
+              "uses 10 on a 4 KiB-page host):")
+        print("| counters per CPU | " + " | ".join(str(n) for n in cost) + " |")
+        print("|---" * (len(cost) + 1) + "|")
+        print("| extra CPU ns per event | " + " | ".join(f"{v:.0f}" for v in cost.values()) + " |")
     return 0
 
 
