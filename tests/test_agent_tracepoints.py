@@ -399,3 +399,38 @@ def test_fragmented_memory_then_large_writes_reports_folio_orders_and_direct_com
           f"compaction from the writes: "
           f"{'yes' if fragmented['tp_compact_try_costly_direct'] else 'no'}")
     assert frag_after > frag_before, "the fragmentation step did not fragment free memory"
+
+
+@agent39
+def test_agent_ships_and_serves_tracepoint_counts_when_enabled(tracefs, tmp_path):
+    from prometheus_client import generate_latest
+    from foliowatch.agent.exporter import make_registry
+    from foliowatch.agent.runner import Agent
+    from foliowatch import schema
+    with loop_fs("xfs") as (mnt, devno):
+        cfg = AgentConfig(state_dir=str(tmp_path / "state"), mounts=[mnt], kafka_enabled=False,
+                          interval_s=1.0, tracepoints=TracepointsConfig(
+                              enabled=True, pagecache_devices="watched"))
+        agent = Agent(cfg)
+        try:
+            agent.tick(deliver=False)
+            write_file(f"{mnt}/big", MIB, 64)
+            record = agent.tick(deliver=False)
+            text = generate_latest(make_registry(agent)).decode()
+        finally:
+            agent.close()
+            assert agent.sampler.tracepoints._fds == {}   # closed with the agent
+    schema.validate(record)
+    c = record["counters"]
+    assert sum(c[f"tp_pagecache_bytes_{b.name}"] for b in DEFAULT) == 64 * MIB
+    assert c["tp_pagecache_bytes_order_4_7"] + c["tp_pagecache_bytes_order_8_up"] == 64 * MIB
+    assert "foliowatch_agent_tracepoints_enabled 1.0" in text
+    folios = re.findall(r'^foliowatch_agent_tracepoint_pagecache_folios_total'
+                        r'\{order_bucket="([^"]+)"\} ', text, re.M)
+    assert folios == ["0", "1-3", "4-7", "8+"]
+    assert re.search(r'^foliowatch_agent_tracepoint_compaction_attempts_costly_direct_reclaim'
+                     r'_total \d', text, re.M)
+    assert "foliowatch_agent_vmstat_tp_" not in text
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr

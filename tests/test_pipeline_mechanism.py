@@ -70,3 +70,20 @@ def test_tracepoint_counters_are_optional_and_give_mechanism_figures_per_host_an
     assert pooled["large_folio_share_hosts"] == 2
     assert pooled["large_folio_share"] == (100 << 20) / (104 << 20)
     assert pooled["compact_try_costly_direct_per_gib"] == 12 / (2 * written) * GIB
+
+
+def test_pipeline_metrics_serve_pooled_mechanism_figures_per_cohort():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from foliowatch.pipeline.exporter import PipelineMetrics
+    records = [_record("tp-a", i, True, large=64 << 20, small=1 << 20, attempts=2)
+               for i in range(6)] + [_record("plain", i, False, 0, 0, 0) for i in range(6)]
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    for cw in _windows(records):
+        metrics.observe_window(cw)
+    text = generate_latest(registry).decode()
+    line = [l for l in text.splitlines()
+            if l.startswith("foliowatch_pipeline_cohort_large_folio_share{")]
+    assert len(line) == 1 and 'window_s="60"' in line[0]
+    assert abs(float(line[0].rsplit(" ", 1)[1]) - (80 << 20) / (81 << 20)) < 1e-12
+    assert "foliowatch_pipeline_cohort_compact_try_costly_direct_per_gib{" in text
