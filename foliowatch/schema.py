@@ -38,6 +38,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+from foliowatch.errors import InputError
+
 SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 64 * 1024
 INT64_MAX = 2**63 - 1
@@ -282,7 +284,7 @@ def summed_columns() -> Tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- the strict validator
-class SchemaError(ValueError):
+class SchemaError(InputError, ValueError):
     """A record does not follow wire schema v1. ``field`` names the offending field."""
 
     def __init__(self, field: str, problem: str):
