@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import signal
-from contextlib import contextmanager
 
 from foliowatch.agent.collectors import buddyinfo, tracepoints as tp
 from foliowatch.agent.config import AgentConfig, TracepointsConfig, load
-from foliowatch.agent.deltas import Baseline
-from foliowatch.agent.sampler import Sampler
 
 agent39 = pytest.mark.agent39
 
