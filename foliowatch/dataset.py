@@ -15,7 +15,10 @@ are line/row numbers.
 **Host windows** (``level=host``): one row per (window, host, boot, filesystem).
 Columns: ``WINDOW_COLUMNS`` + ``COHORT_KEYS`` + ``HOST_COLUMNS`` + for each key metric
 ``m`` in ``schema.KEY_METRICS``: ``m`` (the host's value over the window: a rate is the
-sum of deltas over the sum of intervals, a gauge the mean) + ``HOST_SUMS``.
+sum of deltas over the sum of intervals, a gauge the mean) + ``HOST_SUMS`` +
+``MECHANISM_COLUMNS`` (``schema.MECHANISM_TABLE`` over the window's sums: large-folio
+share, direct compaction attempts per GiB written; null on hosts without the agent's
+tracepoint collector).
 
 **Cohort windows** (``level=cohort``): one row per (window, cohort).
 Columns: ``WINDOW_COLUMNS`` + ``COHORT_KEYS`` + ``hosts`` + ``samples`` + for each key
@@ -33,5 +36,6 @@ HOST_COLUMNS = ("host_id", "boot_id", "instance_type", "cpus", "mem_bytes",
 # Raw sums kept on host rows so windows can be merged and re-derived exactly: the
 # intervals, the key metric rates' inputs and the carried counters (schema.summed_columns).
 HOST_SUMS = ("interval_s_sum",) + tuple(f"{c}_sum" for c in _wire.summed_columns())
+MECHANISM_COLUMNS = _wire.MECHANISM_METRICS
 DEFAULT_WINDOWS_S = (60, 3600)
 

@@ -16,7 +16,12 @@ A record is a JSON object (UTF-8, no BOM), at most ``MAX_RECORD_BYTES`` long. It
 (``/proc/vmstat``: ``compact_stall``, ``allocstall_normal``, ...; PSI:
 ``psi_memory_some_us``, ...): a counter the kernel lacks is absent, never 0. Any counter
 name in the ``NAME`` alphabet is valid, so a new counter needs no change here unless the
-pipeline is to keep it (``CARRIED_COUNTERS``).
+pipeline is to keep it (``CARRIED_COUNTERS``). The agent's optional tracepoint counters
+(``tp_*``: page-cache bytes and direct compaction attempts by allocation-order bucket,
+``TRACEPOINT_COUNTERS``) were added this way, backwards-compatibly: records without them
+stay valid, and consumers that do not know them ignore them. ``MECHANISM_TABLE`` derives
+the mechanism figures from them (large-folio share, direct compaction attempts per GiB
+written).
 
 Identity is ``(host_id, boot_id, seq)``: a consumer that sees it twice drops the copy.
 
@@ -229,7 +234,48 @@ WORSE_DIRECTION = {m.name: m.worse for m in KEY_METRIC_TABLE}
 # Counters the pipeline keeps beside the key metrics' inputs: each becomes a column of
 # the pipeline's flat frame and a per-host-window sum ``<name>_sum`` in the dataset. On
 # the wire they are optional like every counter. Keeping a new counter is one entry here.
-CARRIED_COUNTERS: Tuple[str, ...] = ("nr_dirtied",)
+# Tracepoint counters (foliowatch.agent.collectors.tracepoints, off by default; optional
+# like every counter, absent from hosts that do not run the collector), under the names
+# of the agent's default allocation-order buckets (0, 1-3, 4-7, 8+). Other buckets travel
+# on the wire too but only these are kept by the pipeline.
+ORDER_BUCKETS = ("order_0", "order_1_3", "order_4_7", "order_8_up")
+LARGE_FOLIO_BUCKETS = ("order_4_7", "order_8_up")   # folios of order >= 4
+TRACEPOINT_COUNTERS: Tuple[str, ...] = (
+    tuple(f"tp_pagecache_bytes_{b}" for b in ORDER_BUCKETS)       # bytes added to the page cache
+    + tuple(f"tp_compact_try_{b}" for b in ORDER_BUCKETS)         # direct compaction attempts
+    + ("tp_compact_try_costly_direct",))   # order > 3 with __GFP_DIRECT_RECLAIM
+CARRIED_COUNTERS: Tuple[str, ...] = ("nr_dirtied",) + TRACEPOINT_COUNTERS
+
+
+class MechanismRatio(NamedTuple):
+    """A figure of the regression's mechanism: ``sum(numerator) / sum(denominator) x
+    scale`` over a record or a window (sums of deltas, so a window's value weighs its
+    intervals by volume). ``None`` when the denominator is 0 or any input is absent.
+    Inputs are counters, or, for ``write_bytes``, the filesystem's mounts."""
+    name: str
+    numerator: Tuple[str, ...]
+    denominator: Tuple[str, ...]
+    scale: float = 1.0
+    doc: str = ""
+
+
+MECHANISM_TABLE: Tuple[MechanismRatio, ...] = (
+    MechanismRatio("large_folio_share",
+                   tuple(f"tp_pagecache_bytes_{b}" for b in LARGE_FOLIO_BUCKETS),
+                   tuple(f"tp_pagecache_bytes_{b}" for b in ORDER_BUCKETS),
+                   doc="bytes added to the page cache in folios of order >= 4 over all "
+                       "bytes added, 0..1"),
+    *(MechanismRatio(f"compact_try_{b}_per_gib", (f"tp_compact_try_{b}",),
+                     ("write_bytes",), float(1 << 30),
+                     doc=f"direct compaction attempts at {b.replace('_', ' ', 1)} "
+                         "per GiB written to the filesystem")
+      for b in ORDER_BUCKETS),
+    MechanismRatio("compact_try_costly_direct_per_gib", ("tp_compact_try_costly_direct",),
+                   ("write_bytes",), float(1 << 30),
+                   doc="direct compaction attempts of order > 3 with __GFP_DIRECT_RECLAIM "
+                       "per GiB written: the seed regression's mechanism"),
+)
+MECHANISM_METRICS = tuple(r.name for r in MECHANISM_TABLE)
 
 
 def summed_columns() -> Tuple[str, ...]:
@@ -471,6 +517,32 @@ def key_metrics(record: Mapping[str, Any], fs: Optional[str] = None) -> Dict[str
             out[m.name] = v if m.cap is None else min(m.cap, v)
         else:
             out[m.name] = float(values[0])
+    return out
+
+
+def mechanism_metrics(record: Mapping[str, Any], fs: Optional[str] = None
+                      ) -> Dict[str, Optional[float]]:
+    """The ``MECHANISM_TABLE`` figures of one record, for filesystem ``fs``."""
+    mounts = [mt["counters"] for mt in record["mounts"] if fs is None or mt["fs"] == fs]
+
+    def total(names: Tuple[str, ...]) -> Optional[int]:
+        values = []
+        for n in names:
+            if n == "write_bytes":
+                found = [c[n] for c in mounts if n in c]
+                if not found:
+                    return None
+                values.extend(found)
+            elif n in record["counters"]:
+                values.append(record["counters"][n])
+            else:
+                return None
+        return sum(values)
+
+    out: Dict[str, Optional[float]] = {}
+    for r in MECHANISM_TABLE:
+        num, den = total(r.numerator), total(r.denominator)
+        out[r.name] = None if num is None or not den else num / den * r.scale
     return out
 
 

@@ -138,6 +138,8 @@ def host_rows(partials: pl.DataFrame) -> pl.DataFrame:
     for c in RATE_INPUTS:
         sums[f"{c}_sum"] = total(c)
     assert tuple(sums) == contract.HOST_SUMS
+    mechanism = {r.name: _mechanism(r, total) for r in wire.MECHANISM_TABLE}
+    assert tuple(mechanism) == contract.MECHANISM_COLUMNS
     cols = [
         pl.from_epoch(pl.col("window_start"), time_unit="s").dt.cast_time_unit("us")
         .dt.replace_time_zone("UTC").alias("window_start"),
@@ -146,9 +148,36 @@ def host_rows(partials: pl.DataFrame) -> pl.DataFrame:
         *[pl.col(k) for k in contract.HOST_COLUMNS],
         *[e.cast(pl.Float64).alias(m) for m, e in metrics.items()],
         *[e.cast(pl.Float64).alias(n) for n, e in sums.items()],
+        *[e.cast(pl.Float64).alias(n) for n, e in mechanism.items()],
     ]
     return (partials.select(cols)
             .sort([*contract.COHORT_KEYS, "host_id", "boot_id"]))
+
+
+def _mechanism(r: wire.MechanismRatio, total) -> pl.Expr:
+    """``schema.MECHANISM_TABLE`` over a host window: the window's sums of the inputs
+    (null when an input is absent from every record or the denominator is 0)."""
+    num = pl.sum_horizontal([total(c) for c in r.numerator])
+    den = pl.sum_horizontal([total(c) for c in r.denominator])
+    present = pl.all_horizontal([total(c).is_not_null()
+                                 for c in r.numerator + r.denominator])
+    return pl.when(present & (den > 0)).then(num / den * r.scale).otherwise(None)
+
+
+def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
+    """Per cohort of host-window rows, each ``MECHANISM_TABLE`` figure pooled over its
+    hosts (sum of numerators over sum of denominators of the hosts that have every
+    input), and the number of such hosts (``<name>_hosts``)."""
+    aggs = []
+    for r in wire.MECHANISM_TABLE:
+        cols = [pl.col(f"{c}_sum") for c in r.numerator + r.denominator]
+        have = pl.all_horizontal([c.is_not_null() for c in cols])
+        num = pl.sum_horizontal([pl.col(f"{c}_sum") for c in r.numerator]).filter(have).sum()
+        den = pl.sum_horizontal([pl.col(f"{c}_sum") for c in r.denominator]).filter(have).sum()
+        aggs += [pl.when(den > 0).then(num / den * r.scale).otherwise(None).alias(r.name),
+                 have.sum().cast(pl.Int64).alias(f"{r.name}_hosts")]
+    keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
+    return hosts.group_by(keys).agg(aggs).sort(keys)
 
 
 def _capped(m: wire.KeyMetric, e: pl.Expr) -> pl.Expr:
