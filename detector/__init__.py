@@ -7,7 +7,7 @@ results; none imports Kafka or HTTP clients:
 - ``attribution``: rollout events inferred from host windows (kernel label changing at a
   reboot), waves, rollbacks; matching change points to them
 - ``cohort``: host-level new-vs-baseline comparison with covariate adjustment
-- ``changepoint``: binary segmentation with a significance test
+- ``changepoint``: level shifts (PELT over a swappable cost, then a significance check)
 - ``evidence``: Benjamini-Hochberg, joint evidence, ranking
 - ``records``: the regression record and its suspected/confirmed/resolved state machine
 - ``analysis``: one evaluation of a dataset as of a time
