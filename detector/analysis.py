@@ -14,6 +14,7 @@ import polars as pl
 
 from . import attribution, cohort, evidence
 from .changepoint import LevelShifts
+from .headline import headline, level_effects
 from .frames import GROUP_KEYS, LOG_FLOOR, TESTED_METRICS
 from .records import RegressionRecord, record_id
 
@@ -236,6 +237,7 @@ def _record(j: evidence.Judgement, as_of: datetime, hosts_in_group: int,
     cps = [cp.to_dict() for cp in change_points
            if cp.group == c.group and cp.attribution.kernel_to == c.kernel_to]
     now = as_of.isoformat()
+    levels = level_effects(c.tests)
     return RegressionRecord(
         id=record_id(c.group, c.kernel_from, c.kernel_to), fleet=fleet, role=role, arch=arch,
         page_size=int(page_size), fs=fs, kernel_from=c.kernel_from, kernel_to=c.kernel_to,
@@ -249,4 +251,5 @@ def _record(j: evidence.Judgement, as_of: datetime, hosts_in_group: int,
                   "ci_low": s.ci_low, "ci_high": s.ci_high, "effect_kind": s.effect_kind,
                   "p_value": s.p_value, "q_value": s.q_value, "adjusted": s.adjusted}
                  for s in j.significant],
-        change_points=cps, reasons=j.reasons)
+        change_points=cps, reasons=j.reasons, levels=levels,
+        headline=headline(levels, c.n_new, c.n_base, fallback=vars(t)))

@@ -13,11 +13,13 @@ import base64
 import html
 import io
 import json
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from foliowatch.errors import InputError
+from foliowatch.flags import add_output
 
 METRIC_TITLES = {
     "write_mib_s": ("buffered write throughput", "MiB/s"),
@@ -32,8 +34,8 @@ COMPACTION_METRICS = {"compact_stall_per_s", "allocstall_per_s", "pgscan_direct_
                       "psi_memory_some_share"}
 
 
-class ReportError(RuntimeError):
-    pass
+class ReportError(InputError):
+    """The state file or the dataset cannot make a report."""
 
 
 @dataclass
@@ -52,6 +54,12 @@ class Finding:
         r = self.record
         raw = f"{r['fleet']}-{r['role']}-{r['arch']}-{r['page_size']}-{r['fs']}-{r['kernel_to']}"
         return "".join(c if c.isalnum() or c in "-." else "_" for c in raw)
+
+    @property
+    def headline(self) -> str:
+        """The effect in the operator's terms (records of older state files have none)."""
+        from foliowatch.detector.headline import record_headline
+        return self.record.get("headline") or record_headline(self.record)
 
     def metric_rows(self) -> List[dict]:
         rows = list(self.record.get("metrics") or [])
@@ -139,6 +147,8 @@ def text_summary(findings: List[Finding], dataset_note: str = "") -> str:
                                               -float(f.record.get("impact") or 0))):
         r = fd.record
         lines.append(f"{r['status'].upper():9s} {fd.cohort}: {r['kernel_from']} -> {r['kernel_to']}")
+        lines.append(f"    {fd.headline}")
+        lines.append("    evidence:")
         for m in fd.metric_rows():
             q = m.get("q_value")
             lines.append(f"    {m.get('metric')} ({m.get('statistic') or 'median'}): "
@@ -276,17 +286,16 @@ def render_html(findings: List[Finding], figures: Dict[str, bytes], generated: s
         parts.append("<div class='card'><b>Summary.</b><ul>")
         for fd in findings:
             r = fd.record
-            head = fd.metric_rows()[0]
             parts.append(f"<li><span class='badge b-{esc(r['status'])}'>{esc(r['status'])}</span> "
                          f"<b>{esc(fd.cohort)}</b>: {esc(r['kernel_from'])} &rarr; "
-                         f"<b>{esc(r['kernel_to'])}</b>, {esc(str(head.get('metric')))} "
-                         f"{esc(format_effect(head))}, {r.get('hosts_new')} hosts on the new kernel</li>")
+                         f"<b>{esc(r['kernel_to'])}</b>: {esc(fd.headline)}</li>")
         parts.append(f"</ul>{len(open_)} open.</div>")
     for fd in findings:
         r = fd.record
         parts.append(f"<div class='card {esc(r['status'])}'><h2>{esc(fd.cohort)}: "
                      f"{esc(r['kernel_from'])} &rarr; {esc(r['kernel_to'])} "
                      f"<span class='badge b-{esc(r['status'])}'>{esc(r['status'])}</span></h2>")
+        parts.append(f"<p class='headline'><b>{esc(fd.headline)}</b></p>")
         parts.append(f"<div class='muted'>first detected {esc(str(r.get('first_detected_at')))}"
                      f"; new kernel first seen {esc(str(r.get('new_kernel_first_seen')))}; "
                      f"hosts compared: {r.get('hosts_new')} new vs {r.get('hosts_base')} baseline"
@@ -337,18 +346,15 @@ def build(dataset: Path, state: Path, out_dir: Path, window_s: int = 60,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset root written by `foliowatch pipeline`")
     parser.add_argument("--state", required=True, help="the detector's state file (regression records)")
-    parser.add_argument("--out", default="foliowatch-report", help="output folder (default ./foliowatch-report)")
+    add_output(parser, default="foliowatch-report", old=("--out",),
+               help="output folder (default ./foliowatch-report)")
     parser.add_argument("--window-s", type=int, default=60, help="host window length to plot (default 60)")
     parser.add_argument("--open-only", action="store_true", help="leave resolved regressions out")
 
 
 def run(args) -> int:
-    try:
-        page = build(Path(args.dataset), Path(args.state), Path(args.out), args.window_s,
-                     include_resolved=not args.open_only)
-    except ReportError as e:
-        print(f"foliowatch report: {e}", file=sys.stderr)
-        return 2
-    print((Path(args.out) / "summary.txt").read_text(), end="")
+    page = build(Path(args.dataset), Path(args.state), Path(args.output), args.window_s,
+                 include_resolved=not args.open_only)
+    print((Path(args.output) / "summary.txt").read_text(), end="")
     print(f"report: {page}")
     return 0
