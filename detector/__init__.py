@@ -12,7 +12,7 @@ results; none imports Kafka or HTTP clients:
   ``reference_state`` (what the baseline history says), ``covariates`` (ridge on host
   covariates), ``host_statistics`` (level, tail, bad_share, within_host per host),
   ``rank_test`` (Mann-Whitney, Hodges-Lehmann), ``coverage`` (fragmentation reached)
-- ``changepoint``: binary segmentation with a significance test
+- ``changepoint``: level shifts (PELT over a swappable cost, then a significance check)
 - ``evidence``: Benjamini-Hochberg, joint evidence, ranking
 - ``records``: the regression record and its suspected/confirmed/resolved state machine
 - ``analysis``: one evaluation of a dataset as of a time

@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 
 from . import attribution, cohort, evidence
+from .changepoint import LevelShifts
 from .headline import headline, level_effects
-from .changepoint import Mosum
 from .frames import GROUP_KEYS, LOG_FLOOR, TESTED_METRICS
 from .records import RegressionRecord, record_id
 from .reference_state import ReferenceState
@@ -30,7 +30,7 @@ class DetectorConfig:
     adjust: bool = True
     changepoints: bool = True
     cp_max_pvalue: float = 0.001
-    cp_bandwidth: int = 15              # windows on each side (rollout waves: ~20 min)
+    cp_min_size: int = 5                # shortest segment, windows
     cp_min_shift: float = 0.03          # log scale: ~3% level shift
     # a rolled-back kernel must have left the group for this long before "resolved"
     rollback_quiet: timedelta = timedelta(minutes=5)
@@ -218,10 +218,10 @@ def _group_change_points(part: pl.DataFrame, key: Tuple, rollouts, config: Detec
         s = (part.group_by("window_start")
              .agg((pl.col(metric).clip(lower_bound=0) + LOG_FLOOR[metric]).log().median().alias("y"))
              .sort("window_start").drop_nulls())
-        if s.height < 4 * config.cp_bandwidth:
+        if s.height < 2 * config.cp_min_size:
             continue
         times = s["window_start"].to_list()
-        seg = Mosum(config.cp_bandwidth, config.cp_max_pvalue, min_shift=config.cp_min_shift)
+        seg = LevelShifts(config.cp_max_pvalue, config.cp_min_size, min_shift=config.cp_min_shift)
         for cp in seg.fit_predict(s["y"].to_numpy()):
             at = times[cp.index]
             out.append(GroupChangePoint(key, metric, at, cp.p_value, cp.shift,

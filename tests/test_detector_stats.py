@@ -10,8 +10,6 @@ import pytest
 
 from foliowatch.detector import covariates, evidence, memory_state, rank_test
 from foliowatch.detector.analysis import DetectorConfig, analyze
-from foliowatch.detector.changepoint import (BinarySegmentation, IncrementalMosum, Mosum,
-                                             detect_many, max_bridge_pvalue, scan_many)
 from test_detector_helpers import T0, fleet_frame
 
 
@@ -99,67 +97,3 @@ def test_a_tail_only_regression_is_found_by_the_tail_statistics():
                                             df["compact_stall_per_s"].to_numpy())))
     recs = _flagged(df, 179)
     assert recs and {m["statistic"] for m in recs[0].metrics} & {"tail", "bad_share"}
-
-
-def test_changepoint_is_found_where_the_level_shifts():
-    rng = np.random.default_rng(2)
-    x = np.r_[rng.normal(0, 1, 400), rng.normal(1.0, 1, 300)]
-    cps = BinarySegmentation(max_pvalue=0.001, min_segment=10).fit_predict(x)
-    assert len(cps) == 1 and abs(cps[0].index - 400) <= 15 and cps[0].shift > 0.7
-
-
-def test_changepoint_test_holds_its_false_positive_rate_on_noise():
-    rng = np.random.default_rng(4)
-    _split, p, _c = scan_many(rng.normal(0, 1, (3000, 400)), 10)
-    assert (p < 0.01).mean() < 0.02
-    # on autocorrelated noise (AR(1), rho 0.6) the correction keeps it near nominal
-    e = rng.normal(0, 1, (2000, 400))
-    ar = np.zeros_like(e)
-    for i in range(1, e.shape[1]):
-        ar[:, i] = 0.6 * ar[:, i - 1] + e[:, i]
-    _split, p, _c = scan_many(ar, 10)
-    assert (p < 0.01).mean() < 0.03
-
-
-def test_bridge_pvalue_is_monotone_and_bounded():
-    c = np.linspace(2.5, 8, 30)
-    p = max_bridge_pvalue(c, np.full(c.size, 0.02))
-    assert np.all(np.diff(p) < 0) and p[0] <= 1 and p[-1] > 0
-
-
-def test_mosum_finds_a_sharp_step_inside_a_daily_cycle_and_nothing_else():
-    rng = np.random.default_rng(8)
-    t = np.arange(2880)
-    x = 0.3 * np.sin(2 * np.pi * t / 1440) + rng.normal(0, 0.02, t.size)
-    x[1500:] -= 0.2
-    cps = Mosum(bandwidth=15, max_pvalue=0.001).fit_predict(x)
-    assert [abs(c.index - 1500) <= 3 for c in cps] == [True]
-    assert cps[0].shift < -0.15
-    # the global CUSUM method splits the daily cycle instead: why the detector uses MOSUM
-    assert len(BinarySegmentation(max_pvalue=0.001).fit_predict(x)) > 1
-
-
-def test_mosum_false_positive_rate_on_autocorrelated_heavy_tailed_noise():
-    rng = np.random.default_rng(12)
-    e = rng.standard_t(4, (300, 1000))
-    x = np.zeros_like(e)
-    for i in range(1, e.shape[1]):
-        x[:, i] = 0.4 * x[:, i - 1] + e[:, i]
-    found = detect_many(x, bandwidth=15, max_pvalue=0.01)
-    assert sum(bool(f) for f in found) / len(found) < 0.03
-
-
-def test_detect_many_and_incremental_mosum_agree_on_a_step():
-    rng = np.random.default_rng(6)
-    X = rng.normal(0, 1, (50, 1200))
-    X[7, 700:] += 3.0
-    found = detect_many(X, bandwidth=15, max_pvalue=0.001)
-    assert [i for i, cps in enumerate(found) if cps] == [7]
-    assert abs(found[7][0].index - 700) <= 5
-    inc = IncrementalMosum(50, bandwidth=15, max_pvalue=0.001, horizon=1200)
-    hits = []
-    for t in range(1200):
-        hits += [(s, cp.index, t) for s, cp in inc.append(X[:, t])]
-    assert {s for s, _i, _t in hits} == {7}
-    s, index, seen_at = hits[0]
-    assert abs(index - 700) <= 10 and seen_at - 700 <= 30
