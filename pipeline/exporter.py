@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from foliowatch import dataset as contract
 from foliowatch import schema as wire
 
-from .aggregate import ClosedWindow, cohort_rows
+from .aggregate import ClosedWindow, cohort_rows, pooled_mechanism
 
 STATS = ("mean", "median", "p90", "p99")
 _REASON_KINDS = frozenset(wire.TOP_FIELDS) | {"record", "late"}
@@ -50,8 +50,17 @@ class _CohortCollector:
         fams = {m: GaugeMetricFamily(f"foliowatch_pipeline_cohort_{m}",
                                      f"Cohort {m} over host values, latest complete window",
                                      labels=labels + ["stat"]) for m in wire.KEY_METRICS}
+        mech = {r.name: GaugeMetricFamily(
+            f"foliowatch_pipeline_cohort_{r.name}",
+            f"Cohort {r.doc}, pooled over its hosts with the tracepoint collector, latest "
+            "complete window", labels=labels) for r in wire.MECHANISM_TABLE}
         for w, (ws, host_frame) in sorted(frames.items()):
             start.add_metric([str(w)], float(ws))
+            for row in pooled_mechanism(host_frame).iter_rows(named=True):
+                lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
+                for name, fam in mech.items():
+                    if row[name] is not None:
+                        fam.add_metric(lv, float(row[name]))
             coh = cohort_rows(host_frame)
             for row in coh.iter_rows(named=True):
                 lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
@@ -64,6 +73,7 @@ class _CohortCollector:
         yield hosts
         yield start
         yield from fams.values()
+        yield from mech.values()
 
 
 class _LagCollector:

@@ -35,12 +35,12 @@ def test_committed_json_equals_what_the_code_generates():
 
 
 def test_generate_check_fails_on_a_hand_edited_file(tmp_path, capsys):
-    assert cli.main(["dashboards", "generate", "--out", str(tmp_path)]) == 0
-    assert cli.main(["dashboards", "generate", "--out", str(tmp_path), "--check"]) == 0
+    assert cli.main(["dashboards", "generate", "--output", str(tmp_path)]) == 0
+    assert cli.main(["dashboards", "generate", "--output", str(tmp_path), "--check"]) == 0
     p = tmp_path / "health.json"
     p.write_text(p.read_text().replace('"cps"', '"short"', 1))
     capsys.readouterr()
-    assert cli.main(["dashboards", "generate", "--out", str(tmp_path), "--check"]) == 1
+    assert cli.main(["dashboards", "generate", "--output", str(tmp_path), "--check"]) == 1
     assert "health.json: differs from the code" in capsys.readouterr().err
 
 
