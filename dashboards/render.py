@@ -59,8 +59,8 @@ def render(prometheus_url: str, out: str, *, start: Optional[float] = None,
     rate = f"{max(4 * step, 4):.0f}s"
     dashboards = generate.dashboards()
 
-    fig = plt.figure(figsize=(16, 15), dpi=90)
-    grid = fig.add_gridspec(4, 2, height_ratios=[0.55, 1, 1, 1.05], hspace=0.45, wspace=0.18,
+    fig = plt.figure(figsize=(16, 11.5), dpi=90)
+    grid = fig.add_gridspec(3, 2, height_ratios=[0.55, 1, 1], hspace=0.4, wspace=0.18,
                             width_ratios=[1, 1.25])
     fig.suptitle("foliowatch / Kernel rollout — rendered from Prometheus with the dashboards' PromQL",
                  fontsize=14, x=0.01, ha="left")
@@ -91,9 +91,9 @@ def render(prometheus_url: str, out: str, *, start: Optional[float] = None,
     show = ["fleet", "arch", "page_size", "fs", "kernel_to", "status", "headline"]
     rows = prom.instant(concrete(q.expr, values, rate), at=end)
     show = [c for c in show if c in cols]
-    cells = [[textwrap.fill(r["metric"].get(c, ""), 58) for c in show] for r in rows][:4]
+    cells = [[textwrap.fill(r["metric"].get(c, ""), 50) for c in show] for r in rows][:4]
     if cells:
-        widths = [0.1, 0.07, 0.07, 0.05, 0.16, 0.09, 0.46][:len(show)]
+        widths = [0.13, 0.07, 0.08, 0.04, 0.2, 0.09, 0.39][:len(show)]
         t = ax.table(cellText=cells, colLabels=show, loc="upper left", cellLoc="left",
                      colLoc="left", colWidths=widths)
         t.auto_set_font_size(False)
