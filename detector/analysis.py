@@ -17,6 +17,7 @@ from .changepoint import LevelShifts
 from .headline import headline, level_effects
 from .frames import GROUP_KEYS, LOG_FLOOR, TESTED_METRICS
 from .records import RegressionRecord, record_id
+from .reference_state import ReferenceState
 
 CHANGEPOINT_METRICS = ("write_mib_s", "compact_stall_per_s")
 
@@ -65,7 +66,7 @@ class AnalysisCache:
     refresh: timedelta = timedelta(minutes=60)
     boots: Optional[pl.DataFrame] = None
     boots_until: Optional[datetime] = None
-    references: Dict[Tuple, Tuple[datetime, Dict[str, cohort.ReferenceState]]] = \
+    references: Dict[Tuple, Tuple[datetime, Dict[str, ReferenceState]]] = \
         field(default_factory=dict)
 
     def rollouts(self, host_windows: pl.DataFrame, as_of: datetime) -> List[attribution.Rollout]:
@@ -82,7 +83,7 @@ class AnalysisCache:
         self.boots_until = as_of
         return attribution.infer_rollouts(changes=attribution.changes_from_boots(self.boots))
 
-    def reference_states(self, key: Tuple, as_of: datetime) -> Optional[Dict[str, cohort.ReferenceState]]:
+    def reference_states(self, key: Tuple, as_of: datetime) -> Optional[Dict[str, ReferenceState]]:
         hit = self.references.get(key)
         if hit is not None and hit[0] <= as_of < hit[0] + self.refresh:
             return hit[1]

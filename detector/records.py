@@ -8,14 +8,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from foliowatch.errors import InputError
+from foliowatch.files import atomic_write
 
-STATUSES = ("suspected", "confirmed", "resolved")
 _RANK = {"suspected": 1, "confirmed": 2}
 
 
@@ -117,15 +116,9 @@ class RegressionState:
     def save(self) -> None:
         if not self.path:
             return
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".state-")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "records": [asdict(r) for r in self.records.values()],
-                       "streak": self.streak}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(
+            {"version": 1, "records": [asdict(r) for r in self.records.values()],
+             "streak": self.streak}, indent=1, sort_keys=True).encode())
 
     def open_records(self) -> List[RegressionRecord]:
         return [r for r in self.records.values() if r.status != "resolved"]

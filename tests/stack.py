@@ -125,7 +125,7 @@ class FleetStack:
 
     def detector_argv(self, interval_s: float = 1.0) -> List[str]:
         return foliowatch_argv("detect", "--dataset", str(self.dataset), "--state", str(self.state),
-                               "--follow", "--interval", str(interval_s),
+                               "--follow", "--poll-interval", str(interval_s),
                                *metrics_flag(self.ports["detector"]))
 
     def start_detector(self, interval_s: float = 1.0) -> None:
@@ -231,7 +231,7 @@ class FleetStack:
 
 def metrics_flag(port: int) -> List[str]:
     """The detector's /metrics listen flag."""
-    return ["--metrics-port", str(port)]
+    return ["--metrics-addr", f"127.0.0.1:{port}"]
 
 
 def prometheus_config(targets: Dict[str, str], rule_files: Optional[List[Path]] = None,

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from foliowatch.detector import cohort, evidence
+from foliowatch.detector import covariates, evidence, memory_state, rank_test
 from foliowatch.detector.analysis import DetectorConfig, analyze
 from test_detector_helpers import T0, fleet_frame
 
@@ -24,11 +24,11 @@ def test_hodges_lehmann_recovers_a_pure_shift_and_covers_it():
     rng = np.random.default_rng(3)
     base = rng.normal(0, 1, 400)
     new = rng.normal(0, 1, 300) + 0.5
-    est, lo, hi = cohort.hodges_lehmann(new, base)
+    est, lo, hi = rank_test.hodges_lehmann(new, base)
     assert abs(est - 0.5) < 0.15
     assert lo < 0.5 < hi and hi - lo < 0.5
     # exact answer on a deterministic case: differences {1,2,3} x {0} -> median 2
-    assert cohort.hodges_lehmann(np.array([1.0, 2.0, 3.0]), np.array([0.0]))[0] == 2.0
+    assert rank_test.hodges_lehmann(np.array([1.0, 2.0, 3.0]), np.array([0.0]))[0] == 2.0
 
 
 def test_covariate_adjuster_removes_a_hardware_effect_fitted_on_baseline_hosts():
@@ -40,7 +40,7 @@ def test_covariate_adjuster_removes_a_hardware_effect_fitted_on_baseline_hosts()
     itype[:30] = "new"
     y = np.where(itype == "new", 0.25, 0.0) + rng.normal(0, 0.02, n)
     hosts = pl.DataFrame({"instance_type": itype, "cpus": np.full(n, 64.0)})
-    r, adjusted = cohort.CovariateAdjuster(["instance_type", "cpus"]).residuals(hosts, y, is_base)
+    r, adjusted = covariates.CovariateAdjuster(["instance_type", "cpus"]).residuals(hosts, y, is_base)
     assert adjusted
     assert abs(np.median(r[~is_base]) - np.median(r[is_base])) < 0.02
 
@@ -54,7 +54,7 @@ def test_memory_state_model_fits_within_hosts_so_host_differences_do_not_leak_in
         # a cross-sectional fit would find a positive slope
         z = 0.6 * frag.mean() - 0.3 * frag + rng.normal(0, 0.05, frag.size)
         rows.append(pl.DataFrame({"host_id": [f"h{h}"] * frag.size, "frag": frag, "z": z}))
-    m = cohort.MemoryStateModel().fit(pl.concat(rows))
+    m = memory_state.MemoryStateModel().fit(pl.concat(rows))
     assert abs((m.predict(np.array([0.3])) - m.predict(np.array([0.8])))[0] - 0.15) < 0.03
     # below the baseline's range the curve is held, not extended
     assert abs(m.predict(np.array([0.0]))[0] - m.predict(np.array([0.05]))[0]) < 1e-9
