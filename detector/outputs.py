@@ -13,7 +13,7 @@ from foliowatch.files import atomic_write
 
 from .headline import HEADLINE_METRICS
 from .headline import basis as headline_basis
-from .records import RegressionRecord, RegressionState, Transition
+from .records import RegressionState, Transition
 
 if TYPE_CHECKING:
     from foliowatch.kafka_io import KafkaSettings

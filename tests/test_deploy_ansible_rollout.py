@@ -136,9 +136,9 @@ def rollout_vars(data: dict, **extra) -> dict:
             "rollout_verdict_max_wait_s": 2, **extra}
 
 
-def test_ansible_lint_production_profile_passes():
+def test_ansible_lint_production_profile_passes(tmp_path):
     run = subprocess.run([str(VENV_BIN / "ansible-lint"), "--profile", "production", "--offline"],
-                         cwd=ANSIBLE_DIR, env=ansible_env(ANSIBLE_DIR), capture_output=True,
+                         cwd=ANSIBLE_DIR, env=ansible_env(tmp_path), capture_output=True,
                          text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
     assert "Profile 'production' was required, and it passed" in run.stdout + run.stderr
