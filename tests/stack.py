@@ -201,7 +201,7 @@ class FleetStack:
             time.sleep(0.5)
         raise AssertionError(f"{what} not reached in {timeout:.0f}s (last: {last!r})")
 
-    def wait_pipeline(self, timeout: float = 300.0) -> float:
+    def wait_pipeline(self, timeout: float = 900.0) -> float:
         """Until the pipeline has read every record sent and written the windows the
         watermark closed; returns the start of its latest 60 s window (Unix s)."""
         def ready():
@@ -213,7 +213,7 @@ class FleetStack:
         m = scrape(self.pipeline_metrics_url)
         return m['foliowatch_pipeline_latest_window_start_seconds{window_s="60"}']
 
-    def wait_detector(self, as_of: Optional[float] = None, timeout: float = 300.0) -> Dict[str, float]:
+    def wait_detector(self, as_of: Optional[float] = None, timeout: float = 900.0) -> Dict[str, float]:
         """Until the detector has evaluated the data up to ``as_of`` (default: the
         pipeline's latest window); returns its /metrics."""
         if as_of is None:
