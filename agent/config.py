@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from foliowatch import kafka_io, schema
+from foliowatch import errors, kafka_io, schema
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -116,7 +116,9 @@ class AgentConfig:
         return host.strip("[]"), int(port)
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.ConfigError):
+    """Every problem of the agent's configuration, one line each."""
+
     def __init__(self, problems: List[str]):
         self.problems = problems
         super().__init__("\n".join(problems))

@@ -11,7 +11,11 @@ results; none imports Kafka or HTTP clients:
 - ``evidence``: Benjamini-Hochberg, joint evidence, ranking
 - ``records``: the regression record and its suspected/confirmed/resolved state machine
 - ``analysis``: one evaluation of a dataset as of a time
+- ``run``: the arguments, configuration, dataset reading and evaluation of one run,
+  shared by both commands; it writes nothing
+- ``gate``: the rollout gate's decision (safe / regression / not enough evidence)
 
 Outputs (``outputs``: Kafka, /metrics, Grafana annotations) and the CLIs (``main``:
-``foliowatch detect``; ``verdict``: ``foliowatch verdict``) sit on top.
+``foliowatch detect``, the only writer of the state file; ``verdict``: ``foliowatch
+verdict``, a pure read) sit on top.
 """

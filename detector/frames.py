@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import polars as pl
 
 from foliowatch.dataset import COHORT_KEYS
+from foliowatch.errors import InputError
 from foliowatch.schema import KEY_METRICS, WORSE_DIRECTION
 
 # Hosts are compared within one group: same fleet, role, arch, page size and filesystem,
@@ -69,7 +70,7 @@ def _no_host_windows(root: str, window_s: int) -> FileNotFoundError:
         "run `foliowatch pipeline` first or pass the dataset root")
 
 
-class DatasetReadError(SystemExit):
+class DatasetReadError(InputError):
     """The dataset stayed unreadable through every attempt."""
 
 

@@ -9,21 +9,24 @@ import json
 import os
 import tempfile
 from datetime import datetime
-from typing import Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence
 
 from .headline import HEADLINE_METRICS
 from .headline import basis as headline_basis
 from .records import RegressionRecord, RegressionState, Transition
 
+if TYPE_CHECKING:
+    from foliowatch.kafka_io import KafkaSettings
 
-def publish_kafka(transitions: Sequence[Transition], bootstrap: str, topic: Optional[str] = None,
-                  timeout_s: float = 30.0) -> int:
+
+def publish_kafka(transitions: Sequence[Transition], settings: "KafkaSettings",
+                  topic: Optional[str] = None, timeout_s: float = 30.0) -> int:
     """Send each transition's record, keyed by the record id (one partition per
-    regression, so its history stays ordered). Returns the number sent."""
-    from foliowatch.kafka_io import TOPIC_REGRESSIONS, KafkaSettings, make_producer
+    regression, so its history stays ordered), over ``settings`` (TLS and SASL as the
+    other Kafka clients). Returns the number sent."""
+    from foliowatch.kafka_io import TOPIC_REGRESSIONS, make_producer
     if not transitions:
         return 0
-    settings = KafkaSettings.from_dict({"bootstrap": bootstrap, "client_id": "foliowatch-detector"})
     producer = make_producer(settings)
     try:
         futures = [producer.send(topic or TOPIC_REGRESSIONS, key=t.record.id.encode(),
@@ -140,6 +143,14 @@ class RegressionCollector:
                                   "new-vs-baseline kernel comparisons in the last evaluation")
         cmp_g.add_metric([], float(self.last_run.get("comparisons", 0)))
         yield cmp_g
+        gate = GaugeMetricFamily("foliowatch_rollout_verdict",
+                                 "the rollout gate's decision for a fleet and new kernel in the "
+                                 "last evaluation, as `foliowatch verdict` exits: 0 safe to "
+                                 "proceed, 1 regression, 2 not enough evidence",
+                                 labels=["fleet", "kernel"])
+        for (fleet, kernel), code in sorted(self.last_run.get("rollout_verdicts", {}).items()):
+            gate.add_metric([fleet, kernel], float(code))
+        yield gate
 
 
 def metrics_text(state_path: str, last_run: Optional[dict] = None) -> bytes:

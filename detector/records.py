@@ -5,12 +5,15 @@ re-announced every window, and a rollback of the kernel resolves it.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+from foliowatch.errors import InputError
 
 STATUSES = ("suspected", "confirmed", "resolved")
 _RANK = {"suspected": 1, "confirmed": 2}
@@ -77,21 +80,39 @@ class Transition:
     previous: Optional[str]          # status before (None: new)
 
 
+class StateFileError(InputError):
+    """The regression state file cannot be read as one."""
+
+
 class RegressionState:
-    """Open and resolved regressions by id, persisted as one JSON file (atomic replace)."""
+    """Open and resolved regressions by id, persisted as one JSON file (atomic replace).
+    Only ``foliowatch detect`` saves it; ``read_only`` opens it for everyone else."""
 
     def __init__(self, path: Optional[str] = None):
         self.path = path
         self.records: Dict[str, RegressionRecord] = {}
         self.streak: Dict[str, int] = {}
         if path and os.path.exists(path):
-            with open(path) as f:
-                data = json.load(f)
-            if data.get("version") != 1:
-                raise ValueError(f"state file {path}: version {data.get('version')!r} "
-                                 "is not 1; move it away to start fresh")
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except ValueError as e:
+                raise StateFileError(f"state file {path}: not valid JSON ({e}); move it away "
+                                     "to start fresh") from None
+            if not isinstance(data, dict) or data.get("version") != 1:
+                version = data.get("version") if isinstance(data, dict) else None
+                raise StateFileError(f"state file {path}: version {version!r} "
+                                     "is not 1; move it away to start fresh")
             self.records = {r["id"]: RegressionRecord.from_dict(r) for r in data["records"]}
             self.streak = dict(data.get("streak", {}))
+
+    @classmethod
+    def read_only(cls, path: Optional[str]) -> "RegressionState":
+        """The state in ``path`` (empty when there is none), detached from the file:
+        ``save`` does nothing, so no caller can write or create it by mistake."""
+        state = cls(path)
+        state.path = None
+        return state
 
     def save(self) -> None:
         if not self.path:
@@ -108,6 +129,17 @@ class RegressionState:
 
     def open_records(self) -> List[RegressionRecord]:
         return [r for r in self.records.values() if r.status != "resolved"]
+
+    def preview(self, candidates: Iterable[RegressionRecord], rolled_back: Set[Tuple[str, str]],
+                as_of: datetime) -> List[RegressionRecord]:
+        """The open records that ``update`` with one run's findings would leave (every
+        candidate counted, whatever ``min_consecutive``), with this state, its file and
+        the candidates left unchanged."""
+        trial = RegressionState(None)
+        trial.records = copy.deepcopy(self.records)
+        trial.streak = dict(self.streak)
+        trial.update(copy.deepcopy(list(candidates)), rolled_back, as_of)
+        return trial.open_records()
 
     def update(self, candidates: Iterable[RegressionRecord], rolled_back: Set[Tuple[str, str]],
                as_of: datetime, min_consecutive: int = 1) -> List[Transition]:

@@ -1,15 +1,20 @@
 """Kafka connection settings shared by every component (agent, simulator, pipeline,
 detector): one place that turns a ``KafkaSettings`` (from TOML/env) into kafka-python
-producer and consumer arguments, TLS and SASL included.
+producer and consumer arguments, TLS and SASL included, and the one definition of the
+command line's Kafka connection flags (``--bootstrap``, ``--kafka-config``) for the
+components that take them on the command line (the agent reads its TOML file).
 
 kafka-python is imported lazily so that ``foliowatch.schema`` users need not have it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
+
+from foliowatch.errors import ConfigError
 
 TOPIC_SAMPLES = "foliowatch.samples.v1"
 TOPIC_DLQ = "foliowatch.samples.dlq"
@@ -21,7 +26,7 @@ COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """A configuration value is wrong; the message names the key and what to do."""
 
 
@@ -38,34 +43,37 @@ class KafkaSettings:
     compression: str = "zstd"
     client_id: str = "foliowatch"
 
-    def check(self, prefix: str = "kafka") -> List[str]:
-        """Every problem, each naming its key and what to do (empty when valid)."""
+    def check(self, prefix: str = "kafka", names: Optional[Mapping[str, str]] = None) -> List[str]:
+        """Every problem, each naming its key and what to do (empty when valid).
+        ``names``: how to name a key whose value came from elsewhere (a flag, a variable)."""
+        def name(key: str) -> str:
+            return (names or {}).get(key, f"{prefix}.{key}")
+
         errs = []
         if not self.bootstrap:
-            errs.append(f"{prefix}.bootstrap: empty; give at least one host:port")
+            errs.append(f"{name('bootstrap')}: empty; give at least one host:port")
         for b in self.bootstrap:
             m = _HOSTPORT.match(b)
             if not m or not 0 < int(m.group(2)) < 65536:
-                errs.append(f"{prefix}.bootstrap: expected host:port, got {b!r}")
+                errs.append(f"{name('bootstrap')}: expected host:port, got {b!r}")
         if self.security_protocol not in SECURITY_PROTOCOLS:
-            errs.append(f"{prefix}.security_protocol: {self.security_protocol!r} is not one of "
+            errs.append(f"{name('security_protocol')}: {self.security_protocol!r} is not one of "
                         f"{', '.join(SECURITY_PROTOCOLS)}")
         if self.security_protocol.startswith("SASL"):
             if self.sasl_mechanism not in SASL_MECHANISMS:
-                errs.append(f"{prefix}.sasl_mechanism: {self.sasl_mechanism!r} is not one of "
+                errs.append(f"{name('sasl_mechanism')}: {self.sasl_mechanism!r} is not one of "
                             f"{', '.join(SASL_MECHANISMS)} (required with {self.security_protocol})")
             if not self.sasl_username or not self.sasl_password:
-                errs.append(f"{prefix}.sasl_username/sasl_password: both required with "
-                            f"{self.security_protocol}")
+                errs.append(f"{name('sasl_username')}, {name('sasl_password')}: both required "
+                            f"with {self.security_protocol}")
         if self.compression not in COMPRESSION:
-            errs.append(f"{prefix}.compression: {self.compression!r} is not one of "
+            errs.append(f"{name('compression')}: {self.compression!r} is not one of "
                         f"{', '.join(COMPRESSION)}")
         for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, key)
             if path is not None:
-                import os
                 if not os.path.isfile(path):
-                    errs.append(f"{prefix}.{key}: file {path!r} does not exist")
+                    errs.append(f"{name(key)}: file {path!r} does not exist")
         return errs
 
     def common(self) -> Dict[str, Any]:
@@ -122,3 +130,85 @@ def make_consumer(settings: KafkaSettings, *topics: str, group_id: Optional[str]
               isolation_level="read_committed")
     kw.update(overrides)
     return KafkaConsumer(*topics, **kw)
+
+
+# ---- the command line's Kafka connection (pipeline, simulate, detect) -------------------
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+ENV_PREFIX = "FOLIOWATCH_KAFKA_"     # FOLIOWATCH_KAFKA_<KEY>: one key of the [kafka] table
+
+
+def add_kafka_arguments(parser, purpose: str, old_spelling: Optional[str] = None) -> None:
+    """``--bootstrap`` and ``--kafka-config``: the same Kafka connection, TLS and SASL
+    included, in every subcommand that talks to Kafka. Secrets never come from a flag
+    (a flag's value shows in ``ps``): the [kafka] table of ``--kafka-config`` or the
+    environment carries them. ``old_spelling``: the flag's former name, kept hidden for
+    one release."""
+    from foliowatch.flags import deprecated_alias
+    keys = ", ".join(KafkaSettings.__dataclass_fields__)
+    g = parser.add_argument_group("Kafka connection")
+    g.add_argument("--bootstrap", metavar="HOST:PORT[,HOST:PORT]", default=None,
+                   help=f"{purpose}: Kafka bootstrap servers; over the bootstrap of "
+                        f"--kafka-config and ${ENV_PREFIX}BOOTSTRAP (default {DEFAULT_BOOTSTRAP})")
+    g.add_argument("--kafka-config", metavar="TOML", default=None,
+                   help=f"TOML file with a [kafka] table ({keys}) for TLS and SASL; "
+                        f"{ENV_PREFIX}<KEY> overrides a key, e.g. {ENV_PREFIX}SASL_PASSWORD "
+                        "so that the password need not sit in the file")
+    if old_spelling:
+        deprecated_alias(g, old_spelling, "--bootstrap", "bootstrap")
+
+
+def kafka_requested(args) -> bool:
+    """Whether the command line names a Kafka connection (for commands where Kafka is
+    optional: ``detect`` publishes, ``simulate`` produces only when asked)."""
+    return bool(getattr(args, "bootstrap", None) or getattr(args, "kafka_config", None))
+
+
+def settings_from_args(args, client_id: str,
+                       environ: Optional[Mapping[str, str]] = None) -> KafkaSettings:
+    """The connection the flags of ``add_kafka_arguments`` describe: the [kafka] table of
+    ``--kafka-config``, then ``FOLIOWATCH_KAFKA_<KEY>`` variables, then ``--bootstrap``.
+    Raises ``SettingsError`` naming the flag, file key or variable that is wrong."""
+    environ = os.environ if environ is None else environ
+    path = getattr(args, "kafka_config", None)
+    values: Dict[str, Any] = {}
+    names: Dict[str, str] = {}
+    if path:
+        values = _kafka_table(path)
+        names = {k: f"--kafka-config {path} [kafka] {k}" for k in KafkaSettings.__dataclass_fields__}
+    for key in KafkaSettings.__dataclass_fields__:
+        var = ENV_PREFIX + key.upper()
+        if environ.get(var):
+            values[key], names[key] = environ[var], f"${var}"
+    if getattr(args, "bootstrap", None):
+        values["bootstrap"], names["bootstrap"] = args.bootstrap, "--bootstrap"
+    values.setdefault("bootstrap", DEFAULT_BOOTSTRAP)
+    values.setdefault("client_id", client_id)
+    unknown = [k for k in values if k not in KafkaSettings.__dataclass_fields__]
+    if unknown:
+        raise SettingsError(f"--kafka-config {path} [kafka] {unknown[0]}: unknown key; known "
+                            f"keys are {', '.join(KafkaSettings.__dataclass_fields__)}")
+    settings = KafkaSettings.from_dict(values)
+    errs = settings.check(names=names)
+    if errs:
+        raise SettingsError("; ".join(errs))
+    return settings
+
+
+def _kafka_table(path: str) -> Dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:           # Python < 3.11
+        import tomli as tomllib   # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise SettingsError(f"--kafka-config {path}: cannot read ({e.strerror}); give the "
+                            "path of a TOML file with a [kafka] table") from None
+    except ValueError as e:
+        raise SettingsError(f"--kafka-config {path}: not valid TOML ({e})") from None
+    table = data.get("kafka")
+    if not isinstance(table, dict):
+        raise SettingsError(f"--kafka-config {path}: no [kafka] table; put the connection "
+                            "settings under [kafka]")
+    return dict(table)

@@ -48,6 +48,8 @@ import math
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from foliowatch.errors import InputError
+
 SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 64 * 1024
 
@@ -114,7 +116,7 @@ WORSE_DIRECTION = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError, ValueError):
     """A record does not follow wire schema v1. ``field`` names the offending field."""
 
     def __init__(self, field: str, problem: str):

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from foliowatch.errors import ServiceError
 from foliowatch.kafka_io import KafkaSettings, make_consumer, make_producer
 
 from .engine import Pipeline
@@ -398,8 +399,8 @@ def make_kafka_dlq(settings: KafkaSettings, topic: str):
         producer.partitions_for(topic)
     except KafkaTimeoutError:
         producer.close(timeout=5)
-        raise SystemExit(f"pipeline --dlq-topic {topic}: the topic does not exist on "
-                         f"{','.join(settings.bootstrap)} (or the broker is unreachable); "
-                         "create it (deploy/kafka/kafka.sh topics --bootstrap B) or point "
-                         "--dlq-topic at an existing one") from None
+        raise ServiceError(f"--dlq-topic {topic}: the topic does not exist on "
+                           f"{','.join(settings.bootstrap)} (or the broker is unreachable); "
+                           "create it (deploy/kafka/kafka.sh topics --bootstrap B) or point "
+                           "--dlq-topic at an existing one") from None
     return KafkaDLQ(producer, topic)

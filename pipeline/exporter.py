@@ -24,6 +24,7 @@ from .aggregate import ClosedWindow, cohort_rows
 
 STATS = ("mean", "median", "p90", "p99")
 _REASON_KINDS = frozenset(wire.TOP_FIELDS) | {"record", "late"}
+_UNKNOWN_REASON = "unknown_field"
 
 
 class _CohortCollector:
@@ -91,6 +92,10 @@ class PipelineMetrics:
         self.dlq = Counter("foliowatch_pipeline_records_dlq_total",
                            "Records sent to the dead-letter queue, by reason kind",
                            ["reason"], registry=r)
+        # every reason exists from the start at 0, so that a rate over the first dead
+        # letter is not lost and the dashboards' "by reason" panel is never empty
+        for kind in sorted(_REASON_KINDS | {_UNKNOWN_REASON}):
+            self.dlq.labels(kind)
         self.python_path = Counter(
             "foliowatch_pipeline_records_slow_path_total",
             "Valid records that needed the per-record Python validation (non-compact JSON, "
@@ -114,7 +119,7 @@ class PipelineMetrics:
             # bounded label: the field name before the colon, or "late"
             kind = reason.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
             if kind not in _REASON_KINDS:
-                kind = "unknown_field"
+                kind = _UNKNOWN_REASON
             self.dlq.labels(kind).inc()
         self.batch_seconds.observe(st.seconds)
 
@@ -133,7 +138,6 @@ class PipelineMetrics:
 
     def serve(self, addr: str) -> None:
         from prometheus_client import start_http_server
-        host, _, port = addr.rpartition(":")
-        if not port.isdigit():
-            raise SystemExit(f"pipeline --metrics-addr: expected host:port, got {addr!r}")
-        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        from foliowatch.flags import parse_listen
+        host, port = parse_listen(addr)
+        start_http_server(port, addr=host, registry=self.registry)

@@ -21,13 +21,13 @@ from typing import Iterator, List, Sequence, Tuple
 
 import polars as pl
 
+from foliowatch.errors import InputError
+
 from .engine import Pipeline
 
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 
 
-class InputError(SystemExit):
-    pass
 
 
 def expand_inputs(paths: Sequence[str]) -> List[Path]:
@@ -40,21 +40,21 @@ def expand_inputs(paths: Sequence[str]) -> List[Path]:
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES
                            and not f.name.startswith("ground_truth"))
             if not found:
-                raise InputError(f"pipeline --from-files {raw}: no {', '.join(SUFFIXES)} files "
+                raise InputError(f"--from-files {raw}: no {', '.join(SUFFIXES)} files "
                                  "inside; point it at the simulator's output folder or a file")
             out.extend(found)
         elif p.is_file():
             if p.suffix not in SUFFIXES:
-                raise InputError(f"pipeline --from-files {raw}: unknown file type '{p.suffix}'; "
+                raise InputError(f"--from-files {raw}: unknown file type '{p.suffix}'; "
                                  f"expected one of {', '.join(SUFFIXES)}")
             out.append(p)
         else:
-            raise InputError(f"pipeline --from-files {raw}: no such file or folder")
+            raise InputError(f"--from-files {raw}: no such file or folder")
     seen: dict = {}
     for f in out:
         part, real = file_partition(f), f.resolve()
         if part in seen and seen[part][1] != real:
-            raise InputError(f"pipeline --from-files: {seen[part][0]} and {f} have the same "
+            raise InputError(f"--from-files: {seen[part][0]} and {f} have the same "
                              f"name and the same first {IDENTITY_BYTES // 1024} KiB, which "
                              "make their partition in the dataset: the same input twice? "
                              "Pass one of them (or rename one) so that their windows' files "
@@ -73,7 +73,7 @@ def file_partition(path: Path) -> int:
         with open(path, "rb") as fh:
             head = fh.read(IDENTITY_BYTES)
     except OSError as e:
-        raise InputError(f"pipeline --from-files {path}: cannot open ({e.strerror})") from None
+        raise InputError(f"--from-files {path}: cannot open ({e.strerror})") from None
     return zlib.crc32(path.name.encode() + b"\0" + head) & 0x7FFFFFFF
 
 
@@ -88,7 +88,7 @@ def parquet_values(path: Path) -> List[bytes]:
     try:
         df = pl.read_parquet(path)
     except Exception as e:  # polars raises several kinds for a bad file
-        raise InputError(f"pipeline --from-files {path}: not a readable Parquet file ({e}); "
+        raise InputError(f"--from-files {path}: not a readable Parquet file ({e}); "
                          "regenerate it or pass JSON lines") from None
     if "value" in df.columns and df.schema["value"] in (pl.Binary, pl.String):
         return [v if isinstance(v, bytes) else (v or "").encode() for v in df["value"]]
@@ -110,7 +110,7 @@ def iter_batches(path: Path, batch_records: int) -> Iterator[Tuple[List[bytes], 
     try:
         fh = open(path, "rb")
     except OSError as e:
-        raise InputError(f"pipeline --from-files {path}: cannot open ({e.strerror})") from None
+        raise InputError(f"--from-files {path}: cannot open ({e.strerror})") from None
     with fh:
         values: List[bytes] = []
         offsets: List[int] = []

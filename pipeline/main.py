@@ -6,17 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from foliowatch import dataset as contract
-from foliowatch.kafka_io import TOPIC_DLQ, TOPIC_SAMPLES, KafkaSettings, SettingsError
+from foliowatch.errors import ConfigError, ServiceError
+from foliowatch.flags import add_metrics_addr, add_output
+from foliowatch.kafka_io import TOPIC_DLQ, TOPIC_SAMPLES, add_kafka_arguments, settings_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", required=True,
-                   help="dataset root: a local folder, or an s3:// URL (polars cloud support)")
+    add_output(p, required=True,
+               help="dataset root: a local folder, or an s3:// URL (polars cloud support)")
     p.add_argument("--from-files", nargs="+", metavar="PATH",
                    help="read JSON lines / Parquet files or folders instead of Kafka")
     p.add_argument("--windows", default=",".join(str(w) for w in contract.DEFAULT_WINDOWS_S),
@@ -34,15 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "for the same CPU per record)")
     p.add_argument("--batch-seconds", type=float, default=1.0,
                    help="micro-batch time bound (default %(default)s)")
-    k = p.add_argument_group("Kafka")
-    k.add_argument("--bootstrap", default=os.environ.get("FOLIOWATCH_KAFKA_BOOTSTRAP",
-                                                         "127.0.0.1:9092"),
-                   help="host:port[,host:port] (env FOLIOWATCH_KAFKA_BOOTSTRAP)")
+    add_kafka_arguments(p, "consume the samples from Kafka (unless --from-files)")
+    k = p.add_argument_group("Kafka consumer")
     k.add_argument("--topic", default=TOPIC_SAMPLES)
     k.add_argument("--dlq-topic", default=TOPIC_DLQ)
     k.add_argument("--group", default="foliowatch-pipeline", help="consumer group id")
-    k.add_argument("--kafka-config", metavar="TOML",
-                   help="TOML file with a [kafka] table (security, SASL, TLS) for KafkaSettings")
     k.add_argument("--state-dir", help="checkpoint folder (default OUTPUT/_state; required "
                                        "when OUTPUT is an object store URL)")
     k.add_argument("--checkpoint-seconds", type=float, default=5.0,
@@ -55,9 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--fetch-max-bytes", type=int, default=16 * 1024 * 1024)
     k.add_argument("--session-timeout-ms", type=int, default=10_000)
     k.add_argument("--batch-pause", type=float, default=0.0, help=argparse.SUPPRESS)
-    m = p.add_argument_group("metrics")
-    m.add_argument("--metrics-addr", default="127.0.0.1:9466",
-                   help="serve /metrics on host:port (default %(default)s; 'off' to disable)")
+    add_metrics_addr(p, "127.0.0.1:9466",
+                     help="serve /metrics on host:port (default %(default)s; 'off' to disable)")
     p.add_argument("--dlq-file", help="--from-files: this run's dead letters as JSON lines "
                                       "in this file, replacing its contents (default: one "
                                       "file per input, OUTPUT/_dlq/from-files-p<partition>"
@@ -69,31 +65,10 @@ def _windows(text: str):
     try:
         ws = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise SystemExit(f"pipeline --windows: expected seconds like 60,3600, got {text!r}")
+        raise ConfigError(f"--windows: expected seconds like 60,3600, got {text!r}")
     if not ws or any(w <= 0 for w in ws):
-        raise SystemExit(f"pipeline --windows: expected positive seconds, got {text!r}")
+        raise ConfigError(f"--windows: expected positive seconds, got {text!r}")
     return ws
-
-
-def _kafka_settings(args) -> KafkaSettings:
-    d = {}
-    if args.kafka_config:
-        try:
-            import tomllib
-            with open(args.kafka_config, "rb") as f:
-                d = dict(tomllib.load(f).get("kafka", {}))
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"pipeline --kafka-config {args.kafka_config}: {e}")
-    d.setdefault("bootstrap", args.bootstrap)
-    d.setdefault("client_id", "foliowatch-pipeline")
-    try:
-        s = KafkaSettings.from_dict(d)
-        errs = s.check()
-    except (SettingsError, TypeError) as e:
-        raise SystemExit(f"pipeline kafka settings: {e}")
-    if errs:
-        raise SystemExit("pipeline kafka settings: " + "; ".join(errs))
-    return s
 
 
 def run(args) -> int:
@@ -104,14 +79,14 @@ def run(args) -> int:
     from .sinks import DatasetWriter, FileDLQ, StateStore, is_remote
 
     if args.batch_records <= 0:
-        raise SystemExit(f"pipeline --batch-records: expected > 0, got {args.batch_records}")
+        raise ConfigError(f"--batch-records: expected > 0, got {args.batch_records}")
     max_future = args.max_future
     if max_future is None:
         max_future = 0.0 if args.from_files else 600.0
     cfg = PipelineConfig(output=args.output, windows_s=_windows(args.windows),
                          lateness_s=args.lateness, max_future_s=max_future)
     if cfg.lateness_s < 0:
-        raise SystemExit(f"pipeline --lateness: expected >= 0 seconds, got {args.lateness}")
+        raise ConfigError(f"--lateness: expected >= 0 seconds, got {args.lateness}")
     paths = None
     if args.from_files:
         from .files import expand_inputs
@@ -122,16 +97,16 @@ def run(args) -> int:
         try:
             metrics.serve(args.metrics_addr)
         except OSError as e:
-            raise SystemExit(f"pipeline --metrics-addr {args.metrics_addr}: cannot listen "
-                             f"({e.strerror}); pick a free port or 'off'") from None
+            raise ConfigError(f"--metrics-addr {args.metrics_addr}: cannot listen "
+                              f"({e.strerror}); pick a free port or 'off'") from None
 
     if paths is not None:
         from .files import run_files
         if args.dlq_file:
             dlq = FileDLQ(Path(args.dlq_file))
         elif is_remote(args.output):
-            raise SystemExit("pipeline --from-files with an object-store --output: give "
-                             "--dlq-file (a local path) for the dead letters")
+            raise ConfigError("--from-files with an object-store --output: give "
+                              "--dlq-file (a local path) for the dead letters")
         else:
             dlq = FileDLQ(Path(args.output) / "_dlq", per_input=True)
         pipeline = Pipeline(cfg, writer, dlq, metrics)
@@ -141,20 +116,20 @@ def run(args) -> int:
         return 0
 
     from .consumer import ConsumerConfig, KafkaRunner, make_kafka_dlq
-    settings = _kafka_settings(args)
+    settings = settings_from_args(args, client_id="foliowatch-pipeline")
     if args.state_dir:
         state_dir = args.state_dir
     elif is_remote(args.output):
-        raise SystemExit("pipeline --output is an object store URL: give --state-dir (a local "
-                         "or shared folder) for the partition checkpoints")
+        raise ConfigError("--output is an object store URL: give --state-dir (a local "
+                          "or shared folder) for the partition checkpoints")
     else:
         state_dir = str(Path(args.output) / "_state")
     store = StateStore(state_dir, f"{args.group}.{args.topic}")
     try:
         dlq = make_kafka_dlq(settings, args.dlq_topic)
     except Exception as e:
-        raise SystemExit(f"pipeline --bootstrap {args.bootstrap}: cannot reach Kafka "
-                         f"({type(e).__name__}: {e}); is the broker running?") from None
+        raise ServiceError(f"--bootstrap {','.join(settings.bootstrap)}: cannot reach Kafka "
+                           f"({type(e).__name__}: {e}); is the broker running?") from None
     pipeline = Pipeline(cfg, writer, dlq, metrics)
     ccfg = ConsumerConfig(topic=args.topic, group=args.group,
                           batch_records=args.batch_records, batch_seconds=args.batch_seconds,

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import polars as pl
 
+from foliowatch.errors import ConfigError, InputError, ServiceError
 
 from .aggregate import PARTIAL_SCHEMA, SEEN_SCHEMA, ClosedWindow, PartitionMeta
 
@@ -115,8 +116,8 @@ class DatasetWriter:
             try:
                 make_dirs_durable(self.path)
             except OSError as e:
-                raise SystemExit(f"pipeline --output {root}: cannot create the dataset "
-                                 f"folder ({e.strerror}); choose a writable path") from None
+                raise ConfigError(f"--output {root}: cannot create the dataset "
+                                  f"folder ({e.strerror}); choose a writable path") from None
             self.tmp = self.path / "_tmp"
 
     def write_window(self, cw: ClosedWindow) -> List[str]:
@@ -157,6 +158,10 @@ def _ipc_bytes(df: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+class CheckpointError(InputError):
+    """A partition checkpoint file cannot be used: wrong format or version."""
+
+
 class StateStore:
     """Checkpoints of each source partition, one file per partition:
     ``{dir}/{source}/p{partition}.state`` holding the partition's next offset, watermark
@@ -166,9 +171,9 @@ class StateStore:
 
     def __init__(self, directory: str, source: str):
         if is_remote(directory):
-            raise SystemExit(f"pipeline --state-dir {directory}: checkpoints need a local "
-                             "(or network-mounted) folder; give --state-dir explicitly when "
-                             "--output is an object store URL")
+            raise ConfigError(f"--state-dir {directory}: checkpoints need a local "
+                              "(or network-mounted) folder; give --state-dir explicitly when "
+                              "--output is an object store URL")
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in source)
         self.dir = Path(_local(directory)) / safe
         make_dirs_durable(self.dir)
@@ -208,8 +213,8 @@ class StateStore:
         except FileNotFoundError:
             return None
         if not data.startswith(self.MAGIC):
-            raise SystemExit(f"pipeline state {path}: not a foliowatch checkpoint; move it "
-                             "away to start this partition from the committed offset")
+            raise CheckpointError(f"state {path}: not a foliowatch checkpoint; move it "
+                                  "away to start this partition from the committed offset")
         pos, parts = len(self.MAGIC), []
         for _ in range(3):
             (n,) = struct.unpack_from("<Q", data, pos)
@@ -217,8 +222,8 @@ class StateStore:
             pos += 8 + n
         head = json.loads(parts[0])
         if head.get("version") != STATE_VERSION:
-            raise SystemExit(f"pipeline state {path}: version {head.get('version')} is not "
-                             f"{STATE_VERSION}; finish with the old pipeline or move it away")
+            raise CheckpointError(f"state {path}: version {head.get('version')} is not "
+                                  f"{STATE_VERSION}; finish with the old pipeline or move it away")
         meta = PartitionMeta(int(head["next_offset"]), head["watermark"],
                              head.get("closed_until"))
         partials = pl.read_ipc(io.BytesIO(parts[1])).cast(PARTIAL_SCHEMA)
@@ -274,7 +279,7 @@ class FileDLQ:
         self.flush(timeout)
 
 
-class DeadLetterError(RuntimeError):
+class DeadLetterError(ServiceError):
     """Dead letters are not (yet) durable in the DLQ topic: no checkpoint may cover them."""
 
 

@@ -2,7 +2,9 @@
 
 Each subcommand lives with its component as a module exposing ``add_arguments(parser)``
 and ``run(args) -> int``; this file only wires them, importing a component when its
-subcommand runs so that the agent never pays for the pipeline's imports.
+subcommand runs so that the agent never pays for the pipeline's imports. It is also the
+one place that turns the project's errors (``foliowatch.errors``) into an exit code (2)
+and one line on stderr, without a traceback.
 """
 
 from __future__ import annotations
@@ -68,8 +70,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     sp = argparse.ArgumentParser(prog=f"foliowatch {name}", description=SUBCOMMANDS[name][1])
     mod.add_arguments(sp)
     args = sp.parse_args(argv[1:])
+    from foliowatch.errors import FoliowatchError
     try:
         return int(mod.run(args) or 0)
+    except FoliowatchError as e:
+        print(f"foliowatch {name}: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         # a wrong path given by the user: say which and stop, without a traceback
         print(f"foliowatch {name}: {e}", file=sys.stderr)

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from foliowatch.flags import add_output
 from foliowatch.shell.services import KafkaCluster, Prometheus, ServiceError, free_port, stop_pid
 
 DEFAULT_SCENARIO = "demo-rollout"
@@ -45,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="simulated seconds per wall second once the rollout starts; the "
                         "history before it is played as fast as possible (default 300)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
-    p.add_argument("--workdir", default=None,
-                   help="where the dataset, state, logs and report go (default out/demo-<time>)")
+    add_output(p, default=None, old=("--workdir",),
+               help="where the dataset, state, logs and report go (default out/demo-<time>)")
     p.add_argument("--no-kafka", action="store_true",
                    help="files only (no Java needed): simulate -> files -> pipeline -> detector")
     p.add_argument("--no-agent", action="store_true", help="do not run the real agent on this host")
@@ -248,7 +249,7 @@ def _agent_config(path: Path, bootstrap: Optional[str], port: int, state: Path) 
 def run(args) -> int:
     from foliowatch.simulator import ground_truth, load_scenario
 
-    workdir = Path(args.workdir or f"out/demo-{datetime.now():%Y%m%d-%H%M%S}").resolve()
+    workdir = Path(args.output or f"out/demo-{datetime.now():%Y%m%d-%H%M%S}").resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     sc0 = load_scenario(args.scenario, hosts=args.hosts, interval_s=args.interval, seed=args.seed)
     truth0 = ground_truth(sc0)
@@ -472,10 +473,10 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
         "pipeline", "--output", str(dataset), "--bootstrap", kafka.bootstrap, "--group", group,
         "--metrics-addr", f"127.0.0.1:{ports['pipeline']}", "--lateness", "120"])
     detector_argv_once = _foliowatch() + [
-        "detect", "--dataset", str(dataset), "--state", str(state), "--kafka", kafka.bootstrap,
+        "detect", "--dataset", str(dataset), "--state", str(state), "--bootstrap", kafka.bootstrap,
         "--annotations", str(workdir / "grafana-annotations.json")]
-    detector_argv = detector_argv_once + ["--follow", "--interval", "2",
-                                          "--metrics-port", str(ports["detector"])]
+    detector_argv = detector_argv_once + ["--follow", "--poll-interval", "2",
+                                          "--metrics-addr", f"127.0.0.1:{ports['detector']}"]
 
     progress = {"sent": 0, "sim_ts": sc.start_ts, "done": False}
     stop = threading.Event()

@@ -13,11 +13,13 @@ import base64
 import html
 import io
 import json
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from foliowatch.errors import InputError
+from foliowatch.flags import add_output
 
 METRIC_TITLES = {
     "write_mib_s": ("buffered write throughput", "MiB/s"),
@@ -32,8 +34,8 @@ COMPACTION_METRICS = {"compact_stall_per_s", "allocstall_per_s", "pgscan_direct_
                       "psi_memory_some_share"}
 
 
-class ReportError(RuntimeError):
-    pass
+class ReportError(InputError):
+    """The state file or the dataset cannot make a report."""
 
 
 @dataclass
@@ -344,18 +346,15 @@ def build(dataset: Path, state: Path, out_dir: Path, window_s: int = 60,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset root written by `foliowatch pipeline`")
     parser.add_argument("--state", required=True, help="the detector's state file (regression records)")
-    parser.add_argument("--out", default="foliowatch-report", help="output folder (default ./foliowatch-report)")
+    add_output(parser, default="foliowatch-report", old=("--out",),
+               help="output folder (default ./foliowatch-report)")
     parser.add_argument("--window-s", type=int, default=60, help="host window length to plot (default 60)")
     parser.add_argument("--open-only", action="store_true", help="leave resolved regressions out")
 
 
 def run(args) -> int:
-    try:
-        page = build(Path(args.dataset), Path(args.state), Path(args.out), args.window_s,
-                     include_resolved=not args.open_only)
-    except ReportError as e:
-        print(f"foliowatch report: {e}", file=sys.stderr)
-        return 2
-    print((Path(args.out) / "summary.txt").read_text(), end="")
+    page = build(Path(args.dataset), Path(args.state), Path(args.output), args.window_s,
+                 include_resolved=not args.open_only)
+    print((Path(args.output) / "summary.txt").read_text(), end="")
     print(f"report: {page}")
     return 0

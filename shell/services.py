@@ -20,12 +20,14 @@ import urllib.request
 from pathlib import Path
 from typing import List, Optional
 
+from foliowatch import errors
+
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 
 
-class ServiceError(RuntimeError):
-    pass
+class ServiceError(errors.ServiceError):
+    """A local service (Kafka, Prometheus, Alertmanager) did not start or answer."""
 
 
 def free_port() -> int:

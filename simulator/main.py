@@ -1,18 +1,21 @@
 """``foliowatch simulate``: generate a simulated fleet's telemetry to files or Kafka.
 
     foliowatch simulate --list
-    foliowatch simulate --scenario seed-iomap-arm64-xfs --hosts 2000 --hours 12 --out data/
-    foliowatch simulate --scenario my.toml --kafka 127.0.0.1:9092 --realtime --speed 60
+    foliowatch simulate --scenario seed-iomap-arm64-xfs --hosts 2000 --hours 12 --output data/
+    foliowatch simulate --scenario my.toml --bootstrap 127.0.0.1:9092 --realtime --speed 60
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
-from .scenario import ScenarioError, list_scenarios, load_scenario
+from foliowatch.errors import ConfigError
+from foliowatch.flags import add_output
+from foliowatch.kafka_io import add_kafka_arguments, kafka_requested, settings_from_args
+
+from .scenario import list_scenarios, load_scenario
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,21 +29,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", metavar="now|ISO8601",
                    help="start of the simulated clock (default: the scenario's; 'now' suits "
                         "--realtime demos)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", metavar="DIR", help="write files (and ground_truth.json) here")
-    out.add_argument("--kafka", metavar="HOST:PORT[,HOST:PORT]",
-                     help="produce to this Kafka bootstrap (PLAINTEXT; key = host id)")
+    add_output(p, help="write files (and ground_truth.json) here", old=("--out",))
+    add_kafka_arguments(p, "produce to Kafka instead of files (key = host id)",
+                        old_spelling="--kafka")
     p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
-                   help="file format with --out (default jsonl)")
+                   help="file format with --output (default jsonl)")
     p.add_argument("--topic", help="Kafka topic (default foliowatch.samples.v1)")
     p.add_argument("--realtime", action="store_true",
-                   help="with --kafka: send each record at its simulated time")
+                   help="with Kafka: send each record at its simulated time")
     p.add_argument("--speed", type=float, default=1.0,
                    help="with --realtime: simulated seconds per wall-clock second")
     p.add_argument("--workers", type=int, default=1,
-                   help="with --kafka: producer processes, each sending a share of the hosts")
+                   help="with Kafka: producer processes, each sending a share of the hosts")
     p.add_argument("--truth", metavar="FILE",
-                   help="with --kafka: also write ground_truth.json to this file")
+                   help="with Kafka: also write ground_truth.json to this file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,37 +53,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:32s} {sc.hosts:6d} hosts {sc.hours:5g} h  {first}")
         return 0
     if not args.scenario:
-        print("foliowatch simulate: --scenario NAME|PATH is required (or --list)", file=sys.stderr)
-        return 2
-    if not args.out and not args.kafka:
-        print("foliowatch simulate: give --out DIR or --kafka HOST:PORT", file=sys.stderr)
-        return 2
-    if args.realtime and not args.kafka:
-        print("foliowatch simulate: --realtime needs --kafka", file=sys.stderr)
-        return 2
-    try:
-        sc = load_scenario(args.scenario, hosts=args.hosts, hours=args.hours,
-                           interval_s=args.interval, seed=args.seed, start=args.start)
-    except ScenarioError as e:
-        print(f"foliowatch simulate: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError("--scenario NAME|PATH is required (or --list)")
+    to_kafka = kafka_requested(args)
+    if bool(args.output) == to_kafka:
+        raise ConfigError("give --output DIR or --bootstrap HOST:PORT (or --kafka-config), "
+                          "one of them")
+    if args.realtime and not to_kafka:
+        raise ConfigError("--realtime needs --bootstrap (Kafka)")
+    sc = load_scenario(args.scenario, hosts=args.hosts, hours=args.hours,
+                       interval_s=args.interval, seed=args.seed, start=args.start)
     t0 = time.monotonic()
-    if args.out:
+    if args.output:
         from .outputs import write_files
-        paths = write_files(sc, args.out, sc.seed, fmt=args.format)
+        paths = write_files(sc, args.output, sc.seed, fmt=args.format)
         secs = time.monotonic() - t0
         print(json.dumps({"scenario": sc.name, "seed": sc.seed, "hosts": sc.hosts,
                           "files": [str(p) for p in paths], "seconds": round(secs, 2)}))
         return 0
-    from foliowatch.kafka_io import KafkaSettings, SettingsError
     from .outputs import produce_to_kafka, write_ground_truth
-    try:
-        settings = KafkaSettings(bootstrap=[b.strip() for b in args.kafka.split(",") if b.strip()],
-                                 client_id="foliowatch-simulator")
-        settings.common()
-    except SettingsError as e:
-        print(f"foliowatch simulate: --kafka: {e}", file=sys.stderr)
-        return 2
+    settings = settings_from_args(args, client_id="foliowatch-simulator")
     if args.truth:
         from pathlib import Path
         Path(args.truth).parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from foliowatch.errors import ConfigError
+
 try:  # 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - the simulator needs 3.11, see cli.py
@@ -143,7 +145,7 @@ FAULT_DEFAULTS: Dict[str, float] = {
 }
 
 
-class ScenarioError(ValueError):
+class ScenarioError(ConfigError):
     """A scenario file is wrong; the message names the file, the key and what to do."""
 
 

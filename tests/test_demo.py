@@ -40,7 +40,7 @@ def test_demo_detects_the_injected_regression_and_cleans_up(tmp_path):
     before = _listening_ports()
     p = subprocess.run(
         [sys.executable, "-m", "foliowatch", "demo", "--hosts", os.environ.get("DEMO_HOSTS", "3000"),
-         "--interval", "60", "--speed", "3000", "--workdir", str(workdir), "--plain"],
+         "--interval", "60", "--speed", "3000", "--output", str(workdir), "--plain"],
         capture_output=True, text=True, timeout=1500, stdin=subprocess.DEVNULL)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]

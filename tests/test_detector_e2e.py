@@ -34,7 +34,7 @@ def simulate_and_aggregate(tmp: Path, scenario, hosts: int, hours: float, seed: 
     files, dataset = tmp / "files", tmp / "dataset"
     assert cli.main(["simulate", "--scenario", str(scenario), "--hosts", str(hosts),
                      "--hours", str(hours), "--interval", "60", "--seed", str(seed),
-                     "--out", str(files), "--format", "parquet"]) == 0
+                     "--output", str(files), "--format", "parquet"]) == 0
     assert cli.main(["pipeline", "--from-files", str(files), "--output", str(dataset),
                      "--windows", "60", "--metrics-addr", "off"]) == 0
     assert list(dataset.glob("level=host/window_s=60/*/*.parquet"))
@@ -100,7 +100,7 @@ def test_rollback_resolves_the_open_regression_and_kafka_receives_records(tmp_pa
     ds = simulate_and_aggregate(tmp_path, scenario_file(tmp_path, "rollback", rollout=rollout),
                                 hosts=400, hours=17, seed=3)
     state = str(tmp_path / "s.json")
-    common = ["--dataset", str(ds), "--state", state, "--kafka", kafka.bootstrap]
+    common = ["--dataset", str(ds), "--state", state, "--bootstrap", kafka.bootstrap]
     from foliowatch.detector import outputs
     # route this test's records to a fresh topic (the `topic` fixture), not the shared one
     orig = outputs.publish_kafka

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from foliowatch.shell import cli
-from foliowatch.detector.main import FollowedFrame, load_frame
+from foliowatch.detector.run import FollowedFrame, load_frame
 from foliowatch.shell.services import free_port, stop_pid
 
 from test_detector_e2e import scenario_file
@@ -34,7 +34,7 @@ def _split_samples(tmp: Path, scenario: Path):
     second part while the detector runs."""
     files = tmp / "files"
     assert cli.main(["simulate", "--scenario", str(scenario), "--hosts", "200", "--hours", "13",
-                     "--interval", "60", "--seed", "5", "--out", str(files),
+                     "--interval", "60", "--seed", "5", "--output", str(files),
                      "--format", "parquet"]) == 0
     df = pl.concat([pl.read_parquet(p) for p in sorted(files.glob("samples-*.parquet"))])
     cut = df["ts"].min() + 11 * 3600
@@ -67,7 +67,7 @@ def test_follow_evaluates_new_windows_serves_metrics_and_stops_on_sigterm(tmp_pa
     with open(out, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "foliowatch", "detect", "--follow",
                                  "--dataset", str(dataset), "--state", str(state),
-                                 "--interval", "0.5", "--metrics-port", str(port), "--json"],
+                                 "--poll-interval", "0.5", "--metrics-addr", f"127.0.0.1:{port}", "--json"],
                                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         runs = _wait_lines(proc, out, 1)

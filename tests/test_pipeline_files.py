@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from foliowatch.errors import InputError
 from foliowatch.pipeline import main as pipeline_main
 
 from test_pipeline_reference import Reference, assert_dataset_matches, file_messages, read_output
@@ -108,7 +109,7 @@ def test_inputs_of_the_same_name_in_two_runs_keep_each_others_windows(sim_files,
     assert sorted((d["partition"], d["offset"]) for d in dlq) == \
         sorted(list(ref.invalid) + ref.late)
     # the same input named twice in one run is refused, naming both
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(InputError) as e:
         run_pipeline(["--output", str(out), "--from-files", str(halves[0]),
                       str(_copy(halves[0], tmp_path / "copy")), "--metrics-addr", "off"])
     assert "the same input twice" in str(e.value) and "copy" in str(e.value)
@@ -121,12 +122,12 @@ def _copy(src: Path, folder: Path) -> Path:
 
 
 def test_bad_input_paths_are_named_with_what_to_do(tmp_path):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(InputError) as e:
         run_pipeline(["--output", str(tmp_path / "o"), "--from-files", str(tmp_path / "nope.jsonl"),
                       "--metrics-addr", "off"])
     assert "nope.jsonl" in str(e.value) and "no such file" in str(e.value)
     (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(InputError) as e:
         run_pipeline(["--output", str(tmp_path / "o"), "--from-files", str(tmp_path / "x.csv"),
                       "--metrics-addr", "off"])
     assert "x.csv" in str(e.value) and ".jsonl" in str(e.value)

@@ -62,7 +62,7 @@ def test_report_numbers_equal_the_records(tmp_path, capsys):
     state.save()
 
     rc = cli(["report", "--dataset", str(ds), "--state", str(tmp_path / "state.json"),
-              "--out", str(tmp_path / "rep")])
+              "--output", str(tmp_path / "rep")])
     assert rc == 0
     text = capsys.readouterr().out
     page = (tmp_path / "rep" / "report.html").read_text()
@@ -85,14 +85,14 @@ def test_report_without_records_says_so(tmp_path, capsys):
     ds = _fixture_dataset(tmp_path / "ds")
     RegressionState(str(tmp_path / "state.json")).save()
     assert cli(["report", "--dataset", str(ds), "--state", str(tmp_path / "state.json"),
-                "--out", str(tmp_path / "rep")]) == 0
+                "--output", str(tmp_path / "rep")]) == 0
     assert "no regression" in capsys.readouterr().out.lower()
     assert "No regression found" in (tmp_path / "rep" / "report.html").read_text()
 
 
 def test_report_names_a_missing_state_file(tmp_path, capsys):
     rc = cli(["report", "--dataset", str(tmp_path), "--state", str(tmp_path / "nope.json"),
-              "--out", str(tmp_path / "rep")])
+              "--output", str(tmp_path / "rep")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "nope.json" in err and "foliowatch detect" in err
@@ -104,6 +104,6 @@ def test_report_names_an_empty_dataset(tmp_path, capsys):
     state.records[rec.id] = rec
     state.save()
     rc = cli(["report", "--dataset", str(tmp_path / "empty"), "--state", str(tmp_path / "state.json"),
-              "--out", str(tmp_path / "rep")])
+              "--output", str(tmp_path / "rep")])
     assert rc == 2
     assert "no host windows" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def test_cli_produces_to_kafka_with_two_workers_and_writes_truth(kafka, topic, t
                                                                   capsys):
     truth = tmp_path / "truth.json"
     rc = cli.main(["simulate", "--scenario", "control-no-regression", "--hosts", "30",
-                   "--hours", "0.1", "--seed", "2", "--kafka", kafka.bootstrap,
+                   "--hours", "0.1", "--seed", "2", "--bootstrap", kafka.bootstrap,
                    "--topic", topic, "--truth", str(truth), "--workers", "2"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

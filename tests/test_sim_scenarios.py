@@ -140,11 +140,11 @@ def test_cli_lists_scenarios_and_writes_files(tmp_path, capsys):
     assert cli.main(["simulate", "--list"]) == 0
     assert "seed-iomap-arm64-xfs" in capsys.readouterr().out
     rc = cli.main(["simulate", "--scenario", "improvement", "--hosts", "20", "--hours", "0.05",
-                   "--seed", "1", "--out", str(tmp_path), "--format", "parquet"])
+                   "--seed", "1", "--output", str(tmp_path), "--format", "parquet"])
     assert rc == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["ground_truth.json", "ground_truth_hosts.csv", "samples-00000.parquet"]
     assert cli.main(["simulate", "--scenario", "improvement", "--realtime",
-                     "--out", str(tmp_path)]) == 2
-    assert cli.main(["simulate", "--scenario", "no-such", "--out", str(tmp_path)]) == 2
+                     "--output", str(tmp_path)]) == 2
+    assert cli.main(["simulate", "--scenario", "no-such", "--output", str(tmp_path)]) == 2
     assert "named scenarios:" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""One run of the detector over the dataset, shared by ``foliowatch detect`` and
+``foliowatch verdict``: the arguments both take, the detector's configuration from them,
+reading the host windows (all at once, or incrementally for ``--follow``), and the
+evaluation, which returns an ``Analysis``. Nothing here writes anything: updating the
+regression state and announcing transitions belong to ``detect`` alone (``main``)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+from foliowatch.errors import ConfigError, InputError
+
+DEFAULT_STATE = "foliowatch-detector-state.json"
+
+
+def parse_duration(text: str) -> timedelta:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text or "")
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 6h or 7d, got {text!r}")
+    n, unit = float(m.group(1)), m.group(2)
+    return timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time such as "
+                                         f"2026-11-02T06:30:00Z, got {text!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """The arguments of every command that evaluates the dataset."""
+    parser.add_argument("--dataset", required=True, help="dataset root written by `foliowatch pipeline`")
+    parser.add_argument("--window-s", type=int, default=60, help="host window length to read (default 60)")
+    parser.add_argument("--as-of", type=parse_time, default=None,
+                        help="evaluate as of this time (default: the newest window)")
+    parser.add_argument("--lookback", type=parse_duration, default=timedelta(hours=6),
+                        help="windows compared (default 6h)")
+    parser.add_argument("--history", type=parse_duration, default=timedelta(days=7),
+                        help="windows read to find rollouts and rollbacks (default 7d)")
+    parser.add_argument("--state", default=DEFAULT_STATE, help=f"state file (default {DEFAULT_STATE})")
+    parser.add_argument("--fdr", type=float, default=None, help="false discovery rate (default 0.001)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def config_from(args):
+    from .analysis import DetectorConfig
+    from .evidence import EvidencePolicy
+    cfg = DetectorConfig(lookback=args.lookback)
+    if args.fdr is not None:
+        if not 0 < args.fdr < 1:
+            raise ConfigError(f"--fdr: expected a rate in (0, 1), got {args.fdr}")
+        cfg.policy = EvidencePolicy(fdr=args.fdr)
+    return cfg
+
+
+def load_frame(args, as_of: Optional[datetime]):
+    from .frames import read_host_windows
+    since = (as_of - args.history) if as_of else None
+    df = read_host_windows(args.dataset, args.window_s, since=since, until=as_of)
+    if as_of is None and not df.is_empty():
+        newest = df["window_start"].max()
+        df = df.filter(df["window_start"] >= newest - args.history)
+    return df
+
+
+class FollowedFrame:
+    """The host windows a continuous detector holds between runs: each poll reads only
+    the windows from ``reread`` before the newest one held (late records rewrite the
+    last windows' files) and drops what falls out of ``history``."""
+
+    def __init__(self, args, reread: timedelta = timedelta(minutes=10)):
+        self.args = args
+        self.reread = reread
+        self.df = None
+
+    def update(self, newest: datetime):
+        from .frames import _utc, read_host_windows
+        import polars as pl
+        newest = _utc(newest)
+        if self.df is None or self.df.is_empty():
+            self.df = load_frame(self.args, newest)
+            return self.df
+        cut = self.df["window_start"].max() - self.reread
+        fresh = read_host_windows(self.args.dataset, self.args.window_s, since=cut, until=newest)
+        keep = self.df.filter((pl.col("window_start") < cut)
+                              & (pl.col("window_start") >= newest - self.args.history))
+        self.df = pl.concat([keep, fresh.select(keep.columns)], how="vertical_relaxed")
+        return self.df
+
+
+def evaluate(args, as_of: Optional[datetime] = None, frame=None, cache=None):
+    """One evaluation of the dataset as of ``as_of`` (default ``--as-of``, else the
+    newest window): the ``Analysis``, with nothing written. ``frame``: host windows
+    already read (``FollowedFrame``); ``cache``: an ``AnalysisCache`` kept between runs."""
+    from .analysis import analyze
+    config = config_from(args)
+    df = frame if frame is not None else load_frame(args, as_of or args.as_of)
+    if df.is_empty():
+        raise InputError(f"dataset {args.dataset}: no host windows in the requested range")
+    return analyze(df, as_of=as_of or args.as_of, config=config, cache=cache)
