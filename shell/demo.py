@@ -220,11 +220,53 @@ def _judge(records: List[dict], cohorts: List[dict], disp: Display) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-def _prometheus_config(targets: Dict[str, str]) -> str:
-    lines = ["global:", "  scrape_interval: 2s", "scrape_configs:"]
+def _prometheus_config(targets: Dict[str, str], rules: Optional[Path] = None,
+                       alertmanager: Optional[str] = None) -> str:
+    lines = ["global:", "  scrape_interval: 2s", "  evaluation_interval: 2s"]
+    if rules is not None:
+        lines += ["rule_files:", f"  - '{rules}'"]
+    if alertmanager is not None:
+        lines += ["alerting:", "  alertmanagers:", "    - static_configs:",
+                  f"        - targets: ['{alertmanager.split('://', 1)[-1]}']"]
+    lines.append("scrape_configs:")
     for job, addr in targets.items():
         lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: ['{addr}']"]
     return "\n".join(lines) + "\n"
+
+
+def _start_alerting(workdir: Path, services: list):
+    """The project's alert rules and Alertmanager routing (deploy/), with seconds for
+    minutes and the demo's job names, delivering to a webhook receiver of its own.
+    Returns (receiver, rules file, Alertmanager)."""
+    import yaml
+
+    from foliowatch.shell import alerting
+    from foliowatch.shell.services import Alertmanager
+
+    webhook = alerting.WebhookReceiver().start()
+    services.append(webhook)
+    names = alerting.AlertConfig().receivers
+    cfg = alerting.AlertConfig(agent_job="agent", pipeline_job="pipeline", detector_job="detector").fast(
+        receivers={name: f"{webhook.url}/{name}" for name in names})
+    rules = workdir / "foliowatch-alerts.yml"
+    rules.write_text(alerting.to_yaml(alerting.rule_groups(cfg)))
+    am = Alertmanager(workdir / "alertmanager", yaml.safe_dump(alerting.alertmanager_config(cfg)))
+    services.append(am)
+    am.start()
+    return webhook, rules, am
+
+
+def _show_alerts(disp: "Display", webhook, shown: int) -> int:
+    """Say each rollout notification the receiver got since ``shown``; returns the count
+    seen. Health tickets (a detector behind the accelerated clock) are left to the log."""
+    from foliowatch.shell.alerting import notification_text
+
+    got = webhook.received()
+    for path, note in got[shown:]:
+        if any(a["labels"].get("alertname", "").startswith("KernelRollout") for a in note["alerts"]):
+            disp.say(f"[bold magenta]ALERT delivered[/bold magenta] to {path.strip('/')}: "
+                     f"{notification_text(note)}")
+    return len(got)
 
 
 def _create_topic(bootstrap: str, name: str) -> None:
@@ -449,11 +491,14 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
     ports = {"pipeline": free_port(), "detector": free_port()}
     if not args.no_agent:
         ports.update({"agent": free_port(), "pipeline-local": free_port()})
+    webhook, rules, am = _start_alerting(workdir, services)
     prom = Prometheus(workdir / "prometheus", _prometheus_config(
-        {k: f"127.0.0.1:{v}" for k, v in ports.items()}))
+        {k: f"127.0.0.1:{v}" for k, v in ports.items()}, rules, am.url), [rules])
     services.append(prom)
     prom.start()
-    print(f"Kafka {kafka.bootstrap}; Prometheus {prom.url}", flush=True)
+    print(f"Kafka {kafka.bootstrap}; Prometheus {prom.url}; Alertmanager {am.url} "
+          f"-> webhook {webhook.url}", flush=True)
+    alerts_shown = 0
 
     if not args.no_agent:
         # This host's agent samples in real time while the simulated fleet runs on its own
@@ -516,6 +561,7 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
                     if key not in announced:
                         announced.add(key)
                         _announce(disp, r, first_canary)
+                alerts_shown = _show_alerts(disp, webhook, alerts_shown)
                 sim = min(progress["sim_ts"], end_ts)
                 if not args.no_agent and now - host_prev >= 4.0:
                     host_prev = now
@@ -540,6 +586,14 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
             up = prom.query("up")["data"]["result"]
             disp.say(f"Prometheus {prom.url}: {sum(1 for r in up if r['value'][1] == '1')} of "
                      f"{len(up)} targets up ({', '.join(sorted(r['metric']['job'] for r in up))})")
+            # a confirmed regression's page is on its way (rule evaluation, group_wait):
+            # let it arrive before the detector stops
+            deadline = time.monotonic() + 20.0
+            while (any(r["status"] == "confirmed" for r in _state_records(state))
+                   and not any(p != "/ops-tickets" for p, _ in webhook.received())
+                   and time.monotonic() < deadline):
+                time.sleep(0.5)
+            alerts_shown = _show_alerts(disp, webhook, alerts_shown)
             procs.stop("detector")
             procs.stop("pipeline")
             procs.stop("agent")

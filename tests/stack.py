@@ -126,7 +126,7 @@ class FleetStack:
     def detector_argv(self, interval_s: float = 1.0) -> List[str]:
         return foliowatch_argv("detect", "--dataset", str(self.dataset), "--state", str(self.state),
                                "--follow", "--interval", str(interval_s),
-                               *metrics_flag(self.ports["detector"]))
+                               "--metrics-addr", f"127.0.0.1:{self.ports['detector']}")
 
     def start_detector(self, interval_s: float = 1.0) -> None:
         self._start("detector", self.detector_argv(interval_s))
@@ -227,11 +227,6 @@ class FleetStack:
             return True if seen >= as_of else f"evaluated until {seen:.0f}, want {as_of:.0f}"
         self._wait("detector evaluation", ready, timeout)
         return scrape(self.detector_metrics_url)
-
-
-def metrics_flag(port: int) -> List[str]:
-    """The detector's /metrics listen flag."""
-    return ["--metrics-port", str(port)]
 
 
 def prometheus_config(targets: Dict[str, str], rule_files: Optional[List[Path]] = None,
