@@ -125,7 +125,7 @@ class FleetStack:
 
     def detector_argv(self, interval_s: float = 1.0) -> List[str]:
         return foliowatch_argv("detect", "--dataset", str(self.dataset), "--state", str(self.state),
-                               "--follow", "--interval", str(interval_s),
+                               "--follow", "--poll-interval", str(interval_s),
                                "--metrics-addr", f"127.0.0.1:{self.ports['detector']}")
 
     def start_detector(self, interval_s: float = 1.0) -> None:
