@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from foliowatch import errors, kafka_io, schema
+from foliowatch.agent.collectors import tracepoints as _tracepoints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,6 +75,15 @@ every_s = 3600.0             # at most one probe per this many seconds
 min_free_bytes = 1073741824  # never leave less free than this...
 min_free_ratio = 0.1         # ...or than this share of the filesystem
 user = "nobody"              # when the agent is root, the probe runs as this user
+
+[agent.tracepoints]
+enabled = false              # count page-cache folio orders, direct compaction and direct
+                             # reclaim from kernel tracepoints (perf counting mode); needs
+                             # CAP_PERFMON or kernel.perf_event_paranoid <= 0, and tracefs
+order_buckets = ["0", "1-3", "4-7", "8+"]   # allocation-order ranges: from 0, no gaps,
+                             # the last open ("N+"); one counter per range and CPU
+pagecache_devices = "all"    # "all" or "watched": page-cache folios of agent.mounts only
+tracefs = ""                 # "" = /sys/kernel/tracing, then /sys/kernel/debug/tracing
 """
 
 
@@ -88,6 +98,14 @@ class ProbeConfig:
     min_free_bytes: int = 1 << 30
     min_free_ratio: float = 0.1
     user: str = "nobody"
+
+
+@dataclass
+class TracepointsConfig:
+    enabled: bool = False
+    order_buckets: List[str] = field(default_factory=lambda: list(_tracepoints.DEFAULT_BUCKETS))
+    pagecache_devices: str = "all"
+    tracefs: str = ""
 
 
 @dataclass
@@ -110,6 +128,7 @@ class AgentConfig:
     metrics_enabled: bool = True
     metrics_listen: str = "127.0.0.1:9464"
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    tracepoints: TracepointsConfig = field(default_factory=TracepointsConfig)
 
     def metrics_address(self) -> Tuple[str, int]:
         host, _, port = self.metrics_listen.rpartition(":")
@@ -235,6 +254,8 @@ def _build(v: Dict[str, Any]) -> Tuple[AgentConfig, List[str]]:
         compression=v["agent.kafka.compression"],
         client_id="foliowatch-agent")
     probe = ProbeConfig(**{k.split(".")[-1]: v[k] for k in KEYS if k.startswith("agent.probe.")})
+    tracepoints = TracepointsConfig(**{k.split(".")[-1]: v[k] for k in KEYS
+                                       if k.startswith("agent.tracepoints.")})
     cfg = AgentConfig(
         host_id=v["agent.host_id"], fleet=v["agent.fleet"], role=v["agent.role"],
         instance_type=v["agent.instance_type"], interval_s=v["agent.interval_s"],
@@ -243,7 +264,7 @@ def _build(v: Dict[str, Any]) -> Tuple[AgentConfig, List[str]]:
         send_timeout_s=v["agent.kafka.send_timeout_s"],
         retry_backoff_max_s=v["agent.kafka.retry_backoff_max_s"],
         spool_max_bytes=v["agent.spool.max_bytes"], metrics_enabled=v["agent.metrics.enabled"],
-        metrics_listen=v["agent.metrics.listen"], probe=probe)
+        metrics_listen=v["agent.metrics.listen"], probe=probe, tracepoints=tracepoints)
 
     if cfg.kafka_enabled:
         p += [f"config {e}" for e in kafka.check(prefix="agent.kafka")]
@@ -304,7 +325,23 @@ def _build(v: Dict[str, Any]) -> Tuple[AgentConfig, List[str]]:
         p.append(f"config agent.probe.min_free_ratio: must be in [0, 1), got {pr.min_free_ratio}")
     if pr.min_free_bytes < 0:
         p.append(f"config agent.probe.min_free_bytes: must be >= 0, got {pr.min_free_bytes}")
+    p += _tracepoint_problems(tracepoints)
     return cfg, p
+
+
+def _tracepoint_problems(tp: TracepointsConfig) -> List[str]:
+    p: List[str] = []
+    try:
+        _tracepoints.parse_buckets(tp.order_buckets)
+    except ValueError as e:
+        p.append(f"config agent.tracepoints.order_buckets: {e}")
+    if tp.pagecache_devices not in ("all", "watched"):
+        p.append(f"config agent.tracepoints.pagecache_devices: expected \"all\" or "
+                 f"\"watched\", got {tp.pagecache_devices!r}")
+    if tp.tracefs and not tp.tracefs.startswith("/"):
+        p.append(f"config agent.tracepoints.tracefs: expected an absolute path (or \"\" to "
+                 f"look in the usual places), got {tp.tracefs!r}")
+    return p
 
 
 _CODEC_PACKAGES = {"zstd": ("has_zstd", "zstandard"), "lz4": ("has_lz4", "lz4"),
@@ -348,10 +385,3 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
         return AgentConfig(), problems
     return _build(values)
 
-
-def load_or_raise(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
-                  ) -> AgentConfig:
-    cfg, problems = load(path, environ)
-    if problems:
-        raise ConfigError(problems)
-    return cfg

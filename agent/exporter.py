@@ -62,7 +62,7 @@ class AgentCollector(Collector):
         r = sampler.read()
         mthp = {}
         for name, value in sorted(r.counters.items()):
-            if name.startswith("psi_"):
+            if name.startswith(("psi_", "tp_")):
                 continue
             m = _MTHP.match(name)
             if m:
@@ -87,6 +87,7 @@ class AgentCollector(Collector):
             for size, value in sorted(rows, key=lambda x: int(x[0])):
                 c.add_metric([size], value)
             yield c
+        yield from _tracepoint_families(r.counters)
         frag = GaugeMetricFamily(P + "frag_unusable_ratio",
                                  "Unusable free space index (Gorman) per allocation order: "
                                  "share of free memory in blocks smaller than the order",
@@ -189,8 +190,75 @@ class AgentCollector(Collector):
             for name, delta in sorted(st.probe_vmstat.items()):
                 g.add_metric([name], delta)
             yield g
+        tp = a.sampler.tracepoints
+        if tp is not None:
+            yield gauge("tracepoints_enabled", "1 if the tracepoint counters are open "
+                        "(agent.tracepoints.enabled and permitted), 0 if configured but off "
+                        "(see foliowatch_agent_tracepoints_info{reason})", 1.0 if tp.on else 0.0)
+            info = InfoMetricFamily(P + "tracepoints", "Why the tracepoint counters are off, "
+                                    "and events or fields this kernel lacks")
+            info.add_metric([], {"reason": tp.off_reason or "",
+                                 "missing": "; ".join(tp.problems)})
+            yield info
         yield counter("probe_refusals", "Probes that did not run (space, permissions)",
                       st.probe_refusals)
+
+
+# wire counter prefix -> (metric, help); the rest of the name is the order bucket
+_TP_BUCKETED = (
+    ("tp_pagecache_folios_", "tracepoint_pagecache_folios",
+     "Folios added to the page cache (filemap:mm_filemap_add_to_page_cache), by "
+     "allocation-order bucket"),
+    ("tp_pagecache_bytes_", "tracepoint_pagecache_bytes",
+     "Bytes of the folios added to the page cache, by allocation-order bucket"),
+    ("tp_compact_try_", "tracepoint_compaction_attempts",
+     "Direct compaction attempts (compaction:mm_compaction_try_to_compact_pages), by "
+     "allocation-order bucket"),
+)
+_TP_SINGLE = {
+    "tp_compact_try_costly_direct": ("tracepoint_compaction_attempts_costly_direct_reclaim",
+                                     "Direct compaction attempts of order > 3 carrying "
+                                     "__GFP_DIRECT_RECLAIM"),
+    "tp_compact_end": ("tracepoint_compaction_ended", "Compaction runs ended "
+                       "(compaction:mm_compaction_end; direct, kcompactd and proactive)"),
+    "tp_compact_end_success": ("tracepoint_compaction_ended_success",
+                               "Compaction runs ended with status success"),
+    "tp_compact_deferred": ("tracepoint_compaction_deferred", "Compaction deferred "
+                            "(compaction:mm_compaction_deferred)"),
+    "tp_compact_deferred_costly": ("tracepoint_compaction_deferred_costly",
+                                   "Compaction deferred at order > 3"),
+    "tp_direct_reclaim": ("tracepoint_direct_reclaim", "Direct reclaim entries "
+                          "(vmscan:mm_vmscan_direct_reclaim_begin)"),
+    "tp_direct_reclaim_costly": ("tracepoint_direct_reclaim_costly",
+                                 "Direct reclaim entries at order > 3"),
+}
+
+
+def _tracepoint_families(counters) -> Iterator[Metric]:
+    """The ``tp_*`` counters (collectors/tracepoints.py) as families with an
+    ``order_bucket`` label (``0``, ``1-3``, ``8+``, ...)."""
+    for prefix, metric, help_ in _TP_BUCKETED:
+        rows = [(k[len(prefix):], v) for k, v in counters.items()
+                if k.startswith(prefix + "order_")]
+        if not rows:
+            continue
+        c = CounterMetricFamily(P + metric, help_, labels=["order_bucket"])
+        for bucket, value in sorted(rows, key=lambda x: int(x[0].split("_")[1])):
+            c.add_metric([_bucket_label(bucket)], value)
+        yield c
+    for key, (metric, help_) in _TP_SINGLE.items():
+        if key in counters:
+            c = CounterMetricFamily(P + metric, help_)
+            c.add_metric([], counters[key])
+            yield c
+
+
+def _bucket_label(name: str) -> str:
+    """``order_1_3`` -> ``1-3``, ``order_8_up`` -> ``8+``, ``order_0`` -> ``0``."""
+    parts = name.split("_")[1:]
+    if parts[-1] == "up":
+        return parts[0] + "+"
+    return "-".join(parts)
 
 
 def make_registry(agent: "Agent") -> CollectorRegistry:

@@ -69,6 +69,17 @@ def _runtime_problems(cfg) -> list:
         except KeyError:
             problems.append(f"config agent.probe.user: no user {cfg.probe.user!r} on this "
                             "host; create it or name an existing unprivileged user")
+    if cfg.tracepoints.enabled:
+        from foliowatch.agent.collectors import tracepoints
+        tp = tracepoints.TracepointCounters(
+            tracepoints.parse_buckets(cfg.tracepoints.order_buckets),
+            tracefs=cfg.tracepoints.tracefs)
+        tp.open()
+        tp.close()
+        if tp.off_reason:
+            problems.append(f"config agent.tracepoints.enabled: the collector will be off: "
+                            f"{tp.off_reason} (warning)")
+        problems += [f"{p} (warning)" for p in tp.problems]
     for m in cfg.mounts:
         if not os.path.exists(m):
             problems.append(f"config agent.mounts: {m!r} does not exist on this host; remove "

@@ -229,6 +229,7 @@ class Agent:
         if self.sender is not None:
             self.sender.close(timeout=self.cfg.send_timeout_s)
         self.spool.close()
+        self.sampler.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)   # releases the flock
             self._lock_fd = None

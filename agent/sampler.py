@@ -12,7 +12,7 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 from foliowatch import __version__, schema
 from foliowatch.agent.collectors import (buddyinfo, diskstats, labels, meminfo, pressure,
-                                         thp, vmstat, xfs)
+                                         thp, tracepoints, vmstat, xfs)
 from foliowatch.agent.config import AgentConfig
 from foliowatch.agent.deltas import Baseline
 
@@ -64,6 +64,11 @@ class Sampler:
         self._slow_at = -1e18
         self._settings: Dict[str, str] = {}
         self._mthp_sizes: List = []
+        self.tracepoints: Optional[tracepoints.TracepointCounters] = None
+        if cfg.tracepoints.enabled:
+            self.tracepoints = tracepoints.TracepointCounters(
+                tracepoints.parse_buckets(cfg.tracepoints.order_buckets),
+                tracefs=cfg.tracepoints.tracefs, sys=sys)
 
     # -- watched mounts --------------------------------------------------------------
     def watched_mounts(self) -> List[labels.Mount]:
@@ -78,10 +83,6 @@ class Sampler:
                         found.append(m)
                 self._mounts, self._mounts_at = found, now
             return list(self._mounts)
-
-    def refresh_mounts(self) -> None:
-        with self._mount_lock:
-            self._mounts_at = -1e18
 
     def _mount_readings(self) -> List[MountReading]:
         disks = diskstats.read(self.proc)
@@ -101,6 +102,22 @@ class Sampler:
             out.append(MountReading(mount, labels.schema_fs(m.fs), device, counters))
         return out
 
+    def _open_tracepoints(self) -> None:
+        """Opened at the first reading, after the watched mounts are known; counters of
+        a mount that appears later are not filtered for (the kernel's filter is fixed
+        while the counter is open)."""
+        tp = self.tracepoints
+        if tp is None or tp._opened:
+            return
+        if self.cfg.tracepoints.pagecache_devices == "watched":
+            tp.devices = sorted({tracepoints.kernel_dev(m.devno) for m in
+                                 self.watched_mounts()})
+        tp.open()
+
+    def close(self) -> None:
+        if self.tracepoints is not None:
+            self.tracepoints.close()
+
     def _refresh_slow(self) -> None:
         now = time.monotonic()
         if now - self._slow_at > MOUNT_REFRESH_S:
@@ -116,6 +133,9 @@ class Sampler:
         counters = vmstat.counters(vm)
         counters.update(pressure.read_all(self.proc))
         counters.update(thp.read_mthp_counters(self.sys, self._mthp_sizes))
+        if self.tracepoints is not None:
+            self._open_tracepoints()
+            counters.update(self.tracepoints.read())
         mem = meminfo.read(self.proc)
         zones = buddyinfo.read(self.proc)
         gauges = meminfo.gauges(mem)

@@ -32,7 +32,7 @@ import zlib
 from typing import List, NamedTuple, Optional, Tuple
 
 from foliowatch import schema
-from foliowatch.agent.state import atomic_write, fsync_dir
+from foliowatch.files import atomic_write, fsync_dir
 
 HEADER = struct.Struct(">II")
 SEGMENTS_PER_SPOOL = 16
@@ -43,10 +43,6 @@ class Position(NamedTuple):
     segment: int
     offset: int
     index: int = 0   # records in the segment up to this position
-
-
-class SpoolFullError(RuntimeError):
-    pass
 
 
 def frame(payload: bytes) -> bytes:
@@ -158,7 +154,7 @@ class Spool:
     def _save_head(self, durable: bool = True) -> None:
         atomic_write(os.path.join(self.dir, "head"),
                      f"{self._head.segment} {self._head.offset} {self.dropped_total}\n".encode(),
-                     durable=durable)
+                     fsync_data=durable, fsync_folder=durable, mode=0o600)
 
     # -- writing --------------------------------------------------------------------
     def append(self, payload: bytes) -> int:

@@ -1,8 +1,8 @@
 """The agent's small persistent state: the next ``seq`` and the counter baseline.
 
-Stored as JSON in ``<state_dir>/state.json`` and replaced atomically (write a temporary
-file, fsync it, rename it over the old one, fsync the directory), so a crash leaves
-either the old or the new state, never a torn one. ``seq`` is reserved here *before* the
+Stored as JSON in ``<state_dir>/state.json`` and replaced atomically
+(``foliowatch.files.atomic_write``), so a crash leaves either the old or the new state,
+never a torn one. ``seq`` is reserved here *before* the
 sample carrying it is spooled: a crash in between costs a gap in ``seq``, never a reuse.
 
 The per-sample save fsyncs the file but not the directory: if a crash loses the rename,
@@ -18,36 +18,9 @@ import json
 import os
 from typing import Any, Dict, Optional
 
+from foliowatch.files import atomic_write
+
 STATE_FILE = "state.json"
-
-
-def atomic_write(path: str, data: bytes, durable_rename: bool = True,
-                 durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new bytes, never a
-    mix. ``durable``: fsync the data before the rename (else a crash may leave an empty
-    file on some filesystems); ``durable_rename``: fsync the directory after it."""
-    directory = os.path.dirname(path) or "."
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable and durable_rename:
-        fsync_dir(directory)
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AgentState:
@@ -86,4 +59,4 @@ class AgentState:
         data = json.dumps({"next_seq": self.next_seq, "host_id": self.host_id,
                            "last_probe_ts": self.last_probe_ts,
                            "baseline_ts": self.baseline_ts, "baseline": self.baseline}, separators=(",", ":")).encode()
-        atomic_write(self.path, data, durable_rename=False)
+        atomic_write(self.path, data, fsync_folder=False, mode=0o600)

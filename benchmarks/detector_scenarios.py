@@ -9,7 +9,6 @@ Parquet) instead.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Optional
 
 import polars as pl
@@ -56,7 +55,3 @@ def host_windows(scenario, seed: Optional[int] = None, window_s: int = 60) -> pl
         df = df.sort("interval_s_sum", descending=True).unique(subset=keys, keep="first")
     return df.sort("window_start", "host_id")
 
-
-def truth_regressions(scenario, seed: Optional[int] = None):
-    from foliowatch.simulator import ground_truth
-    return [t for t in ground_truth(scenario, seed) if t.get("type") == "change"]

@@ -2,7 +2,7 @@
 detector's regressions as annotations) to a Grafana, or render the main dashboard's
 panels as a PNG from a Prometheus.
 
-    foliowatch dashboards generate [--out DIR] [--check]
+    foliowatch dashboards generate [--output DIR] [--check]
     FOLIOWATCH_GRAFANA_TOKEN=... foliowatch dashboards push --url https://grafana.example/ \\
         [--folder foliowatch] [--state detector-state.json | --annotations ann.json]
     foliowatch dashboards render --prometheus http://127.0.0.1:9090 --out docs/x.png
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from foliowatch.errors import ConfigError
+from foliowatch.flags import add_output
 
 from . import config
 
@@ -22,9 +23,10 @@ from . import config
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     g = sub.add_parser("generate", help="write the dashboards' JSON (default: the packaged generated/)")
-    g.add_argument("--out", default=None, help="directory to write to (default: dashboards/generated)")
+    add_output(g, default=None, old=("--out",),
+               help="directory to write to (default: dashboards/generated)")
     g.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 if the files in --out differ from the code")
+                   help="write nothing; exit 1 if the files in --output differ from the code")
 
     # no abbreviations: `--token SECRET` must be refused, not taken for --token-file
     # (and the secret then printed in the "cannot read" error)
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _generate(args) -> int:
     from . import generate
-    out = Path(args.out) if args.out else generate.GENERATED_DIR
+    out = Path(args.output) if args.output else generate.GENERATED_DIR
     if args.check:
         stale = generate.stale(out)
         for name in stale:

@@ -141,10 +141,12 @@ def regression_annotations() -> List[gdash.AnnotationQuery]:
               .datasource(GRAFANA_DATASOURCE).enable(True).icon_color("red")
               .target(gdash.AnnotationTarget().type("tags").tags(config.ANNOTATION_TAGS)
                       .match_any(False).limit(200)))
+    # one series per regression and status (the headline's numbers move every
+    # evaluation, so foliowatch_regression_info would start a new region each time)
     live = (gdash.AnnotationQuery().name("Open regressions (Prometheus)")
             .datasource(DATASOURCE).enable(True).icon_color("orange")
-            .expr("max by (fleet, role, arch, page_size, fs, kernel_from, kernel_to, status, headline) "
-                  f"(foliowatch_regression_info{{{config.cohort_selector(kernel_label='kernel_to')}}})"))
+            .expr("max by (fleet, role, arch, page_size, fs, kernel_from, kernel_to, status) "
+                  f"(foliowatch_regression_open{{{config.cohort_selector(kernel_label='kernel_to')}}})"))
     return [stored, live]
 
 

@@ -4,6 +4,7 @@ against a Prometheus: what an operator sees in Grafana, for readers without one.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +60,8 @@ def render(prometheus_url: str, out: str, *, start: Optional[float] = None,
     dashboards = generate.dashboards()
 
     fig = plt.figure(figsize=(16, 15), dpi=90)
-    grid = fig.add_gridspec(4, 2, height_ratios=[0.5, 1, 1, 1.05], hspace=0.45, wspace=0.18)
+    grid = fig.add_gridspec(4, 2, height_ratios=[0.55, 1, 1, 1.05], hspace=0.45, wspace=0.18,
+                            width_ratios=[1, 1.25])
     fig.suptitle("foliowatch / Kernel rollout — rendered from Prometheus with the dashboards' PromQL",
                  fontsize=14, x=0.01, ha="left")
 
@@ -70,11 +72,12 @@ def render(prometheus_url: str, out: str, *, start: Optional[float] = None,
     ax.set_title(panel["title"], loc="left", fontsize=11)
     mapping = {v: (t, c) for v, t, c in config.VERDICTS}
     rows = prom.instant(concrete(q.expr, values, rate), at=end)
-    for i, r in enumerate(sorted(rows, key=lambda r: legend(q.legend, r["metric"]))[:4]):
+    ordered = sorted(rows, key=lambda r: legend(q.legend, r["metric"]))[:4]
+    for i, r in enumerate(ordered):
         text, colour = mapping.get(int(float(r["value"][1])), ("?", "grey"))
-        ax.text(0.01 + 0.33 * i, 0.45, f"{legend(q.legend, r['metric'])}\n{text.upper()}",
-                fontsize=11, va="center", color="white", weight="bold",
-                bbox=dict(boxstyle="round,pad=0.6", fc=COLOURS.get(colour, colour)))
+        ax.text(0.01, 0.85 - 0.27 * i, f"{text.upper():<11} {legend(q.legend, r['metric'])}",
+                fontsize=10, va="center", color="white", weight="bold", family="monospace",
+                bbox=dict(boxstyle="round,pad=0.4", fc=COLOURS.get(colour, colour)))
     if not rows:
         ax.text(0.01, 0.45, "no verdict exported", fontsize=11)
 
@@ -87,22 +90,28 @@ def render(prometheus_url: str, out: str, *, start: Optional[float] = None,
             ["options"]["indexByName"]]
     show = ["fleet", "arch", "page_size", "fs", "kernel_to", "status", "headline"]
     rows = prom.instant(concrete(q.expr, values, rate), at=end)
-    cells = [[r["metric"].get(c, "") for c in show if c in cols] for r in rows][:6]
+    show = [c for c in show if c in cols]
+    cells = [[textwrap.fill(r["metric"].get(c, ""), 58) for c in show] for r in rows][:4]
     if cells:
-        t = ax.table(cellText=cells, colLabels=[c for c in show if c in cols], loc="upper left",
-                     cellLoc="left", colLoc="left")
+        widths = [0.1, 0.07, 0.07, 0.05, 0.16, 0.09, 0.46][:len(show)]
+        t = ax.table(cellText=cells, colLabels=show, loc="upper left", cellLoc="left",
+                     colLoc="left", colWidths=widths)
         t.auto_set_font_size(False)
         t.set_fontsize(7.5)
-        t.auto_set_column_width(list(range(len(cells[0]))))
+        lines = max(c.count("\n") + 1 for row in cells for c in row)
+        for (row, _col), cell in t.get_celld().items():
+            cell.set_height(0.12 * (lines if row else 1))
     else:
         ax.text(0.01, 0.5, "no open regression", fontsize=11)
 
     # regression marks: when each open regression's series first appears
     _panel, (aq,) = _find(dashboards, ANNOTATION)
-    marks = []
+    first: Dict[tuple, float] = {}
     for s in prom.range(concrete(aq.expr, values, rate), start, end, step):
         if s["values"]:
-            marks.append((float(s["values"][0][0]), s["metric"].get("status", "")))
+            key = tuple(sorted(s["metric"].items()))
+            first[key] = min(first.get(key, float("inf")), float(s["values"][0][0]))
+    marks = [(t, dict(k).get("status", "")) for k, t in first.items()]
 
     for i, where in enumerate(TIMESERIES):
         ax = fig.add_subplot(grid[1 + i // 2, i % 2])

@@ -6,8 +6,13 @@ results; none imports Kafka or HTTP clients:
 - ``frames``: reading the dataset, comparison groups, metric definitions
 - ``attribution``: rollout events inferred from host windows (kernel label changing at a
   reboot), waves, rollbacks; matching change points to them
-- ``cohort``: host-level new-vs-baseline comparison with covariate adjustment
-- ``changepoint``: binary segmentation with a significance test
+- ``cohort``: host-level new-vs-baseline comparison (``compare``) and its results, built
+  from one module per step: ``centring`` (log scale, centred per window),
+  ``state_support`` (comparable memory states), ``memory_state`` (fragmentation model),
+  ``reference_state`` (what the baseline history says), ``covariates`` (ridge on host
+  covariates), ``host_statistics`` (level, tail, bad_share, within_host per host),
+  ``rank_test`` (Mann-Whitney, Hodges-Lehmann), ``coverage`` (fragmentation reached)
+- ``changepoint``: level shifts (PELT over a swappable cost, then a significance check)
 - ``evidence``: Benjamini-Hochberg, joint evidence, ranking
 - ``records``: the regression record and its suspected/confirmed/resolved state machine
 - ``analysis``: one evaluation of a dataset as of a time

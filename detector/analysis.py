@@ -13,10 +13,11 @@ import numpy as np
 import polars as pl
 
 from . import attribution, cohort, evidence
+from .changepoint import LevelShifts
 from .headline import headline, level_effects
-from .changepoint import Mosum
 from .frames import GROUP_KEYS, LOG_FLOOR, TESTED_METRICS
 from .records import RegressionRecord, record_id
+from .reference_state import ReferenceState
 
 CHANGEPOINT_METRICS = ("write_mib_s", "compact_stall_per_s")
 
@@ -29,7 +30,7 @@ class DetectorConfig:
     adjust: bool = True
     changepoints: bool = True
     cp_max_pvalue: float = 0.001
-    cp_bandwidth: int = 15              # windows on each side (rollout waves: ~20 min)
+    cp_min_size: int = 5                # shortest segment, windows
     cp_min_shift: float = 0.03          # log scale: ~3% level shift
     # a rolled-back kernel must have left the group for this long before "resolved"
     rollback_quiet: timedelta = timedelta(minutes=5)
@@ -65,7 +66,7 @@ class AnalysisCache:
     refresh: timedelta = timedelta(minutes=60)
     boots: Optional[pl.DataFrame] = None
     boots_until: Optional[datetime] = None
-    references: Dict[Tuple, Tuple[datetime, Dict[str, cohort.ReferenceState]]] = \
+    references: Dict[Tuple, Tuple[datetime, Dict[str, ReferenceState]]] = \
         field(default_factory=dict)
 
     def rollouts(self, host_windows: pl.DataFrame, as_of: datetime) -> List[attribution.Rollout]:
@@ -82,7 +83,7 @@ class AnalysisCache:
         self.boots_until = as_of
         return attribution.infer_rollouts(changes=attribution.changes_from_boots(self.boots))
 
-    def reference_states(self, key: Tuple, as_of: datetime) -> Optional[Dict[str, cohort.ReferenceState]]:
+    def reference_states(self, key: Tuple, as_of: datetime) -> Optional[Dict[str, ReferenceState]]:
         hit = self.references.get(key)
         if hit is not None and hit[0] <= as_of < hit[0] + self.refresh:
             return hit[1]
@@ -217,10 +218,10 @@ def _group_change_points(part: pl.DataFrame, key: Tuple, rollouts, config: Detec
         s = (part.group_by("window_start")
              .agg((pl.col(metric).clip(lower_bound=0) + LOG_FLOOR[metric]).log().median().alias("y"))
              .sort("window_start").drop_nulls())
-        if s.height < 4 * config.cp_bandwidth:
+        if s.height < 2 * config.cp_min_size:
             continue
         times = s["window_start"].to_list()
-        seg = Mosum(config.cp_bandwidth, config.cp_max_pvalue, min_shift=config.cp_min_shift)
+        seg = LevelShifts(config.cp_max_pvalue, config.cp_min_size, min_shift=config.cp_min_shift)
         for cp in seg.fit_predict(s["y"].to_numpy()):
             at = times[cp.index]
             out.append(GroupChangePoint(key, metric, at, cp.p_value, cp.shift,

@@ -1,34 +1,44 @@
-"""Change points in fleet series, with significance tests. Two methods:
+"""Level shifts in a series of any origin: where the mean jumps, with a p-value each.
 
-- ``Mosum`` (used by the detector): moving-sum two-sample statistic with the Gumbel
-  limit of its maximum; local, so a sharp step stands out of a diurnal cycle, and
-  streaming (``IncrementalMosum``) and vectorised over many series (``detect_many``).
-- ``BinarySegmentation``: binary segmentation on the standardized CUSUM (two-sample t
-  statistic at every split) with a Brownian-bridge p-value; global, the more powerful
-  on series without a daily cycle (hourly means, de-seasonalised contrasts).
+One method, in the shape ruptures gave the field (a cost says how well one segment
+fits, a search finds the segmentation that minimises total cost plus a penalty), so a
+cost can be swapped without touching the search:
 
-About the second:
+- costs: ``CostL2`` (piecewise-constant mean, the default) and ``CostLinear``
+  (a straight line per segment, for series whose segments trend);
+- search: ``Pelt`` (exact optimum of cost + penalty per change point, with pruning);
+- ``LevelShifts``, the default detector: robust noise scale -> PELT with a penalty in
+  units of that scale -> a significance check of every candidate against its
+  neighbours, which removes the weakest until all that remain hold.
 
-Why this test: the maximum over split points of a t statistic is not t-distributed
-(otava sidesteps that with a strict max_pvalue; permutations cost too much at fleet
-scale). Under no change, the standardized two-sample statistic across splits behaves
-like a standardized Brownian bridge, whose maximum over ``[t0, t1]`` has the tail
-approximation (James, James & Siegmund 1987)
+Why each step:
 
-    P(max |Z| > c) ~= c phi(c) (1 - 1/c^2) log(t1 (1 - t0) / (t0 (1 - t1))) + 4 phi(c) / c
-
-Telemetry windows are autocorrelated (load drifts slowly), so the statistic is deflated
-by the AR(1) long-run variance factor (1 + rho) / (1 - rho) estimated from the residuals
-around the split; heavy tails are tamed by winsorizing at 5 MADs. Everything is O(n) per
-split and vectorises over many series at once (``scan_many``).
+- Noise scale. A penalty or test in units of the plain sd of the series reads a trend,
+  a daily cycle or the level shifts themselves as noise, and one in units of the
+  point-to-point sd reads an autocorrelated wander as shifts. The scale here is the
+  long-run sd of an AR(1) noise, fitted to the robust variogram of the series (MAD of
+  the differences at lags 1..K, K a small share of n): differences ignore the level,
+  medians ignore the few differences that straddle a shift, centring ignores a linear
+  trend, and the lags beyond 1 measure how slowly the noise forgets (Chakar, Lebarbier,
+  Levy-Leduc & Robin 2017 use lags 1 and 2 for the same reason).
+- Significance. PELT's penalty decides how many candidates to consider; each candidate
+  then has to show (1) a jump between the means of its two neighbouring segments whose
+  maximum-over-splits p-value (standardized Brownian bridge, James, James & Siegmund
+  1987) is at most ``max_pvalue``, and (2) that two levels fit its neighbourhood better
+  than one straight line does: a steady trend cut into a staircase fails (2), and so
+  does the rising or falling flank of a cycle, while a step fits two levels better than
+  any line. The weakest failing candidate is removed and its neighbours retested on
+  their wider neighbourhood until every candidate holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from foliowatch.errors import InputError
 
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
 
@@ -45,8 +55,153 @@ class ChangePoint:
         return self.mean_after - self.mean_before
 
 
+# --- costs -------------------------------------------------------------------------
+
+class CostL2:
+    """Sum of squared deviations from the segment mean: a piecewise-constant model."""
+
+    min_size = 2
+
+    def fit(self, x: np.ndarray) -> "CostL2":
+        x = np.asarray(x, dtype=np.float64)
+        self._s1 = np.concatenate([[0.0], np.cumsum(x)])
+        self._s2 = np.concatenate([[0.0], np.cumsum(x * x)])
+        return self
+
+    def errors(self, starts: np.ndarray, end: int) -> np.ndarray:
+        """Cost of every segment [start, end) for the ``starts`` given."""
+        n = end - starts
+        s1 = self._s1[end] - self._s1[starts]
+        return np.maximum(self._s2[end] - self._s2[starts] - s1 * s1 / n, 0.0)
+
+    def error(self, start: int, end: int) -> float:
+        return float(self.errors(np.array([start]), end)[0])
+
+
+class CostLinear:
+    """Residual sum of squares of a least-squares line per segment: a piecewise-linear
+    model (a trend within a segment costs nothing)."""
+
+    min_size = 3
+
+    def fit(self, x: np.ndarray) -> "CostLinear":
+        x = np.asarray(x, dtype=np.float64)
+        t = np.arange(x.size, dtype=np.float64)
+        z = np.zeros(1)
+        self._t1 = np.concatenate([z, np.cumsum(t)])
+        self._t2 = np.concatenate([z, np.cumsum(t * t)])
+        self._y1 = np.concatenate([z, np.cumsum(x)])
+        self._y2 = np.concatenate([z, np.cumsum(x * x)])
+        self._ty = np.concatenate([z, np.cumsum(t * x)])
+        return self
+
+    def errors(self, starts: np.ndarray, end: int) -> np.ndarray:
+        n = end - starts
+        st = self._t1[end] - self._t1[starts]
+        stt = self._t2[end] - self._t2[starts]
+        sy = self._y1[end] - self._y1[starts]
+        syy = self._y2[end] - self._y2[starts]
+        sty = self._ty[end] - self._ty[starts]
+        vtt = stt - st * st / n
+        vty = sty - st * sy / n
+        vyy = syy - sy * sy / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            explained = np.where(vtt > 0, vty * vty / vtt, 0.0)
+        return np.maximum(vyy - explained, 0.0)
+
+    def error(self, start: int, end: int) -> float:
+        return float(self.errors(np.array([start]), end)[0])
+
+
+# --- search ------------------------------------------------------------------------
+
+class Pelt:
+    """``Pelt(CostL2(), min_size=5).fit(x).predict(pen)``: the segmentation that
+    minimises the sum of segment costs plus ``pen`` per change point (Killick, Fearnhead
+    & Eckley 2012). Returns the first index of every new segment."""
+
+    def __init__(self, cost=None, min_size: int = 5):
+        self.cost = cost if cost is not None else CostL2()
+        self.min_size = max(int(min_size), self.cost.min_size)
+
+    def fit(self, x) -> "Pelt":
+        self.n = int(np.asarray(x).size)
+        self.cost.fit(x)
+        return self
+
+    def predict(self, pen: float) -> List[int]:
+        n, m = self.n, self.min_size
+        if n < 2 * m:
+            return []
+        F = np.full(n + 1, np.inf)
+        F[0] = -pen
+        last = np.zeros(n + 1, dtype=np.int64)
+        R = np.zeros(0, dtype=np.int64)
+        for t in range(m, n + 1):
+            s_new = t - m
+            if s_new == 0 or s_new >= m:
+                R = np.append(R, s_new)
+            cost = F[R] + self.cost.errors(R, t)
+            k = int(np.argmin(cost))
+            F[t] = cost[k] + pen
+            last[t] = R[k]
+            # a start that cannot beat the optimum now never will (costs add up)
+            R = R[cost <= F[t]]
+        out = []
+        t = n
+        while t > 0:
+            t = int(last[t])
+            if t > 0:
+                out.append(t)
+        return sorted(out)
+
+
+# --- noise scale and tests ---------------------------------------------------------
+
+def noise_scale(x: np.ndarray, max_rho: float = 0.98) -> Tuple[float, float]:
+    """(long-run sd, lag-1 autocorrelation) of the noise of ``x``, robust to level
+    shifts, outliers and a linear trend: an AR(1) variogram gamma0 (1 - rho^k) fitted
+    to the squared MADs of the lag-k differences, k = 1 .. K (see the module
+    docstring). The long-run sd is sqrt(gamma0 (1 + rho) / (1 - rho)): the sd that a
+    mean of many consecutive points carries, per point."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    K = int(np.clip(n // 8, 2, 40))
+    lags = np.arange(1, K + 1)
+    v = np.empty(K)
+    for i, k in enumerate(lags):
+        d = x[k:] - x[:-k]
+        med = np.median(d)
+        v[i] = (1.4826 * np.median(np.abs(d - med))) ** 2 / 2.0
+    if not np.isfinite(v).all() or v[0] <= 0:
+        sd = float(np.std(x))
+        return (sd if sd > 0 else 0.0), 0.0
+    # A smooth signal (a cycle, a curve) adds about beta k^2 to the variogram: fitted
+    # beside the noise so that it is not read as slowly forgetting noise. rho is capped
+    # by what n points can tell apart from a drift (1 - 1 / sqrt(n)).
+    cap = min(max_rho, max(0.0, 1.0 - 1.0 / np.sqrt(n)))
+    if K < 8:
+        cap = 0.0      # under 64 points two lags cannot tell autocorrelation from shifts
+    # (with fewer than 8 lags there is nothing left to fit it from)
+    drift = (lags * lags).astype(np.float64) if K >= 8 else np.zeros(K)
+    best = (np.inf, 0.0, v[0])
+    for rho in np.linspace(0.0, cap, 99):
+        shape = 1.0 - rho ** lags
+        A = np.column_stack([shape, drift])
+        coef, *_ = np.linalg.lstsq(A, v, rcond=None)
+        if K < 8 or coef[1] < 0 or coef[0] <= 0:
+            coef = np.array([float(shape @ v / (shape @ shape)), 0.0])
+        err = float(np.sum((v - A @ coef) ** 2))
+        if err < best[0]:
+            best = (err, rho, float(coef[0]))
+    _err, rho, g0 = best
+    return float(np.sqrt(g0 * (1 + rho) / (1 - rho))), float(rho)
+
+
 def max_bridge_pvalue(c: np.ndarray, t0: np.ndarray) -> np.ndarray:
-    """Tail probability of the maximum of |standardized Brownian bridge| over [t0, 1-t0]."""
+    """Tail probability of the maximum of |standardized Brownian bridge| over
+    [t0, 1-t0]: the p-value of the largest two-sample z over the splits of a segment
+    whose shortest allowed side is a share t0 of it (James, James & Siegmund 1987)."""
     c = np.asarray(c, dtype=float)
     t0 = np.clip(np.asarray(t0, dtype=float), 1e-9, 0.5 - 1e-9)
     t1 = 1.0 - t0
@@ -59,111 +214,24 @@ def max_bridge_pvalue(c: np.ndarray, t0: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(p, nan=1.0), 0.0, 1.0)
 
 
-def winsorize(X: np.ndarray, k: float = 5.0) -> np.ndarray:
-    """Clip each row at median +- k * 1.4826 MAD (heavy-tailed telemetry: one noisy
-    neighbour must not create a change point)."""
-    med = np.nanmedian(X, axis=-1, keepdims=True)
-    mad = np.nanmedian(np.abs(X - med), axis=-1, keepdims=True) * 1.4826
-    mad = np.where(mad > 0, mad, np.nanstd(X, axis=-1, keepdims=True) + 1e-12)
-    return np.clip(X, med - k * mad, med + k * mad)
+def winsorize(x: np.ndarray, k: float = 5.0) -> np.ndarray:
+    """Clip at median +- k * 1.4826 MAD of the differences (heavy-tailed telemetry: one
+    noisy-neighbour minute must not make a segment), around a running median so that
+    the clip follows level shifts and trends."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size < 5:
+        return x
+    d = np.diff(x)
+    scale = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)
+    if scale <= 0:
+        return x
+    pad = np.r_[x[:1], x[:1], x, x[-1:], x[-1:]]
+    local = np.median(np.lib.stride_tricks.sliding_window_view(pad, 5), axis=1)
+    return np.clip(x, local - k * scale, local + k * scale)
 
 
-def scan_many(X: np.ndarray, min_segment: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best single split of every row of ``X`` (series x time, no NaN).
-
-    Returns (split index, p-value, t statistic after the autocorrelation correction).
-    """
-    X = np.asarray(X, dtype=np.float64)
-    S, n = X.shape
-    if n < 2 * min_segment:
-        return np.zeros(S, dtype=np.int64), np.ones(S), np.zeros(S)
-    c1 = np.cumsum(X, axis=1)
-    c2 = np.cumsum(X * X, axis=1)
-    m = min_segment
-    tot1 = c1[:, -1:]
-    tot2 = c2[:, -1:]
-    left1 = c1[:, m - 1:n - m]                             # left part sizes m .. n-m
-    nl = np.arange(m, n - m + 1, dtype=np.float64)[None, :]
-    nr = n - nl
-    # t^2 = (diff of means)^2 / (pooled var * (1/nl + 1/nr)); pooled SSQ = total SSQ -
-    # between-groups SSQ, and the between part is nl*nr/n * diff^2.
-    diff = (tot1 - left1) / nr - left1 / nl
-    between = diff * diff * (nl * nr / n)
-    total_ssq = tot2 - tot1 * tot1 / n
-    t2 = between * (n - 2) / np.maximum(total_ssq - between, 1e-18 * np.maximum(total_ssq, 1e-300))
-    best = np.argmax(t2, axis=1)
-    rows = np.arange(S)
-    split = best + m
-    nlb = split.astype(np.float64)
-    mean_l = c1[rows, split - 1] / nlb
-    mean_r = (tot1[:, 0] - c1[rows, split - 1]) / (n - nlb)
-    t_best = np.sqrt(t2[rows, best])
-    # lag-1 autocorrelation of the residuals around the two segment means
-    idx = np.arange(n)[None, :]
-    resid = X - np.where(idx < split[:, None], mean_l[:, None], mean_r[:, None])
-    num = np.einsum("ij,ij->i", resid[:, 1:], resid[:, :-1])
-    den = np.einsum("ij,ij->i", resid, resid) + 1e-18
-    rho = np.clip(num / den, 0.0, 0.95)
-    c = t_best * np.sqrt((1.0 - rho) / (1.0 + rho))
-    p = max_bridge_pvalue(c, np.full(S, m / n))
-    # A constant series has no change point.
-    p = np.where(total_ssq[:, 0] <= 1e-18, 1.0, p)
-    return split, p, c
-
-
-class BinarySegmentation:
-    """``BinarySegmentation(max_pvalue=0.001, min_segment=10).fit_predict(series)``."""
-
-    def __init__(self, max_pvalue: float = 0.001, min_segment: int = 10,
-                 max_change_points: int = 20, winsorize_k: Optional[float] = 5.0,
-                 min_shift: float = 0.0):
-        if min_segment < 2:
-            raise ValueError(f"min_segment: must be >= 2, got {min_segment}")
-        self.max_pvalue = max_pvalue
-        self.min_segment = min_segment
-        self.max_change_points = max_change_points
-        self.winsorize_k = winsorize_k
-        # smallest level shift worth reporting (otava's min_magnitude): a fleet median
-        # over thousands of hosts makes a 0.5% diurnal drift "significant"
-        self.min_shift = min_shift
-
-    def fit_predict(self, series) -> List[ChangePoint]:
-        x = np.asarray(series, dtype=np.float64)
-        x = _fill_missing(x)
-        if x.size < 2 * self.min_segment:
-            return []
-        if self.winsorize_k:
-            x = winsorize(x[None, :], self.winsorize_k)[0]
-        found: List[ChangePoint] = []
-        stack = [(0, x.size)]
-        while stack and len(found) < self.max_change_points:
-            a, b = stack.pop()
-            if b - a < 2 * self.min_segment:
-                continue
-            split, p, _c = scan_many(x[None, a:b], self.min_segment)
-            if p[0] > self.max_pvalue:
-                continue
-            cp = a + int(split[0])
-            if abs(np.mean(x[cp:b]) - np.mean(x[a:cp])) < self.min_shift:
-                continue
-            found.append(ChangePoint(cp, float(p[0]), float(np.mean(x[a:cp])),
-                                     float(np.mean(x[cp:b]))))
-            stack.append((a, cp))
-            stack.append((cp, b))
-        found.sort(key=lambda c: c.index)
-        return self._recompute_means(x, found)
-
-    def _recompute_means(self, x: np.ndarray, cps: List[ChangePoint]) -> List[ChangePoint]:
-        bounds = [0] + [c.index for c in cps] + [x.size]
-        out = []
-        for i, c in enumerate(cps):
-            out.append(ChangePoint(c.index, c.p_value, float(np.mean(x[bounds[i]:c.index])),
-                                   float(np.mean(x[c.index:bounds[i + 2]]))))
-        return out
-
-
-def _fill_missing(x: np.ndarray) -> np.ndarray:
-    """Carry the last value forward (and the first one back) over missing windows."""
+def fill_missing(x: np.ndarray) -> np.ndarray:
+    """Carry the last value forward (and the first one back) over missing points."""
     x = np.asarray(x, dtype=np.float64)
     mask = np.isnan(x)
     if not mask.any():
@@ -178,193 +246,157 @@ def _fill_missing(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _robust_parts(X: np.ndarray, bandwidth: int, clip_k: float = 4.0
-                  ) -> Tuple[np.ndarray, np.ndarray]:
-    """(X with outliers clipped, long-run noise sd) for every row, from one pass of
-    residuals around a centred moving mean of +-bandwidth (robust to level shifts and to
-    slow trends such as the diurnal load):
+# --- the default detector ----------------------------------------------------------
 
-    - points further than ``clip_k`` MADs from their moving mean are clipped to it: one
-      stall storm or noisy-neighbour minute must not move a window mean, a level shift
-      moves all of them and survives;
-    - the noise sd is the sd of the clipped residuals (the MAD understates the spread of
-      heavy-tailed noise, ~30% for Student-t(4)), inflated by the AR(1) long-run variance
-      factor (1 + rho) / (1 - rho)."""
-    S, n = X.shape
-    w = 2 * bandwidth + 1
-    if n < w + 2:
-        sd = np.std(X, axis=1) + 1e-12
-        return X, sd
-    c = np.cumsum(X, axis=1)
-    inner = np.empty((S, n - w + 1))
-    inner[:, 0] = c[:, w - 1]
-    inner[:, 1:] = c[:, w:] - c[:, :-w]
-    inner /= w
-    local = np.empty_like(X)
-    local[:, bandwidth:n - bandwidth] = inner
-    local[:, :bandwidth] = inner[:, :1]
-    local[:, n - bandwidth:] = inner[:, -1:]
-    r = X - local
-    step = max(1, n // 4096)                  # the MAD from a regular subsample
-    sub = r[:, ::step]
-    med = np.median(sub, axis=1, keepdims=True)
-    mad = np.median(np.abs(sub - med), axis=1, keepdims=True) * 1.4826
-    lim = clip_k * np.maximum(mad, 1e-12)
-    np.clip(r, -lim, lim, out=r)
-    mid = r[:, bandwidth:n - bandwidth]
-    num = np.einsum("ij,ij->i", mid[:, 1:], mid[:, :-1])
-    den = np.einsum("ij,ij->i", mid, mid) + 1e-18
-    rho = np.clip(num / den, 0.0, 0.9)
-    sd = np.sqrt(den / mid.shape[1] * w / (w - 1))
-    r += local
-    return r, np.maximum(sd, 1e-12) * np.sqrt((1 + rho) / (1 - rho))
+class LevelShifts:
+    """The default change-point method: ``LevelShifts().fit_predict(series)``.
 
+    ``max_pvalue``: significance of each reported jump (maximum over the splits of its
+    neighbourhood, in long-run noise units). ``min_size``: shortest segment, points.
+    ``min_shift``: smallest jump worth reporting, in the series' units (a fleet median
+    over thousands of hosts makes a 0.5% drift "significant"). ``cost``: the segment
+    model of the search (``CostL2``; ``CostLinear`` for trending segments).
+    ``penalty``: PELT's penalty per change point in units of the long-run noise
+    variance times log(n); candidates it finds must still pass the checks.
 
-def _mosum_scale(X: np.ndarray, bandwidth: int) -> np.ndarray:
-    return _robust_parts(np.asarray(X, dtype=np.float64), bandwidth)[1]
+    Cost: O(n) per point searched while PELT prunes (change points present), up to
+    O(n^2) elementary operations on a series without any; 10,000 points take well
+    under a second.
+    """
 
-
-def mosum_pvalue(T: np.ndarray, n: int, bandwidth: int) -> np.ndarray:
-    """P(max_t T_t > T) under no change, from the Gumbel limit of the MOSUM maximum
-    (Eichinger & Kirch 2018, Bernoulli 24(1)): a = sqrt(2 log(n/G)),
-    b = 2 log(n/G) + log log(n/G) / 2 + log(3/2) - log(pi) / 2."""
-    L = np.log(max(n / bandwidth, np.e))
-    a = np.sqrt(2 * L)
-    b = 2 * L + 0.5 * np.log(L) + np.log(1.5) - 0.5 * np.log(np.pi)
-    return -np.expm1(-2.0 * np.exp(np.clip(b - a * np.asarray(T, dtype=float), -700, 700)))
-
-
-class Mosum:
-    """Moving-sum change points: at every t, the difference between the means of the
-    ``bandwidth`` points after and before t, standardized by a robust long-run noise sd;
-    local maxima whose Gumbel p-value is at most ``max_pvalue`` (and whose shift is at
-    least ``min_shift``) are change points, at most one per ``bandwidth`` neighbourhood.
-
-    Unlike a global CUSUM it tests each change against its own neighbourhood, so a
-    sharp step stands out of a diurnal cycle (which a global mean-shift test splits
-    into spurious steps), and a new window only touches the last 2 * bandwidth points."""
-
-    def __init__(self, bandwidth: int = 15, max_pvalue: float = 0.001, min_shift: float = 0.0):
-        if bandwidth < 3:
-            raise ValueError(f"bandwidth: must be >= 3 points, got {bandwidth}")
-        self.bandwidth = bandwidth
+    def __init__(self, max_pvalue: float = 0.001, min_size: int = 5, min_shift: float = 0.0,
+                 cost=None, penalty: float = 2.0, winsorize_k: Optional[float] = 5.0,
+                 local_points: int = 60):
+        if min_size < 2:
+            raise InputError(f"min_size: must be >= 2 points, got {min_size}")
+        if not 0 < max_pvalue < 1:
+            raise InputError(f"max_pvalue: must be in (0, 1), got {max_pvalue}")
         self.max_pvalue = max_pvalue
+        self.min_size = min_size
         self.min_shift = min_shift
+        self.cost = cost
+        self.penalty = penalty
+        self.winsorize_k = winsorize_k
+        self.local_points = local_points
 
-    def statistic(self, X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(T, signed mean difference) for every row of X at t = G .. n - G."""
-        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        G = self.bandwidth
-        Xc, sigma = _robust_parts(X, G)
-        c = np.cumsum(Xc, axis=1)
-        c = np.concatenate([np.zeros((X.shape[0], 1)), c], axis=1)
-        n = X.shape[1]
-        diff = (c[:, 2 * G:] - 2 * c[:, G:n - G + 1] + c[:, :n - 2 * G + 1]) / G
-        return np.abs(diff) / (sigma[:, None] * np.sqrt(2.0 / G)), diff
-
-    def fit_predict(self, series) -> List[ChangePoint]:
-        x = _fill_missing(np.asarray(series, dtype=np.float64))
-        G = self.bandwidth
+    def fit_predict(self, series: Sequence[float]) -> List[ChangePoint]:
+        x = fill_missing(np.asarray(series, dtype=np.float64))
         n = x.size
-        if n < 4 * G:
+        if n < 2 * self.min_size:
             return []
-        T, diff = self.statistic(x[None, :])
-        T, diff = T[0], diff[0]
-        p = mosum_pvalue(T, n, G)
-        out: List[ChangePoint] = []
-        cand = np.flatnonzero((p <= self.max_pvalue) & (np.abs(diff) >= self.min_shift))
-        taken = np.zeros(T.size, dtype=bool)
-        for i in cand[np.argsort(-T[cand])]:
-            if taken[max(0, i - G):i + G + 1].any():
-                continue
-            taken[i] = True
-            t = i + G
-            out.append(ChangePoint(int(t), float(p[i]), float(x[t - G:t].mean()), float(x[t:t + G].mean())))
-        return sorted(out, key=lambda c: c.index)
+        if self.winsorize_k:
+            x = winsorize(x, self.winsorize_k)
+        sigma, _rho = noise_scale(x)
+        if not sigma > 0:
+            return []               # constant: no change point
+        cost = self.cost if self.cost is not None else CostL2()
+        pen = self.penalty * sigma * sigma * np.log(max(n, 3))
+        cand = Pelt(cost, self.min_size).fit(x).predict(pen)
+        return self._check(x, cand, sigma)
 
-
-def detect_many(X: np.ndarray, bandwidth: int = 15, max_pvalue: float = 0.001,
-                min_shift: float = 0.0, chunk_rows: int = 64) -> List[List[ChangePoint]]:
-    """MOSUM change points of every row of ``X`` (series x time), vectorised over rows in
-    chunks; O(n) per series."""
-    X = np.asarray(X, dtype=np.float64)
-    S, n = X.shape
-    det = Mosum(bandwidth, max_pvalue, min_shift)
-    result: List[List[ChangePoint]] = [[] for _ in range(S)]
-    if n < 4 * bandwidth:
-        return result
-    G = bandwidth
-    for lo in range(0, S, chunk_rows):
-        block = X[lo:lo + chunk_rows]
-        if np.isnan(block).any():
-            block = np.vstack([_fill_missing(r) for r in block])
-        T, diff = det.statistic(block)
-        p_max = mosum_pvalue(T.max(axis=1), n, G)
-        for i in np.flatnonzero(p_max <= max_pvalue):
-            # the few rows with a change: pick local maxima as in fit_predict
-            p = mosum_pvalue(T[i], n, G)
-            cand = np.flatnonzero((p <= max_pvalue) & (np.abs(diff[i]) >= min_shift))
-            taken = np.zeros(T.shape[1], dtype=bool)
-            for j in cand[np.argsort(-T[i, cand])]:
-                if taken[max(0, j - G):j + G + 1].any():
-                    continue
-                taken[j] = True
-                t = j + G
-                result[lo + i].append(ChangePoint(int(t), float(p[j]), float(block[i, t - G:t].mean()),
-                                                  float(block[i, t:t + G].mean())))
-            result[lo + i].sort(key=lambda c: c.index)
-    return result
-
-
-class IncrementalMosum:
-    """Streaming MOSUM over many series (continuous runs): each new window costs one
-    O(series x bandwidth) update. The noise scale of every series is re-estimated from
-    its last ``scale_window`` points every ``rescale_every`` windows."""
-
-    def __init__(self, n_series: int, bandwidth: int = 15, max_pvalue: float = 0.001,
-                 min_shift: float = 0.0, scale_window: int = 720, rescale_every: int = 60,
-                 horizon: int = 43_200):
-        self.G = bandwidth
-        self.max_pvalue = max_pvalue
-        self.min_shift = min_shift
-        self.scale_window = scale_window
-        self.rescale_every = rescale_every
-        self.horizon = horizon          # n used for the Gumbel threshold (30 days of minutes)
-        self.buffer = np.full((n_series, scale_window), np.nan)
-        self.pos = 0                    # ring buffer: next column to write
-        self.sigma = np.full(n_series, np.nan)
-        self.last_hit = np.full(n_series, -10**9, dtype=np.int64)
-        self.seen = 0
-
-    def _recent(self, k: int) -> np.ndarray:
-        idx = (self.pos - k + np.arange(k)) % self.scale_window
-        return self.buffer[:, idx]
-
-    def append(self, column: np.ndarray) -> List[Tuple[int, ChangePoint]]:
-        G = self.G
-        self.buffer[:, self.pos] = column
-        self.pos = (self.pos + 1) % self.scale_window
-        self.seen += 1
-        if self.seen < 2 * G:
-            return []
-        if self.seen % self.rescale_every == 0 or np.isnan(self.sigma).all():
-            have = min(self.seen, self.scale_window)
-            if have >= 4 * G:
-                block = self._recent(have)
-                if np.isnan(block).any():
-                    block = np.vstack([_fill_missing(r) for r in block])
-                self.sigma = _mosum_scale(block, G)
-        if np.isnan(self.sigma).all():
-            return []
-        tail = self._recent(2 * G)
-        diff = np.nanmean(tail[:, G:], axis=1) - np.nanmean(tail[:, :G], axis=1)
-        T = np.abs(diff) / (self.sigma * np.sqrt(2.0 / G))
-        p = mosum_pvalue(T, self.horizon, G)
-        hit = np.flatnonzero((p <= self.max_pvalue) & (np.abs(diff) >= self.min_shift)
-                             & (self.seen - self.last_hit > 2 * G))
+    def _check(self, x: np.ndarray, cand: List[int], sigma: float) -> List[ChangePoint]:
+        s1 = np.concatenate([[0.0], np.cumsum(x)])
+        l2 = CostL2().fit(x)
+        line = CostLinear().fit(x)
+        def step(a, t, b):
+            return min(self._level(s1, a, t, b, sigma), self._two_levels(l2, line, a, t, b, sigma))
+        level = self._eliminate(x, list(cand), step)
+        smooth = bool(level) and self._smooth(x, l2, line, level, sigma)
+        if smooth:
+            # the series trends or curves: only a jump that a local line on each side
+            # does not explain is a level shift
+            level = self._eliminate(x, list(cand), lambda a, t, b: min(
+                self._level(s1, a, t, b, sigma), self._local_jump(x, a, t, b, sigma)))
+        bounds = [0] + level + [x.size]
         out = []
-        for r in hit:
-            self.last_hit[r] = self.seen
-            out.append((int(r), ChangePoint(self.seen - G, float(p[r]), float(np.nanmean(tail[r, :G])),
-                                            float(np.nanmean(tail[r, G:])))))
+        for i in range(1, len(bounds) - 1):
+            a, t, b = bounds[i - 1], bounds[i], bounds[i + 1]
+            p = self._level_p(s1, a, t, b, sigma)
+            if smooth:      # the levels either side of the jump, not of a whole cycle
+                before, after, _z = self._local_lines(x, a, t, b, sigma)
+            else:
+                before, after = (s1[t] - s1[a]) / (t - a), (s1[b] - s1[t]) / (b - t)
+            out.append(ChangePoint(t, p, float(before), float(after)))
         return out
+
+    @staticmethod
+    def _eliminate(x: np.ndarray, cand: List[int], margin) -> List[int]:
+        """Remove the candidate with the most negative ``margin(a, t, b)`` (t between
+        its neighbours a and b) until none is negative."""
+        while cand:
+            bounds = [0] + cand + [x.size]
+            scores = [margin(bounds[i - 1], bounds[i], bounds[i + 1])
+                      for i in range(1, len(bounds) - 1)]
+            worst = int(np.argmin(scores))
+            if scores[worst] >= 0:
+                break
+            del cand[worst]
+        return cand
+
+    def _level_p(self, s1: np.ndarray, a: int, t: int, b: int, sigma: float) -> float:
+        nl, nr = t - a, b - t
+        diff = (s1[b] - s1[t]) / nr - (s1[t] - s1[a]) / nl
+        z = abs(diff) / (sigma * np.sqrt(1.0 / nl + 1.0 / nr))
+        return float(max_bridge_pvalue(z, self.min_size / (b - a)))
+
+    def _level(self, s1: np.ndarray, a: int, t: int, b: int, sigma: float) -> float:
+        """Log of max_pvalue / p of the jump between the neighbouring segments' means
+        (negative: not significant), or negative if smaller than ``min_shift``."""
+        diff = (s1[b] - s1[t]) / (b - t) - (s1[t] - s1[a]) / (t - a)
+        if abs(diff) < self.min_shift:
+            return -1e-9
+        return float(np.log(self.max_pvalue / max(self._level_p(s1, a, t, b, sigma), 1e-300)))
+
+    @staticmethod
+    def _two_levels(l2: CostL2, line: CostLinear, a: int, t: int, b: int, sigma: float) -> float:
+        """How much better two levels (split at t) fit [a, b) than one straight line,
+        in long-run noise variances (negative: the line fits better, a trend)."""
+        return float((line.error(a, b) - l2.error(a, t) - l2.error(t, b)) / (sigma * sigma))
+
+    def _smooth(self, x: np.ndarray, l2: CostL2, line: CostLinear, cand: List[int],
+                sigma: float) -> bool:
+        """Whether the series between the candidates trends or curves: the variance a
+        line per segment explains beyond its mean is significant (chi-square, one
+        degree of freedom per segment, in long-run noise units), or a staircase of at
+        least three candidates most of whose jumps vanish once each side's local line
+        is extrapolated (a cycle cut into short flat segments)."""
+        from scipy.stats import chi2
+        bounds = [0] + cand + [x.size]
+        gain = sum(l2.error(a, b) - line.error(a, b) for a, b in zip(bounds, bounds[1:]))
+        if float(chi2.sf(gain / (sigma * sigma), len(bounds) - 1)) <= self.max_pvalue:
+            return True
+        if len(cand) < 3:
+            return False
+        vanish = sum(self._local_jump(x, a, t, b, sigma) < 0
+                     for a, t, b in zip(bounds, bounds[1:], bounds[2:]))
+        return vanish > len(cand) / 2
+
+    def _local_jump(self, x: np.ndarray, a: int, t: int, b: int, sigma: float) -> float:
+        """Log of max_pvalue / p of the jump at ``t`` between a line fitted to the
+        points before it and one fitted to the points after it, each at most
+        ``local_points`` long and within the neighbours: a trend or a slow cycle
+        continues through t and leaves no jump, a level shift does."""
+        h = min(t - a, b - t, max(self.local_points, 2 * self.min_size))
+        if h < 3:
+            return -1.0
+        _before, _after, z = self._local_lines(x, a, t, b, sigma)
+        p = float(max_bridge_pvalue(z, self.min_size / (2.0 * h)))
+        return float(np.log(self.max_pvalue / max(p, 1e-300)))
+
+    def _local_lines(self, x: np.ndarray, a: int, t: int, b: int, sigma: float
+                     ) -> Tuple[float, float, float]:
+        """(left line's value at t, right line's value at t, z of their difference)."""
+        h = min(t - a, b - t, max(self.local_points, 2 * self.min_size))
+        if h < 2:
+            return float(x[t - 1]), float(x[t]), 0.0
+        u = np.arange(h, dtype=np.float64)
+        left = np.polyfit(u, x[t - h:t], 1)
+        right = np.polyfit(u, x[t:t + h], 1)
+        before, after = left[1] + left[0] * h, right[1]
+        # the variance of a least-squares line's value one step past its end, and at
+        # its start, per unit noise variance
+        su = h * (h - 1) / 2.0
+        suu = (h - 1) * h * (2 * h - 1) / 6.0
+        det = h * suu - su * su
+        var = (suu - 2 * h * su + h * h * h) / det + suu / det
+        return float(before), float(after), float(abs(after - before) / (sigma * np.sqrt(var)))

@@ -250,6 +250,3 @@ def normalise_host_windows(df: pl.DataFrame) -> pl.DataFrame:
 def _utc(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
-
-def group_label(group: Sequence) -> str:
-    return "/".join(str(v) for v in group)

@@ -6,10 +6,10 @@ The math modules never import this one."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime
 from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence
+
+from foliowatch.files import atomic_write
 
 from .headline import HEADLINE_METRICS
 from .headline import basis as headline_basis
@@ -58,12 +58,7 @@ def grafana_annotations(transitions: Iterable[Transition]) -> List[dict]:
 
 
 def write_json_atomic(path: str, payload) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=1).encode())
 
 
 COHORT_LABELS = ("fleet", "role", "arch", "page_size", "fs", "kernel_from", "kernel_to")
@@ -108,7 +103,7 @@ class RegressionCollector:
                                        "hosts the headline ratios rest on, by kernel "
                                        "(new: the rolled-out kernel, baseline: the one it replaces)",
                                        labels=labels + ["kernel"])
-        state = RegressionState(self.state_path)
+        state = RegressionState.read_only(self.state_path)
         for r in state.open_records():
             lv = [r.fleet, r.role, r.arch, str(r.page_size), r.fs, r.kernel_from, r.kernel_to]
             open_g.add_metric(lv + [r.status], 1.0)

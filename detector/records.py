@@ -8,14 +8,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from foliowatch.errors import InputError
+from foliowatch.files import atomic_write
 
-STATUSES = ("suspected", "confirmed", "resolved")
 _RANK = {"suspected": 1, "confirmed": 2}
 
 
@@ -117,15 +116,9 @@ class RegressionState:
     def save(self) -> None:
         if not self.path:
             return
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".state-")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "records": [asdict(r) for r in self.records.values()],
-                       "streak": self.streak}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(
+            {"version": 1, "records": [asdict(r) for r in self.records.values()],
+             "streak": self.streak}, indent=1, sort_keys=True).encode())
 
     def open_records(self) -> List[RegressionRecord]:
         return [r for r in self.records.values() if r.status != "resolved"]
@@ -146,14 +139,25 @@ class RegressionState:
         """Apply one run's candidates. ``rolled_back`` holds (record id prefix group, new
         kernel) pairs whose hosts went back to the baseline kernel and left the new one.
         Returns the transitions to announce; a record whose status did not change is
-        updated silently."""
+        updated silently.
+
+        Transitions are idempotent: a run that brings no new evidence changes nothing, so
+        re-running on the same or newer data announces nothing twice. For a resolved
+        record, new evidence is a candidate in ``min_consecutive`` consecutive runs (at
+        least one) after ``resolved_at`` in which the new kernel runs in the group again
+        (its pair is not in ``rolled_back``: a new-kernel window within the rollback
+        quiet time, hence after the resolution). A candidate while the new kernel is
+        still gone comes from the windows before the rollback, which the lookback keeps
+        for hours: it is the evidence already resolved, not a recurrence."""
         now = as_of.isoformat()
         out: List[Transition] = []
         seen = set()
         for cand in candidates:
+            old = self.records.get(cand.id)
+            if old is not None and old.status == "resolved" and not _recurs(old, cand, rolled_back, as_of):
+                continue
             seen.add(cand.id)
             self.streak[cand.id] = self.streak.get(cand.id, 0) + 1
-            old = self.records.get(cand.id)
             if old is None or old.status == "resolved":
                 if self.streak[cand.id] < min_consecutive:
                     continue
@@ -177,11 +181,26 @@ class RegressionState:
         for rec in self.records.values():
             if rec.status == "resolved":
                 continue
-            if (rec.id.rsplit("/", 1)[0], rec.kernel_to) in rolled_back:
+            if (_group_prefix(rec.id), rec.kernel_to) in rolled_back:
                 prev = rec.status
                 rec.status = "resolved"
                 rec.resolved_at = now
                 rec.updated_at = now
                 rec.resolution = f"rolled back to {rec.kernel_from}"
+                self.streak[rec.id] = 0
                 out.append(Transition(rec, prev))
         return out
+
+
+def _group_prefix(rid: str) -> str:
+    return rid.rsplit("/", 1)[0]
+
+
+def _recurs(resolved: RegressionRecord, cand: RegressionRecord,
+            rolled_back: Set[Tuple[str, str]], as_of: datetime) -> bool:
+    """Whether ``cand`` is new evidence against the ``resolved`` record (see ``update``)."""
+    if (_group_prefix(cand.id), cand.kernel_to) in rolled_back:
+        return False
+    if resolved.resolved_at is None:
+        return True
+    return as_of > datetime.fromisoformat(resolved.resolved_at)

@@ -15,7 +15,10 @@ are line/row numbers.
 **Host windows** (``level=host``): one row per (window, host, boot, filesystem).
 Columns: ``WINDOW_COLUMNS`` + ``COHORT_KEYS`` + ``HOST_COLUMNS`` + for each key metric
 ``m`` in ``schema.KEY_METRICS``: ``m`` (the host's value over the window: a rate is the
-sum of deltas over the sum of intervals, a gauge the mean) + ``HOST_SUMS``.
+sum of deltas over the sum of intervals, a gauge the mean) + ``HOST_SUMS`` +
+``MECHANISM_COLUMNS`` (``schema.MECHANISM_TABLE`` over the window's sums: large-folio
+share, direct compaction attempts per GiB written; null on hosts without the agent's
+tracepoint collector).
 
 **Cohort windows** (``level=cohort``): one row per (window, cohort).
 Columns: ``WINDOW_COLUMNS`` + ``COHORT_KEYS`` + ``hosts`` + ``samples`` + for each key
@@ -24,16 +27,15 @@ value), ``m_sum``, ``m_sumsq`` (over host values; enough to merge partitions' me
 variances; medians and quantiles of a merged window are recomputed from host rows).
 """
 
+from foliowatch import schema as _wire
+
 WINDOW_COLUMNS = ("window_start", "window_s")  # window_start: Datetime(us, UTC)
 COHORT_KEYS = ("fleet", "role", "arch", "page_size", "fs", "kernel")
 HOST_COLUMNS = ("host_id", "boot_id", "instance_type", "cpus", "mem_bytes",
                 "samples", "uptime_s", "first_ts", "last_ts")
-# Raw sums kept on host rows so windows can be merged and re-derived exactly.
-HOST_SUMS = ("interval_s_sum", "write_bytes_sum", "compact_stall_sum", "allocstall_sum",
-             "pgscan_direct_sum", "psi_memory_some_us_sum", "nr_dirtied_sum")
-COHORT_STATS = ("mean", "median", "p90", "p99", "n", "sum", "sumsq")
+# Raw sums kept on host rows so windows can be merged and re-derived exactly: the
+# intervals, the key metric rates' inputs and the carried counters (schema.summed_columns).
+HOST_SUMS = ("interval_s_sum",) + tuple(f"{c}_sum" for c in _wire.summed_columns())
+MECHANISM_COLUMNS = _wire.MECHANISM_METRICS
 DEFAULT_WINDOWS_S = (60, 3600)
 
-
-def cohort_stat_column(metric: str, stat: str) -> str:
-    return f"{metric}_{stat}"

@@ -1,44 +1,33 @@
 """Wire schema v1: one telemetry sample, one Kafka message per host per interval.
 
-This module is the contract shared by the agent, the simulator and the pipeline. It is
-pure Python (3.9+, no third-party imports) because it runs on every host. The pipeline
-validates whole batches with polars against the same limits, imported from here.
+This module is the contract shared by the agent, the simulator and the pipeline, and the
+one place it is written down: ``FIELDS`` is the field table (names, types, bounds,
+alphabets, lengths, required or optional, units) as data. Everything else is derived
+from it: the strict validator (``validate``, ``decode``), the encoder (``encode``: the
+canonical layout, compact JSON in table order), and, in the pipeline, the Arrow schema,
+the vectorised column checks and the fast path's anchored pattern
+(``foliowatch.pipeline.wire_checks``). A schema change is one edit of the table.
+``python -m foliowatch.schema`` prints the table.
 
-A record is a JSON object (UTF-8, no BOM), at most ``MAX_RECORD_BYTES`` long:
+It is pure Python (3.9+, standard library only) because the agent runs it on every host.
 
-=================  ========  ===========================================================
-field              type      meaning
-=================  ========  ===========================================================
-``schema``         int       always ``1`` (``SCHEMA_VERSION``); other values are rejected
-``host_id``        str       stable host identity (machine-id or configured); Kafka key
-``boot_id``        str       ``/proc/sys/kernel/random/boot_id``; changes at every reboot
-``seq``            int >= 0  per-host sequence number, survives agent restarts
-``ts``             float     end of the interval, Unix seconds (UTC)
-``interval_s``     float     length of the interval the deltas cover, seconds (0, 3600]
-``labels``         object    see ``LABELS``: fleet, role, arch, kernel, page_size, cpus,
-                             mem_bytes, instance_type (all required)
-``counters``       object    name -> delta over the interval (int >= 0). Names are the
-                             kernel's own (``/proc/vmstat``: ``compact_stall``,
-                             ``allocstall_normal``, ...; PSI: ``psi_memory_some_us``,
-                             ...). A counter the kernel lacks is absent, never 0.
-``gauges``         object    name -> finite float at the end of the interval
-                             (``mem_available_bytes``, ``uptime_s``,
-                             ``frag_unusable_1m``, ``frag_unusable_order_N``, ...)
-``mounts``         array     watched filesystems: objects with ``mount`` (path), ``fs``
-                             (``xfs``, ``ext4``, ...), ``device`` and ``counters``
-                             (``write_bytes``, ``write_ios``, and for XFS ``xfs_write_bytes``
-                             ...), deltas over the interval
-``settings``       object    optional; str -> str kernel settings (``thp_enabled``, ...)
-``probe``          object    optional; the active write probe of this interval: ``bytes``,
-                             ``seconds``, ``chunk_bytes``, ``mib_s``, ``compact_stall``,
-                             ``allocstall``
-``agent``          str       optional; agent version
-=================  ========  ===========================================================
+A record is a JSON object (UTF-8, no BOM), at most ``MAX_RECORD_BYTES`` long. Its
+``counters`` are deltas over the interval under the kernel's own names
+(``/proc/vmstat``: ``compact_stall``, ``allocstall_normal``, ...; PSI:
+``psi_memory_some_us``, ...): a counter the kernel lacks is absent, never 0. Any counter
+name in the ``NAME`` alphabet is valid, so a new counter needs no change here unless the
+pipeline is to keep it (``CARRIED_COUNTERS``). The agent's optional tracepoint counters
+(``tp_*``: page-cache bytes and direct compaction attempts by allocation-order bucket,
+``TRACEPOINT_COUNTERS``) were added this way, backwards-compatibly: records without them
+stay valid, and consumers that do not know them ignore them. ``MECHANISM_TABLE`` derives
+the mechanism figures from them (large-folio share, direct compaction attempts per GiB
+written).
 
 Identity is ``(host_id, boot_id, seq)``: a consumer that sees it twice drops the copy.
 
-The derived *key metrics* that the pipeline aggregates and the detector tests are defined
-once, in ``key_metrics``; the pipeline's vectorised version is tested against it.
+The derived *key metrics* that the pipeline aggregates and the detector tests are
+defined once, as data, in ``KEY_METRIC_TABLE``; ``key_metrics`` computes them for one
+record, and the pipeline's vectorised version is built from the same table.
 """
 
 from __future__ import annotations
@@ -46,76 +35,255 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from foliowatch.errors import InputError
 
 SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 64 * 1024
+INT64_MAX = 2**63 - 1
+
+
+class Alphabet(NamedTuple):
+    """Characters a string may hold: ``first`` for its first character, ``rest`` for the
+    others (bodies of regular-expression character classes). Neither may hold a quote,
+    a backslash or a control character, so a valid string's JSON text is its value."""
+    first: str
+    rest: str
+
+    @property
+    def pattern(self) -> str:
+        return f"^[{self.first}][{self.rest}]*$"
+
 
 # Label and identity values become Prometheus label values and Parquet partition keys:
 # their length and alphabet are bounded so a hostile or broken host cannot explode
 # cardinality or smuggle paths.
+ID = Alphabet("A-Za-z0-9", "A-Za-z0-9._:@-")
+LABEL = Alphabet("A-Za-z0-9", "A-Za-z0-9._+~-")
+NAME = Alphabet("a-z", "a-z0-9_")
+MOUNT_PATH = Alphabet("/", "A-Za-z0-9._/+-")
 MAX_ID_LEN = 128
 MAX_LABEL_LEN = 64
 MAX_NAME_LEN = 64
-MAX_COUNTERS = 256
-MAX_GAUGES = 256
-MAX_MOUNTS = 16
-MAX_SETTINGS = 32
-MAX_INTERVAL_S = 3600.0
-MAX_COUNTER_DELTA = 2**63 - 1
-
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-MOUNT_RE = re.compile(r"^/[A-Za-z0-9._/+-]*$")
 
 ARCHES = ("x86_64", "arm64", "riscv64", "ppc64le", "s390x")
 PAGE_SIZES = (4096, 16384, 65536)
 FILESYSTEMS = ("xfs", "ext4", "btrfs", "bcachefs", "f2fs", "zfs", "tmpfs", "other")
 
-# name -> (python type, required)
-LABELS: Dict[str, tuple] = {
-    "fleet": (str, True),
-    "role": (str, True),
-    "arch": (str, True),
-    "kernel": (str, True),
-    "page_size": (int, True),
-    "cpus": (int, True),
-    "mem_bytes": (int, True),
-    "instance_type": (str, True),
-}
+# Field kinds. INT and COUNTER are JSON integers (never booleans); COUNTER is a delta
+# over the interval. FLOAT is any finite JSON number. A MAP has free names (alphabet
+# ``NAME``) and one value field; a LIST holds objects with ``members``.
+INT, COUNTER, FLOAT, STR, OBJECT, LIST, MAP = (
+    "int", "counter", "float", "str", "object", "list", "map")
 
-TOP_FIELDS = ("schema", "host_id", "boot_id", "seq", "ts", "interval_s", "labels",
-              "counters", "gauges", "mounts", "settings", "probe", "agent")
-REQUIRED_FIELDS = ("schema", "host_id", "boot_id", "seq", "ts", "interval_s", "labels",
-                   "counters", "gauges", "mounts")
-PROBE_FIELDS = {"bytes": int, "seconds": float, "chunk_bytes": int, "mib_s": float,
-                "compact_stall": int, "allocstall": int}
 
+@dataclass(frozen=True)
+class Field:
+    """One field of the wire record (or a member of one of its objects)."""
+    name: str
+    kind: str
+    required: bool = True
+    minimum: Optional[float] = None        # inclusive, unless exclusive_minimum
+    maximum: Optional[float] = None        # inclusive
+    exclusive_minimum: bool = False
+    alphabet: Optional[Alphabet] = None    # STR
+    max_len: Optional[int] = None          # STR, characters
+    choices: Optional[tuple] = None        # the only values allowed
+    members: Tuple["Field", ...] = ()      # OBJECT; LIST: the members of each item
+    value: Optional["Field"] = None        # MAP: every value
+    max_items: Optional[int] = None        # LIST, MAP
+    unit: str = ""
+    doc: str = ""
+
+    def member(self, name: str) -> "Field":
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(f"{self.name} has no member {name!r}")
+
+
+def _label(name: str, doc: str, **kw: Any) -> Field:
+    return Field(name, STR, alphabet=LABEL, max_len=MAX_LABEL_LEN, doc=doc, **kw)
+
+
+def _id(name: str, doc: str) -> Field:
+    return Field(name, STR, alphabet=ID, max_len=MAX_ID_LEN, doc=doc)
+
+
+def _positive(name: str, doc: str, **kw: Any) -> Field:
+    return Field(name, INT, minimum=1, maximum=INT64_MAX, doc=doc, **kw)
+
+
+def _count(name: str, doc: str, unit: str = "") -> Field:
+    return Field(name, INT, minimum=0, unit=unit, doc=doc)
+
+
+MAP_NAME = Field("name", STR, alphabet=NAME, max_len=MAX_NAME_LEN, doc="a map entry's name")
+DELTA = Field("delta", COUNTER, minimum=0, maximum=INT64_MAX,
+              doc="a counter's increase over the interval")
+GAUGE = Field("value", FLOAT, doc="a finite number at the end of the interval")
+SETTING = _label("value", "a kernel setting's value")
+
+# ---------------------------------------------------------------- the field table
+FIELDS: Tuple[Field, ...] = (
+    Field("schema", INT, choices=(SCHEMA_VERSION,),
+          doc="always SCHEMA_VERSION; other values are rejected"),
+    _id("host_id", "stable host identity (machine-id or configured); the Kafka key"),
+    _id("boot_id", "/proc/sys/kernel/random/boot_id; changes at every reboot"),
+    Field("seq", INT, minimum=0, maximum=INT64_MAX,
+          doc="per-host sequence number, survives agent restarts"),
+    Field("ts", FLOAT, minimum=946684800.0, maximum=4102444800.0, unit="s",
+          doc="end of the interval, Unix time (UTC), 2000-01-01 .. 2100-01-01"),
+    Field("interval_s", FLOAT, minimum=0.0, exclusive_minimum=True, maximum=3600.0,
+          unit="s", doc="length of the interval the deltas cover"),
+    Field("labels", OBJECT, doc="what the host is; all members required", members=(
+        _label("fleet", "the fleet (rollout unit) the host belongs to"),
+        _label("role", "the host's workload role"),
+        _label("arch", "CPU architecture", choices=ARCHES),
+        _label("kernel", "kernel release (uname -r)"),
+        _positive("page_size", "base page size", choices=PAGE_SIZES, unit="bytes"),
+        _positive("cpus", "online CPUs"),
+        _positive("mem_bytes", "MemTotal", unit="bytes"),
+        _label("instance_type", "hardware or cloud instance type"),
+    )),
+    Field("counters", MAP, value=DELTA, max_items=256,
+          doc="name -> delta over the interval; names are the kernel's own"),
+    Field("gauges", MAP, value=GAUGE, max_items=256,
+          doc="name -> value at the end of the interval (mem_available_bytes, uptime_s, "
+              "frag_unusable_1m, frag_unusable_order_N, ...)"),
+    Field("mounts", LIST, max_items=16, doc="watched filesystems", members=(
+        Field("mount", STR, alphabet=MOUNT_PATH, max_len=256, doc="mount point"),
+        Field("fs", STR, choices=FILESYSTEMS, doc="filesystem type"),
+        _label("device", "block device name"),
+        Field("counters", MAP, value=DELTA, max_items=32,
+              doc="write_bytes, write_ios, and for XFS xfs_write_bytes, ...: deltas"),
+    )),
+    Field("settings", MAP, required=False, value=SETTING, max_items=32,
+          doc="kernel settings (thp_enabled, ...)"),
+    Field("probe", OBJECT, required=False, doc="the active write probe of this interval",
+          members=(
+              _count("bytes", "bytes written", "bytes"),
+              Field("seconds", FLOAT, minimum=0.0, unit="s", doc="time the writes took"),
+              _count("chunk_bytes", "size of each write", "bytes"),
+              Field("mib_s", FLOAT, minimum=0.0, unit="MiB/s", doc="write throughput"),
+              _count("compact_stall", "direct compactions during the probe"),
+              _count("allocstall", "direct reclaims during the probe"),
+          )),
+    _label("agent", "agent version", required=False),
+)
+
+# Names kept for the code that needs one limit (the agent's config checks, its collectors)
+FIELD = {f.name: f for f in FIELDS}
+TOP_FIELDS = tuple(f.name for f in FIELDS)
+REQUIRED_FIELDS = tuple(f.name for f in FIELDS if f.required)
+LABELS: Dict[str, Field] = {m.name: m for m in FIELD["labels"].members}
+PROBE_FIELDS: Dict[str, Field] = {m.name: m for m in FIELD["probe"].members}
+MAX_INTERVAL_S = float(FIELD["interval_s"].maximum)  # type: ignore[arg-type]
+MAX_COUNTER_DELTA = INT64_MAX
+MAX_COUNTERS = int(FIELD["counters"].max_items)  # type: ignore[arg-type]
+MAX_GAUGES = int(FIELD["gauges"].max_items)  # type: ignore[arg-type]
+MAX_MOUNTS = int(FIELD["mounts"].max_items)  # type: ignore[arg-type]
+MAX_SETTINGS = int(FIELD["settings"].max_items)  # type: ignore[arg-type]
+ID_RE = re.compile(ID.pattern)
+LABEL_RE = re.compile(LABEL.pattern)
+NAME_RE = re.compile(NAME.pattern)
+MOUNT_RE = re.compile(MOUNT_PATH.pattern)
+
+# ---------------------------------------------------------------- the key metrics
 # vmstat counters that make up "direct reclaim": one per zone type on current kernels.
 ALLOCSTALL_COUNTERS = ("allocstall_dma", "allocstall_dma32", "allocstall_normal",
                        "allocstall_movable", "allocstall_device")
 
-# The key metrics, derived per record (and per filesystem for write throughput).
-KEY_METRICS = (
-    "write_mib_s",            # sum of the fs's mounts' write_bytes / interval, MiB/s
-    "compact_stall_per_s",    # compact_stall / interval
-    "allocstall_per_s",       # sum(allocstall_*) / interval: direct reclaim entries
-    "pgscan_direct_per_s",    # pages scanned by direct reclaim / interval
-    "psi_memory_some_share",  # psi_memory_some_us / (interval * 1e6), 0..1
-    "frag_unusable_1m",       # gauge: share of free memory unusable for a 1 MiB block
-    "probe_mib_s",            # write probe throughput, when a probe ran
+
+class KeyMetric(NamedTuple):
+    """A metric derived per record (per filesystem for mounts) and tested by the detector.
+
+    A *rate* is ``sum(inputs) / interval_s / scale`` (capped at ``cap``); over a window it
+    is the sum of deltas over the sum of intervals. A *level* is the input's value; over a
+    window, its mean. ``column`` is the pipeline's name for the summed input."""
+    name: str
+    source: str                  # "counters", "gauges", "probe" or "mounts" (summed)
+    inputs: Tuple[str, ...]
+    column: str
+    rate: bool
+    scale: float = 1.0
+    cap: Optional[float] = None
+    worse: int = +1              # -1: lower is worse, +1: higher is worse
+    doc: str = ""
+
+
+KEY_METRIC_TABLE: Tuple[KeyMetric, ...] = (
+    KeyMetric("write_mib_s", "mounts", ("write_bytes",), "write_bytes", True, 1048576.0,
+              worse=-1, doc="the filesystem's mounts' write_bytes, MiB/s"),
+    KeyMetric("compact_stall_per_s", "counters", ("compact_stall",), "compact_stall", True),
+    KeyMetric("allocstall_per_s", "counters", ALLOCSTALL_COUNTERS, "allocstall", True,
+              doc="direct reclaim entries per second"),
+    KeyMetric("pgscan_direct_per_s", "counters", ("pgscan_direct",), "pgscan_direct", True,
+              doc="pages scanned by direct reclaim per second"),
+    KeyMetric("psi_memory_some_share", "counters", ("psi_memory_some_us",),
+              "psi_memory_some_us", True, 1e6, cap=1.0, doc="share of time stalled, 0..1"),
+    KeyMetric("frag_unusable_1m", "gauges", ("frag_unusable_1m",), "frag_unusable_1m",
+              False, doc="share of free memory unusable for a 1 MiB block"),
+    KeyMetric("probe_mib_s", "probe", ("mib_s",), "probe_mib_s", False, worse=-1,
+              doc="write probe throughput, when a probe ran"),
 )
-# Direction in which a metric gets worse: -1 lower is worse, +1 higher is worse.
-WORSE_DIRECTION = {
-    "write_mib_s": -1, "compact_stall_per_s": +1, "allocstall_per_s": +1,
-    "pgscan_direct_per_s": +1, "psi_memory_some_share": +1, "frag_unusable_1m": +1,
-    "probe_mib_s": -1,
-}
+KEY_METRICS = tuple(m.name for m in KEY_METRIC_TABLE)
+WORSE_DIRECTION = {m.name: m.worse for m in KEY_METRIC_TABLE}
+# Counters the pipeline keeps beside the key metrics' inputs: each becomes a column of
+# the pipeline's flat frame and a per-host-window sum ``<name>_sum`` in the dataset. On
+# the wire they are optional like every counter. Keeping a new counter is one entry here.
+# Tracepoint counters (foliowatch.agent.collectors.tracepoints, off by default; optional
+# like every counter, absent from hosts that do not run the collector), under the names
+# of the agent's default allocation-order buckets (0, 1-3, 4-7, 8+). Other buckets travel
+# on the wire too but only these are kept by the pipeline.
+ORDER_BUCKETS = ("order_0", "order_1_3", "order_4_7", "order_8_up")
+LARGE_FOLIO_BUCKETS = ("order_4_7", "order_8_up")   # folios of order >= 4
+TRACEPOINT_COUNTERS: Tuple[str, ...] = (
+    tuple(f"tp_pagecache_bytes_{b}" for b in ORDER_BUCKETS)       # bytes added to the page cache
+    + tuple(f"tp_compact_try_{b}" for b in ORDER_BUCKETS)         # direct compaction attempts
+    + ("tp_compact_try_costly_direct",))   # order > 3 with __GFP_DIRECT_RECLAIM
+CARRIED_COUNTERS: Tuple[str, ...] = ("nr_dirtied",) + TRACEPOINT_COUNTERS
 
 
+class MechanismRatio(NamedTuple):
+    """A figure of the regression's mechanism: ``sum(numerator) / sum(denominator) x
+    scale`` over a record or a window (sums of deltas, so a window's value weighs its
+    intervals by volume). ``None`` when the denominator is 0 or any input is absent.
+    Inputs are counters, or, for ``write_bytes``, the filesystem's mounts."""
+    name: str
+    numerator: Tuple[str, ...]
+    denominator: Tuple[str, ...]
+    scale: float = 1.0
+    doc: str = ""
+
+
+MECHANISM_TABLE: Tuple[MechanismRatio, ...] = (
+    MechanismRatio("large_folio_share",
+                   tuple(f"tp_pagecache_bytes_{b}" for b in LARGE_FOLIO_BUCKETS),
+                   tuple(f"tp_pagecache_bytes_{b}" for b in ORDER_BUCKETS),
+                   doc="bytes added to the page cache in folios of order >= 4 over all "
+                       "bytes added, 0..1"),
+    *(MechanismRatio(f"compact_try_{b}_per_gib", (f"tp_compact_try_{b}",),
+                     ("write_bytes",), float(1 << 30),
+                     doc=f"direct compaction attempts at {b.replace('_', ' ', 1)} "
+                         "per GiB written to the filesystem")
+      for b in ORDER_BUCKETS),
+    MechanismRatio("compact_try_costly_direct_per_gib", ("tp_compact_try_costly_direct",),
+                   ("write_bytes",), float(1 << 30),
+                   doc="direct compaction attempts of order > 3 with __GFP_DIRECT_RECLAIM "
+                       "per GiB written: the seed regression's mechanism"),
+)
+MECHANISM_METRICS = tuple(r.name for r in MECHANISM_TABLE)
+
+
+def summed_columns() -> Tuple[str, ...]:
+    """The flat columns the pipeline sums per host window: rate inputs, carried counters."""
+    return tuple(m.column for m in KEY_METRIC_TABLE if m.rate) + CARRIED_COUNTERS
+
+
+# ---------------------------------------------------------------- the strict validator
 class SchemaError(InputError, ValueError):
     """A record does not follow wire schema v1. ``field`` names the offending field."""
 
@@ -133,16 +301,38 @@ def _is_num(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def _check_str(field: str, v: Any, regex, max_len: int) -> None:
+def _num_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def bounds_text(f: Field) -> str:
+    """``[lo, hi]``-style text of a numeric field's bounds, for messages and docs."""
+    lo = "-inf" if f.minimum is None else _num_text(f.minimum)
+    hi = "inf" if f.maximum is None else _num_text(f.maximum)
+    return f"{'(' if f.exclusive_minimum else '['}{lo}, {hi}{']' if f.maximum is not None else ')'}"
+
+
+def _check_str(field: str, v: Any, alphabet: Alphabet, max_len: Optional[int]) -> None:
     if not isinstance(v, str):
         raise SchemaError(field, f"expected a string, got {type(v).__name__}")
     if not v:
         raise SchemaError(field, "must not be empty")
-    if len(v) > max_len:
+    if max_len is not None and len(v) > max_len:
         raise SchemaError(field, f"longer than {max_len} characters ({len(v)}): "
                                  "would explode metric cardinality; shorten it")
+    regex = _compiled(alphabet)
     if not regex.fullmatch(v):  # fullmatch: "$" alone would let a trailing newline through
         raise SchemaError(field, f"has characters outside {regex.pattern}: {v[:40]!r}")
+
+
+_REGEX: Dict[Alphabet, "re.Pattern[str]"] = {}
+
+
+def _compiled(alphabet: Alphabet) -> "re.Pattern[str]":
+    regex = _REGEX.get(alphabet)
+    if regex is None:
+        regex = _REGEX[alphabet] = re.compile(alphabet.pattern)
+    return regex
 
 
 def _check_finite(field: str, v: Any) -> float:
@@ -157,146 +347,121 @@ def _check_finite(field: str, v: Any) -> float:
     return f
 
 
-def _check_counter_map(field: str, m: Any, max_items: int) -> None:
-    if not isinstance(m, dict):
-        raise SchemaError(field, f"expected an object, got {type(m).__name__}")
-    if len(m) > max_items:
-        raise SchemaError(field, f"has {len(m)} entries, at most {max_items} allowed")
-    for k, v in m.items():
-        _check_str(f"{field}.{k}"[:120], k, NAME_RE, MAX_NAME_LEN)
+def _in_bounds(f: Field, x: float) -> bool:
+    if f.minimum is not None and (x <= f.minimum if f.exclusive_minimum else x < f.minimum):
+        return False
+    return f.maximum is None or x <= f.maximum
+
+
+def _check_choice(f: Field, path: str, v: Any) -> None:
+    if f.choices is not None and v not in f.choices:
+        shown = repr(str(v)[:40]) if f.kind == STR else str(v)
+        raise SchemaError(path, f"{shown} is not one of {', '.join(map(str, f.choices))}")
+
+
+def _check_value(f: Field, path: str, v: Any) -> None:
+    kind = f.kind
+    if kind == STR:
+        if f.alphabet is not None:
+            _check_str(path, v, f.alphabet, f.max_len)
+        _check_choice(f, path, v)
+    elif kind == INT:
+        if not _is_int(v) or not _in_bounds(f, v):
+            lo = "a positive integer" if f.minimum == 1 else f"an integer >= {f.minimum:g}"
+            hi = "" if f.maximum is None or not _is_int(v) or v <= f.maximum \
+                else f" <= {_num_text(f.maximum)}"
+            raise SchemaError(path, f"expected {lo}{hi}, got {v!r}")
+        _check_choice(f, path, v)
+    elif kind == COUNTER:
         if not _is_int(v):
-            raise SchemaError(f"{field}.{k}", f"expected an integer delta, got {type(v).__name__}")
+            raise SchemaError(path, f"expected an integer delta, got {type(v).__name__}")
         if v < 0:
-            raise SchemaError(f"{field}.{k}", f"negative delta {v}: counters are deltas over "
-                                              "the interval; a reset starts a new baseline")
-        if v > MAX_COUNTER_DELTA:
-            raise SchemaError(f"{field}.{k}", f"delta {v} exceeds 2^63-1")
+            raise SchemaError(path, f"negative delta {v}: counters are deltas over "
+                                    "the interval; a reset starts a new baseline")
+        if f.maximum is not None and v > f.maximum:
+            raise SchemaError(path, f"delta {v} exceeds 2^63-1")
+    elif kind == FLOAT:
+        x = _check_finite(path, v)
+        if not _in_bounds(f, x):
+            raise SchemaError(path, f"must be in {bounds_text(f)}{' ' + f.unit if f.unit else ''}"
+                                    f", got {x}")
+    elif kind == OBJECT:
+        _check_object(f.members, path, v)
+    elif kind == LIST:
+        if not isinstance(v, list):
+            raise SchemaError(path, f"expected an array, got {type(v).__name__}")
+        if f.max_items is not None and len(v) > f.max_items:
+            raise SchemaError(path, f"has {len(v)} entries, at most {f.max_items} allowed")
+        for i, item in enumerate(v):
+            _check_object(f.members, f"{path}[{i}]", item)
+    elif kind == MAP:
+        if not isinstance(v, dict):
+            raise SchemaError(path, f"expected an object, got {type(v).__name__}")
+        if f.max_items is not None and len(v) > f.max_items:
+            raise SchemaError(path, f"has {len(v)} entries, at most {f.max_items} allowed")
+        assert f.value is not None
+        for k, item in v.items():
+            _check_str(f"{path}.{k}"[:120], k, NAME, MAP_NAME.max_len)
+            _check_value(f.value, f"{path}.{k}", item)
+    else:  # pragma: no cover - a table error, not a record error
+        raise AssertionError(f"field {f.name}: unknown kind {kind!r}")
 
 
-def validate(record: Any) -> Dict[str, Any]:
-    """Check ``record`` against wire schema v1 and return it; raise ``SchemaError``.
+def _check_object(members: Sequence[Field], path: str, obj: Any) -> None:
+    if not isinstance(obj, dict):
+        raise SchemaError(path, f"expected an object, got {type(obj).__name__}")
+    prefix = f"{path}." if path else ""
+    for m in members:
+        if m.required and m.name not in obj:
+            raise SchemaError(prefix + m.name, "missing (required)")
+    present = sum(1 for m in members if m.name in obj)
+    if len(obj) > present:
+        names = {m.name for m in members}
+        unknown = next(k for k in obj if k not in names)
+        raise SchemaError(prefix + str(unknown)[:64], "unknown field; allowed are "
+                          + ", ".join(m.name for m in members))
+    for m in members:
+        if m.name in obj:
+            _check_value(m, prefix + m.name, obj[m.name])
 
-    The first problem found is reported, naming the field (dotted path).
-    """
+
+def validate(record: Any, fields: Sequence[Field] = FIELDS) -> Dict[str, Any]:
+    """Check ``record`` against the field table (wire schema v1 unless ``fields`` says
+    otherwise) and return it; raise ``SchemaError``.
+
+    The first problem found is reported, naming the field (dotted path). The version is
+    checked first: a record of another version is not judged by this table."""
     if not isinstance(record, dict):
         raise SchemaError("record", f"expected a JSON object, got {type(record).__name__}")
     if "schema" not in record:
-        raise SchemaError("schema", "missing (expected schema version 1)")
-    schema = record["schema"]
-    if not _is_int(schema) or schema != SCHEMA_VERSION:
-        raise SchemaError("schema", f"unknown schema version {schema!r}; this consumer reads "
+        raise SchemaError("schema", f"missing (expected schema version {SCHEMA_VERSION})")
+    version = record["schema"]
+    if not _is_int(version) or version != SCHEMA_VERSION:
+        raise SchemaError("schema", f"unknown schema version {version!r}; this consumer reads "
                                     f"version {SCHEMA_VERSION}")
-    for f in REQUIRED_FIELDS:
-        if f not in record:
-            raise SchemaError(f, "missing (required)")
-    for f in record:
-        if f not in TOP_FIELDS:
-            raise SchemaError(str(f)[:64], f"unknown field; v1 fields are {', '.join(TOP_FIELDS)}")
-
-    _check_str("host_id", record["host_id"], ID_RE, MAX_ID_LEN)
-    _check_str("boot_id", record["boot_id"], ID_RE, MAX_ID_LEN)
-    seq = record["seq"]
-    if not _is_int(seq) or seq < 0 or seq > MAX_COUNTER_DELTA:
-        raise SchemaError("seq", f"expected an integer >= 0, got {seq!r}")
-    ts = _check_finite("ts", record["ts"])
-    if ts < 946684800.0 or ts > 4102444800.0:  # 2000-01-01 .. 2100-01-01
-        raise SchemaError("ts", f"{ts} is not a plausible Unix time in seconds")
-    interval = _check_finite("interval_s", record["interval_s"])
-    if not 0.0 < interval <= MAX_INTERVAL_S:
-        raise SchemaError("interval_s", f"must be in (0, {MAX_INTERVAL_S:g}], got {interval}")
-
-    labels = record["labels"]
-    if not isinstance(labels, dict):
-        raise SchemaError("labels", f"expected an object, got {type(labels).__name__}")
-    for name, (typ, required) in LABELS.items():
-        if name not in labels:
-            if required:
-                raise SchemaError(f"labels.{name}", "missing (required)")
-            continue
-        v = labels[name]
-        if typ is int:
-            if not _is_int(v) or v <= 0:
-                raise SchemaError(f"labels.{name}", f"expected a positive integer, got {v!r}")
-        else:
-            _check_str(f"labels.{name}", v, LABEL_RE, MAX_LABEL_LEN)
-    for name in labels:
-        if name not in LABELS:
-            raise SchemaError(f"labels.{str(name)[:64]}", "unknown label; v1 labels are "
-                                                          + ", ".join(LABELS))
-    if labels["arch"] not in ARCHES:
-        raise SchemaError("labels.arch", f"{labels['arch']!r} is not one of {', '.join(ARCHES)}")
-    if labels["page_size"] not in PAGE_SIZES:
-        raise SchemaError("labels.page_size", f"{labels['page_size']} is not one of {PAGE_SIZES}")
-
-    _check_counter_map("counters", record["counters"], MAX_COUNTERS)
-
-    gauges = record["gauges"]
-    if not isinstance(gauges, dict):
-        raise SchemaError("gauges", f"expected an object, got {type(gauges).__name__}")
-    if len(gauges) > MAX_GAUGES:
-        raise SchemaError("gauges", f"has {len(gauges)} entries, at most {MAX_GAUGES} allowed")
-    for k, v in gauges.items():
-        _check_str(f"gauges.{k}"[:120], k, NAME_RE, MAX_NAME_LEN)
-        _check_finite(f"gauges.{k}", v)
-
-    mounts = record["mounts"]
-    if not isinstance(mounts, list):
-        raise SchemaError("mounts", f"expected an array, got {type(mounts).__name__}")
-    if len(mounts) > MAX_MOUNTS:
-        raise SchemaError("mounts", f"has {len(mounts)} entries, at most {MAX_MOUNTS} allowed")
-    for i, m in enumerate(mounts):
-        where = f"mounts[{i}]"
-        if not isinstance(m, dict):
-            raise SchemaError(where, f"expected an object, got {type(m).__name__}")
-        for k in ("mount", "fs", "device", "counters"):
-            if k not in m:
-                raise SchemaError(f"{where}.{k}", "missing (required)")
-        for k in m:
-            if k not in ("mount", "fs", "device", "counters"):
-                raise SchemaError(f"{where}.{str(k)[:64]}", "unknown field")
-        _check_str(f"{where}.mount", m["mount"], MOUNT_RE, 256)
-        if m["fs"] not in FILESYSTEMS:
-            raise SchemaError(f"{where}.fs", f"{str(m['fs'])[:40]!r} is not one of "
-                                             f"{', '.join(FILESYSTEMS)}")
-        _check_str(f"{where}.device", m["device"], LABEL_RE, MAX_LABEL_LEN)
-        _check_counter_map(f"{where}.counters", m["counters"], 32)
-
-    if "settings" in record:
-        s = record["settings"]
-        if not isinstance(s, dict):
-            raise SchemaError("settings", f"expected an object, got {type(s).__name__}")
-        if len(s) > MAX_SETTINGS:
-            raise SchemaError("settings", f"has {len(s)} entries, at most {MAX_SETTINGS}")
-        for k, v in s.items():
-            _check_str(f"settings.{k}"[:120], k, NAME_RE, MAX_NAME_LEN)
-            _check_str(f"settings.{k}", v, LABEL_RE, MAX_LABEL_LEN)
-
-    if "probe" in record:
-        p = record["probe"]
-        if not isinstance(p, dict):
-            raise SchemaError("probe", f"expected an object, got {type(p).__name__}")
-        for k, typ in PROBE_FIELDS.items():
-            if k not in p:
-                raise SchemaError(f"probe.{k}", "missing (required in a probe)")
-            v = p[k]
-            if typ is int:
-                if not _is_int(v) or v < 0:
-                    raise SchemaError(f"probe.{k}", f"expected an integer >= 0, got {v!r}")
-            elif _check_finite(f"probe.{k}", v) < 0:
-                raise SchemaError(f"probe.{k}", f"must be >= 0, got {v}")
-        for k in p:
-            if k not in PROBE_FIELDS:
-                raise SchemaError(f"probe.{str(k)[:64]}", "unknown field")
-
-    if "agent" in record:
-        _check_str("agent", record["agent"], LABEL_RE, MAX_LABEL_LEN)
+    _check_object(fields, "", record)
     return record
 
 
-def encode(record: Mapping[str, Any]) -> bytes:
-    """Validate and serialise a record to its wire bytes (compact JSON, UTF-8)."""
-    validate(record)  # type: ignore[arg-type]
-    data = json.dumps(record, separators=(",", ":"), allow_nan=False,
+# ---------------------------------------------------------------- the encoder
+def _ordered(members: Sequence[Field], obj: Mapping[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for m in members:
+        if m.name in obj:
+            v = obj[m.name]
+            if m.kind == OBJECT:
+                v = _ordered(m.members, v)
+            elif m.kind == LIST:
+                v = [_ordered(m.members, item) for item in v]
+            out[m.name] = v
+    return out
+
+
+def encode(record: Mapping[str, Any], fields: Sequence[Field] = FIELDS) -> bytes:
+    """Validate and serialise a record to its wire bytes: the canonical layout (compact
+    JSON, UTF-8, members in table order, map entries in the record's order)."""
+    validate(record, fields)
+    data = json.dumps(_ordered(fields, record), separators=(",", ":"), allow_nan=False,
                       ensure_ascii=False).encode("utf-8")
     if len(data) > MAX_RECORD_BYTES:
         raise SchemaError("record", f"{len(data)} bytes encoded, at most {MAX_RECORD_BYTES}")
@@ -307,7 +472,7 @@ def _reject_constant(name: str):
     raise SchemaError("record", f"non-standard JSON constant {name}")
 
 
-def decode(data: bytes) -> Dict[str, Any]:
+def decode(data: bytes, fields: Sequence[Field] = FIELDS) -> Dict[str, Any]:
     """Parse and validate wire bytes; raise ``SchemaError`` naming the field."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SchemaError("record", f"expected bytes, got {type(data).__name__}")
@@ -323,7 +488,7 @@ def decode(data: bytes) -> Dict[str, Any]:
         raise
     except ValueError as e:
         raise SchemaError("record", f"not JSON ({e})") from None
-    return validate(obj)
+    return validate(obj, fields)
 
 
 def fs_of(record: Mapping[str, Any]) -> List[str]:
@@ -333,26 +498,74 @@ def fs_of(record: Mapping[str, Any]) -> List[str]:
 
 
 def key_metrics(record: Mapping[str, Any], fs: Optional[str] = None) -> Dict[str, Optional[float]]:
-    """The key metrics of one record, for filesystem ``fs`` (write throughput sums that
-    filesystem's mounts). A metric whose inputs are absent is ``None``, not 0."""
+    """The key metrics of one record (``KEY_METRIC_TABLE``), for filesystem ``fs`` (write
+    throughput sums that filesystem's mounts). A metric whose inputs are all absent is
+    ``None``, not 0."""
     interval = float(record["interval_s"])
-    c = record["counters"]
-    g = record["gauges"]
     out: Dict[str, Optional[float]] = {}
-    mounts: Iterable[Mapping[str, Any]] = [m for m in record["mounts"] if fs is None or m["fs"] == fs]
-    wb = [m["counters"]["write_bytes"] for m in mounts if "write_bytes" in m["counters"]]
-    out["write_mib_s"] = (sum(wb) / interval / 1048576.0) if wb else None
-    out["compact_stall_per_s"] = c["compact_stall"] / interval if "compact_stall" in c else None
-    stalls = [c[k] for k in ALLOCSTALL_COUNTERS if k in c]
-    out["allocstall_per_s"] = sum(stalls) / interval if stalls else None
-    out["pgscan_direct_per_s"] = c["pgscan_direct"] / interval if "pgscan_direct" in c else None
-    psi = c.get("psi_memory_some_us")
-    out["psi_memory_some_share"] = min(1.0, psi / (interval * 1e6)) if psi is not None else None
-    fr = g.get("frag_unusable_1m")
-    out["frag_unusable_1m"] = float(fr) if fr is not None else None
-    p = record.get("probe")
-    out["probe_mib_s"] = float(p["mib_s"]) if p else None
+    for m in KEY_METRIC_TABLE:
+        if m.source == "mounts":
+            maps: Iterable[Mapping[str, Any]] = [
+                mt["counters"] for mt in record["mounts"] if fs is None or mt["fs"] == fs]
+        else:
+            maps = [record.get(m.source) or {}]
+        values = [mp[k] for mp in maps for k in m.inputs if k in mp]
+        if not values:
+            out[m.name] = None
+        elif m.rate:
+            v = sum(values) / interval / m.scale
+            out[m.name] = v if m.cap is None else min(m.cap, v)
+        else:
+            out[m.name] = float(values[0])
     return out
+
+
+def mechanism_metrics(record: Mapping[str, Any], fs: Optional[str] = None
+                      ) -> Dict[str, Optional[float]]:
+    """The ``MECHANISM_TABLE`` figures of one record, for filesystem ``fs``."""
+    mounts = [mt["counters"] for mt in record["mounts"] if fs is None or mt["fs"] == fs]
+
+    def total(names: Tuple[str, ...]) -> Optional[int]:
+        values = []
+        for n in names:
+            if n == "write_bytes":
+                found = [c[n] for c in mounts if n in c]
+                if not found:
+                    return None
+                values.extend(found)
+            elif n in record["counters"]:
+                values.append(record["counters"][n])
+            else:
+                return None
+        return sum(values)
+
+    out: Dict[str, Optional[float]] = {}
+    for r in MECHANISM_TABLE:
+        num, den = total(r.numerator), total(r.denominator)
+        out[r.name] = None if num is None or not den else num / den * r.scale
+    return out
+
+
+def describe(fields: Sequence[Field] = FIELDS, prefix: str = "") -> List[str]:
+    """The field table as text lines: path, type, required, bounds or alphabet, unit, doc."""
+    lines = []
+    for f in fields:
+        path = prefix + f.name
+        rule = []
+        if f.kind in (INT, FLOAT, COUNTER) and (f.minimum is not None or f.maximum is not None):
+            rule.append(bounds_text(f))
+        if f.alphabet is not None:
+            rule.append(f"{f.alphabet.pattern} <= {f.max_len} chars")
+        if f.choices is not None:
+            rule.append("one of " + ", ".join(map(str, f.choices)))
+        if f.max_items is not None:
+            rule.append(f"<= {f.max_items} entries")
+        lines.append(f"{path:28} {f.kind:8} {'required' if f.required else 'optional':9}"
+                     f"{' '.join(rule)}{' (' + f.unit + ')' if f.unit else ''}  {f.doc}")
+        if f.kind == MAP and f.value is not None:
+            lines.extend(describe((replace(f.value, name="<name>"),), path + "."))
+        lines.extend(describe(f.members, path + ("[]." if f.kind == LIST else ".")))
+    return lines
 
 
 def example_record(seq: int = 0, ts: float = 1764000000.0, **overrides: Any) -> Dict[str, Any]:
@@ -381,3 +594,7 @@ def example_record(seq: int = 0, ts: float = 1764000000.0, **overrides: Any) -> 
     }
     rec.update(overrides)
     return rec
+
+
+if __name__ == "__main__":
+    print("\n".join(describe()))

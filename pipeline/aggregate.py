@@ -29,20 +29,14 @@ import polars as pl
 from foliowatch import dataset as contract
 from foliowatch import schema as wire
 
-from .decode import MIB, explode_fs
+from .decode import FLAT_SCHEMA
 
 GROUP_KEYS = ("partition", "window_s", "window_start", "host_id", "boot_id", "fs", "fleet",
               "role", "arch", "page_size", "kernel")
-# delta column -> (key metric, output sum column)
-RATE_INPUTS = {
-    "write_bytes": ("write_mib_s", "write_bytes_sum"),
-    "compact_stall": ("compact_stall_per_s", "compact_stall_sum"),
-    "allocstall": ("allocstall_per_s", "allocstall_sum"),
-    "pgscan_direct": ("pgscan_direct_per_s", "pgscan_direct_sum"),
-    "psi_memory_some_us": ("psi_memory_some_share", "psi_memory_some_us_sum"),
-    "nr_dirtied": (None, "nr_dirtied_sum"),
-}
-GAUGE_INPUTS = {"frag_unusable_1m": "frag_unusable_1m", "probe_mib_s": "probe_mib_s"}
+# delta columns summed per host window (key metric rates' inputs, carried counters), and
+# level columns averaged: both from schema.KEY_METRIC_TABLE
+RATE_INPUTS = wire.summed_columns()
+GAUGE_INPUTS = tuple(m.column for m in wire.KEY_METRIC_TABLE if not m.rate)
 SEEN_SCHEMA = {"partition": pl.Int64, "host_id": pl.String, "boot_id": pl.String,
                "seq": pl.Int64, "ts": pl.Float64}
 QUANTILE_METHOD = "linear"
@@ -138,21 +132,14 @@ def host_rows(partials: pl.DataFrame) -> pl.DataFrame:
         return (pl.when(pl.col(f"{g}__n") > 0)
                 .then(_unfixed(pl.col(f"{g}__sum")) / pl.col(f"{g}__n")).otherwise(None))
 
-    metrics = {
-        "write_mib_s": rate("write_bytes", MIB),
-        "compact_stall_per_s": rate("compact_stall"),
-        "allocstall_per_s": rate("allocstall"),
-        "pgscan_direct_per_s": rate("pgscan_direct"),
-        "psi_memory_some_share": pl.min_horizontal(rate("psi_memory_some_us", 1e6),
-                                                   pl.lit(1.0)),
-        "frag_unusable_1m": mean("frag_unusable_1m"),
-        "probe_mib_s": mean("probe_mib_s"),
-    }
-    assert tuple(metrics) == wire.KEY_METRICS
+    metrics = {m.name: _capped(m, rate(m.column, m.scale)) if m.rate else mean(m.column)
+               for m in wire.KEY_METRIC_TABLE}
     sums = {"interval_s_sum": _unfixed(pl.col("interval_s_sum"))}
-    for c, (_m, out) in RATE_INPUTS.items():
-        sums[out] = total(c)
+    for c in RATE_INPUTS:
+        sums[f"{c}_sum"] = total(c)
     assert tuple(sums) == contract.HOST_SUMS
+    mechanism = {r.name: _mechanism(r, total) for r in wire.MECHANISM_TABLE}
+    assert tuple(mechanism) == contract.MECHANISM_COLUMNS
     cols = [
         pl.from_epoch(pl.col("window_start"), time_unit="s").dt.cast_time_unit("us")
         .dt.replace_time_zone("UTC").alias("window_start"),
@@ -161,9 +148,77 @@ def host_rows(partials: pl.DataFrame) -> pl.DataFrame:
         *[pl.col(k) for k in contract.HOST_COLUMNS],
         *[e.cast(pl.Float64).alias(m) for m, e in metrics.items()],
         *[e.cast(pl.Float64).alias(n) for n, e in sums.items()],
+        *[e.cast(pl.Float64).alias(n) for n, e in mechanism.items()],
     ]
     return (partials.select(cols)
             .sort([*contract.COHORT_KEYS, "host_id", "boot_id"]))
+
+
+def _mechanism(r: wire.MechanismRatio, total) -> pl.Expr:
+    """``schema.MECHANISM_TABLE`` over a host window: the window's sums of the inputs
+    (null when an input is absent from every record or the denominator is 0)."""
+    num = pl.sum_horizontal([total(c) for c in r.numerator])
+    den = pl.sum_horizontal([total(c) for c in r.denominator])
+    present = pl.all_horizontal([total(c).is_not_null()
+                                 for c in r.numerator + r.denominator])
+    return pl.when(present & (den > 0)).then(num / den * r.scale).otherwise(None)
+
+
+def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
+    """Per cohort of host-window rows, each ``MECHANISM_TABLE`` figure pooled over its
+    hosts (sum of numerators over sum of denominators of the hosts that have every
+    input), and the number of such hosts (``<name>_hosts``)."""
+    aggs = []
+    for r in wire.MECHANISM_TABLE:
+        cols = [pl.col(f"{c}_sum") for c in r.numerator + r.denominator]
+        have = pl.all_horizontal([c.is_not_null() for c in cols])
+        num = pl.sum_horizontal([pl.col(f"{c}_sum") for c in r.numerator]).filter(have).sum()
+        den = pl.sum_horizontal([pl.col(f"{c}_sum") for c in r.denominator]).filter(have).sum()
+        aggs += [pl.when(den > 0).then(num / den * r.scale).otherwise(None).alias(r.name),
+                 have.sum().cast(pl.Int64).alias(f"{r.name}_hosts")]
+    keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
+    return hosts.group_by(keys).agg(aggs).sort(keys)
+
+
+def _capped(m: wire.KeyMetric, e: pl.Expr) -> pl.Expr:
+    # min_horizontal skips nulls: an absent metric must stay absent, not become the cap
+    return e if m.cap is None else pl.when(e.is_not_null()).then(
+        pl.min_horizontal(e, pl.lit(m.cap)))
+
+
+def record_key_metrics(flat: pl.DataFrame) -> pl.DataFrame:
+    """Per (record, filesystem) key metrics, vectorised: ``schema.key_metrics(record,
+    fs)`` of every record of a ``FLAT_SCHEMA`` frame. One row per filesystem the record
+    reports (``fs = "none"`` when it watches none)."""
+    iv = pl.col("interval_s")
+    return explode_fs(flat).select(
+        "row", "fs",
+        *[(_capped(m, pl.col(m.column) / iv / m.scale) if m.rate else pl.col(m.column))
+          .alias(m.name) for m in wire.KEY_METRIC_TABLE])
+
+
+def explode_fs(flat: pl.DataFrame) -> pl.DataFrame:
+    """One row per (record, fs): the mount columns sum that fs's mounts (null when none
+    of them reports it). Host-level columns are repeated on each fs row."""
+    mount_cols = [c for c in FLAT_SCHEMA["mounts"].inner.to_schema() if c != "fs"]
+    n_mounts = flat["mounts"].list.len()
+    if flat.height and (n_mounts <= 1).all():
+        # the common case, one watched filesystem per host: no explode, no regrouping
+        first = pl.col("mounts").list.first()
+        return (flat.with_columns(first.struct.field("fs").fill_null("none").alias("fs"),
+                                  *[first.struct.field(c).alias(c) for c in mount_cols])
+                .drop("mounts"))
+    base = flat.drop("mounts")
+    m = (flat.select("row", "mounts")
+         .with_columns(pl.when(pl.col("mounts").list.len() == 0)
+                       .then(pl.lit([{"fs": "none", **{c: None for c in mount_cols}}],
+                                    dtype=FLAT_SCHEMA["mounts"]))
+                       .otherwise(pl.col("mounts")).alias("mounts"))
+         .explode("mounts").unnest("mounts")
+         .group_by("row", "fs", maintain_order=True)
+         .agg(pl.when(pl.col(c).count() > 0).then(pl.col(c).sum()).otherwise(None).alias(c)
+              for c in mount_cols))
+    return m.join(base, on="row", how="left").sort("row", "fs")
 
 
 def cohort_rows(hosts: pl.DataFrame) -> pl.DataFrame:
@@ -374,5 +429,3 @@ class WindowAggregator:
         self._windows = {k: v for k, v in self._windows.items() if k[0] != partition}
         self._seen = self._seen.filter(pl.col("partition") != partition)
 
-    def open_windows(self) -> int:
-        return len(self._windows)

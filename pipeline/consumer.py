@@ -53,7 +53,6 @@ class ConsumerConfig:
     batch_seconds: float = 1.0
     checkpoint_seconds: float = 5.0
     until_idle_s: float = 0.0          # > 0: stop after this long with nothing to read
-    batch_pause_s: float = 0.0         # test aid: sleep after each batch
     session_timeout_ms: int = 10_000
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
     fetch_max_bytes: int = 16 * 1024 * 1024
@@ -183,8 +182,6 @@ class KafkaRunner:
                 if got:
                     idle_since = time.monotonic()
                     self._process_pending()
-                    if self.cfg.batch_pause_s:
-                        time.sleep(self.cfg.batch_pause_s)
                 if time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_seconds:
                     self._checkpoint_and_commit(self._owned())
                 self._update_lag()

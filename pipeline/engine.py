@@ -6,8 +6,6 @@ and ``--from-files``; the source decides when to checkpoint and commit.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -45,22 +43,6 @@ class BatchStats:
     seconds: float = 0.0
 
 
-class _Fault:
-    """Fault injection for the crash tests: ``FOLIOWATCH_PIPELINE_FAULT=kill-after-windows:N``
-    SIGKILLs this process right after the N-th window's files are durable and before the
-    checkpoint that would cover them: the worst moment to crash."""
-
-    def __init__(self) -> None:
-        spec = os.environ.get("FOLIOWATCH_PIPELINE_FAULT", "")
-        self.kill_after = int(spec.split(":")[1]) if spec.startswith("kill-after-windows:") else 0
-        self.windows = 0
-
-    def window_written(self) -> None:
-        self.windows += 1
-        if self.kill_after and self.windows >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, writer: DatasetWriter, dlq, metrics=None):
         self.cfg = cfg
@@ -68,7 +50,6 @@ class Pipeline:
         self.dlq = dlq
         self.metrics = metrics
         self.agg = WindowAggregator(cfg.windows_s, cfg.lateness_s)
-        self._fault = _Fault()
 
     def process(self, values: Sequence[bytes], partitions: Sequence[int],
                 offsets: Sequence[int], topic: str,
@@ -104,10 +85,9 @@ class Pipeline:
 
     def emit(self, closed: List[ClosedWindow]) -> int:
         self.writer.write_windows(closed)      # all durable when it returns
-        for cw in closed:
-            if self.metrics is not None:
+        if self.metrics is not None:
+            for cw in closed:
                 self.metrics.observe_window(cw)
-            self._fault.window_written()
         return len(closed)
 
     def finish(self, partitions: Optional[Sequence[int]] = None) -> int:

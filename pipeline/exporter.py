@@ -20,11 +20,17 @@ from prometheus_client.core import GaugeMetricFamily
 from foliowatch import dataset as contract
 from foliowatch import schema as wire
 
-from .aggregate import ClosedWindow, cohort_rows
+from .aggregate import ClosedWindow, cohort_rows, pooled_mechanism
 
 STATS = ("mean", "median", "p90", "p99")
 _REASON_KINDS = frozenset(wire.TOP_FIELDS) | {"record", "late"}
 _UNKNOWN_REASON = "unknown_field"
+# The cohort gauges show a window once every partition that reports windows of its size
+# has closed it: partitions' watermarks differ (each follows its own hosts' clocks), and
+# the newest window of one partition alone holds only its share of the fleet. A
+# partition this many windows behind the newest closed one (its hosts went quiet, or it
+# moved to another instance) no longer holds the others back.
+STALLED_WINDOWS = 5
 
 
 class _CohortCollector:
@@ -44,8 +50,17 @@ class _CohortCollector:
         fams = {m: GaugeMetricFamily(f"foliowatch_pipeline_cohort_{m}",
                                      f"Cohort {m} over host values, latest complete window",
                                      labels=labels + ["stat"]) for m in wire.KEY_METRICS}
+        mech = {r.name: GaugeMetricFamily(
+            f"foliowatch_pipeline_cohort_{r.name}",
+            f"Cohort {r.doc}, pooled over its hosts with the tracepoint collector, latest "
+            "complete window", labels=labels) for r in wire.MECHANISM_TABLE}
         for w, (ws, host_frame) in sorted(frames.items()):
             start.add_metric([str(w)], float(ws))
+            for row in pooled_mechanism(host_frame).iter_rows(named=True):
+                lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
+                for name, fam in mech.items():
+                    if row[name] is not None:
+                        fam.add_metric(lv, float(row[name]))
             coh = cohort_rows(host_frame)
             for row in coh.iter_rows(named=True):
                 lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
@@ -58,6 +73,7 @@ class _CohortCollector:
         yield hosts
         yield start
         yield from fams.values()
+        yield from mech.values()
 
 
 class _LagCollector:
@@ -80,6 +96,8 @@ class PipelineMetrics:
         self.registry = registry or CollectorRegistry()
         self.lock = threading.Lock()
         self.latest: Dict[int, Tuple[int, pl.DataFrame]] = {}
+        self._closed: Dict[int, Dict[int, int]] = {}     # window_s -> partition -> newest start
+        self._pending: Dict[int, Dict[int, List[pl.DataFrame]]] = {}   # window_s -> start -> frames
         self.lag: Dict[Tuple[str, int], int] = {}
         r = self.registry
         self.records_in = Counter("foliowatch_pipeline_records_in_total",
@@ -125,12 +143,26 @@ class PipelineMetrics:
 
     def observe_window(self, cw: ClosedWindow) -> None:
         self.windows.labels(str(cw.window_s)).inc()
+        w = cw.window_s
         with self.lock:
-            cur = self.latest.get(cw.window_s)
-            if cur is None or cw.window_start > cur[0]:
-                self.latest[cw.window_s] = (cw.window_start, cw.hosts)
-            elif cw.window_start == cur[0]:
-                self.latest[cw.window_s] = (cur[0], pl.concat([cur[1], cw.hosts]))
+            closed = self._closed.setdefault(w, {})
+            closed[cw.partition] = max(closed.get(cw.partition, cw.window_start), cw.window_start)
+            pending = self._pending.setdefault(w, {})
+            pending.setdefault(cw.window_start, []).append(cw.hosts)
+            newest = max(closed.values())
+            complete = min(s for s in closed.values() if s >= newest - STALLED_WINDOWS * w)
+            ready = sorted(s for s in pending if s <= complete)
+            if not ready:
+                return
+            start = ready[-1]
+            frames = pending[start]
+            cur = self.latest.get(w)
+            if cur is not None and cur[0] == start:      # a partition that caught up late
+                frames = [cur[1], *frames]
+            if cur is None or start >= cur[0]:
+                self.latest[w] = (start, pl.concat(frames))
+            for s in ready:
+                del pending[s]
 
     def set_lag(self, lag: Dict[Tuple[str, int], int]) -> None:
         with self.lock:

@@ -51,7 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--max-partition-fetch-bytes", type=int, default=2 * 1024 * 1024)
     k.add_argument("--fetch-max-bytes", type=int, default=16 * 1024 * 1024)
     k.add_argument("--session-timeout-ms", type=int, default=10_000)
-    k.add_argument("--batch-pause", type=float, default=0.0, help=argparse.SUPPRESS)
     add_metrics_addr(p, "127.0.0.1:9466",
                      help="serve /metrics on host:port (default %(default)s; 'off' to disable)")
     p.add_argument("--dlq-file", help="--from-files: this run's dead letters as JSON lines "
@@ -134,7 +133,7 @@ def run(args) -> int:
     ccfg = ConsumerConfig(topic=args.topic, group=args.group,
                           batch_records=args.batch_records, batch_seconds=args.batch_seconds,
                           checkpoint_seconds=args.checkpoint_seconds,
-                          until_idle_s=args.until_idle, batch_pause_s=args.batch_pause,
+                          until_idle_s=args.until_idle,
                           session_timeout_ms=args.session_timeout_ms,
                           max_partition_fetch_bytes=args.max_partition_fetch_bytes,
                           fetch_max_bytes=args.fetch_max_bytes,

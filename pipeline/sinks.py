@@ -2,10 +2,10 @@
 checkpoint state of each source partition, and the dead-letter queue (a Kafka topic, or
 a JSON-lines file without Kafka).
 
-Local writes are durable before they are visible: write to a temporary file outside
-the dataset tree, fsync it, rename it into place, fsync the directory. A directory
-created on the way (a new ``date=`` partition) is fsynced in its parent, up to the first
-directory that already existed, so the path to the file survives a crash too. A reader
+Local writes are durable before they are visible (``foliowatch.files.atomic_write``):
+the temporary file is written in ``_tmp/`` outside the dataset's partition folders, so
+that no reader lists it, then fsynced, renamed into place and the folder fsynced; a
+folder created on the way (a new ``date=`` partition) is fsynced in its parent. A reader
 never sees a partial file, and a file that is visible survives a crash. On s3:// a PUT is
 atomic by itself; polars writes through its own cloud support (object_store), with
 credentials from the environment as usual for AWS.
@@ -17,16 +17,14 @@ import base64
 import datetime as dt
 import io
 import json
-import os
 import struct
-import threading
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import polars as pl
 
 from foliowatch.errors import ConfigError, InputError, ServiceError
+from foliowatch.files import atomic_write, make_dirs_durable
 
 from .aggregate import PARTIAL_SCHEMA, SEEN_SCHEMA, ClosedWindow, PartitionMeta
 
@@ -39,61 +37,6 @@ def is_remote(root: str) -> bool:
 
 def _local(root: str) -> str:
     return root[len("file://"):] if root.startswith("file://") else root
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# Held while a directory is created and fsynced in its parent: a writer thread that finds
-# a directory another thread has just created must not use it before its entry is durable.
-_MKDIR_LOCK = threading.Lock()
-
-
-def make_dirs_durable(directory: Path) -> List[Path]:
-    """Create ``directory`` and its missing parents so that they survive a crash: each
-    directory created is fsynced in its parent, from the deepest up to the first that
-    already existed. Returns the directories created, deepest first (each one's parent
-    was fsynced after it was made)."""
-    with _MKDIR_LOCK:
-        missing: List[Path] = []
-        d = directory
-        while not d.is_dir():
-            missing.append(d)
-            if d.parent == d:
-                break
-            d = d.parent
-        for d in reversed(missing):        # outermost first: mkdir needs the parent
-            try:
-                d.mkdir()
-            except FileExistsError:        # another process made it: fsync it anyway
-                if not d.is_dir():
-                    raise
-        created: List[Path] = []
-        for d in missing:                  # deepest first
-            _fsync_dir(d.parent)
-            created.append(d)              # reported only once its entry is durable
-        return created
-
-
-def durable_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> List[Path]:
-    """Write ``data`` to ``path`` atomically and durably (temp file + fsync + rename),
-    creating its directory durably (``make_dirs_durable``). Returns the directories
-    created for it."""
-    created = make_dirs_durable(path.parent)
-    make_dirs_durable(tmp_dir)      # a plain mkdir could create a shared parent undurably
-    tmp = tmp_dir / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return created
 
 
 def window_file(level: str, window_s: int, window_start: int, partition: int,
@@ -119,9 +62,6 @@ class DatasetWriter:
                 raise ConfigError(f"--output {root}: cannot create the dataset "
                                   f"folder ({e.strerror}); choose a writable path") from None
             self.tmp = self.path / "_tmp"
-
-    def write_window(self, cw: ClosedWindow) -> List[str]:
-        return self.write_windows([cw])
 
     def write_windows(self, closed: Sequence[ClosedWindow]) -> List[str]:
         """Write the files of ``closed``; every one is durable when this returns. Files
@@ -149,7 +89,7 @@ class DatasetWriter:
             return
         buf = io.BytesIO()
         frame.write_parquet(buf, compression="zstd", statistics=True)
-        durable_write_bytes(self.path / rel, buf.getvalue(), self.tmp)
+        atomic_write(self.path / rel, buf.getvalue(), tmp_dir=self.tmp)
 
 
 def _ipc_bytes(df: pl.DataFrame) -> bytes:
@@ -189,7 +129,7 @@ class StateStore:
                            "closed_until": meta.closed_until}).encode()
         parts = [head, _ipc_bytes(partials), _ipc_bytes(seen)]
         data = self.MAGIC + b"".join(struct.pack("<Q", len(p)) + p for p in parts)
-        durable_write_bytes(self.path(partition), data, self.tmp)
+        atomic_write(self.path(partition), data, tmp_dir=self.tmp)
 
     def load_meta(self, partition: int) -> Optional[PartitionMeta]:
         """Only the header of a checkpoint (cheap: no frames decoded)."""
@@ -272,8 +212,8 @@ class FileDLQ:
     def flush(self, timeout: float = 0.0) -> None:   # a local write: no timeout applies
         for part, lines in sorted(self._lines.items()):
             target = self.file(part)
-            durable_write_bytes(target, b"".join(line + b"\n" for line in lines),
-                                target.parent / "_tmp")
+            atomic_write(target, b"".join(line + b"\n" for line in lines),
+                         tmp_dir=target.parent / "_tmp")
 
     def close(self, timeout: float = 0.0) -> None:
         self.flush(timeout)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything foliowatch needs on a fresh Debian machine, idempotently:
 #   Debian packages (Prometheus, Alertmanager, kcat, xfsprogs, node_exporter for the
-#   benchmark), a Python 3.11+ virtualenv (.venv) with the project and its extras, a
+#   benchmark, strace to watch the durable writes' system calls), a Python 3.11+ virtualenv (.venv) with the project and its extras, a
 #   Python 3.9 virtualenv (.venv39) with only the agent (the fleet's oldest Python), and
 #   Apache Kafka's jars from Maven Central (deploy/kafka/kafka.sh fetch).
 # Each step is skipped when its inputs have not changed (stamp files keyed by content).
@@ -11,7 +11,7 @@ cd "$top"
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------
-apt_pkgs=(prometheus prometheus-alertmanager kcat xfsprogs prometheus-node-exporter maven openjdk-17-jre-headless)
+apt_pkgs=(prometheus prometheus-alertmanager kcat xfsprogs linux-perf prometheus-node-exporter maven openjdk-17-jre-headless strace)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommand_parser(name: str, mod) -> argparse.ArgumentParser:
+    sp = argparse.ArgumentParser(prog=f"foliowatch {name}", description=SUBCOMMANDS[name][1])
+    mod.add_arguments(sp)
+    return sp
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -67,9 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if mod is None or not hasattr(mod, "run"):
         print(f"foliowatch {name}: not yet built", file=sys.stderr)
         return 3
-    sp = argparse.ArgumentParser(prog=f"foliowatch {name}", description=SUBCOMMANDS[name][1])
-    mod.add_arguments(sp)
-    args = sp.parse_args(argv[1:])
+    args = subcommand_parser(name, mod).parse_args(argv[1:])
     from foliowatch.errors import FoliowatchError
     try:
         return int(mod.run(args) or 0)

@@ -288,23 +288,39 @@ def _agent_config(path: Path, bootstrap: Optional[str], port: int, state: Path) 
         f"[agent.metrics]\nlisten = \"127.0.0.1:{port}\"\n")
 
 
-def run(args) -> int:
+def _demo_scenario(args):
+    """The scenario as asked, run until ``--hours`` or 6 simulated hours after its first
+    rollout; returns (scenario, ground truth, hours)."""
     from foliowatch.simulator import ground_truth, load_scenario
 
-    workdir = Path(args.output or f"out/demo-{datetime.now():%Y%m%d-%H%M%S}").resolve()
-    (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    sc0 = load_scenario(args.scenario, hosts=args.hosts, interval_s=args.interval, seed=args.seed)
-    truth0 = ground_truth(sc0)
-    _, _, rollouts0 = _truth_summary(truth0)
     hours = args.hours
     if hours is None:
+        sc0 = load_scenario(args.scenario, hosts=args.hosts, interval_s=args.interval,
+                            seed=args.seed)
+        _, _, rollouts0 = _truth_summary(ground_truth(sc0))
         first = rollouts0[0]["ts"] if rollouts0 else sc0.start_ts + 6 * 3600
         hours = (first - sc0.start_ts) / 3600.0 + 6.0
     sc = load_scenario(args.scenario, hosts=args.hosts, interval_s=args.interval,
                        hours=hours, seed=args.seed)
-    truth = ground_truth(sc)
-    changes, _, rollouts = _truth_summary(truth)
+    return sc, ground_truth(sc), hours
+
+
+def _say_plan(args, sc, truth, hours: float, workdir: Path) -> None:
+    print(f"foliowatch demo: scenario {args.scenario}, {sc.hosts} simulated hosts every "
+          f"{args.interval:g}s, {hours:.1f} simulated hours; workdir {workdir}", flush=True)
+    changes, _, _ = _truth_summary(truth)
+    for c in changes:
+        print(f"  injected: {c['kind']} on {c['fleet']} {c['arch']} {c['page_size'] // 1024}K "
+              f"{c['fs']} {c['kernel_from']} -> {c['kernel_to']} ({c['metric']} x{c['effect']})",
+              flush=True)
+
+
+def run(args) -> int:
+    workdir = Path(args.output or f"out/demo-{datetime.now():%Y%m%d-%H%M%S}").resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    sc, truth, hours = _demo_scenario(args)
     (workdir / "ground_truth.json").write_text(json.dumps(truth, indent=1))
+    _, _, rollouts = _truth_summary(truth)
     rollout_start = rollouts[0]["ts"] if rollouts else sc.start_ts
     end_ts = sc.start_ts + hours * 3600.0
 
@@ -319,12 +335,7 @@ def run(args) -> int:
         raise KeyboardInterrupt
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    print(f"foliowatch demo: scenario {args.scenario}, {sc.hosts} simulated hosts every "
-          f"{args.interval:g}s, {hours:.1f} simulated hours; workdir {workdir}", flush=True)
-    for c in changes:
-        print(f"  injected: {c['kind']} on {c['fleet']} {c['arch']} {c['page_size'] // 1024}K "
-              f"{c['fs']} {c['kernel_from']} -> {c['kernel_to']} ({c['metric']} x{c['effect']})",
-              flush=True)
+    _say_plan(args, sc, truth, hours, workdir)
     try:
         if args.no_kafka:
             ok = _run_files(args, sc, truth, workdir, procs)
@@ -447,28 +458,28 @@ def _finish(truth, workdir: Path, dataset: Path, state: Path, disp: Display) -> 
     return ok
 
 
+def _prom_value(prom: Prometheus, query: str) -> Optional[float]:
+    """The first value of an instant query (None: no series)."""
+    r = prom.query(query)["data"]["result"]
+    return float(r[0]["value"][1]) if r else None
+
+
 def _pipeline_progress(prom: Prometheus):
     """(records consumed, consumer lag) of the fleet's pipeline, from its /metrics."""
-    def one(q):
-        r = prom.query(q)["data"]["result"]
-        return int(float(r[0]["value"][1])) if r else None
     try:
-        consumed = one('sum(foliowatch_pipeline_records_in_total{job="pipeline"})') or 0
-        lag = one('sum(foliowatch_pipeline_consumer_lag_records{job="pipeline"})')
+        consumed = _prom_value(prom, 'sum(foliowatch_pipeline_records_in_total{job="pipeline"})')
+        lag = _prom_value(prom, 'sum(foliowatch_pipeline_consumer_lag_records{job="pipeline"})')
     except Exception:
         return 0, None
-    return consumed, lag
+    return int(consumed or 0), None if lag is None else int(lag)
 
 
 def _this_host(prom: Prometheus) -> str:
     """This host's own figures, read back through Prometheus from the agent's /metrics."""
     try:
-        def one(q):
-            r = prom.query(q)["data"]["result"]
-            return float(r[0]["value"][1]) if r else None
-        sent = one('sum(foliowatch_agent_samples_sent_total)')
-        stall = one('sum(rate(foliowatch_agent_vmstat_compact_stall_total[30s]))')
-        frag = one('max(foliowatch_agent_frag_unusable_ratio{order="9"})')
+        sent = _prom_value(prom, 'sum(foliowatch_agent_samples_sent_total)')
+        stall = _prom_value(prom, 'sum(rate(foliowatch_agent_vmstat_compact_stall_total[30s]))')
+        frag = _prom_value(prom, 'max(foliowatch_agent_frag_unusable_ratio{order="9"})')
     except Exception as e:  # shown, never fatal: the fleet is the demo's subject
         return f"Prometheus query failed: {e}"
     parts = [f"{sent:.0f} samples sent" if sent is not None else "no samples yet"]
@@ -479,17 +490,40 @@ def _this_host(prom: Prometheus) -> str:
     return ", ".join(parts)
 
 
-def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
-               rollout_start: float, end_ts: float) -> bool:
-    from foliowatch.kafka_io import TOPIC_SAMPLES
+@dataclass
+class DemoServices:
+    """The services the demo starts for the components, by PID (``shell.services``); each
+    is appended to ``run``'s list as it starts, so that it is stopped (in reverse) on any
+    exit. A new service (Alertmanager, ...) is started in ``_start_services`` and gets a
+    field here."""
 
-    dataset, state = workdir / "dataset", workdir / "detector-state.json"
+    kafka: KafkaCluster
+    prometheus: Prometheus
+    metrics_ports: Dict[str, int]      # /metrics listen port of each scraped component
+    alertmanager: object = None        # shell.services.Alertmanager, the project's routing
+    webhook: object = None             # shell.alerting.WebhookReceiver: where pages arrive
+
+
+@dataclass
+class DemoPaths:
+    workdir: Path
+
+    @property
+    def dataset(self) -> Path:
+        return self.workdir / "dataset"
+
+    @property
+    def state(self) -> Path:
+        return self.workdir / "detector-state.json"
+
+
+def _start_services(workdir: Path, services: list, with_agent: bool) -> DemoServices:
     kafka = KafkaCluster(workdir / "kafka", brokers=1)
     services.append(kafka)
     print("starting Kafka (KRaft, 1 broker) ...", flush=True)
     kafka.start()
     ports = {"pipeline": free_port(), "detector": free_port()}
-    if not args.no_agent:
+    if with_agent:
         ports.update({"agent": free_port(), "pipeline-local": free_port()})
     webhook, rules, am = _start_alerting(workdir, services)
     prom = Prometheus(workdir / "prometheus", _prometheus_config(
@@ -498,115 +532,181 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
     prom.start()
     print(f"Kafka {kafka.bootstrap}; Prometheus {prom.url}; Alertmanager {am.url} "
           f"-> webhook {webhook.url}", flush=True)
-    alerts_shown = 0
+    return DemoServices(kafka, prom, ports, am, webhook)
 
-    if not args.no_agent:
-        # This host's agent samples in real time while the simulated fleet runs on its own
-        # (simulated) clock: mixing both clocks in one stream would make one of them "late"
-        # against the pipeline's event-time watermark. So the real host gets its own topic,
-        # pipeline instance and dataset; everything else is the same path.
-        _create_topic(kafka.bootstrap, LOCAL_TOPIC)
-        cfg = workdir / "agent.toml"
-        _agent_config(cfg, kafka.bootstrap, ports["agent"], workdir / "agent-state")
-        procs.start("agent", _foliowatch() + ["agent", "--config", str(cfg)])
-        procs.start("pipeline-local", _foliowatch() + [
-            "pipeline", "--output", str(workdir / "dataset-this-host"), "--bootstrap",
-            kafka.bootstrap, "--topic", LOCAL_TOPIC, "--group", "foliowatch-pipeline-this-host",
-            "--metrics-addr", f"127.0.0.1:{ports['pipeline-local']}"])
-    group = "foliowatch-pipeline-demo"
+
+def _start_this_host(workdir: Path, procs: Processes, svc: DemoServices) -> None:
+    """This host's agent samples in real time while the simulated fleet runs on its own
+    (simulated) clock: mixing both clocks in one stream would make one of them "late"
+    against the pipeline's event-time watermark. So the real host gets its own topic,
+    pipeline instance and dataset; everything else is the same path."""
+    bootstrap = svc.kafka.bootstrap
+    _create_topic(bootstrap, LOCAL_TOPIC)
+    cfg = workdir / "agent.toml"
+    _agent_config(cfg, bootstrap, svc.metrics_ports["agent"], workdir / "agent-state")
+    procs.start("agent", _foliowatch() + ["agent", "--config", str(cfg)])
+    procs.start("pipeline-local", _foliowatch() + [
+        "pipeline", "--output", str(workdir / "dataset-this-host"), "--bootstrap",
+        bootstrap, "--topic", LOCAL_TOPIC, "--group", "foliowatch-pipeline-this-host",
+        "--metrics-addr", f"127.0.0.1:{svc.metrics_ports['pipeline-local']}"])
+
+
+def _start_fleet_pipeline(paths: DemoPaths, procs: Processes, svc: DemoServices) -> None:
     procs.start("pipeline", _foliowatch() + [
-        "pipeline", "--output", str(dataset), "--bootstrap", kafka.bootstrap, "--group", group,
-        "--metrics-addr", f"127.0.0.1:{ports['pipeline']}", "--lateness", "120"])
-    detector_argv_once = _foliowatch() + [
-        "detect", "--dataset", str(dataset), "--state", str(state), "--bootstrap", kafka.bootstrap,
-        "--annotations", str(workdir / "grafana-annotations.json")]
-    detector_argv = detector_argv_once + ["--follow", "--poll-interval", "2",
-                                          "--metrics-addr", f"127.0.0.1:{ports['detector']}"]
+        "pipeline", "--output", str(paths.dataset), "--bootstrap", svc.kafka.bootstrap,
+        "--group", "foliowatch-pipeline-demo",
+        "--metrics-addr", f"127.0.0.1:{svc.metrics_ports['pipeline']}", "--lateness", "120"])
 
+
+def _detect_argv(paths: DemoPaths, svc: DemoServices, follow: bool) -> List[str]:
+    argv = _foliowatch() + [
+        "detect", "--dataset", str(paths.dataset), "--state", str(paths.state),
+        "--bootstrap", svc.kafka.bootstrap,
+        "--annotations", str(paths.workdir / "grafana-annotations.json")]
+    if follow:
+        argv += ["--follow", "--poll-interval", "2",
+                 "--metrics-addr", f"127.0.0.1:{svc.metrics_ports['detector']}"]
+    return argv
+
+
+class Announcer:
+    """Says each open regression of the detector's state once per status."""
+
+    def __init__(self, disp: Display, state: Path, first_canary: Optional[float]):
+        self.disp, self.state, self.first_canary = disp, state, first_canary
+        self.announced: set = set()
+
+    def announce_new(self) -> List[dict]:
+        """Announce the open regressions not announced yet in their status; returns all
+        the open ones."""
+        open_ = [r for r in _state_records(self.state)
+                 if r["status"] in ("suspected", "confirmed")]
+        for r in open_:
+            if (r["id"], r["status"]) not in self.announced:
+                self.announced.add((r["id"], r["status"]))
+                _announce(self.disp, r, self.first_canary)
+        return open_
+
+
+class FleetWatch:
+    """The live view of a Kafka demo: what was sent and consumed, the rollout's wave, this
+    host's own figures, and each regression announced once per status."""
+
+    def __init__(self, sc, truth, svc: DemoServices, paths: DemoPaths, disp: Display,
+                 progress: dict, end_ts: float, with_agent: bool):
+        self.sc, self.svc, self.paths, self.disp = sc, svc, paths, disp
+        self.progress, self.end_ts, self.with_agent = progress, end_ts, with_agent
+        _, _, self.rollouts = _truth_summary(truth)
+        self.announcer = Announcer(disp, paths.state, _first_canary(truth))
+        self.rate, self._rate_prev = 0.0, (time.monotonic(), 0)
+        self._pipe_prev, self.consumed, self.behind = 0.0, 0, None
+        self._host_prev, self._host_line = 0.0, "starting"
+        self.alerts_shown = 0
+
+    def show_alerts(self) -> None:
+        self.alerts_shown = _show_alerts(self.disp, self.svc.webhook, self.alerts_shown)
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._rate_prev[0] >= 1.0:
+            self.rate = (self.progress["sent"] - self._rate_prev[1]) / (now - self._rate_prev[0])
+            self._rate_prev = (now, self.progress["sent"])
+        if now - self._pipe_prev >= 2.0:
+            self._pipe_prev = now
+            self.consumed, self.behind = _pipeline_progress(self.svc.prometheus)
+        if self.with_agent and now - self._host_prev >= 4.0:
+            self._host_prev = now
+            self._host_line = _this_host(self.svc.prometheus)
+        open_ = self.announcer.announce_new()
+        self.show_alerts()
+        start, end = self.sc.start_ts, self.end_ts
+        sim = min(self.progress["sim_ts"], end)
+        self.disp.update((sim - start) / max(1.0, end - start), {
+            "simulated time": f"{_fmt_sim(sim)} ({(sim - start) / 3600:.1f} of "
+                              f"{(end - start) / 3600:.1f} h)",
+            "rollout": _wave_at(self.rollouts, sim),
+            "samples": f"{self.progress['sent']:,} sent, {self.rate:,.0f}/s",
+            "pipeline": f"{self.consumed:,} consumed, lag "
+                        + ("?" if self.behind is None else f"{self.behind:,}") + " records",
+            **({"this host (real agent)": self._host_line} if self.with_agent else {}),
+            "open regressions": str(len(open_)) + (
+                "" if not open_ else " (" + ", ".join(
+                    f"{r['arch']} {r['fs']} {r['kernel_to']} {r['status']}" for r in open_) + ")"),
+        })
+
+    def caught_up(self) -> bool:
+        return (self.progress["done"] and self.behind == 0
+                and self.consumed >= self.progress["sent"])
+
+
+def _play_fleet_until_caught_up(watch: FleetWatch, procs: Processes, detect_follow: List[str]
+                                ) -> None:
+    """Wait while the fleet is played, starting the detector once the dataset has data,
+    until the pipeline has consumed everything and the detector has had a few cycles on
+    the complete data."""
+    idle_since = None
+    host_windows = watch.paths.dataset / "level=host" / "window_s=60"
+    while True:
+        time.sleep(0.5)
+        procs.check()
+        if "detector" not in procs.children and any(host_windows.rglob("*.parquet")):
+            procs.start("detector", detect_follow)
+        if "error" in watch.progress:
+            raise RuntimeError(f"simulated fleet: {watch.progress['error']}")
+        watch.refresh()
+        if watch.caught_up():
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since >= 8.0:
+                return
+
+
+def _await_page(watch: FleetWatch, timeout_s: float = 20.0) -> None:
+    """A confirmed regression's page is on its way (rule evaluation, group_wait): let it
+    arrive before the detector stops."""
+    deadline = time.monotonic() + timeout_s
+    while (any(r["status"] == "confirmed" for r in _state_records(watch.paths.state))
+           and not any(p != "/ops-tickets" for p, _ in watch.svc.webhook.received())
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
+    watch.show_alerts()
+
+
+def _say_targets(disp: Display, prom: Prometheus) -> None:
+    up = prom.query("up")["data"]["result"]
+    disp.say(f"Prometheus {prom.url}: {sum(1 for r in up if r['value'][1] == '1')} of "
+             f"{len(up)} targets up ({', '.join(sorted(r['metric']['job'] for r in up))})")
+
+
+def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
+               rollout_start: float, end_ts: float) -> bool:
+    from foliowatch.kafka_io import TOPIC_SAMPLES
+
+    paths = DemoPaths(workdir)
+    with_agent = not args.no_agent
+    svc = _start_services(workdir, services, with_agent)
+    if with_agent:
+        _start_this_host(workdir, procs, svc)
+    _start_fleet_pipeline(paths, procs, svc)
     progress = {"sent": 0, "sim_ts": sc.start_ts, "done": False}
     stop = threading.Event()
     producer = threading.Thread(target=_produce, daemon=True,
-                                args=(sc, kafka.bootstrap, TOPIC_SAMPLES, args.seed, args.speed,
-                                      rollout_start, progress, stop))
-    _, _, rollouts = _truth_summary(truth)
-    first_canary = _first_canary(truth)
-    announced = set()
-    rate_prev = (time.monotonic(), 0)
-    rate = 0.0
-    idle_since = None
-    host_prev, host_line = 0.0, "starting"
-    pipe_prev, consumed, behind = 0.0, 0, None
+                                args=(sc, svc.kafka.bootstrap, TOPIC_SAMPLES, args.seed,
+                                      args.speed, rollout_start, progress, stop))
     try:
         with Display(args.plain) as disp:
+            watch = FleetWatch(sc, truth, svc, paths, disp, progress, end_ts, with_agent)
             producer.start()
-            while True:
-                time.sleep(0.5)
-                procs.check()
-                if "detector" not in procs.children and any(
-                        (dataset / "level=host" / "window_s=60").rglob("*.parquet")):
-                    procs.start("detector", detector_argv)  # once there is data to read
-                if "error" in progress:
-                    raise RuntimeError(f"simulated fleet: {progress['error']}")
-                now = time.monotonic()
-                if now - rate_prev[0] >= 1.0:
-                    rate = (progress["sent"] - rate_prev[1]) / (now - rate_prev[0])
-                    rate_prev = (now, progress["sent"])
-                if now - pipe_prev >= 2.0:
-                    pipe_prev = now
-                    consumed, behind = _pipeline_progress(prom)
-                records = _state_records(state)
-                open_ = [r for r in records if r["status"] in ("suspected", "confirmed")]
-                for r in open_:
-                    key = (r["id"], r["status"])
-                    if key not in announced:
-                        announced.add(key)
-                        _announce(disp, r, first_canary)
-                alerts_shown = _show_alerts(disp, webhook, alerts_shown)
-                sim = min(progress["sim_ts"], end_ts)
-                if not args.no_agent and now - host_prev >= 4.0:
-                    host_prev = now
-                    host_line = _this_host(prom)
-                disp.update((sim - sc.start_ts) / max(1.0, end_ts - sc.start_ts), {
-                    "simulated time": f"{_fmt_sim(sim)} ({(sim - sc.start_ts) / 3600:.1f} of "
-                                      f"{(end_ts - sc.start_ts) / 3600:.1f} h)",
-                    "rollout": _wave_at(rollouts, sim),
-                    "samples": f"{progress['sent']:,} sent, {rate:,.0f}/s",
-                    "pipeline": f"{consumed:,} consumed, lag "
-                                + ("?" if behind is None else f"{behind:,}") + " records",
-                    **({"this host (real agent)": host_line} if not args.no_agent else {}),
-                    "open regressions": str(len(open_)) + (
-                        "" if not open_ else " (" + ", ".join(
-                            f"{r['arch']} {r['fs']} {r['kernel_to']} {r['status']}" for r in open_) + ")"),
-                })
-                if progress["done"] and behind == 0 and consumed >= progress["sent"]:
-                    idle_since = idle_since or now
-                    if now - idle_since >= 8.0:  # a few detector cycles on the complete data
-                        break
+            _play_fleet_until_caught_up(watch, procs, _detect_argv(paths, svc, follow=True))
             disp.say(f"simulated fleet played: {progress['sent']:,} samples; pipeline caught up")
-            up = prom.query("up")["data"]["result"]
-            disp.say(f"Prometheus {prom.url}: {sum(1 for r in up if r['value'][1] == '1')} of "
-                     f"{len(up)} targets up ({', '.join(sorted(r['metric']['job'] for r in up))})")
-            # a confirmed regression's page is on its way (rule evaluation, group_wait):
-            # let it arrive before the detector stops
-            deadline = time.monotonic() + 20.0
-            while (any(r["status"] == "confirmed" for r in _state_records(state))
-                   and not any(p != "/ops-tickets" for p, _ in webhook.received())
-                   and time.monotonic() < deadline):
-                time.sleep(0.5)
-            alerts_shown = _show_alerts(disp, webhook, alerts_shown)
-            procs.stop("detector")
-            procs.stop("pipeline")
-            procs.stop("agent")
-            procs.stop("pipeline-local")
+            _say_targets(disp, svc.prometheus)
+            _await_page(watch)
+            for name in ("detector", "pipeline", "agent", "pipeline-local"):
+                procs.stop(name)
             # one last evaluation on the complete dataset, so the result does not depend on
             # where the follow loop happened to be when it was stopped
-            subprocess.run(detector_argv_once, capture_output=True, text=True)
-            for r in _state_records(state):
-                key = (r["id"], r["status"])
-                if r["status"] in ("suspected", "confirmed") and key not in announced:
-                    announced.add(key)
-                    _announce(disp, r, first_canary)
-            return _finish(truth, workdir, dataset, state, disp)
+            subprocess.run(_detect_argv(paths, svc, follow=False), capture_output=True, text=True)
+            watch.announcer.announce_new()
+            return _finish(truth, workdir, paths.dataset, paths.state, disp)
     finally:
         stop.set()
 
@@ -639,7 +739,7 @@ def _run_files(args, sc, truth, workdir: Path, procs: Processes) -> bool:
         t = (first_canary or sc.start_ts) - step
         end = sc.start_ts + sc.hours * 3600.0
         end = max(end, t + step)
-        announced = set()
+        announcer = Announcer(disp, state, first_canary)
         from foliowatch.shell.cli import main as cli
         import contextlib
         import io
@@ -647,10 +747,6 @@ def _run_files(args, sc, truth, workdir: Path, procs: Processes) -> bool:
             with contextlib.redirect_stdout(io.StringIO()):
                 cli(["detect", "--dataset", str(dataset), "--state", str(state),
                      "--as-of", _utc(t).isoformat(), "--json"])
-            for r in _state_records(state):
-                key = (r["id"], r["status"])
-                if r["status"] in ("suspected", "confirmed") and key not in announced:
-                    announced.add(key)
-                    _announce(disp, r, first_canary)
+            announcer.announce_new()
             t += step
         return _finish(truth, workdir, dataset, state, disp)

@@ -25,20 +25,24 @@ The flat form (one row per delivered record) has these columns:
 ``probe.<field>``          the write probe (``schema.PROBE_FIELDS``); null when no probe ran
 =========================  ==========================================================
 
-Records carry ``settings`` only when a probe ran (see ``_wire_json_expr``).
+Records carry ``settings`` only when a probe ran (see ``_wire_spec``).
 
-``to_wire_json`` turns a chunk into wire schema v1 JSON (one string per row; vectorised
-in polars), ``to_wire_frame`` into the nested form that a JSON reader would produce
-(structs ``labels``/``counters``/``gauges``/``probe``, a list ``mounts``), which is what
-the Parquet files hold.
+``to_wire_json`` turns a chunk into wire JSON (one string per row; vectorised in polars,
+byte for byte what ``schema.encode`` writes), ``to_wire_frame`` into the nested form that
+a JSON reader would produce (structs ``labels``/``counters``/``gauges``/``probe``, a list
+``mounts``), which is what the Parquet files hold. Both walk the field table
+``schema.FIELDS``; ``_wire_spec`` says which columns feed which member.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import polars as pl
+
+from foliowatch import schema
 
 from .fleet import ARCH_PAGE, DEVICES, FS_NAMES, MOUNTS, Plan, build_plan
 from .model import COUNTERS, GAUGES, PROBE_BYTES, PROBE_CHUNK, Stepper
@@ -230,81 +234,130 @@ FLAT_COLUMNS = (("emit_ts", "host_id", "boot_id", "seq", "ts", "interval_s") + L
 
 
 # ------------------------------------------------------------------ wire conversion
-
-def _labels_expr() -> pl.Expr:
-    return pl.struct([pl.col(c) for c in LABEL_COLUMNS]).alias("labels")
-
-
-def _mount_expr(with_xfs: bool) -> pl.Expr:
-    counters = [pl.col("mount.write_bytes").alias("write_bytes"),
-                pl.col("mount.write_ios").alias("write_ios")]
-    if with_xfs:
-        counters.append(pl.col("mount.xfs_write_bytes").alias("xfs_write_bytes"))
-    return pl.struct(pl.col("mount.path").alias("mount"), pl.col("mount.fs").alias("fs"),
-                     pl.col("mount.device").alias("device"),
-                     pl.struct(counters).alias("counters"))
+# The wire form is derived from the field table (schema.FIELDS): members in table order,
+# each one's value from the spec below. A spec is a column expression (a scalar, or a
+# struct for a map: its entries are the struct's fields, in order), a dict (an object:
+# member -> spec), a list (a list of objects), or Optional(condition, spec) for a member
+# present only on some rows. A member the table has and the spec lacks is absent.
 
 
-def _probe_expr() -> pl.Expr:
-    return pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in PROBE_COLUMNS])
+class Present:
+    """A member present on the rows where ``when`` holds."""
+
+    def __init__(self, when: pl.Expr, spec):
+        self.when, self.spec = when, spec
 
 
-def _sub_object(cols) -> pl.Expr:
-    return pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in cols]).struct.json_encode()
+def _mount_col(name: str) -> pl.Expr:
+    return pl.col(f"mount.{name}")
 
 
-_SETTINGS_JSON = "{" + ",".join(f'"{k}":"{v}"' for k, v in SETTINGS.items()) + "}"
+def _wire_spec() -> Dict[str, object]:
+    has_probe = pl.col("probe.bytes").is_not_null()
+    mount_counters = {"write_bytes": _mount_col("write_bytes"),
+                      "write_ios": _mount_col("write_ios"),
+                      "xfs_write_bytes": Present(_mount_col("xfs_write_bytes").is_not_null(),
+                                                   _mount_col("xfs_write_bytes"))}
+    return {
+        "schema": pl.lit(schema.SCHEMA_VERSION, pl.Int64),
+        **{c: pl.col(c) for c in ("host_id", "boot_id", "seq", "ts", "interval_s")},
+        "labels": {c: pl.col(c) for c in LABEL_COLUMNS},
+        "counters": pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in COUNTER_COLUMNS]),
+        "gauges": pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in GAUGE_COLUMNS]),
+        "mounts": [{"mount": _mount_col("path"), "fs": _mount_col("fs"),
+                    "device": _mount_col("device"), "counters": mount_counters}],
+        # the settings ride along with the probe, whose result they explain (THP
+        # settings decide folio sizes)
+        "settings": Present(has_probe, pl.struct([pl.lit(v).alias(k)
+                                                    for k, v in SETTINGS.items()])),
+        "probe": Present(has_probe, {c.split(".", 1)[1]: pl.col(c) for c in PROBE_COLUMNS}),
+        "agent": pl.lit(AGENT_VERSION),
+    }
+
+
+def _object_json(members, spec: Dict[str, object]) -> List[object]:
+    """JSON text pieces (str literals and String expressions) of an object."""
+    assert set(spec) <= {m.name for m in members}, sorted(set(spec))
+    pieces: List[object] = ["{"]
+    first = True
+    for m in members:
+        if m.name not in spec:
+            assert not m.required, m.name
+            continue
+        v = spec[m.name]
+        piece = [("" if first else ",") + f'"{m.name}":'] + _value_json(m, v.spec
+                                                                       if isinstance(v, Present) else v)
+        if isinstance(v, Present):
+            assert not first, "an object's first member must be required"
+            pieces.append(pl.when(v.when).then(pl.concat_str(_merged(piece)))
+                          .otherwise(pl.lit("")))
+        else:
+            pieces += piece
+        first = False
+    return pieces + ["}"]
+
+
+def _value_json(f: schema.Field, spec) -> List[object]:
+    if f.kind == schema.OBJECT:
+        if all(isinstance(v, pl.Expr) for v in spec.values()) and len(spec) == len(f.members):
+            # every member on every row: one vectorised struct encoding, in table order
+            return [pl.struct([spec[m.name].alias(m.name) for m in f.members]).struct.json_encode()]
+        return _object_json(f.members, spec)
+    if f.kind == schema.LIST:
+        out: List[object] = ["["]
+        for i, item in enumerate(spec):
+            out += ([","] if i else []) + _object_json(f.members, item)
+        return out + ["]"]
+    if f.kind == schema.MAP:
+        if isinstance(spec, dict):
+            return _object_json([replace(f.value, name=k, required=not isinstance(v, Present))
+                                 for k, v in spec.items()], spec)
+        return [spec.struct.json_encode()]
+    if f.kind == schema.STR:
+        # no escaping needed: the alphabets exclude quotes and backslashes, and every string
+        # column comes from the scenario's checked names or from fixed tables
+        return ['"', spec, '"']
+    return [spec.cast(pl.String)]
+
+
+def _merged(pieces: List[object]) -> List[pl.Expr]:
+    # adjacent literals as one: each literal is materialised per row
+    out: List[object] = []
+    for p in pieces:
+        if isinstance(p, str) and out and isinstance(out[-1], str):
+            out[-1] += p
+        else:
+            out.append(p)
+    return [pl.lit(p) if isinstance(p, str) else p for p in out]
 
 
 def _wire_json_expr() -> pl.Expr:
-    # Sub-objects through struct.json_encode (vectorised in Rust), joined with as few
-    # literal pieces as possible (each literal is materialised per row). Absent fields
-    # (xfs_write_bytes on ext4, the probe) are left out, never written as null. Strings
-    # need no escaping: every string column comes from the scenario's restricted
-    # alphabets (checked in scenario.py) or from fixed tables. The settings ride along
-    # with the probe, whose result they explain (THP settings decide folio sizes).
-    has_probe = pl.col("probe.bytes").is_not_null()
-    return pl.concat_str([
-        pl.lit('{"schema":1,"host_id":"'), pl.col("host_id"), pl.lit('","boot_id":"'),
-        pl.col("boot_id"), pl.lit('","seq":'), pl.col("seq").cast(pl.String),
-        pl.lit(',"ts":'), pl.col("ts").cast(pl.String),
-        pl.lit(',"interval_s":'), pl.col("interval_s").cast(pl.String),
-        pl.lit(',"labels":'), _labels_expr().struct.json_encode(),
-        pl.lit(',"counters":'), _sub_object(COUNTER_COLUMNS),
-        pl.lit(',"gauges":'), _sub_object(GAUGE_COLUMNS),
-        pl.lit(',"mounts":['),
-        pl.lit('{"mount":"'), pl.col("mount.path"), pl.lit('","fs":"'), pl.col("mount.fs"),
-        pl.lit('","device":"'), pl.col("mount.device"),
-        pl.lit('","counters":{"write_bytes":'), pl.col("mount.write_bytes").cast(pl.String),
-        pl.lit(',"write_ios":'), pl.col("mount.write_ios").cast(pl.String),
-        pl.when(pl.col("mount.xfs_write_bytes").is_not_null())
-        .then(pl.concat_str([pl.lit(',"xfs_write_bytes":'),
-                             pl.col("mount.xfs_write_bytes").cast(pl.String)]))
-        .otherwise(pl.lit("")),
-        pl.lit("}}]"),
-        pl.when(has_probe).then(pl.concat_str([
-            pl.lit(',"probe":'), _probe_expr().struct.json_encode(),
-            pl.lit(',"settings":' + _SETTINGS_JSON)])).otherwise(pl.lit("")),
-        pl.lit(f',"agent":"{AGENT_VERSION}"}}'),
-    ]).alias("json")
+    return pl.concat_str(_merged(_object_json(schema.FIELDS, _wire_spec()))).alias("json")
 
 
 def to_wire_json(frame: pl.DataFrame) -> pl.Series:
-    """Wire schema v1 JSON, one string per row of a flat chunk (vectorised)."""
+    """Wire JSON, one string per row of a flat chunk (vectorised): the canonical layout
+    ``schema.encode`` writes (proven equal to it by the tests)."""
     return frame.select(_wire_json_expr()).to_series()
 
 
+def _value_struct(f: schema.Field, spec) -> pl.Expr:
+    if isinstance(spec, Present):
+        return pl.when(spec.when).then(_value_struct(f, spec.spec))
+    if f.kind == schema.OBJECT:
+        return pl.struct([_value_struct(m, spec[m.name]).alias(m.name)
+                          for m in f.members if m.name in spec])
+    if f.kind == schema.LIST:
+        return pl.concat_list([_value_struct(replace(f, kind=schema.OBJECT), item)
+                               for item in spec])
+    if f.kind == schema.MAP and isinstance(spec, dict):
+        return pl.struct([_value_struct(f.value, v).alias(k) for k, v in spec.items()])
+    return spec
+
+
 def to_wire_frame(frame: pl.DataFrame) -> pl.DataFrame:
-    """The nested form of wire schema v1 (what the Parquet files hold): a null inside
+    """The nested form of the wire record (what the Parquet files hold): a null inside
     ``counters``/``mounts[].counters`` or a null ``probe`` means absent on the wire."""
-    return frame.select(
-        pl.lit(1, pl.Int64).alias("schema"), "host_id", "boot_id", "seq", "ts", "interval_s",
-        _labels_expr(),
-        pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in COUNTER_COLUMNS]).alias("counters"),
-        pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in GAUGE_COLUMNS]).alias("gauges"),
-        pl.concat_list([_mount_expr(True)]).alias("mounts"),
-        pl.when(pl.col("probe.bytes").is_not_null())
-        .then(pl.struct([pl.lit(v).alias(k) for k, v in SETTINGS.items()])).alias("settings"),
-        pl.when(pl.col("probe.bytes").is_not_null()).then(_probe_expr()).alias("probe"),
-        pl.lit(AGENT_VERSION).alias("agent"),
-    )
+    spec = _wire_spec()
+    return frame.select([_value_struct(f, spec[f.name]).alias(f.name)
+                         for f in schema.FIELDS if f.name in spec])

@@ -256,10 +256,6 @@ def kernel_release(version: str, arch: str, page_size: int) -> str:
     return rel
 
 
-def kernel_tuple(version: str) -> Tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"[0-9]+", version)[:4])
-
-
 # ---------------------------------------------------------------- parsing
 
 class _Reader:

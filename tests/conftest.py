@@ -4,7 +4,6 @@ A service that cannot start fails the test with its log; nothing here skips.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 

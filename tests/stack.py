@@ -126,7 +126,7 @@ class FleetStack:
     def detector_argv(self, interval_s: float = 1.0) -> List[str]:
         return foliowatch_argv("detect", "--dataset", str(self.dataset), "--state", str(self.state),
                                "--follow", "--poll-interval", str(interval_s),
-                               "--metrics-addr", f"127.0.0.1:{self.ports['detector']}")
+                               *metrics_flag(self.ports["detector"]))
 
     def start_detector(self, interval_s: float = 1.0) -> None:
         self._start("detector", self.detector_argv(interval_s))
@@ -201,7 +201,7 @@ class FleetStack:
             time.sleep(0.5)
         raise AssertionError(f"{what} not reached in {timeout:.0f}s (last: {last!r})")
 
-    def wait_pipeline(self, timeout: float = 900.0) -> float:
+    def wait_pipeline(self, timeout: float = 300.0) -> float:
         """Until the pipeline has read every record sent and written the windows the
         watermark closed; returns the start of its latest 60 s window (Unix s)."""
         def ready():
@@ -213,7 +213,7 @@ class FleetStack:
         m = scrape(self.pipeline_metrics_url)
         return m['foliowatch_pipeline_latest_window_start_seconds{window_s="60"}']
 
-    def wait_detector(self, as_of: Optional[float] = None, timeout: float = 900.0) -> Dict[str, float]:
+    def wait_detector(self, as_of: Optional[float] = None, timeout: float = 300.0) -> Dict[str, float]:
         """Until the detector has evaluated the data up to ``as_of`` (default: the
         pipeline's latest window); returns its /metrics."""
         if as_of is None:
@@ -227,6 +227,11 @@ class FleetStack:
             return True if seen >= as_of else f"evaluated until {seen:.0f}, want {as_of:.0f}"
         self._wait("detector evaluation", ready, timeout)
         return scrape(self.detector_metrics_url)
+
+
+def metrics_flag(port: int) -> List[str]:
+    """The detector's /metrics listen flag."""
+    return ["--metrics-addr", f"127.0.0.1:{port}"]
 
 
 def prometheus_config(targets: Dict[str, str], rule_files: Optional[List[Path]] = None,

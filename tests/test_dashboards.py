@@ -35,12 +35,12 @@ def test_committed_json_equals_what_the_code_generates():
 
 
 def test_generate_check_fails_on_a_hand_edited_file(tmp_path, capsys):
-    assert cli.main(["dashboards", "generate", "--out", str(tmp_path)]) == 0
-    assert cli.main(["dashboards", "generate", "--out", str(tmp_path), "--check"]) == 0
+    assert cli.main(["dashboards", "generate", "--output", str(tmp_path)]) == 0
+    assert cli.main(["dashboards", "generate", "--output", str(tmp_path), "--check"]) == 0
     p = tmp_path / "health.json"
     p.write_text(p.read_text().replace('"cps"', '"short"', 1))
     capsys.readouterr()
-    assert cli.main(["dashboards", "generate", "--out", str(tmp_path), "--check"]) == 1
+    assert cli.main(["dashboards", "generate", "--output", str(tmp_path), "--check"]) == 1
     assert "health.json: differs from the code" in capsys.readouterr().err
 
 
@@ -124,7 +124,7 @@ def test_the_write_health_dashboard_annotates_regressions():
     stored = [a for a in ann if a["datasource"]["type"] == "grafana"]
     assert stored and stored[0]["target"]["tags"] == config.ANNOTATION_TAGS
     live = [a for a in ann if a.get("expr")]
-    assert live and "foliowatch_regression_info" in live[0]["expr"]
+    assert live and "foliowatch_regression_open" in live[0]["expr"]
     # the push posts annotations with the tags the dashboards filter on
     from foliowatch.detector.outputs import grafana_annotations  # noqa: F401
     legends = {p["title"]: p["targets"][0]["legendFormat"] for p in _panels(d)}
@@ -151,3 +151,13 @@ def test_provisioning_files_name_the_datasource_and_folder_the_dashboards_use():
     (provider,) = prov["providers"]
     assert provider["type"] == "file" and provider["folderUid"] == config.FOLDER_UID
     assert provider["allowUiUpdates"] is False
+
+
+def test_render_names_an_unreachable_prometheus_in_one_line(tmp_path, capsys):
+    from foliowatch.shell.services import free_port
+    url = f"http://127.0.0.1:{free_port()}"
+    assert cli.main(["dashboards", "render", "--prometheus", url, "--out",
+                     str(tmp_path / "x.png"), "--start", "0", "--end", "60"]) == 2
+    err = capsys.readouterr().err
+    assert f"Prometheus at {url}: cannot reach it" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()

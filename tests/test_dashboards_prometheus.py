@@ -86,7 +86,7 @@ def _wait(what, ready, timeout=120.0):
 def test_every_panel_query_returns_series_after_the_seed_scenario(kafka, topic, tmp_path):
     scenario = _seed_scenario(tmp_path)
     stack = FleetStack(tmp_path / "stack", kafka.bootstrap, topic, scenario)
-    _create_topics(kafka.bootstrap, f"{topic}.dlq", f"{topic}.agent")
+    _create_topics(kafka.bootstrap, f"{topic}.agent")      # FleetStack makes {topic}.dlq
     agent, agent_addr = _start_agent(tmp_path, kafka.bootstrap, f"{topic}.agent")
     try:
         _wait("agent /metrics", lambda: "foliowatch_agent_samples_total" in

@@ -9,7 +9,6 @@ import json
 import re
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from foliowatch.shell import cli

@@ -5,7 +5,6 @@ a fresh read), serves /metrics over HTTP, and stops on SIGTERM."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

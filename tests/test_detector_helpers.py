@@ -4,7 +4,7 @@ detector's unit tests (the simulator's scenarios are used end to end elsewhere).
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Dict, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import polars as pl

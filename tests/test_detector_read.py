@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from foliowatch.detector import frames
-from foliowatch.pipeline.sinks import durable_write_bytes
+from foliowatch.files import atomic_write
 
 DAY0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
 
@@ -47,9 +47,9 @@ def test_files_replaced_while_read_are_read_whole(tmp_path):
     def replay():     # the pipeline's own atomic write, as fast as it goes
         v = len(names)
         while not stop.is_set():
-            durable_write_bytes(names[v % len(names)],
-                                _window(v, _rows(v), DAY0 + timedelta(minutes=v % len(names))),
-                                tmp_path / "ds" / "_tmp")
+            atomic_write(names[v % len(names)],
+                         _window(v, _rows(v), DAY0 + timedelta(minutes=v % len(names))),
+                         tmp_dir=tmp_path / "ds" / "_tmp")
             v += 1
             rewrites[0] += 1
 

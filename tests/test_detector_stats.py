@@ -8,10 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from foliowatch.detector import cohort, evidence
+from foliowatch.detector import covariates, evidence, memory_state, rank_test
 from foliowatch.detector.analysis import DetectorConfig, analyze
-from foliowatch.detector.changepoint import (BinarySegmentation, IncrementalMosum, Mosum,
-                                             detect_many, max_bridge_pvalue, scan_many)
 from test_detector_helpers import T0, fleet_frame
 
 
@@ -26,11 +24,11 @@ def test_hodges_lehmann_recovers_a_pure_shift_and_covers_it():
     rng = np.random.default_rng(3)
     base = rng.normal(0, 1, 400)
     new = rng.normal(0, 1, 300) + 0.5
-    est, lo, hi = cohort.hodges_lehmann(new, base)
+    est, lo, hi = rank_test.hodges_lehmann(new, base)
     assert abs(est - 0.5) < 0.15
     assert lo < 0.5 < hi and hi - lo < 0.5
     # exact answer on a deterministic case: differences {1,2,3} x {0} -> median 2
-    assert cohort.hodges_lehmann(np.array([1.0, 2.0, 3.0]), np.array([0.0]))[0] == 2.0
+    assert rank_test.hodges_lehmann(np.array([1.0, 2.0, 3.0]), np.array([0.0]))[0] == 2.0
 
 
 def test_covariate_adjuster_removes_a_hardware_effect_fitted_on_baseline_hosts():
@@ -42,7 +40,7 @@ def test_covariate_adjuster_removes_a_hardware_effect_fitted_on_baseline_hosts()
     itype[:30] = "new"
     y = np.where(itype == "new", 0.25, 0.0) + rng.normal(0, 0.02, n)
     hosts = pl.DataFrame({"instance_type": itype, "cpus": np.full(n, 64.0)})
-    r, adjusted = cohort.CovariateAdjuster(["instance_type", "cpus"]).residuals(hosts, y, is_base)
+    r, adjusted = covariates.CovariateAdjuster(["instance_type", "cpus"]).residuals(hosts, y, is_base)
     assert adjusted
     assert abs(np.median(r[~is_base]) - np.median(r[is_base])) < 0.02
 
@@ -56,7 +54,7 @@ def test_memory_state_model_fits_within_hosts_so_host_differences_do_not_leak_in
         # a cross-sectional fit would find a positive slope
         z = 0.6 * frag.mean() - 0.3 * frag + rng.normal(0, 0.05, frag.size)
         rows.append(pl.DataFrame({"host_id": [f"h{h}"] * frag.size, "frag": frag, "z": z}))
-    m = cohort.MemoryStateModel().fit(pl.concat(rows))
+    m = memory_state.MemoryStateModel().fit(pl.concat(rows))
     assert abs((m.predict(np.array([0.3])) - m.predict(np.array([0.8])))[0] - 0.15) < 0.03
     # below the baseline's range the curve is held, not extended
     assert abs(m.predict(np.array([0.0]))[0] - m.predict(np.array([0.05]))[0]) < 1e-9
@@ -99,67 +97,3 @@ def test_a_tail_only_regression_is_found_by_the_tail_statistics():
                                             df["compact_stall_per_s"].to_numpy())))
     recs = _flagged(df, 179)
     assert recs and {m["statistic"] for m in recs[0].metrics} & {"tail", "bad_share"}
-
-
-def test_changepoint_is_found_where_the_level_shifts():
-    rng = np.random.default_rng(2)
-    x = np.r_[rng.normal(0, 1, 400), rng.normal(1.0, 1, 300)]
-    cps = BinarySegmentation(max_pvalue=0.001, min_segment=10).fit_predict(x)
-    assert len(cps) == 1 and abs(cps[0].index - 400) <= 15 and cps[0].shift > 0.7
-
-
-def test_changepoint_test_holds_its_false_positive_rate_on_noise():
-    rng = np.random.default_rng(4)
-    _split, p, _c = scan_many(rng.normal(0, 1, (3000, 400)), 10)
-    assert (p < 0.01).mean() < 0.02
-    # on autocorrelated noise (AR(1), rho 0.6) the correction keeps it near nominal
-    e = rng.normal(0, 1, (2000, 400))
-    ar = np.zeros_like(e)
-    for i in range(1, e.shape[1]):
-        ar[:, i] = 0.6 * ar[:, i - 1] + e[:, i]
-    _split, p, _c = scan_many(ar, 10)
-    assert (p < 0.01).mean() < 0.03
-
-
-def test_bridge_pvalue_is_monotone_and_bounded():
-    c = np.linspace(2.5, 8, 30)
-    p = max_bridge_pvalue(c, np.full(c.size, 0.02))
-    assert np.all(np.diff(p) < 0) and p[0] <= 1 and p[-1] > 0
-
-
-def test_mosum_finds_a_sharp_step_inside_a_daily_cycle_and_nothing_else():
-    rng = np.random.default_rng(8)
-    t = np.arange(2880)
-    x = 0.3 * np.sin(2 * np.pi * t / 1440) + rng.normal(0, 0.02, t.size)
-    x[1500:] -= 0.2
-    cps = Mosum(bandwidth=15, max_pvalue=0.001).fit_predict(x)
-    assert [abs(c.index - 1500) <= 3 for c in cps] == [True]
-    assert cps[0].shift < -0.15
-    # the global CUSUM method splits the daily cycle instead: why the detector uses MOSUM
-    assert len(BinarySegmentation(max_pvalue=0.001).fit_predict(x)) > 1
-
-
-def test_mosum_false_positive_rate_on_autocorrelated_heavy_tailed_noise():
-    rng = np.random.default_rng(12)
-    e = rng.standard_t(4, (300, 1000))
-    x = np.zeros_like(e)
-    for i in range(1, e.shape[1]):
-        x[:, i] = 0.4 * x[:, i - 1] + e[:, i]
-    found = detect_many(x, bandwidth=15, max_pvalue=0.01)
-    assert sum(bool(f) for f in found) / len(found) < 0.03
-
-
-def test_detect_many_and_incremental_mosum_agree_on_a_step():
-    rng = np.random.default_rng(6)
-    X = rng.normal(0, 1, (50, 1200))
-    X[7, 700:] += 3.0
-    found = detect_many(X, bandwidth=15, max_pvalue=0.001)
-    assert [i for i, cps in enumerate(found) if cps] == [7]
-    assert abs(found[7][0].index - 700) <= 5
-    inc = IncrementalMosum(50, bandwidth=15, max_pvalue=0.001, horizon=1200)
-    hits = []
-    for t in range(1200):
-        hits += [(s, cp.index, t) for s, cp in inc.append(X[:, t])]
-    assert {s for s, _i, _t in hits} == {7}
-    s, index, seen_at = hits[0]
-    assert abs(index - 700) <= 10 and seen_at - 700 <= 30

@@ -1,12 +1,10 @@
 """The real Kafka broker: project producer -> broker -> project consumer, kcat and
 Kafka's own console consumer all see the same bytes; a 3-broker cluster keeps an
 acks=all message when one broker stops."""
-import json
 import subprocess
 import time
 
 import pytest
-from kafka import TopicPartition
 
 from foliowatch import kafka_io, schema
 from foliowatch.kafka_io import KafkaSettings

@@ -13,7 +13,9 @@ import polars as pl
 import pytest
 
 from foliowatch import schema as wire
-from foliowatch.pipeline.decode import decode_batch, python_verdict, record_key_metrics
+from foliowatch.pipeline.aggregate import record_key_metrics
+from foliowatch.pipeline.decode import decode_batch, python_verdict
+from foliowatch.pipeline.wire_checks import DEFAULT as checks
 
 
 def _enc(obj) -> bytes:
@@ -239,8 +241,8 @@ def test_vectorised_checks_alone_never_accept_what_schema_rejects():
     values += [wire.encode(b) for b in bases]
     df = dec._parse(values)
     assert df is not None   # every value parses: the whole frame takes the vectorised path
-    ok = df.select(dec._checks(pl.col("d"), pl.col("raw"))).to_series()
-    text_ok = dec._text_checks(df)
+    ok = df.select(checks.checks(pl.col("d"), pl.col("raw"))).to_series()
+    text_ok = checks.text_checks(df)
     vector_ok = (ok & text_ok).to_list()
     for v, accepted in zip(values, vector_ok):
         if accepted:
@@ -262,7 +264,7 @@ def _fast_path_accepts(values):
     decode_batch then accepts without any other check)."""
     from foliowatch.pipeline import decode as dec
     text, _bad = dec._as_text(values)
-    canon = dec.canonical(text).to_list()
+    canon = checks.canonical(text).to_list()
     out = [False] * len(values)
     rows = [i for i, c in enumerate(canon) if c]
     # the pattern lets a repeated counter or gauge name through (so does schema.decode,
@@ -271,7 +273,7 @@ def _fast_path_accepts(values):
     frames, unparsed = [], []
     dec._parse_bisect([values[i] for i in rows], 0, frames, unparsed)
     for df in frames:
-        ok = df.select(dec._canonical_checks(pl.col("d"))).to_series().to_list()
+        ok = df.select(checks.canonical_checks(pl.col("d"))).to_series().to_list()
         for j, good in zip(df["row"].to_list(), ok):
             out[rows[j]] = good
     return out
@@ -304,7 +306,7 @@ def test_the_fleets_layouts_take_the_one_pattern_path():
             del r["settings"]
         agent.append(wire.encode(r))
     values = sim + agent
-    assert all(dec.canonical(dec._as_text(values)[0]))
+    assert all(checks.canonical(dec._as_text(values)[0]))
     out = decode_batch(values)
     assert out.rejected == [] and out.python_accepted == 0
     assert out.good.height == len(values)
@@ -379,3 +381,145 @@ def test_the_one_pattern_path_never_accepts_what_schema_rejects():
         assert (i in good) == _python_ok(v), v[:400]
     for i in list(good)[::53]:
         _same_flat_row(good[i], values[i])
+
+
+# -- the field table is the one source: its limits hold alike on every path -----------
+def _vector_verdicts(values, checks=None):
+    """Per value: accepted by the vectorised checks alone (canonical path, or the general
+    path's column and text checks), without the Python fallback."""
+    from foliowatch.pipeline import decode as dec
+    from foliowatch.pipeline.wire_checks import DEFAULT
+    checks = checks or DEFAULT
+    text, _bad = dec._as_text(values)
+    canon = checks.canonical(text).to_list()
+    out = []
+    for v, c in zip(values, canon):
+        df = dec._parse([v], checks=checks)
+        if df is None:
+            out.append(False)
+            continue
+        if c:
+            ok = df.select(checks.canonical_checks(pl.col("d"))).item()
+        else:
+            ok = df.select(checks.checks(pl.col("d"), pl.col("raw"))).item() \
+                and checks.text_checks(df)[0]
+        out.append(bool(ok))
+    return out
+
+
+def _boundary_cases(fields, path=()):
+    """(path, value, int64_edge) around every bound, enumeration and length in the table."""
+    for f in fields:
+        p = path + (f.name,)
+        if f.kind in (wire.INT, wire.FLOAT):
+            step = (lambda x, d: x + d) if f.kind == wire.INT else \
+                (lambda x, d: math.nextafter(x, math.inf if d > 0 else -math.inf))
+            conv = int if f.kind == wire.INT else float
+            for bound, outward in ((f.minimum, -1), (f.maximum, +1)):
+                if bound is None:
+                    continue
+                b = conv(bound)
+                edge = f.kind == wire.INT and abs(b) >= wire.INT64_MAX
+                yield p, b, edge
+                yield p, step(b, outward), edge
+                yield p, step(b, -outward), edge
+            for c in f.choices or ():
+                yield p, c, False
+                yield p, c + 1, False
+        if f.kind == wire.STR:
+            for c in f.choices or ():
+                yield p, c, False
+                yield p, c + "x", False
+            if f.max_len and not f.choices:
+                yield p, "a" * f.max_len if f.alphabet.first != "/" else "/" * f.max_len, False
+                yield p, "a" * (f.max_len + 1), False
+        if f.kind == wire.OBJECT:
+            yield from _boundary_cases(f.members, p)
+
+
+def _with(rec, path, value):
+    rec = copy.deepcopy(rec)
+    target = rec
+    for k in path[:-1]:
+        target = target[k]
+    target[path[-1]] = value
+    return rec
+
+
+def _other_layout(rec):
+    """Not the canonical layout (the general path's): the identity last, labels' members
+    reversed."""
+    out = {k: v for k, v in rec.items() if k not in ("host_id", "boot_id", "seq")}
+    out["labels"] = dict(reversed(list(rec["labels"].items())))
+    return {**out, "seq": rec["seq"], "boot_id": rec["boot_id"], "host_id": rec["host_id"]}
+
+
+PROBE = {"bytes": 1 << 28, "seconds": 1.5, "chunk_bytes": 1 << 20, "mib_s": 170.7,
+         "compact_stall": 3, "allocstall": 0}
+
+
+def test_every_bound_in_the_field_table_holds_alike_on_every_path():
+    """Each bound, enumeration and length of schema.FIELDS, at the limit and one step
+    either side, in the canonical layout and in another one: the vectorised checks
+    accept exactly what schema.decode accepts (beyond int64 they may only refuse), and
+    decode_batch's reason names the field."""
+    base = wire.example_record(probe=dict(PROBE))
+    values, expect, edges, fields = [], [], [], []
+    for path, value, edge in _boundary_cases(wire.FIELDS):
+        if path == ("schema",):
+            continue   # the version gate, tested on its own
+        rec = _with(base, path, value)
+        for layout in (wire._ordered(wire.FIELDS, rec), _other_layout(rec)):
+            values.append(_enc(layout))
+            try:
+                wire.validate(rec)
+                expect.append(True)
+            except wire.SchemaError as e:
+                expect.append(False)
+                assert e.field == ".".join(path), (path, value, str(e))
+            edges.append(edge)
+            fields.append(".".join(path))
+    assert len(values) > 150 and expect.count(False) > 50 and expect.count(True) > 50
+    got = _vector_verdicts(values)
+    for v, want, have, edge in zip(values, expect, got, edges):
+        assert have == want or (edge and not have), (v[:200], want, have)
+    out = decode_batch(values)
+    for row, reason in out.rejected:
+        assert reason.startswith(fields[row] + ":"), (fields[row], reason)
+    assert out.good.height == expect.count(True)
+
+
+def test_a_table_edit_changes_every_path_at_once():
+    """A schema change is one edit: a tighter interval bound and a new optional counter
+    map, made only in a copy of the field table, are enforced alike by the strict
+    validator, the canonical pattern and the general path's checks."""
+    from dataclasses import replace
+
+    from foliowatch.pipeline.wire_checks import WireChecks
+
+    trace = wire.Field("trace", wire.MAP, required=False, value=wire.DELTA, max_items=8)
+    fields = tuple(replace(f, maximum=60.0) if f.name == "interval_s" else f
+                   for f in wire.FIELDS)
+    fields = fields[:-1] + (trace,) + fields[-1:]
+    checks = WireChecks(fields)
+    base = wire.example_record()
+    cases = [(dict(base, interval_s=60.0), True), (dict(base, interval_s=60.5), False),
+             (dict(base, trace={"compact_order_9": 4}), True),
+             (dict(base, trace={"compact_order_9": -4}), False),
+             (dict(base, trace={f"o{i}": 1 for i in range(9)}), False),
+             (dict(base, trace={"Bad": 1}), False)]
+    values = []
+    for rec, ok in cases:
+        try:
+            wire.validate(rec, fields)
+            assert ok, rec
+        except wire.SchemaError:
+            assert not ok, rec
+        values += [_enc(wire._ordered(fields, rec)), _enc(_other_layout(rec))]
+    want = [ok for _rec, ok in cases for _layout in (0, 1)]
+    assert _vector_verdicts(values, checks) == want
+    out = decode_batch(values, checks=checks)
+    assert sorted(out.good["row"].to_list()) == [i for i, ok in enumerate(want) if ok]
+    # the default table is untouched: a 60.5 s interval is fine there, a trace map is not
+    assert decode_batch(values[2:4]).good.height == 2
+    assert decode_batch(values[4:6]).good.height == 0

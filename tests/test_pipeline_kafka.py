@@ -29,6 +29,7 @@ from test_pipeline_reference import Reference, assert_dataset_matches
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[1]
+FAULTS = Path(__file__).resolve().parent / "pipeline_faults.py"
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -80,8 +81,12 @@ def read_topic(kafka, topic: str) -> List[Tuple[int, int, bytes, Optional[bytes]
 
 
 def start_pipeline(kafka, topic: str, out: Path, group: str, *extra: str,
-                   env: Optional[Dict[str, str]] = None, log: Optional[Path] = None):
-    argv = [sys.executable, "-m", "foliowatch", "pipeline", "--bootstrap", kafka.bootstrap,
+                   env: Optional[Dict[str, str]] = None, log: Optional[Path] = None,
+                   faults: Tuple[str, ...] = ()):
+    """``faults``: options of tests/pipeline_faults.py (the pipeline then runs under it)."""
+    runner = ([sys.executable, str(FAULTS), *faults, "--"] if faults
+              else [sys.executable, "-m", "foliowatch"])
+    argv = [*runner, "pipeline", "--bootstrap", kafka.bootstrap,
             "--topic", topic, "--dlq-topic", f"{topic}.dlq", "--group", group,
             "--output", str(out), *extra]
     if "--metrics-addr" not in extra:
@@ -191,16 +196,16 @@ def test_sigkill_mid_batch_and_restart_gives_the_identical_dataset(kafka, sim_to
     expected = snapshot(ref_out)
     out = tmp_path / "ds"
     small = ("--batch-records", "700", "--checkpoint-seconds", "0")
-    # 1) killed by the fault hook right after window files are durable, before the
-    #    checkpoint that covers them (the worst moment)
+    # 1) killed right after window files are durable, before the checkpoint that
+    #    covers them (the worst moment)
     proc = start_pipeline(kafka, topic, out, "crash", "--until-idle", "2", *small,
-                          env={"FOLIOWATCH_PIPELINE_FAULT": "kill-after-windows:40"})
+                          faults=("--kill-after-windows", "40"))
     assert wait(proc) == -signal.SIGKILL
     partial = snapshot(out)
     assert 0 < len(partial) < len(expected)
     # 2) restarted, then SIGKILLed from outside at an arbitrary point of a batch
     proc = start_pipeline(kafka, topic, out, "crash", "--until-idle", "2", *small,
-                          "--batch-pause", "0.05")
+                          faults=("--batch-pause", "0.05"))
     deadline = time.monotonic() + 60
     while len(snapshot(out)) < len(partial) + 40 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -217,10 +222,11 @@ def test_two_instances_share_partitions_and_one_takes_over(kafka, sim_topic, tmp
     topic, ref_out, _t = sim_topic
     expected = snapshot(ref_out)
     out = tmp_path / "ds"
-    args = ("--until-idle", "8", "--batch-records", "300", "--batch-pause", "0.2",
+    args = ("--until-idle", "8", "--batch-records", "300",
             "--checkpoint-seconds", "0.5", "--log-level", "INFO")
-    a = start_pipeline(kafka, topic, out, "pair", *args)
-    b = start_pipeline(kafka, topic, out, "pair", *args)
+    pause = ("--batch-pause", "0.2")
+    a = start_pipeline(kafka, topic, out, "pair", *args, faults=pause)
+    b = start_pipeline(kafka, topic, out, "pair", *args, faults=pause)
     try:
         deadline = time.monotonic() + 90
         def assigned(p):

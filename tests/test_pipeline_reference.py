@@ -19,9 +19,8 @@ import polars as pl
 from foliowatch import dataset as contract
 from foliowatch import schema as wire
 
-RATES = ("write_mib_s", "compact_stall_per_s", "allocstall_per_s", "pgscan_direct_per_s",
-         "psi_memory_some_share")
-GAUGES = ("frag_unusable_1m", "probe_mib_s")
+RATES = tuple(m.name for m in wire.KEY_METRIC_TABLE if m.rate)
+GAUGES = tuple(m.name for m in wire.KEY_METRIC_TABLE if not m.rate)
 
 
 def quantile_linear(values: Sequence[float], q: float) -> float:

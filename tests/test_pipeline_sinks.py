@@ -8,22 +8,23 @@ import threading
 import polars as pl
 
 from foliowatch.pipeline.aggregate import PartitionMeta
-from foliowatch.pipeline.sinks import StateStore, durable_write_bytes, make_dirs_durable
+from foliowatch.files import atomic_write, make_dirs_durable
+from foliowatch.pipeline.sinks import StateStore
 
 
 def test_a_new_partition_folder_is_fsynced_in_every_parent_created_for_it(tmp_path):
     root = tmp_path / "ds"
     day1 = root / "level=host" / "window_s=60" / "date=2026-01-01"
-    created = durable_write_bytes(day1 / "part-p0-0-9.parquet", b"one", root / "_tmp")
+    created = atomic_write(day1 / "part-p0-0-9.parquet", b"one", tmp_dir=root / "_tmp")
     # deepest first, up to the folder that already existed (tmp_path)
     assert created == [day1, day1.parent, day1.parent.parent, root]
     assert (day1 / "part-p0-0-9.parquet").read_bytes() == b"one"
     # the same folder again: nothing created, nothing to fsync but the folder itself
-    assert durable_write_bytes(day1 / "part-p0-10-19.parquet", b"two", root / "_tmp") == []
+    assert atomic_write(day1 / "part-p0-10-19.parquet", b"two", tmp_dir=root / "_tmp") == []
     # the next day: only its own folder is new
     day2 = day1.parent / "date=2026-01-02"
-    assert durable_write_bytes(day2 / "part-p0-20-29.parquet", b"three",
-                               root / "_tmp") == [day2]
+    assert atomic_write(day2 / "part-p0-20-29.parquet", b"three",
+                        tmp_dir=root / "_tmp") == [day2]
     assert sorted(p.name for p in day1.iterdir()) == ["part-p0-0-9.parquet",
                                                       "part-p0-10-19.parquet"]
 

@@ -3,9 +3,7 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
-import pytest
 
-from foliowatch.shell import report
 from foliowatch.shell.cli import main as cli
 from foliowatch.detector.records import RegressionRecord, RegressionState
 

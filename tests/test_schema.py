@@ -196,3 +196,35 @@ def test_huge_integer_gauge_is_a_schema_error_not_a_crash():
     with pytest.raises(SchemaError) as e:
         decode(raw)
     assert e.value.field == "gauges.uptime_s"
+
+
+def test_encode_writes_the_canonical_layout_whatever_the_input_order():
+    rec = example_record(probe={"bytes": 1, "seconds": 1.0, "chunk_bytes": 1, "mib_s": 1.0,
+                                "compact_stall": 0, "allocstall": 0})
+    shuffled = dict(reversed(list(rec.items())))
+    shuffled["labels"] = dict(reversed(list(rec["labels"].items())))
+    data = encode(shuffled)
+    assert data == encode(rec)
+    assert list(json.loads(data)) == [f.name for f in schema.FIELDS if f.name in rec]
+    assert list(json.loads(data)["labels"]) == list(schema.LABELS)
+
+
+def test_key_metrics_follow_the_key_metric_table():
+    """Each metric of KEY_METRIC_TABLE computed from its row: a rate is the sum of its
+    inputs over the interval and its scale (capped), a level the input itself."""
+    rec = example_record(probe={"bytes": 1, "seconds": 1.0, "chunk_bytes": 1,
+                                "mib_s": 321.5, "compact_stall": 0, "allocstall": 0})
+    rec["counters"]["psi_memory_some_us"] = 10**9   # more than the interval: capped
+    m = schema.key_metrics(rec)
+    assert m["allocstall_per_s"] == pytest.approx((4 + 1) / 10.0)
+    assert m["psi_memory_some_share"] == 1.0
+    assert m["probe_mib_s"] == 321.5 and m["frag_unusable_1m"] == 0.62
+    assert tuple(m) == schema.KEY_METRICS
+    assert set(schema.WORSE_DIRECTION) == set(schema.KEY_METRICS)
+
+
+def test_every_field_in_the_table_is_described():
+    lines = schema.describe()
+    for f in schema.FIELDS:
+        assert any(line.startswith(f.name + " ") for line in lines), f.name
+    assert any(line.startswith("ts ") and "[946684800, 4102444800]" in line for line in lines)

@@ -30,10 +30,6 @@ COUNTER_PREFIXES = (
 )
 EXACT_COUNTERS = ("nr_dirtied", "nr_written")
 
-# Point-in-time page counts that are gauges, not counters (converted to bytes by the
-# sampler with the host's page size).
-GAUGE_FIELDS = ("nr_free_pages", "nr_dirty", "nr_writeback", "nr_file_pages")
-
 # Some ``thp_*`` fields are gauges despite the prefix.
 NOT_COUNTERS = frozenset(("thp_file_mapped",))
 

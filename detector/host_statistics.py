@@ -1,0 +1,78 @@
+"""Per host, the statistics a cohort comparison tests: ``level``, ``tail``,
+``bad_share`` and ``within_host`` of the window-centred log metric, over comparable memory
+states, with memory state and host covariates removed at the window level."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import polars as pl
+
+from .centring import centred_windows
+from .covariates import CovariateAdjuster
+from .frames import worse_direction
+from .reference_state import ReferenceState
+from .state_support import comparable_states, state_support
+
+STATISTICS = ("level", "tail", "bad_share", "within_host")
+
+
+def host_statistics(df: pl.DataFrame, metric: str, base_kernel: str,
+                    ref_state: Optional[ReferenceState] = None,
+                    cov: Optional[pl.DataFrame] = None,
+                    adjuster: Optional[CovariateAdjuster] = None
+                    ) -> Tuple[pl.DataFrame, bool]:
+    """Per host: level, tail and bad_share of the window-centred log metric over the
+    windows in comparable memory states, adjusted for memory state at the window level
+    when a baseline reference is given (and its ``within_host`` change from ``pre``).
+
+    With ``cov`` and an ``adjuster``, host covariates are removed at the window level
+    too: each host's windows are shifted by what the ridge regression fitted on baseline
+    hosts' levels predicts for a host like it (out of fold for baseline hosts), before
+    the tail and the bad-interval share are taken. Tails and shares are non-linear in
+    the windows, so adjusting them after the fact (as host statistics) leaves a faster
+    instance type's windows on the wrong side of the baseline's thresholds. Returns the
+    host frame and whether the covariate adjustment was applied."""
+    d = worse_direction(metric)
+    x = centred_windows(df, metric, base_kernel)
+    support = (ref_state.support if ref_state is not None and ref_state.support is not None
+               else state_support(x, base_kernel))
+    x = comparable_states(x, support)
+    pre = None
+    if ref_state is not None and "frag" in x.columns and x.height:
+        if ref_state.state is not None:
+            x = x.with_columns(pl.Series("z", x["z"].to_numpy()
+                                         - ref_state.state.predict(x["frag"].to_numpy())))
+        pre = ref_state.pre
+    levels = x.group_by("host_id", "kernel").agg(pl.col("z").median().alias("raw_level"))
+    adjusted = False
+    if adjuster is not None and cov is not None and levels.height:
+        # a fixed host order: the ridge's out-of-fold split follows it, and polars' group_by
+        # order changes from one process to the next
+        h = levels.join(cov, on=["host_id", "kernel"], how="left").sort("host_id", "kernel")
+        is_base = (h["kernel"] == base_kernel).to_numpy()
+        y = h["raw_level"].to_numpy().astype(float)
+        r, adjusted = adjuster.residuals(h, y, is_base)
+        if adjusted:
+            off = h.select("host_id", "kernel", pl.Series("offset", y - r))
+            x = (x.join(off, on=["host_id", "kernel"], how="left")
+                 .with_columns((pl.col("z") - pl.col("offset").fill_null(0.0)).alias("z"))
+                 .drop("offset"))
+    q_bad = 0.9 if d > 0 else 0.1
+    bad_at = (x.filter(pl.col("kernel") == base_kernel).group_by("window_start")
+              .agg(pl.col("z").quantile(q_bad, "linear").alias("bad_at")))
+    x = x.join(bad_at, on="window_start", how="inner")
+    worse = (pl.col("z") > pl.col("bad_at")) if d > 0 else (pl.col("z") < pl.col("bad_at"))
+    hosts = (x.with_columns(worse.alias("bad"))
+             .group_by("host_id", "kernel")
+             .agg(pl.col("z").median().alias("level"),
+                  pl.col("z").quantile(q_bad, "linear").alias("tail"),
+                  pl.col("bad").mean().alias("bad_share"),
+                  pl.len().alias("n_windows"))
+             .join(levels, on=["host_id", "kernel"], how="left"))
+    if pre is not None and pre.height:
+        # a host's own before/after difference: its covariates cancel, so from the level
+        # before the covariate adjustment
+        hosts = (hosts.join(pre, on="host_id", how="left")
+                 .with_columns((pl.col("raw_level") - pl.col("pre_level")).alias("within_host")))
+    return hosts, adjusted

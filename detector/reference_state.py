@@ -1,0 +1,54 @@
+"""What a baseline-kernel history says for one metric, built once per reference and
+reused: the memory-state model, the memory states the baseline occupies, and each host's
+own level before the rollout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional
+
+import polars as pl
+
+from .centring import centred_windows
+from .memory_state import MemoryStateModel
+from .state_support import StateSupport, comparable_states, state_support
+
+
+@dataclass
+class ReferenceState:
+    """What a baseline ``reference`` history says for one metric: the memory-state model,
+    the memory states the baseline occupies, and each host's own level on the baseline
+    kernel before the rollout. Built once per reference and reused by runs that share it
+    (``detector.analysis.AnalysisCache``)."""
+    state: Optional[MemoryStateModel]
+    support: Optional[StateSupport]
+    pre: Optional[pl.DataFrame]      # host_id, pre_level, pre_n
+
+
+def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
+                    before: Optional[datetime]) -> ReferenceState:
+    ref = centred_windows(reference, metric, base_kernel)
+    if "frag" not in ref.columns or ref.is_empty():
+        return ReferenceState(None, None, None)
+    # The model is fitted on, and only applied to, the comparable states: a curve fitted
+    # across fresh memory as well is pulled by the floor that few-event counts sit on
+    # there and came out twice too steep in the fragmented range (the demo's x86_64
+    # canaries then looked 27% worse in compaction stalls on an unchanged kernel).
+    support = state_support(ref, base_kernel)
+    ref = comparable_states(ref, support)
+    state = MemoryStateModel().fit(ref)
+    if state.model is None:
+        state = None
+    else:
+        ref = ref.with_columns(pl.Series("z", ref["z"].to_numpy()
+                                         - state.predict(ref["frag"].to_numpy())))
+    pre = None
+    if before is not None:
+        # each host's own level on the baseline kernel before the rollout reached the
+        # group (canaries' pre-reboot windows, baseline hosts' same period), over the
+        # same comparable memory states
+        pre = (ref.filter(pl.col("window_start") < before).group_by("host_id")
+               .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"))
+               .filter(pl.col("pre_n") >= 10))
+    return ReferenceState(state, support, pre)
