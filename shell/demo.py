@@ -220,11 +220,53 @@ def _judge(records: List[dict], cohorts: List[dict], disp: Display) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-def _prometheus_config(targets: Dict[str, str]) -> str:
-    lines = ["global:", "  scrape_interval: 2s", "scrape_configs:"]
+def _prometheus_config(targets: Dict[str, str], rules: Optional[Path] = None,
+                       alertmanager: Optional[str] = None) -> str:
+    lines = ["global:", "  scrape_interval: 2s", "  evaluation_interval: 2s"]
+    if rules is not None:
+        lines += ["rule_files:", f"  - '{rules}'"]
+    if alertmanager is not None:
+        lines += ["alerting:", "  alertmanagers:", "    - static_configs:",
+                  f"        - targets: ['{alertmanager.split('://', 1)[-1]}']"]
+    lines.append("scrape_configs:")
     for job, addr in targets.items():
         lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: ['{addr}']"]
     return "\n".join(lines) + "\n"
+
+
+def _start_alerting(workdir: Path, services: list):
+    """The project's alert rules and Alertmanager routing (deploy/), with seconds for
+    minutes and the demo's job names, delivering to a webhook receiver of its own.
+    Returns (receiver, rules file, Alertmanager)."""
+    import yaml
+
+    from foliowatch.shell import alerting
+    from foliowatch.shell.services import Alertmanager
+
+    webhook = alerting.WebhookReceiver().start()
+    services.append(webhook)
+    names = alerting.AlertConfig().receivers
+    cfg = alerting.AlertConfig(agent_job="agent", pipeline_job="pipeline", detector_job="detector").fast(
+        receivers={name: f"{webhook.url}/{name}" for name in names})
+    rules = workdir / "foliowatch-alerts.yml"
+    rules.write_text(alerting.to_yaml(alerting.rule_groups(cfg)))
+    am = Alertmanager(workdir / "alertmanager", yaml.safe_dump(alerting.alertmanager_config(cfg)))
+    services.append(am)
+    am.start()
+    return webhook, rules, am
+
+
+def _show_alerts(disp: "Display", webhook, shown: int) -> int:
+    """Say each rollout notification the receiver got since ``shown``; returns the count
+    seen. Health tickets (a detector behind the accelerated clock) are left to the log."""
+    from foliowatch.shell.alerting import notification_text
+
+    got = webhook.received()
+    for path, note in got[shown:]:
+        if any(a["labels"].get("alertname", "").startswith("KernelRollout") for a in note["alerts"]):
+            disp.say(f"[bold magenta]ALERT delivered[/bold magenta] to {path.strip('/')}: "
+                     f"{notification_text(note)}")
+    return len(got)
 
 
 def _create_topic(bootstrap: str, name: str) -> None:
@@ -458,6 +500,8 @@ class DemoServices:
     kafka: KafkaCluster
     prometheus: Prometheus
     metrics_ports: Dict[str, int]      # /metrics listen port of each scraped component
+    alertmanager: object = None        # shell.services.Alertmanager, the project's routing
+    webhook: object = None             # shell.alerting.WebhookReceiver: where pages arrive
 
 
 @dataclass
@@ -481,12 +525,14 @@ def _start_services(workdir: Path, services: list, with_agent: bool) -> DemoServ
     ports = {"pipeline": free_port(), "detector": free_port()}
     if with_agent:
         ports.update({"agent": free_port(), "pipeline-local": free_port()})
+    webhook, rules, am = _start_alerting(workdir, services)
     prom = Prometheus(workdir / "prometheus", _prometheus_config(
-        {k: f"127.0.0.1:{v}" for k, v in ports.items()}))
+        {k: f"127.0.0.1:{v}" for k, v in ports.items()}, rules, am.url), [rules])
     services.append(prom)
     prom.start()
-    print(f"Kafka {kafka.bootstrap}; Prometheus {prom.url}", flush=True)
-    return DemoServices(kafka, prom, ports)
+    print(f"Kafka {kafka.bootstrap}; Prometheus {prom.url}; Alertmanager {am.url} "
+          f"-> webhook {webhook.url}", flush=True)
+    return DemoServices(kafka, prom, ports, am, webhook)
 
 
 def _start_this_host(workdir: Path, procs: Processes, svc: DemoServices) -> None:
@@ -555,6 +601,10 @@ class FleetWatch:
         self.rate, self._rate_prev = 0.0, (time.monotonic(), 0)
         self._pipe_prev, self.consumed, self.behind = 0.0, 0, None
         self._host_prev, self._host_line = 0.0, "starting"
+        self.alerts_shown = 0
+
+    def show_alerts(self) -> None:
+        self.alerts_shown = _show_alerts(self.disp, self.svc.webhook, self.alerts_shown)
 
     def refresh(self) -> None:
         now = time.monotonic()
@@ -568,6 +618,7 @@ class FleetWatch:
             self._host_prev = now
             self._host_line = _this_host(self.svc.prometheus)
         open_ = self.announcer.announce_new()
+        self.show_alerts()
         start, end = self.sc.start_ts, self.end_ts
         sim = min(self.progress["sim_ts"], end)
         self.disp.update((sim - start) / max(1.0, end - start), {
@@ -609,6 +660,17 @@ def _play_fleet_until_caught_up(watch: FleetWatch, procs: Processes, detect_foll
                 return
 
 
+def _await_page(watch: FleetWatch, timeout_s: float = 20.0) -> None:
+    """A confirmed regression's page is on its way (rule evaluation, group_wait): let it
+    arrive before the detector stops."""
+    deadline = time.monotonic() + timeout_s
+    while (any(r["status"] == "confirmed" for r in _state_records(watch.paths.state))
+           and not any(p != "/ops-tickets" for p, _ in watch.svc.webhook.received())
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
+    watch.show_alerts()
+
+
 def _say_targets(disp: Display, prom: Prometheus) -> None:
     up = prom.query("up")["data"]["result"]
     disp.say(f"Prometheus {prom.url}: {sum(1 for r in up if r['value'][1] == '1')} of "
@@ -637,6 +699,7 @@ def _run_kafka(args, sc, truth, workdir: Path, procs: Processes, services: list,
             _play_fleet_until_caught_up(watch, procs, _detect_argv(paths, svc, follow=True))
             disp.say(f"simulated fleet played: {progress['sent']:,} samples; pipeline caught up")
             _say_targets(disp, svc.prometheus)
+            _await_page(watch)
             for name in ("detector", "pipeline", "agent", "pipeline-local"):
                 procs.stop(name)
             # one last evaluation on the complete dataset, so the result does not depend on

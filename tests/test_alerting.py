@@ -117,3 +117,30 @@ def test_real_alertmanager_inhibits_suspected_only_for_the_confirmed_cohort(conf
     assert by[(alerting.SUSPECTED, "4096")]["state"] == "suppressed", by
     assert by[(alerting.SUSPECTED, "4096")]["inhibitedBy"], by
     assert by[(alerting.SUSPECTED, "65536")]["state"] == "active", by
+
+
+def test_demo_alerting_shows_the_page_its_alertmanager_delivers(tmp_path, capsys):
+    """The demo's own Alertmanager (the project's routing, fast timers) delivers a page to
+    the demo's webhook receiver, and the demo says so in the operator's words."""
+    from foliowatch.shell import demo
+
+    services: list = []
+    try:
+        webhook, rules, am = demo._start_alerting(tmp_path, services)
+        assert "KernelRolloutRegressionConfirmed" in rules.read_text()
+        status, _ = am.post_json("/api/v2/alerts", [
+            {**_alert(alerting.CONFIRMED, "page", status="confirmed", **COHORT),
+             "annotations": {"summary": "Kernel rollout regression confirmed: payments-db "
+                                        "arm64 xfs: write throughput 0.76x [0.71, 0.82]"}}])
+        assert status == 200
+        deadline = time.monotonic() + 30
+        while not webhook.received() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with demo.Display(plain=True) as disp:
+            assert demo._show_alerts(disp, webhook, 0) == 1
+    finally:
+        for s in services[::-1]:
+            s.stop()
+    out = capsys.readouterr().out
+    assert ("ALERT delivered to payments-db-oncall: FIRING (1 alert): Kernel rollout regression "
+            "confirmed: payments-db arm64 xfs: write throughput 0.76x [0.71, 0.82]") in out, out

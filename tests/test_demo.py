@@ -59,6 +59,9 @@ def test_demo_detects_the_injected_regression_and_cleans_up(tmp_path):
     # the gate answers for the regressed kernel: stop (1) once confirmed, wait (2) while suspected
     expected_gate = 1 if main[0]["status"] == "confirmed" else 2
     assert f"verdict payments-db 6.12.40-63.aarch64: exit {expected_gate}" in out
+    # the page reaches the demo's own webhook receiver through Prometheus and Alertmanager
+    if main[0]["status"] == "confirmed":
+        assert "ALERT delivered to payments-db-oncall: FIRING" in out, out[-4000:]
     assert (workdir / "report" / "report.html").exists()
 
     # nothing left behind: no process that mentions the workdir, no new listening port
