@@ -21,6 +21,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from foliowatch.dashboards.config import Thresholds
+
+# Thresholds that a dashboard panel shows and an alert fires on are defined once, in the
+# dashboards' config; the alerts read them from there.
+_SHARED = Thresholds()
+
 REPO = Path(__file__).resolve().parents[1]
 RULES_PATH = REPO / "deploy" / "prometheus" / "foliowatch-alerts.yml"
 ALERTMANAGER_PATH = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
@@ -46,7 +52,7 @@ class AlertConfig:
     confirmed_for: str = "2m"
     suspected_for: str = "10m"
     # the pipeline is behind when this many records wait, for this long
-    pipeline_lag_records: int = 100_000
+    pipeline_lag_records: int = int(_SHARED.lag_bad)
     pipeline_lag_for: str = "10m"
     # dead letters: share of records read, over the window, with a floor in records/s so
     # that a quiet test fleet's two bad records do not page anyone
@@ -55,15 +61,15 @@ class AlertConfig:
     dlq_window: str = "10m"
     dlq_for: str = "5m"
     # an agent is silent after this many sampling intervals without a record
-    agent_interval_s: float = 60.0
-    agent_silent_intervals: int = 5
+    agent_interval_s: float = _SHARED.agent_interval_s
+    agent_silent_intervals: int = _SHARED.agent_silent_intervals
     agent_silent_for: str = "5m"
     # a fleet is missing hosts when fewer report than its maximum over the last hour by
     # this share, for longer than a rolling reboot wave keeps hosts down
     fleet_missing_share: float = 0.10
     fleet_missing_for: str = "30m"
     # the detector: last evaluation (wall clock) and how far its data trails the pipeline's
-    detector_stale_s: float = 900.0
+    detector_stale_s: float = _SHARED.detector_stale_bad_s
     detector_behind_s: float = 1800.0
     detector_for: str = "5m"
     down_for: str = "5m"
