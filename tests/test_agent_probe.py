@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
+from loopfs import loop_fs, run_checked as _run
 
 from foliowatch import schema
 from foliowatch.agent.collectors import diskstats, labels, probe, xfs
@@ -22,36 +19,17 @@ pytestmark = pytest.mark.agent39
 MIB = 1 << 20
 
 
-def _run(*argv: str) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    if p.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
-    return p.stdout
 
 
 @pytest.fixture(scope="module")
-def xfs_mount(tmp_path_factory):
+def xfs_mount():
     """A 512 MiB XFS filesystem on a loop device; yields (mount point, device name)."""
-    assert os.geteuid() == 0, "the XFS probe test needs root to loop-mount an image"
-    # Under /tmp with mode 0755 (not pytest's 0700 tmp dir): the probe's unprivileged
-    # user must be able to reach the mount point.
-    d = Path(tempfile.mkdtemp(prefix="foliowatch-xfs-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    image, mnt = d / "fs.img", d / "mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(512 * MIB)
-    _run("mkfs.xfs", "-q", str(image))
-    _run("mount", "-t", "xfs", "-o", "loop", str(image), str(mnt))
-    try:
-        source = _run("findmnt", "-n", "-o", "SOURCE", str(mnt)).strip()
+    with loop_fs("xfs", 512 * MIB) as mnt:
+        source = _run("findmnt", "-n", "-o", "SOURCE", mnt).strip()
         device = os.path.basename(source)
         assert os.path.exists(f"/sys/fs/xfs/{device}/stats/stats"), \
             f"XFS mounted on {device} but /sys/fs/xfs/{device}/stats is missing"
-        yield str(mnt), device
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
-        shutil.rmtree(d, ignore_errors=True)
+        yield mnt, device
 
 
 def _nobody_dir(mnt: str, name: str) -> str:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from loopfs import loop_fs as real_loop_fs, run_checked as _run
 
 from foliowatch.agent.collectors import buddyinfo, tracepoints as tp
 from foliowatch.agent.config import AgentConfig, TracepointsConfig, load
@@ -132,11 +133,6 @@ def test_config_defaults_off_and_names_bad_keys():
 
 
 # -- the real kernel -------------------------------------------------------------------
-def _run(*argv: str) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
-    return p.stdout
 
 
 @pytest.fixture(scope="module")
@@ -149,22 +145,11 @@ def tracefs():
 
 @contextmanager
 def loop_fs(fstype: str, size: int = 1 << 30):
-    """A fresh ``fstype`` filesystem on a loop device under /tmp; yields (mount point,
+    """A fresh ``fstype`` filesystem on a loop device; yields (mount point,
     "major:minor"). Only this test writes to it, so a device filter isolates its folios
     from the rest of the machine's page cache."""
-    d = Path(tempfile.mkdtemp(prefix=f"foliowatch-{fstype}-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    image, mnt = d / "fs.img", d / "mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(size)
-    _run(f"mkfs.{fstype}", "-q", *(["-F"] if fstype.startswith("ext") else []), str(image))
-    _run("mount", "-t", fstype, "-o", "loop", str(image), str(mnt))
-    try:
-        yield str(mnt), _run("findmnt", "-n", "-o", "MAJ:MIN", str(mnt)).strip()
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=120)
-        shutil.rmtree(d, ignore_errors=True)
+    with real_loop_fs(fstype, size) as mnt:
+        yield mnt, _run("findmnt", "-n", "-o", "MAJ:MIN", mnt).strip()
 
 
 class PerfStat:
