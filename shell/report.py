@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from foliowatch import dashboards as _dashboards_pkg
 from foliowatch.errors import InputError
 from foliowatch.flags import add_output
 
@@ -136,6 +137,12 @@ def next_steps(rec: dict) -> List[str]:
             "`perf stat -e compaction:mm_compaction_try_to_compact_pages -a sleep 10` shows "
             "the orders that compact.")
     return steps
+
+
+def dashboard_files() -> List[Path]:
+    """The generated Grafana dashboards installed with the package (import them into
+    Grafana, provision them from deploy/grafana/, or `foliowatch dashboards push`)."""
+    return sorted((Path(_dashboards_pkg.__file__).parent / "generated").glob("*.json"))
 
 
 def text_summary(findings: List[Finding], dataset_note: str = "") -> str:
@@ -320,6 +327,11 @@ def render_html(findings: List[Finding], figures: Dict[str, bytes], generated: s
                                                           for x in r["reasons"]) + "</ul>")
         parts.append("<p><b>What to do next:</b></p><ol>"
                      + "".join(f"<li>{esc(s)}</li>" for s in next_steps(r)) + "</ol></div>")
+    parts.append("<div class='card'><b>Watch it live in Grafana.</b> The dashboards, as JSON to "
+                 "import or provision (<code>deploy/grafana/</code>), or pushed with "
+                 "<code>foliowatch dashboards push</code>:<ul>"
+                 + "".join(f"<li><a href='{esc(path.as_uri())}'>{esc(path.name)}</a></li>"
+                           for path in dashboard_files()) + "</ul></div>")
     parts.append("</body></html>")
     return "".join(parts)
 
@@ -339,7 +351,9 @@ def build(dataset: Path, state: Path, out_dir: Path, window_s: int = 60,
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = out_dir / "report.html"
     page.write_text(render_html(findings, figures, generated, str(dataset)))
-    (out_dir / "summary.txt").write_text(text_summary(findings) + "\n")
+    (out_dir / "summary.txt").write_text(
+        text_summary(findings) + "\n\nGrafana dashboards (import, provision or "
+        "`foliowatch dashboards push`):\n" + "".join(f"  {p}\n" for p in dashboard_files()))
     return page
 
 

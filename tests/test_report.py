@@ -105,3 +105,21 @@ def test_report_names_an_empty_dataset(tmp_path, capsys):
               "--output", str(tmp_path / "rep")])
     assert rc == 2
     assert "no host windows" in capsys.readouterr().err
+
+
+def test_report_links_the_generated_dashboards(tmp_path, capsys):
+    ds = _fixture_dataset(tmp_path / "ds")
+    state = RegressionState(str(tmp_path / "state.json"))
+    rec = _record()
+    state.records[rec.id] = rec
+    state.save()
+    assert cli(["report", "--dataset", str(ds), "--state", str(tmp_path / "state.json"),
+                "--output", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    summary = (tmp_path / "rep" / "summary.txt").read_text()
+    from foliowatch.dashboards.generate import DASHBOARDS, GENERATED_DIR
+    for name in DASHBOARDS:
+        path = GENERATED_DIR / name
+        assert path.is_file()
+        assert f"href='{path.as_uri()}'" in page
+        assert str(path) in summary
