@@ -5,7 +5,8 @@
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
-.venv/bin/python -m pytest "$@"
+# the slowest tests are listed at the end, to keep the suite within its 30-minute budget
+.venv/bin/python -m pytest --durations=15 "$@"
 echo "== agent tests on $(.venv39/bin/python --version)"
 # only the modules marked agent39: the others import the 3.11-only central services
 mapfile -t agent_tests < <(grep -l "mark.agent39" tests/test_*.py)
