@@ -68,6 +68,18 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
         pass
 
 
+def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
+    """Create topics (replication 1) on a local broker, e.g. one per test so that tests
+    never share data."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1)
+                             for n in names])
+    finally:
+        admin.close()
+
+
 class KafkaCluster:
     """1 broker (default) or N brokers in KRaft combined mode, started by kafka.sh."""
 

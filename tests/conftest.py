@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from foliowatch.shell.services import Alertmanager, KafkaCluster, Prometheus
+from foliowatch.shell.services import Alertmanager, KafkaCluster, Prometheus, create_topics
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -34,14 +34,8 @@ def kafka3(tmp_path):
 @pytest.fixture
 def topic(kafka):
     """A fresh topic (6 partitions) on the session broker, so tests never share data."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-
     name = f"test.{uuid.uuid4().hex[:12]}"
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])
-    finally:
-        admin.close()
+    create_topics(kafka.bootstrap, name, partitions=6)
     return name
 
 

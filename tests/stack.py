@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 import polars as pl
 
-from foliowatch.shell.services import Prometheus, free_port, stop_pid
+from foliowatch.shell.services import Prometheus, create_topics, free_port, stop_pid
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO / "deploy" / "prometheus"
@@ -108,13 +108,7 @@ class FleetStack:
 
     def start(self) -> "FleetStack":
         """Start the pipeline consuming the topic (the detector starts once there is data)."""
-        from kafka.admin import KafkaAdminClient, NewTopic
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        try:
-            admin.create_topics([NewTopic(f"{self.topic}.dlq", num_partitions=1,
-                                          replication_factor=1)])
-        finally:
-            admin.close()
+        create_topics(self.bootstrap, f"{self.topic}.dlq")
         self._start("pipeline", foliowatch_argv(
             "pipeline", "--output", str(self.dataset), "--bootstrap", self.bootstrap,
             "--topic", self.topic, "--group", f"pipeline-{self.topic}",

@@ -20,7 +20,7 @@ import pytest
 from foliowatch.dashboards import config, generate, render
 from foliowatch.dashboards.queries import Prometheus as PromAPI
 from foliowatch.dashboards.queries import concrete, panel_queries
-from foliowatch.shell.services import free_port
+from foliowatch.shell.services import create_topics, free_port
 from foliowatch.simulator.scenario import SCENARIO_DIR, load_scenario
 from stack import FleetStack, scrape
 
@@ -57,14 +57,6 @@ def _start_agent(tmp_path, bootstrap: str, topic: str):
     return proc, f"127.0.0.1:{port}"
 
 
-def _create_topics(bootstrap: str, *names: str) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(n, num_partitions=1, replication_factor=1) for n in names])
-    finally:
-        admin.close()
-
 
 def _wait(what, ready, timeout=120.0):
     deadline = time.monotonic() + timeout
@@ -86,7 +78,7 @@ def _wait(what, ready, timeout=120.0):
 def test_every_panel_query_returns_series_after_the_seed_scenario(kafka, topic, tmp_path):
     scenario = _seed_scenario(tmp_path)
     stack = FleetStack(tmp_path / "stack", kafka.bootstrap, topic, scenario)
-    _create_topics(kafka.bootstrap, f"{topic}.agent")      # FleetStack makes {topic}.dlq
+    create_topics(kafka.bootstrap, f"{topic}.agent")      # FleetStack makes {topic}.dlq
     agent, agent_addr = _start_agent(tmp_path, kafka.bootstrap, f"{topic}.agent")
     try:
         _wait("agent /metrics", lambda: "foliowatch_agent_samples_total" in

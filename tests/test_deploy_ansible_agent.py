@@ -12,7 +12,6 @@ file order; the last one uninstalls)."""
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import grp
 import shlex
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ansible_run import TEST_PLAYS, build_wheel, local_inventory, playbook, recap
-from foliowatch.shell.services import free_port, stop_pid
+from foliowatch.shell.services import create_topics, free_port, stop_pid
 
 CONVERGE = TEST_PLAYS / "agent-converge.yml"
 # ansible-playbook runs five times (a pip install from PyPI in the first)
@@ -97,12 +96,7 @@ def agent_host(tmp_path_factory, kafka):
     root.mkdir(mode=0o755)
     (root / "units").mkdir()
     topic = f"test.ansible.{tag}"
-    from kafka.admin import KafkaAdminClient, NewTopic
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        admin.close()
+    create_topics(kafka.bootstrap, topic)
     vars_ = {
         "foliowatch_agent_wheel": str(build_wheel(tmp / "dist")),
         "foliowatch_agent_user": f"fwagent{tag[:6]}",

@@ -23,7 +23,7 @@ import pytest
 
 from foliowatch import schema as wire
 from foliowatch.kafka_io import KafkaSettings, make_producer
-from foliowatch.shell.services import free_port
+from foliowatch.shell.services import create_topics, free_port
 
 from test_pipeline_reference import Reference, assert_dataset_matches
 
@@ -34,14 +34,9 @@ FAULTS = Path(__file__).resolve().parent / "pipeline_faults.py"
 
 # -- helpers ----------------------------------------------------------------------------
 def new_topic(kafka, partitions: int = 6) -> str:
-    from kafka.admin import KafkaAdminClient, NewTopic
     name = f"test.pipe.{uuid.uuid4().hex[:10]}"
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1),
-                             NewTopic(f"{name}.dlq", num_partitions=1, replication_factor=1)])
-    finally:
-        admin.close()
+    create_topics(kafka.bootstrap, name, partitions=partitions)
+    create_topics(kafka.bootstrap, f"{name}.dlq")
     return name
 
 
