@@ -29,7 +29,8 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 import polars as pl
 
-from foliowatch.shell.services import Prometheus, create_topics, free_port, stop_pid
+from foliowatch.shell.demo import Processes
+from foliowatch.shell.services import Prometheus, create_topics, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO / "deploy" / "prometheus"
@@ -70,7 +71,7 @@ class FleetStack:
         self.dataset = self.dir / "dataset"
         self.state = self.dir / "detector-state.json"
         self.ports = {"pipeline": free_port(), "detector": free_port()}
-        self.procs: Dict[str, subprocess.Popen] = {}
+        self.procs = Processes(self.dir)
         self.prometheus: Optional[Prometheus] = None
         self.sent = 0
         self.sim_ts = scenario.start_ts
@@ -93,18 +94,11 @@ class FleetStack:
                 "foliowatch-detector": f"127.0.0.1:{self.ports['detector']}"}
 
     def _start(self, name: str, argv: List[str]) -> subprocess.Popen:
-        log = open(self.dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
+        return self.procs.start(name, argv)
 
     def check(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.dir / f"{name}.log").read_text(errors="replace").splitlines()[-20:]
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n" + "\n".join(tail))
+        """Fail with the log's tail when a started process has exited."""
+        self.procs.check()
 
     def start(self) -> "FleetStack":
         """Start the pipeline consuming the topic (the detector starts once there is data)."""
@@ -141,8 +135,7 @@ class FleetStack:
             self._producer = None
         if self.prometheus is not None:
             self.prometheus.stop()
-        for name in list(self.procs)[::-1]:
-            stop_pid(self.procs.pop(name).pid)
+        self.procs.stop_all()
 
     # ---- the simulated fleet --------------------------------------------------------
     def play_until(self, ts: float) -> int:
@@ -212,7 +205,7 @@ class FleetStack:
         pipeline's latest window); returns its /metrics."""
         if as_of is None:
             as_of = self.wait_pipeline()
-        if "detector" not in self.procs:
+        if "detector" not in self.procs.children:
             self.start_detector()
 
         def ready():
