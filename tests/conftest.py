@@ -15,6 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--faults", action="store_true",
+                     help="also run the long fault-suite cases (marked faults); `make "
+                          "faults` does, `make test` does not")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long fault cases (minutes each, 3-broker clusters) are deselected unless
+    --faults is given: `make test` runs only the short ones of tests/faults/."""
+    if config.getoption("--faults"):
+        return
+    long_cases = [i for i in items if i.get_closest_marker("faults")]
+    if long_cases:
+        config.hook.pytest_deselected(items=long_cases)
+        items[:] = [i for i in items if not i.get_closest_marker("faults")]
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory):
     """One real KRaft broker for the whole session, with the foliowatch topics."""

@@ -13,7 +13,8 @@
 #   kafka.sh tool NAME [args...]           run one of Kafka's own tools from the same jars:
 #                                          topics, console-consumer, console-producer,
 #                                          consumer-perf, producer-perf, storage,
-#                                          broker-api-versions, consumer-groups
+#                                          broker-api-versions, consumer-groups,
+#                                          metadata-quorum (the active controller)
 #
 # Environment: FOLIOWATCH_CACHE (default ~/.cache/foliowatch) holds the jars;
 # KAFKA_HEAP (default 512m) sizes each node's JVM.
@@ -68,8 +69,9 @@ tool() {
     producer-perf) cls=org.apache.kafka.tools.ProducerPerformance ;;
     consumer-groups) cls=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
     broker-api-versions) cls=org.apache.kafka.tools.BrokerApiVersionsCommand ;;
+    metadata-quorum) cls=org.apache.kafka.tools.MetadataQuorumCommand ;;
     storage) cls=kafka.tools.StorageTool ;;
-    *) die "unknown tool '$name': one of topics, console-consumer, console-producer, consumer-perf, producer-perf, consumer-groups, broker-api-versions, storage" ;;
+    *) die "unknown tool '$name': one of topics, console-consumer, console-producer, consumer-perf, producer-perf, consumer-groups, broker-api-versions, metadata-quorum, storage" ;;
   esac
   heap=${KAFKA_TOOL_HEAP:-256m} java_run /dev/null "$cls" "$@"
 }
