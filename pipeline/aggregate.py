@@ -253,6 +253,9 @@ class ClosedWindow:
 class BatchOutcome:
     accepted: int = 0
     duplicates: int = 0
+    # net seqs missing (skipped, less gaps filled out of order): see _seq_gaps
+    missing: int = 0
+    gaps: List[Tuple[str, str, int, int]] = field(default_factory=list)  # host, boot, seq, n
     late_rows: List[int] = field(default_factory=list)   # "row" ids of late records
 
 
@@ -322,11 +325,40 @@ class WindowAggregator:
                                maintain_order="left")
         out.duplicates = good.height - fresh.height
         out.accepted = fresh.height
+        out.missing, out.gaps = self._seq_gaps(fresh)
         self._seen = pl.concat([self._seen, fresh.select(list(SEEN_SCHEMA))])
         self._prune_seen()
         if fresh.height:
             self._add_partials(fresh)
         return out
+
+    def _seq_gaps(self, fresh: pl.DataFrame) -> Tuple[int, List[Tuple[str, str, int, int]]]:
+        """Samples a host boot's ``seq`` skipped, as far as the dedupe memory reaches:
+        between the highest seq remembered and the fresh ones above it (and between the
+        fresh ones), less fresh ones below it (a gap filled out of order). An agent's
+        spool that dropped its oldest samples, or samples lost on the way, show here.
+        Returns the net count and, per host boot with a gap, (host, boot, first seq
+        after the gap, seqs missing)."""
+        if fresh.height == 0:
+            return 0, []
+        keys = ["partition", "host_id", "boot_id"]
+        prev = self._seen.group_by(keys).agg(pl.col("seq").max().alias("prev"))
+        f = fresh.select(*keys, "seq").join(prev, on=keys, how="left")
+        g = f.group_by(keys).agg(
+            pl.col("prev").first(), pl.col("seq").min().alias("lo"),
+            pl.col("seq").max().alias("hi"), pl.len().alias("n"),
+            (pl.col("seq") > pl.col("prev")).sum().alias("above"),
+            (pl.col("seq") < pl.col("prev")).sum().alias("below"))
+        g = g.with_columns(pl.when(pl.col("prev").is_null())
+                           .then(pl.col("hi") - pl.col("lo") + 1 - pl.col("n"))
+                           .when(pl.col("hi") > pl.col("prev"))
+                           .then(pl.col("hi") - pl.col("prev") - pl.col("above"))
+                           .otherwise(0).alias("skipped"))
+        net = int(g["skipped"].sum() - g["below"].sum())
+        gaps = [(h, b, int(lo if prev is None else prev + 1), int(n))
+                for h, b, prev, lo, n in g.filter(pl.col("skipped") > 0)
+                .select("host_id", "boot_id", "prev", "lo", "skipped").iter_rows()]
+        return net, gaps
 
     def _prune_seen(self) -> None:
         horizon = {p: (m.watermark - self.lateness_s if m.watermark is not None
