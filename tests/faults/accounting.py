@@ -243,7 +243,9 @@ def record_result(acc: Accounting, **extra) -> None:
     path = os.environ.get("FOLIOWATCH_FAULTS_RESULTS")
     if not path:
         return
-    row = {**asdict(acc), **extra, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    row = {**asdict(acc), **extra, "test": test,
+           "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     row["problems"] = row["problems"][:5]
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")

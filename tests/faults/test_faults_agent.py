@@ -84,6 +84,7 @@ def pipeline_account(kafka, topic: str, state_dir: Path, tmp: Path, name: str, c
 
 
 @pytest.mark.kafka
+@pytest.mark.faults
 def test_kafka_unreachable_for_hours_spool_drops_oldest_counted_pipeline_sees_gap(
         kafka, tmp_path, clock):
     topic = new_topic(kafka)
@@ -211,6 +212,7 @@ def test_proc_files_missing_and_a_kernel_lacking_fields(tmp_path, clock):
 
 
 @pytest.mark.kafka
+@pytest.mark.faults
 def test_wall_clock_jumping_back_and_forward(kafka, tmp_path, clock):
     """Intervals come from CLOCK_BOOTTIME, so they stay right; the records' ts follow the
     wall clock. The pipeline takes or parks each record (late, or stamped in the future)

@@ -94,11 +94,10 @@ def test_sigkill_at_a_step_of_a_batch_then_restart(sim, tmp_path, step, nth):
     out = tmp_path / "ds"
     group, dlq = sim.new_group(f"kill-{step}")
     # killed at that step, then restarted and run to the end
-    for _ in range(1):
-        proc = start_pipeline(sim.kafka, sim.topic, out, group, "--until-idle", "2", *SMALL,
-                              "--dlq-topic", dlq, faults=("--kill-at", step,
-                                                          "--kill-after", str(nth)))
-        assert wait(proc) == -signal.SIGKILL, proc.log_path.read_text()[-3000:]
+    proc = start_pipeline(sim.kafka, sim.topic, out, group, "--until-idle", "2", *SMALL,
+                          "--dlq-topic", dlq,
+                          faults=("--kill-at", step, "--kill-after", str(nth)))
+    assert wait(proc) == -signal.SIGKILL, proc.log_path.read_text()[-3000:]
     run_to_end(sim.kafka, sim.topic, out, group, *SMALL, "--dlq-topic", dlq)
     sim.check(f"Pipeline: SIGKILL after {STEP_TEXT[step]}, restart",
               "restart re-reads from the checkpoint; accounting; dataset equals an "

@@ -1,0 +1,45 @@
+"""Hostile input to the pipeline (see ``hostile.py``): a short fuzz run of the property
+"never crashes, never lets a bad record into an aggregate", and a label built to explode
+cardinality, which must not explode /metrics. ``make faults`` runs the long fuzz
+(benchmarks/fuzz_pipeline.py)."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import HealthCheck, given, settings
+from prometheus_client import generate_latest
+
+from foliowatch import schema as wire
+
+from hostile import NOW, MemoryDLQ, MemoryWriter, check_batch, messages
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(messages())
+def test_hostile_batches_never_crash_and_never_reach_an_aggregate(values):
+    check_batch(values)
+
+
+def test_a_label_that_explodes_cardinality_stays_off_metrics_beyond_the_limit():
+    from foliowatch.pipeline import exporter
+    from foliowatch.pipeline.engine import Pipeline, PipelineConfig
+    metrics = exporter.PipelineMetrics()
+    p = Pipeline(PipelineConfig(output="unused"), MemoryWriter(), MemoryDLQ(), metrics)
+    n = exporter.MAX_EXPORTED_COHORTS + 300
+    values = []
+    for i in range(n):          # a new kernel name in every record: one cohort each
+        rec = wire.example_record(seq=i, ts=NOW + 1, host_id=f"h{i}")
+        rec["labels"]["kernel"] = f"6.6.{i}-evil"
+        values.append(wire.encode(rec))
+    st = p.process(values, [0] * n, list(range(n)), "t")
+    assert st.accepted == n                    # valid records: all in the dataset
+    p.finish()
+    text = generate_latest(metrics.registry).decode()
+    hosts = [l for l in text.splitlines() if l.startswith("foliowatch_pipeline_cohort_hosts{")
+             and 'window_s="60"' in l]
+    assert len(hosts) == exporter.MAX_EXPORTED_COHORTS
+    left = re.search(r'^foliowatch_pipeline_cohorts_not_exported\{window_s="60"\} (\S+)$',
+                     text, re.M)
+    assert left and float(left.group(1)) == 300
