@@ -90,23 +90,31 @@ def test_kafka_unreachable_for_hours_spool_drops_oldest_counted_pipeline_sees_ga
     topic = new_topic(kafka)
     hours, interval = 6, 10.0
     clock.step(-hours * 3600)                    # the outage ends now
+    live = KafkaSettings(bootstrap=[kafka.bootstrap])
     cfg = AgentConfig(state_dir=str(tmp_path / "st"), mounts=["/"], interval_s=interval,
-                      kafka=KafkaSettings(bootstrap=[f"127.0.0.1:{free_port()}"]),
-                      topic=topic, send_timeout_s=1.0, retry_backoff_max_s=1.0,
+                      kafka=live, topic=topic, send_timeout_s=1.0, retry_backoff_max_s=1.0,
                       spool_max_bytes=1 << 20)
     agent = Agent(cfg)
+    host = agent.sampler.host_id.encode()
     try:
+        for _ in range(6):                       # delivered before the outage
+            agent.tick()
+            clock.step(interval)
+        assert agent.sender.sent_total == 5 and len(agent.spool) == 0
+        # Kafka unreachable (the same agent, its sender pointed where nothing listens)
+        agent.sender.close()
+        agent.sender = KafkaSender(KafkaSettings(bootstrap=[f"127.0.0.1:{free_port()}"]),
+                                   topic, host, 1.0, 1.0)
         ticks = int(hours * 3600 / interval)
         for i in range(ticks):
             agent.tick(deliver=(i % 500 == 0))   # a few real attempts: refused each time
             clock.step(interval)
         assert agent.sender.errors_total >= 3 and agent.sender.sent_total == 0
         dropped = agent.spool.dropped_total
-        assert dropped > 0 and len(agent.spool) + dropped == agent.state.next_seq
-        # Kafka is back (the same agent, now pointed at a live broker)
+        assert dropped > 0 and len(agent.spool) + dropped + 5 == agent.state.next_seq
+        # Kafka is back
         agent.sender.close()
-        agent.sender = KafkaSender(KafkaSettings(bootstrap=[kafka.bootstrap]), topic,
-                                   agent.sampler.host_id.encode(), 5.0, 1.0)
+        agent.sender = KafkaSender(live, topic, host, 5.0, 1.0)
         wait_for(lambda: agent.drain() >= 0 and len(agent.spool) == 0, 120,
                  "the spool to drain")
     finally:
@@ -250,7 +258,7 @@ def test_wall_clock_jumping_back_and_forward(kafka, tmp_path, clock):
 def _agent_toml(tmp: Path, bootstrap: str, topic: str, **kw) -> Path:
     cfg = tmp / "agent.toml"
     cfg.write_text(f'[agent]\nhost_id = "restart-{uuid.uuid4().hex[:6]}"\n'
-                   f'state_dir = "{tmp / "st"}"\ninterval_s = {kw.get("interval", 0.5)}\n'
+                   f'state_dir = "{tmp / "st"}"\ninterval_s = {kw.get("interval", 1.0)}\n'
                    'mounts = ["/"]\n'
                    f'[agent.kafka]\nbootstrap = ["{bootstrap}"]\ntopic = "{topic}"\n'
                    'send_timeout_s = 4.0\nretry_backoff_max_s = 1.0\n'
