@@ -322,8 +322,8 @@ def test_sigkill_in_the_middle_of_a_send_then_restart(kafka, tmp_path):
                         str(cfg)], cwd=str(REPO), timeout=120, capture_output=True)
     acc, _t = pipeline_account(kafka, topic, tmp_path / "st", tmp_path,
                                "Agent: SIGKILL in the middle of a send, restart (x3)",
-                               "the broker paused while a send is in flight; re-sent "
-                               "copies dropped by the pipeline's dedupe")
+                               "the broker paused while a send is in flight; copies re-sent "
+                               "after the restart are dropped by the pipeline's dedupe")
 
 
 def test_spool_disk_full_drops_are_counted_and_the_agent_recovers(tmp_path, clock):
