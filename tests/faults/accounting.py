@@ -99,8 +99,7 @@ class Ledger:
                 n += 1
         return n
 
-    def add_agent(self, state_dir: Path, messages: Iterable[bytes], dropped: int = 0,
-                  boot_ids: Sequence[str] = ()) -> int:
+    def add_agent(self, state_dir: Path, messages: Iterable[bytes], dropped: int = 0) -> int:
         """A real agent's samples: seq 0 .. next_seq-1 of its host were all assigned
         (``state.py``: reserved before the sample exists); Kafka's copies give their
         timestamps. ``dropped``: what the agent reported dropping (spool full)."""

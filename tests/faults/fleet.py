@@ -28,7 +28,7 @@ from foliowatch.kafka_io import KafkaSettings
 from foliowatch.shell.services import create_topics, free_port, stop_pid
 
 from accounting import Accounting, Ledger, account
-from test_pipeline_kafka import read_topic, run_to_end, snapshot, start_pipeline, wait
+from test_pipeline_kafka import read_topic, run_to_end, snapshot, start_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = "seed-iomap-arm64-xfs"

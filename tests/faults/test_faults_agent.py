@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -309,11 +308,11 @@ def test_sigkill_in_the_middle_of_a_send_then_restart(kafka, tmp_path):
                 proc.wait()
     proc = _start(cfg, log)                      # the last restart drains the spool
     try:
-        from foliowatch.agent.spool import Spool
         time.sleep(3)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+    from foliowatch.agent.spool import Spool
     spool = Spool(str(tmp_path / "st" / "spool"), 64 << 20)
     left = len(spool)
     spool.close()

@@ -9,9 +9,7 @@ from outside the product before running its CLI.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
 import uuid
 from pathlib import Path
