@@ -49,7 +49,7 @@ def exported_cohorts(host_frame: pl.DataFrame,
     if sizes.height <= limit:
         return host_frame, 0
     keep = sizes.sort(["n", *keys], descending=[True] + [False] * len(keys)).head(limit)
-    return host_frame.join(keep.select(keys), on=keys, how="semi", nulls_equal=True), \
+    return host_frame.join(keep.select(keys), on=keys, how="semi"), \
         sizes.height - limit
 
 
