@@ -43,3 +43,18 @@ def test_a_label_that_explodes_cardinality_stays_off_metrics_beyond_the_limit():
     left = re.search(r'^foliowatch_pipeline_cohorts_not_exported\{window_s="60"\} (\S+)$',
                      text, re.M)
     assert left and float(left.group(1)) == 300
+
+
+def test_replayed_and_reordered_sequences_count_once_and_gaps_net():
+    """A host's seq 0..9 arrives with 3 and 4 missing, 5 replayed, then 3 late but within
+    the lateness: 9 samples aggregated, 1 duplicate, and 1 seq still missing (4)."""
+    from foliowatch.pipeline.engine import Pipeline, PipelineConfig
+    p = Pipeline(PipelineConfig(output="unused"), MemoryWriter(), MemoryDLQ())
+    order = [0, 1, 2, 5, 6, 5, 7, 8, 9, 3]
+    values = [wire.encode(wire.example_record(seq=s, ts=NOW + 10 * s, host_id="h"))
+              for s in order]
+    st1 = p.process(values[:5], [0] * 5, list(range(5)), "t")
+    st2 = p.process(values[5:], [0] * 5, list(range(5, 10)), "t")
+    assert st1.missing == 2                     # 3 and 4 skipped
+    assert st2.missing == -1                    # 3 came after all
+    assert st1.accepted + st2.accepted == 9 and st2.duplicates == 1
