@@ -160,7 +160,7 @@ class StateStore:
                               "--output is an object store URL")
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in source)
         self.dir = Path(_local(directory)) / safe
-        make_dirs_durable(self.dir)
+        write_when_space(lambda: make_dirs_durable(self.dir), f"checkpoints {self.dir}")
         self.tmp = self.dir / "_tmp"
 
     def path(self, partition: int) -> Path:

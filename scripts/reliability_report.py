@@ -145,13 +145,25 @@ def render(results: List[Dict], cases: List[Dict], fuzz: Dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--results", required=True)
-    ap.add_argument("--junit", required=True)
+    ap.add_argument("--results", required=True, action="append",
+                    help="JSON lines of accounting (repeatable: a case rerun alone)")
+    ap.add_argument("--junit", required=True, action="append",
+                    help="JUnit XML of a run (repeatable; a later file's case wins)")
     ap.add_argument("--fuzz")
     ap.add_argument("--output", default=str(REPO / "docs" / "reliability.md"))
     args = ap.parse_args(argv)
-    results = [json.loads(l) for l in Path(args.results).read_text().splitlines() if l.strip()]
-    cases = junit_cases(Path(args.junit)) if Path(args.junit).exists() else []
+    cases_by_id: Dict[str, Dict] = {}
+    for j in args.junit:
+        if Path(j).exists():
+            cases_by_id.update((c["id"], c) for c in junit_cases(Path(j)))
+    cases = list(cases_by_id.values())
+    latest: Dict[str, Dict] = {}     # per test, the accounting of its latest run
+    for r_file in args.results:
+        for line in Path(r_file).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                latest[r.get("test") or r["scenario"]] = r
+    results = list(latest.values())
     fuzz = {}
     if args.fuzz and Path(args.fuzz).exists():
         fuzz = json.loads(Path(args.fuzz).read_text())

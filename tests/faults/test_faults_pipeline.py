@@ -149,21 +149,24 @@ def test_dataset_disk_full_stops_consuming_says_why_and_resumes(sim, tmp_path):
     group, dlq = sim.new_group("disk-full")
     with loop_fs("ext4", 24 << 20) as mnt:
         out = Path(mnt) / "ds"
-        out.mkdir()
-        filler = fill_up(mnt)
         proc = start_pipeline(sim.kafka, sim.topic, out, group, "--until-idle", "3", *SMALL,
                               "--dlq-topic", dlq, "--log-level", "INFO",
-                              log=tmp_path / "pipeline.log")
+                              "--batch-records", "100", log=tmp_path / "pipeline.log",
+                              faults=("--batch-pause", "1"))
         try:
+            # the disk fills up while the pipeline is under way
+            wait_for(lambda: "checkpoint: next offsets" in proc.log_path.read_text(), 120,
+                     "a first checkpoint")
+            filler = fill_up(mnt)
             wait_for(lambda: "no space left" in proc.log_path.read_text(), 120,
                      "the pipeline to say the dataset's filesystem is full")
             state = out / "_state"
-            before = sorted(p.name for p in state.rglob("*.state")) if state.exists() else []
+            before = {p: p.read_bytes() for p in state.rglob("*.state")}
             time.sleep(8)
             assert proc.poll() is None, proc.log_path.read_text()[-3000:]
             log = proc.log_path.read_text()
             assert "stopped consuming" in log and str(out) in log, log[-3000:]
-            after = sorted(p.name for p in state.rglob("*.state")) if state.exists() else []
+            after = {p: p.read_bytes() for p in state.rglob("*.state")}
             assert after == before                       # nothing checkpointed meanwhile
             filler.unlink()                              # space returns
             assert wait(proc, 240) == 0, proc.log_path.read_text()[-3000:]
