@@ -49,6 +49,8 @@ def copy_dataset(out: Path, tmp: Path) -> Path:
 
 
 def test_a_clean_run_accounts_for_every_sample_late_ones_in_the_dlq(clean_run):
+    """The harness on a clean run (simulated fleet with late and duplicated
+    deliveries): every sample aggregated or in the DLQ as late, none lost or twice."""
     ledger, out, dlq = clean_run
     acc = account("clean", "", ledger, out, dlq)
     acc.assert_exact()
@@ -57,6 +59,7 @@ def test_a_clean_run_accounts_for_every_sample_late_ones_in_the_dlq(clean_run):
 
 
 def test_a_missing_window_file_is_reported_lost(clean_run, tmp_path):
+    """The harness: a window file deleted from the dataset shows as exactly its samples lost."""
     ledger, out, dlq = clean_run
     ds = copy_dataset(out, tmp_path)
     victim = sorted(ds.glob("level=host/window_s=60/*/*.parquet"))[3]
@@ -69,6 +72,7 @@ def test_a_missing_window_file_is_reported_lost(clean_run, tmp_path):
 
 
 def test_a_window_written_under_two_names_is_reported_counted_twice(clean_run, tmp_path):
+    """The harness: a window file copied under a second name shows as counted twice."""
     ledger, out, dlq = clean_run
     ds = copy_dataset(out, tmp_path)
     f = sorted(ds.glob("level=host/window_s=3600/*/*.parquet"))[0]
@@ -81,6 +85,8 @@ def test_a_window_written_under_two_names_is_reported_counted_twice(clean_run, t
 
 
 def test_a_sample_swapped_for_another_in_a_window_is_noticed(clean_run, tmp_path):
+    """The harness: a window with the right count but another interval sum shows as one
+    sample lost and one counted twice."""
     ledger, out, dlq = clean_run
     ds = copy_dataset(out, tmp_path)
     late = {json.loads(line)["offset"] for line in dlq}

@@ -163,6 +163,9 @@ def fake_agent(tmp: Path, root: Path) -> Agent:
 
 
 def test_proc_file_cut_short_mid_read_never_yields_a_wrong_delta(tmp_path, clock):
+    """/proc/vmstat read cut short in the middle of a counter's number: that counter is
+    absent for the interval, never a huge delta the next one (every delta reported is
+    the real one)."""
     root = fake_host(tmp_path)
     vm = root / "proc" / "vmstat"
     original = vm.read_text()
@@ -184,6 +187,9 @@ def test_proc_file_cut_short_mid_read_never_yields_a_wrong_delta(tmp_path, clock
 
 
 def test_proc_files_missing_and_a_kernel_lacking_fields(tmp_path, clock):
+    """A kernel without CONFIG_COMPACTION and PSI: valid records without those counters
+    (absent, not 0), which the pipeline accepts with null compaction metrics; /proc/vmstat
+    missing: that pass fails without using a seq, the next one works."""
     root = fake_host(tmp_path)
     agent = fake_agent(tmp_path, root)
     try:
@@ -326,6 +332,9 @@ def test_sigkill_in_the_middle_of_a_send_then_restart(kafka, tmp_path):
 
 
 def test_spool_disk_full_drops_are_counted_and_the_agent_recovers(tmp_path, clock):
+    """The spool's filesystem full (8 MiB loop mount): passes fail, every seq the agent
+    assigned is in the spool or counted as dropped, and sampling resumes once space
+    returns."""
     with loop_fs("ext4", 8 << 20) as mnt:
         cfg = AgentConfig(state_dir=str(Path(mnt) / "st"), mounts=["/"], kafka_enabled=False)
         agent = Agent(cfg)

@@ -19,10 +19,15 @@ from hostile import NOW, MemoryDLQ, MemoryWriter, check_batch, messages
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(messages())
 def test_hostile_batches_never_crash_and_never_reach_an_aggregate(values):
+    """60 hypothesis batches of hostile messages (see hostile.py) through the pipeline:
+    nothing raises, every refused message is in the DLQ, the windows hold exactly the
+    accepted records, all finite."""
     check_batch(values)
 
 
 def test_a_label_that_explodes_cardinality_stays_off_metrics_beyond_the_limit():
+    """1300 records, each with a new kernel name: all in the dataset, but /metrics
+    exports the 1000 largest cohorts and counts the 300 left out."""
     from foliowatch.pipeline import exporter
     from foliowatch.pipeline.engine import Pipeline, PipelineConfig
     metrics = exporter.PipelineMetrics()

@@ -89,6 +89,7 @@ STEP_CASES = [
 
 @pytest.mark.parametrize("step,nth", STEP_CASES)
 def test_sigkill_at_a_step_of_a_batch_then_restart(sim, tmp_path, step, nth):
+    """SIGKILL at one step of a micro-batch, restart to the end."""
     out = tmp_path / "ds"
     group, dlq = sim.new_group(f"kill-{step}")
     # killed at that step, then restarted and run to the end
@@ -111,6 +112,7 @@ STEP_TEXT = {"consume": "consume (records polled, not processed)",
 
 @pytest.mark.faults
 def test_two_instances_one_killed_repeatedly(sim, tmp_path):
+    """Two members of one group; the second is SIGKILLed again and again mid-run."""
     out = tmp_path / "ds"
     group, dlq = sim.new_group("pair-kill")
     args = ("--until-idle", "10", "--batch-records", "200", "--checkpoint-seconds", "0.5",
@@ -146,6 +148,9 @@ def test_two_instances_one_killed_repeatedly(sim, tmp_path):
 
 @pytest.mark.faults
 def test_dataset_disk_full_stops_consuming_says_why_and_resumes(sim, tmp_path):
+    """The dataset's filesystem (24 MiB loop mount) fills up while the pipeline runs: it
+    logs why and where, stops consuming and checkpointing, and finishes once the space
+    is back; accounting and dataset as an uninterrupted run."""
     group, dlq = sim.new_group("disk-full")
     with loop_fs("ext4", 24 << 20) as mnt:
         out = Path(mnt) / "ds"
