@@ -57,7 +57,8 @@ def cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render(results: List[Dict], cases: List[Dict], fuzz: Dict) -> str:
+def render(results: List[Dict], cases: List[Dict], fuzz: Dict,
+           reruns: List[str] = ()) -> str:
     by_test: Dict[str, List[Dict]] = {}
     for r in results:
         by_test.setdefault(r.get("test", ""), []).append(r)
@@ -68,8 +69,10 @@ def render(results: List[Dict], cases: List[Dict], fuzz: Dict) -> str:
            "`benchmarks/fuzz_pipeline.py`. Do not edit by hand; run `make faults`.", "",
            f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
            f"{platform.machine()}, {os.cpu_count()} CPUs, load average at the end "
-           f"{os.getloadavg()[0]:.1f}.", "",
-           "## Sample accounting", "",
+           f"{os.getloadavg()[0]:.1f}."
+           + (f" Rerun alone after a fix, the others as they ran: "
+              f"{', '.join('`' + r.split('::', 1)[1] + '`' for r in reruns)}." if reruns else ""),
+           "", "## Sample accounting", "",
            "Every sample a producer made is identified by (host_id, boot_id, seq); after the "
            "scenario the harness (`tests/faults/accounting.py`) reads the Parquet dataset and "
            "the DLQ topic and puts each sample in one class. *Aggregated* counts samples in "
@@ -153,9 +156,13 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=str(REPO / "docs" / "reliability.md"))
     args = ap.parse_args(argv)
     cases_by_id: Dict[str, Dict] = {}
+    reruns: List[str] = []
     for j in args.junit:
         if Path(j).exists():
-            cases_by_id.update((c["id"], c) for c in junit_cases(Path(j)))
+            for c in junit_cases(Path(j)):
+                if c["id"] in cases_by_id:
+                    reruns.append(c["id"])
+                cases_by_id[c["id"]] = c
     cases = list(cases_by_id.values())
     latest: Dict[str, Dict] = {}     # per test, the accounting of its latest run
     for r_file in args.results:
@@ -167,7 +174,7 @@ def main(argv=None) -> int:
     fuzz = {}
     if args.fuzz and Path(args.fuzz).exists():
         fuzz = json.loads(Path(args.fuzz).read_text())
-    Path(args.output).write_text(render(results, cases, fuzz))
+    Path(args.output).write_text(render(results, cases, fuzz, reruns))
     return 0
 
 
