@@ -92,9 +92,16 @@ class KafkaCluster:
         if not KAFKA_SH.exists():
             raise ServiceError(f"{KAFKA_SH} not found: run from a foliowatch checkout")
         self.dir.mkdir(parents=True, exist_ok=True)
-        p = subprocess.run(["bash", str(KAFKA_SH), "start", "--dir", str(self.dir),
-                            "--brokers", str(self.brokers)],
-                           capture_output=True, text=True, timeout=timeout)
+        try:
+            p = subprocess.run(["bash", str(KAFKA_SH), "start", "--dir", str(self.dir),
+                                "--brokers", str(self.brokers)],
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # the nodes run in their own sessions: stop them by PID, or they outlive us
+            self.stop()
+            raise ServiceError(f"Kafka ({self.brokers} broker(s)) not ready in {timeout:.0f}s "
+                               f"in {self.dir} (stopped again); logs in {self.dir}/node*/"
+                               "server.log; a loaded machine starts brokers slowly") from None
         if p.returncode != 0:
             raise ServiceError(f"Kafka ({self.brokers} broker(s)) did not start in {self.dir}:\n"
                                f"{p.stderr[-4000:]}")
