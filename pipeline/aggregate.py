@@ -164,7 +164,7 @@ def _mechanism(r: wire.MechanismRatio, total) -> pl.Expr:
     return pl.when(present & (den > 0)).then(num / den * r.scale).otherwise(None)
 
 
-def _pooled_mechanism_aggs() -> List[pl.Expr]:
+def pooled_mechanism_aggs() -> List[pl.Expr]:
     """Each ``MECHANISM_TABLE`` figure pooled over a group of host-window rows (sum of
     numerators over sum of denominators of the hosts that have every input), and the
     number of such hosts (``<name>_hosts``)."""
@@ -184,7 +184,7 @@ def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
     """Per cohort of host-window rows, the ``contract.COHORT_MECHANISM_COLUMNS`` (the
     mechanism figures pooled over its hosts, as the cohort rows carry them)."""
     keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
-    return hosts.group_by(keys).agg(_pooled_mechanism_aggs()).sort(keys)
+    return hosts.group_by(keys).agg(pooled_mechanism_aggs()).sort(keys)
 
 
 def _capped(m: wire.KeyMetric, e: pl.Expr) -> pl.Expr:
@@ -241,7 +241,7 @@ def cohort_rows(hosts: pl.DataFrame) -> pl.DataFrame:
                  pl.when(c.count() > 0).then(c.sum()).alias(f"{m}_sum"),
                  pl.when(c.count() > 0).then((c * c).sum()).alias(f"{m}_sumsq")]
     keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
-    return hosts.group_by(keys).agg(aggs + _pooled_mechanism_aggs()).sort(keys)
+    return hosts.group_by(keys).agg(aggs + pooled_mechanism_aggs()).sort(keys)
 
 
 @dataclass

@@ -123,3 +123,44 @@ def test_report_links_the_generated_dashboards(tmp_path, capsys):
         assert path.is_file()
         assert f"href='{path.as_uri()}'" in page
         assert str(path) in summary
+
+
+def test_report_shows_the_mechanism_figures_by_kernel(tmp_path, capsys):
+    # tracepoint sums on every host window: the baseline keeps 90% of its page-cache bytes
+    # in large folios and never compacts at a costly order; the new kernel's canaries get
+    # 50% and attempt 100 costly direct compactions per GiB written (1 GiB a window)
+    from foliowatch import schema as wire
+    ds = _fixture_dataset(tmp_path / "ds")
+    f = ds / "level=host" / "window_s=60" / "date=2026-11-02" / "part-p0-0-1.parquet"
+    df = pl.read_parquet(f)
+    new = pl.col("kernel") == "6.12.40-63.aarch64"
+    gib = float(1 << 30)
+    large = pl.when(new).then(0.5 * gib).otherwise(0.9 * gib)
+    sums = {f"tp_pagecache_bytes_{b}_sum": pl.lit(0.0) for b in wire.ORDER_BUCKETS}
+    sums.update({f"tp_compact_try_{b}_sum": pl.lit(0.0) for b in wire.ORDER_BUCKETS})
+    sums.update({"tp_pagecache_bytes_order_0_sum": gib - large,
+                 "tp_pagecache_bytes_order_8_up_sum": large,
+                 "tp_compact_try_order_8_up_sum": pl.when(new).then(100.0).otherwise(0.0),
+                 "tp_compact_try_costly_direct_sum": pl.when(new).then(100.0).otherwise(0.0),
+                 "write_bytes_sum": pl.lit(gib)})
+    df.with_columns(**sums).write_parquet(f)
+    state = RegressionState(str(tmp_path / "state.json"))
+    rec = _record()
+    state.records[rec.id] = rec
+    state.save()
+    assert cli(["report", "--dataset", str(ds), "--state", str(tmp_path / "state.json"),
+                "--output", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert ("6.6.87-101.aarch64: large-folio share of page-cache bytes (order >= 4) 90%; "
+            "costly-order direct compaction attempts per GiB written 0.0 (36 hosts)") in text
+    assert ("6.12.40-63.aarch64: large-folio share of page-cache bytes (order >= 4) 50%; "
+            "costly-order direct compaction attempts per GiB written 100.0 (4 hosts)") in text
+    assert ("<tr><td>6.12.40-63.aarch64</td><td>50%</td><td>100.0</td><td>4</td></tr>"
+            in page)
+    assert "<tr><td>6.6.87-101.aarch64</td><td>90%</td><td>0.0</td><td>36</td></tr>" in page
+    # without the collector's counters the report says nothing about the mechanism
+    pl.read_parquet(f).drop(list(sums)).write_parquet(f)
+    assert cli(["report", "--dataset", str(ds), "--state", str(tmp_path / "state.json"),
+                "--output", str(tmp_path / "rep2")]) == 0
+    assert "mechanism" not in capsys.readouterr().out
