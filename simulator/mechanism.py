@@ -53,7 +53,16 @@ ORDER_0_SHARE = 0.5
 # memory (falls with fragmentation)
 COMPACTION_SUCCESS = 0.3
 
+# filesystems whose buffered writes get large folios on the kernels modelled
+LARGE_FOLIO_FILESYSTEMS = ("xfs",)
+
 assert ORDER_BUCKETS == ("order_0", "order_1_3", "order_4_7", "order_8_up")
+
+
+def cohort_mechanism(sc, version: str, arch: str, fs: str) -> str:
+    """The ``MECHANISMS`` class a cohort's hosts show on ``version``: the kernel build's
+    class on a filesystem with large folios, ``unaffected`` on the others."""
+    return sc.mechanism(version, arch) if fs in LARGE_FOLIO_FILESYSTEMS else "unaffected"
 
 
 class MechanismModel:
@@ -65,7 +74,7 @@ class MechanismModel:
         self.cls = np.array([[MECHANISMS.index(sc.mechanism(v, arch)) for arch, _ in ARCH_PAGE]
                              for v in plan.versions], dtype=np.int8)
         self.arch_page = plan.arch_page
-        self.xfs = plan.fs_idx == FS_NAMES.index("xfs")
+        self.xfs = np.isin(plan.fs_idx, [FS_NAMES.index(f) for f in LARGE_FOLIO_FILESYSTEMS])
         page = np.array([p for _, p in ARCH_PAGE])[plan.arch_page]
 
         def per_page(table) -> np.ndarray:

@@ -145,3 +145,15 @@ def test_seed_scenario_new_kernel_is_affected_on_arm64_only():
     assert sc.mechanism("6.12.40-63", "arm64") == "affected"
     assert sc.mechanism("6.12.40-63", "x86_64") == "unaffected"
     assert sc.mechanism("6.6.87-101", "arm64") == "unaffected"
+
+
+def test_ground_truth_names_each_cohorts_mechanism():
+    from foliowatch.simulator import ground_truth
+    cohorts = {(t["arch"], t["page_size"], t["fs"]): t for t in
+               ground_truth(load_scenario("seed-iomap-arm64-xfs", hosts=200, hours=12))
+               if t["type"] == "cohort"}
+    assert cohorts[("arm64", 4096, "xfs")]["mechanism_to"] == "affected"
+    assert cohorts[("arm64", 65536, "xfs")]["mechanism_to"] == "affected"
+    assert cohorts[("arm64", 4096, "ext4")]["mechanism_to"] == "unaffected"   # small folios
+    assert cohorts[("x86_64", 4096, "xfs")]["mechanism_to"] == "unaffected"
+    assert {c["mechanism_from"] for c in cohorts.values()} == {"unaffected"}
