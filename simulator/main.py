@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from .outputs import produce_to_kafka, write_ground_truth
     settings = settings_from_args(args, client_id="foliowatch-simulator")
+    from foliowatch.kafka_access import preflight
+    preflight(settings)
     if args.truth:
         from pathlib import Path
         Path(args.truth).parent.mkdir(parents=True, exist_ok=True)
