@@ -6,7 +6,8 @@
 #                                          format storage, start N combined broker+controller
 #                                          nodes on 127.0.0.1, wait until ready, create topics;
 #                                          --secure S: SASL_SSL listeners, TLS controllers,
-#                                          SCRAM users and ACLs from folder S (see below)
+#                                          SCRAM users and the ACL authorizer from folder S
+#                                          (see below)
 #   kafka.sh stop   --dir D                stop every node of D by PID (TERM, then KILL)
 #   kafka.sh stop-node --dir D --node I    stop one node (fault tests)
 #   kafka.sh start-node --dir D --node I   start one stopped node again
