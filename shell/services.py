@@ -99,9 +99,15 @@ class KafkaCluster:
         secure = []
         if self.security is not None:
             secure = ["--secure", str(self.security.write())]
-        p = subprocess.run(["bash", str(KAFKA_SH), "start", "--dir", str(self.dir),
-                            "--brokers", str(self.brokers), *secure],
-                           capture_output=True, text=True, timeout=timeout)
+        try:
+            p = subprocess.run(["bash", str(KAFKA_SH), "start", "--dir", str(self.dir),
+                                "--brokers", str(self.brokers), *secure],
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # kafka.sh was killed; the nodes it started (their own sessions) were not
+            self.stop()
+            raise ServiceError(f"Kafka ({self.brokers} broker(s)) not ready after "
+                               f"{timeout:.0f}s in {self.dir}; stopped its nodes") from None
         if p.returncode != 0:
             raise ServiceError(f"Kafka ({self.brokers} broker(s)) did not start in {self.dir}:\n"
                                f"{p.stderr[-4000:]}")

@@ -42,8 +42,9 @@ def secure(tmp_path_factory):
     root = tmp_path_factory.mktemp("secure-kafka")
     passwords = {u: f"{u}-{secrets.token_hex(12)}" for u in USERS}
     security = kafka_security.BrokerSecurity(root / "tls", passwords)
-    cluster = KafkaCluster(root / "kafka", security=security).start()
+    cluster = KafkaCluster(root / "kafka", security=security)
     try:
+        cluster.start()
         kafka_security.grant(settings(cluster, security, "admin"),
                              {c: [c] for c in kafka_security.COMPONENT_ACLS})
         yield cluster, security, passwords
