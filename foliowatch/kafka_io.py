@@ -1,6 +1,7 @@
 """Kafka connection settings shared by every component (agent, simulator, pipeline,
 detector): one place that turns a ``KafkaSettings`` (from TOML/env) into kafka-python
-producer and consumer arguments, TLS and SASL included, and the one definition of the
+producer and consumer arguments and into librdkafka properties (``librdkafka_config``),
+TLS and SASL included, and the one definition of the
 command line's Kafka connection flags (``--bootstrap``, ``--kafka-config``) for the
 components that take them on the command line (the agent reads its TOML file).
 
@@ -130,6 +131,33 @@ def make_consumer(settings: KafkaSettings, *topics: str, group_id: Optional[str]
               isolation_level="read_committed")
     kw.update(overrides)
     return KafkaConsumer(*topics, **kw)
+
+
+def librdkafka_config(settings: KafkaSettings, **overrides: Any) -> Dict[str, Any]:
+    """The same connection for confluent-kafka (librdkafka) clients, TLS and SASL included:
+    the one place where ``KafkaSettings`` maps to librdkafka's property names (the central
+    pipeline consumes with it; the agent stays on kafka-python). ``overrides``: librdkafka
+    properties, e.g. ``{"group.id": ...}``."""
+    errs = settings.check()
+    if errs:
+        raise SettingsError("; ".join(errs))
+    conf: Dict[str, Any] = {"bootstrap.servers": ",".join(settings.bootstrap),
+                            "security.protocol": settings.security_protocol.lower(),
+                            "client.id": settings.client_id}
+    if settings.security_protocol.startswith("SASL"):
+        conf.update({"sasl.mechanism": settings.sasl_mechanism,
+                     "sasl.username": settings.sasl_username,
+                     "sasl.password": settings.sasl_password})
+    if settings.security_protocol.endswith("SSL"):
+        # as kafka-python's ssl_check_hostname=True: the broker's name must match its cert
+        conf["ssl.endpoint.identification.algorithm"] = "https"
+        for key, prop in (("ssl_cafile", "ssl.ca.location"),
+                          ("ssl_certfile", "ssl.certificate.location"),
+                          ("ssl_keyfile", "ssl.key.location")):
+            if getattr(settings, key) is not None:
+                conf[prop] = getattr(settings, key)
+    conf.update(overrides)
+    return conf
 
 
 # ---- the command line's Kafka connection (pipeline, simulate, detect) -------------------
