@@ -159,7 +159,7 @@ class ConfluentConsumer:
             committed, error = False, None
             if offsets:   # librdkafka allows a synchronous commit inside the callback
                 try:
-                    self.commit(offsets, timeout_s=options.session_timeout_ms / 1000)
+                    self.commit(offsets, timeout_s=self.options.session_timeout_ms / 1000)
                     committed = True
                 except Exception as e:
                     error = e
@@ -247,6 +247,15 @@ class ConfluentConsumer:
         from confluent_kafka import TopicPartition
         parts = self.assignment()
         pos = self.position(parts)
+        unknown = [p for p, o in pos.items() if o is None]
+        if unknown:   # nothing read yet: where reading starts (asked once, then known)
+            try:
+                start = self.position(unknown, timeout_s=1.0)
+            except Exception:   # the broker is not answering: no figure this time
+                start = {}
+            for p, o in start.items():
+                if o is not None:
+                    self._start[p] = pos[p] = o
         lag = {}
         for p in parts:
             _low, high = self._consumer.get_watermark_offsets(
