@@ -157,9 +157,13 @@ class ConfluentConsumer:
             mine = [tp.partition for tp in tps if tp.topic == topic]
             offsets = listener.revoked(mine) if mine else {}
             committed, error = False, None
-            if offsets:   # librdkafka allows a synchronous commit inside the callback
+            if offsets:
+                # synchronous, on this thread: librdkafka serves a commit made from the
+                # rebalance callback before the rebalance goes on; one made from another
+                # thread (as ``commit`` bounds it) waits for the rebalance, i.e. for this
+                # callback, and times out (measured)
                 try:
-                    self.commit(offsets, timeout_s=self.options.session_timeout_ms / 1000)
+                    self._commit_now(offsets)
                     committed = True
                 except Exception as e:
                     error = e
@@ -198,13 +202,13 @@ class ConfluentConsumer:
         return out
 
     def commit(self, offsets: Dict[int, int], timeout_s: float) -> None:
+        _bounded("offset commit", lambda: self._commit_now(offsets), timeout_s)
+
+    def _commit_now(self, offsets: Dict[int, int]) -> None:
         from confluent_kafka import TopicPartition
         tps = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
         try:
-            res = _bounded("offset commit", lambda: self._consumer.commit(
-                offsets=tps, asynchronous=False), timeout_s)
-        except CommitFailed:
-            raise
+            res = self._consumer.commit(offsets=tps, asynchronous=False)
         except Exception as e:
             raise CommitFailed(f"offset commit: {e}") from None
         failed = [tp for tp in res or () if tp.error is not None]
