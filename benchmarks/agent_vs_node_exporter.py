@@ -199,10 +199,11 @@ def agent_worker(args) -> int:
 
 
 def threads(pid: int) -> dict:
-    """Per thread of ``pid``: name -> [CPU seconds, voluntary context switches (wake-ups
-    after sleeping), involuntary ones], summed over threads of the same name."""
+    """Per thread of ``pid``: thread id -> [CPU seconds, voluntary context switches
+    (wake-ups after sleeping), involuntary ones]. Python threads all carry the process's
+    name, so threads are told apart by id (ids grow in creation order)."""
     out: dict = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 raw = f.read()
@@ -210,12 +211,10 @@ def threads(pid: int) -> dict:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:   # the thread ended meanwhile
             continue
-        name = raw[raw.index("(") + 1:raw.rindex(")")]
         fields = raw.rsplit(")", 1)[1].split()
-        row = out.setdefault(name, [0.0, 0, 0])
-        row[0] += (int(fields[11]) + int(fields[12])) / TICK
-        row[1] += int(status["voluntary_ctxt_switches"])
-        row[2] += int(status["nonvoluntary_ctxt_switches"])
+        out[int(tid)] = [(int(fields[11]) + int(fields[12])) / TICK,
+                         int(status["voluntary_ctxt_switches"]),
+                         int(status["nonvoluntary_ctxt_switches"])]
     return out
 
 
@@ -287,12 +286,13 @@ def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir:
           f"{ag_mem['VmRSS'] / mib:8.1f} {ag_mem['VmRSS'] / ne_mem['VmRSS']:6.2f} <= 1.3")
     print(f"  {'peak RSS (MiB)':42} {ne_mem['VmHWM'] / mib:9.1f} "
           f"{ag_mem['VmHWM'] / mib:8.1f} {ag_mem['VmHWM'] / ne_mem['VmHWM']:6.2f}")
-    print(f"\nagent threads over the run: CPU ms per interval, wake-ups per interval "
-          f"(voluntary context switches), preemptions per interval")
-    for name in sorted(th1, key=lambda k: -(th1[k][0] - th0.get(k, [0, 0, 0])[0])):
-        a, b = th0.get(name, [0.0, 0, 0]), th1[name]
-        print(f"  {name:20} {(b[0] - a[0]) / n * 1e3:8.2f} ms {(b[1] - a[1]) / n:8.1f} "
-              f"{(b[2] - a[2]) / n:8.1f}")
+    print("\nagent threads over the run (in creation order; the first is the main, "
+          "sampling thread): CPU ms per interval, wake-ups per interval (voluntary "
+          "context switches), preemptions per interval")
+    for i, tid in enumerate(sorted(th1)):
+        a, b = th0.get(tid, [0.0, 0, 0]), th1[tid]
+        print(f"  thread {i} (tid {tid}) {(b[0] - a[0]) / n * 1e3:8.2f} ms "
+              f"{(b[1] - a[1]) / n:8.1f} {(b[2] - a[2]) / n:8.1f}")
     return 0
 
 
