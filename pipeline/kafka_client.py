@@ -18,7 +18,8 @@ What the runner needs from a client, and no more:
   keys): no object per record is kept.
 - ``commit``, ``assignment``, ``end_offsets``, ``position``, ``lag``, ``close``; every
   blocking broker call is bounded by a timeout (see consumer.py: a SIGTERM must be acted
-  upon when the broker is gone). A failed commit raises ``CommitFailed``.
+  upon when the broker is gone; confluent-kafka's periodic commit is asynchronous and
+  so never blocks). A failed commit raises ``CommitFailed``.
 """
 
 from __future__ import annotations
@@ -131,9 +132,11 @@ class ConfluentConsumer:
         self.options = options
         self.topic = ""
         self._start: Dict[int, int] = {}
+        self._commit_error: Any = None
         self._consumer = Consumer(librdkafka_config(
             settings,
             **{"group.id": options.group,
+               "on_commit": self._on_commit,
                "enable.auto.commit": False,
                "enable.auto.offset.store": False,
                "auto.offset.reset": "earliest",
@@ -165,9 +168,8 @@ class ConfluentConsumer:
             committed, error = False, None
             if offsets:
                 # synchronous, on this thread: librdkafka serves a commit made from the
-                # rebalance callback before the rebalance goes on; one made from another
-                # thread (as ``commit`` bounds it) waits for the rebalance, i.e. for this
-                # callback, and times out (measured)
+                # rebalance callback before the rebalance goes on (one made from another
+                # thread waits for the rebalance, i.e. for this callback: measured)
                 try:
                     self._commit_now(offsets)
                     committed = True
@@ -208,7 +210,24 @@ class ConfluentConsumer:
         return out
 
     def commit(self, offsets: Dict[int, int], timeout_s: float) -> None:
-        _bounded("offset commit", lambda: self._commit_now(offsets), timeout_s)
+        """Asynchronous: the commit is sent and this returns at once; its outcome arrives
+        during a later ``poll`` (``on_commit``) and a failure is raised by the next
+        call. A synchronous commit with the broker gone could only be abandoned on a
+        helper thread, where it stays blocked in librdkafka."""
+        from confluent_kafka import TopicPartition
+        failed, self._commit_error = self._commit_error, None
+        try:
+            self._consumer.commit(offsets=[TopicPartition(self.topic, p, o)
+                                           for p, o in offsets.items()], asynchronous=True)
+        except Exception as e:
+            raise CommitFailed(f"offset commit: {e}") from None
+        if failed is not None:
+            raise CommitFailed(f"offset commit: {failed}")
+
+    def _on_commit(self, err, tps) -> None:
+        bad = [tp for tp in tps or () if tp.error is not None]
+        if err is not None or bad:
+            self._commit_error = err if err is not None else bad[0].error
 
     def _commit_now(self, offsets: Dict[int, int]) -> None:
         from confluent_kafka import TopicPartition
