@@ -48,6 +48,7 @@ from .covariates import BASE_COVARIATES, CovariateAdjuster, host_covariates
 from .coverage import memory_coverage
 from .frames import MECHANISM_METRICS, TESTED_METRICS, WITHIN_HOST_METRICS, worse_direction
 from .host_statistics import STATISTICS, host_statistics
+from .mechanism import CostlyCompaction
 from .rank_test import hodges_lehmann, mann_whitney_worse
 from .reference_state import ReferenceState, reference_state
 
@@ -100,6 +101,9 @@ class Comparison:
     n_new_compared: int = 0
     # new-kernel hosts left out: their instance type is (nearly) absent on the baseline
     n_new_unmatched: int = 0
+    # who attempts costly-order direct compaction on each kernel (tracepoint counters;
+    # None when no host reports them): ``mechanism.costly_compaction``
+    costly_compaction: Optional[CostlyCompaction] = None
 
 
 def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,

@@ -164,10 +164,10 @@ def _mechanism(r: wire.MechanismRatio, total) -> pl.Expr:
     return pl.when(present & (den > 0)).then(num / den * r.scale).otherwise(None)
 
 
-def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
-    """Per cohort of host-window rows, each ``MECHANISM_TABLE`` figure pooled over its
-    hosts (sum of numerators over sum of denominators of the hosts that have every
-    input), and the number of such hosts (``<name>_hosts``)."""
+def pooled_mechanism_aggs() -> List[pl.Expr]:
+    """Each ``MECHANISM_TABLE`` figure pooled over a group of host-window rows (sum of
+    numerators over sum of denominators of the hosts that have every input), and the
+    number of such hosts (``<name>_hosts``)."""
     aggs = []
     for r in wire.MECHANISM_TABLE:
         cols = [pl.col(f"{c}_sum") for c in r.numerator + r.denominator]
@@ -176,8 +176,15 @@ def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
         den = pl.sum_horizontal([pl.col(f"{c}_sum") for c in r.denominator]).filter(have).sum()
         aggs += [pl.when(den > 0).then(num / den * r.scale).otherwise(None).alias(r.name),
                  have.sum().cast(pl.Int64).alias(f"{r.name}_hosts")]
+    assert tuple(a.meta.output_name() for a in aggs) == contract.COHORT_MECHANISM_COLUMNS
+    return aggs
+
+
+def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
+    """Per cohort of host-window rows, the ``contract.COHORT_MECHANISM_COLUMNS`` (the
+    mechanism figures pooled over its hosts, as the cohort rows carry them)."""
     keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
-    return hosts.group_by(keys).agg(aggs).sort(keys)
+    return hosts.group_by(keys).agg(pooled_mechanism_aggs()).sort(keys)
 
 
 def _capped(m: wire.KeyMetric, e: pl.Expr) -> pl.Expr:
@@ -234,7 +241,7 @@ def cohort_rows(hosts: pl.DataFrame) -> pl.DataFrame:
                  pl.when(c.count() > 0).then(c.sum()).alias(f"{m}_sum"),
                  pl.when(c.count() > 0).then((c * c).sum()).alias(f"{m}_sumsq")]
     keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
-    return hosts.group_by(keys).agg(aggs).sort(keys)
+    return hosts.group_by(keys).agg(aggs + pooled_mechanism_aggs()).sort(keys)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from foliowatch import dataset as contract
 from foliowatch import schema as wire
 
-from .aggregate import ClosedWindow, cohort_rows, pooled_mechanism
+from .aggregate import ClosedWindow, cohort_rows
 
 STATS = ("mean", "median", "p90", "p99")
 _REASON_KINDS = frozenset(wire.TOP_FIELDS) | {"record", "late"}
@@ -56,15 +56,13 @@ class _CohortCollector:
             "complete window", labels=labels) for r in wire.MECHANISM_TABLE}
         for w, (ws, host_frame) in sorted(frames.items()):
             start.add_metric([str(w)], float(ws))
-            for row in pooled_mechanism(host_frame).iter_rows(named=True):
-                lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
-                for name, fam in mech.items():
-                    if row[name] is not None:
-                        fam.add_metric(lv, float(row[name]))
             coh = cohort_rows(host_frame)
             for row in coh.iter_rows(named=True):
                 lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
                 hosts.add_metric(lv, float(row["hosts"]))
+                for name, fam in mech.items():
+                    if row[name] is not None:
+                        fam.add_metric(lv, float(row[name]))
                 for m in wire.KEY_METRICS:
                     for s in STATS:
                         v = row[f"{m}_{s}"]

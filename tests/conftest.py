@@ -12,6 +12,18 @@ import pytest
 from foliowatch.shell.services import Alertmanager, KafkaCluster, Prometheus, create_topics
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Modules marked slow first, each module's tests kept together and in file order:
+    scripts/test.sh runs the suite on two workers, a module to a worker, and the long
+    modules must not be the last ones handed out. The order is the same in every worker
+    (pytest-xdist requires it)."""
+    first_seen = {}
+    for i, item in enumerate(items):
+        first_seen.setdefault(item.module.__name__, i)
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda it: (it.module.__name__ not in slow, first_seen[it.module.__name__]))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
