@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, Tuple
 
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
                                     GaugeMetricFamily, InfoMetricFamily, Metric)
@@ -269,9 +269,62 @@ def make_registry(agent: "Agent") -> CollectorRegistry:
     return registry
 
 
+# The serving loop's select wakes up this often only to look for a request to stop;
+# ``shutdown`` wakes it at once instead (see _MetricsServer). The standard library's
+# 0.5 s (prometheus_client's start_http_server) was 20 wake-ups of an otherwise idle
+# thread per 10 s interval, each taking the GIL.
+_IDLE_POLL_S = 3600.0
+
+
+def _server_class():
+    import socket
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer
+
+    class _MetricsServer(ThreadingMixIn, WSGIServer):
+        """/metrics over HTTP, one thread per request, asleep between requests."""
+        daemon_threads = True
+
+        def serve_forever(self, poll_interval: float = _IDLE_POLL_S) -> None:
+            self._stopped = threading.Event()
+            try:
+                super().serve_forever(poll_interval)
+            finally:
+                self._stopped.set()
+
+        def shutdown(self) -> None:
+            poker = threading.Thread(target=self._poke, name="metrics-stop", daemon=True)
+            poker.start()
+            super().shutdown()
+            poker.join(5)
+
+        def _poke(self) -> None:
+            # a connection makes the loop's select return, so it sees the request to stop
+            host, port = self.server_address[:2]
+            while not self._stopped.wait(0.05):
+                try:
+                    socket.create_connection((host, port), timeout=1).close()
+                except OSError:
+                    pass
+
+    return _MetricsServer
+
+
 def serve(agent: "Agent", address: Tuple[str, int]):
-    """Start /metrics on ``address``; returns the server (``.shutdown()`` stops it)."""
-    from prometheus_client import start_http_server
-    result = start_http_server(address[1], addr=address[0], registry=make_registry(agent))
-    server: Optional[object] = result[0] if isinstance(result, tuple) else None
+    """Start /metrics on ``address`` in a daemon thread; returns the server
+    (``.shutdown()`` stops it)."""
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - the base class's name
+            pass
+
+    server = make_server(address[0], address[1], make_wsgi_app(make_registry(agent)),
+                         server_class=_server_class(), handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="foliowatch-metrics",
+                     daemon=True).start()
     return server

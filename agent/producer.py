@@ -45,6 +45,10 @@ class KafkaSender:
         """False while backing off after a failure."""
         return time.monotonic() >= self._retry_at
 
+    def retry_in(self) -> float:
+        """Seconds until the back-off after a failure ends (0 when ready)."""
+        return max(0.0, self._retry_at - time.monotonic())
+
     def _ensure_producer(self):
         if self._producer is None:
             from kafka import KafkaProducer

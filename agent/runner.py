@@ -204,8 +204,13 @@ class Agent:
         return sent
 
     def _deliver_loop(self, stop: threading.Event) -> None:
+        # Asleep until a record is spooled or a back-off ends (woken by ``run`` for the
+        # one and for stopping): a fixed polling period was 20 wake-ups per 10 s interval.
         while not stop.is_set():
-            self._wake.wait(0.5)
+            timeout = None
+            if len(self.spool) and self.sender is not None:
+                timeout = max(0.05, self.sender.retry_in())
+            self._wake.wait(timeout)
             self._wake.clear()
             if len(self.spool) and self.sender is not None and self.sender.ready():
                 try:
@@ -236,6 +241,7 @@ class Agent:
                 stop.wait(max(0.0, next_tick - time.monotonic()))
         finally:
             stop.set()
+            self._wake.set()
             if deliverer is not None:
                 deliverer.join(self.cfg.send_timeout_s * 2 + 5)
 

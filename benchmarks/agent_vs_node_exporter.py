@@ -198,6 +198,104 @@ def agent_worker(args) -> int:
     return 0
 
 
+def threads(pid: int) -> dict:
+    """Per thread of ``pid``: thread id -> [CPU seconds, voluntary context switches
+    (wake-ups after sleeping), involuntary ones]. Python threads all carry the process's
+    name, so threads are told apart by id (ids grow in creation order)."""
+    out: dict = {}
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:   # the thread ended meanwhile
+            continue
+        fields = raw.rsplit(")", 1)[1].split()
+        out[int(tid)] = [(int(fields[11]) + int(fields[12])) / TICK,
+                         int(status["voluntary_ctxt_switches"]),
+                         int(status["nonvoluntary_ctxt_switches"])]
+    return out
+
+
+def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir: str) -> int:
+    """The real agent (``foliowatch agent``, default configuration but for the broker, the
+    state folder and the /metrics port) at ``interval`` beside node_exporter scraped at
+    the same interval, both measured from outside over ``minutes`` after a warm-up of
+    three intervals. Kafka send included when ``bootstrap`` is given."""
+    import shutil
+    import subprocess
+    exe = shutil.which("prometheus-node-exporter")
+    if exe is None:
+        raise SystemExit("prometheus-node-exporter not found: apt-get install "
+                         "prometheus-node-exporter (scripts/bootstrap.sh installs it)")
+    ne_port, ag_port = free_port(), free_port()
+    ne = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{ne_port}",
+                           "--collector.disable-defaults",
+                           *[f"--collector.{c}" for c in COLLECTORS]],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, FOLIOWATCH_AGENT_INTERVAL_S=str(interval),
+               FOLIOWATCH_AGENT_STATE_DIR=workdir,
+               FOLIOWATCH_AGENT_METRICS_LISTEN=f"127.0.0.1:{ag_port}",
+               FOLIOWATCH_AGENT_KAFKA_ENABLED="true" if bootstrap else "false",
+               FOLIOWATCH_AGENT_KAFKA_BOOTSTRAP=bootstrap or "127.0.0.1:9092",
+               FOLIOWATCH_AGENT_KAFKA_TOPIC=topic, FOLIOWATCH_AGENT_LOG_LEVEL="warning")
+    log = open(os.path.join(os.path.dirname(workdir), "agent.log"), "wb")
+    ag = subprocess.Popen([sys.executable, "-m", "foliowatch", "agent"], env=env, cwd=REPO,
+                          stdout=log, stderr=subprocess.STDOUT)
+    ne_url = f"http://127.0.0.1:{ne_port}/metrics"
+    try:
+        wait_http(ne_url, ne)
+        wait_http(f"http://127.0.0.1:{ag_port}/metrics", ag)
+        time.sleep(3 * interval)                      # warm-up: baseline, producer
+        n = max(1, int(minutes * 60 / interval))
+        ne0, ag0, th0 = cpu_seconds(ne.pid), cpu_seconds(ag.pid), threads(ag.pid)
+        t0 = time.monotonic()
+        for i in range(n):                            # node_exporter: one scrape per interval
+            get(ne_url)
+            wait = t0 + (i + 1) * interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        wall = time.monotonic() - t0
+        ne1, ag1, th1 = cpu_seconds(ne.pid), cpu_seconds(ag.pid), threads(ag.pid)
+        ne_mem, ag_mem = memory(ne.pid), memory(ag.pid)
+        if ag.poll() is not None:
+            raise SystemExit(f"the agent exited ({ag.returncode}); see {log.name}")
+        sent = [line for line in get(f"http://127.0.0.1:{ag_port}/metrics").decode().splitlines()
+                if line.startswith(("foliowatch_agent_samples_sent_total",
+                                    "foliowatch_agent_spool_records "))]
+    finally:
+        for p in (ag, ne):
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+    ne_ms, ag_ms = (ne1 - ne0) / n * 1e3, (ag1 - ag0) / n * 1e3
+    mib = 1 << 20
+    load = os.getloadavg()
+    print(f"\nsteady state: {n} intervals of {interval:g} s ({wall / 60:.1f} min), agent "
+          f"{'with' if bootstrap else 'without'} Kafka, Python {sys.version.split()[0]}, "
+          f"{os.uname().release}; load average at the end {load[0]:.2f} {load[1]:.2f} "
+          f"{load[2]:.2f}; {'; '.join(sent) or 'no delivery figures'}")
+    print(f"{'':44} {'node_exp':>9} {'agent':>8} {'ratio':>6} target")
+    print(f"  {'CPU per interval / scrape (ms)':42} {ne_ms:9.2f} {ag_ms:8.2f} "
+          f"{ag_ms / ne_ms:6.2f} <= 0.5")
+    print(f"  {'RSS at the end (MiB)':42} {ne_mem['VmRSS'] / mib:9.1f} "
+          f"{ag_mem['VmRSS'] / mib:8.1f} {ag_mem['VmRSS'] / ne_mem['VmRSS']:6.2f} <= 1.3")
+    print(f"  {'peak RSS (MiB)':42} {ne_mem['VmHWM'] / mib:9.1f} "
+          f"{ag_mem['VmHWM'] / mib:8.1f} {ag_mem['VmHWM'] / ne_mem['VmHWM']:6.2f}")
+    print("\nagent threads over the run (in creation order; the first is the main, "
+          "sampling thread): CPU ms per interval, wake-ups per interval (voluntary "
+          "context switches), preemptions per interval")
+    for i, tid in enumerate(sorted(th1)):
+        a, b = th0.get(tid, [0.0, 0, 0]), th1[tid]
+        print(f"  thread {i} (tid {tid}) {(b[0] - a[0]) / n * 1e3:8.2f} ms "
+              f"{(b[1] - a[1]) / n:8.1f} {(b[2] - a[2]) / n:8.1f}")
+    return 0
+
+
 def ensure_topic(bootstrap: str, topic: str) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -217,6 +315,11 @@ def main() -> int:
     ap.add_argument("--no-kafka", action="store_true")
     ap.add_argument("--bootstrap", default="")
     ap.add_argument("--topic", default="foliowatch.bench.agent")
+    ap.add_argument("--steady-minutes", type=float, default=0.0,
+                    help="instead of back-to-back samples: the real agent at --interval "
+                         "for this long beside node_exporter scraped at the same interval")
+    ap.add_argument("--interval", type=float, default=10.0,
+                    help="--steady-minutes: the interval (default %(default)s, the agent's)")
     ap.add_argument("--agent-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--state-dir", help=argparse.SUPPRESS)
     ap.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
@@ -238,6 +341,11 @@ def main() -> int:
                 bootstrap = cluster.bootstrap
             if bootstrap:
                 ensure_topic(bootstrap, args.topic)
+            if args.steady_minutes > 0:
+                os.makedirs(Path(tmp) / "agent")
+                return steady(args.steady_minutes, args.interval,
+                              "" if args.no_kafka else bootstrap, args.topic,
+                              str(Path(tmp) / "agent"))
             ne = bench_node_exporter(args.samples)
             ag = bench_agent(args.samples, "" if args.no_kafka else bootstrap, args.topic,
                              str(Path(tmp) / "agent"))

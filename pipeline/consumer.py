@@ -7,15 +7,13 @@ loads their checkpoints and seeks to the checkpointed offset (the checkpoint is 
 truth; the committed offset may lag it by one crash); when they are revoked, it
 finishes the pending batch, checkpoints and commits them, and forgets them.
 
-kafka-python 3.x runs the rebalance listener on the consumer's IO thread, inside the
-event loop that talks to the broker: a blocking ``commit()`` there cannot work (it
-would wait on the loop it is running on). So the listener is an
-``AsyncConsumerRebalanceListener`` and awaits ``commit_async``, which the loop completes
-while the listener waits; the checkpoint itself (local files) is written inline.
+The Kafka client library is chosen in one place (``kafka_client.open_consumer``;
+confluent-kafka by default) and used through its small interface: rebalances arrive as
+``Listener`` calls, and the client commits a revoked partition's checkpoint in the way
+its library allows inside a rebalance.
 
-Consuming and processing overlap: this thread polls Kafka (kafka-python parses records
-in Python, holding the GIL) while one worker thread runs the previous batch through the
-pipeline (Arrow and polars release the GIL). Everything that reads or changes the
+Consuming and processing overlap: this thread polls Kafka while one worker thread runs
+the previous batch through the pipeline (Arrow and polars release the GIL). Everything that reads or changes the
 pipeline's state from this thread (checkpoints, rebalances, the end of input) first
 waits for the worker to finish what it was handed, so checkpoints stay consistent.
 
@@ -37,9 +35,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from foliowatch.errors import ServiceError
-from foliowatch.kafka_io import KafkaSettings, make_consumer, make_producer
+from foliowatch.kafka_io import KafkaSettings, make_producer
 
 from .engine import Pipeline
+from .kafka_client import (DEFAULT_CLIENT, CommitFailed, ConsumerOptions, Listener, Records,
+                           open_consumer)
 from .sinks import StateStore
 
 log = logging.getLogger("foliowatch.pipeline")
@@ -61,9 +61,10 @@ class ConsumerConfig:
     # would otherwise retry forever and a SIGTERM would never be acted upon.
     commit_timeout_ms: int = 5_000
     stop_timeout_s: float = 3.0        # after SIGTERM: per broker call still attempted
+    client: str = DEFAULT_CLIENT       # kafka_client.CLIENTS
 
 
-class KafkaRunner:
+class KafkaRunner(Listener):
     def __init__(self, settings: KafkaSettings, cfg: ConsumerConfig, pipeline: Pipeline,
                  store: StateStore, metrics=None):
         self.settings = settings
@@ -72,7 +73,7 @@ class KafkaRunner:
         self.store = store
         self.metrics = metrics
         self.consumer = None
-        self.pending: List = []
+        self.pending = Records()
         self.stop_requested = False
         self.last_checkpoint = time.monotonic()
         self.totals = {"records": 0, "accepted": 0, "duplicates": 0, "missing": 0,
@@ -86,83 +87,65 @@ class KafkaRunner:
         self._closing = False
         self._commit_failing = False
 
-    # -- rebalance callbacks (run inside poll, on kafka-python's IO thread) -----------
-    async def on_partitions_revoked(self, revoked) -> None:
-        mine = [tp.partition for tp in revoked if tp.topic == self.cfg.topic]
-        if not mine or self._closing:   # closing: run() has checkpointed already
-            return
+    # -- rebalance callbacks (run inside poll) ----------------------------------------
+    def revoked(self, partitions: List[int]) -> Dict[int, int]:
+        """Partitions about to be revoked: finish, checkpoint; returns what to commit."""
+        if self._closing:   # closing: run() has checkpointed already
+            return {}
         self._process_pending()
-        offsets = self._checkpoint(mine)    # waits for the worker first
-        committed = bool(offsets) and await self._commit_from_listener(offsets)
-        for p in mine:
-            self.pipeline.agg.drop(p)
-        log.info("partitions %s revoked: checkpointed, %s and released", sorted(mine),
-                 "committed" if committed else "not committed")
+        return self._checkpoint(partitions)    # waits for the worker first
 
-    def on_partitions_lost(self, lost) -> None:
-        """Evicted from the group (session expired): the generation is gone, so a commit
-        would be refused; the checkpoint still records what is durable."""
-        mine = [tp.partition for tp in lost if tp.topic == self.cfg.topic]
-        if not mine or self._closing:
+    def released(self, partitions: List[int], committed: bool,
+                 error: Optional[BaseException]) -> None:
+        if self._closing:
             return
-        self._process_pending()
-        self._checkpoint(mine)
-        for p in mine:
-            self.pipeline.agg.drop(p)
-        log.warning("partitions %s lost (evicted from the group): checkpointed, not "
-                    "committed, released", sorted(mine))
-
-    async def _commit_from_listener(self, offsets: Dict[int, int]) -> bool:
-        # awaited on the IO loop, which sends the request meanwhile; bounded by the
-        # consumer's request_timeout_ms, after which the commit's future fails
-        try:
-            await self.consumer.commit_async(self._offset_map(offsets))
-        except Exception as e:  # the checkpoint files hold the position
+        if error is not None:   # the checkpoint files hold the position
             self._commit_failing = True
             log.warning("offset commit on revoke failed (%s: %s); the checkpoint files "
-                        "hold the position", type(e).__name__, e)
-            return False
-        self._commit_failing = False
-        return True
+                        "hold the position", type(error).__name__, error)
+        elif committed:
+            self._commit_failing = False
+        for p in partitions:
+            self.pipeline.agg.drop(p)
+        log.info("partitions %s revoked: checkpointed, %s and released", sorted(partitions),
+                 "committed" if committed else "not committed")
 
-    def on_partitions_assigned(self, assigned) -> None:
+    def lost(self, partitions: List[int]) -> None:
+        """Evicted from the group (session expired): the generation is gone, so a commit
+        would be refused; the checkpoint still records what is durable."""
+        if self._closing:
+            return
+        self._process_pending()
+        self._checkpoint(partitions)
+        for p in partitions:
+            self.pipeline.agg.drop(p)
+        log.warning("partitions %s lost (evicted from the group): checkpointed, not "
+                    "committed, released", sorted(partitions))
+
+    def assigned(self, partitions: List[int]) -> Dict[int, int]:
+        """Partitions assigned: load their checkpoints; returns where to start reading
+        (the checkpoint is the truth; without one the group's committed offset)."""
         self._drain()
-        for tp in assigned:
-            if tp.topic != self.cfg.topic:
-                continue
-            saved = self.store.load(tp.partition)
+        start: Dict[int, int] = {}
+        for p in partitions:
+            saved = self.store.load(p)
             if saved is None:
-                self.pipeline.agg.drop(tp.partition)
+                self.pipeline.agg.drop(p)
                 continue
             meta, partials, seen = saved
-            self.pipeline.agg.restore(tp.partition, meta, partials, seen)
-            self.consumer.seek(tp, meta.next_offset)
-        log.info("partitions %s assigned", sorted(tp.partition for tp in assigned))
+            self.pipeline.agg.restore(p, meta, partials, seen)
+            start[p] = meta.next_offset
+        log.info("partitions %s assigned", sorted(partitions))
+        return start
 
     # -- the loop --------------------------------------------------------------------
     def _make_consumer(self):
-        from kafka import AsyncConsumerRebalanceListener
-
-        runner = self
-
-        class Listener(AsyncConsumerRebalanceListener):
-            async def on_partitions_revoked(self, revoked):
-                await runner.on_partitions_revoked(revoked)
-
-            async def on_partitions_assigned(self, assigned):
-                runner.on_partitions_assigned(assigned)
-
-            async def on_partitions_lost(self, lost):
-                runner.on_partitions_lost(lost)
-
-        c = make_consumer(self.settings, group_id=self.cfg.group,
-                          max_poll_records=self.cfg.max_poll_records,
-                          max_partition_fetch_bytes=self.cfg.max_partition_fetch_bytes,
-                          fetch_max_bytes=self.cfg.fetch_max_bytes,
-                          session_timeout_ms=self.cfg.session_timeout_ms,
-                          heartbeat_interval_ms=max(1000, self.cfg.session_timeout_ms // 4),
-                          max_poll_interval_ms=600_000)
-        c.subscribe([self.cfg.topic], listener=Listener())
+        c = open_consumer(self.cfg.client, self.settings, ConsumerOptions(
+            group=self.cfg.group, session_timeout_ms=self.cfg.session_timeout_ms,
+            max_partition_fetch_bytes=self.cfg.max_partition_fetch_bytes,
+            fetch_max_bytes=self.cfg.fetch_max_bytes,
+            max_poll_records=self.cfg.max_poll_records))
+        c.subscribe(self.cfg.topic, self)
         return c
 
     def request_stop(self, *_args) -> None:
@@ -203,8 +186,8 @@ class KafkaRunner:
             # checkpoint covers only what was durable)
             quick = self.stop_requested
             try:
-                self.consumer.close(autocommit=False, timeout_ms=int(
-                    self.cfg.stop_timeout_s * 1000 if quick else self.cfg.commit_timeout_ms))
+                self.consumer.close(self.cfg.stop_timeout_s if quick
+                                    else self.cfg.commit_timeout_ms / 1000)
             except Exception as e:
                 log.warning("consumer close: %s", e)
             try:
@@ -221,14 +204,13 @@ class KafkaRunner:
         self.totals["peak_rss_mb"] = peak_rss_mb()
         self.totals["cpu_seconds"] = round(ru.ru_utime + ru.ru_stime, 2)
         # where the CPU went: this (consuming) thread, the batch worker's own Python and
-        # native code, and the rest (polars/Arrow pools, kafka-python's IO thread)
+        # native code, and the rest (polars/Arrow pools, the Kafka client's own threads)
         self.totals["consumer_thread_cpu_seconds"] = round(time.thread_time(), 2)
         self.totals["worker_thread_cpu_seconds"] = round(self._worker_cpu, 2)
         return self.totals
 
     def _owned(self) -> List[int]:
-        return sorted(tp.partition for tp in self.consumer.assignment()
-                      if tp.topic == self.cfg.topic)
+        return self.consumer.assignment()
 
     def _fill_batch(self) -> int:
         deadline = time.monotonic() + self.cfg.batch_seconds
@@ -236,12 +218,10 @@ class KafkaRunner:
         n = 0
         while n < self.cfg.batch_records and not self.stop_requested:
             timeout = max(0.0, deadline - time.monotonic())
-            polled = self.consumer.poll(timeout_ms=int(timeout * 1000),
-                                        max_records=min(self.cfg.max_poll_records,
-                                                        self.cfg.batch_records - n))
-            for recs in polled.values():
-                self.pending.extend(recs)
-                n += len(recs)
+            polled = self.consumer.poll(min(self.cfg.max_poll_records,
+                                            self.cfg.batch_records - n), timeout)
+            self.pending.extend(polled)
+            n += len(polled)
             if time.monotonic() >= deadline:
                 break
         return n
@@ -249,9 +229,9 @@ class KafkaRunner:
     def _process_pending(self) -> None:
         """Hand the pending records to the worker (waits while it is still busy with
         the batch before the previous one)."""
-        if not self.pending:
+        if not len(self.pending):
             return
-        recs, self.pending = self.pending, []
+        recs, self.pending = self.pending, Records()
         if self._first_record_at is None:
             self._first_record_at = self._batch_started_at
         self._raise_worker_error()
@@ -280,21 +260,14 @@ class KafkaRunner:
             finally:
                 self._work.task_done()
 
-    def _process_records(self, recs) -> None:
+    def _process_records(self, recs: Records) -> None:
         cpu0 = time.thread_time()
-        st = self.pipeline.process([r.value if r.value is not None else b"" for r in recs],
-                                   [r.partition for r in recs], [r.offset for r in recs],
-                                   self.cfg.topic, [r.key for r in recs])
+        st = self.pipeline.process([v if v is not None else b"" for v in recs.values],
+                                   recs.partitions, recs.offsets, self.cfg.topic, recs.keys)
         for k in self.totals:
             self.totals[k] += getattr(st, k)
         self._last_batch_done_at = time.monotonic()
         self._worker_cpu += time.thread_time() - cpu0
-
-    def _offset_map(self, offsets: Dict[int, int]) -> Dict:
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-        return {TopicPartition(self.cfg.topic, p): OffsetAndMetadata(o, "", -1)
-                for p, o in offsets.items()}
 
     def _checkpoint(self, partitions: List[int]) -> Dict[int, int]:
         """Checkpoint ``partitions`` (after the worker is done); returns the next offsets
@@ -329,14 +302,13 @@ class KafkaRunner:
             log.warning("not committing offsets while stopping: the broker did not answer "
                         "the last commit; the checkpoint files hold the position")
             return
-        timeout_ms = int(self.cfg.stop_timeout_s * 1000) if stopping else self.cfg.commit_timeout_ms
+        timeout_s = self.cfg.stop_timeout_s if stopping else self.cfg.commit_timeout_ms / 1000
         try:
-            self.consumer.commit(self._offset_map(offsets), timeout_ms=timeout_ms)
+            self.consumer.commit(offsets, timeout_s)
             self._commit_failing = False
-        except Exception as e:  # a rebalance, or the broker is gone: the checkpoint holds
+        except CommitFailed as e:  # a rebalance, or the broker is gone: the checkpoint holds
             self._commit_failing = True
-            log.warning("offset commit failed (%s: %s); the checkpoint files hold the position",
-                        type(e).__name__, e)
+            log.warning("offset commit failed (%s); the checkpoint files hold the position", e)
 
     def _caught_up(self, idle_s: float) -> bool:
         """--until-idle: nothing read for a while and every owned partition read to its
@@ -344,31 +316,23 @@ class KafkaRunner:
         to expire) it waits much longer before concluding there is nothing to do."""
         if idle_s < self.cfg.until_idle_s:
             return False
-        parts = list(self.consumer.assignment())
+        parts = self.consumer.assignment()
         if not parts:
             return idle_s >= self.cfg.until_idle_s + 3 * self.cfg.session_timeout_ms / 1000
+        timeout_s = self.cfg.commit_timeout_ms / 1000
         try:
-            ends = self.consumer.end_offsets(parts, timeout_ms=self.cfg.commit_timeout_ms)
+            ends = self.consumer.end_offsets(parts, timeout_s)
+            pos = self.consumer.position(parts, timeout_s)
         except Exception as e:   # broker unreachable: not known to be caught up
             log.warning("end offsets: %s", e)
             return False
-        return all(self.consumer.position(tp) >= ends[tp] for tp in parts)
+        return all(pos[p] is not None and pos[p] >= ends[p] for p in parts)
 
     def _update_lag(self) -> None:
         if self.metrics is None:
             return
-        lag: Dict = {}
-        for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                continue
-            try:
-                pos = self.consumer.position(tp, timeout_ms=0)
-            except TypeError:
-                pos = self.consumer.position(tp)
-            if pos is not None:
-                lag[(tp.topic, tp.partition)] = max(0, hw - pos)
-        self.metrics.set_lag(lag)
+        self.metrics.set_lag({(self.cfg.topic, p): lag
+                              for p, lag in self.consumer.lag().items()})
 
 
 def peak_rss_mb() -> float:

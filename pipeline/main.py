@@ -14,6 +14,8 @@ from foliowatch.errors import ConfigError, ServiceError
 from foliowatch.flags import add_metrics_addr, add_output
 from foliowatch.kafka_io import TOPIC_DLQ, TOPIC_SAMPLES, add_kafka_arguments, settings_from_args
 
+from .kafka_client import CLIENTS, DEFAULT_CLIENT
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output(p, required=True,
@@ -51,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--max-partition-fetch-bytes", type=int, default=2 * 1024 * 1024)
     k.add_argument("--fetch-max-bytes", type=int, default=16 * 1024 * 1024)
     k.add_argument("--session-timeout-ms", type=int, default=10_000)
+    k.add_argument("--kafka-client", choices=CLIENTS, default=DEFAULT_CLIENT,
+                   help="Kafka client library (default %(default)s, librdkafka: measured "
+                        "faster; kafka-python is pure Python)")
     add_metrics_addr(p, "127.0.0.1:9466",
                      help="serve /metrics on host:port (default %(default)s; 'off' to disable)")
     p.add_argument("--dlq-file", help="--from-files: this run's dead letters as JSON lines "
@@ -144,7 +149,8 @@ def run(args) -> int:
                           session_timeout_ms=args.session_timeout_ms,
                           max_partition_fetch_bytes=args.max_partition_fetch_bytes,
                           fetch_max_bytes=args.fetch_max_bytes,
-                          max_poll_records=args.max_poll_records)
+                          max_poll_records=args.max_poll_records,
+                          client=args.kafka_client)
     try:
         totals = KafkaRunner(settings, ccfg, pipeline, store, metrics).run()
     except Exception as e:

@@ -1,6 +1,6 @@
 """Where simulated records go: files (JSON lines or Parquet) or Kafka, through the
-project's own producer path (``kafka_io.make_producer``: acks=all, idempotence, zstd),
-keyed by host id like the agent.
+project's durable producer settings (``kafka_io.make_librdkafka_producer``: acks=all,
+idempotence, zstd), keyed by host id like the agent.
 """
 
 from __future__ import annotations
@@ -145,9 +145,8 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
     As fast as possible with simulated timestamps by default; with ``realtime`` each
     record waits until its delivery time, the simulated clock running ``speed`` times
     faster than the wall clock. ``workers`` > 1 runs that many producer processes, each
-    sending the records of its share of the hosts (kafka-python's ``send`` costs tens
-    of microseconds of Python per record: one process cannot keep up with the
-    generator). Returns ``sent`` (records acknowledged by the broker), ``seconds``,
+    sending the records of its share of the hosts. ``producer``: a kafka-python producer
+    to send with (default: librdkafka's, see ``_produce_share``). Returns ``sent`` (records acknowledged by the broker), ``seconds``,
     ``records_per_s``, ``topic``."""
     from foliowatch.kafka_io import TOPIC_SAMPLES
 
@@ -180,16 +179,13 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
 def _produce_share(scenario: Scenario, settings, topic: str, seed: int, realtime: bool,
                    speed: float, producer, progress, share) -> Dict[str, Any]:
     """Produce the records of hosts whose id hashes to ``share[0]`` modulo ``share[1]``
-    (all of them for ``(0, 1)``): a host's records all go through one producer, in order."""
-    from foliowatch.kafka_io import make_producer
-
+    (all of them for ``(0, 1)``): a host's records all go through one producer, in order.
+    Its own producer is librdkafka's (``kafka_io.make_librdkafka_producer``); a given
+    ``producer`` is a kafka-python one."""
     own = producer is None
-    if own:
-        # larger batches than the agent's: one simulator stands in for a whole fleet
-        producer = make_producer(settings, batch_size=512 * 1024, linger_ms=50)
+    sender = _LibrdkafkaSender(settings, topic) if own else _KafkaPythonSender(producer, topic)
     part, parts = share
     sent = 0
-    failures: List[BaseException] = []
     t0 = time.monotonic()
     sim0 = scenario.start_ts
     try:
@@ -210,24 +206,74 @@ def _produce_share(scenario: Scenario, settings, topic: str, seed: int, realtime
                     wait = t0 + (emit[lo] - sim0) / speed - time.monotonic()
                     if wait > 0:
                         time.sleep(wait)
-                    for k, v in zip(keys[lo:hi], values[lo:hi]):
-                        producer.send(topic, key=k, value=v).add_errback(failures.append)
+                    sender.send(keys[lo:hi], values[lo:hi])
                     sent += hi - lo
                     lo = hi
             else:
-                send = producer.send
-                for k, v in zip(keys, values):
-                    send(topic, key=k, value=v).add_errback(failures.append)
+                sender.send(keys, values)
                 sent += len(keys)
             if progress:
                 progress(sent)
-        producer.flush()
+        failures = sender.flush()
         if failures:
             raise RuntimeError(f"kafka topic {topic}: {len(failures)} of {sent} records not "
                                f"acknowledged (first: {failures[0]!r}); check the broker")
     finally:
         if own:
-            producer.close()
+            sender.close()
     secs = time.monotonic() - t0
     return {"sent": sent, "seconds": secs, "records_per_s": sent / secs if secs > 0 else 0.0,
             "topic": topic}
+
+
+class _KafkaPythonSender:
+    def __init__(self, producer, topic: str):
+        self.producer, self.topic = producer, topic
+        self.failures: List[BaseException] = []
+
+    def send(self, keys, values) -> None:
+        send, topic, failed = self.producer.send, self.topic, self.failures.append
+        for k, v in zip(keys, values):
+            send(topic, key=k, value=v).add_errback(failed)
+
+    def flush(self) -> List[BaseException]:
+        self.producer.flush()
+        return self.failures
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+class _LibrdkafkaSender:
+    # larger batches than the agent's: one simulator stands in for a whole fleet
+    def __init__(self, settings, topic: str):
+        from foliowatch.kafka_io import make_librdkafka_producer
+        self.producer = make_librdkafka_producer(settings, **{
+            "linger.ms": 50, "batch.size": 1 << 20, "queue.buffering.max.kbytes": 256 << 10})
+        self.topic = topic
+        self.failures: List[Any] = []
+
+    def _delivered(self, err, _msg) -> None:
+        if err is not None:
+            self.failures.append(err)
+
+    def send(self, keys, values) -> None:
+        produce, poll, topic, cb = (self.producer.produce, self.producer.poll, self.topic,
+                                    self._delivered)
+        for k, v in zip(keys, values):
+            while True:
+                try:
+                    produce(topic, v, k, on_delivery=cb)
+                    break
+                except BufferError:   # the local queue is full: let deliveries drain it
+                    poll(0.05)
+        poll(0)
+
+    def flush(self) -> List[Any]:
+        left = self.producer.flush(120)
+        if left:
+            self.failures.append(f"{left} record(s) still queued after 120 s")
+        return self.failures
+
+    def close(self) -> None:
+        self.producer.flush(5)

@@ -118,3 +118,23 @@ def test_prometheus_scrapes_the_agent(served_agent, prometheus_factory):
             return
         time.sleep(0.5)
     raise AssertionError("Prometheus never scraped foliowatch_agent_frag_unusable_1m_ratio")
+
+
+def _wakeups(thread) -> int:
+    """Voluntary context switches of ``thread`` so far: how often it slept and woke."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+        return int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", f.read(), re.M).group(1))
+
+
+def test_the_metrics_server_sleeps_between_scrapes(served_agent):
+    """Between scrapes the serving thread stays asleep (no periodic polling: it ran on
+    every host all the time)."""
+    import threading
+    _agent, url = served_agent
+    scrape(url)
+    server_thread = next(t for t in threading.enumerate() if t.name == "foliowatch-metrics")
+    before = _wakeups(server_thread)
+    time.sleep(2.0)
+    assert _wakeups(server_thread) - before <= 1
+    scrape(url)
+    assert _wakeups(server_thread) > before      # a scrape does wake it
