@@ -227,6 +227,9 @@ class Scenario:
     changes: List[Change] = field(default_factory=list)
     faults: Dict[str, float] = field(default_factory=lambda: dict(FAULT_DEFAULTS))
     source: str = ""
+    # alternative relations for the model (``physics.Physics``); None: the default ones.
+    # Set in code (``physics.Physics.random(seed)``), not from scenario files.
+    physics: Optional[Any] = None
 
     @property
     def start_ts(self) -> float:
