@@ -19,10 +19,11 @@ import polars as pl
 
 @dataclass(frozen=True)
 class ConfoundPolicy:
-    # With fewer baseline hosts than this, neither the covariate adjustment (its ridge
-    # needs 20 baseline hosts: ``CovariateAdjuster.min_hosts``) nor the memory-state
-    # model has enough hosts to learn what makes hosts differ: the baseline cannot stand
-    # in for "these hosts, had they kept the old kernel".
+    # With fewer baseline hosts than this, and fewer than the new-kernel hosts, neither
+    # the covariate adjustment (its ridge needs 20 baseline hosts:
+    # ``CovariateAdjuster.min_hosts``) nor the memory-state model has enough hosts to
+    # learn what makes hosts differ: the baseline cannot stand in for "these hosts, had
+    # they kept the old kernel".
     min_base_hosts: int = 20
     # Once the baseline hosts are fewer than this share of the new-kernel hosts, they
     # are what the rollout left behind, not a sample of the group.
@@ -49,7 +50,9 @@ def find_confounds(cov: pl.DataFrame, new_kernel: str,
     is_new = is_new | pl.col("host_id").is_in(new_hosts)
     n_base = cov.filter(~is_new).height
     out = []
-    remnant = n_base < policy.min_base_hosts or n_base < policy.remnant_ratio * n_new
+    # a small group's baseline at the canary stage is the group, not a remnant
+    remnant = (n_base < policy.remnant_ratio * n_new
+               or (n_base < policy.min_base_hosts and n_base < n_new))
     if remnant:
         up = ""
         if "log_uptime_h" in cov.columns:
