@@ -116,13 +116,23 @@ def load_evaluated(args, as_of: Optional[datetime], config):
     first = as_of - max(args.history, config.lookback, config.reference_history)
     keys = ["kernel", *ROLLOUT_KEYS]
 
-    def per_boot(lf: pl.LazyFrame) -> pl.LazyFrame:
-        return (lf.filter((pl.col("window_start") >= first) & (pl.col("window_start") <= as_of))
+    def per_boot(lf: pl.LazyFrame, lo: datetime, hi: datetime) -> pl.LazyFrame:
+        return (lf.filter((pl.col("window_start") >= lo) & (pl.col("window_start") <= hi))
                 .group_by("host_id", "boot_id")
                 .agg(pl.col("window_start").min(), *[pl.col(k).sort_by("window_start").first()
                                                     for k in keys]))
-    parts = [normalise_host_windows(f) for f in
-             collect_host_windows(args.dataset, args.window_s, per_boot, since=first, until=as_of)]
+    # a day at a time (the dataset's date= folders): the per-boot aggregation holds one
+    # day's host and boot ids, not the history's
+    parts = []
+    day = first
+    while True:
+        end = min(day + timedelta(days=1), as_of)
+        parts += [normalise_host_windows(f) for f in collect_host_windows(
+            args.dataset, args.window_s, lambda lf, lo=day, hi=end: per_boot(lf, lo, hi),
+            since=day, until=end)]
+        if end >= as_of:
+            break
+        day = end
     boots = (pl.concat(parts, how="diagonal_relaxed").sort("window_start")
              .group_by("host_id", "boot_id", maintain_order=True)
              .agg(pl.col("window_start").first(), *[pl.col(k).first() for k in keys])
