@@ -170,8 +170,9 @@ def speed(args) -> List[str]:
         ch = kernel_changes(df)
         first = ch["at"].min()
         canary_end = first + timedelta(hours=8)
-        ncan = ch.filter((ch["arch"] == "arm64") & (ch["page_size"] == 4096) & (ch["fs"] == "xfs")
-                         & (ch["at"] < canary_end)).height
+        ncan = (ch.join(df.select("host_id", "fs").unique(), on="host_id")
+                .filter((pl.col("arch") == "arm64") & (pl.col("page_size") == 4096)
+                        & (pl.col("fs") == "xfs") & (pl.col("at") < canary_end)).height)
         state = RegressionState(None)
         cache = AnalysisCache()
         t_sus = t_con = None
