@@ -7,7 +7,8 @@ and the detector's examiner.
     paths = write_files(sc, "out/", seed=1, fmt="parquet")
 
 Modules: ``scenario`` (files and validation), ``fleet`` (the plan: hosts and events),
-``model`` (the physics per interval), ``frames`` (chunks, wire conversion), ``truth``
+``model`` (the physics per interval), ``physics`` (alternative relations for it, drawn
+at random per run), ``frames`` (chunks, wire conversion), ``truth``
 (ground truth), ``outputs`` (files, Kafka), ``main`` (the CLI).
 """
 
