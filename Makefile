@@ -1,5 +1,5 @@
 # The two quickstart commands. Both set everything up first (idempotent, cached).
-.PHONY: demo test bootstrap
+.PHONY: demo test bootstrap faults
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -9,3 +9,8 @@ demo: bootstrap
 
 test: bootstrap
 	scripts/test.sh $(ARGS)
+
+# The whole fault suite (long: kills, 3-broker clusters, full disks, minutes of fuzzing);
+# writes docs/reliability.md. `make test` runs only its short cases.
+faults: bootstrap
+	scripts/faults.sh $(ARGS)

@@ -47,11 +47,13 @@ enabled = true               # false: spool only (e.g. while a topic is provisio
 bootstrap = ["127.0.0.1:9092"]
 topic = "foliowatch.samples.v1"
 security_protocol = "PLAINTEXT"   # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
-sasl_mechanism = ""          # SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN with SASL_*
+sasl_mechanism = ""          # SCRAM-SHA-512 (or SCRAM-SHA-256, PLAIN) with SASL_*
 sasl_username = ""
-sasl_password = ""           # prefer FOLIOWATCH_AGENT_KAFKA_SASL_PASSWORD
-ssl_cafile = ""
-ssl_certfile = ""
+sasl_password = ""           # or sasl_password_file, or FOLIOWATCH_AGENT_KAFKA_SASL_PASSWORD
+sasl_password_file = ""      # a file whose first line is the password (mode 0400/0600)
+ssl_cafile = ""              # CA certificate(s) that signed the brokers' certificates
+                             # ("" = this host's CA bundle)
+ssl_certfile = ""            # a client certificate (PEM), only for brokers that ask one
 ssl_keyfile = ""
 compression = "gzip"         # gzip (always available), zstd / lz4 / snappy need their
                              # Python package (zstandard, lz4, python-snappy), or none
@@ -248,6 +250,7 @@ def _build(v: Dict[str, Any]) -> Tuple[AgentConfig, List[str]]:
         sasl_mechanism=opt(v["agent.kafka.sasl_mechanism"]),
         sasl_username=opt(v["agent.kafka.sasl_username"]),
         sasl_password=opt(v["agent.kafka.sasl_password"]),
+        sasl_password_file=opt(v["agent.kafka.sasl_password_file"]),
         ssl_cafile=opt(v["agent.kafka.ssl_cafile"]),
         ssl_certfile=opt(v["agent.kafka.ssl_certfile"]),
         ssl_keyfile=opt(v["agent.kafka.ssl_keyfile"]),

@@ -7,7 +7,9 @@
     foliowatch agent --print-default-config           the embedded default, documented
 
 Exit codes: 0 ok; 1 samples left undelivered (``--once``) or a runtime failure; 2 invalid
-configuration.
+configuration, or (``--once``) Kafka refusing the agent's credentials, certificate trust
+or ACLs (the message names the setting; the running service logs the same line and
+keeps its samples in the spool until the setting is fixed).
 """
 
 from __future__ import annotations
@@ -193,6 +195,10 @@ def run(args) -> int:
                 time.sleep(min(cfg.interval_s, 5.0))
                 record = agent.tick()
             left = len(agent.spool)
+            if agent.sender is not None and agent.sender.refused:
+                from foliowatch.kafka_access import KafkaAccessError
+                raise KafkaAccessError(f"{agent.sender.refused} ({left} sample(s) wait in "
+                                       f"{cfg.state_dir}/spool)")
             if record is not None:
                 waiting = (f"{left} sample(s) wait in {cfg.state_dir}/spool for Kafka"
                            if agent.sender is not None and left else

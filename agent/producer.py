@@ -6,6 +6,11 @@ SASL SCRAM). The key is the host id, so one host's samples land in one partition
 the broker acknowledged; the caller (the spool) keeps the rest. On any failure the
 producer is closed and rebuilt after a back-off that doubles up to a bound, because a
 kafka-python producer whose batches expired may hold stale idempotence state.
+
+A broker that refuses this agent (wrong password, untrusted certificate, missing ACL) is
+told apart from an outage (``foliowatch.kafka_access.refusal``): the message names the
+setting to fix and is kept in ``refused``; samples stay in the spool either way, so a
+credential fixed later loses nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import time
 from typing import List, Optional
 
-from foliowatch import kafka_io
+from foliowatch import kafka_access, kafka_io
 
 log = logging.getLogger("foliowatch.agent.producer")
 
@@ -34,6 +39,7 @@ class KafkaSender:
         self.last_error_ts: Optional[float] = None
         self.errors_total = 0
         self.sent_total = 0
+        self.refused: Optional[str] = None   # why the broker refuses us, naming the setting
 
     def ready(self) -> bool:
         """False while backing off after a failure."""
@@ -62,9 +68,16 @@ class KafkaSender:
         self.last_error_ts = time.time()
         self._backoff = min(self.backoff_max_s, max(0.5, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
+        self.close(timeout=0)
+        refused = kafka_access.refusal(self.settings, error, f"write {self.topic}")
+        self.refused = str(refused) if refused else None
+        if refused:
+            self.last_error = type(refused).__name__
+            log.error("kafka refused this agent: %s; samples stay in the spool, retrying in "
+                      "%.1fs", refused, self._backoff)
+            return
         log.warning("kafka send failed (%s: %s); samples stay in the spool, retrying in %.1fs",
                     type(error).__name__, str(error)[:200], self._backoff)
-        self.close(timeout=0)
 
     def send(self, payloads: List[bytes]) -> int:
         if not payloads:
@@ -82,6 +95,7 @@ class KafkaSender:
             self._fail(err or TimeoutError("not acknowledged in time"))
         else:
             self._backoff = 0.0
+            self.refused = None
         return acked
 
     def _acked_prefix(self, futures) -> int:

@@ -152,9 +152,23 @@ class Agent:
                 self.state.next_seq = seq + 1
             self.state.baseline = self.baseline.to_json()
             self.state.baseline_ts = round(reading.ts, 3)  # as the record's ts
-            self.state.save()  # seq reserved before the record exists anywhere else
+            try:
+                self.state.save()  # seq reserved before the record exists anywhere else
+            except OSError:
+                # not reserved on disk (e.g. the disk is full): not used either, so no
+                # gap; this interval's sample is skipped like a failed collection
+                self.state.next_seq = seq
+                raise
             if data is not None:
-                dropped = self.spool.append(data)
+                try:
+                    dropped = self.spool.append(data)
+                except OSError as e:
+                    # seq reserved, sample not kept: counted as dropped, so the gap the
+                    # pipeline sees is explained on /metrics and in the spool's head
+                    self.spool.count_lost(1)
+                    log.warning("spool: sample seq %d dropped, it cannot be written (%s); "
+                                "%d dropped in total", seq, e, self.spool.dropped_total)
+                    raise
                 self.stats.samples += 1
                 self.stats.spooled += 1
                 self.stats.last_sample_ts = record["ts"]

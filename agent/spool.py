@@ -25,6 +25,7 @@ its unsent records are added to ``dropped_total`` (so drops happen in steps of a
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -170,11 +171,30 @@ class Spool:
             while sum(self._sizes.values()) + len(data) > self.max_bytes and len(self._sizes) > 1:
                 dropped += self._drop_oldest()
             assert self._fd is not None
-            os.write(self._fd, data)
-            os.fsync(self._fd)
+            try:
+                if os.write(self._fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._seg_path(tail))
+                os.fsync(self._fd)
+            except OSError:
+                # Not accepted: cut a partial or unsynced record off again. Left in place
+                # it would end the segment for every reader: the records appended after
+                # it would never be sent, and cut off at the next start.
+                os.ftruncate(self._fd, self._sizes[tail])
+                raise
             self._sizes[tail] += len(data)
             self._counts[tail] += 1
             return dropped
+
+    def count_lost(self, n: int) -> None:
+        """``n`` samples that were assigned a seq but could not be appended (the disk is
+        full): counted with the dropped ones, so that the seq gap is explained. The count
+        is saved now if the disk lets it, else with the next change of the head."""
+        with self._lock:
+            self.dropped_total += n
+            try:
+                self._save_head()
+            except OSError:
+                pass
 
     def _roll(self, tail: int) -> int:
         new = tail + 1

@@ -13,6 +13,8 @@ from typing import Optional
 
 import polars as pl
 
+from foliowatch.schema import TRACEPOINT_COUNTERS
+
 MIB = 1048576.0
 
 
@@ -40,7 +42,10 @@ def fold_records(flat: pl.DataFrame, window_s: int = 60) -> pl.DataFrame:
                  pl.col("probe.mib_s").mean().alias("probe_mib_s"),
                  iv.alias("interval_s_sum"),
                  pl.col("mount.write_bytes").sum().alias("write_bytes_sum"),
-                 pl.col("counters.nr_dirtied").sum().alias("nr_dirtied_sum"))
+                 pl.col("counters.nr_dirtied").sum().alias("nr_dirtied_sum"),
+                 # the tracepoint counters' sums (HOST_SUMS), for the mechanism figures
+                 *[pl.col(f"counters.{c}").sum().alias(f"{c}_sum")
+                   for c in TRACEPOINT_COUNTERS if f"counters.{c}" in f.columns])
             .with_columns(pl.lit(window_s).alias("window_s"))
             .sort("window_start", "host_id"))
 

@@ -20,7 +20,20 @@ Measured 2026-11-25 on this 2-vCPU machine shared with four other engineers' run
                                                             22-33k records/s: the client
                                                             is the bound, not generation)
 
-Earlier runs on a quieter machine (load 1-3) gave 330-380k records/s to Parquet. JSON
+Earlier runs on a quieter machine (load 1-3) gave 330-380k records/s to Parquet.
+
+With the tracepoint counters (9 more counters per record, issue 14), measured 2026-12-02
+beside the code before them in one alternating run (2 rounds each, 100,000 hosts, 1
+simulated minute, load average 27-36, so per CPU-second figures only):
+
+    generate frames only            before 324-337k, after 230-271k records/CPU-s (0.70-0.84x)
+    JSON lines, encode only         before  96-102k, after  99-112k records/CPU-s
+    JSON lines files                before  73-98k,  after  78-94k  records/CPU-s  1122 -> 1418 B/rec
+    Parquet files (nested wire)     before 128-143k, after 144-155k records/CPU-s    97 -> 106 B/rec
+
+The mechanism model itself is ~6 ms of a ~100 ms step for 100,000 hosts; the rest of
+the frames-only cost is the nine more columns per record. Files (the target's measure)
+are within the run's noise. JSON
 encoding (polars, ~2.5 us/record for ~1.1 KB) is what keeps JSON lines under the target.
 
 Prints one JSON object per measurement and a table at the end, with records per wall

@@ -1,7 +1,9 @@
 """Large-folio write health: buffered write throughput and the write probe by kernel
 (split by arch, page size and filesystem), and the mechanism behind the seed regression
-(direct compaction stalls, direct reclaim, memory pressure, fragmentation), with the
-regressions marked on the time axis."""
+(direct compaction stalls, direct reclaim, memory pressure, fragmentation, and where
+hosts run the agent's tracepoint collector the large-folio share and costly-order
+direct compaction attempts per GiB written), with the regressions marked on the time
+axis."""
 
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ LEGEND = "{{kernel}} {{arch}} {{page_size}} {{fs}} {{fleet}}/{{role}}"
 def cohort(metric: str, stat: str) -> str:
     """One cohort gauge of the pipeline for the selected cohorts."""
     return (f'foliowatch_pipeline_cohort_{metric}{{stat="{stat}",'
+            f'window_s="{config.COHORT_WINDOW_S}",{config.cohort_selector()}}}')
+
+
+def pooled(metric: str) -> str:
+    """One pooled mechanism gauge of the pipeline (``schema.MECHANISM_TABLE``: no stat,
+    pooled over the cohort's hosts with the tracepoint collector) for the selected cohorts."""
+    return (f'foliowatch_pipeline_cohort_{metric}{{'
             f'window_s="{config.COHORT_WINDOW_S}",{config.cohort_selector()}}}')
 
 
@@ -59,11 +68,26 @@ def build() -> Dashboard:
         "memory in smaller blocks. High values send large-folio allocations into compaction.",
         [p.query(cohort("frag_unusable_1m", tp), LEGEND)], "percentunit",
         steps=p.steps_up(T.frag_warn, T.frag_bad), width=24)
+    share = p.timeseries(
+        "Large-folio share of page-cache bytes by kernel",
+        "Bytes added to the page cache in folios of order >= 4 over all bytes added "
+        "(tracepoint filemap:mm_filemap_add_to_page_cache), pooled over the cohort's hosts "
+        "that run the agent's tracepoint collector. Falls on fragmented memory on kernels "
+        "whose buffered writes ask for large folios.",
+        [p.query(pooled("large_folio_share"), LEGEND)], "percentunit")
+    costly = p.timeseries(
+        "Costly-order direct compaction attempts per GiB written by kernel",
+        "Direct compaction attempts of order > 3 with __GFP_DIRECT_RECLAIM (tracepoint "
+        "compaction:mm_compaction_try_to_compact_pages) per GiB written to the filesystem, "
+        "pooled over the cohort's hosts with the collector. The seed regression's mechanism: "
+        "a kernel without it stays at 0 however fragmented its hosts are.",
+        [p.query(pooled("compact_try_costly_direct_per_gib"), LEGEND)], "short")
     return p.dashboard(
         UID, "foliowatch / Large-folio write health",
         "Buffered write throughput and the write probe by kernel, with direct compaction, "
         "direct reclaim, memory pressure and fragmentation; regressions annotated.",
         [("Write throughput", [write, probe]),
          ("Compaction and reclaim", [stalls, reclaim, scanned, psi]),
+         ("Mechanism (tracepoints)", [share, costly]),
          ("Fragmentation", [frag])],
         annotations=True)

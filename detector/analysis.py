@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import polars as pl
 
-from . import attribution, cohort, evidence
+from . import attribution, cohort, evidence, mechanism
 from .changepoint import LevelShifts
 from .headline import headline, level_effects
 from .frames import GROUP_KEYS, LOG_FLOOR, TESTED_METRICS
@@ -150,8 +150,12 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
 
     def run(task) -> Optional[cohort.Comparison]:
         part, key, base, new, reference, start, states = task
-        return cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
-                              reference=reference, rollout_start=start, reference_states=states)
+        c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
+                           reference=reference, rollout_start=start, reference_states=states)
+        if c is not None:
+            c.costly_compaction = mechanism.costly_compaction(part, base, new,
+                                                              config.policy.mechanism)
+        return c
 
     # Comparisons are independent (each fills only its own reference states) and spend
     # their time in polars, which releases the GIL: one per core.
@@ -253,4 +257,15 @@ def _record(j: evidence.Judgement, as_of: datetime, hosts_in_group: int,
                   "p_value": s.p_value, "q_value": s.q_value, "adjusted": s.adjusted}
                  for s in j.significant],
         change_points=cps, reasons=j.reasons, levels=levels,
-        headline=headline(levels, c.n_new, c.n_base, fallback=vars(t)))
+        headline=_with_mechanism(headline(levels, c.n_new, c.n_base,
+                                          fallback=None if t.metric == mechanism.METRIC
+                                          else vars(t)), j))
+
+
+def _with_mechanism(text: str, j: evidence.Judgement) -> str:
+    """The headline, with the costly direct compaction figure when it is evidence."""
+    if not j.costly_compaction:
+        return text
+    effect, _, hosts = text.rpartition(", ")
+    parts = [effect] if effect else []
+    return ", ".join(parts + [j.comparison.costly_compaction.headline(), hosts])

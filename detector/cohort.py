@@ -49,6 +49,7 @@ from .confounds import find_confounds
 from .coverage import memory_coverage
 from .frames import MECHANISM_METRICS, TESTED_METRICS, WITHIN_HOST_METRICS, worse_direction
 from .host_statistics import STATISTICS, host_statistics
+from .mechanism import CostlyCompaction
 from .rank_test import hodges_lehmann, mann_whitney_worse
 from .reference_state import ReferenceState, reference_state
 
@@ -104,6 +105,9 @@ class Comparison:
     # what besides the kernel separates the compared hosts (``confounds``): while any is
     # named, only a host's own before/after can raise a suspicion
     confounds: List[str] = field(default_factory=list)
+    # who attempts costly-order direct compaction on each kernel (tracepoint counters;
+    # None when no host reports them): ``mechanism.costly_compaction``
+    costly_compaction: Optional[CostlyCompaction] = None
 
 
 def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,

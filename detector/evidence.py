@@ -1,17 +1,21 @@
 """From per-metric tests to regression candidates: Benjamini-Hochberg across every
 cohort x metric x statistic tested in a run, joint evidence (throughput down together
-with compaction / direct reclaim up on the same cohort), and ranking by impact.
+with compaction / direct reclaim up on the same cohort), mechanism evidence (costly-order
+direct compaction on the new kernel that its baseline never shows, ``mechanism``:
+suspected on that alone), and ranking by impact.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .cohort import Comparison, MetricTest
 from .frames import MECHANISM_METRICS, THROUGHPUT_METRICS
+from .mechanism import METRIC as COSTLY_METRIC
+from .mechanism import CostlyCompaction, MechanismPolicy
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class EvidencePolicy:
     # Pressure (PSI) is the consequence of stalls and reclaim and of load: it supports a
     # regression and never raises one alone.
     supporting_only: Tuple[str, ...] = ("psi_memory_some_share",)
+    # costly-order direct compaction on the new kernel that its baseline never shows
+    # (tracepoint counters): suspects a cohort on its own and stands for the mechanism
+    # beside a throughput drop; its thresholds are explained in MechanismPolicy
+    mechanism: MechanismPolicy = field(default_factory=MechanismPolicy)
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
@@ -77,6 +85,7 @@ class Judgement:
     primary: Optional[MetricTest]
     impact: float                    # relative effect x hosts in the group
     reasons: List[str]
+    costly_compaction: bool = False  # the mechanism evidence (tracepoints) took part
 
 
 def strong_alone(t: MetricTest, policy: EvidencePolicy) -> bool:
@@ -93,11 +102,16 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
     if c.confounds:
         # not like with like between hosts: only each host's own before/after counts
         sig = [t for t in sig if t.statistic == "within_host"]
+    costly = policy.mechanism.shows(c.costly_compaction)
     if not sig:
+        if costly:
+            return _mechanism_alone(c, policy, hosts_in_group)
         return Judgement(c, None, [], None, 0.0, [])
     throughput = [t for t in sig if t.metric in THROUGHPUT_METRICS]
     mechanism = [t for t in sig if t.metric in MECHANISM_METRICS]
     if not throughput and not any(strong_alone(t, policy) for t in mechanism):
+        if costly:
+            return _mechanism_alone(c, policy, hosts_in_group)
         return Judgement(c, None, [], None, 0.0, [])
     if throughput and not mechanism:
         floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
@@ -109,12 +123,15 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
     level = [t for t in (throughput or mechanism) if t.statistic == "level"]
     eff = abs((level or [primary])[0].worse_by())
     reasons = []
-    joint = bool(throughput) and bool(mechanism)
+    joint = bool(throughput) and (bool(mechanism) or costly)
     enough = (c.n_new_compared >= policy.confirm_min_hosts
               and c.windows >= policy.confirm_min_windows)
+    if costly:
+        reasons.append(c.costly_compaction.reason())
     if joint and enough:
         status = "confirmed"
-        reasons.append(f"{primary.metric} worse together with {mechanism[0].metric} "
+        with_metric = mechanism[0].metric if mechanism else COSTLY_METRIC
+        reasons.append(f"{primary.metric} worse together with {with_metric} "
                        f"on {c.n_new_compared} new-kernel hosts over {c.windows} windows")
     else:
         status = "suspected"
@@ -125,7 +142,32 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
             reasons.append(f"{c.n_new_compared} of {c.n_new} new-kernel hosts in comparable "
                            f"memory states over {c.windows} windows; confirmation "
                            f"needs {policy.confirm_min_hosts} hosts and {policy.confirm_min_windows} windows")
-    return Judgement(c, status, sig, primary, eff * max(hosts_in_group, c.n_new + c.n_base), reasons)
+    evidence = sig + ([costly_test(c.costly_compaction)] if costly else [])
+    return Judgement(c, status, evidence, primary,
+                     eff * max(hosts_in_group, c.n_new + c.n_base), reasons, costly)
+
+
+def costly_test(e: CostlyCompaction) -> MetricTest:
+    """The mechanism evidence as a test in the record: the share of hosts attempting
+    costly direct compaction, new minus baseline, with Fisher's exact p-value (outside
+    the FDR family: a presence rule with named thresholds, not a level test)."""
+    return MetricTest(COSTLY_METRIC, "hosts_showing", e.new_reporting, e.base_reporting,
+                      e.p_value, e.share_diff, e.share_diff, e.share_diff, "share_diff",
+                      adjusted=False, q_value=e.p_value)
+
+
+def _mechanism_alone(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
+    """Suspected on the mechanism evidence alone: no test is significant yet, but the new
+    kernel's hosts attempt costly-order direct compaction and the baseline's never do.
+    Never confirmed from this alone: confirmation needs the throughput effect. The
+    deciding test is ``costly_test``; the impact ranks below any measured effect (the
+    smallest effect worth an alert)."""
+    e = c.costly_compaction
+    t = costly_test(e)
+    reasons = [e.reason() + "; suspected on the mechanism alone",
+               "no throughput effect is significant yet; confirmation needs it"]
+    impact = policy.min_ratio_effect * max(hosts_in_group, c.n_new + c.n_base)
+    return Judgement(c, "suspected", [t], t, impact, reasons, True)
 
 
 def rank(judgements: Iterable[Judgement]) -> List[Judgement]:

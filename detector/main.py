@@ -119,6 +119,9 @@ def run(args) -> int:
     # settings first: a wrong connection stops the command before it evaluates anything
     kafka = (settings_from_args(args, client_id="foliowatch-detector")
              if kafka_requested(args) else None)
+    if kafka is not None:
+        from foliowatch.kafka_access import preflight
+        preflight(kafka)
     state = RegressionState(args.state)
     last_run: dict = {}
     if not args.follow:

@@ -24,18 +24,29 @@ def publish_kafka(transitions: Sequence[Transition], settings: "KafkaSettings",
     """Send each transition's record, keyed by the record id (one partition per
     regression, so its history stays ordered), over ``settings`` (TLS and SASL as the
     other Kafka clients). Returns the number sent."""
+    from foliowatch.errors import ServiceError
+    from foliowatch.kafka_access import refusal
     from foliowatch.kafka_io import TOPIC_REGRESSIONS, make_producer
     if not transitions:
         return 0
-    producer = make_producer(settings)
+    topic = topic or TOPIC_REGRESSIONS
     try:
-        futures = [producer.send(topic or TOPIC_REGRESSIONS, key=t.record.id.encode(),
-                                 value=t.record.to_json().encode()) for t in transitions]
-        producer.flush(timeout=timeout_s)
-        for f in futures:
-            f.get(timeout=timeout_s)
-    finally:
-        producer.close(timeout=timeout_s)
+        producer = make_producer(settings, max_block_ms=int(timeout_s * 1000))
+        try:
+            futures = [producer.send(topic, key=t.record.id.encode(),
+                                     value=t.record.to_json().encode()) for t in transitions]
+            producer.flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=timeout_s)
+        finally:
+            producer.close(timeout=timeout_s)
+    except Exception as e:
+        refused = refusal(settings, e, f"write {topic}")
+        if refused:
+            raise refused from None
+        raise ServiceError(f"{settings.name('bootstrap')} {','.join(settings.bootstrap)}: "
+                           f"{len(transitions)} regression record(s) not delivered to {topic} "
+                           f"({type(e).__name__}: {e}); is the broker running?") from None
     return len(transitions)
 
 

@@ -24,7 +24,11 @@ tracepoint collector).
 Columns: ``WINDOW_COLUMNS`` + ``COHORT_KEYS`` + ``hosts`` + ``samples`` + for each key
 metric ``m``: ``m_mean``, ``m_median``, ``m_p90``, ``m_p99``, ``m_n`` (hosts with a
 value), ``m_sum``, ``m_sumsq`` (over host values; enough to merge partitions' means and
-variances; medians and quantiles of a merged window are recomputed from host rows).
+variances; medians and quantiles of a merged window are recomputed from host rows) +
+``COHORT_MECHANISM_COLUMNS``: each ``schema.MECHANISM_TABLE`` figure pooled over the
+cohort's hosts that report its inputs (sum of numerators over sum of denominators; null
+when none does) and ``<name>_hosts``, how many did (a merged window re-pools from the
+host rows' ``HOST_SUMS``).
 """
 
 from foliowatch import schema as _wire
@@ -37,5 +41,6 @@ HOST_COLUMNS = ("host_id", "boot_id", "instance_type", "cpus", "mem_bytes",
 # intervals, the key metric rates' inputs and the carried counters (schema.summed_columns).
 HOST_SUMS = ("interval_s_sum",) + tuple(f"{c}_sum" for c in _wire.summed_columns())
 MECHANISM_COLUMNS = _wire.MECHANISM_METRICS
+COHORT_MECHANISM_COLUMNS = tuple(c for m in MECHANISM_COLUMNS for c in (m, f"{m}_hosts"))
 DEFAULT_WINDOWS_S = (60, 3600)
 

@@ -1,8 +1,13 @@
 """Kafka connection settings shared by every component (agent, simulator, pipeline,
-detector): one place that turns a ``KafkaSettings`` (from TOML/env) into kafka-python
-producer and consumer arguments, TLS and SASL included, and the one definition of the
-command line's Kafka connection flags (``--bootstrap``, ``--kafka-config``) for the
-components that take them on the command line (the agent reads its TOML file).
+detector): one definition of the keys (``KafkaSettings``: bootstrap, TLS, SASL), one
+function per client library that maps them to that client's arguments
+(``kafka_python_kwargs``), and the one definition of the command line's Kafka
+connection flags (``--bootstrap``, ``--kafka-config``) for the components that take them
+on the command line (the agent reads its TOML file).
+
+Secrets: the SASL password comes from the configuration file, a file of its own
+(``sasl_password_file``, e.g. a systemd credential) or the environment, never from a
+flag; it is left out of ``repr`` and of every message.
 
 kafka-python is imported lazily so that ``foliowatch.schema`` users need not have it.
 """
@@ -36,18 +41,45 @@ class KafkaSettings:
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: Optional[str] = None
     sasl_username: Optional[str] = None
-    sasl_password: Optional[str] = None
+    sasl_password: Optional[str] = field(default=None, repr=False)
+    sasl_password_file: Optional[str] = None
     ssl_cafile: Optional[str] = None
     ssl_certfile: Optional[str] = None
     ssl_keyfile: Optional[str] = None
     compression: str = "zstd"
     client_id: str = "foliowatch"
+    #: where each key's value came from, for messages (not a setting)
+    key_names: Dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
-    def check(self, prefix: str = "kafka", names: Optional[Mapping[str, str]] = None) -> List[str]:
+    def name(self, key: str) -> str:
+        """How a message names ``key``: the file key, flag or variable it came from."""
+        return self.key_names.get(key, f"kafka.{key}")
+
+    def password(self) -> Optional[str]:
+        """The SASL password: ``sasl_password``, else the first line of
+        ``sasl_password_file``."""
+        if self.sasl_password:
+            return self.sasl_password
+        if self.sasl_password_file:
+            try:
+                with open(self.sasl_password_file, encoding="utf-8") as f:
+                    return f.readline().rstrip("\r\n") or None
+            except OSError as e:
+                raise SettingsError(f"{self.name('sasl_password_file')}: cannot read "
+                                    f"{self.sasl_password_file!r} ({e.strerror}); make it "
+                                    "readable by this service's user") from None
+        return None
+
+    def check(self, prefix: Optional[str] = None,
+              names: Optional[Mapping[str, str]] = None) -> List[str]:
         """Every problem, each naming its key and what to do (empty when valid).
-        ``names``: how to name a key whose value came from elsewhere (a flag, a variable)."""
-        def name(key: str) -> str:
-            return (names or {}).get(key, f"{prefix}.{key}")
+        ``prefix``: the table the keys sit in (``agent.kafka``); ``names``: how to name a
+        key whose value came from elsewhere (a flag, a variable). Both are remembered
+        for later messages (``name``)."""
+        if prefix is not None:
+            self.key_names = {k: f"{prefix}.{k}" for k in SETTING_KEYS}
+        self.key_names.update(names or {})
+        name = self.name
 
         errs = []
         if not self.bootstrap:
@@ -63,38 +95,29 @@ class KafkaSettings:
             if self.sasl_mechanism not in SASL_MECHANISMS:
                 errs.append(f"{name('sasl_mechanism')}: {self.sasl_mechanism!r} is not one of "
                             f"{', '.join(SASL_MECHANISMS)} (required with {self.security_protocol})")
-            if not self.sasl_username or not self.sasl_password:
-                errs.append(f"{name('sasl_username')}, {name('sasl_password')}: both required "
-                            f"with {self.security_protocol}")
+            if self.sasl_password and self.sasl_password_file:
+                errs.append(f"{name('sasl_password')}, {name('sasl_password_file')}: give "
+                            "one of them, not both")
+            if not self.sasl_username or not (self.sasl_password or self.sasl_password_file):
+                errs.append(f"{name('sasl_username')}, {name('sasl_password')} (or "
+                            f"{name('sasl_password_file')}): both required with "
+                            f"{self.security_protocol}")
         if self.compression not in COMPRESSION:
             errs.append(f"{name('compression')}: {self.compression!r} is not one of "
                         f"{', '.join(COMPRESSION)}")
-        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file"):
             path = getattr(self, key)
             if path is not None:
                 if not os.path.isfile(path):
                     errs.append(f"{name(key)}: file {path!r} does not exist")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            errs.append(f"{name('ssl_keyfile')}: given without {name('ssl_certfile')}; give "
+                        "the client certificate too, or neither")
         return errs
-
-    def common(self) -> Dict[str, Any]:
-        errs = self.check()
-        if errs:
-            raise SettingsError("; ".join(errs))
-        kw: Dict[str, Any] = {"bootstrap_servers": list(self.bootstrap),
-                              "security_protocol": self.security_protocol,
-                              "client_id": self.client_id}
-        if self.security_protocol.startswith("SASL"):
-            kw.update(sasl_mechanism=self.sasl_mechanism,
-                      sasl_plain_username=self.sasl_username,
-                      sasl_plain_password=self.sasl_password)
-        if self.security_protocol.endswith("SSL"):
-            kw.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile,
-                      ssl_keyfile=self.ssl_keyfile, ssl_check_hostname=True)
-        return kw
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], prefix: str = "kafka") -> "KafkaSettings":
-        known = set(cls.__dataclass_fields__)
+        known = set(SETTING_KEYS)
         unknown = [k for k in d if k not in known]
         if unknown:
             raise SettingsError(f"{prefix}.{unknown[0]}: unknown key; known keys are "
@@ -105,9 +128,34 @@ class KafkaSettings:
         return cls(**d)
 
 
+#: the keys a configuration may set (``key_names`` is bookkeeping, not a setting)
+SETTING_KEYS = tuple(k for k in KafkaSettings.__dataclass_fields__ if k != "key_names")
+
+
+def kafka_python_kwargs(settings: KafkaSettings) -> Dict[str, Any]:
+    """The connection (bootstrap, TLS, SASL) as kafka-python's client arguments: the one
+    mapping from ``KafkaSettings`` to kafka-python. Another client library gets its own
+    function beside this one, mapping the same fields. Raises ``SettingsError`` naming
+    each invalid key."""
+    errs = settings.check()
+    if errs:
+        raise SettingsError("; ".join(errs))
+    kw: Dict[str, Any] = {"bootstrap_servers": list(settings.bootstrap),
+                          "security_protocol": settings.security_protocol,
+                          "client_id": settings.client_id}
+    if settings.security_protocol.startswith("SASL"):
+        kw.update(sasl_mechanism=settings.sasl_mechanism,
+                  sasl_plain_username=settings.sasl_username,
+                  sasl_plain_password=settings.password())
+    if settings.security_protocol.endswith("SSL"):
+        kw.update(ssl_cafile=settings.ssl_cafile, ssl_certfile=settings.ssl_certfile,
+                  ssl_keyfile=settings.ssl_keyfile, ssl_check_hostname=True)
+    return kw
+
+
 def producer_kwargs(settings: KafkaSettings, **overrides: Any) -> Dict[str, Any]:
     """Durable defaults: acks=all, idempotence, compression, bounded retries."""
-    kw = settings.common()
+    kw = kafka_python_kwargs(settings)
     kw.update(acks="all", enable_idempotence=True,
               compression_type=None if settings.compression == "none" else settings.compression,
               retries=5, retry_backoff_ms=200, linger_ms=20, request_timeout_ms=15000,
@@ -125,7 +173,7 @@ def make_consumer(settings: KafkaSettings, *topics: str, group_id: Optional[str]
                   **overrides: Any):
     """A consumer with manual commits: callers commit only after their output is durable."""
     from kafka import KafkaConsumer
-    kw = settings.common()
+    kw = kafka_python_kwargs(settings)
     kw.update(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
               isolation_level="read_committed")
     kw.update(overrides)
@@ -144,7 +192,7 @@ def add_kafka_arguments(parser, purpose: str, old_spelling: Optional[str] = None
     environment carries them. ``old_spelling``: the flag's former name, kept hidden for
     one release."""
     from foliowatch.flags import deprecated_alias
-    keys = ", ".join(KafkaSettings.__dataclass_fields__)
+    keys = ", ".join(SETTING_KEYS)
     g = parser.add_argument_group("Kafka connection")
     g.add_argument("--bootstrap", metavar="HOST:PORT[,HOST:PORT]", default=None,
                    help=f"{purpose}: Kafka bootstrap servers; over the bootstrap of "
@@ -174,8 +222,8 @@ def settings_from_args(args, client_id: str,
     names: Dict[str, str] = {}
     if path:
         values = _kafka_table(path)
-        names = {k: f"--kafka-config {path} [kafka] {k}" for k in KafkaSettings.__dataclass_fields__}
-    for key in KafkaSettings.__dataclass_fields__:
+        names = {k: f"--kafka-config {path} [kafka] {k}" for k in SETTING_KEYS}
+    for key in SETTING_KEYS:
         var = ENV_PREFIX + key.upper()
         if environ.get(var):
             values[key], names[key] = environ[var], f"${var}"
@@ -183,10 +231,10 @@ def settings_from_args(args, client_id: str,
         values["bootstrap"], names["bootstrap"] = args.bootstrap, "--bootstrap"
     values.setdefault("bootstrap", DEFAULT_BOOTSTRAP)
     values.setdefault("client_id", client_id)
-    unknown = [k for k in values if k not in KafkaSettings.__dataclass_fields__]
+    unknown = [k for k in values if k not in SETTING_KEYS]
     if unknown:
         raise SettingsError(f"--kafka-config {path} [kafka] {unknown[0]}: unknown key; known "
-                            f"keys are {', '.join(KafkaSettings.__dataclass_fields__)}")
+                            f"keys are {', '.join(SETTING_KEYS)}")
     settings = KafkaSettings.from_dict(values)
     errs = settings.check(names=names)
     if errs:

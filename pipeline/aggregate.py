@@ -164,10 +164,10 @@ def _mechanism(r: wire.MechanismRatio, total) -> pl.Expr:
     return pl.when(present & (den > 0)).then(num / den * r.scale).otherwise(None)
 
 
-def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
-    """Per cohort of host-window rows, each ``MECHANISM_TABLE`` figure pooled over its
-    hosts (sum of numerators over sum of denominators of the hosts that have every
-    input), and the number of such hosts (``<name>_hosts``)."""
+def pooled_mechanism_aggs() -> List[pl.Expr]:
+    """Each ``MECHANISM_TABLE`` figure pooled over a group of host-window rows (sum of
+    numerators over sum of denominators of the hosts that have every input), and the
+    number of such hosts (``<name>_hosts``)."""
     aggs = []
     for r in wire.MECHANISM_TABLE:
         cols = [pl.col(f"{c}_sum") for c in r.numerator + r.denominator]
@@ -176,8 +176,15 @@ def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
         den = pl.sum_horizontal([pl.col(f"{c}_sum") for c in r.denominator]).filter(have).sum()
         aggs += [pl.when(den > 0).then(num / den * r.scale).otherwise(None).alias(r.name),
                  have.sum().cast(pl.Int64).alias(f"{r.name}_hosts")]
+    assert tuple(a.meta.output_name() for a in aggs) == contract.COHORT_MECHANISM_COLUMNS
+    return aggs
+
+
+def pooled_mechanism(hosts: pl.DataFrame) -> pl.DataFrame:
+    """Per cohort of host-window rows, the ``contract.COHORT_MECHANISM_COLUMNS`` (the
+    mechanism figures pooled over its hosts, as the cohort rows carry them)."""
     keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
-    return hosts.group_by(keys).agg(aggs).sort(keys)
+    return hosts.group_by(keys).agg(pooled_mechanism_aggs()).sort(keys)
 
 
 def _capped(m: wire.KeyMetric, e: pl.Expr) -> pl.Expr:
@@ -234,7 +241,7 @@ def cohort_rows(hosts: pl.DataFrame) -> pl.DataFrame:
                  pl.when(c.count() > 0).then(c.sum()).alias(f"{m}_sum"),
                  pl.when(c.count() > 0).then((c * c).sum()).alias(f"{m}_sumsq")]
     keys = [*contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
-    return hosts.group_by(keys).agg(aggs).sort(keys)
+    return hosts.group_by(keys).agg(aggs + pooled_mechanism_aggs()).sort(keys)
 
 
 @dataclass
@@ -253,6 +260,9 @@ class ClosedWindow:
 class BatchOutcome:
     accepted: int = 0
     duplicates: int = 0
+    # net seqs missing (skipped, less gaps filled out of order): see _seq_gaps
+    missing: int = 0
+    gaps: List[Tuple[str, str, int, int]] = field(default_factory=list)  # host, boot, seq, n
     late_rows: List[int] = field(default_factory=list)   # "row" ids of late records
 
 
@@ -322,11 +332,40 @@ class WindowAggregator:
                                maintain_order="left")
         out.duplicates = good.height - fresh.height
         out.accepted = fresh.height
+        out.missing, out.gaps = self._seq_gaps(fresh)
         self._seen = pl.concat([self._seen, fresh.select(list(SEEN_SCHEMA))])
         self._prune_seen()
         if fresh.height:
             self._add_partials(fresh)
         return out
+
+    def _seq_gaps(self, fresh: pl.DataFrame) -> Tuple[int, List[Tuple[str, str, int, int]]]:
+        """Samples a host boot's ``seq`` skipped, as far as the dedupe memory reaches:
+        between the highest seq remembered and the fresh ones above it (and between the
+        fresh ones), less fresh ones below it (a gap filled out of order). An agent's
+        spool that dropped its oldest samples, or samples lost on the way, show here.
+        Returns the net count and, per host boot with a gap, (host, boot, first seq
+        after the gap, seqs missing)."""
+        if fresh.height == 0:
+            return 0, []
+        keys = ["partition", "host_id", "boot_id"]
+        prev = self._seen.group_by(keys).agg(pl.col("seq").max().alias("prev"))
+        f = fresh.select(*keys, "seq").join(prev, on=keys, how="left")
+        g = f.group_by(keys).agg(
+            pl.col("prev").first(), pl.col("seq").min().alias("lo"),
+            pl.col("seq").max().alias("hi"), pl.len().alias("n"),
+            (pl.col("seq") > pl.col("prev")).sum().alias("above"),
+            (pl.col("seq") < pl.col("prev")).sum().alias("below"))
+        g = g.with_columns(pl.when(pl.col("prev").is_null())
+                           .then(pl.col("hi") - pl.col("lo") + 1 - pl.col("n"))
+                           .when(pl.col("hi") > pl.col("prev"))
+                           .then(pl.col("hi") - pl.col("prev") - pl.col("above"))
+                           .otherwise(0).alias("skipped"))
+        net = int(g["skipped"].sum() - g["below"].sum())
+        gaps = [(h, b, int(lo if prev is None else prev + 1), int(n))
+                for h, b, prev, lo, n in g.filter(pl.col("skipped") > 0)
+                .select("host_id", "boot_id", "prev", "lo", "skipped").iter_rows()]
+        return net, gaps
 
     def _prune_seen(self) -> None:
         horizon = {p: (m.watermark - self.lateness_s if m.watermark is not None

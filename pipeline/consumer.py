@@ -75,8 +75,8 @@ class KafkaRunner:
         self.pending: List = []
         self.stop_requested = False
         self.last_checkpoint = time.monotonic()
-        self.totals = {"records": 0, "accepted": 0, "duplicates": 0, "invalid": 0,
-                       "late": 0, "windows": 0}
+        self.totals = {"records": 0, "accepted": 0, "duplicates": 0, "missing": 0,
+                       "invalid": 0, "late": 0, "windows": 0}
         self._first_record_at: Optional[float] = None
         self._last_batch_done_at: Optional[float] = None
         self._work: "queue.Queue" = queue.Queue(maxsize=1)

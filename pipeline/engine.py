@@ -36,6 +36,7 @@ class BatchStats:
     records: int = 0
     accepted: int = 0
     duplicates: int = 0
+    missing: int = 0           # net seqs skipped by hosts (aggregate._seq_gaps)
     invalid: int = 0
     late: int = 0
     python_accepted: int = 0
@@ -75,6 +76,14 @@ class Pipeline:
                 rec["detail"] = detail
             self.dlq.send(rec)
         st.accepted, st.duplicates = outcome.accepted, outcome.duplicates
+        st.missing = outcome.missing
+        for host, boot, seq, n in outcome.gaps[:3]:
+            log.warning("host %s boot %s: %d sample(s) missing before seq %d (dropped by "
+                        "its agent's full spool, or lost on the way)", host, boot, n,
+                        seq + n)
+        if len(outcome.gaps) > 3:
+            log.warning("... and %d more hosts with missing samples in this batch",
+                        len(outcome.gaps) - 3)
         st.invalid, st.late = len(dec.rejected), len(outcome.late_rows)
         st.python_accepted = dec.python_accepted
         st.windows = self.emit(self.agg.close_ready())

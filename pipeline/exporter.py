@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from foliowatch import dataset as contract
 from foliowatch import schema as wire
 
-from .aggregate import ClosedWindow, cohort_rows, pooled_mechanism
+from .aggregate import ClosedWindow, cohort_rows
 
 STATS = ("mean", "median", "p90", "p99")
 _REASON_KINDS = frozenset(wire.TOP_FIELDS) | {"record", "late"}
@@ -31,6 +31,26 @@ _UNKNOWN_REASON = "unknown_field"
 # partition this many windows behind the newest closed one (its hosts went quiet, or it
 # moved to another instance) no longer holds the others back.
 STALLED_WINDOWS = 5
+# At most this many cohorts per window size on /metrics, those with the most hosts
+# first: a label value that changes with every record (a bug, or a hostile agent
+# inventing kernel names) would otherwise turn one scrape into millions of series and
+# take Prometheus down with it. A real fleet has tens to a few hundred cohorts; the
+# ones left out are counted (foliowatch_pipeline_cohorts_not_exported) and stay in the
+# dataset, which has no such limit.
+MAX_EXPORTED_COHORTS = 1000
+
+
+def exported_cohorts(host_frame: pl.DataFrame,
+                     limit: int = MAX_EXPORTED_COHORTS) -> Tuple[pl.DataFrame, int]:
+    """The host rows of the ``limit`` cohorts with the most hosts, and how many cohorts
+    were left out."""
+    keys = list(contract.COHORT_KEYS)
+    sizes = host_frame.group_by(keys).agg(pl.col("host_id").n_unique().alias("n"))
+    if sizes.height <= limit:
+        return host_frame, 0
+    keep = sizes.sort(["n", *keys], descending=[True] + [False] * len(keys)).head(limit)
+    return host_frame.join(keep.select(keys), on=keys, how="semi"), \
+        sizes.height - limit
 
 
 class _CohortCollector:
@@ -54,17 +74,22 @@ class _CohortCollector:
             f"foliowatch_pipeline_cohort_{r.name}",
             f"Cohort {r.doc}, pooled over its hosts with the tracepoint collector, latest "
             "complete window", labels=labels) for r in wire.MECHANISM_TABLE}
+        left_out = GaugeMetricFamily("foliowatch_pipeline_cohorts_not_exported",
+                                     f"Cohorts of the latest complete window beyond the "
+                                     f"{MAX_EXPORTED_COHORTS} with the most hosts, left off "
+                                     "/metrics (they are in the dataset)",
+                                     labels=["window_s"])
         for w, (ws, host_frame) in sorted(frames.items()):
             start.add_metric([str(w)], float(ws))
-            for row in pooled_mechanism(host_frame).iter_rows(named=True):
-                lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
-                for name, fam in mech.items():
-                    if row[name] is not None:
-                        fam.add_metric(lv, float(row[name]))
+            host_frame, over = exported_cohorts(host_frame)
+            left_out.add_metric([str(w)], float(over))
             coh = cohort_rows(host_frame)
             for row in coh.iter_rows(named=True):
                 lv = [str(row[k]) for k in contract.COHORT_KEYS] + [str(w)]
                 hosts.add_metric(lv, float(row["hosts"]))
+                for name, fam in mech.items():
+                    if row[name] is not None:
+                        fam.add_metric(lv, float(row[name]))
                 for m in wire.KEY_METRICS:
                     for s in STATS:
                         v = row[f"{m}_{s}"]
@@ -72,6 +97,7 @@ class _CohortCollector:
                             fams[m].add_metric(lv + [s], float(v))
         yield hosts
         yield start
+        yield left_out
         yield from fams.values()
         yield from mech.values()
 

@@ -129,8 +129,8 @@ def iter_batches(path: Path, batch_records: int) -> Iterator[Tuple[List[bytes], 
 
 def run_files(pipeline: Pipeline, paths: Sequence[Path], batch_records: int = 10_000) -> dict:
     """Run every file through ``pipeline``; returns totals."""
-    totals = {"records": 0, "accepted": 0, "duplicates": 0, "invalid": 0, "late": 0,
-              "windows": 0}
+    totals = {"records": 0, "accepted": 0, "duplicates": 0, "missing": 0,
+              "invalid": 0, "late": 0, "windows": 0}
     for path in paths:
         part = file_partition(path)
         topic = f"file:{path.name}"

@@ -124,9 +124,16 @@ def run(args) -> int:
     else:
         state_dir = str(Path(args.output) / "_state")
     store = StateStore(state_dir, f"{args.group}.{args.topic}")
+    from foliowatch.kafka_access import preflight, refusal
+    preflight(settings)
     try:
         dlq = make_kafka_dlq(settings, args.dlq_topic)
+    except ServiceError:
+        raise
     except Exception as e:
+        refused = refusal(settings, e, f"write the dead-letter topic {args.dlq_topic}")
+        if refused:
+            raise refused from None
         raise ServiceError(f"--bootstrap {','.join(settings.bootstrap)}: cannot reach Kafka "
                            f"({type(e).__name__}: {e}); is the broker running?") from None
     pipeline = Pipeline(cfg, writer, dlq, metrics)
@@ -138,6 +145,13 @@ def run(args) -> int:
                           max_partition_fetch_bytes=args.max_partition_fetch_bytes,
                           fetch_max_bytes=args.fetch_max_bytes,
                           max_poll_records=args.max_poll_records)
-    totals = KafkaRunner(settings, ccfg, pipeline, store, metrics).run()
+    try:
+        totals = KafkaRunner(settings, ccfg, pipeline, store, metrics).run()
+    except Exception as e:
+        refused = refusal(settings, e, f"read {args.topic} in group {args.group} and write "
+                                       f"{args.dlq_topic}")
+        if refused:
+            raise refused from None
+        raise
     print(json.dumps(totals), file=sys.stdout)
     return 0

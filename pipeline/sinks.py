@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import errno
 import io
 import json
+import logging
+import os
 import struct
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -29,6 +33,39 @@ from foliowatch.files import atomic_write, make_dirs_durable
 from .aggregate import PARTIAL_SCHEMA, SEEN_SCHEMA, ClosedWindow, PartitionMeta
 
 STATE_VERSION = 1
+log = logging.getLogger("foliowatch.pipeline")
+
+# A full filesystem (or quota) under the dataset, the checkpoints or the dead-letter
+# files is waited out, not fatal: nothing after the failed write is consumed or
+# committed, and the write is tried again every SPACE_RETRY_S until it fits.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+SPACE_RETRY_S = 5.0
+
+
+def write_when_space(write, where: str, retry_s: float = SPACE_RETRY_S):
+    """Run ``write()``; while it fails because the filesystem is full, say so once and
+    try again every ``retry_s`` seconds (the caller's thread waits: the pipeline stops
+    consuming, so nothing is read that could not be written). Every write given here
+    is atomic and idempotent (a whole file replaced), so a retry is safe."""
+    since = None
+    while True:
+        try:
+            result = write()
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            if since is None:
+                since = time.monotonic()
+                log.error("%s: no space left on its filesystem (%s); the pipeline has "
+                          "stopped consuming and tries again every %g s: free space there "
+                          "(or grow the filesystem) and it resumes where it stopped, "
+                          "nothing is skipped", where, os.strerror(e.errno), retry_s)
+            time.sleep(retry_s)
+            continue
+        if since is not None:
+            log.warning("%s: space again after %.0f s; consuming resumes", where,
+                        time.monotonic() - since)
+        return result
 
 
 def is_remote(root: str) -> bool:
@@ -71,6 +108,11 @@ class DatasetWriter:
                              cw.first_offset, cw.last_offset), frame)
                 for cw in closed for level, frame in (("host", cw.hosts),
                                                       ("cohort", cw.cohorts))]
+        if jobs:
+            write_when_space(lambda: self._write_all(jobs), f"--output {self.root}")
+        return [rel for rel, _frame in jobs]
+
+    def _write_all(self, jobs: List[Tuple[str, pl.DataFrame]]) -> None:
         if len(jobs) <= 2:
             for rel, frame in jobs:
                 self._write(rel, frame)
@@ -79,9 +121,11 @@ class DatasetWriter:
                 from concurrent.futures import ThreadPoolExecutor
                 self._pool = ThreadPoolExecutor(max_workers=4,
                                                 thread_name_prefix="dataset-writer")
-            for fut in [self._pool.submit(self._write, rel, frame) for rel, frame in jobs]:
-                fut.result()    # re-raises a failed write
-        return [rel for rel, _frame in jobs]
+            futures = [self._pool.submit(self._write, rel, frame) for rel, frame in jobs]
+            for fut in futures:     # every write finished before one failure is raised
+                fut.exception()
+            for fut in futures:
+                fut.result()        # re-raises a failed write
 
     def _write(self, rel: str, frame: pl.DataFrame) -> None:
         if self.remote:
@@ -116,7 +160,7 @@ class StateStore:
                               "--output is an object store URL")
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in source)
         self.dir = Path(_local(directory)) / safe
-        make_dirs_durable(self.dir)
+        write_when_space(lambda: make_dirs_durable(self.dir), f"checkpoints {self.dir}")
         self.tmp = self.dir / "_tmp"
 
     def path(self, partition: int) -> Path:
@@ -129,7 +173,8 @@ class StateStore:
                            "closed_until": meta.closed_until}).encode()
         parts = [head, _ipc_bytes(partials), _ipc_bytes(seen)]
         data = self.MAGIC + b"".join(struct.pack("<Q", len(p)) + p for p in parts)
-        atomic_write(self.path(partition), data, tmp_dir=self.tmp)
+        write_when_space(lambda: atomic_write(self.path(partition), data, tmp_dir=self.tmp),
+                         f"checkpoint {self.path(partition)}")
 
     def load_meta(self, partition: int) -> Optional[PartitionMeta]:
         """Only the header of a checkpoint (cheap: no frames decoded)."""
@@ -212,8 +257,9 @@ class FileDLQ:
     def flush(self, timeout: float = 0.0) -> None:   # a local write: no timeout applies
         for part, lines in sorted(self._lines.items()):
             target = self.file(part)
-            atomic_write(target, b"".join(line + b"\n" for line in lines),
-                         tmp_dir=target.parent / "_tmp")
+            data = b"".join(line + b"\n" for line in lines)
+            write_when_space(lambda: atomic_write(target, data, tmp_dir=target.parent / "_tmp"),
+                             f"dead letters {target}")
 
     def close(self, timeout: float = 0.0) -> None:
         self.flush(timeout)

@@ -30,9 +30,18 @@ METRIC_TITLES = {
     "psi_memory_some_share": ("memory pressure (PSI some)", "share of time"),
     "frag_unusable_1m": ("free memory unusable for 1 MiB blocks", "share"),
     "probe_mib_s": ("write probe throughput", "MiB/s"),
+    "compact_try_costly_direct_per_gib": ("hosts attempting costly-order direct compaction",
+                                          "share of hosts"),
 }
 COMPACTION_METRICS = {"compact_stall_per_s", "allocstall_per_s", "pgscan_direct_per_s",
-                      "psi_memory_some_share"}
+                      "psi_memory_some_share", "compact_try_costly_direct_per_gib"}
+# The mechanism figures shown by kernel (schema.MECHANISM_TABLE, from the agent's
+# tracepoint counters), with the words the report uses for them
+MECHANISM_TITLES = {
+    "large_folio_share": ("large-folio share of page-cache bytes (order >= 4)", "{:.0%}"),
+    "compact_try_costly_direct_per_gib": ("costly-order direct compaction attempts per GiB "
+                                          "written", "{:,.1f}"),
+}
 
 
 class ReportError(InputError):
@@ -145,7 +154,8 @@ def dashboard_files() -> List[Path]:
     return sorted((Path(_dashboards_pkg.__file__).parent / "generated").glob("*.json"))
 
 
-def text_summary(findings: List[Finding], dataset_note: str = "") -> str:
+def text_summary(findings: List[Finding], dataset_note: str = "",
+                 mechanism: Optional[Dict[str, List[dict]]] = None) -> str:
     if not findings:
         return "foliowatch: no regression records." + (f" {dataset_note}" if dataset_note else "")
     lines = []
@@ -163,12 +173,21 @@ def text_summary(findings: List[Finding], dataset_note: str = "") -> str:
         lines.append(f"    hosts compared: {r.get('hosts_new')} on {r['kernel_to']} vs "
                      f"{r.get('hosts_base')} on {r['kernel_from']}; first detected "
                      f"{r.get('first_detected_at')}")
+        rows = (mechanism or {}).get(fd.slug)
+        if rows:
+            lines.append("    mechanism (tracepoints, since the new kernel was first seen):")
+            for row in rows:
+                lines.append(f"    {row['kernel']}: " + "; ".join(
+                    f"{title} {_mechanism_value(row, name)}"
+                    for name, (title, _) in MECHANISM_TITLES.items())
+                    + f" ({row['hosts']} hosts)")
         for i, s in enumerate(next_steps(r), 1):
             lines.append(f"    {i}. {s}")
     return "\n".join(lines)
 
 
-def _cohort_series(dataset: Path, rec: dict, window_s: int):
+def _cohort_windows(dataset: Path, rec: dict, window_s: int):
+    """The host windows of the record's cohort (every kernel), or None when there are none."""
     import polars as pl
 
     from foliowatch.detector.frames import DatasetReadError, collect_host_windows
@@ -190,7 +209,14 @@ def _cohort_series(dataset: Path, rec: dict, window_s: int):
     except DatasetReadError as e:
         raise ReportError(str(e)) from None
     df = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
-    if df.is_empty():
+    return None if df.is_empty() else df
+
+
+def _cohort_series(dataset: Path, rec: dict, window_s: int):
+    import polars as pl
+
+    df = _cohort_windows(dataset, rec, window_s)
+    if df is None:
         return None
     span = (df["window_start"].max() - df["window_start"].min()).total_seconds()
     bucket = "1m" if span <= 6 * 3600 else ("10m" if span <= 3 * 86400 else "1h")
@@ -201,6 +227,42 @@ def _cohort_series(dataset: Path, rec: dict, window_s: int):
                   + [pl.col("host_id").n_unique().alias("hosts")])
              .sort("window_start"))
     return agg
+
+
+def _mechanism_value(row: dict, name: str) -> str:
+    v = row.get(name)
+    return "n/a" if v is None else MECHANISM_TITLES[name][1].format(v)
+
+
+def mechanism_by_kernel(dataset: Path, rec: dict, window_s: int = 60) -> List[dict]:
+    """The cohort's mechanism figures per kernel (baseline and new), pooled over its
+    hosts' windows since the new kernel was first seen (the pipeline's pooling of
+    ``schema.MECHANISM_TABLE``), and how many hosts report them; empty when no host runs
+    the tracepoint collector."""
+    import polars as pl
+
+    from foliowatch import schema as wire
+    from foliowatch.pipeline.aggregate import pooled_mechanism_aggs
+
+    df = _cohort_windows(dataset, rec, window_s)
+    needed = {f"{c}_sum" for r in wire.MECHANISM_TABLE for c in r.numerator + r.denominator}
+    if df is None or not needed <= set(df.columns):
+        return []
+    since = _parse_ts(rec.get("new_kernel_first_seen"))
+    if since is not None:
+        df = df.filter(pl.col("window_start") >= since)
+    reporting = pl.any_horizontal([pl.col(c).is_not_null() for c in sorted(needed)])
+    pooled = (df.filter(pl.col("kernel").is_in([rec["kernel_from"], rec["kernel_to"]]))
+              .group_by("kernel")
+              .agg(pooled_mechanism_aggs()
+                   + [pl.col("host_id").filter(reporting).n_unique().alias("hosts")]))
+    rows = []
+    for kernel in (rec["kernel_from"], rec["kernel_to"]):
+        row = next((r for r in pooled.iter_rows(named=True) if r["kernel"] == kernel), None)
+        if row and row["hosts"]:
+            rows.append({"kernel": kernel, "hosts": int(row["hosts"]),
+                         **{n: row[n] for n in MECHANISM_TITLES}})
+    return rows
 
 
 def figure_png(dataset: Path, rec: dict, window_s: int = 60) -> Optional[bytes]:
@@ -280,7 +342,7 @@ ol li{margin:4px 0}
 
 
 def render_html(findings: List[Finding], figures: Dict[str, bytes], generated: str,
-                dataset: str) -> str:
+                dataset: str, mechanism: Optional[Dict[str, List[dict]]] = None) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>foliowatch report</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -318,6 +380,19 @@ def render_html(findings: List[Finding], figures: Dict[str, bytes], generated: s
                          f"<td>{'' if p is None else f'{p:.2g}'}</td>"
                          f"<td>{'' if q is None else f'{q:.2g}'}</td></tr>")
         parts.append("</table>")
+        rows = (mechanism or {}).get(fd.slug)
+        if rows:
+            parts.append("<p><b>Mechanism</b> <span class='muted'>(agent tracepoint counters, "
+                         "pooled over the hosts running the collector since the new kernel "
+                         "was first seen)</span></p><table class='mechanism'><tr><th>kernel</th>"
+                         + "".join(f"<th>{esc(t)}</th>" for t, _ in MECHANISM_TITLES.values())
+                         + "<th>hosts</th></tr>")
+            for row in rows:
+                parts.append(f"<tr><td>{esc(row['kernel'])}</td>"
+                             + "".join(f"<td>{esc(_mechanism_value(row, n))}</td>"
+                                       for n in MECHANISM_TITLES)
+                             + f"<td>{row['hosts']}</td></tr>")
+            parts.append("</table>")
         if fd.slug in figures:
             b64 = base64.b64encode(figures[fd.slug]).decode()
             parts.append(f"<img alt='write throughput and compaction stalls by kernel' "
@@ -343,16 +418,18 @@ def build(dataset: Path, state: Path, out_dir: Path, window_s: int = 60,
     findings = [Finding(r) for r in records if include_resolved or r["status"] != "resolved"]
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: Dict[str, bytes] = {}
+    mechanism: Dict[str, List[dict]] = {}
     for fd in findings:
         png = figure_png(dataset, fd.record, window_s)
         if png:
             figures[fd.slug] = png
             (out_dir / f"{fd.slug}.png").write_bytes(png)
+        mechanism[fd.slug] = mechanism_by_kernel(dataset, fd.record, window_s)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = out_dir / "report.html"
-    page.write_text(render_html(findings, figures, generated, str(dataset)))
+    page.write_text(render_html(findings, figures, generated, str(dataset), mechanism))
     (out_dir / "summary.txt").write_text(
-        text_summary(findings) + "\n\nGrafana dashboards (import, provision or "
+        text_summary(findings, mechanism=mechanism) + "\n\nGrafana dashboards (import, provision or "
         "`foliowatch dashboards push`):\n" + "".join(f"  {p}\n" for p in dashboard_files()))
     return page
 

@@ -81,20 +81,33 @@ def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
 
 
 class KafkaCluster:
-    """1 broker (default) or N brokers in KRaft combined mode, started by kafka.sh."""
+    """1 broker (default) or N brokers in KRaft combined mode, started by kafka.sh.
 
-    def __init__(self, workdir: Path, brokers: int = 1):
+    ``security``: a ``kafka_security.BrokerSecurity`` for SASL_SSL listeners (SCRAM
+    users, TLS, ACLs enforced); None (the default) for PLAINTEXT on loopback."""
+
+    def __init__(self, workdir: Path, brokers: int = 1, security=None):
         self.dir = Path(workdir)
         self.brokers = brokers
+        self.security = security
         self.bootstrap = ""
 
     def start(self, timeout: float = 180.0) -> "KafkaCluster":
         if not KAFKA_SH.exists():
             raise ServiceError(f"{KAFKA_SH} not found: run from a foliowatch checkout")
         self.dir.mkdir(parents=True, exist_ok=True)
-        p = subprocess.run(["bash", str(KAFKA_SH), "start", "--dir", str(self.dir),
-                            "--brokers", str(self.brokers)],
-                           capture_output=True, text=True, timeout=timeout)
+        secure = []
+        if self.security is not None:
+            secure = ["--secure", str(self.security.write())]
+        try:
+            p = subprocess.run(["bash", str(KAFKA_SH), "start", "--dir", str(self.dir),
+                                "--brokers", str(self.brokers), *secure],
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # kafka.sh was killed; the nodes it started (their own sessions) were not
+            self.stop()
+            raise ServiceError(f"Kafka ({self.brokers} broker(s)) not ready after "
+                               f"{timeout:.0f}s in {self.dir}; stopped its nodes") from None
         if p.returncode != 0:
             raise ServiceError(f"Kafka ({self.brokers} broker(s)) did not start in {self.dir}:\n"
                                f"{p.stderr[-4000:]}")

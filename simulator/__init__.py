@@ -8,7 +8,8 @@ and the detector's examiner.
 
 Modules: ``scenario`` (files and validation), ``fleet`` (the plan: hosts and events),
 ``model`` (the physics per interval), ``physics`` (alternative relations for it, drawn
-at random per run), ``frames`` (chunks, wire conversion), ``truth``
+at random per run), ``mechanism`` (the tracepoint counters from each kernel's mechanism
+class), ``frames`` (chunks, wire conversion), ``truth``
 (ground truth), ``outputs`` (files, Kafka), ``main`` (the CLI).
 """
 

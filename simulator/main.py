@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from foliowatch.errors import ConfigError
+from foliowatch.errors import ConfigError, FoliowatchError, ServiceError
 from foliowatch.flags import add_output
 from foliowatch.kafka_io import add_kafka_arguments, kafka_requested, settings_from_args
 
@@ -72,14 +72,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from .outputs import produce_to_kafka, write_ground_truth
     settings = settings_from_args(args, client_id="foliowatch-simulator")
+    from foliowatch.kafka_access import preflight
+    preflight(settings)
     if args.truth:
         from pathlib import Path
         Path(args.truth).parent.mkdir(parents=True, exist_ok=True)
         gt = write_ground_truth(sc, Path(args.truth).parent, sc.seed)
         if gt != Path(args.truth):
             gt.replace(args.truth)
-    result = produce_to_kafka(sc, settings, args.topic, sc.seed, realtime=args.realtime,
-                              speed=args.speed, workers=args.workers)
+    try:
+        result = produce_to_kafka(sc, settings, args.topic, sc.seed, realtime=args.realtime,
+                                  speed=args.speed, workers=args.workers)
+    except FoliowatchError:
+        raise
+    except Exception as e:   # the client's own errors: say which setting, or that Kafka is away
+        from foliowatch.kafka_access import refusal
+        refused = refusal(settings, e, f"write {args.topic or 'foliowatch.samples.v1'}")
+        if refused:
+            raise refused from None
+        raise ServiceError(f"{settings.name('bootstrap')} {','.join(settings.bootstrap)}: "
+                           f"producing failed ({type(e).__name__}: {e}); is the broker "
+                           "running?") from None
     result.update(scenario=sc.name, seed=sc.seed, hosts=sc.hosts)
     print(json.dumps(result))
     return 0

@@ -22,6 +22,8 @@ writes up to 15 % faster than a fragmented one on any kernel (the reboot bonus).
 
 These are the default relations (``physics.DEFAULT``); a scenario's ``physics``
 (``physics.Physics``) swaps in other forms and parameters for each of them.
+The tracepoint counters (page-cache bytes and direct compaction attempts by order
+bucket) follow from the kernel's mechanism class: ``mechanism.py``.
 
 Counts are Poisson (normal approximation above a mean of 25). A stall storm (the
 ``outlier_share`` of intervals) multiplies stalls 5-50x. Reboots take a host away for
@@ -36,9 +38,12 @@ from typing import Dict, List
 
 import numpy as np
 
+from foliowatch.schema import TRACEPOINT_COUNTERS
+
 from .fleet import (ARCH_PAGE, EP_DISK, EP_NOISY, REBOOT_KEEP_KERNEL, Plan,
                     kernel_tied_changes)
 from .physics import DEFAULT as DEFAULT_PHYSICS
+from .mechanism import MechanismModel
 
 MIB = 1048576.0
 
@@ -46,7 +51,7 @@ COUNTERS = ("compact_stall", "compact_fail", "compact_success", "compact_migrate
             "compact_free_scanned", "allocstall_normal", "allocstall_movable",
             "pgscan_direct", "pgsteal_direct", "pgscan_kswapd", "pgsteal_kswapd",
             "nr_dirtied", "nr_written", "thp_fault_alloc", "thp_fault_fallback",
-            "psi_memory_some_us", "psi_memory_full_us")
+            "psi_memory_some_us", "psi_memory_full_us") + TRACEPOINT_COUNTERS
 GAUGES = ("mem_available_bytes", "mem_free_bytes", "uptime_s", "frag_unusable_1m",
           "frag_unusable_order_2", "frag_unusable_order_4", "frag_unusable_order_9")
 PROBE_BYTES = 256 * 1048576
@@ -116,6 +121,7 @@ class Stepper:
                             if fl["probe_every_s"] > 0 else 0)
         self.page_size = np.array([ap[1] for ap in ARCH_PAGE])[p.arch_page]
         self.mem_f = p.mem_bytes.astype(float)
+        self.mechanism = MechanismModel(p, p.seed)
 
     # -------------------------------------------------------------- events
     def _start_episodes(self, t: float) -> None:
@@ -299,6 +305,7 @@ class Stepper:
             "frag_unusable_order_9": per_order[2],
             "write_bytes": write_bytes, "write_ios": write_ios,
             "frag_true": frag, "write_gate": kw,
+            **self.mechanism.counters(self.ver, write_bytes, frag, stalls),
         }
         if self.probe_steps:
             has = up & ((i + p.probe_offset) % self.probe_steps == 0)

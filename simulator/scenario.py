@@ -58,6 +58,12 @@ same structure in YAML (``.yaml``/``.yml``)::
 
     # load_shift: at_h, until_h (optional), load (ratio on the fleet's write demand)
 
+    [[kernel]]                      # optional: how a kernel's buffered writes allocate
+    version = "6.12.40-63"          # page-cache folios (the tracepoint counters tp_*)
+    mechanism = "affected"          # affected | fixed | unaffected (see MECHANISMS)
+    arch = "arm64"                  # optional: only this arch's build (default: every
+                                    # arch); kernels and builds not declared: unaffected
+
 Every error names the key and says what to do.
 """
 
@@ -125,6 +131,17 @@ ARCH_SUFFIX = {"arm64": "aarch64", "x86_64": "x86_64"}
 FS_KINDS = ("xfs", "ext4")
 CHANGE_KINDS = ("regression", "improvement", "load_shift")
 KERNEL_TIED_KINDS = ("regression", "improvement")
+# How a kernel's buffered-write path allocates page-cache folios on XFS, the mechanism
+# the tracepoint counters (tp_*) see; the physics is in ``mechanism.py``:
+#   affected    asks for large folios (order > 3, PAGE_ALLOC_COSTLY_ORDER) with direct
+#               reclaim: on fragmented memory a failed allocation falls into direct
+#               compaction (the seed regression, 5d8edfb900d5 without the fix); the
+#               large-folio share falls and costly direct compaction attempts rise
+#   fixed       asks for large folios, but costly orders fail fast (__GFP_NORETRY, the
+#               page allocator fix) and fall back to small folios: the share falls,
+#               no costly direct compaction
+#   unaffected  the write path asks for small folios only (order <= 3): neither moves
+MECHANISMS = ("affected", "fixed", "unaffected")
 _KERNEL_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+-[0-9A-Za-z._]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -215,6 +232,15 @@ class Change:
 
 
 @dataclass
+class KernelMechanism:
+    """A ``[[kernel]]`` table: the mechanism class of a kernel version's builds (all
+    arches, or only ``arch``'s)."""
+    version: str
+    mechanism: str
+    arch: Optional[str] = None
+
+
+@dataclass
 class Scenario:
     name: str
     description: str
@@ -230,6 +256,15 @@ class Scenario:
     # alternative relations for the model (``physics.Physics``); None: the default ones.
     # Set in code (``physics.Physics.random(seed)``), not from scenario files.
     physics: Optional[Any] = None
+    kernels: List[KernelMechanism] = field(default_factory=list)
+
+    def mechanism(self, version: str, arch: str) -> str:
+        """The ``MECHANISMS`` class of ``version``'s build for ``arch`` (``unaffected``
+        unless a ``[[kernel]]`` table says otherwise)."""
+        for k in self.kernels:
+            if k.version == version and k.arch in (None, arch):
+                return k.mechanism
+        return "unaffected"
 
     @property
     def start_ts(self) -> float:
@@ -485,10 +520,40 @@ def _parse(doc: Dict[str, Any], src: str) -> Scenario:
         r.finish(known)
         changes.append(c)
 
+    kernels = _parse_kernels(top, src, fleets, rollouts, changes)
     top.finish(("name", "description", "start", "hours", "interval_s", "seed", "faults",
-                "fleet", "rollout", "change"))
+                "fleet", "rollout", "change", "kernel"))
     return Scenario(name, description, start, hours, interval, seed, fleets, rollouts,
-                    changes, faults, src)
+                    changes, faults, src, kernels)
+
+
+def _parse_kernels(top: _Reader, src: str, fleets: List[Fleet], rollouts: List[Rollout],
+                   changes: List[Change]) -> List[KernelMechanism]:
+    known = ({g.kernel for f in fleets for g in f.groups}
+             | {k for r in rollouts for k in (r.kernel_from, r.kernel_to)}
+             | {c.kernel for c in changes if c.kernel})
+    kernels: List[KernelMechanism] = []
+    for i, kt in enumerate(top.get("kernel", list, [])):
+        r = _Reader(src, f"kernel[{i}]", kt if isinstance(kt, dict) else {})
+        if not isinstance(kt, dict):
+            r.fail("", "expected a table ([[kernel]] with version and mechanism)")
+        version = r.get("version", str, check=_kernel)
+        r.path = f"kernel[{version}]"
+        if version not in known:
+            r.fail("version", f"{version!r} runs nowhere: no group, rollout or change names "
+                              f"it (kernels here: {', '.join(sorted(known))}); fix the spelling")
+        mechanism = r.get("mechanism", str, check=_one_of(MECHANISMS),
+                          hint="affected: costly-order direct compaction on fragmented memory; "
+                               "fixed: the allocator fix; unaffected: small folios only")
+        arch = r.get("arch", str, None, check=_one_of(tuple(ARCH_SUFFIX)))
+        r.finish(("version", "mechanism", "arch"))
+        for k in kernels:
+            if k.version == version and (k.arch is None or arch is None or k.arch == arch):
+                r.fail("arch", f"the {arch or 'every-arch'} build of {version} is already "
+                               f"declared ({k.mechanism}, arch {k.arch or 'all'}); declare "
+                               "each build once, with distinct arch keys")
+        kernels.append(KernelMechanism(version, mechanism, arch))
+    return kernels
 
 
 def list_scenarios() -> List[str]:

@@ -23,7 +23,9 @@ examined against it. Written as ``ground_truth.json`` beside the generated data.
 ``cohort``   every (fleet, arch, page_size, fs) cohort a rollout touches, with
              ``kernel_from``/``kernel_to`` releases, ``hosts`` and ``expected``
              (``regression``, ``improvement`` or ``none``): the list a detector is
-             scored on, false alarms included.
+             scored on, false alarms included; ``mechanism_from``/``mechanism_to``: the
+             kernels' classes on the cohort (``scenario.MECHANISMS``; ``affected``: its
+             hosts attempt costly-order direct compaction once fragmented).
 
 ``write_files`` writes ``ground_truth.json`` as ``{"scenario": {name, seed, start_ts,
 end_ts, hours, interval_s, hosts, fleets: [...], faults}, "truth": [the list above]}``.
@@ -40,6 +42,7 @@ import datetime as dt
 from typing import Any, Dict, List, Optional
 
 from .fleet import build_plan
+from .mechanism import cohort_mechanism
 from .scenario import INSTANCE_TYPES, KERNEL_TIED_KINDS, Scenario, kernel_release
 
 
@@ -134,7 +137,9 @@ def ground_truth(scenario: Scenario, seed: Optional[int] = None) -> List[Dict[st
             out.append({"type": "cohort", "fleet": co["fleet"], "role": co["role"],
                         "arch": co["arch"], "page_size": co["page_size"], "fs": co["fs"],
                         "kernel_from": rel_from, "kernel_to": rel_to, "hosts": co["hosts"],
-                        "expected": expected, "start_ts": first_ts, "end_ts": end_ts})
+                        "expected": expected, "start_ts": first_ts, "end_ts": end_ts,
+                        "mechanism_from": cohort_mechanism(sc, r.kernel_from, co["arch"], co["fs"]),
+                        "mechanism_to": cohort_mechanism(sc, r.kernel_to, co["arch"], co["fs"])})
         if r.prefer_instance_types:
             f = sc.fleet(r.fleet)
             fleet_types = {t for g in f.groups for t in g.instance_types}

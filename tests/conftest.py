@@ -12,7 +12,32 @@ import pytest
 from foliowatch.shell.services import Alertmanager, KafkaCluster, Prometheus, create_topics
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The long fault cases (marked faults: minutes each, 3-broker clusters) are
+    deselected unless --faults is given, so `make test` runs only the short ones of
+    tests/faults/ (`make faults` runs them all). Then modules marked slow first, each
+    module's tests kept together and in file order: scripts/test.sh runs the suite on
+    two workers, a module to a worker, and the long modules must not be the last ones
+    handed out. The order is the same in every worker (pytest-xdist requires it)."""
+    if not config.getoption("--faults"):
+        long_cases = [i for i in items if i.get_closest_marker("faults")]
+        if long_cases:
+            config.hook.pytest_deselected(items=long_cases)
+            items[:] = [i for i in items if not i.get_closest_marker("faults")]
+    first_seen = {}
+    for i, item in enumerate(items):
+        first_seen.setdefault(item.module.__name__, i)
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda it: (it.module.__name__ not in slow, first_seen[it.module.__name__]))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--faults", action="store_true",
+                     help="also run the long fault-suite cases (marked faults); `make "
+                          "faults` does, `make test` does not")
 
 
 @pytest.fixture(scope="session")

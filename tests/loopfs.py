@@ -36,3 +36,19 @@ def loop_fs(fstype: str, size: int):
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=120)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def fill_up(folder) -> Path:
+    """Fill the filesystem of ``folder`` to its last byte with one file (returned; remove
+    it to give the space back): large writes first, then ever smaller ones, so that no
+    free remainder is left for a small file."""
+    filler = Path(folder) / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = 1 << 20
+        while chunk:
+            try:
+                f.write(b"\0" * chunk)
+            except OSError:
+                chunk //= 2
+        os.fsync(f.fileno())
+    return filler

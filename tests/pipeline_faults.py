@@ -1,10 +1,16 @@
 """Runs ``foliowatch pipeline`` with faults injected from outside the product, for the
 crash and rebalance tests:
 
-    python tests/pipeline_faults.py [--kill-after-windows N] [--batch-pause S] -- pipeline ARGS...
+    python tests/pipeline_faults.py [--kill-after-windows N] [--kill-at STEP --kill-after N]
+                                    [--batch-pause S] -- pipeline ARGS...
 
 ``--kill-after-windows N``: SIGKILL the process right after the N-th window's files are
 durable and before the checkpoint that would cover them (the worst moment to crash).
+``--kill-at STEP``: SIGKILL it at the N-th (``--kill-after``, default 1) passage through
+one step of a micro-batch: ``consume`` (records polled, not yet processed), ``decode``
+(decoded and validated, not yet aggregated), ``write`` (window files durable, no
+checkpoint yet), ``checkpoint`` (one partition's checkpoint saved, the others and the
+offset commit not yet), ``commit`` (every checkpoint saved, the offset commit not sent).
 ``--batch-pause S``: sleep S seconds between micro-batches, so that a test can act
 (SIGKILL, a second instance joining) while a run is under way.
 What follows ``--`` is the command line of ``foliowatch`` (``pipeline`` and its arguments).
@@ -17,6 +23,55 @@ import os
 import signal
 import sys
 import time
+
+
+STEPS = ("consume", "decode", "write", "checkpoint", "commit")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_on_nth(owner, name: str, n: int, before: bool = False,
+                 counts=lambda result: True) -> None:
+    """Wrap ``owner.name`` so that its n-th counted call SIGKILLs the process (after
+    the call returns, or just before it runs with ``before``)."""
+    original = getattr(owner, name)
+    seen = [0]
+
+    def wrapped(*args, **kwargs):
+        if before:
+            seen[0] += 1
+            if seen[0] >= n:
+                _die()
+            return original(*args, **kwargs)
+        result = original(*args, **kwargs)
+        if counts(result):
+            seen[0] += 1
+            if seen[0] >= n:
+                _die()
+        return result
+    setattr(owner, name, wrapped)
+
+
+def inject_kill_at(step: str, n: int) -> None:
+    from kafka import KafkaConsumer
+
+    from foliowatch.pipeline import engine
+    from foliowatch.pipeline.consumer import KafkaRunner
+    from foliowatch.pipeline.sinks import StateStore
+    if step == "consume":
+        _kill_on_nth(KafkaRunner, "_fill_batch", n, counts=lambda got: got > 0)
+    elif step == "decode":
+        _kill_on_nth(engine, "decode_batch", n)
+    elif step == "write":
+        _kill_on_nth(engine.Pipeline, "emit", n, counts=lambda windows: windows > 0)
+    elif step == "checkpoint":
+        _kill_on_nth(StateStore, "save", n)
+    elif step == "commit":
+        _kill_on_nth(KafkaConsumer, "commit", n, before=True)
+    else:
+        raise SystemExit(f"--kill-at: one of {', '.join(STEPS)}, got {step!r}")
 
 
 def inject(kill_after_windows: int, batch_pause_s: float) -> None:
@@ -51,10 +106,14 @@ def main(argv) -> int:
     p = argparse.ArgumentParser(prog="pipeline_faults.py")
     p.add_argument("--kill-after-windows", type=int, default=0)
     p.add_argument("--batch-pause", type=float, default=0.0)
+    p.add_argument("--kill-at", choices=STEPS)
+    p.add_argument("--kill-after", type=int, default=1)
     p.add_argument("pipeline_args", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     rest = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
     inject(args.kill_after_windows, args.batch_pause)
+    if args.kill_at:
+        inject_kill_at(args.kill_at, args.kill_after)
     if rest[:1] != ["pipeline"]:
         p.error(f"expected `-- pipeline ARGS...`, got {rest[:1]}")
     from foliowatch.shell.cli import main as cli

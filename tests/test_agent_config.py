@@ -70,6 +70,12 @@ def test_every_key_has_one_environment_variable():
     ('[agent]\ninterval_s = "ten"\n', "config agent.interval_s: expected a number, got 'ten'"),
     ('[agent]\ninterval_s = 0.1\n', "config agent.interval_s: must be in [1, 3600] seconds"),
     ('[agent.kafka]\nsecurity_protocol = "SASL_SSL"\n', "config agent.kafka.sasl_mechanism:"),
+    ('[agent.kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-512"\n'
+     'sasl_username = "a"\nsasl_password_file = "/nonexistent/pw"\n',
+     "config agent.kafka.sasl_password_file: file '/nonexistent/pw' does not exist"),
+    ('[agent.kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-512"\n'
+     'sasl_username = "a"\nsasl_password = "x"\nsasl_password_file = "/etc/hostname"\n',
+     "config agent.kafka.sasl_password, agent.kafka.sasl_password_file: give one of them"),
     ('[agent.probe]\nenabled = true\n', "config agent.probe.directory: required"),
     ('[agent.metrics]\nlisten = "9464"\n', "config agent.metrics.listen: expected host:port"),
     ('[agent.spool]\nmax_bytes = 1000\n', "config agent.spool.max_bytes: at least 1048576"),

@@ -23,6 +23,9 @@ from foliowatch.agent.collectors import buddyinfo, tracepoints as tp
 from foliowatch.agent.config import AgentConfig, TracepointsConfig, load
 
 agent39 = pytest.mark.agent39
+# kernel counts are system-wide (compaction, reclaim) and the fragmentation step fills
+# memory with page cache: nothing else runs beside this module
+pytestmark = pytest.mark.serial
 
 MIB = 1 << 20
 FIX = Path(__file__).resolve().parent / "fixtures" / "agent" / "x86_64-6.18-4k"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+# serial: "no new listening port" holds only while nothing else starts services
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.serial]
 
 
 def _listening_ports():

@@ -2,7 +2,7 @@
 them stay valid and give null figures), kept per host window, and the mechanism figures
 (large-folio share, direct compaction attempts per GiB written) equal to
 ``schema.mechanism_metrics`` of the window's summed record, per host and pooled per
-cohort."""
+cohort (on the cohort rows too)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,13 @@ def test_tracepoint_counters_are_optional_and_give_mechanism_figures_per_host_an
     assert pooled["large_folio_share_hosts"] == 2
     assert pooled["large_folio_share"] == (100 << 20) / (104 << 20)
     assert pooled["compact_try_costly_direct_per_gib"] == 12 / (2 * written) * GIB
+    # the cohort rows (level=cohort in the dataset) carry the same pooled figures
+    cohorts = windows[0].cohorts
+    assert cohorts.height == 1
+    assert set(contract.COHORT_MECHANISM_COLUMNS) <= set(cohorts.columns)
+    cohort = cohorts.row(0, named=True)
+    for name in contract.COHORT_MECHANISM_COLUMNS:
+        assert cohort[name] == pooled[name], name
 
 
 def test_pipeline_metrics_serve_pooled_mechanism_figures_per_cohort():

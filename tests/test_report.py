@@ -52,6 +52,16 @@ def _record(status="confirmed"):
         reasons=["write throughput down and compaction stalls up on the same hosts"])
 
 
+def _report(tmp_path, ds, output="rep") -> int:
+    """`foliowatch report` over ``ds`` with a state file holding ``_record()``."""
+    state = RegressionState(str(tmp_path / "state.json"))
+    rec = _record()
+    state.records[rec.id] = rec
+    state.save()
+    return cli(["report", "--dataset", str(ds), "--state", str(tmp_path / "state.json"),
+                "--output", str(tmp_path / output)])
+
+
 def test_report_numbers_equal_the_records(tmp_path, capsys):
     ds = _fixture_dataset(tmp_path / "ds")
     state = RegressionState(str(tmp_path / "state.json"))
@@ -109,12 +119,7 @@ def test_report_names_an_empty_dataset(tmp_path, capsys):
 
 def test_report_links_the_generated_dashboards(tmp_path, capsys):
     ds = _fixture_dataset(tmp_path / "ds")
-    state = RegressionState(str(tmp_path / "state.json"))
-    rec = _record()
-    state.records[rec.id] = rec
-    state.save()
-    assert cli(["report", "--dataset", str(ds), "--state", str(tmp_path / "state.json"),
-                "--output", str(tmp_path / "rep")]) == 0
+    assert _report(tmp_path, ds) == 0
     page = (tmp_path / "rep" / "report.html").read_text()
     summary = (tmp_path / "rep" / "summary.txt").read_text()
     from foliowatch.dashboards.generate import DASHBOARDS, GENERATED_DIR
@@ -123,3 +128,38 @@ def test_report_links_the_generated_dashboards(tmp_path, capsys):
         assert path.is_file()
         assert f"href='{path.as_uri()}'" in page
         assert str(path) in summary
+
+
+def test_report_shows_the_mechanism_figures_by_kernel(tmp_path, capsys):
+    # tracepoint sums on every host window: the baseline keeps 90% of its page-cache bytes
+    # in large folios and never compacts at a costly order; the new kernel's canaries get
+    # 50% and attempt 100 costly direct compactions per GiB written (1 GiB a window)
+    from foliowatch import schema as wire
+    ds = _fixture_dataset(tmp_path / "ds")
+    f = ds / "level=host" / "window_s=60" / "date=2026-11-02" / "part-p0-0-1.parquet"
+    df = pl.read_parquet(f)
+    new = pl.col("kernel") == "6.12.40-63.aarch64"
+    gib = float(1 << 30)
+    large = pl.when(new).then(0.5 * gib).otherwise(0.9 * gib)
+    sums = {f"tp_pagecache_bytes_{b}_sum": pl.lit(0.0) for b in wire.ORDER_BUCKETS}
+    sums.update({f"tp_compact_try_{b}_sum": pl.lit(0.0) for b in wire.ORDER_BUCKETS})
+    sums.update({"tp_pagecache_bytes_order_0_sum": gib - large,
+                 "tp_pagecache_bytes_order_8_up_sum": large,
+                 "tp_compact_try_order_8_up_sum": pl.when(new).then(100.0).otherwise(0.0),
+                 "tp_compact_try_costly_direct_sum": pl.when(new).then(100.0).otherwise(0.0),
+                 "write_bytes_sum": pl.lit(gib)})
+    df.with_columns(**sums).write_parquet(f)
+    assert _report(tmp_path, ds) == 0
+    text = capsys.readouterr().out
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert ("6.6.87-101.aarch64: large-folio share of page-cache bytes (order >= 4) 90%; "
+            "costly-order direct compaction attempts per GiB written 0.0 (36 hosts)") in text
+    assert ("6.12.40-63.aarch64: large-folio share of page-cache bytes (order >= 4) 50%; "
+            "costly-order direct compaction attempts per GiB written 100.0 (4 hosts)") in text
+    assert ("<tr><td>6.12.40-63.aarch64</td><td>50%</td><td>100.0</td><td>4</td></tr>"
+            in page)
+    assert "<tr><td>6.6.87-101.aarch64</td><td>90%</td><td>0.0</td><td>36</td></tr>" in page
+    # without the collector's counters the report says nothing about the mechanism
+    pl.read_parquet(f).drop(list(sums)).write_parquet(f)
+    assert _report(tmp_path, ds, "rep2") == 0
+    assert "mechanism" not in capsys.readouterr().out

@@ -20,3 +20,13 @@ def read_text(path: str) -> str:
     finally:
         os.close(fd)
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+def read_lines(path: str) -> str:
+    """``read_text`` of a file the kernel writes as whole lines (/proc tables, sysfs
+    values: every line ends with a newline), without an unterminated last line: a read
+    cut short ends in the middle of a line, and a counter cut in the middle of its
+    number ("12" of "1234") would pass for a counter reset and come back as a huge
+    delta the next interval. Absent, it is only absent for one interval."""
+    text = read_text(path)
+    return text[:text.rfind("\n") + 1]

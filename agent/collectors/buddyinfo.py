@@ -40,7 +40,7 @@ With no free memory at all the index is undefined and the gauges are absent.
 from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Sequence
-from foliowatch.agent.collectors._io import read_text
+from foliowatch.agent.collectors._io import read_lines
 
 ONE_MIB = 1 << 20
 
@@ -124,4 +124,4 @@ def gauges(zones: Sequence[ZoneFree], page_size: int) -> Dict[str, float]:
 
 
 def read(proc: str = "/proc") -> List[ZoneFree]:
-    return parse(read_text(f"{proc}/buddyinfo"))
+    return parse(read_lines(f"{proc}/buddyinfo"))

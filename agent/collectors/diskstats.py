@@ -10,7 +10,7 @@ whatever the device's logical block size.
 from __future__ import annotations
 
 from typing import Dict, NamedTuple
-from foliowatch.agent.collectors._io import read_text
+from foliowatch.agent.collectors._io import read_lines
 
 SECTOR_BYTES = 512
 
@@ -56,4 +56,4 @@ def mount_counters(d: DiskCounters) -> Dict[str, int]:
 
 
 def read(proc: str = "/proc") -> Dict[str, DiskCounters]:
-    return parse(read_text(f"{proc}/diskstats"))
+    return parse(read_lines(f"{proc}/diskstats"))

@@ -7,7 +7,7 @@ Values are printed in kB (KiB, despite the unit's spelling); fields without a un
 from __future__ import annotations
 
 from typing import Dict
-from foliowatch.agent.collectors._io import read_text
+from foliowatch.agent.collectors._io import read_lines
 
 # meminfo field -> gauge name in the wire record
 GAUGES = {"MemAvailable": "mem_available_bytes", "MemFree": "mem_free_bytes",
@@ -40,4 +40,4 @@ def gauges(fields: Dict[str, int]) -> Dict[str, float]:
 
 
 def read(proc: str = "/proc") -> Dict[str, int]:
-    return parse(read_text(f"{proc}/meminfo"))
+    return parse(read_lines(f"{proc}/meminfo"))

@@ -13,7 +13,7 @@ reading it fails with EOPNOTSUPP, and the counters are absent from the record.
 from __future__ import annotations
 
 from typing import Dict, Optional
-from foliowatch.agent.collectors._io import read_text
+from foliowatch.agent.collectors._io import read_lines
 
 RESOURCES = ("memory", "io")
 
@@ -42,7 +42,7 @@ def counters(resource: str, totals: Dict[str, int]) -> Dict[str, int]:
 def read(resource: str, proc: str = "/proc") -> Optional[Dict[str, int]]:
     """Totals for ``resource``, or ``None`` when this kernel has no PSI for it."""
     try:
-        return parse(read_text(f"{proc}/pressure/{resource}"))
+        return parse(read_lines(f"{proc}/pressure/{resource}"))
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError:  # EOPNOTSUPP when booted with psi=0

@@ -25,7 +25,7 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from foliowatch.agent.collectors._io import read_text
+from foliowatch.agent.collectors._io import read_lines, read_text
 
 THP_DIR = "kernel/mm/transparent_hugepage"
 SETTINGS = {"enabled": "thp_enabled", "defrag": "thp_defrag",
@@ -112,7 +112,7 @@ def read_mthp_counters(sys: str = "/sys", sizes: Optional[List[Tuple[int, str]]]
     for kb, folder in (size_dirs(sys) if sizes is None else sizes):
         for stat in MTHP_STATS:
             try:
-                out[f"mthp_{kb}kb_{stat}"] = int(read_text(os.path.join(folder, "stats", stat)))
+                out[f"mthp_{kb}kb_{stat}"] = int(read_lines(os.path.join(folder, "stats", stat)))
             except (OSError, ValueError):
                 continue
     return out

@@ -9,7 +9,7 @@ with CONFIG_COMPACTION): a counter the kernel lacks stays absent, it never becom
 from __future__ import annotations
 
 from typing import Dict, Optional
-from foliowatch.agent.collectors._io import read_text
+from foliowatch.agent.collectors._io import read_lines
 
 # Cumulative event counters the agent ships as deltas. Prefixes select families so that
 # counters added by newer kernels (``compact_daemon_*``, ``thp_swpout_fallback``, ...) are
@@ -73,4 +73,4 @@ def allocstall_total(fields: Dict[str, int]) -> Optional[int]:
 
 
 def read(proc: str = "/proc") -> Dict[str, int]:
-    return parse(read_text(f"{proc}/vmstat"))
+    return parse(read_lines(f"{proc}/vmstat"))

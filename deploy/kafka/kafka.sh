@@ -2,18 +2,27 @@
 # A real Apache Kafka (KRaft) for development, tests and the demo, without Docker.
 #
 #   kafka.sh fetch                         resolve the broker + tools jars with mvn (cached)
-#   kafka.sh start  --dir D [--brokers N] [--port P]
+#   kafka.sh start  --dir D [--brokers N] [--port P] [--secure S]
 #                                          format storage, start N combined broker+controller
-#                                          nodes on 127.0.0.1, wait until ready, create topics
+#                                          nodes on 127.0.0.1, wait until ready, create topics;
+#                                          --secure S: SASL_SSL listeners, TLS controllers,
+#                                          SCRAM users and the ACL authorizer from folder S
+#                                          (see below)
 #   kafka.sh stop   --dir D                stop every node of D by PID (TERM, then KILL)
 #   kafka.sh stop-node --dir D --node I    stop one node (fault tests)
 #   kafka.sh start-node --dir D --node I   start one stopped node again
-#   kafka.sh topics --bootstrap B [--replication R] [--partitions P]
+#   kafka.sh topics --bootstrap B [--replication R] [--partitions P] [--command-config F]
 #                                          create the foliowatch topics (idempotent)
 #   kafka.sh tool NAME [args...]           run one of Kafka's own tools from the same jars:
 #                                          topics, console-consumer, console-producer,
 #                                          consumer-perf, producer-perf, storage,
-#                                          broker-api-versions, consumer-groups
+#                                          broker-api-versions, consumer-groups, acls,
+#                                          configs, metadata-quorum (the active controller)
+#
+# --secure S (written by shell/kafka_security.py, or by hand): S/server.properties is
+# appended to every node's properties (keystore, truststore, SASL, authorizer, super
+# users), S/scram.txt holds one `kafka-storage format --add-scram` entry per line, and
+# S/admin.properties is the super user's client config for Kafka's tools.
 #
 # Environment: FOLIOWATCH_CACHE (default ~/.cache/foliowatch) holds the jars;
 # KAFKA_HEAP (default 512m) sizes each node's JVM.
@@ -68,8 +77,11 @@ tool() {
     producer-perf) cls=org.apache.kafka.tools.ProducerPerformance ;;
     consumer-groups) cls=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
     broker-api-versions) cls=org.apache.kafka.tools.BrokerApiVersionsCommand ;;
+    metadata-quorum) cls=org.apache.kafka.tools.MetadataQuorumCommand ;;
     storage) cls=kafka.tools.StorageTool ;;
-    *) die "unknown tool '$name': one of topics, console-consumer, console-producer, consumer-perf, producer-perf, consumer-groups, broker-api-versions, storage" ;;
+    acls) cls=org.apache.kafka.tools.AclCommand ;;
+    configs) cls=org.apache.kafka.tools.ConfigCommand ;;
+    *) die "unknown tool '$name': one of topics, console-consumer, console-producer, consumer-perf, producer-perf, consumer-groups, broker-api-versions, metadata-quorum, storage, acls, configs" ;;
   esac
   heap=${KAFKA_TOOL_HEAP:-256m} java_run /dev/null "$cls" "$@"
 }
@@ -81,20 +93,21 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
 PY
 }
 
-node_props() {  # node_props DIR I N
-  local dir=$1 i=$2 n=$3 voters="" j
+node_props() {  # node_props DIR I N [SECURE]
+  local dir=$1 i=$2 n=$3 secure=${4:-} voters="" j proto=PLAINTEXT ctl=PLAINTEXT
   for ((j = 1; j <= n; j++)); do
     voters+="${voters:+,}$j@127.0.0.1:$(cat "$dir/node$j/controller.port")"
   done
+  if [ -n "$secure" ]; then proto=SASL_SSL; ctl=SSL; fi
   cat <<EOF
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$(cat "$dir/node$i/broker.port"),CONTROLLER://127.0.0.1:$(cat "$dir/node$i/controller.port")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(cat "$dir/node$i/broker.port")
+listeners=$proto://127.0.0.1:$(cat "$dir/node$i/broker.port"),CONTROLLER://127.0.0.1:$(cat "$dir/node$i/controller.port")
+advertised.listeners=$proto://127.0.0.1:$(cat "$dir/node$i/broker.port")
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$proto
+listener.security.protocol.map=CONTROLLER:$ctl,$proto:$proto
 log.dirs=$dir/node$i/data
 num.partitions=6
 default.replication.factor=$n
@@ -110,6 +123,7 @@ auto.create.topics.enable=false
 log.retention.hours=168
 log.segment.bytes=134217728
 EOF
+  if [ -n "$secure" ]; then cat "$secure/server.properties"; fi
 }
 
 start_node() {  # start_node DIR I
@@ -145,15 +159,21 @@ wait_node() {  # wait_node DIR I TIMEOUT_S
 }
 
 start() {
-  local dir="" n=1 port=""
+  local dir="" n=1 port="" secure="" f
   while [ $# -gt 0 ]; do
     case "$1" in
       --dir) dir=$2; shift 2 ;;
       --brokers) n=$2; shift 2 ;;
       --port) port=$2; shift 2 ;;
-      *) die "start: unknown argument '$1' (expected --dir D [--brokers N] [--port P])" ;;
+      --secure) secure=$(cd "$2" && pwd) || die "start: --secure $2: no such folder"; shift 2 ;;
+      *) die "start: unknown argument '$1' (expected --dir D [--brokers N] [--port P] [--secure S])" ;;
     esac
   done
+  if [ -n "$secure" ]; then
+    for f in server.properties scram.txt admin.properties; do
+      [ -f "$secure/$f" ] || die "start: --secure $secure: $f missing (see kafka.sh's header)"
+    done
+  fi
   [ -n "$dir" ] || die "start: --dir is required (a folder for the cluster's data, logs and PIDs)"
   [[ "$n" =~ ^[1-9]$ ]] || die "start: --brokers expects 1..9, got '$n'"
   fetch
@@ -168,9 +188,15 @@ start() {
     done
     echo "$n" >"$dir/brokers"
     cluster_id=$(tool storage random-uuid)
+    local scram=() line
+    if [ -n "$secure" ]; then
+      echo "$secure" >"$dir/secure"
+      while IFS= read -r line; do [ -n "$line" ] && scram+=(--add-scram "$line"); done <"$secure/scram.txt"
+    fi
     for ((i = 1; i <= n; i++)); do
-      node_props "$dir" "$i" "$n" >"$dir/node$i/server.properties"
-      tool storage format -t "$cluster_id" -c "$dir/node$i/server.properties" --ignore-formatted >"$dir/node$i/format.log" 2>&1 \
+      node_props "$dir" "$i" "$n" "$secure" >"$dir/node$i/server.properties"
+      chmod 600 "$dir/node$i/server.properties"
+      tool storage format -t "$cluster_id" -c "$dir/node$i/server.properties" --ignore-formatted "${scram[@]}" >"$dir/node$i/format.log" 2>&1 \
         || { cat "$dir/node$i/format.log" >&2; die "formatting storage of node $i failed"; }
     done
     echo "$cluster_id" >"$dir/cluster.id"
@@ -183,7 +209,9 @@ start() {
   local bootstrap=""
   for ((i = 1; i <= n; i++)); do bootstrap+="${bootstrap:+,}127.0.0.1:$(cat "$dir/node$i/broker.port")"; done
   echo "$bootstrap" >"$dir/bootstrap"
-  topics --bootstrap "$bootstrap" --replication "$n" >&2 || { stop --dir "$dir"; die "creating topics failed"; }
+  local admin=()
+  if [ -f "$dir/secure" ]; then admin=(--command-config "$(cat "$dir/secure")/admin.properties"); fi
+  topics --bootstrap "$bootstrap" --replication "$n" "${admin[@]}" >&2 || { stop --dir "$dir"; die "creating topics failed"; }
   echo "$bootstrap"
 }
 
@@ -231,12 +259,13 @@ node_cmd() {  # node_cmd start|stop ARGS
 }
 
 topics() {
-  local bootstrap="" repl=1 partitions=${FOLIOWATCH_PARTITIONS:-6}
+  local bootstrap="" repl=1 partitions=${FOLIOWATCH_PARTITIONS:-6} cc=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --bootstrap) bootstrap=$2; shift 2 ;;
       --replication) repl=$2; shift 2 ;;
       --partitions) partitions=$2; shift 2 ;;
+      --command-config) cc=(--command-config "$2"); shift 2 ;;
       *) die "topics: unknown argument '$1'" ;;
     esac
   done
@@ -244,13 +273,13 @@ topics() {
   local min_isr=$(( repl >= 3 ? 2 : 1 ))
   # samples: 7 days, zstd from producers kept as is; dlq: 30 days for forensics;
   # regressions: compacted history is not wanted (each record is an event), 90 days.
-  tool topics --bootstrap-server "$bootstrap" --create --if-not-exists --topic foliowatch.samples.v1 \
+  tool topics --bootstrap-server "$bootstrap" "${cc[@]}" --create --if-not-exists --topic foliowatch.samples.v1 \
     --partitions "$partitions" --replication-factor "$repl" \
     --config retention.ms=604800000 --config min.insync.replicas=$min_isr --config compression.type=producer
-  tool topics --bootstrap-server "$bootstrap" --create --if-not-exists --topic foliowatch.samples.dlq \
+  tool topics --bootstrap-server "$bootstrap" "${cc[@]}" --create --if-not-exists --topic foliowatch.samples.dlq \
     --partitions 1 --replication-factor "$repl" \
     --config retention.ms=2592000000 --config min.insync.replicas=$min_isr
-  tool topics --bootstrap-server "$bootstrap" --create --if-not-exists --topic foliowatch.regressions.v1 \
+  tool topics --bootstrap-server "$bootstrap" "${cc[@]}" --create --if-not-exists --topic foliowatch.regressions.v1 \
     --partitions 1 --replication-factor "$repl" \
     --config retention.ms=7776000000 --config min.insync.replicas=$min_isr
 }
