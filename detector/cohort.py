@@ -45,6 +45,7 @@ import numpy as np
 import polars as pl
 
 from .covariates import BASE_COVARIATES, CovariateAdjuster, host_covariates
+from .confounds import find_confounds
 from .coverage import memory_coverage
 from .frames import MECHANISM_METRICS, TESTED_METRICS, WITHIN_HOST_METRICS, worse_direction
 from .host_statistics import STATISTICS, host_statistics
@@ -101,6 +102,9 @@ class Comparison:
     n_new_compared: int = 0
     # new-kernel hosts left out: their instance type is (nearly) absent on the baseline
     n_new_unmatched: int = 0
+    # what besides the kernel separates the compared hosts (``confounds``): while any is
+    # named, only a host's own before/after can raise a suspicion
+    confounds: List[str] = field(default_factory=list)
     # who attempts costly-order direct compaction on each kernel (tracepoint counters;
     # None when no host reports them): ``mechanism.costly_compaction``
     costly_compaction: Optional[CostlyCompaction] = None
@@ -137,6 +141,7 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
     if reference_states is None:
         reference_states = {}
     df, cov = _matched_instance_types(comp, df, cov, min_type_hosts)
+    comp.confounds = find_confounds(cov, new_kernel)
     for metric in metrics:
         if metric not in df.columns or df[metric].null_count() == df.height:
             continue

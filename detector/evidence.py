@@ -8,7 +8,7 @@ suspected on that alone), and ranking by impact.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +34,18 @@ class EvidencePolicy:
     # a mechanism metric corroborates a significant throughput drop on the same cohort
     # when it is worse at this nominal one-sided level
     corroborate_p: float = 0.01
+    # Compaction or reclaim worse with throughput unchanged raises a suspicion only when
+    # it is worse by at least this much (ratio 1.5x; bad-interval share +0.25). These
+    # counts depend steeply on memory state, load and hardware, and their dependence
+    # differs between fleets: what is left of it after the memory-state model and the
+    # covariates is tens of percent (PSI 1.06-1.18x, bad share +0.06-0.10 on rollouts
+    # without any kernel effect), a kernel regression of the kind the gate is for is
+    # several-fold (compaction 4-8x, reclaim 2-3x on the seed's regression).
+    mechanism_alone_min_ratio: float = 0.5
+    mechanism_alone_min_share: float = 0.25
+    # Pressure (PSI) is the consequence of stalls and reclaim and of load: it supports a
+    # regression and never raises one alone.
+    supporting_only: Tuple[str, ...] = ("psi_memory_some_share",)
     # costly-order direct compaction on the new kernel that its baseline never shows
     # (tracepoint counters): suspects a cohort on its own and stands for the mechanism
     # beside a throughput drop; its thresholds are explained in MechanismPolicy
@@ -76,8 +88,20 @@ class Judgement:
     costly_compaction: bool = False  # the mechanism evidence (tracepoints) took part
 
 
+def strong_alone(t: MetricTest, policy: EvidencePolicy) -> bool:
+    """A mechanism test large enough to raise a suspicion without throughput."""
+    if t.metric in policy.supporting_only:
+        return False
+    floor = (policy.mechanism_alone_min_share if t.effect_kind == "share_diff"
+             else policy.mechanism_alone_min_ratio)
+    return t.worse_by() >= floor
+
+
 def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
     sig = sorted((t for t in c.tests if is_significant(t, policy)), key=lambda t: t.q_value)
+    if c.confounds:
+        # not like with like between hosts: only each host's own before/after counts
+        sig = [t for t in sig if t.statistic == "within_host"]
     costly = policy.mechanism.shows(c.costly_compaction)
     if not sig:
         if costly:
@@ -85,6 +109,10 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
         return Judgement(c, None, [], None, 0.0, [])
     throughput = [t for t in sig if t.metric in THROUGHPUT_METRICS]
     mechanism = [t for t in sig if t.metric in MECHANISM_METRICS]
+    if not throughput and not any(strong_alone(t, policy) for t in mechanism):
+        if costly:
+            return _mechanism_alone(c, policy, hosts_in_group)
+        return Judgement(c, None, [], None, 0.0, [])
     if throughput and not mechanism:
         floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
         mechanism = sorted((t for t in c.tests if t.metric in MECHANISM_METRICS

@@ -70,6 +70,12 @@ class GroupVerdict:
     more_hosts_needed: int = 0
     more_hours_needed: float = 0.0
     detectable_effect: Optional[float] = None
+    # new-kernel hosts that reached the fleet's median fragmentation, and how many needed
+    frag_hosts: int = 0
+    frag_hosts_needed: int = 0
+    # what differs between the new-kernel and the baseline hosts besides the kernel, so
+    # that the comparison cannot tell them apart (``Comparison.confounds``)
+    confounds: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +89,35 @@ class Decision:
     @property
     def word(self) -> str:
         return WORDS[self.code]
+
+    def missing(self) -> str:
+        """What is missing before the gate can say safe, in one line a rollout engineer
+        can act on (empty unless the decision is "not enough evidence")."""
+        if self.code != EXIT_WAIT:
+            return ""
+        if not self.groups:
+            return "missing: " + "; ".join(self.notes)
+        wait = [v for v in self.groups if v.decision == EXIT_WAIT]
+        parts = []
+        hosts = [v.more_hosts_needed for v in wait if v.more_hosts_needed]
+        if any(h < 0 for h in hosts):
+            parts.append("more hosts than the baseline can resolve")
+        elif hosts:
+            parts.append(f"{max(hosts)} more comparable new-kernel hosts")
+        hours = max((v.more_hours_needed for v in wait), default=0.0)
+        if hours > 0:
+            parts.append(f"{hours:.1f} more hours")
+        frag = [v for v in wait if v.frag_hosts < v.frag_hosts_needed]
+        if frag:
+            v = min(frag, key=lambda v: v.frag_hosts)
+            parts.append(f"fragmentation reached on {v.frag_hosts}/{v.frag_hosts_needed} hosts")
+        confounds = sorted({c for v in wait for c in v.confounds})
+        if confounds:
+            parts.append("confound: " + "; ".join(confounds))
+        suspected = [v.group for v in wait if any(r.startswith("suspected") for r in v.reasons)]
+        if suspected:
+            parts.append(f"a suspected regression awaiting joint evidence ({', '.join(suspected)})")
+        return "missing: " + (", ".join(parts) if parts else "see the groups below")
 
 
 def matches(kernel: str, wanted: str) -> bool:
@@ -133,6 +168,13 @@ def judge_group(c, fdr: float, policy: GatePolicy) -> GroupVerdict:
         gv.more_hours_needed = round(policy.min_hours - hours, 2)
         gv.reasons.append(f"new kernel observed for {hours:.1f} h; {policy.min_hours:g} h needed")
         gv.decision = EXIT_WAIT
+    if c.confounds:
+        gv.confounds = list(c.confounds)
+        gv.reasons.extend(f"not like with like: {x}" for x in c.confounds)
+        gv.decision = EXIT_WAIT
+    gv.frag_hosts = c.new_hosts_at_fleet_frag
+    if c.frag_base_median is not None:
+        gv.frag_hosts_needed = policy.min_frag_hosts
     if c.frag_base_median is not None and c.new_hosts_at_fleet_frag < policy.min_frag_hosts:
         gap = None
         if c.uptime_h_at_fleet_frag is not None:

@@ -94,13 +94,64 @@ class FollowedFrame:
         return self.df
 
 
+def load_evaluated(args, as_of: Optional[datetime], config):
+    """What one evaluation reads (a one-shot ``detect`` or ``verdict``): the host
+    windows it compares and models from (the lookback and the memory-state reference
+    history before ``as_of``), and over ``--history`` one row per boot (the rollouts and
+    rollbacks are read from boots), aggregated as each slice of files is read. Memory
+    grows with the hosts in the evaluated windows, not with the history.
+    Returns (host windows, boots, as_of)."""
+    import polars as pl
+
+    from .attribution import ROLLOUT_KEYS
+    from .frames import _utc, collect_host_windows, newest_window, normalise_host_windows, \
+        read_host_windows
+    if as_of is None:
+        as_of = newest_window(args.dataset, args.window_s)
+        if as_of is None:
+            raise InputError(f"dataset {args.dataset}: no host windows")
+    as_of = _utc(as_of)
+    since = as_of - max(config.lookback, config.reference_history)
+    df = read_host_windows(args.dataset, args.window_s, since=since, until=as_of)
+    first = as_of - max(args.history, config.lookback, config.reference_history)
+    keys = ["kernel", *ROLLOUT_KEYS]
+
+    def per_boot(lf: pl.LazyFrame, lo: datetime, hi: datetime) -> pl.LazyFrame:
+        return (lf.filter((pl.col("window_start") >= lo) & (pl.col("window_start") <= hi))
+                .group_by("host_id", "boot_id")
+                .agg(pl.col("window_start").min(), *[pl.col(k).sort_by("window_start").first()
+                                                    for k in keys]))
+    # a day at a time (the dataset's date= folders): the per-boot aggregation holds one
+    # day's host and boot ids, not the history's
+    parts = []
+    day = first
+    while True:
+        end = min(day + timedelta(days=1), as_of)
+        parts += [normalise_host_windows(f) for f in collect_host_windows(
+            args.dataset, args.window_s, lambda lf, lo=day, hi=end: per_boot(lf, lo, hi),
+            since=day, until=end)]
+        if end >= as_of:
+            break
+        day = end
+    boots = (pl.concat(parts, how="diagonal_relaxed").sort("window_start")
+             .group_by("host_id", "boot_id", maintain_order=True)
+             .agg(pl.col("window_start").first(), *[pl.col(k).first() for k in keys])
+             .select("host_id", "boot_id", "window_start", *keys))
+    return df, boots, as_of
+
+
 def evaluate(args, as_of: Optional[datetime] = None, frame=None, cache=None):
     """One evaluation of the dataset as of ``as_of`` (default ``--as-of``, else the
     newest window): the ``Analysis``, with nothing written. ``frame``: host windows
-    already read (``FollowedFrame``); ``cache``: an ``AnalysisCache`` kept between runs."""
-    from .analysis import analyze
+    already read (``FollowedFrame``); ``cache``: an ``AnalysisCache`` kept between runs.
+    Without them, only what this evaluation needs is read (``load_evaluated``)."""
+    from .analysis import AnalysisCache, analyze
     config = config_from(args)
-    df = frame if frame is not None else load_frame(args, as_of or args.as_of)
+    as_of = as_of or args.as_of
+    if frame is None and cache is None:
+        frame, boots, as_of = load_evaluated(args, as_of, config)
+        cache = AnalysisCache(boots=boots, boots_until=as_of)
+    df = frame
     if df.is_empty():
         raise InputError(f"dataset {args.dataset}: no host windows in the requested range")
-    return analyze(df, as_of=as_of or args.as_of, config=config, cache=cache)
+    return analyze(df, as_of=as_of, config=config, cache=cache)

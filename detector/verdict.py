@@ -33,10 +33,12 @@ def run(args) -> int:
     d = decide(analysis, state, args.fleet, args.kernel, policy_from(args), fdr=args.fdr)
     if args.json:
         print(json.dumps({"fleet": args.fleet, "kernel": args.kernel, "exit_code": d.code,
-                          "verdict": d.word, "as_of": analysis.as_of.isoformat(),
+                          "verdict": d.word, "missing": d.missing(), "as_of": analysis.as_of.isoformat(),
                           "notes": d.notes, "groups": [asdict(v) for v in d.groups]}, indent=1))
     else:
         print(f"{args.fleet} {args.kernel}: {d.word}")
+        if d.missing():
+            print(f"  {d.missing()}")
         for n in d.notes:
             print(f"  {n}")
         for v in d.groups:

@@ -7,8 +7,9 @@ and the detector's examiner.
     paths = write_files(sc, "out/", seed=1, fmt="parquet")
 
 Modules: ``scenario`` (files and validation), ``fleet`` (the plan: hosts and events),
-``model`` (the physics per interval), ``mechanism`` (the tracepoint counters from each
-kernel's mechanism class), ``frames`` (chunks, wire conversion), ``truth``
+``model`` (the physics per interval), ``physics`` (alternative relations for it, drawn
+at random per run), ``mechanism`` (the tracepoint counters from each kernel's mechanism
+class), ``frames`` (chunks, wire conversion), ``truth``
 (ground truth), ``outputs`` (files, Kafka), ``main`` (the CLI).
 """
 

@@ -20,6 +20,8 @@ So a kernel change's ratio is exact, in expectation, between like hosts at
 ``frag >= frag_full``, and fresh canaries (frag near 0) show little of it; a fresh host
 writes up to 15 % faster than a fragmented one on any kernel (the reboot bonus).
 
+These are the default relations (``physics.DEFAULT``); a scenario's ``physics``
+(``physics.Physics``) swaps in other forms and parameters for each of them.
 The tracepoint counters (page-cache bytes and direct compaction attempts by order
 bucket) follow from the kernel's mechanism class: ``mechanism.py``.
 
@@ -40,10 +42,10 @@ from foliowatch.schema import TRACEPOINT_COUNTERS
 
 from .fleet import (ARCH_PAGE, EP_DISK, EP_NOISY, REBOOT_KEEP_KERNEL, Plan,
                     kernel_tied_changes)
+from .physics import DEFAULT as DEFAULT_PHYSICS
 from .mechanism import MechanismModel
 
 MIB = 1048576.0
-FRAG_WRITE_PENALTY = 0.15   # every kernel writes slower when fragmented: the reboot bonus
 
 COUNTERS = ("compact_stall", "compact_fail", "compact_success", "compact_migrate_scanned",
             "compact_free_scanned", "allocstall_normal", "allocstall_movable",
@@ -76,8 +78,13 @@ class Stepper:
         self.boot_idx = np.arange(n, dtype=np.int64)
         self.boot_ids: List[str] = _boot_ids(self.rng, n)
         self.boots = np.zeros(n, dtype=np.int64)   # reboots seen during the simulation
-        self.wander = self.rng.normal(0.0, 0.12, n)
-        self.phi = math.exp(-self.interval / 1800.0)
+        # the relations above, or alternative ones (``physics.py``; scenario.physics)
+        self.phys = ph = getattr(sc, "physics", None) or DEFAULT_PHYSICS
+        self.noise_state: Dict[str, np.ndarray] = {}
+        self.hw_write = ph.hw_write(p.hw_speed)
+        self.hw_stall = ph.hw_stall(p.hw_speed)
+        self.wander = self.rng.normal(0.0, ph.wander_sd, n)
+        self.phi = math.exp(-self.interval / ph.wander_tau_s)
         self.ep_kind = np.zeros(n, dtype=np.int8)
         self.ep_start = np.zeros(n)
         self.ep_end = np.zeros(n)
@@ -194,18 +201,19 @@ class Stepper:
         # load
         hour = ((t_host / 3600.0 + p.tz_h) % 24.0)
         day = np.floor((t_host / 3600.0 + p.tz_h) / 24.0 + 3.0) % 7.0   # 0 = Monday
-        cycle = 1.0 + p.diurnal * np.sin((hour - 9.0) * (2.0 * math.pi / 24.0))
+        ph = self.phys
+        cycle = ph.diurnal(hour, p.diurnal)
         cycle *= np.where(day >= 5.0, p.weekend, 1.0)
         for mask, at, until, ratio in self.shifts:
             if at <= t_end < until:
                 cycle = np.where(mask, cycle * ratio, cycle)
-        self.wander = self.phi * self.wander + math.sqrt(1 - self.phi ** 2) * 0.12 * rng.standard_normal(n)
-        noise = np.exp(0.06 * np.clip(rng.standard_t(3, n), -15, 15))
+        self.wander = self.phi * self.wander + math.sqrt(1 - self.phi ** 2) * ph.wander_sd * rng.standard_normal(n)
+        noise = ph.interval_noise(rng, n, self.noise_state)
         load = cycle * np.exp(self.wander) * noise
 
         # memory
         uptime = np.maximum(t_host - self.boot_ts, 1.0)
-        frag = p.frag_max * (1.0 - np.exp(-uptime / p.frag_tau_s))
+        frag = ph.fragmentation(p.frag_max, uptime, p.frag_tau_s)
         kw = np.ones(n)
         ks = np.ones(n)
         kr = np.ones(n)
@@ -236,13 +244,15 @@ class Stepper:
             epw = np.where(disk, 1.0 - self.ep_depth * prog, epw)
         outlier = u >= 1.0 - self.p_out
 
-        write_mib = p.write_base * p.hw_speed * load * (1.0 - FRAG_WRITE_PENALTY * frag) * kw * epw
+        write_mib = p.write_base * self.hw_write * load * (1.0 - ph.write_frag_penalty * frag) * kw * epw
         write_bytes = np.rint(write_mib * (MIB * span)).astype(np.int64)
         write_ios = np.rint(write_bytes / p.io_bytes).astype(np.int64)
         nr_dirtied = write_bytes // self.page_size
         nr_written = np.rint(nr_dirtied * (0.97 + 0.06 * (u * 7.0 % 1.0))).astype(np.int64)
 
-        stall_rate = p.stall_base * load * (frag / 0.8) ** 3 * ks
+        stall_rate = p.stall_base * ph.load_power(load, ph.stall_load_exp) * ph.stall_curve(frag) * ks
+        if ph.hw_stall_exp != 0.0:
+            stall_rate = stall_rate * self.hw_stall
         stall_rate = np.where(outlier, stall_rate * (5.0 + 45.0 * (u * 13.0 % 1.0)) + 5.0, stall_rate)
         stalls = _event_counts(rng, stall_rate * span)
         fail_share = 0.35 + 0.55 * frag
@@ -250,7 +260,9 @@ class Stepper:
         compact_success = stalls - compact_fail
         migrate = np.rint(stalls * 2600.0 * (1.0 + frag) * noise).astype(np.int64)
         free_scanned = np.rint(stalls * 11000.0 * (1.0 + frag) * noise).astype(np.int64)
-        alloc_rate = p.alloc_base * load * (0.15 + frag) ** 2 * kr
+        alloc_rate = p.alloc_base * ph.load_power(load, ph.reclaim_load_exp) * ph.reclaim_curve(frag) * kr
+        if ph.hw_stall_exp != 0.0:
+            alloc_rate = alloc_rate * self.hw_stall
         allocs = _event_counts(rng, alloc_rate * span)
         # about a fifth of direct reclaim entries come from movable-zone allocations
         alloc_movable = np.floor(allocs * 0.2 + (u * 53.0) % 1.0).astype(np.int64)
@@ -263,8 +275,7 @@ class Stepper:
         thp_alloc = np.rint(thp_rate * (1.0 - frag) * span).astype(np.int64)
         thp_fallback = np.rint(thp_rate * frag * span).astype(np.int64)
         span_us = span * 1e6
-        psi_some = np.minimum(span_us * 0.002 * load + stalls * 3000.0 * (1.0 + frag)
-                              + allocs * 5000.0, span_us)
+        psi_some = ph.psi_some_us(span_us, load, stalls, allocs, frag)
         psi_some = np.rint(psi_some).astype(np.int64)
         psi_full = np.rint(psi_some * 0.15).astype(np.int64)
 
@@ -299,7 +310,7 @@ class Stepper:
         if self.probe_steps:
             has = up & ((i + p.probe_offset) % self.probe_steps == 0)
             idx = np.nonzero(has)[0]
-            pm = (p.probe_base[idx] * (1.0 - FRAG_WRITE_PENALTY * frag[idx]) * kw[idx] * epw[idx]
+            pm = (p.probe_base[idx] * (1.0 - ph.write_frag_penalty * frag[idx]) * kw[idx] * epw[idx]
                   * np.exp(0.05 * rng.standard_normal(len(idx))))
             secs = PROBE_BYTES / MIB / pm
             out["probe_idx"] = idx

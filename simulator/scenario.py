@@ -254,6 +254,9 @@ class Scenario:
     faults: Dict[str, float] = field(default_factory=lambda: dict(FAULT_DEFAULTS))
     source: str = ""
     kernels: List[KernelMechanism] = field(default_factory=list)
+    # alternative relations for the model (``physics.Physics``); None: the default ones.
+    # Set in code (``physics.Physics.random(seed)``), not from scenario files.
+    physics: Optional[Any] = None
 
     def mechanism(self, version: str, arch: str) -> str:
         """The ``MECHANISMS`` class of ``version``'s build for ``arch`` (``unaffected``

@@ -239,3 +239,51 @@ def host_table(scenario: Scenario, seed: Optional[int] = None):
         "rollout_reboot_ts": pl.Series(moved).fill_nan(None),
         "rollback_reboot_ts": pl.Series(back).fill_nan(None),
     })
+
+
+def exposure_ts(scenario: Scenario, seed: Optional[int] = None, *, hosts: int = 3,
+                gate: float = 0.5) -> List[Dict[str, Any]]:
+    """When each injected kernel-tied change first exists on ``hosts`` new-kernel hosts:
+    the time the ``hosts``-th host rebooted onto the change's kernel reached the
+    fragmentation at which the change is ``gate`` of its full size (``gate`` 0: the
+    onset; changes not gated by fragmentation exist from the reboot). Under the
+    scenario's physics (``physics.py``). One dict per change and cohort (``fleet``,
+    ``arch``, ``page_size``, ``fs``, ``kernel_to`` release), with ``ts`` (None: fewer
+    hosts ever got there)."""
+    import numpy as np
+
+    from .fleet import ARCH_PAGE, FS_NAMES, REASON_ROLLOUT
+    from .physics import DEFAULT, frag_onset_times
+
+    sc = scenario
+    seed = sc.seed if seed is None else int(seed)
+    p = build_plan(sc, seed)
+    phys = getattr(sc, "physics", None) or DEFAULT
+    rollout = p.reboot_reason == REASON_ROLLOUT
+    out: List[Dict[str, Any]] = []
+    for c in sc.changes:
+        if c.kind not in KERNEL_TIED_KINDS or c.kernel not in p.versions:
+            continue
+        vi = p.versions.index(c.kernel)
+        sel = rollout & (p.reboot_ver == vi)
+        h = p.reboot_host[sel]
+        boot = p.reboot_ts[sel] + 0.5 * p.reboot_down_s[sel]
+        if c.frag_onset is None:
+            ready = boot
+        else:
+            level = c.frag_onset + gate * (c.frag_full - c.frag_onset)
+            ready = boot + frag_onset_times(phys, p.frag_max[h], p.frag_tau_s[h], level)
+        for fi, f in enumerate(sc.fleets):
+            for ai, (arch, page) in enumerate(ARCH_PAGE):
+                for si, fs in enumerate(FS_NAMES):
+                    if not c.matches(f.name, arch, page, fs):
+                        continue
+                    m = (p.fleet_idx[h] == fi) & (p.arch_page[h] == ai) & (p.fs_idx[h] == si)
+                    if not m.any():
+                        continue
+                    t = np.sort(ready[m])
+                    ts = float(t[hosts - 1]) if len(t) >= hosts and np.isfinite(t[hosts - 1]) else None
+                    out.append({"fleet": f.name, "arch": arch, "page_size": page, "fs": fs,
+                                "kernel_to": kernel_release(c.kernel, arch, page),
+                                "kind": c.kind, "gate": gate, "hosts": hosts, "ts": ts})
+    return out

@@ -1,0 +1,252 @@
+"""The detector replayed in time order on fleets under random simulator physics.
+
+    .venv/bin/python benchmarks/detector_replay.py --only false [--runs 18] [--step 60]
+    .venv/bin/python benchmarks/detector_replay.py --only speed [--seeds 10] [--step 5]
+
+Everything runs in process (simulator -> host windows -> ``analyze`` with a
+``RegressionState`` at successive as-of times, as ``detect --follow`` would); no Kafka.
+Each run draws its physics with ``simulator.physics.Physics.random(seed)``: other
+forms for fragmentation growth, compaction and reclaim, PSI, hardware, diurnal shape
+and noise than the ones the detector was written against.
+
+``false``: rollouts with no kernel effect (control, load shift, improvement, canaries on
+new hardware, a rollback, late waves that leave a few long-running baseline hosts).
+The scenario's fleet is replicated ``--copies`` times at ``--scale`` of its size (many
+small independent cohorts; each copy's rollout shifted by up to 4 h). A cohort-day is
+one cohort (fleet, role, arch, page size, fs) evaluated for one day from the moment its
+rollout began. Every open record is a false alarm (an improvement is not a regression).
+
+``speed``: the seed case (0.75x write throughput on arm64 4K XFS, 2,000 hosts), one
+physics per seed (seed 0 of the list: the default physics). The clock starts when the
+regression exists on 3 new-kernel hosts (``simulator.truth.exposure_ts``: the third
+canary's memory reaches the fragmentation at which the change is at half its size;
+``onset`` columns: at which it begins). Evaluations every ``--step`` minutes through the
+canary (1 %) wave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from detector_eval import KEEP, grid, replicate  # noqa: E402
+from detector_scenarios import host_windows  # noqa: E402
+
+from foliowatch.detector.analysis import AnalysisCache, DetectorConfig, analyze  # noqa: E402
+from foliowatch.detector.attribution import kernel_changes  # noqa: E402
+from foliowatch.detector.records import RegressionState  # noqa: E402
+from foliowatch.simulator import load_scenario  # noqa: E402
+from foliowatch.simulator.physics import Physics  # noqa: E402
+from foliowatch.simulator.truth import exposure_ts  # noqa: E402
+
+
+def _no_effect(sc):
+    sc.changes = [c for c in sc.changes if c.kind not in ("regression",)]
+    return sc
+
+
+def late_waves(sc):
+    """Waves up to 97 %: the last baseline hosts are few and have run for weeks, the new
+    kernel's for hours."""
+    r = sc.rollouts[0]
+    r.waves = [0.01, 0.10, 0.50, 0.90, 0.97]
+    r.wave_interval_h = 6.0
+    r.pause_after_wave, r.pause_h = None, 0.0
+    r.start_h = 4.0
+    sc.hours = 40.0
+    return sc
+
+
+# name -> (scenario file, change to it)
+NO_EFFECT = {
+    "control": ("control-no-regression", None),
+    "load-shift": ("load-shift", None),
+    "improvement": ("improvement", None),
+    "new-hardware": ("canary-new-hardware", None),
+    "rollback": ("rollback", _no_effect),
+    "late-waves": ("control-no-regression", late_waves),
+}
+
+
+def run_false(name: str, seed: int, copies: int, scale: float, step: int,
+              hours: Optional[float]) -> Dict:
+    base, change = NO_EFFECT[name]
+    sc = load_scenario(base, interval_s=60, seed=seed)
+    if change:
+        sc = change(sc)
+    if hours:
+        sc.hours = hours
+    sc = replicate(sc, copies, scale, seed)
+    sc.physics = Physics.random(seed)
+    t0 = time.perf_counter()
+    df = host_windows(sc).select(KEEP)
+    sim_s = time.perf_counter() - t0
+    ch = kernel_changes(df)
+    first = ch["at"].min()
+    end = df["window_start"].max()
+    # cohort-days: each cohort from its own first kernel change to the end
+    starts = (ch.join(df.select("host_id", "fs").unique(), on="host_id")
+              .group_by("fleet", "arch", "page_size", "fs").agg(pl.col("at").min().alias("ch_at")))
+    cohort_days = sum((end - t).total_seconds() / 86400 for t in starts["ch_at"])
+    state = RegressionState(None)
+    cache = AnalysisCache()
+    alarms: Dict[str, Dict] = {}
+    evals = []
+    for t in grid(first + timedelta(minutes=step), end, step):
+        w0 = time.perf_counter()
+        a = analyze(df, as_of=t, config=DetectorConfig(changepoints=False), cache=cache)
+        evals.append(time.perf_counter() - w0)
+        state.update(a.candidates, a.rolled_back, a.as_of)
+        for rec in state.open_records():
+            d = alarms.setdefault(rec.id, {"first": t, "status": rec.status, "rec": rec})
+            if rec.status == "confirmed":
+                d["status"] = "confirmed"
+            d["rec"] = rec
+    return {"name": name, "seed": seed, "physics": sc.physics, "cohorts": starts.height,
+            "cohort_days": cohort_days, "alarms": alarms, "sim_s": sim_s,
+            "eval_s": statistics.median(evals) if evals else 0.0, "hosts": sc.hosts}
+
+
+def false_alarms(args) -> List[str]:
+    names = args.scenarios.split(",") if args.scenarios else list(NO_EFFECT)
+    rows = ["| scenario | seed | physics | hosts | cohorts | cohort-days | suspected | confirmed | s/eval |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    tot_cd = tot_s = tot_c = 0.0
+    details = []
+    for k in range(args.runs):
+        name = names[k % len(names)]
+        seed = args.seed0 + k
+        r = run_false(name, seed, args.copies, args.scale, args.step, args.hours)
+        sus = sum(1 for a in r["alarms"].values() if a["status"] == "suspected")
+        con = sum(1 for a in r["alarms"].values() if a["status"] == "confirmed")
+        tot_cd += r["cohort_days"]
+        tot_s += sus
+        tot_c += con
+        rows.append(f"| {name} | {seed} | {r['physics'].summary()} | {r['hosts']} | {r['cohorts']} | "
+                    f"{r['cohort_days']:.1f} | {sus} | {con} | {r['eval_s']:.1f} |")
+        print(rows[-1], flush=True)
+        for rid, a in sorted(r["alarms"].items()):
+            rec = a["rec"]
+            line = (f"- {name} seed {seed}: {rid} {a['status']} at {a['first']:%d %H:%M}: {rec.metric} "
+                    f"({rec.statistic}) x{rec.effect:.3f} n={rec.hosts_new}/{rec.hosts_base}; "
+                    + "; ".join(rec.reasons))
+            details.append(line)
+            print(line, flush=True)
+    any_ = tot_s + tot_c
+    rows += ["", f"Total: {tot_cd:.0f} cohort-days, {any_:.0f} false alarms ({tot_c:.0f} confirmed): "
+             f"{1000 * any_ / tot_cd:.2f} per 1,000 cohort-days; with none, the 95% upper bound "
+             f"would be 3/{tot_cd:.0f} = {3000 / tot_cd:.2f} per 1,000 (rule of three).", ""]
+    return rows + details
+
+
+def _q(xs: List[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def speed(args) -> List[str]:
+    rows = ["| seed | physics | canaries (4K) | exists on 3 hosts (onset / half), min after first canary | suspected after half (onset) | confirmed after half (onset) | s/eval |",
+            "|---|---|---|---|---|---|---|"]
+    sus_d, con_d, sus_o, con_o = [], [], [], []
+    missed_s = missed_c = 0
+    for k in range(args.seeds):
+        seed = args.seed0 + k
+        sc = load_scenario("seed-iomap-arm64-xfs", interval_s=60, seed=seed, hours=10 + 8 + 0.5)
+        sc.physics = Physics.random(seed) if k else None
+        phys = sc.physics or Physics()
+        truth = {(e["page_size"], e["gate"]): e["ts"] for g in (0.0, 0.5)
+                 for e in exposure_ts(sc, seed, gate=g)}
+        half, onset = truth.get((4096, 0.5)), truth.get((4096, 0.0))
+        df = host_windows(sc).select(KEEP)
+        ch = kernel_changes(df)
+        first = ch["at"].min()
+        canary_end = first + timedelta(hours=8)
+        ncan = (ch.join(df.select("host_id", "fs").unique(), on="host_id")
+                .filter((pl.col("arch") == "arm64") & (pl.col("page_size") == 4096)
+                        & (pl.col("fs") == "xfs") & (pl.col("at") < canary_end)).height)
+        state = RegressionState(None)
+        cache = AnalysisCache()
+        t_sus = t_con = None
+        evals = []
+        for t in grid(first + timedelta(minutes=args.step), canary_end, args.step):
+            w0 = time.perf_counter()
+            a = analyze(df, as_of=t, config=DetectorConfig(changepoints=False), cache=cache)
+            evals.append(time.perf_counter() - w0)
+            state.update(a.candidates, a.rolled_back, a.as_of)
+            for rec in state.open_records():
+                if rec.page_size == 4096 and rec.arch == "arm64" and rec.fs == "xfs":
+                    t_sus = t_sus or t
+                    if rec.status == "confirmed":
+                        t_con = t_con or t
+            if t_con:
+                break
+        ts = lambda x: datetime.fromtimestamp(x, timezone.utc) if x else None  # noqa: E731
+        h, o = ts(half), ts(onset)
+        mins = lambda a, b: (a - b).total_seconds() / 60 if a and b else None  # noqa: E731
+        fmt = lambda v: f"{v:.0f}" if v is not None else "-"  # noqa: E731
+        if t_sus:
+            sus_d.append(mins(t_sus, h))
+            sus_o.append(mins(t_sus, o))
+        else:
+            missed_s += 1
+        if t_con:
+            con_d.append(mins(t_con, h))
+            con_o.append(mins(t_con, o))
+        else:
+            missed_c += 1
+        rows.append(f"| {seed} | {'default' if not k else phys.summary()} | {ncan} | "
+                    f"{fmt(mins(o, first))} / {fmt(mins(h, first))} | "
+                    f"{fmt(mins(t_sus, h))} ({fmt(mins(t_sus, o))}) | {fmt(mins(t_con, h))} ({fmt(mins(t_con, o))}) | "
+                    f"{statistics.median(evals):.1f} |")
+        print(rows[-1], flush=True)
+
+    def dist(xs):
+        if not xs:
+            return "-"
+        return (f"median {statistics.median(xs):.0f}, p10 {_q(xs, 0.1):.0f}, p90 {_q(xs, 0.9):.0f}, "
+                f"max {max(xs):.0f} min")
+    n = args.seeds
+    rows += ["",
+             f"- suspected, from half size on 3 hosts: {dist(sus_d)}; within 30 min in "
+             f"{sum(1 for x in sus_d if x <= 30)}/{n}; not in the canary wave: {missed_s}/{n}",
+             f"- confirmed, from half size on 3 hosts: {dist(con_d)}; within 60 min in "
+             f"{sum(1 for x in con_d if x <= 60)}/{n}; not in the canary wave: {missed_c}/{n}",
+             f"- from the onset on 3 hosts: suspected {dist(sus_o)}; confirmed {dist(con_o)}"]
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=("false", "speed"), required=True)
+    p.add_argument("--runs", type=int, default=18, help="false: runs (scenarios in turn)")
+    p.add_argument("--scenarios", default=None, help=f"false: comma-separated of {', '.join(NO_EFFECT)}")
+    p.add_argument("--copies", type=int, default=10, help="false: fleet copies per run")
+    p.add_argument("--scale", type=float, default=0.1, help="false: each copy's size vs the scenario's")
+    p.add_argument("--hours", type=float, default=None, help="false: simulated hours (default: the scenario's)")
+    p.add_argument("--step", type=int, default=None, help="simulated minutes between evaluations")
+    p.add_argument("--seeds", type=int, default=10, help="speed: seeds")
+    p.add_argument("--seed0", type=int, default=300)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.step is None:
+        args.step = 60 if args.only == "false" else 5
+    t0 = time.time()
+    rows = false_alarms(args) if args.only == "false" else speed(args)
+    text = "\n".join(rows) + f"\n\n({time.time() - t0:.0f} s)\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
