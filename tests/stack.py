@@ -174,7 +174,9 @@ class FleetStack:
         return n
 
     # ---- waiting for the services ---------------------------------------------------
-    def _wait(self, what: str, ready, timeout: float):
+    def wait_until(self, what: str, ready, timeout: float):
+        """Until ``ready()`` returns True (anything else says what is missing), failing
+        with a started process's log if it exits meanwhile."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -196,7 +198,7 @@ class FleetStack:
             got = metric_sum(m, "foliowatch_pipeline_records_in_total")
             lag = metric_sum(m, "foliowatch_pipeline_consumer_lag_records")
             return True if got >= self.sent and lag == 0 else f"{got:.0f}/{self.sent} read, lag {lag:.0f}"
-        self._wait("pipeline caught up", ready, timeout)
+        self.wait_until("pipeline caught up", ready, timeout)
         m = scrape(self.pipeline_metrics_url)
         return m['foliowatch_pipeline_latest_window_start_seconds{window_s="60"}']
 
@@ -212,7 +214,7 @@ class FleetStack:
             m = scrape(self.detector_metrics_url)
             seen = m.get("foliowatch_detector_evaluated_until_timestamp_seconds", 0.0)
             return True if seen >= as_of else f"evaluated until {seen:.0f}, want {as_of:.0f}"
-        self._wait("detector evaluation", ready, timeout)
+        self.wait_until("detector evaluation", ready, timeout)
         return scrape(self.detector_metrics_url)
 
 

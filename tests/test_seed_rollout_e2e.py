@@ -86,21 +86,6 @@ def stop_agent(proc) -> None:
         proc.wait(10)
 
 
-def wait_for(what, cond, stack, timeout=600.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        stack.check()
-        try:
-            last = cond()
-        except OSError as e:            # not listening yet
-            last = e
-        if last and not isinstance(last, (str, OSError)):    # a string says what is missing
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
-
-
 class Rollout:
     """The shared replay: the services, the webhook's notifications, the scenario."""
 
@@ -121,8 +106,8 @@ class Rollout:
         self.rules = rules
 
     def play_to_regression(self) -> None:
-        wait_for("agent /metrics", lambda: "foliowatch_agent_samples_total" in
-                 str(scrape(f"http://{self.agent_addr}/metrics")), self.stack, timeout=120)
+        self.stack.wait_until("agent /metrics", lambda: "foliowatch_agent_samples_total" in
+                              str(scrape(f"http://{self.agent_addr}/metrics")), timeout=120)
         self.stack.start()
         self.prom = self.stack.start_prometheus(rule_files=[self.rules], alertmanager=self.am.url,
                                                 extra_targets={"foliowatch-agent": self.agent_addr})
@@ -172,7 +157,7 @@ def test_every_panel_query_returns_series_at_the_regression(rollout):
         jobs = {r["metric"]["job"] for r in ups if r["value"][1] == "1"}
         return True if jobs >= {"foliowatch-pipeline", "foliowatch-detector", "foliowatch-agent"} \
             else f"up: {sorted(jobs)}"
-    wait_for("all three targets scraped", all_up, rollout.stack, timeout=120)
+    rollout.stack.wait_until("all three targets scraped", all_up, timeout=120)
     time.sleep(6)        # a few more scrapes of the state: rates need two points
     end = time.time()
 
@@ -214,7 +199,8 @@ def test_every_panel_query_returns_series_at_the_regression(rollout):
 
 @pytest.mark.timeout(900)
 def test_the_regression_pages_once_naming_the_arm64_xfs_cohort(rollout):
-    wait_for("a page", lambda: rollout.regression_notes("/payments-db"), rollout.stack)
+    rollout.stack.wait_until("a page", lambda: bool(rollout.regression_notes("/payments-db")),
+                             timeout=600)
     page = [n for p, n in rollout.regression_notes("/payments-db") if n["status"] == "firing"][0]
     assert page["groupLabels"] == {"fleet": "payments-db", "kernel_from": ARM64[0],
                                    "kernel_to": ARM64[1]}
@@ -232,8 +218,8 @@ def test_the_page_resolves_after_the_rollback_and_was_the_only_one(rollout):
     # the rollback (hour 10) and the detector's quiet period after it
     rollout.stack.play_until(rollout.sc.start_ts + 11.5 * HOUR)
     rollout.stack.wait_detector()
-    wait_for("the page resolved", lambda: [n for _, n in rollout.regression_notes("/payments-db")
-                                           if n["status"] == "resolved"], rollout.stack)
+    rollout.stack.wait_until("the page resolved", lambda: any(
+        n["status"] == "resolved" for _, n in rollout.regression_notes("/payments-db")), timeout=600)
     notes = rollout.regression_notes()
     pages = [n for p, n in notes if p == "/payments-db"]
     firing = [n for n in pages if n["status"] == "firing"]
