@@ -106,7 +106,7 @@ class Decision:
             parts.append(f"{max(hosts)} more comparable new-kernel hosts")
         hours = max((v.more_hours_needed for v in wait), default=0.0)
         if hours > 0:
-            parts.append(f"{hours:.1f} more hours")
+            parts.append(f"{math.ceil(hours * 10) / 10:.1f} more hours")    # never "0.0 more"
         frag = [v for v in wait if v.frag_hosts < v.frag_hosts_needed]
         if frag:
             v = min(frag, key=lambda v: v.frag_hosts)
@@ -166,7 +166,9 @@ def judge_group(c, fdr: float, policy: GatePolicy) -> GroupVerdict:
                           "not compared")
     if hours < policy.min_hours:
         gv.more_hours_needed = round(policy.min_hours - hours, 2)
-        gv.reasons.append(f"new kernel observed for {hours:.1f} h; {policy.min_hours:g} h needed")
+        # rounded down: 5.98 h must not read as the 6 h needed
+        gv.reasons.append(f"new kernel observed for {math.floor(hours * 10) / 10:.1f} h; "
+                          f"{policy.min_hours:g} h needed")
         gv.decision = EXIT_WAIT
     if c.confounds:
         gv.confounds = list(c.confounds)
