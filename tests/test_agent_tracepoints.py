@@ -222,19 +222,26 @@ def test_buffered_writes_land_in_the_expected_buckets_and_agree_with_perf_stat(
             assert counters.problems == []
             perf = PerfStat([(s.event, s.filter) for s in counters.specs
                              if s.event == tp.EV_FILEMAP], tmp_path)
-            perf.enable()
+            # perf's window nested inside ours: ours holds everything perf counts
             before = counters.raw_counts()
+            perf.enable()
             write_file(f"{mnt}/large", MIB, 256)        # 1 MiB writes ask for order 8
             write_file(f"{mnt}/medium", 64 << 10, 64)   # 64 KiB: order 4
             write_file(f"{mnt}/small", 4096, 1024)      # 4 KiB: order 0
-            after = counters.raw_counts()
             perf.disable()
+            after = counters.raw_counts()
             by_perf = perf.counts()
         finally:
             counters.close()
     delta = {k: after[k] - before[k] for k in after}
-    ours = [delta[s.key] for s in counters.specs if s.event == tp.EV_FILEMAP]
-    assert ours == by_perf
+    ours = {s.key: delta[s.key] for s in counters.specs if s.event == tp.EV_FILEMAP}
+    perf_by_key = dict(zip(ours, by_perf))
+    # the same counts, except order-0 folios the filesystem adds on its own (ext4 does,
+    # seen: 2) in the moments between the edges of the two windows
+    order0 = "pagecache_order_0"
+    assert {k: v for k, v in ours.items() if k != order0} == \
+        {k: v for k, v in perf_by_key.items() if k != order0}
+    assert perf_by_key[order0] <= ours[order0] <= perf_by_key[order0] + 8, (ours, perf_by_key)
     wire = tp.wire_counters(delta, DEFAULT, 4096)
     print(f"{fstype}: {wire}")
     large_bytes = wire["tp_pagecache_bytes_order_4_7"] + wire["tp_pagecache_bytes_order_8_up"]
