@@ -55,9 +55,7 @@ def _kill_on_nth(owner, name: str, n: int, before: bool = False,
 
 
 def inject_kill_at(step: str, n: int) -> None:
-    from kafka import KafkaConsumer
-
-    from foliowatch.pipeline import engine
+    from foliowatch.pipeline import engine, kafka_client
     from foliowatch.pipeline.consumer import KafkaRunner
     from foliowatch.pipeline.sinks import StateStore
     if step == "consume":
@@ -69,7 +67,9 @@ def inject_kill_at(step: str, n: int) -> None:
     elif step == "checkpoint":
         _kill_on_nth(StateStore, "save", n)
     elif step == "commit":
-        _kill_on_nth(KafkaConsumer, "commit", n, before=True)
+        # the consumer interface's commit, whichever Kafka client the pipeline runs on
+        for client in (kafka_client.ConfluentConsumer, kafka_client.KafkaPythonConsumer):
+            _kill_on_nth(client, "commit", n, before=True)
     else:
         raise SystemExit(f"--kill-at: one of {', '.join(STEPS)}, got {step!r}")
 
