@@ -15,7 +15,7 @@ import polars as pl
 from . import attribution, cohort, evidence, mechanism
 from .changepoint import LevelShifts
 from .headline import headline, level_effects
-from .frames import GROUP_KEYS, LOG_FLOOR, TESTED_METRICS
+from .frames import GROUP_KEYS, LOG_FLOOR, STATE_METRIC, TESTED_METRICS
 from .records import RegressionRecord, record_id
 from .reference_state import ReferenceState
 
@@ -68,6 +68,9 @@ class AnalysisCache:
     boots_until: Optional[datetime] = None
     references: Dict[Tuple, Tuple[datetime, Dict[str, ReferenceState]]] = \
         field(default_factory=dict)
+    # the baseline histories read for one evaluation (``run.load_evaluated``): used
+    # instead of the host windows' own for a run as of ``reference_windows.as_of``
+    reference_windows: Optional["ReferenceWindows"] = None
 
     def rollouts(self, host_windows: pl.DataFrame, as_of: datetime) -> List[attribution.Rollout]:
         upto = pl.col("window_start") <= as_of
@@ -114,15 +117,17 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
         as_of = host_windows["window_start"].max()
     recent = host_windows.filter((pl.col("window_start") <= as_of)
                                  & (pl.col("window_start") > as_of - config.lookback))
-    _history: List[pl.DataFrame] = []
+    _references: List[ReferenceWindows] = []
 
-    def history() -> pl.DataFrame:     # everything up to as_of, only when needed
-        if not _history:
-            _history.append(host_windows.filter(pl.col("window_start") <= as_of))
-        return _history[0]
+    def references() -> "ReferenceWindows":     # once per evaluation, only when needed
+        if not _references:
+            given = cache.reference_windows if cache is not None else None
+            _references.append(given if given is not None and given.as_of == as_of
+                               else ReferenceWindows.of(host_windows, as_of, config))
+        return _references[0]
 
     rollouts = cache.rollouts(host_windows, as_of) if cache is not None \
-        else attribution.infer_rollouts(history())
+        else attribution.infer_rollouts(host_windows.filter(pl.col("window_start") <= as_of))
 
     hosts_by_group: Dict[Tuple, int] = {}
     rolled_back: Set[Tuple[str, str]] = set()
@@ -137,9 +142,7 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
             states = cache.reference_states((key, base, new), as_of) if cache is not None else None
             reference = None
             if states is None and config.adjust:
-                group_history = history().filter(pl.all_horizontal(
-                    [pl.col(k) == v for k, v in zip(GROUP_KEYS, key)]))
-                reference = _reference(group_history, base, as_of, config, new)
+                reference = references().reference(key, base, new, config)
                 states = {}
                 if cache is not None:
                     cache.references[(key, base, new)] = (as_of, states)
@@ -175,26 +178,140 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
                     rolled_back, hosts_by_group)
 
 
-def _reference(history: pl.DataFrame, base: str, as_of: datetime, config: "DetectorConfig",
-               new: Optional[str] = None) -> pl.DataFrame:
-    """Baseline-kernel host windows for the memory-state model and the hosts' own
-    pre-rollout levels: the last ``reference_history``, at most ``reference_hosts`` hosts
-    (a stable hash sample: the same hosts every run) plus every host that has run the
-    ``new`` kernel (their windows before it are their own "before") and every host that
-    rebooted within it (the few that show the fresh-memory states)."""
-    ref = history.filter((pl.col("kernel") == base)
-                         & (pl.col("window_start") > as_of - config.reference_history))
-    if ref["host_id"].n_unique() > config.reference_hosts:
-        hosts = ref["host_id"].unique()
-        keep = hosts.filter(hosts.hash(seed=7) % 1000 < 1000 * config.reference_hosts / hosts.len())
-        extra = [keep]
-        if new is not None:
-            extra.append(history.filter(pl.col("kernel") == new)["host_id"].unique())
-        if "uptime_s" in ref.columns:
-            extra.append(ref.filter(pl.col("uptime_s") < 6 * 3600.0)["host_id"].unique())
-        keep = pl.concat(extra).unique()
-        ref = ref.filter(pl.col("host_id").is_in(keep.implode()))
-    return ref
+# What a reference needs of a window (``reference_state``): its time, host and kernel,
+# the tested metrics and the memory state. Nothing else of the history is held.
+REFERENCE_COLUMNS = ("window_start", "host_id", "kernel", *TESTED_METRICS, STATE_METRIC)
+# Hosts up for less than this within the reference history show the fresh-memory
+# states; they are always in the reference.
+FRESH_UPTIME_S = 6 * 3600.0
+REFERENCE_HOST_SEED = 7
+
+
+def reference_summary(host_windows: pl.LazyFrame, as_of: datetime, config: "DetectorConfig"
+                      ) -> pl.LazyFrame:
+    """One row per (group, kernel, host) seen up to ``as_of``: whether it has windows
+    within the reference history (``in_reference``) and whether any of them is from a
+    fresh boot (``fresh``). All that choosing a reference's hosts needs; rows of slices
+    read one after the other combine with ``merge_reference_summaries``."""
+    in_ref = pl.col("window_start") > as_of - config.reference_history
+    names = host_windows.collect_schema().names()
+    fresh = (in_ref & (pl.col("uptime_s") < FRESH_UPTIME_S)) if "uptime_s" in names \
+        else pl.lit(False)
+    return (host_windows.filter(pl.col("window_start") <= as_of)
+            .group_by(*GROUP_KEYS, "kernel", "host_id")
+            .agg(in_ref.any().alias("in_reference"), fresh.any().fill_null(False).alias("fresh")))
+
+
+def merge_reference_summaries(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    keys = [*GROUP_KEYS, "kernel", "host_id"]
+    return (pl.concat(parts, how="diagonal_relaxed").group_by(keys)
+            .agg(pl.col("in_reference").any(), pl.col("fresh").any()))
+
+
+def _sampled(hosts: pl.Series, config: "DetectorConfig") -> pl.Series:
+    """A stable hash sample of about ``reference_hosts`` of ``hosts`` (distinct ids):
+    the same hosts every run."""
+    return hosts.filter(hosts.hash(seed=REFERENCE_HOST_SEED) % 1000
+                        < 1000 * config.reference_hosts / hosts.len())
+
+
+def reference_hosts(summary: pl.DataFrame, base: str, new: Optional[str],
+                    config: "DetectorConfig") -> Optional[pl.Series]:
+    """The hosts of one group's reference for ``base`` -> ``new`` (None: every host on
+    ``base``): at most ``reference_hosts`` hosts of those with ``base`` windows in the
+    reference history (a stable hash sample) plus every host that has run the ``new``
+    kernel (its windows before it are its own "before") and every host that booted
+    within it (the few that show the fresh-memory states). ``summary``: the group's rows
+    of ``reference_summary``."""
+    on_base = summary.filter((pl.col("kernel") == base) & pl.col("in_reference"))
+    if on_base.height <= config.reference_hosts:
+        return None
+    extra = [_sampled(on_base["host_id"], config)]
+    if new is not None:
+        extra.append(summary.filter(pl.col("kernel") == new)["host_id"].unique())
+    extra.append(on_base.filter(pl.col("fresh"))["host_id"])
+    return pl.concat(extra).unique()
+
+
+def reference_read_keys(summary: pl.DataFrame, config: "DetectorConfig") -> pl.DataFrame:
+    """(host_id, kernel) of every window some reference of this evaluation can use,
+    whichever kernels it compares: per group and kernel, the hosts ``reference_hosts``
+    would keep with any other kernel of the group as the new one. What a one-shot
+    evaluation reads of the reference history beyond its lookback."""
+    keys = [*GROUP_KEYS, "kernel"]
+    s = summary.filter(pl.col("in_reference"))
+    s = s.with_columns(
+        pl.len().over(keys).alias("n"),
+        pl.Series("h", s["host_id"].hash(seed=REFERENCE_HOST_SEED) % 1000))
+    other = (summary.group_by(*GROUP_KEYS, "host_id").agg(pl.col("kernel").n_unique().alias("kernels")))
+    s = s.join(other, on=[*GROUP_KEYS, "host_id"], how="left")
+    keep = ((pl.col("n") <= config.reference_hosts)
+            | (pl.col("h") < 1000 * config.reference_hosts / pl.col("n"))
+            | pl.col("fresh") | (pl.col("kernels") > 1))
+    return s.filter(keep).select("host_id", "kernel").unique()
+
+
+@dataclass
+class ReferenceWindows:
+    """The baseline histories one evaluation models memory state and pre-rollout levels
+    from: the ``REFERENCE_COLUMNS`` of the windows in the last ``reference_history``
+    before ``as_of`` (all of them, or a one-shot read's subset that holds every reference
+    host's), each row tagged with its group (``groups``: group key -> tag). ``summary``:
+    the ``reference_summary`` of every group when the windows are such a subset;
+    otherwise a group's is taken from ``host_windows`` when its baseline has more hosts
+    than a reference keeps."""
+    as_of: datetime
+    windows: pl.DataFrame
+    groups: Dict[Tuple, int]
+    summary: Optional[pl.DataFrame] = None
+    host_windows: Optional[pl.DataFrame] = None
+
+    @classmethod
+    def of(cls, host_windows: pl.DataFrame, as_of: datetime, config: "DetectorConfig"
+           ) -> "ReferenceWindows":
+        return cls.from_windows(as_of, cls.select(host_windows.lazy(), as_of, config).collect(),
+                                host_windows=host_windows)
+
+    @classmethod
+    def from_windows(cls, as_of: datetime, windows: pl.DataFrame,
+                     summary: Optional[pl.DataFrame] = None,
+                     host_windows: Optional[pl.DataFrame] = None) -> "ReferenceWindows":
+        """From ``select``'s rows, kept in the order read (a memory-state model samples
+        rows). Groups are tagged by a hash of their keys: partitioning millions of rows
+        on five string columns took longer than the comparisons."""
+        tagged = windows.with_columns(pl.struct(*GROUP_KEYS).hash().alias("_group"))
+        tags = tagged.group_by("_group").agg(pl.col(k).first() for k in GROUP_KEYS)
+        groups = {tuple(row[1:]): row[0] for row in tags.iter_rows()}
+        return cls(as_of, tagged.drop(GROUP_KEYS), groups, summary, host_windows)
+
+    @staticmethod
+    def select(host_windows: pl.LazyFrame, as_of: datetime, config: "DetectorConfig"
+               ) -> pl.LazyFrame:
+        names = host_windows.collect_schema().names()
+        return (host_windows.filter((pl.col("window_start") <= as_of)
+                                    & (pl.col("window_start") > as_of - config.reference_history))
+                .select(*GROUP_KEYS, *[c for c in REFERENCE_COLUMNS if c in names]))
+
+    def reference(self, key: Tuple, base: str, new: Optional[str], config: "DetectorConfig"
+                  ) -> pl.DataFrame:
+        """Baseline-kernel windows of group ``key`` for the memory-state model and the
+        hosts' own pre-rollout levels (``reference_hosts`` chooses the hosts)."""
+        is_group = pl.all_horizontal([pl.col(k) == v for k, v in zip(GROUP_KEYS, key)])
+        tag = self.groups.get(tuple(key))
+        ref = self.windows.filter((pl.col("_group") == tag) & (pl.col("kernel") == base)
+                                  ).drop("_group") if tag is not None \
+            else self.windows.clear().drop("_group")
+        if self.summary is not None:
+            summary = self.summary.filter(is_group)
+        elif ref["host_id"].n_unique() <= config.reference_hosts:
+            return ref
+        else:
+            summary = reference_summary(self.host_windows.lazy().filter(is_group), self.as_of,
+                                        config).collect()
+        keep = reference_hosts(summary, base, new, config)
+        if keep is not None:
+            ref = ref.filter(pl.col("host_id").is_in(keep.implode()))
+        return ref
 
 
 def _rolled_back(part: pl.DataFrame, rollouts, key: Tuple, as_of: datetime,

@@ -127,7 +127,7 @@ def host_files(root: str, window_s: int, since: Optional[datetime] = None,
     return files
 
 
-def _collect_opened(paths: Sequence[str], query) -> list:
+def _collect_opened(paths: Sequence[str], query, engine: str = "auto") -> list:
     """``query`` over ``paths`` opened first, in slices of FILES_PER_READ: what is read
     is what was opened, whatever renames happen meanwhile."""
     frames = []
@@ -142,7 +142,7 @@ def _collect_opened(paths: Sequence[str], query) -> list:
             if fds:
                 lf = pl.scan_parquet([f"/proc/self/fd/{fd}" for fd in fds])
                 try:
-                    frames.append(query(lf).collect())
+                    frames.append(query(lf).collect(engine=engine))
                 except _READ_ERRORS as e:
                     e.foliowatch_files = list(paths[i:i + FILES_PER_READ])
                     raise
@@ -155,11 +155,13 @@ def _collect_opened(paths: Sequence[str], query) -> list:
 def collect_host_windows(root: str, window_s: int,
                          query: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda lf: lf,
                          since: Optional[datetime] = None, until: Optional[datetime] = None,
-                         attempts: int = READ_ATTEMPTS) -> list:
+                         attempts: int = READ_ATTEMPTS, engine: str = "auto") -> list:
     """``query`` (row-wise: filters, selects) applied to the host windows; one frame per
     slice of files read. ``since`` / ``until`` only prune ``date=`` folders: the query
-    filters rows. Raises ``DatasetReadError`` naming the dataset when a file cannot be
-    read (damaged, not a rename)."""
+    filters rows. ``engine``: polars' (``"streaming"`` for an aggregation: it holds a
+    batch of rows at a time, not the slice's; row order is then not the files'). Raises
+    ``DatasetReadError`` naming the dataset when a file cannot be read (damaged, not a
+    rename)."""
     remote = str(root).startswith("s3://")
     last = None
     for attempt in range(attempts):
@@ -170,8 +172,8 @@ def collect_host_windows(root: str, window_s: int,
                 raise _no_host_windows(root, window_s)
         try:
             if remote:
-                return [query(scan_remote_host_windows(root, window_s)).collect()]
-            return _collect_opened(files, query)
+                return [query(scan_remote_host_windows(root, window_s)).collect(engine=engine)]
+            return _collect_opened(files, query, engine)
         except _READ_ERRORS as e:
             last = e
             if attempt + 1 < attempts:

@@ -95,24 +95,54 @@ class FollowedFrame:
 
 
 def load_evaluated(args, as_of: Optional[datetime], config):
-    """What one evaluation reads (a one-shot ``detect`` or ``verdict``): the host
-    windows it compares and models from (the lookback and the memory-state reference
-    history before ``as_of``), and over ``--history`` one row per boot (the rollouts and
-    rollbacks are read from boots), aggregated as each slice of files is read. Memory
-    grows with the hosts in the evaluated windows, not with the history.
-    Returns (host windows, boots, as_of)."""
+    """What one evaluation reads (a one-shot ``detect`` or ``verdict``), each part with
+    only the columns and rows it uses (filters and projections pushed into the scan):
+
+    - every column of the lookback's host windows (what is compared);
+    - of the memory-state reference history before it, one row per (group, kernel,
+      host), then only the windows of the hosts a reference can use (sampled baseline
+      hosts, hosts that ran another kernel, freshly booted ones: ``reference_read_keys``)
+      and only the columns a reference uses (``ReferenceWindows``);
+    - over ``--history``, one row per boot (the rollouts and rollbacks are read from
+      boots), aggregated as each day of files is read.
+
+    Memory grows with the hosts in the lookback plus the reference hosts, not with the
+    history. Returns (host windows, boots, reference windows, as_of)."""
     import polars as pl
 
+    from .analysis import (ReferenceWindows, merge_reference_summaries, reference_read_keys,
+                           reference_summary)
     from .attribution import ROLLOUT_KEYS
-    from .frames import _utc, collect_host_windows, newest_window, normalise_host_windows, \
-        read_host_windows
+    from .frames import _utc, collect_host_windows, host_files, newest_window, \
+        normalise_host_windows, read_host_windows
     if as_of is None:
         as_of = newest_window(args.dataset, args.window_s)
         if as_of is None:
             raise InputError(f"dataset {args.dataset}: no host windows")
     as_of = _utc(as_of)
     since = as_of - max(config.lookback, config.reference_history)
-    df = read_host_windows(args.dataset, args.window_s, since=since, until=as_of)
+    df = read_host_windows(args.dataset, args.window_s, since=as_of - config.lookback, until=as_of)
+    if df.is_empty():
+        # nothing to compare; the history still says which rollouts were rolled back
+        df = read_host_windows(args.dataset, args.window_s, since=since, until=as_of)
+
+    def read(query, lo: datetime, hi: datetime, engine: str = "auto") -> pl.DataFrame:
+        parts = [normalise_host_windows(f) for f in collect_host_windows(
+            args.dataset, args.window_s, query, since=lo, until=hi, engine=engine)]
+        return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
+
+    in_range = (pl.col("window_start") >= since) & (pl.col("window_start") <= as_of)
+    summary = merge_reference_summaries(
+        [read(lambda lf: reference_summary(lf.filter(in_range), as_of, config), since, as_of,
+              "streaming")])
+    keys = reference_read_keys(summary, config)
+    wanted = (keys["host_id"] + "\x00" + keys["kernel"]).implode()
+    reference = ReferenceWindows.from_windows(as_of, read(
+        lambda lf: ReferenceWindows.select(
+            lf.filter((pl.col("host_id").cast(pl.String) + "\x00" + pl.col("kernel").cast(pl.String))
+                      .is_in(wanted)), as_of, config),
+        as_of - config.reference_history, as_of), summary=summary)
+
     first = as_of - max(args.history, config.lookback, config.reference_history)
     keys = ["kernel", *ROLLOUT_KEYS]
 
@@ -121,23 +151,24 @@ def load_evaluated(args, as_of: Optional[datetime], config):
                 .group_by("host_id", "boot_id")
                 .agg(pl.col("window_start").min(), *[pl.col(k).sort_by("window_start").first()
                                                     for k in keys]))
-    # a day at a time (the dataset's date= folders): the per-boot aggregation holds one
-    # day's host and boot ids, not the history's
+    # a day at a time, midnight to midnight (the dataset's date= folders: each file is
+    # read once): the per-boot aggregation holds one day's host and boot ids, not the
+    # history's
     parts = []
     day = first
-    while True:
-        end = min(day + timedelta(days=1), as_of)
-        parts += [normalise_host_windows(f) for f in collect_host_windows(
-            args.dataset, args.window_s, lambda lf, lo=day, hi=end: per_boot(lf, lo, hi),
-            since=day, until=end)]
-        if end >= as_of:
-            break
-        day = end
+    while day <= as_of:
+        end = min(datetime.combine(day.date() + timedelta(days=1), datetime.min.time(), day.tzinfo)
+                  - timedelta(microseconds=1), as_of)
+        if host_files(args.dataset, args.window_s, day, end):
+            parts += [normalise_host_windows(f) for f in collect_host_windows(
+                args.dataset, args.window_s, lambda lf, lo=day, hi=end: per_boot(lf, lo, hi),
+                since=day, until=end)]
+        day = end + timedelta(microseconds=1)
     boots = (pl.concat(parts, how="diagonal_relaxed").sort("window_start")
              .group_by("host_id", "boot_id", maintain_order=True)
              .agg(pl.col("window_start").first(), *[pl.col(k).first() for k in keys])
              .select("host_id", "boot_id", "window_start", *keys))
-    return df, boots, as_of
+    return df, boots, reference, as_of
 
 
 def evaluate(args, as_of: Optional[datetime] = None, frame=None, cache=None):
@@ -149,8 +180,8 @@ def evaluate(args, as_of: Optional[datetime] = None, frame=None, cache=None):
     config = config_from(args)
     as_of = as_of or args.as_of
     if frame is None and cache is None:
-        frame, boots, as_of = load_evaluated(args, as_of, config)
-        cache = AnalysisCache(boots=boots, boots_until=as_of)
+        frame, boots, reference, as_of = load_evaluated(args, as_of, config)
+        cache = AnalysisCache(boots=boots, boots_until=as_of, reference_windows=reference)
     df = frame
     if df.is_empty():
         raise InputError(f"dataset {args.dataset}: no host windows in the requested range")
