@@ -77,18 +77,43 @@ def dump(out: str, cases) -> None:
                 print(c, t, len(a.comparisons), len(a.candidates), flush=True)
 
 
-def diff(a: str, b: str) -> int:
+def _close(x, y, rel: float) -> bool:
+    """Equal, up to ``rel`` relative difference between floats (last-bit rounding of a
+    sum taken in another order)."""
+    if isinstance(x, float) and isinstance(y, float):
+        return x == y or abs(x - y) <= rel * max(abs(x), abs(y))
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_close(a, b, rel) for a, b in zip(x, y))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_close(x[k], y[k], rel) for k in x)
+    return x == y
+
+
+def diff(a: str, b: str, rel: float = 1e-9) -> int:
+    """Lines that differ: exactly, and beyond ``rel`` in some float (every decision, status
+    and count must be equal for a line to be close)."""
     la, lb = Path(a).read_text().splitlines(), Path(b).read_text().splitlines()
-    bad = 0
+    exact = bad = 0
+    worst = 0.0
     for i, (x, y) in enumerate(zip(la, lb)):
-        if x != y:
+        if x == y:
+            continue
+        exact += 1
+        jx, jy = json.loads(x), json.loads(y)
+        if not _close(jx, jy, rel):
             bad += 1
             if bad <= 10:
                 print(f"line {i + 1}:\n  {x[:400]}\n  {y[:400]}")
+        else:
+            for tx, ty in zip(jx.get("tests", []), jy.get("tests", [])):
+                for u, v in zip(tx, ty):
+                    if isinstance(u, float) and u != v:
+                        worst = max(worst, abs(u - v) / max(abs(u), abs(v)))
     if len(la) != len(lb):
         print(f"{len(la)} lines against {len(lb)}")
         bad += 1
-    print(f"{len(la)} lines compared, {bad} differ")
+    print(f"{len(la)} lines compared: {exact} not byte-identical, {bad} differ beyond a relative "
+          f"{rel:g} (largest relative float difference among the others: {worst:.1e})")
     return 1 if bad else 0
 
 

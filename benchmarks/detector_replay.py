@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/detector_replay.py --only false [--runs 18] [--step 60]
     .venv/bin/python benchmarks/detector_replay.py --only speed [--seeds 10] [--step 5]
+    .venv/bin/python benchmarks/detector_replay.py --totals RUNS.jsonl [...]
 
 Everything runs in process (simulator -> host windows -> ``analyze`` with a
 ``RegressionState`` at successive as-of times, as ``detect --follow`` would); no Kafka.
@@ -11,6 +12,12 @@ and noise than the ones the detector was written against.
 
 ``false``: rollouts with no kernel effect (control, load shift, improvement, canaries on
 new hardware, a rollback, late waves that leave a few long-running baseline hosts).
+``--jsonl FILE``: one line per run, appended as each run finishes (its figures, every
+alarm's evidence, the commit evaluated), so that a stopped series keeps what it
+measured; ``--totals FILE`` (alone) sums such files. ``--data DIR``: the simulated host
+windows of each (scenario, seed, copies, scale, hours) are kept there as Parquet and
+read back by a later run (a rerun after a rule change evaluates the same fleets without
+simulating them again).
 The scenario's fleet is replicated ``--copies`` times at ``--scale`` of its size (many
 small independent cohorts; each copy's rollout shifted by up to 4 h). A cohort-day is
 one cohort (fleet, role, arch, page size, fs) evaluated for one day from the moment its
@@ -27,8 +34,11 @@ canary (1 %) wave.
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -77,8 +87,21 @@ NO_EFFECT = {
 }
 
 
-def run_false(name: str, seed: int, copies: int, scale: float, step: int,
-              hours: Optional[float]) -> Dict:
+def _commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "detector", "simulator"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return head + ("+uncommitted" if dirty else "")
+
+
+def _simulated(name: str, seed: int, copies: int, scale: float, hours: Optional[float],
+               data: Optional[str]):
+    """The run's host windows and physics: read back from ``data`` when simulated before."""
     base, change = NO_EFFECT[name]
     sc = load_scenario(base, interval_s=60, seed=seed)
     if change:
@@ -87,9 +110,22 @@ def run_false(name: str, seed: int, copies: int, scale: float, step: int,
         sc.hours = hours
     sc = replicate(sc, copies, scale, seed)
     sc.physics = Physics.random(seed)
+    path = (Path(data) / f"{name}-s{seed}-c{copies}-x{scale:g}-h{sc.hours:g}.parquet") if data else None
     t0 = time.perf_counter()
-    df = host_windows(sc).select(KEEP)
-    sim_s = time.perf_counter() - t0
+    if path is not None and path.exists():
+        df = pl.read_parquet(path)
+    else:
+        df = host_windows(sc).select(KEEP)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            df.write_parquet(str(path) + ".tmp")
+            os.replace(str(path) + ".tmp", path)
+    return sc, df, time.perf_counter() - t0
+
+
+def run_false(name: str, seed: int, copies: int, scale: float, step: int,
+              hours: Optional[float], data: Optional[str] = None) -> Dict:
+    sc, df, sim_s = _simulated(name, seed, copies, scale, hours, data)
     ch = kernel_changes(df)
     first = ch["at"].min()
     end = df["window_start"].max()
@@ -100,11 +136,12 @@ def run_false(name: str, seed: int, copies: int, scale: float, step: int,
     state = RegressionState(None)
     cache = AnalysisCache()
     alarms: Dict[str, Dict] = {}
-    evals = []
+    evals, cpu = [], []
     for t in grid(first + timedelta(minutes=step), end, step):
-        w0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         a = analyze(df, as_of=t, config=DetectorConfig(changepoints=False), cache=cache)
         evals.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
         state.update(a.candidates, a.rolled_back, a.as_of)
         for rec in state.open_records():
             d = alarms.setdefault(rec.id, {"first": t, "status": rec.status, "rec": rec})
@@ -113,7 +150,61 @@ def run_false(name: str, seed: int, copies: int, scale: float, step: int,
             d["rec"] = rec
     return {"name": name, "seed": seed, "physics": sc.physics, "cohorts": starts.height,
             "cohort_days": cohort_days, "alarms": alarms, "sim_s": sim_s,
-            "eval_s": statistics.median(evals) if evals else 0.0, "hosts": sc.hosts}
+            "eval_s": statistics.median(evals) if evals else 0.0,
+            "eval_cpu_s": statistics.median(cpu) if cpu else 0.0, "evals": len(evals),
+            "hosts": sc.hosts, "hours": sc.hours}
+
+
+def _alarm_line(name: str, seed: int, rid: str, a: Dict) -> str:
+    rec = a["rec"]
+    return (f"- {name} seed {seed}: {rid} {a['status']} at {a['first']:%d %H:%M}: {rec.metric} "
+            f"({rec.statistic}) x{rec.effect:.3f} n={rec.hosts_new}/{rec.hosts_base}; "
+            + "; ".join(rec.reasons))
+
+
+def _jsonl_row(r: Dict, args, commit: str) -> Dict:
+    return {"scenario": r["name"], "seed": r["seed"], "physics": r["physics"].summary(),
+            "hosts": r["hosts"], "hours": r["hours"], "cohorts": r["cohorts"],
+            "cohort_days": round(r["cohort_days"], 3), "copies": args.copies, "scale": args.scale,
+            "step_min": args.step, "evals": r["evals"], "eval_s": round(r["eval_s"], 2),
+            "eval_cpu_s": round(r["eval_cpu_s"], 2), "sim_s": round(r["sim_s"], 1),
+            "suspected": sum(1 for a in r["alarms"].values() if a["status"] == "suspected"),
+            "confirmed": sum(1 for a in r["alarms"].values() if a["status"] == "confirmed"),
+            "alarms": [{"id": rid, "status": a["status"], "first": a["first"].isoformat(),
+                        "metric": a["rec"].metric, "statistic": a["rec"].statistic,
+                        "effect": a["rec"].effect, "hosts_new": a["rec"].hosts_new,
+                        "hosts_base": a["rec"].hosts_base, "reasons": a["rec"].reasons,
+                        "line": _alarm_line(r["name"], r["seed"], rid, a)}
+                       for rid, a in sorted(r["alarms"].items())],
+            "commit": commit, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "loadavg": [round(x, 1) for x in os.getloadavg()],
+            "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def totals(paths: List[str]) -> List[str]:
+    """The runs of one or more ``--jsonl`` files: false alarms by level and scenario."""
+    runs = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    by: Dict[str, List[float]] = {}
+    for r in runs:
+        b = by.setdefault(r["scenario"], [0, 0.0, 0, 0])
+        b[0] += 1
+        b[1] += r["cohort_days"]
+        b[2] += r["suspected"]
+        b[3] += r["confirmed"]
+    rows = ["| scenario | runs | cohort-days | suspected | confirmed |", "|---|---|---|---|---|"]
+    for name, (n, cd, sus, con) in sorted(by.items()):
+        rows.append(f"| {name} | {n} | {cd:.0f} | {sus} | {con} |")
+    cd = sum(b[1] for b in by.values())
+    sus = sum(b[2] for b in by.values())
+    con = sum(b[3] for b in by.values())
+    rows.append(f"| all | {len(runs)} | {cd:.0f} | {sus} | {con} |")
+    commits = sorted({r["commit"] for r in runs})
+    rows += ["", f"Total: {cd:.0f} cohort-days, {sus + con} false alarms ({con} confirmed): "
+             f"{1000 * (sus + con) / cd if cd else 0:.2f} per 1,000 cohort-days; the 95% upper bound with "
+             f"none would be 3/{cd:.0f} = {3000 / cd if cd else float('inf'):.2f} per 1,000 (rule of three). "
+             f"Commits evaluated: {', '.join(commits)}.", ""]
+    rows += [a["line"] + f" [commit {r['commit']}]" for r in runs for a in r["alarms"]]
+    return rows
 
 
 def false_alarms(args) -> List[str]:
@@ -122,10 +213,14 @@ def false_alarms(args) -> List[str]:
             "|---|---|---|---|---|---|---|---|---|"]
     tot_cd = tot_s = tot_c = 0.0
     details = []
+    commit = _commit()
     for k in range(args.runs):
+        if args.until and datetime.now(timezone.utc) >= args.until:
+            print(f"stopped before run {k + 1}: --until {args.until:%H:%M} UTC reached", flush=True)
+            break
         name = names[k % len(names)]
         seed = args.seed0 + k
-        r = run_false(name, seed, args.copies, args.scale, args.step, args.hours)
+        r = run_false(name, seed, args.copies, args.scale, args.step, args.hours, args.data)
         sus = sum(1 for a in r["alarms"].values() if a["status"] == "suspected")
         con = sum(1 for a in r["alarms"].values() if a["status"] == "confirmed")
         tot_cd += r["cohort_days"]
@@ -134,17 +229,17 @@ def false_alarms(args) -> List[str]:
         rows.append(f"| {name} | {seed} | {r['physics'].summary()} | {r['hosts']} | {r['cohorts']} | "
                     f"{r['cohort_days']:.1f} | {sus} | {con} | {r['eval_s']:.1f} |")
         print(rows[-1], flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps(_jsonl_row(r, args, commit)) + "\n")
         for rid, a in sorted(r["alarms"].items()):
-            rec = a["rec"]
-            line = (f"- {name} seed {seed}: {rid} {a['status']} at {a['first']:%d %H:%M}: {rec.metric} "
-                    f"({rec.statistic}) x{rec.effect:.3f} n={rec.hosts_new}/{rec.hosts_base}; "
-                    + "; ".join(rec.reasons))
-            details.append(line)
-            print(line, flush=True)
+            details.append(_alarm_line(name, seed, rid, a))
+            print(details[-1], flush=True)
     any_ = tot_s + tot_c
     rows += ["", f"Total: {tot_cd:.0f} cohort-days, {any_:.0f} false alarms ({tot_c:.0f} confirmed): "
-             f"{1000 * any_ / tot_cd:.2f} per 1,000 cohort-days; with none, the 95% upper bound "
-             f"would be 3/{tot_cd:.0f} = {3000 / tot_cd:.2f} per 1,000 (rule of three).", ""]
+             f"{1000 * any_ / max(tot_cd, 1e-9):.2f} per 1,000 cohort-days; with none, the 95% upper bound "
+             f"would be 3/{tot_cd:.0f} = {3000 / max(tot_cd, 1e-9):.2f} per 1,000 (rule of three). "
+             f"Commit {commit}.", ""]
     return rows + details
 
 
@@ -226,7 +321,7 @@ def speed(args) -> List[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=("false", "speed"), required=True)
+    p.add_argument("--only", choices=("false", "speed"))
     p.add_argument("--runs", type=int, default=18, help="false: runs (scenarios in turn)")
     p.add_argument("--scenarios", default=None, help=f"false: comma-separated of {', '.join(NO_EFFECT)}")
     p.add_argument("--copies", type=int, default=10, help="false: fleet copies per run")
@@ -236,7 +331,19 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=10, help="speed: seeds")
     p.add_argument("--seed0", type=int, default=300)
     p.add_argument("--out", default=None)
+    p.add_argument("--jsonl", default=None, help="false: append one JSON line per finished run")
+    p.add_argument("--data", default=None, help="false: keep and reuse simulated host windows here")
+    p.add_argument("--until", type=lambda s: datetime.strptime(s, "%H:%M").replace(
+        year=datetime.now(timezone.utc).year, month=datetime.now(timezone.utc).month,
+        day=datetime.now(timezone.utc).day, tzinfo=timezone.utc), default=None,
+        help="false: start no run after this UTC time (HH:MM)")
+    p.add_argument("--totals", nargs="+", default=None, help="sum --jsonl files and stop")
     args = p.parse_args(argv)
+    if args.totals:
+        print("\n".join(totals(args.totals)))
+        return 0
+    if not args.only:
+        p.error("--only false|speed is required (or --totals FILE...)")
     if args.step is None:
         args.step = 60 if args.only == "false" else 5
     t0 = time.time()

@@ -261,8 +261,8 @@ class ReferenceWindows:
     otherwise a group's is taken from ``host_windows`` when its baseline has more hosts
     than a reference keeps."""
     as_of: datetime
-    windows: pl.DataFrame
-    groups: Dict[Tuple, int]
+    windows: pl.DataFrame                     # with each row's group tag, ``_group``
+    groups: Dict[Tuple, int]                  # group key -> tag
     summary: Optional[pl.DataFrame] = None
     host_windows: Optional[pl.DataFrame] = None
 
@@ -297,10 +297,11 @@ class ReferenceWindows:
         """Baseline-kernel windows of group ``key`` for the memory-state model and the
         hosts' own pre-rollout levels (``reference_hosts`` chooses the hosts)."""
         is_group = pl.all_horizontal([pl.col(k) == v for k, v in zip(GROUP_KEYS, key)])
+        # the group first (one integer compare a row), then the kernel on its rows
         tag = self.groups.get(tuple(key))
-        ref = self.windows.filter((pl.col("_group") == tag) & (pl.col("kernel") == base)
-                                  ).drop("_group") if tag is not None \
-            else self.windows.clear().drop("_group")
+        ref = (self.windows.filter(pl.col("_group") == tag) if tag is not None
+               else self.windows.clear()).drop("_group")
+        ref = ref.filter(pl.col("kernel") == base)
         if self.summary is not None:
             summary = self.summary.filter(is_group)
         elif ref["host_id"].n_unique() <= config.reference_hosts:

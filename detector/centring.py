@@ -22,9 +22,10 @@ def centred_windows(df: pl.DataFrame, metric: str, base_kernel: str) -> pl.DataF
             (pl.col(metric).clip(lower_bound=0) + floor).log().alias("y")]
     if STATE_METRIC in df.columns:
         cols.append(pl.col(STATE_METRIC).alias("frag"))
-    x = df.filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite()).select(cols)
+    # one query: the filter reads only the columns selected, not every column of df
+    x = df.lazy().filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite()).select(cols)
     centre = (x.filter(pl.col("kernel") == base_kernel).group_by("window_start")
               .agg(pl.col("y").median().alias("centre"), pl.len().alias("nb"))
               .filter(pl.col("nb") >= MIN_CENTRE_HOSTS))
     return (x.join(centre, on="window_start", how="inner")
-            .with_columns((pl.col("y") - pl.col("centre")).alias("z")))
+            .with_columns((pl.col("y") - pl.col("centre")).alias("z")).collect())

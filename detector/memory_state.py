@@ -31,8 +31,9 @@ class MemoryStateModel:
         self.lo = self.hi = 0.0
 
     def fit(self, reference: pl.DataFrame) -> "MemoryStateModel":
-        r = reference.filter(pl.col("frag").is_not_null() & pl.col("frag").is_finite()
-                             & pl.col("z").is_finite())
+        r = (reference.lazy().filter(pl.col("frag").is_not_null() & pl.col("frag").is_finite()
+                                     & pl.col("z").is_finite())
+             .select("host_id", "frag", "z").collect())
         if r.height < 200:
             return self
         if r.height > self.max_rows:
