@@ -14,7 +14,11 @@
 
 ``--one-shot``: only a one-shot ``detect --history {days}d`` over a generated dataset of
 ``--hosts`` hosts and ``--days`` days, in its own process (wall and CPU seconds, peak
-RSS), beside the previous read (every host window into memory, then ``analyze``).
+RSS), beside the previous read (every host window into memory, then ``analyze``;
+``--previous-history none`` leaves it out) and, with ``--before DIR``, beside the same
+``detect`` of another version of the package (DIR holds its ``foliowatch`` package, put
+first on PYTHONPATH: e.g. an earlier commit laid out as installed), one after the
+other on the same dataset; the two outputs are compared (identical or not).
 """
 
 from __future__ import annotations
@@ -197,7 +201,7 @@ import resource, sys, time
 t0 = time.perf_counter()
 from foliowatch.shell import cli
 old = sys.argv[1] == "old"
-args = ["detect", "--dataset", sys.argv[2], "--state", sys.argv[3], "--history", sys.argv[4]]
+args = ["detect", "--dataset", sys.argv[2], "--state", sys.argv[3], "--history", sys.argv[4], "--json"]
 if old:
     # the previous one-shot read: every host window of the history, then analyze
     from foliowatch.detector import run
@@ -214,7 +218,7 @@ print("RESULT", time.perf_counter() - t0, ru.ru_maxrss / 1024.0, ru.ru_utime + r
 
 
 def one_shot(hosts: int, days: int, history: str, previous_history: str,
-             dataset: str = None):
+             dataset: str = None, before: str = None):
     """A one-shot ``detect`` over ``days`` of ``hosts`` hosts, beside the previous read
     (every host window of ``--history`` into memory, then ``analyze``), each in its own
     process: wall seconds, peak RSS (MiB) and CPU seconds. ``dataset``: keep the
@@ -228,11 +232,19 @@ def one_shot(hosts: int, days: int, history: str, previous_history: str,
             t0 = time.perf_counter()
             synthetic_dataset(d, hosts, days)
             gen = time.perf_counter() - t0
-        for mode, hist in (("new", history), ("old", previous_history)):
-            r = subprocess.run([sys.executable, "-c", _MEASURE, mode, d, os.path.join(d, "state.json"),
-                                hist], capture_output=True, text=True)
+        runs = [("before", history)] if before else []
+        runs.append(("new", history))
+        if previous_history != "none":
+            runs.append(("old", previous_history))
+        for mode, hist in runs:
+            env = dict(os.environ, PYTHONPATH=before) if mode == "before" else None
+            r = subprocess.run([sys.executable, "-c", _MEASURE, mode, d,
+                                os.path.join(d, f"state-{mode}.json"), hist],
+                               capture_output=True, text=True, env=env)
             line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
             out[mode] = tuple(map(float, line[0].split()[1:])) if line else (float("nan"),) * 3
+            out[mode + "_stdout"] = "\n".join(x for x in r.stdout.splitlines()
+                                              if not x.startswith("RESULT"))
             if not line:
                 print(f"{mode}: exit {r.returncode}: {r.stderr[-500:]}", flush=True)
     return out, gen
@@ -250,20 +262,31 @@ def main(argv=None) -> int:
                    help="one-shot: generate the dataset here, or reuse the one there")
     p.add_argument("--previous-history", default="3d",
                    help="one-shot: the history the previous read is given (all of it is held in "
-                        "memory: 30 days of 2,000 hosts would not fit this machine)")
+                        "memory: 30 days of 2,000 hosts would not fit this machine); none: skip it")
+    p.add_argument("--before", default=None,
+                   help="one-shot: also measure the detect of the package found in this directory")
     args = p.parse_args(argv)
     lines = ["## Detector performance", "",
              "| measurement | size | time | target |", "|---|---|---|---|"]
     if args.one_shot:
         load0 = os.getloadavg()
         res, gen = one_shot(args.hosts, args.days, f"{args.days}d", args.previous_history,
-                            args.dataset)
-        (tn, mn, cn), (to, mo, co) = res["new"], res["old"]
+                            args.dataset, args.before)
+        tn, mn, cn = res["new"]
         rows = args.hosts * args.days * 1440
+        cells = [f"{tn:.1f} s wall ({cn:.1f} s CPU), peak RSS {mn:,.0f} MiB"]
+        if "before" in res:
+            tb, mb, cb = res["before"]
+            same = "identical output" if res["before_stdout"] == res["new_stdout"] else "OUTPUT DIFFERS"
+            cells.append(f"before (`--before {args.before}`): {tb:.1f} s wall ({cb:.1f} s CPU), {mb:,.0f} MiB; "
+                         f"ratio now/before {cn / cb:.2f} (CPU), {mn / mb:.2f} (memory); {same}")
+        if "old" in res:
+            to, mo, co = res["old"]
+            cells.append(f"previous read (all history in memory, `--history {args.previous_history}`): "
+                         f"{to:.1f} s ({co:.1f} s CPU), {mo:,.0f} MiB; ratio new/previous "
+                         f"{tn / to:.2f} (time), {mn / mo:.2f} (memory)")
         lines.append(f"| one-shot `detect --history {args.days}d` | {args.hosts:,} hosts x {args.days} days = "
-                     f"{rows / 1e6:.0f} M host windows | {tn:.1f} s wall ({cn:.1f} s CPU), peak RSS {mn:,.0f} MiB; "
-                     f"previous read (all history in memory, `--history {args.previous_history}`): {to:.1f} s ({co:.1f} s CPU), {mo:,.0f} MiB; ratio new/previous "
-                     f"{tn / to:.2f} (time), {mn / mo:.2f} (memory); load average {load0[0]:.1f} -> "
+                     f"{rows / 1e6:.0f} M host windows | {'; '.join(cells)}; load average {load0[0]:.1f} -> "
                      f"{os.getloadavg()[0]:.1f} | < 30 s, < 4 GB |")
         print("\n".join(lines))
         if args.out:
