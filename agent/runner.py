@@ -11,7 +11,6 @@ only reads.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -26,7 +25,7 @@ from foliowatch.agent.deltas import Baseline
 from foliowatch.agent.producer import KafkaSender
 from foliowatch.agent.sampler import Sampler
 from foliowatch.agent.spool import Spool
-from foliowatch.agent.state import AgentState
+from foliowatch.agent.state import SPOOL_DIR, AgentState, resume
 
 log = logging.getLogger("foliowatch.agent")
 DRAIN_BATCH = 200
@@ -51,15 +50,22 @@ class Agent:
         self.sampler = Sampler(cfg, proc=proc, sys=sys, etc=etc)
         self._lock_fd = _lock_state_dir(cfg.state_dir)
         self.state = AgentState(cfg.state_dir)
-        self.spool = Spool(os.path.join(cfg.state_dir, "spool"), cfg.spool_max_bytes)
-        self.baseline = Baseline.from_json(self.state.baseline)
+        self.spool = Spool(os.path.join(cfg.state_dir, SPOOL_DIR), cfg.spool_max_bytes)
         if self.spool.torn_tail_bytes:
             log.warning("spool: truncated %d bytes of a torn record (crash during a write)%s",
                         self.spool.torn_tail_bytes,
                         f"; {self.spool.corrupt_total} damaged segment(s) cut short"
                         if self.spool.corrupt_total else "")
-        self._recover_seq()
+        # seq resumes after the spool's newest record; the stored baseline only if it is
+        # that record's reading or later (after a crash the state file is older)
+        self.baseline = Baseline()
+        if resume(self.state, self.spool.last_payload()):
+            self.baseline = Baseline.from_json(self.state.baseline)
+        elif self.state.baseline:
+            log.info("state file older than the spool (the agent was not stopped cleanly): "
+                     "seq resumes at %d, with a new baseline", self.state.next_seq)
         self.state.host_id = self.sampler.host_id
+        self.save_state()   # a floor for seq should the spool folder ever be emptied
         self.sender: Optional[KafkaSender] = None
         if deliver and cfg.kafka_enabled:
             self.sender = KafkaSender(cfg.kafka, cfg.topic, self.sampler.host_id.encode(),
@@ -69,24 +75,11 @@ class Agent:
         self._drain_lock = threading.Lock()   # one delivery pass at a time
         self._wake = threading.Event()        # a new record is in the spool
 
-    def _recover_seq(self) -> None:
-        """Repair a state file older than the spool (its last rename was lost in a crash,
-        see ``state.py``): ``seq`` resumes after the newest spooled record, which the
-        spool always keeps, and a baseline older than that record is dropped."""
-        last = self.spool.last_payload()
-        if last is None:
-            return
-        try:
-            newest = json.loads(last)
-            seq, ts = newest["seq"], float(newest["ts"])
-        except (ValueError, KeyError, TypeError):
-            return
-        if isinstance(seq, int) and seq >= self.state.next_seq:
-            log.info("state was older than the spool (crash before its rename reached the "
-                     "disk): seq resumes at %d", seq + 1)
-            self.state.next_seq = seq + 1
-        if self.baseline.values and self.state.baseline_ts < ts:
-            self.baseline = Baseline()
+    def save_state(self) -> None:
+        """Write the state file (baseline, probe time, seq floor): at start, after a
+        probe, at a clean stop."""
+        self.state.baseline = self.baseline.to_json()
+        self.state.save()
 
     # -- health accessors for /metrics ----------------------------------------------
     def sender_sent(self) -> int:
@@ -127,6 +120,10 @@ class Agent:
             self.stats.probe_refusals += 1
             log.warning("write probe did not run: %s", e)
             return None
+        try:
+            self.save_state()   # a restart must not probe again before every_s
+        except OSError as e:
+            log.warning("state file not written after the probe: %s", e)
         self.stats.probe = result["probe"]
         self.stats.probe_vmstat = result["vmstat"]
         log.info("write probe: %d bytes in %.3fs = %.1f MiB/s, compaction/reclaim during it: %s",
@@ -144,31 +141,19 @@ class Agent:
             reading = self.sampler.read()
             seq = self.state.next_seq
             record = self.sampler.record(reading, self.baseline, seq)
-            data = None
             if record is not None:
                 if probe is not None:
                     record["probe"] = probe
-                data = schema.encode(record)
-                self.state.next_seq = seq + 1
-            self.state.baseline = self.baseline.to_json()
-            self.state.baseline_ts = round(reading.ts, 3)  # as the record's ts
-            try:
-                self.state.save()  # seq reserved before the record exists anywhere else
-            except OSError:
-                # not reserved on disk (e.g. the disk is full): not used either, so no
-                # gap; this interval's sample is skipped like a failed collection
-                self.state.next_seq = seq
-                raise
-            if data is not None:
                 try:
-                    dropped = self.spool.append(data)
+                    dropped = self.spool.append(schema.encode(record))
                 except OSError as e:
-                    # seq reserved, sample not kept: counted as dropped, so the gap the
-                    # pipeline sees is explained on /metrics and in the spool's head
-                    self.spool.count_lost(1)
-                    log.warning("spool: sample seq %d dropped, it cannot be written (%s); "
-                                "%d dropped in total", seq, e, self.spool.dropped_total)
+                    # Not accepted (e.g. the disk is full): its seq goes to the next
+                    # sample, whose interval then covers this one too.
+                    self.baseline.undo()
+                    log.warning("spool: sample seq %d not taken, it cannot be written (%s); "
+                                "the next sample covers its interval", seq, e)
                     raise
+                self.state.next_seq = seq + 1   # accepted: it is on disk
                 self.stats.samples += 1
                 self.stats.spooled += 1
                 self.stats.last_sample_ts = record["ts"]
@@ -176,6 +161,7 @@ class Agent:
                     log.warning("spool full (%d bytes): dropped the %d oldest samples; %d "
                                 "dropped in total", self.cfg.spool_max_bytes, dropped,
                                 self.spool.dropped_total)
+            self.state.baseline_ts = round(reading.ts, 3)  # the baseline's reading, as ts
             self.stats.last_duration_s = time.monotonic() - start
         if deliver:
             self.drain()
@@ -248,6 +234,11 @@ class Agent:
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close(timeout=self.cfg.send_timeout_s)
+        try:
+            self.save_state()   # the baseline: the first interval after a restart spans it
+        except OSError as e:
+            log.warning("state file not written at stop (%s): the next start takes a new "
+                        "baseline", e)
         self.spool.close()
         self.sampler.close()
         if self._lock_fd is not None:
