@@ -157,6 +157,9 @@ class AgentCollector(Collector):
         yield counter("samples_sent", "Records acknowledged by Kafka", a.sender_sent())
         yield counter("samples_dropped", "Records dropped because the spool was full "
                       "(oldest first), since the spool was created", a.spool_dropped())
+        yield counter("send_requests", "Delivery attempts to Kafka, each one request for "
+                      "every sample that waited (agent.kafka.latency_budget_s)",
+                      a.sender_requests())
         yield counter("send_errors", "Failed attempts to deliver to Kafka", a.sender_errors())
         yield counter("collection_errors", "Sampling passes that failed", st.collection_errors)
         yield counter("baseline_resets", "Counters that went backwards and were rebased",

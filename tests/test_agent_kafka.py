@@ -104,6 +104,7 @@ def test_killed_agent_restarts_with_spool_and_seq_intact(kafka, topic, tmp_path)
     config.write_text(f'[agent]\nstate_dir = "{state_dir}"\ninterval_s = 1.0\nmounts = ["/"]\n'
                       f'[agent.kafka]\nbootstrap = ["{dead}"]\ntopic = "{topic}"\n'
                       'send_timeout_s = 1.0\nretry_backoff_max_s = 1.0\n'
+                      'latency_budget_s = 3.0\n'        # ~3 samples per request
                       '[agent.metrics]\nenabled = false\n')
     log = tmp_path / "agent.log"
     proc = _start_agent(config, log)
@@ -135,3 +136,47 @@ def test_killed_agent_restarts_with_spool_and_seq_intact(kafka, topic, tmp_path)
     assert {m[1] for m in msgs} == {host} and len({m[0] for m in msgs}) == 1
     # the restarted agent kept its baseline: its first interval spans the downtime
     assert all(m[2]["interval_s"] <= 3600 for m in msgs)
+
+
+def test_samples_within_the_latency_budget_share_one_request(kafka, topic, tmp_path):
+    """With a budget of 3.5 intervals, about four samples leave per Kafka request, none
+    waits longer than the budget, and a clean stop sends what still waited."""
+    import threading
+    cfg = AgentConfig(state_dir=str(tmp_path / "state"), mounts=["/"], interval_s=1.0,
+                      kafka=KafkaSettings(bootstrap=[kafka.bootstrap]), topic=topic,
+                      send_timeout_s=5.0, latency_budget_s=3.5)
+    agent = Agent(cfg)
+    stop = threading.Event()
+    arrivals = {}                                     # seq -> monotonic time it was sent
+    real_send = agent.sender.send
+
+    def send(payloads):
+        n = real_send(payloads)
+        for p in payloads[:n]:
+            arrivals[schema.decode(p)["seq"]] = time.monotonic()
+        return n
+    agent.sender.send = send
+    spooled = {}                                      # seq -> monotonic time it was spooled
+    real_tick = agent.tick
+
+    def tick(deliver=True):
+        r = real_tick(deliver)
+        if r is not None:
+            spooled[r["seq"]] = time.monotonic()
+        return r
+    agent.tick = tick
+    loop = threading.Thread(target=agent.run, args=(stop,))
+    loop.start()
+    try:
+        wait_for(lambda: len(spooled) >= 13, 60, "13 samples")
+        stop.set()
+        loop.join(30)
+    finally:
+        stop.set()
+        agent.close()
+    n = agent.state.next_seq
+    assert agent.sender.sent_total == n and len(agent.spool) == 0     # the stop sent the rest
+    assert agent.sender.requests_total <= n // 3 + 1, (agent.sender.requests_total, n)
+    waits = [arrivals[s] - spooled[s] for s in spooled if s in arrivals]
+    assert max(waits) <= 3.5 + 1.0, waits          # budget, plus a send's own time
+    assert_exactly_once_in_order(consume_all(kafka.bootstrap, topic), agent.sampler.host_id, n)

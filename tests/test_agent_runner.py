@@ -24,7 +24,7 @@ def test_sampling_keeps_its_cadence_while_kafka_is_unreachable(tmp_path):
     wait for them: one record per interval reaches the spool."""
     cfg = AgentConfig(state_dir=str(tmp_path / "st"), mounts=["/"], interval_s=1.0,
                       kafka=KafkaSettings(bootstrap=[f"127.0.0.1:{free_port()}"]),
-                      send_timeout_s=4.0, retry_backoff_max_s=0.5)
+                      send_timeout_s=4.0, retry_backoff_max_s=0.5, latency_budget_s=0.0)
     agent = Agent(cfg)
     stop = threading.Event()
     loop = threading.Thread(target=agent.run, args=(stop,))

@@ -268,6 +268,7 @@ def _agent_toml(tmp: Path, bootstrap: str, topic: str, **kw) -> Path:
                    'mounts = ["/"]\n'
                    f'[agent.kafka]\nbootstrap = ["{bootstrap}"]\ntopic = "{topic}"\n'
                    'send_timeout_s = 4.0\nretry_backoff_max_s = 1.0\n'
+                   'latency_budget_s = 0.0\n'          # every sample sent at once
                    '[agent.metrics]\nenabled = false\n')
     return cfg
 
