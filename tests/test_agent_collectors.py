@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -359,3 +360,29 @@ def test_parsers_never_raise_on_unexpected_text(text_):
     xfs.parse(text_)
     labels.parse_mountinfo(text_)
     thp.parse_choice(text_)
+
+
+@pytest.mark.parametrize("tree", ALL, ids=lambda p: p.name)
+def test_the_per_sample_parsers_agree_with_the_full_ones(tree):
+    """What a sample uses (one pass, only the shipped fields) equals the full parse
+    filtered, on every captured kernel and on this one."""
+    for raw in (text(tree / "proc/vmstat"), open("/proc/vmstat").read()):
+        assert vmstat.parse_counters(raw) == vmstat.counters(vmstat.parse(raw))
+    for raw in (text(tree / "proc/meminfo"), open("/proc/meminfo").read()):
+        assert meminfo.parse_shipped(raw) == {k: v for k, v in meminfo.parse(raw).items()
+                                              if k in meminfo.SHIPPED}
+
+
+def test_kernel_files_stay_open_and_are_read_anew(tmp_path):
+    """procfs files are kept open between reads and still give fresh text each time;
+    other files are opened per read (a fixture replaced meanwhile is seen)."""
+    from foliowatch.agent.collectors import _io
+    a = labels.uptime_s()
+    time.sleep(0.05)
+    assert labels.uptime_s() > a and "/proc/uptime" in _io._fds
+    f = tmp_path / "vmstat"
+    f.write_text("compact_stall 1\n")
+    assert _io.read_lines(str(f)) == "compact_stall 1\n"
+    f.unlink()
+    f.write_text("compact_stall 2\n")
+    assert _io.read_lines(str(f)) == "compact_stall 2\n" and str(f) not in _io._fds

@@ -228,3 +228,29 @@ def test_every_field_in_the_table_is_described():
     for f in schema.FIELDS:
         assert any(line.startswith(f.name + " ") for line in lines), f.name
     assert any(line.startswith("ts ") and "[946684800, 4102444800]" in line for line in lines)
+
+
+_KEYS = st.one_of(st.from_regex(r"[a-z][a-z0-9_]{0,70}", fullmatch=True),
+                  st.text(max_size=8), st.sampled_from(["a\nb", "", "B", "x" * 65]))
+_VALUES = st.one_of(st.integers(-5, 2**64), st.booleans(), st.floats(allow_nan=True),
+                    st.none(), st.text(max_size=3))
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=6), st.dictionaries(_KEYS, _VALUES, max_size=6))
+def test_quick_map_checks_decide_exactly_as_the_full_checks(counters, gauges):
+    """The maps' quick test (the agent's plain case) accepts exactly what the entry by
+    entry checks accept, and a rejected record gets the same message either way."""
+    def outcome():
+        rec = {**example_record(), "counters": counters, "gauges": gauges}
+        try:
+            schema.validate(rec)
+            return "ok"
+        except schema.SchemaError as e:
+            return str(e)
+    quick = outcome()
+    saved = dict(schema._PLAIN_VALUES)
+    schema._PLAIN_VALUES.clear()
+    try:
+        assert outcome() == quick
+    finally:
+        schema._PLAIN_VALUES.update(saved)
