@@ -7,11 +7,10 @@ import threading
 import time
 
 import pytest
-from prometheus_client import generate_latest
 
 from foliowatch import schema
 from foliowatch.agent.config import AgentConfig
-from foliowatch.agent.exporter import make_registry
+from foliowatch.agent.exporter import metrics
 from foliowatch.agent.runner import Agent
 from foliowatch.kafka_io import KafkaSettings
 from foliowatch.shell.services import free_port
@@ -48,7 +47,7 @@ def test_full_spool_drops_oldest_and_reports_it_on_metrics(tmp_path, caplog):
         if agent.tick() is not None:
             n += 1
         assert n < 5000
-    text = generate_latest(make_registry(agent)).decode()
+    text = metrics(agent).decode()
     dropped = float(re.search(r"^foliowatch_agent_samples_dropped_total (\S+)$", text,
                               re.M).group(1))
     assert dropped == agent.spool.dropped_total > 0
