@@ -260,7 +260,17 @@ def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir:
     try:
         wait_http(ne_url, ne)
         wait_http(f"http://127.0.0.1:{ag_port}/metrics", ag)
-        time.sleep(3 * interval)                      # warm-up: baseline, producer
+        # warm-up: the baseline, then the first Kafka request (within the latency budget:
+        # kafka-python is imported and the producer connects then, once per process)
+        deadline = time.monotonic() + 3 * interval + 300
+        while True:
+            page = get(f"http://127.0.0.1:{ag_port}/metrics").decode()
+            if not bootstrap or "\nfoliowatch_agent_send_requests_total 0.0" not in page:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("the agent sent nothing to Kafka during the warm-up")
+            time.sleep(1.0)
+        time.sleep(3 * interval)
         n = max(1, int(minutes * 60 / interval))
         ne0, ag0, th0 = cpu_seconds(ne.pid), cpu_seconds(ag.pid), threads(ag.pid)
         nes0, ags0 = task_cpu_ns(ne.pid), task_cpu_ns(ag.pid)

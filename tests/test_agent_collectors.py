@@ -386,3 +386,16 @@ def test_kernel_files_stay_open_and_are_read_anew(tmp_path):
     f.unlink()
     f.write_text("compact_stall 2\n")
     assert _io.read_lines(str(f)) == "compact_stall 2\n" and str(f) not in _io._fds
+
+
+@given(st.lists(st.lists(st.integers(0, 10**7), min_size=11, max_size=11), min_size=1,
+                max_size=4), st.sampled_from([4096, 16384, 65536]))
+def test_frag_gauges_equal_the_index_order_by_order(rows, page):
+    zones = [buddyinfo.ZoneFree(0, f"z{i}", r) for i, r in enumerate(rows)]
+    g = buddyinfo.gauges(zones, page)
+    blocks = buddyinfo.total_blocks(zones)
+    for order in range(1, 11):
+        assert g.get(f"frag_unusable_order_{order}") == buddyinfo.unusable_index(blocks, order)
+    assert g.get("frag_unusable_1m") == buddyinfo.unusable_index(
+        blocks, buddyinfo.order_of(1 << 20, page))
+    assert g["buddy_free_bytes"] == buddyinfo.free_pages(blocks) * page
