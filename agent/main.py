@@ -164,6 +164,21 @@ def _import_only_what_is_used(cfg) -> None:
                 sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
+_M_ARENA_MAX = -8    # glibc's mallopt parameter (malloc.h)
+
+
+def _one_malloc_arena() -> None:
+    """glibc gives each thread that allocates its own malloc arena; the agent's four
+    threads (sampling, delivery, Kafka's network thread, /metrics) are idle nearly
+    always, and one shared arena saves ~1.5 MiB of resident memory (as
+    MALLOC_ARENA_MAX=1 would). Before any thread starts; a no-op off glibc."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop_event() -> threading.Event:
     stop = threading.Event()
 
@@ -209,6 +224,7 @@ def run(args) -> int:
         return _stdout_samples(cfg, args.once, interval)
 
     _import_only_what_is_used(cfg)
+    _one_malloc_arena()
     from foliowatch.agent.runner import Agent
     try:
         agent = Agent(cfg)
