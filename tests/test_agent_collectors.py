@@ -399,3 +399,15 @@ def test_frag_gauges_equal_the_index_order_by_order(rows, page):
     assert g.get("frag_unusable_1m") == buddyinfo.unusable_index(
         blocks, buddyinfo.order_of(1 << 20, page))
     assert g["buddy_free_bytes"] == buddyinfo.free_pages(blocks) * page
+
+
+def test_a_file_longer_than_one_kernel_page_is_read_whole():
+    """seq_file gives one page per read: a /proc or tracefs file over 4 KiB (vmstat on
+    newer kernels, event formats) must still come back whole."""
+    from foliowatch.agent.collectors import _io
+    with open("/proc/self/maps") as f:        # not kept open (/proc/self), may be long
+        pass
+    big = "/proc/kallsyms" if os.access("/proc/kallsyms", os.R_OK) else "/proc/self/smaps"
+    whole = open(big, "rb").read()
+    got = _io.read_bytes(big)
+    assert len(whole) > 8192 and abs(len(got) - len(whole)) < len(whole) // 10

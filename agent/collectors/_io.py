@@ -1,8 +1,9 @@
 """Reading small kernel files cheaply. The agent reads ~15 of them per sample on every
 host of the fleet, so what each read costs around the kernel's own work counts:
 
-- one ``pread`` at offset 0 into a buffer reused by the thread, decoded once: no
-  buffered-reader or text-wrapper objects per file;
+- ``pread`` from offset 0 into a buffer reused by the thread until the end of the file
+  (usually one read and the empty one after it), decoded once: no buffered-reader or
+  text-wrapper objects per file;
 - files of procfs and sysfs (``/proc/...``, ``/sys/...``) stay open between samples:
   the kernel generates their text anew at every read from offset 0, so the open and
   close of each read (a third of its cost) are paid once. A file that went away (a
@@ -49,17 +50,20 @@ def _forget(path: str, fd: int) -> None:
 
 
 def _read_all(fd: int) -> bytes:
-    """The file from offset 0: one read unless it fills the buffer (then it grows)."""
+    """The file from offset 0 to its end. The kernel may return less than asked while
+    more follows (a seq_file gives one page per read: tracefs formats, a long vmstat),
+    so reading goes on until a read returns nothing."""
     buf = _buffer()
-    n = os.preadv(fd, [buf], 0)
-    while n == len(buf):                       # more than the buffer holds: read on
-        bigger = _buffer(2 * len(buf))
-        more = os.preadv(fd, [memoryview(bigger)[n:]], n)
-        if more == 0:
-            break
-        n += more
-        buf = bigger
-    return bytes(memoryview(buf)[:n])
+    n = 0
+    while True:
+        if n == len(buf):
+            bigger = _buffer(2 * len(buf))
+            bigger[:n] = buf[:n]
+            buf = bigger
+        got = os.preadv(fd, [memoryview(buf)[n:]], n)
+        if got == 0:
+            return bytes(memoryview(buf)[:n])
+        n += got
 
 
 def read_bytes(path: str) -> bytes:
