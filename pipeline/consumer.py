@@ -38,8 +38,9 @@ from foliowatch.errors import ServiceError
 from foliowatch.kafka_io import KafkaSettings, make_producer
 
 from .engine import Pipeline
-from .kafka_client import (DEFAULT_CLIENT, CommitFailed, ConsumerOptions, Listener, Records,
-                           open_consumer)
+from .kafka_client import (DEFAULT_CLIENT, DEFAULT_FETCH_MAX_BYTES,
+                           DEFAULT_PARTITION_FETCH_BYTES, CommitFailed, ConsumerOptions,
+                           Listener, Records, open_consumer)
 from .sinks import StateStore
 
 log = logging.getLogger("foliowatch.pipeline")
@@ -54,8 +55,8 @@ class ConsumerConfig:
     checkpoint_seconds: float = 5.0
     until_idle_s: float = 0.0          # > 0: stop after this long with nothing to read
     session_timeout_ms: int = 10_000
-    max_partition_fetch_bytes: int = 2 * 1024 * 1024
-    fetch_max_bytes: int = 16 * 1024 * 1024
+    max_partition_fetch_bytes: int = DEFAULT_PARTITION_FETCH_BYTES
+    fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES
     max_poll_records: int = 10_000
     # Every blocking broker call is bounded: with the broker gone, kafka-python's commit
     # would otherwise retry forever and a SIGTERM would never be acted upon.
