@@ -81,6 +81,10 @@ class KafkaRunner(Listener):
                        "invalid": 0, "late": 0, "windows": 0}
         self._first_record_at: Optional[float] = None
         self._last_batch_done_at: Optional[float] = None
+        # process CPU (every thread) at those two moments: the CPU of the work itself,
+        # without the start (imports, joining the group) and the idle wait at the end
+        self._first_record_cpu = 0.0
+        self._last_batch_done_cpu = 0.0
         self._work: "queue.Queue" = queue.Queue(maxsize=1)
         self._worker: Optional[threading.Thread] = None
         self._worker_error: Optional[BaseException] = None
@@ -201,6 +205,8 @@ class KafkaRunner(Listener):
             # from the poll that brought the first records to the end of the last batch
             self.totals["busy_seconds"] = round(self._last_batch_done_at
                                                 - self._first_record_at, 3)
+            self.totals["busy_cpu_seconds"] = round(self._last_batch_done_cpu
+                                                    - self._first_record_cpu, 2)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.totals["peak_rss_mb"] = peak_rss_mb()
         self.totals["cpu_seconds"] = round(ru.ru_utime + ru.ru_stime, 2)
@@ -216,6 +222,7 @@ class KafkaRunner(Listener):
     def _fill_batch(self) -> int:
         deadline = time.monotonic() + self.cfg.batch_seconds
         self._batch_started_at = time.monotonic()
+        self._batch_started_cpu = time.process_time()
         n = 0
         while n < self.cfg.batch_records and not self.stop_requested:
             timeout = max(0.0, deadline - time.monotonic())
@@ -235,6 +242,7 @@ class KafkaRunner(Listener):
         recs, self.pending = self.pending, Records()
         if self._first_record_at is None:
             self._first_record_at = self._batch_started_at
+            self._first_record_cpu = self._batch_started_cpu
         self._raise_worker_error()
         self._work.put(recs)
 
@@ -268,6 +276,7 @@ class KafkaRunner(Listener):
         for k in self.totals:
             self.totals[k] += getattr(st, k)
         self._last_batch_done_at = time.monotonic()
+        self._last_batch_done_cpu = time.process_time()
         self._worker_cpu += time.thread_time() - cpu0
 
     def _checkpoint(self, partitions: List[int]) -> Dict[int, int]:
