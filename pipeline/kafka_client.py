@@ -37,12 +37,13 @@ log = logging.getLogger("foliowatch.pipeline")
 CLIENTS = ("confluent-kafka", "kafka-python")
 DEFAULT_CLIENT = "confluent-kafka"
 # Fetch sizes (compressed bytes). librdkafka holds whole fetch responses and their
-# decompressed batches (zstd wire records grow ~7x): at 2 MiB per partition and 16 MiB
-# per fetch the pipeline's peak RSS was ~110 MB higher than at 256 KiB / 1 MiB, which
-# still carries ~6,000 records per partition per fetch (measured; benchmarks/
-# pipeline_throughput.md).
-DEFAULT_PARTITION_FETCH_BYTES = 256 * 1024
-DEFAULT_FETCH_MAX_BYTES = 1024 * 1024
+# decompressed batches (zstd wire records grow ~7x). Measured on 300k simulator records,
+# 6 partitions (benchmarks/pipeline_throughput.md): at 2 MiB per partition and 16 MiB
+# per fetch the pipeline peaked at 531-558 MB; at these, 415-438 MB with the same busy
+# time and CPU; at 256 KiB / 1 MiB the memory was alike but batches filled more slowly
+# (busy time 1.25x, CPU per record ~1.1x).
+DEFAULT_PARTITION_FETCH_BYTES = 1024 * 1024
+DEFAULT_FETCH_MAX_BYTES = 4 * 1024 * 1024
 
 
 class CommitFailed(FoliowatchError):
