@@ -606,7 +606,7 @@ def _schema_reason(value: bytes):
         return str(e)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(fast_path_mutants(), min_size=1, max_size=12))
 def test_fast_path_corner_cases_get_schema_decodes_verdict_reason_and_values(mutants):
     """JSON corner cases spliced into canonical records (ints as floats or strings,
