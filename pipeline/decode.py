@@ -20,7 +20,8 @@ runs them in order, cheapest first:
 - Any row the vectorised paths do not accept is handed to ``schema.decode`` one by one:
   that yields the exact reason naming the field, and, when the vectorised checks were
   merely too strict (whitespace or escapes in names, duplicate keys, 19-digit
-  counters), the record is accepted through the Python path instead of being lost. A
+  counters, members the table does not name, which a reader ignores), the record is
+  accepted through the Python path instead of being lost. A
   batch whose JSON polars cannot parse as a whole is bisected, so one garbage message
   costs a few extra parses, not the batch.
 """

@@ -111,11 +111,28 @@ def test_label_with_path_or_control_characters_is_rejected():
     rejects(rec, "labels.fleet")
 
 
-def test_unknown_fields_and_labels_are_rejected():
+def test_a_writer_refuses_unknown_fields_and_labels():
     rejects(example_record(extra=1), "extra")
     rec = example_record()
     rec["labels"]["pod"] = "x"
     rejects(rec, "labels.pod")
+    with pytest.raises(SchemaError, match="extra"):
+        schema.encode(example_record(extra=1))
+
+
+def test_a_reader_ignores_unknown_members_at_any_level_and_drops_them():
+    rec = example_record()
+    plain = decode(json.dumps(rec).encode())
+    rec["added_by_a_newer_agent"] = {"nested": [1, {"x": None}]}
+    rec["labels"]["pod"] = "x"
+    rec["mounts"][0]["queue_depth"] = 7
+    got = decode(json.dumps(rec).encode())
+    assert got == plain
+    assert "added_by_a_newer_agent" not in got and "pod" not in got["labels"]
+    # what the table requires is still enforced exactly beside an unknown member
+    del rec["labels"]["arch"]
+    with pytest.raises(SchemaError, match="labels.arch"):
+        decode(json.dumps(rec).encode())
 
 
 def test_enumerated_values():
@@ -179,9 +196,13 @@ def test_validation_never_crashes_on_mutations(rec, where):
     bad[where]["zz_" if where != "labels" else "zz"] = None
     with pytest.raises(SchemaError):
         validate(bad)
-    # and on arbitrary bytes it raises SchemaError, never another exception
-    with pytest.raises(SchemaError):
-        decode(json.dumps(bad).encode())
+    # and on the wire it raises SchemaError, never another exception; except that an
+    # unknown label is a newer writer's member, which a reader ignores
+    if where == "labels":
+        assert decode(json.dumps(bad).encode()) == rec
+    else:
+        with pytest.raises(SchemaError):
+            decode(json.dumps(bad).encode())
 
 
 def test_trailing_newline_in_a_label_is_rejected():
