@@ -44,11 +44,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import polars as pl
 
+from .before_after import BeforeAfterPolicy, before_after
 from .covariates import BASE_COVARIATES, CovariateAdjuster, host_covariates
 from .confounds import find_confounds
 from .coverage import memory_coverage
 from .frames import MECHANISM_METRICS, TESTED_METRICS, WITHIN_HOST_METRICS, worse_direction
 from .host_statistics import STATISTICS, host_statistics
+from .before_after import STATISTIC as BEFORE_AFTER
 from .mechanism import CostlyCompaction
 from .rank_test import hodges_lehmann, mann_whitney_worse
 from .reference_state import ReferenceState, reference_state
@@ -116,7 +118,8 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             reference: Optional[pl.DataFrame] = None,
             rollout_start: Optional[datetime] = None,
             reference_states: Optional[Dict[str, ReferenceState]] = None,
-            min_type_hosts: int = MIN_TYPE_HOSTS) -> Optional[Comparison]:
+            min_type_hosts: int = MIN_TYPE_HOSTS,
+            before_after_policy: Optional[BeforeAfterPolicy] = None) -> Optional[Comparison]:
     """Compare ``new_kernel`` with ``base_kernel`` on one group's host windows ``df``.
 
     Only windows where both kernels report are used. Returns None when the new kernel
@@ -124,7 +127,8 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
     windows over a longer history, for the memory-state (fragmentation) adjustment and
     each host's level before ``rollout_start`` (default: the new kernel's first window).
     ``reference_states``: per-metric states already built from that reference (a cache:
-    filled here for the metrics missing from it)."""
+    filled here for the metrics missing from it). ``before_after_policy``: also test each
+    host's own before and after (``before_after``) on that policy's metrics."""
     df = _shared_windows(df, base_kernel, new_kernel, min_base_hosts)
     if df.is_empty():
         return None
@@ -149,7 +153,7 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
         if adjust and (reference is not None or metric in reference_states):
             if metric not in reference_states:
                 reference_states[metric] = reference_state(reference, metric, base_kernel,
-                                                           rollout_start)
+                                                           rollout_start, before_after_policy)
             ref_state = reference_states[metric]
         columns = list(BASE_COVARIATES)
         if metric in MECHANISM_METRICS and "log_dirtied_per_s" in cov.columns:
@@ -157,7 +161,17 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
         hosts, cov_adjusted = host_statistics(df, metric, base_kernel, ref_state, cov,
                                               CovariateAdjuster(columns) if adjust else None)
         _test_metric(comp, metric, hosts, cov_adjusted, min_base_hosts, alpha_ci)
-    comp.n_new_compared = max((t.n_new for t in comp.tests), default=0)
+        if ref_state is not None and before_after_policy is not None \
+                and metric in before_after_policy.metrics:
+            own = before_after(df, metric, base_kernel, new_kernel, ref_state.before,
+                               before_after_policy)
+            if own is not None:
+                _test_metric(comp, metric, own, False, min_base_hosts, alpha_ci,
+                             statistics=(BEFORE_AFTER,))
+    # the hosts of the comparison between hosts (the gate's power rests on them); a
+    # host's own before and after counts its hosts itself
+    comp.n_new_compared = max((t.n_new for t in comp.tests if t.statistic != BEFORE_AFTER),
+                              default=0)
     return comp
 
 
@@ -194,7 +208,8 @@ def _matched_instance_types(comp: Comparison, df: pl.DataFrame, cov: pl.DataFram
 
 
 def _test_metric(comp: Comparison, metric: str, hosts: pl.DataFrame, cov_adjusted: bool,
-                 min_base_hosts: int, alpha_ci: float) -> None:
+                 min_base_hosts: int, alpha_ci: float,
+                 statistics: Sequence[str] = STATISTICS) -> None:
     """Test each host statistic of ``metric`` (new kernel worse?) and add the tests to
     ``comp``; the effect is a ratio new/base (level, tail, within_host) or a difference of
     shares (bad_share)."""
@@ -204,7 +219,7 @@ def _test_metric(comp: Comparison, metric: str, hosts: pl.DataFrame, cov_adjuste
     if is_new.sum() == 0 or (~is_new).sum() < min_base_hosts:
         return
     d = worse_direction(metric)
-    for statistic in STATISTICS:
+    for statistic in statistics:
         if statistic not in hosts.columns or (statistic == "within_host"
                                               and metric not in WITHIN_HOST_METRICS):
             continue

@@ -10,6 +10,7 @@ from typing import Optional
 
 import polars as pl
 
+from .before_after import BeforeAfterPolicy, before_buckets
 from .centring import centred_windows
 from .memory_state import MemoryStateModel
 from .state_support import StateSupport, comparable_states, state_support
@@ -24,13 +25,20 @@ class ReferenceState:
     state: Optional[MemoryStateModel]
     support: Optional[StateSupport]
     pre: Optional[pl.DataFrame]      # host_id, pre_level, pre_n
+    # each host's windows before the rollout, by half hour, for ``before_after``
+    before: Optional[pl.DataFrame] = None
 
 
 def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
-                    before: Optional[datetime]) -> ReferenceState:
+                    before: Optional[datetime],
+                    before_after: Optional[BeforeAfterPolicy] = None) -> ReferenceState:
+    """``before_after``: keep the hosts' pre-rollout windows for that statistic when
+    ``metric`` is one of its metrics."""
+    buckets = (before_buckets(reference, metric, base_kernel, before, before_after)
+               if before_after is not None and metric in before_after.metrics else None)
     ref = centred_windows(reference, metric, base_kernel)
     if "frag" not in ref.columns or ref.is_empty():
-        return ReferenceState(None, None, None)
+        return ReferenceState(None, None, None, buckets)
     # The model is fitted on, and only applied to, the comparable states: a curve fitted
     # across fresh memory as well is pulled by the floor that few-event counts sit on
     # there and came out twice too steep in the fragmented range (the demo's x86_64
@@ -51,4 +59,4 @@ def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
         pre = (ref.filter(pl.col("window_start") < before).group_by("host_id")
                .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"))
                .filter(pl.col("pre_n") >= 10))
-    return ReferenceState(state, support, pre)
+    return ReferenceState(state, support, pre, buckets)
