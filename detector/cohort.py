@@ -45,6 +45,8 @@ import numpy as np
 import polars as pl
 
 from .before_after import BeforeAfterPolicy, before_after
+from .fresh_reference import STATISTIC as FRESH_MATCHED
+from .fresh_reference import FreshReferencePolicy, fresh_matched
 from .covariates import BASE_COVARIATES, CovariateAdjuster, host_covariates
 from .confounds import find_confounds
 from .coverage import memory_coverage
@@ -119,7 +121,8 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             rollout_start: Optional[datetime] = None,
             reference_states: Optional[Dict[str, ReferenceState]] = None,
             min_type_hosts: int = MIN_TYPE_HOSTS,
-            before_after_policy: Optional[BeforeAfterPolicy] = None) -> Optional[Comparison]:
+            before_after_policy: Optional[BeforeAfterPolicy] = None,
+            fresh_policy: Optional[FreshReferencePolicy] = None) -> Optional[Comparison]:
     """Compare ``new_kernel`` with ``base_kernel`` on one group's host windows ``df``.
 
     Only windows where both kernels report are used. Returns None when the new kernel
@@ -128,7 +131,9 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
     each host's level before ``rollout_start`` (default: the new kernel's first window).
     ``reference_states``: per-metric states already built from that reference (a cache:
     filled here for the metrics missing from it). ``before_after_policy``: also test each
-    host's own before and after (``before_after``) on that policy's metrics."""
+    host's own before and after (``before_after``) on that policy's metrics;
+    ``fresh_policy``: against baseline hosts in the same fresh-memory states
+    (``fresh_matched``)."""
     df = _shared_windows(df, base_kernel, new_kernel, min_base_hosts)
     if df.is_empty():
         return None
@@ -153,7 +158,8 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
         if adjust and (reference is not None or metric in reference_states):
             if metric not in reference_states:
                 reference_states[metric] = reference_state(reference, metric, base_kernel,
-                                                           rollout_start, before_after_policy)
+                                                           rollout_start, before_after_policy,
+                                                           fresh_policy)
             ref_state = reference_states[metric]
         columns = list(BASE_COVARIATES)
         if metric in MECHANISM_METRICS and "log_dirtied_per_s" in cov.columns:
@@ -168,10 +174,16 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             if own is not None:
                 _test_metric(comp, metric, own, False, min_base_hosts, alpha_ci,
                              statistics=(BEFORE_AFTER,))
+        if ref_state is not None and fresh_policy is not None and metric in fresh_policy.metrics:
+            matched = fresh_matched(df, metric, base_kernel, new_kernel, ref_state.bins,
+                                    fresh_policy)
+            if matched is not None:
+                _test_metric(comp, metric, matched, False, fresh_policy.min_hosts, alpha_ci,
+                             statistics=(FRESH_MATCHED,))
     # the hosts of the comparison between hosts (the gate's power rests on them); a
     # host's own before and after counts its hosts itself
-    comp.n_new_compared = max((t.n_new for t in comp.tests if t.statistic != BEFORE_AFTER),
-                              default=0)
+    comp.n_new_compared = max((t.n_new for t in comp.tests
+                               if t.statistic not in (BEFORE_AFTER, FRESH_MATCHED)), default=0)
     return comp
 
 

@@ -15,6 +15,8 @@ import numpy as np
 from .before_after import STATISTIC as BEFORE_AFTER
 from .before_after import BeforeAfterPolicy
 from .cohort import Comparison, MetricTest
+from .fresh_reference import STATISTIC as FRESH_MATCHED
+from .fresh_reference import FreshReferencePolicy
 from .frames import MECHANISM_METRICS, THROUGHPUT_METRICS
 from .mechanism import METRIC as COSTLY_METRIC
 from .mechanism import CostlyCompaction, MechanismPolicy
@@ -56,6 +58,13 @@ class EvidencePolicy:
     # the new kernel doing worse than the same host on the old kernel, more fragmented,
     # at the same time of day): its thresholds are explained in BeforeAfterPolicy
     before_after: BeforeAfterPolicy = field(default_factory=BeforeAfterPolicy)
+    # against the few baseline hosts rebooted into the same fresh-memory states as the
+    # canaries (FreshReferencePolicy explains its thresholds)
+    fresh_reference: FreshReferencePolicy = field(default_factory=FreshReferencePolicy)
+    # Statistics that corroborate a throughput drop (at corroborate_p) and never raise
+    # or decide anything themselves: ``fresh_matched`` rests on a handful of reference
+    # hosts whose hardware mix is whatever happened to reboot.
+    corroborating_only: Tuple[str, ...] = (FRESH_MATCHED,)
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
@@ -108,7 +117,8 @@ def strong_alone(t: MetricTest, policy: EvidencePolicy) -> bool:
 
 
 def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
-    sig = sorted((t for t in c.tests if is_significant(t, policy)), key=lambda t: t.q_value)
+    sig = sorted((t for t in c.tests if is_significant(t, policy)
+                  and t.statistic not in policy.corroborating_only), key=lambda t: t.q_value)
     if c.confounds:
         # not like with like between hosts: only each host's own before/after counts
         sig = [t for t in sig if t.statistic in OWN_BEFORE_AFTER]

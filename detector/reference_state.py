@@ -12,6 +12,7 @@ import polars as pl
 
 from .before_after import BeforeAfterPolicy, before_buckets
 from .centring import centred_windows
+from .fresh_reference import FreshReferencePolicy, reference_bins
 from .memory_state import MemoryStateModel
 from .state_support import StateSupport, comparable_states, state_support
 
@@ -27,18 +28,24 @@ class ReferenceState:
     pre: Optional[pl.DataFrame]      # host_id, pre_level, pre_n
     # each host's windows before the rollout, by half hour, for ``before_after``
     before: Optional[pl.DataFrame] = None
+    # each baseline host's level per fragmentation bin, for ``fresh_matched``
+    bins: Optional[pl.DataFrame] = None
 
 
 def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
                     before: Optional[datetime],
-                    before_after: Optional[BeforeAfterPolicy] = None) -> ReferenceState:
-    """``before_after``: keep the hosts' pre-rollout windows for that statistic when
-    ``metric`` is one of its metrics."""
+                    before_after: Optional[BeforeAfterPolicy] = None,
+                    fresh: Optional[FreshReferencePolicy] = None) -> ReferenceState:
+    """``before_after``, ``fresh``: keep what those statistics need (the hosts'
+    pre-rollout windows; each baseline host's level per fragmentation bin) when
+    ``metric`` is one of their metrics."""
     buckets = (before_buckets(reference, metric, base_kernel, before, before_after)
                if before_after is not None and metric in before_after.metrics else None)
+    bins = (reference_bins(reference, metric, base_kernel)
+            if fresh is not None and metric in fresh.metrics else None)
     ref = centred_windows(reference, metric, base_kernel)
     if "frag" not in ref.columns or ref.is_empty():
-        return ReferenceState(None, None, None, buckets)
+        return ReferenceState(None, None, None, buckets, bins)
     # The model is fitted on, and only applied to, the comparable states: a curve fitted
     # across fresh memory as well is pulled by the floor that few-event counts sit on
     # there and came out twice too steep in the fragmented range (the demo's x86_64
@@ -59,4 +66,4 @@ def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
         pre = (ref.filter(pl.col("window_start") < before).group_by("host_id")
                .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"))
                .filter(pl.col("pre_n") >= 10))
-    return ReferenceState(state, support, pre, buckets)
+    return ReferenceState(state, support, pre, buckets, bins)
