@@ -19,6 +19,15 @@ window: windows of one host are not independent):
   difference in differences that removes the large host-to-host spread. Tested on the
   probe only (``frames.WITHIN_HOST_METRICS`` says why).
 
+Two statistics do not wait for that (each tested as its own family member, unadjusted):
+
+- ``before_after`` (``before_after``): a new-kernel host on fresher memory than it had on
+  the old kernel, against its own old-kernel level at the same time of day; for one
+  kernel writes do not improve as memory fragments, so worse is evidence against the
+  new kernel without any model (the probe and the mechanism metrics),
+- ``fresh_matched`` (``fresh_reference``): the mechanism metrics against the few baseline
+  hosts rebooted into the same fresh-memory states; it only corroborates.
+
 Like is compared with like. Windows count only in memory states the baseline hosts
 occupy (fragmentation bins seen on at least ``MIN_STATE_HOSTS`` baseline hosts): a
 canary minutes after its reboot is not compared until its memory is in a state the

@@ -52,18 +52,16 @@ def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
     # canaries then looked 27% worse in compaction stalls on an unchanged kernel).
     support = state_support(ref, base_kernel)
     ref = comparable_states(ref, support)
-    state = MemoryStateModel().fit(ref)
-    if state.model is None:
-        state = None
-    else:
-        ref = ref.with_columns(pl.Series("z", ref["z"].to_numpy()
-                                         - state.predict(ref["frag"].to_numpy())))
     pre = None
     if before is not None:
         # each host's own level on the baseline kernel before the rollout reached the
         # group (canaries' pre-reboot windows, baseline hosts' same period), over the
-        # same comparable memory states
+        # same comparable memory states, not adjusted for memory state (``within_host``
+        # in ``host_statistics`` says why)
         pre = (ref.filter(pl.col("window_start") < before).group_by("host_id")
                .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"))
                .filter(pl.col("pre_n") >= 10))
+    state = MemoryStateModel().fit(ref)
+    if state.model is None:
+        state = None
     return ReferenceState(state, support, pre, buckets, bins)
