@@ -18,9 +18,9 @@ last ``BeforeAfterPolicy.recent`` of windows ("after") minus the median over its
 baseline-kernel windows before the rollout at the same time of day ("before"). Centred
 on the baseline hosts' median per ``centre_bucket`` of time, so that what moves the
 whole fleet (load, time of day) cancels. The new-kernel hosts count only while their
-memory is less fragmented than it was before (the premise of the bound); the baseline
+memory is not more fragmented than it was before (the premise of the bound); the baseline
 hosts, whose after-minus-before says how far a host's own level wanders without a kernel
-change, count only while theirs is not (none of them gets the reboot bonus). The test
+change, count only while theirs is not fresher (none of them gets the reboot bonus). The test
 (``cohort``) is the one-sided rank test of the new-kernel hosts' differences against the
 baseline hosts': under the monotone assumption and no kernel effect, the new kernel's
 are stochastically better, so the test is conservative by the reboot bonus.
@@ -60,9 +60,10 @@ class BeforeAfterPolicy:
     # uses all its pre-rollout windows.
     tod_halfwidth: timedelta = timedelta(minutes=90)
     # The premise of the bound: a new-kernel host counts only while its after
-    # fragmentation is at least this much below its before (one state bin,
-    # ``state_support.FRAG_BIN``; the gauge's own jitter is +-0.01), and a baseline host
-    # only while its after is not more than this below its before.
+    # fragmentation (median) is not above its before, and a baseline host only while its
+    # after is not more than this below its before (one state bin,
+    # ``state_support.FRAG_BIN``: the gauge's own jitter is +-0.01, and a baseline host
+    # that much fresher gains at most a percent or two, well inside the hosts' spread).
     frag_margin: float = 0.05
     # A host needs this many windows with the metric on each side (the probe: 4 probes
     # before, 1 after; the counters report every window).
@@ -74,6 +75,18 @@ class BeforeAfterPolicy:
     centre_bucket: timedelta = timedelta(minutes=30)
     # a bucket's centre needs this many baseline hosts (``centring.MIN_CENTRE_HOSTS``)
     min_centre_hosts: int = 3
+
+
+def monotone_premise(is_new: pl.Expr, frag_before: pl.Expr, frag_after: pl.Expr,
+                     margin: float) -> pl.Expr:
+    """Where a host's own after-minus-before bounds the new kernel's effect from above:
+    a new-kernel host whose memory is not more fragmented than before (the reboot bonus
+    can only make it look better), a baseline host whose memory is not fresher than
+    before by more than ``margin`` (none of them gets the bonus; ``margin`` absorbs the
+    gauge's jitter on hosts whose fragmentation has settled)."""
+    not_more_fragmented = frag_after <= frag_before
+    not_fresher = frag_after >= frag_before - margin
+    return pl.when(is_new).then(not_more_fragmented).otherwise(not_fresher)
 
 
 def log_windows(df: pl.DataFrame, metric: str) -> pl.DataFrame:
@@ -169,10 +182,8 @@ def before_after(df: pl.DataFrame, metric: str, base_kernel: str, new_kernel: st
     new_hosts = a.filter(pl.col("kernel") == new_kernel)["host_id"].implode()
     a = a.filter((pl.col("kernel") == new_kernel) | ~pl.col("host_id").is_in(new_hosts))
     h = a.join(b, on="host_id", how="inner")
-    is_new = pl.col("kernel") == new_kernel
-    fresher = pl.col("frag_after") <= pl.col("frag_before") - policy.frag_margin
-    not_fresher = pl.col("frag_after") >= pl.col("frag_before") - policy.frag_margin
-    h = h.filter(pl.when(is_new).then(fresher).otherwise(not_fresher))
+    h = h.filter(monotone_premise(pl.col("kernel") == new_kernel, pl.col("frag_before"),
+                                  pl.col("frag_after"), policy.frag_margin))
     if h.is_empty():
         return None
     return h.select("host_id", "kernel", (pl.col("z_after") - pl.col("z_before")).alias(STATISTIC),

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 
 import polars as pl
 
+from .before_after import BeforeAfterPolicy, monotone_premise
 from .centring import centred_windows
 from .covariates import CovariateAdjuster
 from .frames import worse_direction
@@ -40,7 +41,9 @@ def host_statistics(df: pl.DataFrame, metric: str, base_kernel: str,
     x = comparable_states(x, support)
     pre = None
     # a host's own level before the memory-state adjustment, for ``within_host``
-    own = x.group_by("host_id", "kernel").agg(pl.col("z").median().alias("own_level"))
+    own = x.group_by("host_id", "kernel").agg(pl.col("z").median().alias("own_level"),
+                                              pl.col("frag").median().alias("own_frag")
+                                              if "frag" in x.columns else pl.lit(None).alias("own_frag"))
     if ref_state is not None and "frag" in x.columns and x.height:
         if ref_state.state is not None:
             x = x.with_columns(pl.Series("z", x["z"].to_numpy()
@@ -81,7 +84,14 @@ def host_statistics(df: pl.DataFrame, metric: str, base_kernel: str,
         # error does not: with 119 hosts of a 10 % wave, a curve 3 % too steep between
         # fragmentation 0.6 and 0.8 read as the probe 0.97x, p = 1e-10, on an unaffected
         # cohort (x86_64 XFS of small-effect-5 under Physics.random(300)).
+        # So it counts only where that holds (``before_after.monotone_premise``): a
+        # new-kernel host that has fragmented past its old state, or a baseline host
+        # rebooted since, says nothing here.
+        premise = monotone_premise(pl.col("kernel") != base_kernel, pl.col("pre_frag"),
+                                   pl.col("own_frag"), BeforeAfterPolicy().frag_margin)
         hosts = (hosts.join(own, on=["host_id", "kernel"], how="left")
                  .join(pre, on="host_id", how="left")
-                 .with_columns((pl.col("own_level") - pl.col("pre_level")).alias("within_host")))
+                 .with_columns(pl.when(premise.fill_null(False))
+                               .then(pl.col("own_level") - pl.col("pre_level"))
+                               .otherwise(None).alias("within_host")))
     return hosts, adjusted

@@ -25,7 +25,7 @@ class ReferenceState:
     (``detector.analysis.AnalysisCache``)."""
     state: Optional[MemoryStateModel]
     support: Optional[StateSupport]
-    pre: Optional[pl.DataFrame]      # host_id, pre_level, pre_n
+    pre: Optional[pl.DataFrame]      # host_id, pre_level, pre_n, pre_frag
     # each host's windows before the rollout, by half hour, for ``before_after``
     before: Optional[pl.DataFrame] = None
     # each baseline host's level per fragmentation bin, for ``fresh_matched``
@@ -59,7 +59,8 @@ def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
         # same comparable memory states, not adjusted for memory state (``within_host``
         # in ``host_statistics`` says why)
         pre = (ref.filter(pl.col("window_start") < before).group_by("host_id")
-               .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"))
+               .agg(pl.col("z").median().alias("pre_level"), pl.len().alias("pre_n"),
+                    pl.col("frag").median().alias("pre_frag"))
                .filter(pl.col("pre_n") >= 10))
     state = MemoryStateModel().fit(ref)
     if state.model is None:
