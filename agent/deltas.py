@@ -23,11 +23,13 @@ class Baseline:
         self.clock: Optional[float] = None     # CLOCK_BOOTTIME seconds of the last reading
         self.values: Dict[str, int] = {}
         self.resets = 0                        # counters rebased because they went backwards
+        self._undo: Optional[Tuple[Dict[str, int], Optional[float], Optional[str], int]] = None
 
     def advance(self, boot_id: str, clock: float, current: Dict[str, int]
                 ) -> Optional[Tuple[float, Dict[str, int]]]:
         """Take a reading; return ``(interval_s, deltas)`` or ``None`` for a new baseline."""
         prev, prev_clock, prev_boot = self.values, self.clock, self.boot_id
+        self._undo = (prev, prev_clock, prev_boot, self.resets)
         self.values, self.clock, self.boot_id = dict(current), clock, boot_id
         if prev_boot != boot_id or prev_clock is None:
             return None
@@ -44,6 +46,13 @@ class Baseline:
                 continue
             deltas[name] = value - before
         return interval, deltas
+
+    def undo(self) -> None:
+        """Forget the last reading (its record could not be kept): the next interval
+        starts where this one did."""
+        if self._undo is not None:
+            self.values, self.clock, self.boot_id, self.resets = self._undo
+            self._undo = None
 
     def to_json(self) -> Dict[str, Any]:
         return {"boot_id": self.boot_id, "clock": self.clock, "values": self.values}

@@ -1,8 +1,9 @@
 """``/metrics``: the kernel figures the agent ships, and the agent's own health, for
-Prometheus. One ``Collector`` reads the kernel files on every scrape (no background
+Prometheus. One collector reads the kernel files on every scrape (no background
 thread keeps copies); values are cumulative (Prometheus computes rates) and in base units
 (bytes, seconds, ratios). Every name starts with ``foliowatch_agent_``; labels are
-bounded (mount, device, fs, zone, order, size), never per sample.
+bounded (mount, device, fs, zone, order, size), never per sample. Written and served by
+``exposition.py`` (prometheus-client's text format, without importing it).
 
 Bound to 127.0.0.1 by default: the host's node-level scrape config decides whether to
 expose it further.
@@ -15,9 +16,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Iterator, Tuple
 
-from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
-                                    GaugeMetricFamily, InfoMetricFamily, Metric)
-from prometheus_client.registry import Collector
+from foliowatch.agent.exposition import (CounterFamily, Family, GaugeFamily, InfoFamily,
+                                         MetricsServer, process_families, render)
 
 if TYPE_CHECKING:
     from foliowatch.agent.runner import Agent
@@ -32,14 +32,11 @@ def _metric_name(name: str) -> str:
     return _NAME_OK.sub("_", name)
 
 
-class AgentCollector(Collector):
+class AgentCollector:
     def __init__(self, agent: "Agent"):
         self.agent = agent
 
-    def describe(self):
-        return []  # names depend on the running kernel; do not read it at registration
-
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         start = time.monotonic()
         ok = 1.0
         try:
@@ -48,16 +45,16 @@ class AgentCollector(Collector):
             ok = 0.0
             log.warning("scrape: reading the kernel failed: %s", e)
         yield from self._health()
-        g = GaugeMetricFamily(P + "scrape_kernel_read_success",
+        g = GaugeFamily(P + "scrape_kernel_read_success",
                               "1 if every kernel file could be read during this scrape")
         g.add_metric([], ok)
         yield g
-        g = GaugeMetricFamily(P + "scrape_duration_seconds",
+        g = GaugeFamily(P + "scrape_duration_seconds",
                               "Time spent reading the kernel files for this scrape")
         g.add_metric([], time.monotonic() - start)
         yield g
 
-    def _kernel(self) -> Iterator[Metric]:
+    def _kernel(self) -> Iterator[Family]:
         sampler = self.agent.sampler
         r = sampler.read()
         mthp = {}
@@ -68,11 +65,11 @@ class AgentCollector(Collector):
             if m:
                 mthp.setdefault(m.group(2), []).append((str(int(m.group(1)) * 1024), value))
                 continue
-            c = CounterMetricFamily(P + "vmstat_" + _metric_name(name),
+            c = CounterFamily(P + "vmstat_" + _metric_name(name),
                                     f"/proc/vmstat {name} (cumulative)")
             c.add_metric([], value)
             yield c
-        psi = CounterMetricFamily(P + "pressure_stalled_seconds",
+        psi = CounterFamily(P + "pressure_stalled_seconds",
                                   "PSI total stall time (/proc/pressure), by resource and kind",
                                   labels=["resource", "kind"])
         for name, value in sorted(r.counters.items()):
@@ -81,14 +78,14 @@ class AgentCollector(Collector):
                 psi.add_metric([resource, kind], value / 1e6)
         yield psi
         for stat, rows in sorted(mthp.items()):
-            c = CounterMetricFamily(P + "mthp_" + _metric_name(stat),
+            c = CounterFamily(P + "mthp_" + _metric_name(stat),
                                     f"transparent_hugepage/hugepages-*/stats/{stat}, by folio "
                                     "size in bytes", labels=["size_bytes"])
             for size, value in sorted(rows, key=lambda x: int(x[0])):
                 c.add_metric([size], value)
             yield c
         yield from _tracepoint_families(r.counters)
-        frag = GaugeMetricFamily(P + "frag_unusable_ratio",
+        frag = GaugeFamily(P + "frag_unusable_ratio",
                                  "Unusable free space index (Gorman) per allocation order: "
                                  "share of free memory in blocks smaller than the order",
                                  labels=["order"])
@@ -106,10 +103,10 @@ class AgentCollector(Collector):
                 metric, help_ = "uptime_seconds", "Seconds since boot (/proc/uptime)"
             else:
                 metric, help_ = name, f"{name} (/proc/meminfo or /proc/buddyinfo)"
-            g = GaugeMetricFamily(P + metric, help_)
+            g = GaugeFamily(P + metric, help_)
             g.add_metric([], value)
             yield g
-        blocks = GaugeMetricFamily(P + "buddy_free_blocks",
+        blocks = GaugeFamily(P + "buddy_free_blocks",
                                    "Free blocks per node, zone and order (/proc/buddyinfo)",
                                    labels=["node", "zone", "order"])
         for z in r.zones:
@@ -122,33 +119,33 @@ class AgentCollector(Collector):
                 if name not in families:
                     base = name if name.startswith("xfs_") else "mount_" + name
                     base = base.replace("write_bytes", "written_bytes")
-                    families[name] = CounterMetricFamily(
+                    families[name] = CounterFamily(
                         P + _metric_name(base), f"{name} of a watched mount's device "
                         "(/proc/diskstats; xfs_* from /sys/fs/xfs/<dev>/stats)",
                         labels=["mount", "device", "fs"])
                 families[name].add_metric([m.mount, m.device, m.fs], value)
         yield from families.values()
-        s = InfoMetricFamily(P + "kernel_settings", "Active THP settings",
+        s = InfoFamily(P + "kernel_settings", "Active THP settings",
                              labels=[])
         s.add_metric([], dict(r.settings))
         yield s
         labels_ = sampler.labels(r)
-        info = InfoMetricFamily(P + "host", "Host identity and labels as shipped in samples")
+        info = InfoFamily(P + "host", "Host identity and labels as shipped in samples")
         info.add_metric([], {"host_id": sampler.host_id, "boot_id": r.boot_id,
                              **{k: str(v) for k, v in labels_.items()}})
         yield info
 
-    def _health(self) -> Iterator[Metric]:
+    def _health(self) -> Iterator[Family]:
         a = self.agent
         st = a.stats
 
-        def counter(name: str, help_: str, value: float) -> Metric:
-            c = CounterMetricFamily(P + name, help_)
+        def counter(name: str, help_: str, value: float) -> Family:
+            c = CounterFamily(P + name, help_)
             c.add_metric([], value)
             return c
 
-        def gauge(name: str, help_: str, value: float) -> Metric:
-            g = GaugeMetricFamily(P + name, help_)
+        def gauge(name: str, help_: str, value: float) -> Family:
+            g = GaugeFamily(P + name, help_)
             g.add_metric([], value)
             return g
 
@@ -157,6 +154,9 @@ class AgentCollector(Collector):
         yield counter("samples_sent", "Records acknowledged by Kafka", a.sender_sent())
         yield counter("samples_dropped", "Records dropped because the spool was full "
                       "(oldest first), since the spool was created", a.spool_dropped())
+        yield counter("send_requests", "Delivery attempts to Kafka, each one request for "
+                      "every sample that waited (agent.kafka.latency_budget_s)",
+                      a.sender_requests())
         yield counter("send_errors", "Failed attempts to deliver to Kafka", a.sender_errors())
         yield counter("collection_errors", "Sampling passes that failed", st.collection_errors)
         yield counter("baseline_resets", "Counters that went backwards and were rebased",
@@ -171,7 +171,7 @@ class AgentCollector(Collector):
         err_ts, err = a.last_send_error()
         yield gauge("last_send_error_timestamp_seconds", "Wall time of the last failed "
                     "delivery (0: none yet)", err_ts or 0.0)
-        info = InfoMetricFamily(P + "last_send_error", "Class of the last delivery error")
+        info = InfoFamily(P + "last_send_error", "Class of the last delivery error")
         info.add_metric([], {"error": err or ""})
         yield info
         if st.probe is not None:
@@ -184,7 +184,7 @@ class AgentCollector(Collector):
                         p["compact_stall"])
             yield gauge("probe_allocstall", "Last write probe: allocstall_* during it",
                         p["allocstall"])
-            g = GaugeMetricFamily(P + "probe_vmstat_delta", "Last write probe: change of "
+            g = GaugeFamily(P + "probe_vmstat_delta", "Last write probe: change of "
                                   "compaction and reclaim counters during it",
                                   labels=["counter"])
             for name, delta in sorted(st.probe_vmstat.items()):
@@ -195,7 +195,7 @@ class AgentCollector(Collector):
             yield gauge("tracepoints_enabled", "1 if the tracepoint counters are open "
                         "(agent.tracepoints.enabled and permitted), 0 if configured but off "
                         "(see foliowatch_agent_tracepoints_info{reason})", 1.0 if tp.on else 0.0)
-            info = InfoMetricFamily(P + "tracepoints", "Why the tracepoint counters are off, "
+            info = InfoFamily(P + "tracepoints", "Why the tracepoint counters are off, "
                                     "and events or fields this kernel lacks")
             info.add_metric([], {"reason": tp.off_reason or "",
                                  "missing": "; ".join(tp.problems)})
@@ -234,7 +234,7 @@ _TP_SINGLE = {
 }
 
 
-def _tracepoint_families(counters) -> Iterator[Metric]:
+def _tracepoint_families(counters) -> Iterator[Family]:
     """The ``tp_*`` counters (collectors/tracepoints.py) as families with an
     ``order_bucket`` label (``0``, ``1-3``, ``8+``, ...)."""
     for prefix, metric, help_ in _TP_BUCKETED:
@@ -242,13 +242,13 @@ def _tracepoint_families(counters) -> Iterator[Metric]:
                 if k.startswith(prefix + "order_")]
         if not rows:
             continue
-        c = CounterMetricFamily(P + metric, help_, labels=["order_bucket"])
+        c = CounterFamily(P + metric, help_, labels=["order_bucket"])
         for bucket, value in sorted(rows, key=lambda x: int(x[0].split("_")[1])):
             c.add_metric([_bucket_label(bucket)], value)
         yield c
     for key, (metric, help_) in _TP_SINGLE.items():
         if key in counters:
-            c = CounterMetricFamily(P + metric, help_)
+            c = CounterFamily(P + metric, help_)
             c.add_metric([], counters[key])
             yield c
 
@@ -261,70 +261,12 @@ def _bucket_label(name: str) -> str:
     return "-".join(parts)
 
 
-def make_registry(agent: "Agent") -> CollectorRegistry:
-    from prometheus_client import ProcessCollector
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(agent))
-    ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds
-    return registry
+def metrics(agent: "Agent") -> bytes:
+    """The /metrics page: the agent's families, then the process's (RSS, CPU, fds)."""
+    return render([*AgentCollector(agent).collect(), *process_families()])
 
 
-# The serving loop's select wakes up this often only to look for a request to stop;
-# ``shutdown`` wakes it at once instead (see _MetricsServer). The standard library's
-# 0.5 s (prometheus_client's start_http_server) was 20 wake-ups of an otherwise idle
-# thread per 10 s interval, each taking the GIL.
-_IDLE_POLL_S = 3600.0
-
-
-def _server_class():
-    import socket
-    import threading
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIServer
-
-    class _MetricsServer(ThreadingMixIn, WSGIServer):
-        """/metrics over HTTP, one thread per request, asleep between requests."""
-        daemon_threads = True
-
-        def serve_forever(self, poll_interval: float = _IDLE_POLL_S) -> None:
-            self._stopped = threading.Event()
-            try:
-                super().serve_forever(poll_interval)
-            finally:
-                self._stopped.set()
-
-        def shutdown(self) -> None:
-            poker = threading.Thread(target=self._poke, name="metrics-stop", daemon=True)
-            poker.start()
-            super().shutdown()
-            poker.join(5)
-
-        def _poke(self) -> None:
-            # a connection makes the loop's select return, so it sees the request to stop
-            host, port = self.server_address[:2]
-            while not self._stopped.wait(0.05):
-                try:
-                    socket.create_connection((host, port), timeout=1).close()
-                except OSError:
-                    pass
-
-    return _MetricsServer
-
-
-def serve(agent: "Agent", address: Tuple[str, int]):
+def serve(agent: "Agent", address: Tuple[str, int]) -> MetricsServer:
     """Start /metrics on ``address`` in a daemon thread; returns the server
     (``.shutdown()`` stops it)."""
-    import threading
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    from prometheus_client import make_wsgi_app
-
-    class _Quiet(WSGIRequestHandler):
-        def log_message(self, format, *args):  # noqa: A002 - the base class's name
-            pass
-
-    server = make_server(address[0], address[1], make_wsgi_app(make_registry(agent)),
-                         server_class=_server_class(), handler_class=_Quiet)
-    threading.Thread(target=server.serve_forever, name="foliowatch-metrics",
-                     daemon=True).start()
-    return server
+    return MetricsServer(address, lambda: metrics(agent))

@@ -15,12 +15,14 @@ keeps its samples in the spool until the setting is fixed).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+import types
 
 from foliowatch.agent import config as agent_config
 
@@ -120,6 +122,63 @@ def _stdout_samples(cfg, once: bool, interval: float) -> int:
     return 0
 
 
+# Compression libraries kafka-python's codec module imports whenever they are installed,
+# by the agent.kafka.compression that needs each.
+_CODEC_MODULES = {"zstd": ("zstandard",), "lz4": ("lz4", "lz4.frame", "lz4f", "lz4framed",
+                                                 "xxhash"), "snappy": ("snappy",)}
+
+
+class _OnFirstUse(types.ModuleType):
+    """Stands in for a module until one of its attributes is read, then loads it (and
+    takes its namespace, for the modules that imported the stand-in). importlib's
+    LazyLoader does not serve here: a later ``import`` statement reads ``__spec__`` and
+    loads the module at once."""
+
+    def __getattr__(self, name: str):
+        del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, name)
+
+
+def _import_only_what_is_used(cfg) -> None:
+    """Keep libraries this configuration never calls out of the agent's memory (it runs
+    on every host; measured in benchmarks/agent_vs_node_exporter.md). kafka-python
+    imports them all when it loads:
+
+    - ``ssl`` (libssl, ~1.2 MiB) without TLS: loaded lazily, on first use;
+    - OpenSSL's hashes (``_hashlib``, libcrypto, ~3.6 MiB) without TLS or SASL: hashlib
+      then uses Python's built-in SHA-2 and MD5, all kafka-python's import touches;
+    - compression libraries other than the configured one.
+
+    Only in the agent's own process (the CLI), never for a library user."""
+    protocol = cfg.kafka.security_protocol if cfg.kafka_enabled else "PLAINTEXT"
+    tls, sasl = protocol.endswith("SSL"), protocol.startswith("SASL")
+    if not tls and "ssl" not in sys.modules:
+        sys.modules["ssl"] = _OnFirstUse("ssl")
+    if not tls and not sasl and "hashlib" not in sys.modules:
+        sys.modules.setdefault("_hashlib", None)   # type: ignore[arg-type]
+    for codec, modules in _CODEC_MODULES.items():
+        if codec != cfg.kafka.compression:
+            for name in modules:
+                sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
+_M_ARENA_MAX = -8    # glibc's mallopt parameter (malloc.h)
+
+
+def _one_malloc_arena() -> None:
+    """glibc gives each thread that allocates its own malloc arena; the agent's four
+    threads (sampling, delivery, Kafka's network thread, /metrics) are idle nearly
+    always, and one shared arena saves ~1.5 MiB of resident memory (as
+    MALLOC_ARENA_MAX=1 would). Before any thread starts; a no-op off glibc."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop_event() -> threading.Event:
     stop = threading.Event()
 
@@ -164,6 +223,8 @@ def run(args) -> int:
                                                                    else cfg.interval_s)
         return _stdout_samples(cfg, args.once, interval)
 
+    _import_only_what_is_used(cfg)
+    _one_malloc_arena()
     from foliowatch.agent.runner import Agent
     try:
         agent = Agent(cfg)

@@ -7,11 +7,17 @@ samples. The delivery thread sends the spool's records in order and acknowledges
 it retries as soon as the sender's back-off allows, so a returning broker receives the
 backlog without waiting a whole interval. The /metrics server has its own thread and
 only reads.
+
+Within ``agent.kafka.latency_budget_s`` samples wait in the spool and leave together:
+the delivery thread sleeps until the oldest unsent sample has waited the budget less
+half an interval (so the sample due just then rides along), and sends them in one
+request. A request costs the agent ~2 ms of CPU (kafka-python's network thread most of
+it) whatever it carries; one per sample was the largest cost of an interval. At a clean
+stop the spool is sent once more (bounded by ``send_timeout_s``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -26,7 +32,7 @@ from foliowatch.agent.deltas import Baseline
 from foliowatch.agent.producer import KafkaSender
 from foliowatch.agent.sampler import Sampler
 from foliowatch.agent.spool import Spool
-from foliowatch.agent.state import AgentState
+from foliowatch.agent.state import SPOOL_DIR, AgentState, resume
 
 log = logging.getLogger("foliowatch.agent")
 DRAIN_BATCH = 200
@@ -51,15 +57,22 @@ class Agent:
         self.sampler = Sampler(cfg, proc=proc, sys=sys, etc=etc)
         self._lock_fd = _lock_state_dir(cfg.state_dir)
         self.state = AgentState(cfg.state_dir)
-        self.spool = Spool(os.path.join(cfg.state_dir, "spool"), cfg.spool_max_bytes)
-        self.baseline = Baseline.from_json(self.state.baseline)
+        self.spool = Spool(os.path.join(cfg.state_dir, SPOOL_DIR), cfg.spool_max_bytes)
         if self.spool.torn_tail_bytes:
             log.warning("spool: truncated %d bytes of a torn record (crash during a write)%s",
                         self.spool.torn_tail_bytes,
                         f"; {self.spool.corrupt_total} damaged segment(s) cut short"
                         if self.spool.corrupt_total else "")
-        self._recover_seq()
+        # seq resumes after the spool's newest record; the stored baseline only if it is
+        # that record's reading or later (after a crash the state file is older)
+        self.baseline = Baseline()
+        if resume(self.state, self.spool.last_payload()):
+            self.baseline = Baseline.from_json(self.state.baseline)
+        elif self.state.baseline:
+            log.info("state file older than the spool (the agent was not stopped cleanly): "
+                     "seq resumes at %d, with a new baseline", self.state.next_seq)
         self.state.host_id = self.sampler.host_id
+        self.save_state()   # a floor for seq should the spool folder ever be emptied
         self.sender: Optional[KafkaSender] = None
         if deliver and cfg.kafka_enabled:
             self.sender = KafkaSender(cfg.kafka, cfg.topic, self.sampler.host_id.encode(),
@@ -67,30 +80,25 @@ class Agent:
         self.stats = AgentStats()
         self._lock = threading.Lock()         # one sampling pass at a time
         self._drain_lock = threading.Lock()   # one delivery pass at a time
-        self._wake = threading.Event()        # a new record is in the spool
+        self._wake = threading.Event()        # delivery may be due (or: stop)
+        # monotonic time the oldest unsent sample was spooled (None: none unsent); a
+        # backlog found at start is due at once
+        self._pending_lock = threading.Lock()
+        self._unsent_since: Optional[float] = (
+            time.monotonic() - cfg.latency_budget_s if len(self.spool) else None)
 
-    def _recover_seq(self) -> None:
-        """Repair a state file older than the spool (its last rename was lost in a crash,
-        see ``state.py``): ``seq`` resumes after the newest spooled record, which the
-        spool always keeps, and a baseline older than that record is dropped."""
-        last = self.spool.last_payload()
-        if last is None:
-            return
-        try:
-            newest = json.loads(last)
-            seq, ts = newest["seq"], float(newest["ts"])
-        except (ValueError, KeyError, TypeError):
-            return
-        if isinstance(seq, int) and seq >= self.state.next_seq:
-            log.info("state was older than the spool (crash before its rename reached the "
-                     "disk): seq resumes at %d", seq + 1)
-            self.state.next_seq = seq + 1
-        if self.baseline.values and self.state.baseline_ts < ts:
-            self.baseline = Baseline()
+    def save_state(self) -> None:
+        """Write the state file (baseline, probe time, seq floor): at start, after a
+        probe, at a clean stop."""
+        self.state.baseline = self.baseline.to_json()
+        self.state.save()
 
     # -- health accessors for /metrics ----------------------------------------------
     def sender_sent(self) -> int:
         return self.sender.sent_total if self.sender else 0
+
+    def sender_requests(self) -> int:
+        return self.sender.requests_total if self.sender else 0
 
     def sender_errors(self) -> int:
         return self.sender.errors_total if self.sender else 0
@@ -127,6 +135,10 @@ class Agent:
             self.stats.probe_refusals += 1
             log.warning("write probe did not run: %s", e)
             return None
+        try:
+            self.save_state()   # a restart must not probe again before every_s
+        except OSError as e:
+            log.warning("state file not written after the probe: %s", e)
         self.stats.probe = result["probe"]
         self.stats.probe_vmstat = result["vmstat"]
         log.info("write probe: %d bytes in %.3fs = %.1f MiB/s, compaction/reclaim during it: %s",
@@ -144,31 +156,23 @@ class Agent:
             reading = self.sampler.read()
             seq = self.state.next_seq
             record = self.sampler.record(reading, self.baseline, seq)
-            data = None
             if record is not None:
                 if probe is not None:
                     record["probe"] = probe
-                data = schema.encode(record)
-                self.state.next_seq = seq + 1
-            self.state.baseline = self.baseline.to_json()
-            self.state.baseline_ts = round(reading.ts, 3)  # as the record's ts
-            try:
-                self.state.save()  # seq reserved before the record exists anywhere else
-            except OSError:
-                # not reserved on disk (e.g. the disk is full): not used either, so no
-                # gap; this interval's sample is skipped like a failed collection
-                self.state.next_seq = seq
-                raise
-            if data is not None:
                 try:
-                    dropped = self.spool.append(data)
+                    dropped = self.spool.append(schema.encode(record))
                 except OSError as e:
-                    # seq reserved, sample not kept: counted as dropped, so the gap the
-                    # pipeline sees is explained on /metrics and in the spool's head
-                    self.spool.count_lost(1)
-                    log.warning("spool: sample seq %d dropped, it cannot be written (%s); "
-                                "%d dropped in total", seq, e, self.spool.dropped_total)
+                    # Not accepted (e.g. the disk is full): its seq goes to the next
+                    # sample, whose interval then covers this one too.
+                    self.baseline.undo()
+                    log.warning("spool: sample seq %d not taken, it cannot be written (%s); "
+                                "the next sample covers its interval", seq, e)
                     raise
+                self.state.next_seq = seq + 1   # accepted: it is on disk
+                with self._pending_lock:
+                    if self._unsent_since is None:   # the budget's clock starts
+                        self._unsent_since = time.monotonic()
+                        self._wake.set()
                 self.stats.samples += 1
                 self.stats.spooled += 1
                 self.stats.last_sample_ts = record["ts"]
@@ -176,22 +180,24 @@ class Agent:
                     log.warning("spool full (%d bytes): dropped the %d oldest samples; %d "
                                 "dropped in total", self.cfg.spool_max_bytes, dropped,
                                 self.spool.dropped_total)
+            self.state.baseline_ts = round(reading.ts, 3)  # the baseline's reading, as ts
             self.stats.last_duration_s = time.monotonic() - start
         if deliver:
             self.drain()
         return record
 
-    def drain(self) -> int:
-        """Send spooled records in order until the spool is empty or a send fails."""
+    def drain(self, deadline: Optional[float] = None) -> int:
+        """Send spooled records in order until the spool is empty, a send fails or the
+        monotonic ``deadline`` passes."""
         if self.sender is None or not self.sender.ready():
             return 0
         with self._drain_lock:
-            return self._drain()
+            return self._drain(deadline)
 
-    def _drain(self) -> int:
+    def _drain(self, deadline: Optional[float]) -> int:
         assert self.sender is not None
         sent = 0
-        while True:
+        while deadline is None or time.monotonic() < deadline:
             batch = self.spool.peek(DRAIN_BATCH)
             if not batch:
                 break
@@ -201,22 +207,38 @@ class Agent:
                 sent += n
             if n < len(batch):
                 break
+        with self._pending_lock:
+            if not len(self.spool):
+                self._unsent_since = None
         return sent
 
+    def delivery_wait(self) -> Optional[float]:
+        """Seconds until the delivery thread should send (0: now), ``None`` when nothing
+        waits: the latency budget of the oldest unsent sample, or the sender's back-off
+        after a failure, whichever ends later."""
+        if self.sender is None:
+            return None
+        with self._pending_lock:
+            since = self._unsent_since
+        if since is None:
+            return None
+        wait_s = max(0.0, self.cfg.latency_budget_s - self.cfg.interval_s / 2)
+        return max(0.0, since + wait_s - time.monotonic(), self.sender.retry_in())
+
     def _deliver_loop(self, stop: threading.Event) -> None:
-        # Asleep until a record is spooled or a back-off ends (woken by ``run`` for the
-        # one and for stopping): a fixed polling period was 20 wake-ups per 10 s interval.
+        # Asleep until a send is due: woken by ``tick`` when a sample arrives in an empty
+        # spool (the budget's clock starts) and by ``run`` at stop, else by its timeout.
         while not stop.is_set():
-            timeout = None
-            if len(self.spool) and self.sender is not None:
-                timeout = max(0.05, self.sender.retry_in())
-            self._wake.wait(timeout)
-            self._wake.clear()
-            if len(self.spool) and self.sender is not None and self.sender.ready():
-                try:
-                    self.drain()
-                except Exception as e:  # noqa: BLE001 - keep delivering; records stay spooled
-                    log.exception("delivery failed: %s", e)
+            wait_s = self.delivery_wait()
+            if wait_s is None or wait_s > 0:
+                self._wake.wait(wait_s)
+                self._wake.clear()
+                continue
+            try:
+                self.drain()
+            except Exception as e:  # noqa: BLE001 - keep delivering; records stay spooled
+                log.exception("delivery failed: %s", e)
+                self._wake.wait(1.0)   # a client bug must not become a busy loop
 
     def run(self, stop: threading.Event) -> None:
         deliverer = None
@@ -230,7 +252,6 @@ class Agent:
             while not stop.is_set():
                 try:
                     self.tick(deliver=False)
-                    self._wake.set()
                 except Exception as e:  # noqa: BLE001 - one bad pass must not stop the agent
                     self.stats.collection_errors += 1
                     log.exception("sampling failed: %s", e)
@@ -244,10 +265,19 @@ class Agent:
             self._wake.set()
             if deliverer is not None:
                 deliverer.join(self.cfg.send_timeout_s * 2 + 5)
+                try:   # what waited within its budget leaves now, not at the next start
+                    self.drain(deadline=time.monotonic() + self.cfg.send_timeout_s)
+                except Exception as e:  # noqa: BLE001 - it stays in the spool
+                    log.warning("final delivery at stop failed: %s", e)
 
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close(timeout=self.cfg.send_timeout_s)
+        try:
+            self.save_state()   # the baseline: the first interval after a restart spans it
+        except OSError as e:
+            log.warning("state file not written at stop (%s): the next start takes a new "
+                        "baseline", e)
         self.spool.close()
         self.sampler.close()
         if self._lock_fd is not None:

@@ -37,7 +37,6 @@ class Reading(NamedTuple):
     mounts: List[MountReading]
     settings: Dict[str, str]
     mem_total: int
-    vmstat: Dict[str, int]     # every field, for the probe and /metrics
     zones: List[buddyinfo.ZoneFree]
 
 
@@ -63,7 +62,8 @@ class Sampler:
         # Slow-changing inputs, re-read every MOUNT_REFRESH_S rather than every sample.
         self._slow_at = -1e18
         self._settings: Dict[str, str] = {}
-        self._mthp_sizes: List = []
+        self._mthp_files: List = []
+        self._boot_id: Optional[str] = None   # read once: a reboot ends the process
         self.tracepoints: Optional[tracepoints.TracepointCounters] = None
         if cfg.tracepoints.enabled:
             self.tracepoints = tracepoints.TracepointCounters(
@@ -123,29 +123,29 @@ class Sampler:
         if now - self._slow_at > MOUNT_REFRESH_S:
             self._settings = {k: labels.clean_label(v)
                               for k, v in thp.read_settings(self.sys).items()}
-            self._mthp_sizes = thp.active_sizes(self.sys)
+            self._mthp_files = thp.mthp_files(thp.active_sizes(self.sys))
             self._slow_at = now
 
     # -- one pass ----------------------------------------------------------------------
     def read(self) -> Reading:
         self._refresh_slow()
-        vm = vmstat.read(self.proc)
-        counters = vmstat.counters(vm)
+        counters = vmstat.read_counters(self.proc)
         counters.update(pressure.read_all(self.proc))
-        counters.update(thp.read_mthp_counters(self.sys, self._mthp_sizes))
+        counters.update(thp.read_files(self._mthp_files))
         if self.tracepoints is not None:
             self._open_tracepoints()
             counters.update(self.tracepoints.read())
-        mem = meminfo.read(self.proc)
+        mem = meminfo.read_shipped(self.proc)
         zones = buddyinfo.read(self.proc)
         gauges = meminfo.gauges(mem)
         gauges["uptime_s"] = labels.uptime_s(self.proc)
         gauges.update(buddyinfo.gauges(zones, self.page_size))
         settings = dict(self._settings)
-        return Reading(boot_id=labels.boot_id(self.proc), clock=boottime(), ts=time.time(),
+        if self._boot_id is None:
+            self._boot_id = labels.boot_id(self.proc)
+        return Reading(boot_id=self._boot_id, clock=boottime(), ts=time.time(),
                        counters=counters, gauges=gauges, mounts=self._mount_readings(),
-                       settings=settings, mem_total=mem.get("MemTotal", 0), vmstat=vm,
-                       zones=zones)
+                       settings=settings, mem_total=mem.get("MemTotal", 0), zones=zones)
 
     def labels(self, reading: Reading) -> Dict[str, Any]:
         if self._labels is None or self._labels["mem_bytes"] != reading.mem_total:

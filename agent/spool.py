@@ -17,6 +17,11 @@ Crash safety: on open every segment is scanned; a record whose header or payload
 incomplete or whose CRC does not match ends its segment, which is truncated there (a
 torn tail from a crash mid-append; in a middle segment it is counted as corrupt).
 
+The newest record stays on disk after it was sent: the tail segment is never deleted,
+and a segment opened for an append that then fails is removed again. So the newest
+accepted record is always readable (``newest_payload``, without opening the spool for
+writing), and the agent resumes ``seq`` after it (``state.py``).
+
 Bounds: the segments' total size never exceeds ``max_bytes``. A segment is closed at
 ``max_bytes / 16``; when an append would overflow, the oldest segment is deleted and
 its unsent records are added to ``dropped_total`` (so drops happen in steps of at most
@@ -68,6 +73,41 @@ def scan(data: bytes, start: int = 0) -> Tuple[List[Tuple[int, int]], int]:
     return records, pos
 
 
+def _segments(directory: str) -> List[int]:
+    return sorted(int(n[:-4]) for n in os.listdir(directory)
+                  if n.endswith(".seg") and n[:-4].isdigit())
+
+
+def _last_record(path: str) -> Optional[bytes]:
+    """The last intact record of one segment file, or ``None`` (empty, or torn before
+    its first record ends)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    records, _ = scan(data)
+    if not records:
+        return None
+    off, length = records[-1]
+    return data[off + HEADER.size: off + HEADER.size + length]
+
+
+def newest_payload(directory: str) -> Optional[bytes]:
+    """The newest intact record in the spool folder ``directory`` (sent or not), read
+    only: it modifies nothing, so it may be called while an agent has the spool open.
+    ``None`` when the spool holds no record (or does not exist)."""
+    try:
+        indexes = _segments(directory)
+    except FileNotFoundError:
+        return None
+    for index in reversed(indexes):
+        try:
+            payload = _last_record(os.path.join(directory, f"{index:020d}.seg"))
+        except FileNotFoundError:   # deleted meanwhile: fully sent, an older one follows
+            continue
+        if payload is not None:
+            return payload
+    return None
+
+
 class Spool:
     def __init__(self, directory: str, max_bytes: int):
         if max_bytes < 16 * (HEADER.size + 1024):
@@ -100,8 +140,7 @@ class Spool:
             self.dropped_total = int(parts[2]) if len(parts) > 2 else 0
         except (FileNotFoundError, IndexError, ValueError):
             pass
-        indexes = sorted(int(n[:-4]) for n in os.listdir(self.dir)
-                         if n.endswith(".seg") and n[:-4].isdigit())
+        indexes = _segments(self.dir)
         for index in indexes:
             path = self._seg_path(index)
             if index < head_seg:  # fully sent or dropped; its deletion was interrupted
@@ -166,8 +205,9 @@ class Spool:
         with self._lock:
             dropped = 0
             tail = max(self._sizes)
+            rolled = False
             if self._sizes[tail] and self._sizes[tail] + len(data) > self.segment_bytes:
-                tail = self._roll(tail)
+                tail, rolled = self._roll(tail), True
             while sum(self._sizes.values()) + len(data) > self.max_bytes and len(self._sizes) > 1:
                 dropped += self._drop_oldest()
             assert self._fd is not None
@@ -180,21 +220,14 @@ class Spool:
                 # it would end the segment for every reader: the records appended after
                 # it would never be sent, and cut off at the next start.
                 os.ftruncate(self._fd, self._sizes[tail])
+                if rolled and len(self._sizes) > 1:
+                    # and the segment opened for it goes too: the newest record stays
+                    # in the tail, where it is never deleted (seq resumes after it)
+                    self._unroll(tail)
                 raise
             self._sizes[tail] += len(data)
             self._counts[tail] += 1
             return dropped
-
-    def count_lost(self, n: int) -> None:
-        """``n`` samples that were assigned a seq but could not be appended (the disk is
-        full): counted with the dropped ones, so that the seq gap is explained. The count
-        is saved now if the disk lets it, else with the next change of the head."""
-        with self._lock:
-            self.dropped_total += n
-            try:
-                self._save_head()
-            except OSError:
-                pass
 
     def _roll(self, tail: int) -> int:
         new = tail + 1
@@ -203,6 +236,14 @@ class Spool:
         self._open_tail()
         fsync_dir(self.dir)
         return new
+
+    def _unroll(self, tail: int) -> None:
+        del self._sizes[tail], self._counts[tail]
+        try:
+            os.unlink(self._seg_path(tail))
+        except OSError:
+            pass   # left empty: scanned as an empty tail at the next start
+        self._open_tail()
 
     def _drop_oldest(self) -> int:
         oldest = min(self._sizes)
@@ -262,17 +303,9 @@ class Spool:
                 del self._sizes[index], self._counts[index]
 
     def last_payload(self) -> Optional[bytes]:
-        """The newest record still on disk (sent or not), to recover ``seq`` at start."""
+        """The newest record still on disk (sent or not), from which seq resumes."""
         with self._lock:
-            for index in sorted(self._sizes, reverse=True):
-                if not self._counts[index]:
-                    continue
-                with open(self._seg_path(index), "rb") as f:
-                    data = f.read(self._sizes[index])
-                records, _ = scan(data)
-                off, length = records[-1]
-                return data[off + HEADER.size: off + HEADER.size + length]
-        return None
+            return newest_payload(self.dir)
 
     def close(self) -> None:
         with self._lock:

@@ -1,26 +1,34 @@
-"""The agent's small persistent state: the next ``seq`` and the counter baseline.
+"""The agent's small persistent state: the counter baseline, the time of the last write
+probe, and ``next_seq`` as a floor; and where ``seq`` resumes after a stop or a crash.
 
-Stored as JSON in ``<state_dir>/state.json`` and replaced atomically
-(``foliowatch.files.atomic_write``), so a crash leaves either the old or the new state,
-never a torn one. ``seq`` is reserved here *before* the
-sample carrying it is spooled: a crash in between costs a gap in ``seq``, never a reuse.
+Stored as JSON in ``<state_dir>/state.json`` and replaced atomically and durably
+(``foliowatch.files.atomic_write``), but only when the agent starts, after a write probe
+ran, and when it stops cleanly: never per sample (that fsync was a quarter of the
+agent's CPU per interval).
 
-The per-sample save fsyncs the file but not the directory: if a crash loses the rename,
-the previous state (complete, one sample older) comes back, and the agent repairs it
-from the spool, whose newest record is always on disk: ``seq`` resumes after that
-record, and a baseline older than it is discarded (it would make the next interval
-overlap intervals already sent).
+``seq`` comes from the spool (``resume_seq``): a sample is accepted when its record is
+fsync'd in the spool, and the spool keeps its newest record on disk even once it is
+sent (``spool.py``). So ``seq`` resumes right after the newest spooled record: a crash
+at any point neither reuses a ``seq`` nor skips one. ``next_seq`` in the file is a floor
+for the one case where the spool holds no record (a new spool folder).
+
+The baseline is only kept when it is the reading of the newest spooled record or later
+(``baseline_ts``): after a clean stop it is, and the first interval after the restart
+spans the downtime; after a crash the file is older than the spool, and the agent takes
+a new baseline (the time between the last record and the restart is not reported; no
+``seq`` is missing).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from foliowatch.files import atomic_write
 
 STATE_FILE = "state.json"
+SPOOL_DIR = "spool"
 
 
 class AgentState:
@@ -58,5 +66,44 @@ class AgentState:
     def save(self) -> None:
         data = json.dumps({"next_seq": self.next_seq, "host_id": self.host_id,
                            "last_probe_ts": self.last_probe_ts,
-                           "baseline_ts": self.baseline_ts, "baseline": self.baseline}, separators=(",", ":")).encode()
-        atomic_write(self.path, data, fsync_folder=False, mode=0o600)
+                           "baseline_ts": self.baseline_ts, "baseline": self.baseline},
+                          separators=(",", ":")).encode()
+        atomic_write(self.path, data, mode=0o600)
+
+
+def newest_record(newest: Optional[bytes]) -> Optional[Tuple[int, float]]:
+    """``(seq, ts)`` of the spool's newest record (``spool.newest_payload``), or ``None``
+    when there is none or it cannot be read as a record."""
+    if newest is None:
+        return None
+    try:
+        record = json.loads(newest)
+        seq, ts = record["seq"], float(record["ts"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return None
+    return seq, ts
+
+
+def resume(state: AgentState, newest: Optional[bytes]) -> bool:
+    """Bring ``state`` up to the spool's newest record ``newest``: ``next_seq`` right
+    after it (never below the file's floor). Returns whether the stored baseline may be
+    used: only if it is the reading of that record or a later one."""
+    found = newest_record(newest)
+    if found is None:
+        return True
+    seq, ts = found
+    state.next_seq = max(state.next_seq, seq + 1)
+    return state.baseline_ts >= ts
+
+
+def resume_seq(state_dir: str) -> int:
+    """The ``seq`` the agent of ``state_dir`` uses next; every ``seq`` below it was given
+    to an accepted sample. Read only: safe while the agent runs."""
+    from foliowatch.agent.spool import newest_payload
+    if not os.path.isdir(state_dir):
+        return 0
+    state = AgentState(state_dir)
+    resume(state, newest_payload(os.path.join(state_dir, SPOOL_DIR)))
+    return state.next_seq

@@ -23,6 +23,11 @@ stay valid, and consumers that do not know them ignore them. ``MECHANISM_TABLE``
 the mechanism figures from them (large-folio share, direct compaction attempts per GiB
 written).
 
+Unknown members: a reader (``decode``, hence the pipeline) ignores members the table
+does not name, at any level, and drops them, as protobuf readers do, so agents can be
+upgraded before the pipeline; a writer (``encode``) refuses them. Everything the table
+requires is still enforced exactly.
+
 Identity is ``(host_id, boot_id, seq)``: a consumer that sees it twice drops the copy.
 
 The derived *key metrics* that the pipeline aggregates and the detector tests are
@@ -359,7 +364,7 @@ def _check_choice(f: Field, path: str, v: Any) -> None:
         raise SchemaError(path, f"{shown} is not one of {', '.join(map(str, f.choices))}")
 
 
-def _check_value(f: Field, path: str, v: Any) -> None:
+def _check_value(f: Field, path: str, v: Any, ignore_unknown: bool = False) -> None:
     kind = f.kind
     if kind == STR:
         if f.alphabet is not None:
@@ -386,20 +391,26 @@ def _check_value(f: Field, path: str, v: Any) -> None:
             raise SchemaError(path, f"must be in {bounds_text(f)}{' ' + f.unit if f.unit else ''}"
                                     f", got {x}")
     elif kind == OBJECT:
-        _check_object(f.members, path, v)
+        _check_object(f.members, path, v, ignore_unknown)
     elif kind == LIST:
         if not isinstance(v, list):
             raise SchemaError(path, f"expected an array, got {type(v).__name__}")
         if f.max_items is not None and len(v) > f.max_items:
             raise SchemaError(path, f"has {len(v)} entries, at most {f.max_items} allowed")
         for i, item in enumerate(v):
-            _check_object(f.members, f"{path}[{i}]", item)
+            _check_object(f.members, f"{path}[{i}]", item, ignore_unknown)
     elif kind == MAP:
         if not isinstance(v, dict):
             raise SchemaError(path, f"expected an object, got {type(v).__name__}")
         if f.max_items is not None and len(v) > f.max_items:
             raise SchemaError(path, f"has {len(v)} entries, at most {f.max_items} allowed")
         assert f.value is not None
+        # The whole map passes a quick test of the plain case, in a few C-level passes
+        # (the agent validates ~100 entries per record on every host); else every entry
+        # gets the full checks, which name what is wrong. Both follow from the table.
+        plain = _PLAIN_VALUES.get(f.value.kind)
+        if plain is not None and _plain_names(v) and plain(f.value, list(v.values())):
+            return
         for k, item in v.items():
             _check_str(f"{path}.{k}"[:120], k, NAME, MAP_NAME.max_len)
             _check_value(f.value, f"{path}.{k}", item)
@@ -407,7 +418,42 @@ def _check_value(f: Field, path: str, v: Any) -> None:
         raise AssertionError(f"field {f.name}: unknown kind {kind!r}")
 
 
-def _check_object(members: Sequence[Field], path: str, obj: Any) -> None:
+# Map names, newline-terminated and joined: a newline is outside the NAME alphabet, so
+# each name must match on its own (counted, so that no name can hold one).
+_NAME_LIST = re.compile(f"(?:[{MAP_NAME.alphabet.first}][{MAP_NAME.alphabet.rest}]"  # type: ignore[union-attr]
+                        f"{{0,{MAP_NAME.max_len - 1}}}\n)*")  # type: ignore[operator]
+
+
+def _plain_names(m: Mapping[Any, Any]) -> bool:
+    if not m:
+        return True
+    if set(map(type, m)) != {str}:
+        return False
+    joined = "\n".join(m) + "\n"
+    return joined.count("\n") == len(m) and _NAME_LIST.fullmatch(joined) is not None
+
+
+def _plain_counters(f: Field, values: List[Any]) -> bool:
+    if not values:
+        return True
+    return (set(map(type, values)) == {int} and min(values) >= 0
+            and (f.maximum is None or max(values) <= f.maximum))
+
+
+def _plain_floats(f: Field, values: List[Any]) -> bool:
+    if not values:
+        return True
+    return (set(map(type, values)) == {float} and all(map(math.isfinite, values))
+            and _in_bounds(f, min(values)) and _in_bounds(f, max(values)))
+
+
+# kind -> the quick test of a map's values in their plain case (True: all valid; False:
+# check each fully)
+_PLAIN_VALUES = {COUNTER: _plain_counters, FLOAT: _plain_floats}
+
+
+def _check_object(members: Sequence[Field], path: str, obj: Any,
+                  ignore_unknown: bool = False) -> None:
     if not isinstance(obj, dict):
         raise SchemaError(path, f"expected an object, got {type(obj).__name__}")
     prefix = f"{path}." if path else ""
@@ -417,20 +463,31 @@ def _check_object(members: Sequence[Field], path: str, obj: Any) -> None:
     present = sum(1 for m in members if m.name in obj)
     if len(obj) > present:
         names = {m.name for m in members}
-        unknown = next(k for k in obj if k not in names)
-        raise SchemaError(prefix + str(unknown)[:64], "unknown field; allowed are "
-                          + ", ".join(m.name for m in members))
+        unknown = [k for k in obj if k not in names]
+        if not ignore_unknown:
+            raise SchemaError(prefix + str(unknown[0])[:64], "unknown field; allowed are "
+                              + ", ".join(m.name for m in members))
+        for k in unknown:   # a newer writer's member: dropped, so nothing downstream sees it
+            del obj[k]
     for m in members:
         if m.name in obj:
-            _check_value(m, prefix + m.name, obj[m.name])
+            _check_value(m, prefix + m.name, obj[m.name], ignore_unknown)
 
 
-def validate(record: Any, fields: Sequence[Field] = FIELDS) -> Dict[str, Any]:
+def validate(record: Any, fields: Sequence[Field] = FIELDS,
+             ignore_unknown: bool = False) -> Dict[str, Any]:
     """Check ``record`` against the field table (wire schema v1 unless ``fields`` says
     otherwise) and return it; raise ``SchemaError``.
 
     The first problem found is reported, naming the field (dotted path). The version is
-    checked first: a record of another version is not judged by this table."""
+    checked first: a record of another version is not judged by this table.
+
+    A writer (``encode``) may only write the table's members: an unknown one is refused.
+    A reader (``decode``, ``ignore_unknown=True``) ignores members the table does not
+    name, at any level, and removes them from the returned record, as protobuf readers
+    do: an agent upgraded before the pipeline may add a field in the same schema version
+    without its records being refused. Everything the table requires is still enforced
+    exactly."""
     if not isinstance(record, dict):
         raise SchemaError("record", f"expected a JSON object, got {type(record).__name__}")
     if "schema" not in record:
@@ -439,7 +496,7 @@ def validate(record: Any, fields: Sequence[Field] = FIELDS) -> Dict[str, Any]:
     if not _is_int(version) or version != SCHEMA_VERSION:
         raise SchemaError("schema", f"unknown schema version {version!r}; this consumer reads "
                                     f"version {SCHEMA_VERSION}")
-    _check_object(fields, "", record)
+    _check_object(fields, "", record, ignore_unknown)
     return record
 
 
@@ -488,7 +545,7 @@ def decode(data: bytes, fields: Sequence[Field] = FIELDS) -> Dict[str, Any]:
         raise
     except ValueError as e:
         raise SchemaError("record", f"not JSON ({e})") from None
-    return validate(obj, fields)
+    return validate(obj, fields, ignore_unknown=True)
 
 
 def fs_of(record: Mapping[str, Any]) -> List[str]:

@@ -38,8 +38,9 @@ from foliowatch.errors import ServiceError
 from foliowatch.kafka_io import KafkaSettings, make_producer
 
 from .engine import Pipeline
-from .kafka_client import (DEFAULT_CLIENT, CommitFailed, ConsumerOptions, Listener, Records,
-                           open_consumer)
+from .kafka_client import (DEFAULT_CLIENT, DEFAULT_FETCH_MAX_BYTES,
+                           DEFAULT_PARTITION_FETCH_BYTES, CommitFailed, ConsumerOptions,
+                           Listener, Records, open_consumer)
 from .sinks import StateStore
 
 log = logging.getLogger("foliowatch.pipeline")
@@ -54,8 +55,8 @@ class ConsumerConfig:
     checkpoint_seconds: float = 5.0
     until_idle_s: float = 0.0          # > 0: stop after this long with nothing to read
     session_timeout_ms: int = 10_000
-    max_partition_fetch_bytes: int = 2 * 1024 * 1024
-    fetch_max_bytes: int = 16 * 1024 * 1024
+    max_partition_fetch_bytes: int = DEFAULT_PARTITION_FETCH_BYTES
+    fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES
     max_poll_records: int = 10_000
     # Every blocking broker call is bounded: with the broker gone, kafka-python's commit
     # would otherwise retry forever and a SIGTERM would never be acted upon.
@@ -80,6 +81,10 @@ class KafkaRunner(Listener):
                        "invalid": 0, "late": 0, "windows": 0}
         self._first_record_at: Optional[float] = None
         self._last_batch_done_at: Optional[float] = None
+        # process CPU (every thread) at those two moments: the CPU of the work itself,
+        # without the start (imports, joining the group) and the idle wait at the end
+        self._first_record_cpu = 0.0
+        self._last_batch_done_cpu = 0.0
         self._work: "queue.Queue" = queue.Queue(maxsize=1)
         self._worker: Optional[threading.Thread] = None
         self._worker_error: Optional[BaseException] = None
@@ -200,6 +205,8 @@ class KafkaRunner(Listener):
             # from the poll that brought the first records to the end of the last batch
             self.totals["busy_seconds"] = round(self._last_batch_done_at
                                                 - self._first_record_at, 3)
+            self.totals["busy_cpu_seconds"] = round(self._last_batch_done_cpu
+                                                    - self._first_record_cpu, 2)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.totals["peak_rss_mb"] = peak_rss_mb()
         self.totals["cpu_seconds"] = round(ru.ru_utime + ru.ru_stime, 2)
@@ -215,6 +222,7 @@ class KafkaRunner(Listener):
     def _fill_batch(self) -> int:
         deadline = time.monotonic() + self.cfg.batch_seconds
         self._batch_started_at = time.monotonic()
+        self._batch_started_cpu = time.process_time()
         n = 0
         while n < self.cfg.batch_records and not self.stop_requested:
             timeout = max(0.0, deadline - time.monotonic())
@@ -234,6 +242,7 @@ class KafkaRunner(Listener):
         recs, self.pending = self.pending, Records()
         if self._first_record_at is None:
             self._first_record_at = self._batch_started_at
+            self._first_record_cpu = self._batch_started_cpu
         self._raise_worker_error()
         self._work.put(recs)
 
@@ -267,6 +276,7 @@ class KafkaRunner(Listener):
         for k in self.totals:
             self.totals[k] += getattr(st, k)
         self._last_batch_done_at = time.monotonic()
+        self._last_batch_done_cpu = time.process_time()
         self._worker_cpu += time.thread_time() - cpu0
 
     def _checkpoint(self, partitions: List[int]) -> Dict[int, int]:

@@ -20,7 +20,8 @@ runs them in order, cheapest first:
 - Any row the vectorised paths do not accept is handed to ``schema.decode`` one by one:
   that yields the exact reason naming the field, and, when the vectorised checks were
   merely too strict (whitespace or escapes in names, duplicate keys, 19-digit
-  counters), the record is accepted through the Python path instead of being lost. A
+  counters, members the table does not name, which a reader ignores), the record is
+  accepted through the Python path instead of being lost. A
   batch whose JSON polars cannot parse as a whole is bisected, so one garbage message
   costs a few extra parses, not the batch.
 """
@@ -150,29 +151,43 @@ def _arrow_type(dt: pl.DataType):
     return {pl.Int64: pa.int64(), pl.Float64: pa.float64(), pl.String: pa.string()}[dt]
 
 
-def _arrow_options(checks: WireChecks):
+def _arrow_options(checks: WireChecks, dt: Optional[pl.Struct] = None):
     # Arrow's JSON reader converts with the declared types strictly (1.0, true or "1"
     # for an int64 field, 5 for a string field: the chunk fails and is bisected), which
     # is what schema v1 asks for; it ignores the members it is not asked about. One
     # thread: in the pipeline the consuming thread has the other core, and more threads
     # only cost switches (the same CPU per record, measured).
-    options = getattr(checks, "_arrow_options", None)
+    dt = checks.dtype if dt is None else dt
+    cache = checks.__dict__.setdefault("_arrow_options", {})
+    options = cache.get(dt)
     if options is None:
         import pyarrow as pa
         import pyarrow.json as pj
-        schema = pa.schema([pa.field(f.name, _arrow_type(f.dtype))
-                            for f in checks.dtype.fields])
+        schema = pa.schema([pa.field(f.name, _arrow_type(f.dtype)) for f in dt.fields])
         options = (pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
                    pj.ReadOptions(block_size=16 << 20, use_threads=False))
-        checks._arrow_options = options  # type: ignore[attr-defined]
+        cache[dt] = options
     return options
 
 
+def canonical_dtype(checks: WireChecks) -> pl.Struct:
+    """What the canonical path parses: the flat columns' inputs and the members its
+    numeric checks read (``WireChecks.pruned_dtype``)."""
+    dt = checks.__dict__.get("_canonical_dtype")
+    if dt is None:
+        needed = [(c.source, n) if c.source else (n,) for c in FLAT_COLUMNS for n in c.inputs]
+        needed += [("mounts", "fs")] + [("mounts", "counters", n)
+                                        for _c, inputs in MOUNT_COLUMNS for n in inputs]
+        dt = checks._canonical_dtype = checks.pruned_dtype(needed)  # type: ignore[attr-defined]
+    return dt
+
+
 def _parse(values, text: Optional[pl.Series] = None,
-           checks: WireChecks = DEFAULT) -> Optional[pl.DataFrame]:
+           checks: WireChecks = DEFAULT, dt: Optional[pl.Struct] = None
+           ) -> Optional[pl.DataFrame]:
     """JSON-decode a chunk of raw values (no whitespace in them, so one line each) into
     ``raw`` (text; ``text`` when the caller has it already) and ``d`` (struct of
-    ``checks.dtype``); None when the chunk has a value that is not UTF-8, not a JSON
+    ``dt``, default ``checks.dtype``); None when the chunk has a value that is not UTF-8, not a JSON
     object, or has a field of the wrong type."""
     import io
 
@@ -180,7 +195,8 @@ def _parse(values, text: Optional[pl.Series] = None,
     import pyarrow.json as pj
     if isinstance(values, pl.Series):
         values = values.to_list()
-    parse_opts, read_opts = _arrow_options(checks)
+    dt = checks.dtype if dt is None else dt
+    parse_opts, read_opts = _arrow_options(checks, dt)
     try:
         table = pj.read_json(io.BytesIO(b"\n".join(values)), parse_options=parse_opts,
                              read_options=read_opts)
@@ -191,14 +207,15 @@ def _parse(values, text: Optional[pl.Series] = None,
         d = pl.from_arrow(table)
         assert isinstance(d, pl.DataFrame)
         return pl.DataFrame({"raw": text}).with_columns(
-            d.select(pl.struct(pl.all()).alias("d")).to_series().cast(checks.dtype))
+            d.select(pl.struct(pl.all()).alias("d")).to_series().cast(dt))
     except (pa.ArrowException, pl.exceptions.PolarsError, ValueError, OverflowError):
         return None
 
 
 def _parse_bisect(values: Sequence[bytes], base: int, out_frames: List[pl.DataFrame],
-                  python_rows: List[int], checks: WireChecks = DEFAULT) -> None:
-    df = _parse(values, checks=checks)
+                  python_rows: List[int], checks: WireChecks = DEFAULT,
+                  dt: Optional[pl.Struct] = None) -> None:
+    df = _parse(values, checks=checks, dt=dt)
     if df is not None:
         out_frames.append(df.with_columns(
             pl.int_range(base, base + len(values), dtype=pl.Int64).alias("row")))
@@ -207,8 +224,8 @@ def _parse_bisect(values: Sequence[bytes], base: int, out_frames: List[pl.DataFr
         python_rows.extend(range(base, base + len(values)))
         return
     mid = len(values) // 2
-    _parse_bisect(values[:mid], base, out_frames, python_rows, checks)
-    _parse_bisect(values[mid:], base + mid, out_frames, python_rows, checks)
+    _parse_bisect(values[:mid], base, out_frames, python_rows, checks, dt)
+    _parse_bisect(values[mid:], base + mid, out_frames, python_rows, checks, dt)
 
 
 def _runs(indices: List[int]) -> List[Tuple[int, int]]:
@@ -276,10 +293,11 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
         general = sorted(set(general) - set(python_rows))
     if canon.any():
         rows = canon.arg_true()
+        dt = canonical_dtype(checks)
         if rows.len() == n:
-            df = _parse(values, text, checks)
+            df = _parse(values, text, checks, dt)
         else:
-            df = _parse([values[r] for r in rows.to_list()], text.filter(canon), checks)
+            df = _parse([values[r] for r in rows.to_list()], text.filter(canon), checks, dt)
         if df is None:   # not expected: the pattern implies parseable JSON
             general = sorted(general + rows.to_list())
         else:

@@ -36,6 +36,14 @@ log = logging.getLogger("foliowatch.pipeline")
 
 CLIENTS = ("confluent-kafka", "kafka-python")
 DEFAULT_CLIENT = "confluent-kafka"
+# Fetch sizes (compressed bytes). librdkafka holds whole fetch responses and their
+# decompressed batches (zstd wire records grow ~7x). Measured on 300k simulator records,
+# 6 partitions (benchmarks/pipeline_throughput.md): at 2 MiB per partition and 16 MiB
+# per fetch the pipeline peaked at 531-558 MB; at these, 415-438 MB with the same busy
+# time and CPU; at 256 KiB / 1 MiB the memory was alike but batches filled more slowly
+# (busy time 1.25x, CPU per record ~1.1x).
+DEFAULT_PARTITION_FETCH_BYTES = 1024 * 1024
+DEFAULT_FETCH_MAX_BYTES = 4 * 1024 * 1024
 
 
 class CommitFailed(FoliowatchError):
@@ -82,14 +90,14 @@ class Listener:
 class ConsumerOptions:
     group: str
     session_timeout_ms: int = 10_000
-    max_partition_fetch_bytes: int = 2 * 1024 * 1024
-    fetch_max_bytes: int = 16 * 1024 * 1024
+    max_partition_fetch_bytes: int = DEFAULT_PARTITION_FETCH_BYTES
+    fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES
     max_poll_records: int = 10_000
     # librdkafka prefetches until a partition has queued.min.messages or the consumer
     # queued.max.messages.kbytes (counted as fetched, i.e. compressed: zstd wire records
     # grow ~7x when decompressed); its defaults are 100,000 messages and 64 MiB. These
-    # keep about two batches in flight. (The pipeline's peak RSS was 549 MB with the
-    # defaults and 529 MB with these, under load: the prefetch is not what dominates.)
+    # keep about two batches in flight. (Peak RSS did not move with them, 1,000 / 2 MiB
+    # measured alike: the fetch sizes above are what bound librdkafka's memory.)
     queued_min_messages: int = 5_000
     queued_max_kbytes: int = 8 * 1024
 

@@ -14,7 +14,8 @@ from foliowatch.errors import ConfigError, ServiceError
 from foliowatch.flags import add_metrics_addr, add_output
 from foliowatch.kafka_io import TOPIC_DLQ, TOPIC_SAMPLES, add_kafka_arguments, settings_from_args
 
-from .kafka_client import CLIENTS, DEFAULT_CLIENT
+from .kafka_client import (CLIENTS, DEFAULT_CLIENT, DEFAULT_FETCH_MAX_BYTES,
+                           DEFAULT_PARTITION_FETCH_BYTES)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,8 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after SECONDS with nothing to read, closing every window as the "
                         "end of the stream (one-shot runs over a finite topic)")
     k.add_argument("--max-poll-records", type=int, default=10_000)
-    k.add_argument("--max-partition-fetch-bytes", type=int, default=2 * 1024 * 1024)
-    k.add_argument("--fetch-max-bytes", type=int, default=16 * 1024 * 1024)
+    k.add_argument("--max-partition-fetch-bytes", type=int,
+                   default=DEFAULT_PARTITION_FETCH_BYTES, help="default %(default)s")
+    k.add_argument("--fetch-max-bytes", type=int, default=DEFAULT_FETCH_MAX_BYTES,
+                   help="default %(default)s (larger fetches raise peak memory, not speed)")
     k.add_argument("--session-timeout-ms", type=int, default=10_000)
     k.add_argument("--kafka-client", choices=CLIENTS, default=DEFAULT_CLIENT,
                    help="Kafka client library (default %(default)s, librdkafka: measured "

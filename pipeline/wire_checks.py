@@ -186,6 +186,48 @@ class WireChecks:
                                  + _object_conds(self.fields, d, numeric_only=True)
                                  ).fill_null(False)
 
+    def canonical_paths(self) -> List[Tuple[str, ...]]:
+        """Member paths ``canonical_checks`` reads (a list's path: its length)."""
+        paths: List[Tuple[str, ...]] = []
+
+        def walk(members: Sequence[Field], prefix: Tuple[str, ...]) -> None:
+            for m in members:
+                path = prefix + (m.name,)
+                if m.kind in (INT, COUNTER, FLOAT) and not number_pattern(m)[1]:
+                    paths.append(path)
+                elif m.kind == OBJECT:
+                    walk(m.members, path)
+                elif m.kind == LIST:
+                    if m.max_items is not None:
+                        paths.append(path)
+                    walk(m.members, path)
+        walk(self.fields, ())
+        return paths
+
+    def pruned_dtype(self, needed: Sequence[Tuple[str, ...]]) -> pl.Struct:
+        """``dtype`` with only the member paths ``needed`` and those ``canonical_paths``
+        names: what the canonical path parses (the pattern has proven the rest; a JSON
+        reader builds only the columns it is asked for, and skips the other members)."""
+        want = set(needed) | set(self.canonical_paths())
+
+        def prune(dt: pl.DataType, prefix: Tuple[str, ...]) -> pl.DataType:
+            if isinstance(dt, pl.List):
+                return pl.List(prune(dt.inner, prefix))
+            if not isinstance(dt, pl.Struct):
+                return dt
+            fields = {}
+            for f in dt.fields:
+                path = prefix + (f.name,)
+                if path in want or any(w[:len(path)] == path for w in want):
+                    fields[f.name] = prune(f.dtype, path)
+            if not fields:   # a list whose length alone is read: keep one member
+                first = dt.fields[0]
+                fields[first.name] = prune(first.dtype, prefix + (first.name,))
+            return pl.Struct(fields)
+        out = prune(self.dtype, ())
+        assert isinstance(out, pl.Struct)
+        return out
+
     # -- any other layout: the parsed columns, then the JSON text --------------------
     def checks(self, d: pl.Expr, raw: pl.Expr) -> pl.Expr:
         """True when the parsed row certainly follows the table in everything its

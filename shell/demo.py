@@ -280,7 +280,9 @@ def _create_topic(bootstrap: str, name: str) -> None:
 
 
 def _agent_config(path: Path, bootstrap: Optional[str], port: int, state: Path) -> None:
-    kafka = (f'[agent.kafka]\nbootstrap = ["{bootstrap}"]\ntopic = "{LOCAL_TOPIC}"\n' if bootstrap
+    # samples leave within seconds (the fleet default batches a minute): the demo shows them
+    kafka = (f'[agent.kafka]\nbootstrap = ["{bootstrap}"]\ntopic = "{LOCAL_TOPIC}"\n'
+             'latency_budget_s = 4.0\n' if bootstrap
              else "[agent.kafka]\nenabled = false\n")
     path.write_text(
         "[agent]\nfleet = \"demo-local\"\nrole = \"this-host\"\ninterval_s = 2.0\n"

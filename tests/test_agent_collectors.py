@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -359,3 +360,54 @@ def test_parsers_never_raise_on_unexpected_text(text_):
     xfs.parse(text_)
     labels.parse_mountinfo(text_)
     thp.parse_choice(text_)
+
+
+@pytest.mark.parametrize("tree", ALL, ids=lambda p: p.name)
+def test_the_per_sample_parsers_agree_with_the_full_ones(tree):
+    """What a sample uses (one pass, only the shipped fields) equals the full parse
+    filtered, on every captured kernel and on this one."""
+    for raw in (text(tree / "proc/vmstat"), open("/proc/vmstat").read()):
+        assert vmstat.parse_counters(raw) == vmstat.counters(vmstat.parse(raw))
+    for raw in (text(tree / "proc/meminfo"), open("/proc/meminfo").read()):
+        assert meminfo.parse_shipped(raw) == {k: v for k, v in meminfo.parse(raw).items()
+                                              if k in meminfo.SHIPPED}
+
+
+def test_kernel_files_stay_open_and_are_read_anew(tmp_path):
+    """procfs files are kept open between reads and still give fresh text each time;
+    other files are opened per read (a fixture replaced meanwhile is seen)."""
+    from foliowatch.agent.collectors import _io
+    a = labels.uptime_s()
+    time.sleep(0.05)
+    assert labels.uptime_s() > a and "/proc/uptime" in _io._fds
+    f = tmp_path / "vmstat"
+    f.write_text("compact_stall 1\n")
+    assert _io.read_lines(str(f)) == "compact_stall 1\n"
+    f.unlink()
+    f.write_text("compact_stall 2\n")
+    assert _io.read_lines(str(f)) == "compact_stall 2\n" and str(f) not in _io._fds
+
+
+@given(st.lists(st.lists(st.integers(0, 10**7), min_size=11, max_size=11), min_size=1,
+                max_size=4), st.sampled_from([4096, 16384, 65536]))
+def test_frag_gauges_equal_the_index_order_by_order(rows, page):
+    zones = [buddyinfo.ZoneFree(0, f"z{i}", r) for i, r in enumerate(rows)]
+    g = buddyinfo.gauges(zones, page)
+    blocks = buddyinfo.total_blocks(zones)
+    for order in range(1, 11):
+        assert g.get(f"frag_unusable_order_{order}") == buddyinfo.unusable_index(blocks, order)
+    assert g.get("frag_unusable_1m") == buddyinfo.unusable_index(
+        blocks, buddyinfo.order_of(1 << 20, page))
+    assert g["buddy_free_bytes"] == buddyinfo.free_pages(blocks) * page
+
+
+def test_a_file_longer_than_one_kernel_page_is_read_whole():
+    """seq_file gives one page per read: a /proc or tracefs file over 4 KiB (vmstat on
+    newer kernels, event formats) must still come back whole."""
+    from foliowatch.agent.collectors import _io
+    with open("/proc/self/maps") as f:        # not kept open (/proc/self), may be long
+        pass
+    big = "/proc/kallsyms" if os.access("/proc/kallsyms", os.R_OK) else "/proc/self/smaps"
+    whole = open(big, "rb").read()
+    got = _io.read_bytes(big)
+    assert len(whole) > 8192 and abs(len(got) - len(whole)) < len(whole) // 10

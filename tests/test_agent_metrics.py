@@ -138,3 +138,57 @@ def test_the_metrics_server_sleeps_between_scrapes(served_agent):
     assert _wakeups(server_thread) - before <= 1
     scrape(url)
     assert _wakeups(server_thread) > before      # a scrape does wake it
+
+
+def test_exposition_is_byte_for_byte_prometheus_clients(served_agent):
+    """The agent writes /metrics itself (no prometheus-client import on the host); the
+    same families through prometheus-client's generate_latest give the same bytes, and
+    the process families match its ProcessCollector's names, types and help."""
+    from prometheus_client import generate_latest
+    from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
+                                        GaugeMetricFamily, InfoMetricFamily)
+    from prometheus_client.process_collector import ProcessCollector
+
+    from foliowatch.agent import exposition
+    from foliowatch.agent.exporter import AgentCollector
+    agent, _url = served_agent
+    ours = list(AgentCollector(agent).collect())
+    ours.append(exposition.GaugeFamily("x_odd", 'help with \\ and\nnewline',
+                                       labels=["v"]))
+    ours[-1].add_metric(['quote " back \\ nl \n'], 12345678.9)
+    ours.append(exposition.CounterFamily("x_named_total", "strip", labels=[]))
+    ours[-1].add_metric([], float("inf"))
+
+    class Theirs:
+        def collect(self):
+            for f in ours:
+                if f.kind == "info":
+                    m = InfoMetricFamily(f.name, f.documentation, labels=[])
+                    for labels, _v in f.samples:
+                        m.add_metric([], labels)
+                else:
+                    cls = CounterMetricFamily if f.kind == "counter" else GaugeMetricFamily
+                    names = sorted({k for labels, _v in f.samples for k in labels})
+                    m = cls(f.name, f.documentation, labels=names or f.labels)
+                    for labels, v in f.samples:
+                        m.add_metric([labels[k] for k in (names or f.labels)], v)
+                yield m
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Theirs())
+    assert exposition.render(ours) == generate_latest(registry)
+
+    heads = lambda text: [l for l in text.splitlines() if l.startswith("#")]  # noqa: E731
+    mine = exposition.render(exposition.process_families()).decode()
+    reg = CollectorRegistry()
+    ProcessCollector(registry=reg)
+    assert heads(mine) == heads(generate_latest(reg).decode())
+
+
+def test_metrics_served_gzipped_when_asked(served_agent):
+    import gzip
+    _agent, url = served_agent
+    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.headers["Content-Encoding"] == "gzip"
+        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert b"foliowatch_agent_samples_total" in gzip.decompress(r.read())

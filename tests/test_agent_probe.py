@@ -125,9 +125,8 @@ def test_agent_record_carries_probe_and_the_mounts_xfs_counters(xfs_mount, tmp_p
     assert m["counters"]["write_bytes"] >= p["bytes"]
     assert schema.key_metrics(record, "xfs")["probe_mib_s"] == p["mib_s"]
     assert agent.stats.probe == p
-    from prometheus_client import generate_latest
-    from foliowatch.agent.exporter import make_registry
-    text = generate_latest(make_registry(agent)).decode()
+    from foliowatch.agent.exporter import metrics
+    text = metrics(agent).decode()
     import re
     shown = re.search(r"^foliowatch_agent_probe_bytes (\S+)$", text, re.M).group(1)
     assert float(shown) == p["bytes"]

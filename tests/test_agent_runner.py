@@ -7,11 +7,10 @@ import threading
 import time
 
 import pytest
-from prometheus_client import generate_latest
 
 from foliowatch import schema
 from foliowatch.agent.config import AgentConfig
-from foliowatch.agent.exporter import make_registry
+from foliowatch.agent.exporter import metrics
 from foliowatch.agent.runner import Agent
 from foliowatch.kafka_io import KafkaSettings
 from foliowatch.shell.services import free_port
@@ -24,7 +23,7 @@ def test_sampling_keeps_its_cadence_while_kafka_is_unreachable(tmp_path):
     wait for them: one record per interval reaches the spool."""
     cfg = AgentConfig(state_dir=str(tmp_path / "st"), mounts=["/"], interval_s=1.0,
                       kafka=KafkaSettings(bootstrap=[f"127.0.0.1:{free_port()}"]),
-                      send_timeout_s=4.0, retry_backoff_max_s=0.5)
+                      send_timeout_s=4.0, retry_backoff_max_s=0.5, latency_budget_s=0.0)
     agent = Agent(cfg)
     stop = threading.Event()
     loop = threading.Thread(target=agent.run, args=(stop,))
@@ -48,7 +47,7 @@ def test_full_spool_drops_oldest_and_reports_it_on_metrics(tmp_path, caplog):
         if agent.tick() is not None:
             n += 1
         assert n < 5000
-    text = generate_latest(make_registry(agent)).decode()
+    text = metrics(agent).decode()
     dropped = float(re.search(r"^foliowatch_agent_samples_dropped_total (\S+)$", text,
                               re.M).group(1))
     assert dropped == agent.spool.dropped_total > 0
@@ -71,3 +70,68 @@ def test_one_agent_per_state_dir(tmp_path):
         Agent(cfg)
     first.close()
     Agent(cfg).close()           # released on close
+
+
+def test_sigkill_at_any_moment_never_reuses_nor_skips_a_seq(tmp_path):
+    """The agent process is SIGKILLed at random moments (mid-sample, mid-append, idle),
+    restarted each time, then stopped cleanly: the spool holds every seq from 0 exactly
+    once, in order, and the state folder says where seq resumes."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from foliowatch.agent.spool import Spool
+    from foliowatch.agent.state import AgentState, resume_seq
+
+    repo = Path(__file__).resolve().parents[1]
+    state_dir = tmp_path / "st"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nhost_id = "kill-test"\nstate_dir = "{state_dir}"\n'
+                      'interval_s = 1.0\nmounts = ["/"]\n'
+                      '[agent.kafka]\nenabled = false\n[agent.metrics]\nenabled = false\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLIOWATCH_")}
+    log = open(tmp_path / "agent.log", "ab")
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "foliowatch", "agent", "--config",
+                                 str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=str(repo))
+
+    def wait_for_more(proc, than: int) -> None:
+        deadline = time.monotonic() + 60
+        while resume_seq(str(state_dir)) <= than:
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "agent.log").read_text()[-2000:]
+            time.sleep(0.05)
+
+    rng = random.Random(17)
+    for _ in range(6):
+        proc = start()
+        try:
+            wait_for_more(proc, resume_seq(str(state_dir)))
+            time.sleep(rng.uniform(0.0, 1.0))         # anywhere in the 1 s cadence
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+    proc = start()
+    try:
+        wait_for_more(proc, resume_seq(str(state_dir)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, (tmp_path / "agent.log").read_text()[-2000:]
+    log.close()
+    n = resume_seq(str(state_dir))
+    assert AgentState(str(state_dir)).next_seq == n               # saved at the clean stop
+    spool = Spool(str(state_dir / "spool"), 64 << 20)
+    seqs = []
+    while True:
+        batch = spool.peek(100)
+        if not batch:
+            break
+        seqs += [schema.decode(p)["seq"] for _, p in batch]
+        spool.ack(batch[-1][0])
+    spool.close()
+    assert n >= 7 and seqs == list(range(n)), seqs

@@ -397,8 +397,7 @@ def test_fragmented_memory_then_large_writes_reports_folio_orders_and_direct_com
 
 @agent39
 def test_agent_ships_and_serves_tracepoint_counts_when_enabled(tracefs, tmp_path):
-    from prometheus_client import generate_latest
-    from foliowatch.agent.exporter import make_registry
+    from foliowatch.agent.exporter import metrics
     from foliowatch.agent.runner import Agent
     from foliowatch import schema
     with loop_fs("xfs") as (mnt, devno):
@@ -410,7 +409,7 @@ def test_agent_ships_and_serves_tracepoint_counts_when_enabled(tracefs, tmp_path
             agent.tick(deliver=False)
             write_file(f"{mnt}/big", MIB, 64)
             record = agent.tick(deliver=False)
-            text = generate_latest(make_registry(agent)).decode()
+            text = metrics(agent).decode()
         finally:
             agent.close()
             assert agent.sampler.tracepoints._fds == {}   # closed with the agent

@@ -111,11 +111,28 @@ def test_label_with_path_or_control_characters_is_rejected():
     rejects(rec, "labels.fleet")
 
 
-def test_unknown_fields_and_labels_are_rejected():
+def test_a_writer_refuses_unknown_fields_and_labels():
     rejects(example_record(extra=1), "extra")
     rec = example_record()
     rec["labels"]["pod"] = "x"
     rejects(rec, "labels.pod")
+    with pytest.raises(SchemaError, match="extra"):
+        schema.encode(example_record(extra=1))
+
+
+def test_a_reader_ignores_unknown_members_at_any_level_and_drops_them():
+    rec = example_record()
+    plain = decode(json.dumps(rec).encode())
+    rec["added_by_a_newer_agent"] = {"nested": [1, {"x": None}]}
+    rec["labels"]["pod"] = "x"
+    rec["mounts"][0]["queue_depth"] = 7
+    got = decode(json.dumps(rec).encode())
+    assert got == plain
+    assert "added_by_a_newer_agent" not in got and "pod" not in got["labels"]
+    # what the table requires is still enforced exactly beside an unknown member
+    del rec["labels"]["arch"]
+    with pytest.raises(SchemaError, match="labels.arch"):
+        decode(json.dumps(rec).encode())
 
 
 def test_enumerated_values():
@@ -179,9 +196,13 @@ def test_validation_never_crashes_on_mutations(rec, where):
     bad[where]["zz_" if where != "labels" else "zz"] = None
     with pytest.raises(SchemaError):
         validate(bad)
-    # and on arbitrary bytes it raises SchemaError, never another exception
-    with pytest.raises(SchemaError):
-        decode(json.dumps(bad).encode())
+    # and on the wire it raises SchemaError, never another exception; except that an
+    # unknown label is a newer writer's member, which a reader ignores
+    if where == "labels":
+        assert decode(json.dumps(bad).encode()) == rec
+    else:
+        with pytest.raises(SchemaError):
+            decode(json.dumps(bad).encode())
 
 
 def test_trailing_newline_in_a_label_is_rejected():
@@ -228,3 +249,29 @@ def test_every_field_in_the_table_is_described():
     for f in schema.FIELDS:
         assert any(line.startswith(f.name + " ") for line in lines), f.name
     assert any(line.startswith("ts ") and "[946684800, 4102444800]" in line for line in lines)
+
+
+_KEYS = st.one_of(st.from_regex(r"[a-z][a-z0-9_]{0,70}", fullmatch=True),
+                  st.text(max_size=8), st.sampled_from(["a\nb", "", "B", "x" * 65]))
+_VALUES = st.one_of(st.integers(-5, 2**64), st.booleans(), st.floats(allow_nan=True),
+                    st.none(), st.text(max_size=3))
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=6), st.dictionaries(_KEYS, _VALUES, max_size=6))
+def test_quick_map_checks_decide_exactly_as_the_full_checks(counters, gauges):
+    """The maps' quick test (the agent's plain case) accepts exactly what the entry by
+    entry checks accept, and a rejected record gets the same message either way."""
+    def outcome():
+        rec = {**example_record(), "counters": counters, "gauges": gauges}
+        try:
+            schema.validate(rec)
+            return "ok"
+        except schema.SchemaError as e:
+            return str(e)
+    quick = outcome()
+    saved = dict(schema._PLAIN_VALUES)
+    schema._PLAIN_VALUES.clear()
+    try:
+        assert outcome() == quick
+    finally:
+        schema._PLAIN_VALUES.update(saved)

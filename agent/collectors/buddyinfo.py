@@ -109,17 +109,22 @@ def order_of(size_bytes: int, page_size: int) -> int:
 
 
 def gauges(zones: Sequence[ZoneFree], page_size: int) -> Dict[str, float]:
+    """``unusable_index`` at every order, from one pass of suffix sums (the pages in
+    blocks of order >= j for every j) instead of one sum per order."""
     blocks = total_blocks(zones)
     out: Dict[str, float] = {}
-    for order in range(1, len(blocks)):
-        value = unusable_index(blocks, order)
-        if value is not None:
-            out[f"frag_unusable_order_{order}"] = value
-    one_mib = unusable_index(blocks, order_of(ONE_MIB, page_size))
-    if one_mib is not None:
-        out["frag_unusable_1m"] = one_mib
+    usable = [0] * (len(blocks) + 1)
+    for order in range(len(blocks) - 1, -1, -1):
+        usable[order] = usable[order + 1] + (blocks[order] << order)
+    total = usable[0] if blocks else 0
+    if total:
+        for order in range(1, len(blocks)):
+            out[f"frag_unusable_order_{order}"] = (total - usable[order]) / total
+        one_mib = order_of(ONE_MIB, page_size)
+        if one_mib < len(blocks):
+            out["frag_unusable_1m"] = (total - usable[one_mib]) / total
     if blocks:
-        out["buddy_free_bytes"] = float(free_pages(blocks) * page_size)
+        out["buddy_free_bytes"] = float(total * page_size)
     return out
 
 

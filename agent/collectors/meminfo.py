@@ -6,13 +6,27 @@ Values are printed in kB (KiB, despite the unit's spelling); fields without a un
 
 from __future__ import annotations
 
+import re
 from typing import Dict
+
 from foliowatch.agent.collectors._io import read_lines
 
 # meminfo field -> gauge name in the wire record
 GAUGES = {"MemAvailable": "mem_available_bytes", "MemFree": "mem_free_bytes",
           "Dirty": "mem_dirty_bytes", "Writeback": "mem_writeback_bytes",
           "AnonHugePages": "mem_anon_huge_bytes", "FileHugePages": "mem_file_huge_bytes"}
+
+
+# What a sample uses: MemTotal (the mem_bytes label) and the gauges' fields, found in one
+# pass over the ~55 lines (anchored on the newline before each).
+SHIPPED = ("MemTotal",) + tuple(GAUGES)
+_SHIPPED_LINE = re.compile(r"\n(" + "|".join(SHIPPED) + r"):[ \t]*([0-9]+)( kB)?[ \t]*(?=\n)")
+
+
+def parse_shipped(text: str) -> Dict[str, int]:
+    """The ``SHIPPED`` fields of ``parse(text)`` (whole lines), in one pass."""
+    return {name: int(value) * 1024 if kb else int(value)
+            for name, value, kb in _SHIPPED_LINE.findall("\n" + text)}
 
 
 def parse(text: str) -> Dict[str, int]:
@@ -41,3 +55,7 @@ def gauges(fields: Dict[str, int]) -> Dict[str, float]:
 
 def read(proc: str = "/proc") -> Dict[str, int]:
     return parse(read_lines(f"{proc}/meminfo"))
+
+
+def read_shipped(proc: str = "/proc") -> Dict[str, int]:
+    return parse_shipped(read_lines(f"{proc}/meminfo"))

@@ -105,14 +105,25 @@ def active_sizes(sys: str = "/sys") -> List[Tuple[int, str]]:
     return out
 
 
+def mthp_files(sizes: List[Tuple[int, str]]) -> List[Tuple[str, str]]:
+    """``[(counter name, stats file)]`` of ``sizes`` (from ``active_sizes``), computed
+    when the sizes are, not per sample."""
+    return [(f"mthp_{kb}kb_{stat}", os.path.join(folder, "stats", stat))
+            for kb, folder in sizes for stat in MTHP_STATS]
+
+
+def read_files(files: List[Tuple[str, str]]) -> Dict[str, int]:
+    """``{name: value}`` of one-number files; a file absent or unreadable is left out."""
+    out: Dict[str, int] = {}
+    for name, path in files:
+        try:
+            out[name] = int(read_lines(path))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def read_mthp_counters(sys: str = "/sys", sizes: Optional[List[Tuple[int, str]]] = None
                        ) -> Dict[str, int]:
     """``{mthp_<size>kb_<stat>: value}`` for ``sizes`` (default: every size folder)."""
-    out: Dict[str, int] = {}
-    for kb, folder in (size_dirs(sys) if sizes is None else sizes):
-        for stat in MTHP_STATS:
-            try:
-                out[f"mthp_{kb}kb_{stat}"] = int(read_lines(os.path.join(folder, "stats", stat)))
-            except (OSError, ValueError):
-                continue
-    return out
+    return read_files(mthp_files(size_dirs(sys) if sizes is None else sizes))

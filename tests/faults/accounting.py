@@ -18,8 +18,8 @@ so must the window's sum of intervals (a lost sample and a double-counted one in
 same window would keep the count but not that sum).
 
 ``Ledger`` collects what was produced: the simulator's records are regenerated from the
-scenario and seed (deterministic), the real agent's from its ``state.json`` (every seq
-below ``next_seq`` was assigned to a sample) and the records Kafka holds (their
+scenario and seed (deterministic), the real agent's from its state folder (every seq
+below ``resume_seq`` was given to an accepted sample) and the records Kafka holds (their
 timestamps). ``record_result`` appends a scenario's figures to the file named by
 ``FOLIOWATCH_FAULTS_RESULTS`` (``make faults`` renders them into docs/reliability.md).
 """
@@ -100,12 +100,12 @@ class Ledger:
         return n
 
     def add_agent(self, state_dir: Path, messages: Iterable[bytes], dropped: int = 0) -> int:
-        """A real agent's samples: seq 0 .. next_seq-1 of its host were all assigned
-        (``state.py``: reserved before the sample exists); Kafka's copies give their
-        timestamps. ``dropped``: what the agent reported dropping (spool full)."""
+        """A real agent's samples: seq 0 .. resume_seq-1 of its host were all given to
+        accepted samples (``state.py``); Kafka's copies give their timestamps. ``dropped``: what the agent reported dropping (spool full)."""
+        from foliowatch.agent.state import resume_seq
         st = json.loads((Path(state_dir) / "state.json").read_text())
         host = st["host_id"]
-        n_assigned = int(st["next_seq"])
+        n_assigned = resume_seq(str(state_dir))
         seen: Dict[int, Tuple[Ident, dict]] = {}
         for value in messages:
             try:

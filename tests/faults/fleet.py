@@ -83,6 +83,7 @@ class FleetRun:
             'mounts = ["/"]\n'
             f'[agent.kafka]\nbootstrap = {json.dumps(kafka)}\ntopic = "{self.topic}"\n'
             'send_timeout_s = 3.0\nretry_backoff_max_s = 2.0\n'
+            f'latency_budget_s = {over.get("latency_budget_s", 2.0)}\n'
             f'[agent.spool]\nmax_bytes = {over.get("spool_max_bytes", 64 << 20)}\n'
             f'[agent.metrics]\nlisten = "127.0.0.1:{self.agent_port}"\n')
         return cfg

@@ -28,6 +28,7 @@ from foliowatch.agent import sampler as sampler_mod
 from foliowatch.agent.config import AgentConfig
 from foliowatch.agent.producer import KafkaSender
 from foliowatch.agent.runner import Agent
+from foliowatch.agent.state import resume_seq
 from foliowatch.kafka_io import KafkaSettings
 from foliowatch.shell.services import create_topics, free_port
 
@@ -267,6 +268,7 @@ def _agent_toml(tmp: Path, bootstrap: str, topic: str, **kw) -> Path:
                    'mounts = ["/"]\n'
                    f'[agent.kafka]\nbootstrap = ["{bootstrap}"]\ntopic = "{topic}"\n'
                    'send_timeout_s = 4.0\nretry_backoff_max_s = 1.0\n'
+                   'latency_budget_s = 0.0\n'          # every sample sent at once
                    '[agent.metrics]\nenabled = false\n')
     return cfg
 
@@ -289,13 +291,9 @@ def test_sigkill_in_the_middle_of_a_send_then_restart(kafka, tmp_path):
     cfg = _agent_toml(tmp_path, kafka.bootstrap, topic)
     log = tmp_path / "agent.log"
     broker = int((kafka.dir / "node1" / "pid").read_text())
-    state = tmp_path / "st" / "state.json"
 
     def next_seq() -> int:
-        try:
-            return json.loads(state.read_text())["next_seq"]
-        except (FileNotFoundError, ValueError):
-            return 0
+        return resume_seq(str(tmp_path / "st"))
     for round_ in range(3):
         proc = _start(cfg, log)
         try:
