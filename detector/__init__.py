@@ -11,7 +11,10 @@ results; none imports Kafka or HTTP clients:
   ``state_support`` (comparable memory states), ``memory_state`` (fragmentation model),
   ``reference_state`` (what the baseline history says), ``covariates`` (ridge on host
   covariates), ``host_statistics`` (level, tail, bad_share, within_host per host),
-  ``rank_test`` (Mann-Whitney, Hodges-Lehmann), ``coverage`` (fragmentation reached)
+  ``rank_test`` (Mann-Whitney, Hodges-Lehmann), ``coverage`` (fragmentation reached),
+  ``before_after`` (each host's own before and after under the monotone assumption:
+  a reference from a canary's first hour), ``fresh_reference`` (the few baseline hosts
+  rebooted into the canaries' fresh-memory states; corroboration only)
 - ``changepoint``: level shifts (PELT over a swappable cost, then a significance check)
 - ``evidence``: Benjamini-Hochberg, joint evidence, ranking
 - ``records``: the regression record and its suspected/confirmed/resolved state machine

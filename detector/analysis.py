@@ -154,7 +154,9 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
     def run(task) -> Optional[cohort.Comparison]:
         part, key, base, new, reference, start, states = task
         c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
-                           reference=reference, rollout_start=start, reference_states=states)
+                           reference=reference, rollout_start=start, reference_states=states,
+                           before_after_policy=config.policy.before_after,
+                           fresh_policy=config.policy.fresh_reference)
         if c is not None:
             c.costly_compaction = mechanism.costly_compaction(part, base, new,
                                                               config.policy.mechanism)

@@ -19,6 +19,15 @@ window: windows of one host are not independent):
   difference in differences that removes the large host-to-host spread. Tested on the
   probe only (``frames.WITHIN_HOST_METRICS`` says why).
 
+Two statistics do not wait for that (each tested as its own family member, unadjusted):
+
+- ``before_after`` (``before_after``): a new-kernel host on fresher memory than it had on
+  the old kernel, against its own old-kernel level at the same time of day; for one
+  kernel writes do not improve as memory fragments, so worse is evidence against the
+  new kernel without any model (the probe and the mechanism metrics),
+- ``fresh_matched`` (``fresh_reference``): the mechanism metrics against the few baseline
+  hosts rebooted into the same fresh-memory states; it only corroborates.
+
 Like is compared with like. Windows count only in memory states the baseline hosts
 occupy (fragmentation bins seen on at least ``MIN_STATE_HOSTS`` baseline hosts): a
 canary minutes after its reboot is not compared until its memory is in a state the
@@ -44,11 +53,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import polars as pl
 
+from .before_after import BeforeAfterPolicy, before_after
+from .fresh_reference import STATISTIC as FRESH_MATCHED
+from .fresh_reference import FreshReferencePolicy, fresh_matched
 from .covariates import BASE_COVARIATES, CovariateAdjuster, host_covariates
 from .confounds import find_confounds
 from .coverage import memory_coverage
 from .frames import MECHANISM_METRICS, TESTED_METRICS, WITHIN_HOST_METRICS, worse_direction
 from .host_statistics import STATISTICS, host_statistics
+from .before_after import STATISTIC as BEFORE_AFTER
 from .mechanism import CostlyCompaction
 from .rank_test import hodges_lehmann, mann_whitney_worse
 from .reference_state import ReferenceState, reference_state
@@ -116,7 +129,9 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
             reference: Optional[pl.DataFrame] = None,
             rollout_start: Optional[datetime] = None,
             reference_states: Optional[Dict[str, ReferenceState]] = None,
-            min_type_hosts: int = MIN_TYPE_HOSTS) -> Optional[Comparison]:
+            min_type_hosts: int = MIN_TYPE_HOSTS,
+            before_after_policy: Optional[BeforeAfterPolicy] = None,
+            fresh_policy: Optional[FreshReferencePolicy] = None) -> Optional[Comparison]:
     """Compare ``new_kernel`` with ``base_kernel`` on one group's host windows ``df``.
 
     Only windows where both kernels report are used. Returns None when the new kernel
@@ -124,7 +139,10 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
     windows over a longer history, for the memory-state (fragmentation) adjustment and
     each host's level before ``rollout_start`` (default: the new kernel's first window).
     ``reference_states``: per-metric states already built from that reference (a cache:
-    filled here for the metrics missing from it)."""
+    filled here for the metrics missing from it). ``before_after_policy``: also test each
+    host's own before and after (``before_after``) on that policy's metrics;
+    ``fresh_policy``: against baseline hosts in the same fresh-memory states
+    (``fresh_matched``)."""
     df = _shared_windows(df, base_kernel, new_kernel, min_base_hosts)
     if df.is_empty():
         return None
@@ -149,7 +167,8 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
         if adjust and (reference is not None or metric in reference_states):
             if metric not in reference_states:
                 reference_states[metric] = reference_state(reference, metric, base_kernel,
-                                                           rollout_start)
+                                                           rollout_start, before_after_policy,
+                                                           fresh_policy)
             ref_state = reference_states[metric]
         columns = list(BASE_COVARIATES)
         if metric in MECHANISM_METRICS and "log_dirtied_per_s" in cov.columns:
@@ -157,7 +176,23 @@ def compare(df: pl.DataFrame, group: Tuple, base_kernel: str, new_kernel: str,
         hosts, cov_adjusted = host_statistics(df, metric, base_kernel, ref_state, cov,
                                               CovariateAdjuster(columns) if adjust else None)
         _test_metric(comp, metric, hosts, cov_adjusted, min_base_hosts, alpha_ci)
-    comp.n_new_compared = max((t.n_new for t in comp.tests), default=0)
+        if ref_state is not None and before_after_policy is not None \
+                and metric in before_after_policy.metrics:
+            own = before_after(df, metric, base_kernel, new_kernel, ref_state.before,
+                               before_after_policy)
+            if own is not None:
+                _test_metric(comp, metric, own, False, min_base_hosts, alpha_ci,
+                             statistics=(BEFORE_AFTER,))
+        if ref_state is not None and fresh_policy is not None and metric in fresh_policy.metrics:
+            matched = fresh_matched(df, metric, base_kernel, new_kernel, ref_state.bins,
+                                    fresh_policy)
+            if matched is not None:
+                _test_metric(comp, metric, matched, False, fresh_policy.min_hosts, alpha_ci,
+                             statistics=(FRESH_MATCHED,))
+    # the hosts of the comparison between hosts (the gate's power rests on them); a
+    # host's own before and after counts its hosts itself
+    comp.n_new_compared = max((t.n_new for t in comp.tests
+                               if t.statistic not in (BEFORE_AFTER, FRESH_MATCHED)), default=0)
     return comp
 
 
@@ -194,7 +229,8 @@ def _matched_instance_types(comp: Comparison, df: pl.DataFrame, cov: pl.DataFram
 
 
 def _test_metric(comp: Comparison, metric: str, hosts: pl.DataFrame, cov_adjusted: bool,
-                 min_base_hosts: int, alpha_ci: float) -> None:
+                 min_base_hosts: int, alpha_ci: float,
+                 statistics: Sequence[str] = STATISTICS) -> None:
     """Test each host statistic of ``metric`` (new kernel worse?) and add the tests to
     ``comp``; the effect is a ratio new/base (level, tail, within_host) or a difference of
     shares (bad_share)."""
@@ -204,7 +240,7 @@ def _test_metric(comp: Comparison, metric: str, hosts: pl.DataFrame, cov_adjuste
     if is_new.sum() == 0 or (~is_new).sum() < min_base_hosts:
         return
     d = worse_direction(metric)
-    for statistic in STATISTICS:
+    for statistic in statistics:
         if statistic not in hosts.columns or (statistic == "within_host"
                                               and metric not in WITHIN_HOST_METRICS):
             continue

@@ -12,7 +12,11 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .before_after import STATISTIC as BEFORE_AFTER
+from .before_after import BeforeAfterPolicy
 from .cohort import Comparison, MetricTest
+from .fresh_reference import STATISTIC as FRESH_MATCHED
+from .fresh_reference import FreshReferencePolicy
 from .frames import MECHANISM_METRICS, THROUGHPUT_METRICS
 from .mechanism import METRIC as COSTLY_METRIC
 from .mechanism import CostlyCompaction, MechanismPolicy
@@ -50,6 +54,17 @@ class EvidencePolicy:
     # (tracepoint counters): suspects a cohort on its own and stands for the mechanism
     # beside a throughput drop; its thresholds are explained in MechanismPolicy
     mechanism: MechanismPolicy = field(default_factory=MechanismPolicy)
+    # each host's own before and after under the monotone assumption (fresher memory on
+    # the new kernel doing worse than the same host on the old kernel, more fragmented,
+    # at the same time of day): its thresholds are explained in BeforeAfterPolicy
+    before_after: BeforeAfterPolicy = field(default_factory=BeforeAfterPolicy)
+    # against the few baseline hosts rebooted into the same fresh-memory states as the
+    # canaries (FreshReferencePolicy explains its thresholds)
+    fresh_reference: FreshReferencePolicy = field(default_factory=FreshReferencePolicy)
+    # Statistics that corroborate a throughput drop (at corroborate_p) and never raise
+    # or decide anything themselves: ``fresh_matched`` rests on a handful of reference
+    # hosts whose hardware mix is whatever happened to reboot.
+    corroborating_only: Tuple[str, ...] = (FRESH_MATCHED,)
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
@@ -77,6 +92,10 @@ def is_significant(t: MetricTest, policy: EvidencePolicy) -> bool:
     return t.q_value <= policy.fdr and t.worse_by() >= floor and t.n_new >= policy.min_hosts
 
 
+# the statistics that compare each host with itself (a confound between hosts leaves these)
+OWN_BEFORE_AFTER = ("within_host", BEFORE_AFTER)
+
+
 @dataclass
 class Judgement:
     comparison: Comparison
@@ -98,10 +117,11 @@ def strong_alone(t: MetricTest, policy: EvidencePolicy) -> bool:
 
 
 def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
-    sig = sorted((t for t in c.tests if is_significant(t, policy)), key=lambda t: t.q_value)
+    sig = sorted((t for t in c.tests if is_significant(t, policy)
+                  and t.statistic not in policy.corroborating_only), key=lambda t: t.q_value)
     if c.confounds:
         # not like with like between hosts: only each host's own before/after counts
-        sig = [t for t in sig if t.statistic == "within_host"]
+        sig = [t for t in sig if t.statistic in OWN_BEFORE_AFTER]
     costly = policy.mechanism.shows(c.costly_compaction)
     if not sig:
         if costly:
@@ -124,22 +144,24 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
     eff = abs((level or [primary])[0].worse_by())
     reasons = []
     joint = bool(throughput) and (bool(mechanism) or costly)
-    enough = (c.n_new_compared >= policy.confirm_min_hosts
-              and c.windows >= policy.confirm_min_windows)
+    # new-kernel hosts the evidence rests on: the comparison between hosts', or a
+    # significant own before-and-after test's
+    hosts = max([c.n_new_compared] + [t.n_new for t in sig if t.statistic == BEFORE_AFTER])
+    enough = (hosts >= policy.confirm_min_hosts and c.windows >= policy.confirm_min_windows)
     if costly:
         reasons.append(c.costly_compaction.reason())
     if joint and enough:
         status = "confirmed"
         with_metric = mechanism[0].metric if mechanism else COSTLY_METRIC
         reasons.append(f"{primary.metric} worse together with {with_metric} "
-                       f"on {c.n_new_compared} new-kernel hosts over {c.windows} windows")
+                       f"on {hosts} new-kernel hosts over {c.windows} windows")
     else:
         status = "suspected"
         if not joint:
             reasons.append("only " + ("throughput" if throughput else "compaction/reclaim")
                            + " metrics are worse; joint evidence missing")
         if not enough:
-            reasons.append(f"{c.n_new_compared} of {c.n_new} new-kernel hosts in comparable "
+            reasons.append(f"{hosts} of {c.n_new} new-kernel hosts in comparable "
                            f"memory states over {c.windows} windows; confirmation "
                            f"needs {policy.confirm_min_hosts} hosts and {policy.confirm_min_windows} windows")
     evidence = sig + ([costly_test(c.costly_compaction)] if costly else [])
