@@ -355,6 +355,12 @@ def test_fragmented_memory_then_large_writes_reports_folio_orders_and_direct_com
         counters.open()
         try:
             assert counters.on, counters.off_reason
+            # start from a known memory state, not whatever earlier work left: clean page
+            # cache dropped, free memory compacted
+            os.sync()
+            for knob, value in (("drop_caches", "1"), ("compact_memory", "1")):
+                with open(f"/proc/sys/vm/{knob}", "w") as f:
+                    f.write(value)
             fresh = _write_measured(counters, f"{mnt}/fresh", size)
             frag_before = buddyinfo.gauges(buddyinfo.read(), 4096)["frag_unusable_order_8"]
             fill = int(_meminfo("MemFree") * 1.2)   # past free: the writes must use the holes
