@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import polars as pl
 
 from .centring import centred_windows
-from .state_support import FRAG_BIN
+from .state_support import frag_bin
 
 STATISTIC = "fresh_matched"
 
@@ -46,7 +46,7 @@ class FreshReferencePolicy:
 
 
 def _bin() -> pl.Expr:
-    return (pl.col("frag") / FRAG_BIN).floor().cast(pl.Int64).alias("bin")
+    return frag_bin().alias("bin")
 
 
 def reference_bins(reference: pl.DataFrame, metric: str, base_kernel: str) -> Optional[pl.DataFrame]:

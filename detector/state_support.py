@@ -15,7 +15,8 @@ FRAG_BIN = 0.05
 MIN_STATE_HOSTS = 10
 
 
-def _frag_bin() -> pl.Expr:
+def frag_bin() -> pl.Expr:
+    """The window's memory-state bin: its fragmentation in ``FRAG_BIN`` steps."""
     return (pl.col("frag") / FRAG_BIN).floor().cast(pl.Int64)
 
 
@@ -27,7 +28,7 @@ class StateSupport:
     def expr(self) -> pl.Expr:
         """True for windows in a supported bin, or without the gauge (nothing to match)."""
         return (pl.col("frag").is_null() | ~pl.col("frag").is_finite()
-                | _frag_bin().is_in(list(self.bins)))
+                | frag_bin().is_in(list(self.bins)))
 
 
 def state_support(x: pl.DataFrame, base_kernel: str, min_hosts: int = MIN_STATE_HOSTS
@@ -37,7 +38,7 @@ def state_support(x: pl.DataFrame, base_kernel: str, min_hosts: int = MIN_STATE_
     if "frag" not in x.columns:
         return None
     b = (x.filter((pl.col("kernel") == base_kernel) & pl.col("frag").is_finite())
-         .group_by(_frag_bin().alias("bin"))
+         .group_by(frag_bin().alias("bin"))
          .agg(pl.col("host_id").n_unique().alias("hosts")))
     if b.is_empty():
         return None
