@@ -125,26 +125,43 @@ def _lean_host_windows(sc) -> pl.DataFrame:
 
 def _spilled_host_windows(sc, path: Path) -> pl.DataFrame:
     """``_lean_host_windows`` written to ``path`` without holding the fleet twice: each
-    folded chunk goes to a part file, then one lazy query merges the windows split across
-    chunks and sorts. ``small-effect-5`` (4,000 hosts, 26.5 h) held whole peaked at 7 GB."""
+    folded chunk goes to a part file, then ``_merge_parts``. ``small-effect-5`` (4,000
+    hosts, 26.5 h) held whole peaked at 7 GB, and one sort of its 6.4 M windows at 4 GB."""
     from foliowatch.simulator import simulate_frame
     parts = path.with_name(path.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     for k, chunk in enumerate(simulate_frame(sc)):
         fold_records(chunk, 60).select(KEEP).write_parquet(parts / f"{k:05d}.parquet")
         del chunk
+    _merge_parts(parts, path)
+    return pl.read_parquet(path)
+
+
+def _merge_parts(parts: Path, path: Path, slice_h: int = 2) -> None:
+    """The part files of ``_spilled_host_windows`` as one file sorted by window and host,
+    a window split across delivery chunks (late records: they are minutes late, so its
+    parts fall in one slice of ``slice_h`` hours) merged as ``_lean_host_windows`` does.
+    One slice in memory at a time."""
     keys = ["window_start", "fleet", "role", "arch", "page_size", "fs", "kernel", "host_id", "boot_id"]
-    # a window split across delivery chunks (late records): keep its larger part, as
-    # ``_lean_host_windows`` does
-    (pl.scan_parquet(str(parts / "*.parquet"))
-     .sort("interval_s_sum", descending=True).unique(subset=keys, keep="first", maintain_order=True)
-     .sort("window_start", "host_id")
-     .sink_parquet(str(path) + ".tmp"))
+    lf = pl.scan_parquet(str(parts / "[0-9]*.parquet"))
+    lo, hi = lf.select(pl.col("window_start").min().alias("lo"),
+                       pl.col("window_start").max().alias("hi")).collect().row(0)
+    slices = []
+    t, k = lo, 0
+    while t <= hi:
+        u = t + timedelta(hours=slice_h)
+        part = lf.filter((pl.col("window_start") >= t) & (pl.col("window_start") < u)).collect()
+        if part.select(keys).is_duplicated().any():
+            part = part.sort("interval_s_sum", descending=True).unique(subset=keys, keep="first")
+        out = parts / f"slice-{k:04d}.parquet"
+        part.sort("window_start", "host_id").write_parquet(out)
+        slices.append(out)
+        t, k = u, k + 1
+    pl.scan_parquet([str(x) for x in slices]).sink_parquet(str(path) + ".tmp")
     os.replace(str(path) + ".tmp", path)
     for f in parts.iterdir():
         f.unlink()
     parts.rmdir()
-    return pl.read_parquet(path)
 
 
 def _simulated(name: str, seed: int, copies: int, scale: float, hours: Optional[float],
