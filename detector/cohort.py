@@ -36,10 +36,13 @@ baseline hosts share are left out (and named).
 
 Host values are adjusted for covariates with a ridge regression fitted on baseline hosts
 only (instance type, cpus, memory, and for the mechanism metrics the write load), and
-window values for memory state (``MemoryStateModel``, fragmentation): canaries that just
-rebooted (unfragmented memory) or run on newer hardware are compared with what baseline
-hosts like them do. Baseline residuals are out-of-fold so the
-baseline spread is not understated. The test is a one-sided Mann-Whitney U (new worse),
+window values for memory state (``MemoryStateModel``, fragmentation), the latter only in
+the direction the monotone premise backs (``host_statistics.state_adjusted``): a
+new-kernel host in more fragmented memory than the baseline's is given its penalty back;
+one in fresher memory keeps its reboot bonus (removing it would rest on the model's
+slope extrapolated between the two kernels' states; ``before_after`` sees through the
+bonus without a model). Baseline residuals are out-of-fold so the baseline spread is
+not understated. The test is a one-sided Mann-Whitney U (new worse),
 the effect a Hodges-Lehmann shift with its distribution-free interval, reported as a
 ratio (level, tail) or a difference of shares (bad_share).
 """

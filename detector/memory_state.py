@@ -22,7 +22,10 @@ class MemoryStateModel:
     fragmentation is confounded with everything else that differs between hosts (a
     cross-sectional fit on the simulator's fleets made the reboot bonus 3x too large).
     Outside the fragmentation range seen on baseline hosts the curve is held constant: no
-    extrapolation. Too little within-host variation: no adjustment."""
+    extrapolation. Too little within-host variation: no adjustment. Its slope rests on
+    few hosts and on a functional form the fleet need not follow, so the comparison
+    between hosts applies it to new-kernel hosts only where it makes them look better
+    (``host_statistics.state_adjusted``)."""
 
     def __init__(self, max_rows: int = 400_000, min_within_sd: float = 0.01):
         self.max_rows = max_rows
