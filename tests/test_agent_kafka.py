@@ -180,3 +180,37 @@ def test_samples_within_the_latency_budget_share_one_request(kafka, topic, tmp_p
     waits = [arrivals[s] - spooled[s] for s in spooled if s in arrivals]
     assert max(waits) <= 3.5 + 1.0, waits          # budget, plus a send's own time
     assert_exactly_once_in_order(consume_all(kafka.bootstrap, topic), agent.sampler.host_id, n)
+
+
+def test_agent_process_publishes_with_kafka_pythons_producer_side_only(kafka, topic, tmp_path):
+    """The agent's own process (``foliowatch agent --once``) delivers to the real broker
+    having loaded kafka-python's producer and nothing of its consumer, group coordinator
+    or admin client (the package's ``__init__`` imports them all: ~1.5 MiB on every host),
+    nor what crc32c's ``__init__`` imports for its version string (importlib.metadata,
+    email).
+    ``-X importtime`` lists every module the process imported."""
+    state_dir = tmp_path / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nstate_dir = "{state_dir}"\ninterval_s = 1.0\nmounts = ["/"]\n'
+                      f'[agent.kafka]\nbootstrap = ["{kafka.bootstrap}"]\ntopic = "{topic}"\n'
+                      '[agent.metrics]\nenabled = false\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLIOWATCH_")}
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "foliowatch", "agent",
+                        "--once", "--config", str(config)], capture_output=True, text=True,
+                       env=env, cwd=str(REPO), timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines()
+                if line.startswith("import time:") and line.count("|") == 2}
+    assert "kafka.producer.kafka" in imported and "kafka.record.default_records" in imported
+    unwanted = sorted(m for m in imported
+                      if m.split(".")[:2] in (["kafka", "consumer"], ["kafka", "admin"],
+                                              ["kafka", "coordinator"])
+                      or m.split(".")[0] == "email"
+                      or m.startswith("importlib.metadata"))
+    assert unwanted == [], unwanted
+    # what kafka-python uses for every batch's checksum: crc32c's C function when installed
+    # (it is in the agent's dependencies), never its pure-Python fallback
+    assert "crc32c._crc32c" in imported
+    msgs = consume_all(kafka.bootstrap, topic)
+    host = open("/etc/machine-id").read().strip()
+    assert [m[2]["seq"] for m in msgs] == [0] and msgs[0][1] == host
