@@ -187,8 +187,20 @@ def kafka_python_module(name: str):
         # what the skipped __init__ does that a producer notices
         logging.getLogger("kafka").addHandler(logging.NullHandler())
         package.__version__ = importlib.import_module("kafka.version").__version__
+        # The table of requests that tells old brokers apart names one request of each
+        # of these packages, whose __init__ builds every admin or consumer request from
+        # its JSON schema (~2 MiB): only the submodule that holds the named one loads.
+        for protocol, where in _PROTOCOL_NAMES_USED.items():
+            _package_without_init(protocol, where)
         _crc32c_without_init()
     return importlib.import_module(f"kafka.{name}")
+
+
+#: kafka-python protocol packages -> {name the producer side reads: its submodule}
+_PROTOCOL_NAMES_USED = {
+    "kafka.protocol.admin": {"ListGroupsRequest": "groups"},
+    "kafka.protocol.consumer": {"OffsetFetchRequest": "group"},
+}
 
 
 def _crc32c_without_init() -> None:
@@ -205,33 +217,38 @@ def _crc32c_without_init() -> None:
         pass
 
 
-def _package_without_init(name: str):
+def _package_without_init(name: str, where: Optional[Dict[str, str]] = None):
     """The package ``name`` registered without running its ``__init__`` (so that its
     submodules import alone), or the package already imported, or None when it is not
-    installed. Reading any other name of the package later (``from kafka import
-    KafkaConsumer``) runs that ``__init__`` then, so a later user of the whole package
-    gets it unchanged."""
+    installed. ``where``: names the package's ``__init__`` would re-export -> the
+    submodule to read each from. Reading any other name of the package later (``from
+    kafka import KafkaConsumer``) runs that ``__init__`` then, so a later user of the
+    whole package gets it unchanged."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.find_spec(name)
     if spec is None or spec.submodule_search_locations is None or spec.loader is None:
         return None
     package = importlib.util.module_from_spec(spec)
-    package.__getattr__ = _WholePackageOnDemand(package, spec)   # PEP 562
+    package.__getattr__ = _WholePackageOnDemand(package, spec, where or {})   # PEP 562
     sys.modules[name] = package
     return package
 
 
 class _WholePackageOnDemand:
     """The ``__getattr__`` of a package registered without its ``__init__``: a submodule
-    name imports that submodule alone; any other name runs the package's ``__init__``
-    once and reads the name from it."""
+    name imports that submodule alone, a name of ``where`` is read from its submodule;
+    any other name runs the package's ``__init__`` once and reads the name from it."""
 
-    def __init__(self, package, spec):
-        self.package, self.spec = package, spec
+    def __init__(self, package, spec, where: Dict[str, str]):
+        self.package, self.spec, self.where = package, spec, where
 
     def __call__(self, attr: str):
         name = self.package.__name__
+        if attr in self.where:
+            value = getattr(importlib.import_module(f"{name}.{self.where[attr]}"), attr, None)
+            if value is not None:
+                return value
         try:
             if importlib.util.find_spec(f"{name}.{attr}") is not None:
                 return importlib.import_module(f"{name}.{attr}")
