@@ -242,7 +242,9 @@ def host_install(tmp: str) -> str:
     import glob
     import subprocess
     venv, wheels = os.path.join(tmp, "host-venv"), os.path.join(tmp, "wheels")
-    base = getattr(sys, "_base_executable", sys.executable)
+    base = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+    if not os.path.exists(base):       # (Python 3.9's _base_executable names the venv's)
+        base = getattr(sys, "_base_executable", sys.executable)
     print(f"installing the agent as on a host ({base}) ...", file=sys.stderr)
     python = os.path.join(venv, "bin", "python")
     for argv in ([base, "-m", "venv", venv],

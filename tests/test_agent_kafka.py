@@ -221,3 +221,24 @@ def test_agent_process_publishes_with_kafka_pythons_producer_side_only(kafka, to
     msgs = consume_all(kafka.bootstrap, topic)
     host = open("/etc/machine-id").read().strip()
     assert [m[2]["seq"] for m in msgs] == [0] and msgs[0][1] == host
+
+
+def test_whole_kafka_package_still_loads_after_the_producer_only_import():
+    """A process that loaded only the producer side (the agent's way) and later reads
+    any other name of kafka-python (``KafkaConsumer``, the admin requests, crc32c's
+    version) gets the whole package unchanged: the skipped ``__init__`` runs then."""
+    code = ("import sys\n"
+            "from foliowatch.kafka_io import producer_class\n"
+            "P = producer_class()\n"
+            "assert 'kafka.consumer' not in sys.modules and 'kafka.admin' not in sys.modules\n"
+            "from kafka import KafkaConsumer, KafkaProducer, TopicPartition\n"
+            "import kafka, crc32c\n"
+            "from kafka.protocol.admin import CreateTopicsRequest\n"
+            "from kafka.protocol.consumer import *\n"
+            "assert KafkaProducer is P and kafka.__version__ and crc32c.__version__\n"
+            "assert KafkaConsumer.__module__ == 'kafka.consumer.group'\n"
+            "assert 'FetchRequest' in dir() and CreateTopicsRequest.__name__\n"
+            "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=str(REPO), timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-3000:]
