@@ -168,20 +168,18 @@ def producer_kwargs(settings: KafkaSettings, **overrides: Any) -> Dict[str, Any]
     return kw
 
 
-#: the kafka-python release whose package layout ``kafka_python_module`` was checked with
-#: (pinned in pyproject.toml's agent extra; tests/test_agent_kafka.py checks the agent's
-#: process on it)
-KAFKA_PYTHON_CHECKED = "3.0.12"
-
-
 def kafka_python_module(name: str):
     """kafka-python's submodule ``kafka.<name>`` (``"producer.kafka"``, ``"codec"``)
     without what the package's ``__init__`` imports eagerly: its admin client, consumer
-    and group coordinator (~1.5 MiB and ~60 modules an agent never calls, on every host).
+    and group coordinator, and every admin and consumer request (~3.5 MiB an agent never
+    uses, on every host; benchmarks/agent_vs_node_exporter.md).
 
     The ``kafka`` package is registered without running its ``__init__``; the first read
     of one of its other names (``from kafka import KafkaConsumer``) runs that ``__init__``
-    then, so any later user of the whole package gets it unchanged."""
+    then, so any later user of the whole package gets it unchanged. The layout this
+    relies on is kafka-python 3.0.12's, pinned in pyproject.toml's agent extra and checked
+    by tests/test_agent_kafka.py in the agent's own process; another layout loads more,
+    never less."""
     package = _package_without_init("kafka")
     if package is not None and "__version__" not in package.__dict__:
         # what the skipped __init__ does that a producer notices
@@ -246,9 +244,10 @@ class _WholePackageOnDemand:
     def __call__(self, attr: str):
         name = self.package.__name__
         if attr in self.where:
-            value = getattr(importlib.import_module(f"{name}.{self.where[attr]}"), attr, None)
-            if value is not None:
-                return value
+            try:
+                return getattr(importlib.import_module(f"{name}.{self.where[attr]}"), attr)
+            except (ImportError, AttributeError):   # another layout: the whole package
+                pass
         try:
             if importlib.util.find_spec(f"{name}.{attr}") is not None:
                 return importlib.import_module(f"{name}.{attr}")
