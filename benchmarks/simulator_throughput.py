@@ -6,9 +6,36 @@ and to the real Kafka broker, for a 100,000-host fleet at a 10 s interval.
     .venv/bin/python benchmarks/simulator_throughput.py --out /dev/shm/simbench  # RAM disk
 
 Targets: at least 300,000 records/s to files (issue 4), 100,000 records/s to Kafka (issue
-17). Kafka goes through the simulator's producer (kafka_io.make_librdkafka_producer:
-acks=all, idempotence, zstd), and once through kafka-python's for comparison;
-the broker is started by the project's script unless --bootstrap is given.
+17). Kafka goes through the simulator's producer (simulator/producer.py: librdkafka,
+acks=all, idempotence, zstd level 1, delivery reports for failures only), beside Kafka's
+own Java producer (kafka-producer-perf-test: the simulator's records as its payload
+file, the same count, acks, idempotence, codec and level, linger and batch size) in
+each round, and once through kafka-python's; then each stage alone (simulate, encode,
+produce + flush). The broker is started by the project's script unless --bootstrap is
+given.
+
+Measured 2026-12-02 (issue 17, second pass), 100,000 hosts, 1 simulated minute (600k
+records, 1,417 B each), 12 partitions, load average 12.6-21:
+
+    .venv/bin/python benchmarks/simulator_throughput.py --formats generate,jsonl-devnull \
+        --minutes 1 --kafka-minutes 1 --kafka-rounds 2
+
+    Java producer-perf (pre-encoded records)  18,559 / 21,343 records/s  (its own rate)
+    simulator -> Kafka, librdkafka, 1 process 12,518 / 11,912 records/s  0.67x / 0.56x Java
+                                              34.1k / 32.9k records per CPU-second
+    simulator -> Kafka, kafka-python          3,191 records/s (7.95k per CPU-second): 0.25x
+    simulator -> Kafka, librdkafka, 2 procs   10,441 / 10,428 records/s (2 cores, shared)
+    stages, CPU per record: simulate ~4.7 us (whole run; 12.6 on one chunk with the plan),
+    encode 10.1 us, produce + flush 11.1 us (kafka-python: 110 us)
+
+The simulator's path before this pass (main) beside it, the same broker, alternating,
+load 16.5-18: 8,583 -> 17,767 and 14,885 -> 20,745 records/s; CPU per record 37.0 -> 26.0
+and 33.2 -> 24.1 us (0.70-0.73x). The target (100,000 records/s) is not met: Kafka's own
+Java producer reaches 16-21k/s with pre-encoded records on this shared 2-core machine,
+and the simulator's ~25 us of CPU per record (simulate 5, encode 10, produce 11, the
+broker's on top) is ~40k records per CPU-second.
+
+Earlier figures (2026-11-25, kafka-python producer at the time):
 Measured 2026-11-25 on this 2-vCPU machine shared with four other engineers' runs
 (load average 5-12), seed scenario, 100,000 hosts, 10 s interval, 5 simulated minutes
 (3.0M records), 1 simulated minute (0.6M) for Kafka:
