@@ -26,6 +26,11 @@
 #
 # Environment: FOLIOWATCH_CACHE (default ~/.cache/foliowatch) holds the jars;
 # KAFKA_HEAP (default 512m) sizes each node's JVM.
+#
+# Start-up time: each JVM (a node, every tool) maps a class-data archive of the classes
+# it loaded last time (JDK CDS; without it a tool spends most of its seconds loading and
+# verifying classes). The first run of each writes the archive at its exit into the jars'
+# cache folder; a missing, stale or unreadable archive only means a slower start.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -58,11 +63,38 @@ fetch() {
   mv "$libs.tmp" "$libs"
 }
 
-java_run() {  # java_run LOGFILE MAINCLASS ARGS...
-  local log=$1; shift
-  java -Xms128m -Xmx"$heap" -XX:+UseG1GC -Djava.awt.headless=true \
+cds_dir="$cache/kafka-$kafka_version/cds"
+
+cds_opts() {  # cds_opts NAME TMP: the JVM options that use NAME's class-data archive or,
+  # while there is none, write one to TMP at the JVM's exit (cds_keep moves it in place)
+  local jsa="$cds_dir/$1.jsa"
+  mkdir -p "$cds_dir"
+  if [ -s "$jsa" ]; then
+    # quiet: a stale archive (other jars, other JDK) is ignored, and must not print on stdout
+    echo "-XX:SharedArchiveFile=$jsa -Xlog:cds=off,cds+dynamic=off"
+  else
+    echo "-XX:ArchiveClassesAtExit=$2 -Xlog:cds=off,cds+dynamic=off"
+  fi
+}
+
+cds_keep() {  # cds_keep NAME TMP: an archive written at a JVM's exit becomes NAME's
+  if [ -s "$2" ]; then mv -f "$2" "$cds_dir/$1.jsa"; else rm -f "$2"; fi
+}
+
+java_run() {  # java_run LOGFILE MAINCLASS ARGS...: one of Kafka's tools, in the foreground
+  local log=$1 rc=0 tmp gc=(-XX:+UseG1GC)
+  shift
+  tmp="$cds_dir/tool-$1.$$.jsa.tmp"
+  # the admin tools run for seconds: the JIT's top tier would not pay for itself there;
+  # the perf tools (the benchmarks' reference) keep it
+  case "$1" in *Performance) ;; *) gc=(-XX:TieredStopAtLevel=1 -XX:+UseSerialGC) ;; esac
+  # shellcheck disable=SC2046  # cds_opts prints separate JVM options
+  java -Xms64m -Xmx"$heap" "${gc[@]}" $(cds_opts "tool-$1" "$tmp") \
+       -Djava.awt.headless=true \
        -Dlog4j2.configurationFile="$here/log4j2.xml" -Dfoliowatch.kafka.log="$log" \
-       -cp "$libs/*" "$@"
+       -cp "$libs/*" "$@" || rc=$?
+  cds_keep "tool-$1" "$tmp"
+  return "$rc"
 }
 
 tool() {
@@ -131,8 +163,13 @@ start_node() {  # start_node DIR I
   local pidfile="$dir/node$i/pid"  # separate: $i must be this function's, not the caller's
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
   : >"$dir/node$i/server.log"
+  # the node's class-data archive, if it writes one, is kept when the node stops (stop_pid)
+  local cds
+  cds=$(cds_opts broker "$dir/node$i/broker.jsa.tmp")
+  case "$cds" in *ArchiveClassesAtExit*) : >"$dir/node$i/broker.jsa.pending" ;; esac
   # setsid: the node survives its caller's terminal, and stop() signals it by PID alone.
-  setsid bash -c 'exec "$@"' _ java -Xms128m -Xmx"$heap" -XX:+UseG1GC -Djava.awt.headless=true \
+  # shellcheck disable=SC2086  # $cds: separate JVM options
+  setsid bash -c 'exec "$@"' _ java -Xms128m -Xmx"$heap" -XX:+UseG1GC $cds -Djava.awt.headless=true \
       -Dlog4j2.configurationFile="$here/log4j2.xml" -Dfoliowatch.kafka.log="$dir/node$i/server.log" \
       -cp "$libs/*" kafka.Kafka "$dir/node$i/server.properties" \
       >"$dir/node$i/stdout.log" 2>&1 </dev/null &
@@ -187,7 +224,13 @@ start() {
       free_port >"$dir/node$i/controller.port"
     done
     echo "$n" >"$dir/brokers"
-    cluster_id=$(tool storage random-uuid)
+    # Kafka's Uuid.randomUuid(): 16 random bytes (a version-4 UUID), base64url without
+    # padding, never starting with '-'; a JVM start less than `storage random-uuid`
+    cluster_id=$(python3 -c 'import base64, uuid
+while True:
+    u = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    if not u.startswith("-"): break
+print(u)')
     local scram=() line
     if [ -n "$secure" ]; then
       echo "$secure" >"$dir/secure"
@@ -216,15 +259,27 @@ start() {
 }
 
 stop_pid() {  # stop_pid PIDFILE
-  local pidfile=$1 pid k
+  local pidfile=$1 pid k clean=1 jsa
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    for ((k = 0; k < 150; k++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
+    # a node writing its class-data archive (its first clean stop) takes longer to exit
+    local waits=150
+    if [ -f "$(dirname "$pidfile")/broker.jsa.pending" ]; then waits=600; fi
+    for ((k = 0; k < waits; k++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; clean=0
+    fi
   fi
   rm -f "$pidfile"
+  # the node's class-data archive is written at its exit: kept after a clean stop only
+  # (a node killed while writing it leaves part of one)
+  jsa="$(dirname "$pidfile")/broker.jsa.tmp"
+  if [ -f "$jsa" ]; then
+    if [ "$clean" = 1 ]; then cds_keep broker "$jsa"; else rm -f "$jsa"; fi
+  fi
+  rm -f "$(dirname "$pidfile")/broker.jsa.pending"
 }
 
 stop() {
