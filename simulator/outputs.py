@@ -148,8 +148,8 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
     record waits until its delivery time, the simulated clock running ``speed`` times
     faster than the wall clock. ``workers`` > 1 runs that many producer processes, each
     sending the records of its share of the hosts. ``client``: the Kafka client library
-    (``producer.CLIENTS``); ``producer``: a client the caller made (and closes) to send
-    with instead (see ``producer.make_record_producer``). Raises ``ServiceError`` naming
+    (``producer.CLIENTS``); ``producer``: a kafka-python producer the caller made (and
+    closes) to send with instead (see ``producer.make_record_producer``). Raises ``ServiceError`` naming
     the topic if any record was not delivered. Returns ``sent`` (records acknowledged by
     the broker), ``seconds``, ``records_per_s``, ``topic``."""
     from foliowatch.kafka_io import TOPIC_SAMPLES

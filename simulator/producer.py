@@ -31,14 +31,18 @@ FLUSH_TIMEOUT_S = 120.0
 def make_record_producer(settings, topic: str, client: str = DEFAULT_CLIENT,
                          producer=None) -> "RecordProducer":
     """The simulator's producer for ``topic``: a new one of ``client`` (one of
-    ``CLIENTS``), or ``producer`` (a kafka-python ``KafkaProducer`` or a confluent-kafka
-    ``Producer`` the caller made, and closes) wrapped in the same interface."""
+    ``CLIENTS``), or ``producer``, a kafka-python ``KafkaProducer`` the caller made (and
+    closes), wrapped in the same interface (its failures come back on each record's
+    future; a ready-made confluent-kafka producer would report them only through a
+    callback of its own configuration, so it is refused)."""
     if producer is not None:
         if type(producer).__module__.startswith("confluent_kafka"):
-            return LibrdkafkaRecordProducer(topic, producer=producer)
+            raise ConfigError("simulator producer: a ready-made confluent-kafka Producer "
+                              "cannot report failed deliveries here; pass client="
+                              "'librdkafka' instead and the simulator makes its own")
         return KafkaPythonRecordProducer(topic, producer=producer)
     if client == "librdkafka":
-        return LibrdkafkaRecordProducer(topic, settings=settings)
+        return LibrdkafkaRecordProducer(topic, settings)
     if client == "kafka-python":
         return KafkaPythonRecordProducer(topic, settings=settings)
     raise ConfigError(f"simulator Kafka client: {client!r} is not one of {', '.join(CLIENTS)}")
@@ -92,16 +96,13 @@ class LibrdkafkaRecordProducer(RecordProducer):
     BULK = {"linger.ms": 50, "batch.size": 1 << 20, "queue.buffering.max.kbytes": 128 << 10,
             "compression.level": 1, "partitioner": "murmur2_random"}
 
-    def __init__(self, topic: str, settings=None, producer=None):
+    def __init__(self, topic: str, settings):
+        from foliowatch.kafka_io import make_librdkafka_producer
         self.topic = topic
         self.failures: List[Any] = []
         self.sent = 0
-        self._own = producer is None
-        if producer is None:
-            from foliowatch.kafka_io import make_librdkafka_producer
-            producer = make_librdkafka_producer(settings, **self.BULK, **{
-                "delivery.report.only.error": True, "on_delivery": self._delivered})
-        self.producer = producer
+        self.producer = make_librdkafka_producer(settings, **self.BULK, **{
+            "delivery.report.only.error": True, "on_delivery": self._delivered})
 
     def _delivered(self, err, _msg) -> None:
         if err is not None:
@@ -135,9 +136,8 @@ class LibrdkafkaRecordProducer(RecordProducer):
         self._raise_failures(self.failures, self.sent)
 
     def close(self) -> None:
-        if self._own:
-            # undelivered records were reported by flush; do not wait for them again
-            self.producer.flush(5)
+        # undelivered records were reported by flush; do not wait long for them again
+        self.producer.flush(5)
 
 
 class KafkaPythonRecordProducer(RecordProducer):

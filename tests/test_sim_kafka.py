@@ -132,3 +132,11 @@ def test_realtime_paces_records_by_simulated_time(kafka, topic):
     # 120 simulated seconds at 60x: about 2 s of wall clock, not "as fast as possible"
     assert 1.5 <= took <= 10, took
     assert len(consume_all(kafka.bootstrap, topic, result["sent"])) == result["sent"]
+
+
+def test_a_ready_made_confluent_producer_is_refused_as_it_would_hide_failed_deliveries():
+    from confluent_kafka import Producer
+    from foliowatch.errors import ConfigError
+    from foliowatch.simulator.producer import make_record_producer
+    with pytest.raises(ConfigError, match="client='librdkafka'"):
+        make_record_producer(KafkaSettings(), "t", producer=Producer({}))
