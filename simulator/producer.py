@@ -36,10 +36,12 @@ def make_record_producer(settings, topic: str, client: str = DEFAULT_CLIENT,
     future; a ready-made confluent-kafka producer would report them only through a
     callback of its own configuration, so it is refused)."""
     if producer is not None:
-        if type(producer).__module__.startswith("confluent_kafka"):
-            raise ConfigError("simulator producer: a ready-made confluent-kafka Producer "
-                              "cannot report failed deliveries here; pass client="
-                              "'librdkafka' instead and the simulator makes its own")
+        from kafka import KafkaProducer
+        if not isinstance(producer, KafkaProducer):
+            raise ConfigError(f"simulator producer: expected a kafka-python KafkaProducer, "
+                              f"got {type(producer).__name__} (a ready-made confluent-kafka "
+                              "Producer could not report failed deliveries here); pass "
+                              "client='librdkafka' instead and the simulator makes its own")
         return KafkaPythonRecordProducer(topic, producer=producer)
     if client == "librdkafka":
         return LibrdkafkaRecordProducer(topic, settings)
