@@ -369,7 +369,7 @@ def _codec_problems(compression: str) -> List[str]:
     missing would make every send fail, so say so before the agent starts."""
     if compression not in _CODEC_PACKAGES:
         return []
-    from kafka import codec
+    codec = kafka_io.kafka_python_module("codec")
     check, package = _CODEC_PACKAGES[compression]
     if getattr(codec, check)():
         return []

@@ -54,7 +54,6 @@ class KafkaSender:
 
     def _ensure_producer(self):
         if self._producer is None:
-            from kafka import KafkaProducer
             timeout_ms = int(self.send_timeout_s * 1000)
             # Bounded: a send never blocks the sampling loop for much longer than this.
             wanted = dict(max_block_ms=timeout_ms, request_timeout_ms=max(500, timeout_ms // 2),
@@ -70,7 +69,7 @@ class KafkaSender:
                           # nothing reads them: the agent reports its own health.
                           metrics_enabled=False)
             # kafka-python 2.x lacks some of these; it rejects unknown keys.
-            known = getattr(KafkaProducer, "DEFAULT_CONFIG", wanted)
+            known = getattr(kafka_io.producer_class(), "DEFAULT_CONFIG", wanted)
             self._producer = kafka_io.make_producer(
                 self.settings, **{k: v for k, v in wanted.items() if k in known})
         return self._producer

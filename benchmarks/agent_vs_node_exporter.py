@@ -176,7 +176,8 @@ def agent_worker(args) -> int:
     from foliowatch.agent.exporter import serve
     from foliowatch.agent.runner import Agent
     from foliowatch.kafka_io import KafkaSettings
-    import kafka  # noqa: F401  (counted in the import stage)
+    from foliowatch.kafka_io import producer_class
+    producer_class()   # kafka-python, as the agent loads it (counted in the import stage)
     stages["imports"] = memory(os.getpid())["VmRSS"]
     cfg = AgentConfig(state_dir=args.state_dir, mounts=["/"], interval_s=1.0,
                       kafka_enabled=bool(args.bootstrap),
@@ -232,11 +233,40 @@ def threads(pid: int) -> dict:
     return out
 
 
-def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir: str) -> int:
-    """The real agent (``foliowatch agent``, default configuration but for the broker, the
-    state folder and the /metrics port) at ``interval`` beside node_exporter scraped at
-    the same interval, both measured from outside over ``minutes`` after a warm-up of
-    three intervals. Kafka send included when ``bootstrap`` is given."""
+def host_install(tmp: str) -> str:
+    """The agent installed as on a host (deploy/ansible/roles/foliowatch_agent): a
+    virtualenv of this interpreter's base Python holding the foliowatch wheel and the
+    agent's dependencies only; returns its python. The development virtualenv would add
+    what hosts never load: the editable install's import finder (~1.9 MiB resident in
+    every process) and other extras' start-up hooks (urllib3-future's .pth, ~0.9 MiB)."""
+    import glob
+    import subprocess
+    venv, wheels = os.path.join(tmp, "host-venv"), os.path.join(tmp, "wheels")
+    base = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+    if not os.path.exists(base):       # (Python 3.9's _base_executable names the venv's)
+        base = getattr(sys, "_base_executable", sys.executable)
+    print(f"installing the agent as on a host ({base}) ...", file=sys.stderr)
+    python = os.path.join(venv, "bin", "python")
+    for argv in ([base, "-m", "venv", venv],
+                 [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                  "--no-build-isolation", "-w", wheels, REPO],
+                 [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                  "WHEEL[agent]"]):
+        if argv[-1] == "WHEEL[agent]":
+            argv[-1] = glob.glob(os.path.join(wheels, "foliowatch-*.whl"))[0] + "[agent]"
+        p = subprocess.run(argv, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return python
+
+
+def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir: str,
+           python: str = sys.executable) -> int:
+    """The real agent (``foliowatch agent`` run by ``python``, default configuration but
+    for the broker, the state folder and the /metrics port) at ``interval`` beside
+    node_exporter scraped at the same interval, both measured from outside over
+    ``minutes`` after a warm-up of three intervals. Kafka send included when
+    ``bootstrap`` is given."""
     import shutil
     import subprocess
     exe = shutil.which("prometheus-node-exporter")
@@ -255,7 +285,8 @@ def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir:
                FOLIOWATCH_AGENT_KAFKA_BOOTSTRAP=bootstrap or "127.0.0.1:9092",
                FOLIOWATCH_AGENT_KAFKA_TOPIC=topic, FOLIOWATCH_AGENT_LOG_LEVEL="warning")
     log = open(os.path.join(os.path.dirname(workdir), "agent.log"), "wb")
-    ag = subprocess.Popen([sys.executable, "-m", "foliowatch", "agent"], env=env, cwd=REPO,
+    # run from the state folder: in the repository, ``-m`` would import its source tree
+    ag = subprocess.Popen([python, "-m", "foliowatch", "agent"], env=env, cwd=workdir,
                           stdout=log, stderr=subprocess.STDOUT)
     ne_url = f"http://127.0.0.1:{ne_port}/metrics"
     try:
@@ -304,8 +335,10 @@ def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir:
     ne_ms, ag_ms = (ne1 - ne0) / n * 1e3, (ag1 - ag0) / n * 1e3
     mib = 1 << 20
     load = os.getloadavg()
+    where = "as installed on a host" if python != sys.executable else "development virtualenv"
     print(f"\nsteady state: {n} intervals of {interval:g} s ({wall / 60:.1f} min), agent "
-          f"{'with' if bootstrap else 'without'} Kafka, Python {sys.version.split()[0]}, "
+          f"{'with' if bootstrap else 'without'} Kafka, Python {sys.version.split()[0]} "
+          f"({where}), "
           f"{os.uname().release}; load average at the end {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f}; {'; '.join(sent) or 'no delivery figures'}")
     print(f"{'':44} {'node_exp':>9} {'agent':>8} {'ratio':>6} target")
@@ -352,6 +385,9 @@ def main() -> int:
                          "for this long beside node_exporter scraped at the same interval")
     ap.add_argument("--interval", type=float, default=10.0,
                     help="--steady-minutes: the interval (default %(default)s, the agent's)")
+    ap.add_argument("--dev-venv", action="store_true",
+                    help="--steady-minutes: run the agent from this virtualenv instead of "
+                         "a host-like install (the wheel and the agent's dependencies only)")
     ap.add_argument("--agent-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--state-dir", help=argparse.SUPPRESS)
     ap.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
@@ -375,9 +411,10 @@ def main() -> int:
                 ensure_topic(bootstrap, args.topic)
             if args.steady_minutes > 0:
                 os.makedirs(Path(tmp) / "agent")
+                python = sys.executable if args.dev_venv else host_install(tmp)
                 return steady(args.steady_minutes, args.interval,
                               "" if args.no_kafka else bootstrap, args.topic,
-                              str(Path(tmp) / "agent"))
+                              str(Path(tmp) / "agent"), python)
             ne = bench_node_exporter(args.samples)
             ag = bench_agent(args.samples, "" if args.no_kafka else bootstrap, args.topic,
                              str(Path(tmp) / "agent"))

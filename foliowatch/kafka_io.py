@@ -9,13 +9,17 @@ Secrets: the SASL password comes from the configuration file, a file of its own
 (``sasl_password_file``, e.g. a systemd credential) or the environment, never from a
 flag; it is left out of ``repr`` and of every message.
 
-kafka-python is imported lazily so that ``foliowatch.schema`` users need not have it.
+kafka-python is imported lazily so that ``foliowatch.schema`` users need not have it, and
+a producer loads only kafka-python's producer side (``kafka_python_module``).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -164,9 +168,108 @@ def producer_kwargs(settings: KafkaSettings, **overrides: Any) -> Dict[str, Any]
     return kw
 
 
+def kafka_python_module(name: str):
+    """kafka-python's submodule ``kafka.<name>`` (``"producer.kafka"``, ``"codec"``)
+    without what the package's ``__init__`` imports eagerly: its admin client, consumer
+    and group coordinator, and every admin and consumer request (~3.5 MiB an agent never
+    uses, on every host; benchmarks/agent_vs_node_exporter.md).
+
+    The ``kafka`` package is registered without running its ``__init__``; the first read
+    of one of its other names (``from kafka import KafkaConsumer``) runs that ``__init__``
+    then, so any later user of the whole package gets it unchanged. The layout this
+    relies on is kafka-python 3.0.12's, pinned in pyproject.toml's agent extra and checked
+    by tests/test_agent_kafka.py in the agent's own process; another layout loads more,
+    never less."""
+    package = _package_without_init("kafka")
+    if package is not None and "__version__" not in package.__dict__:
+        # what the skipped __init__ does that a producer notices
+        logging.getLogger("kafka").addHandler(logging.NullHandler())
+        package.__version__ = importlib.import_module("kafka.version").__version__
+        # The table of requests that tells old brokers apart names one request of each
+        # of these packages, whose __init__ builds every admin or consumer request from
+        # its JSON schema (~2 MiB): only the submodule that holds the named one loads.
+        for protocol, where in _PROTOCOL_NAMES_USED.items():
+            _package_without_init(protocol, where)
+        _crc32c_without_init()
+    return importlib.import_module(f"kafka.{name}")
+
+
+#: kafka-python protocol packages -> {name the producer side reads: its submodule}
+_PROTOCOL_NAMES_USED = {
+    "kafka.protocol.admin": {"ListGroupsRequest": "groups"},
+    "kafka.protocol.consumer": {"OffsetFetchRequest": "group"},
+}
+
+
+def _crc32c_without_init() -> None:
+    """The ``crc32c`` package's C function, which kafka-python uses for every record
+    batch when it is installed (pure Python takes ~2.4 ms per 4 KiB batch, C ~1 us),
+    without what the package's ``__init__`` imports for its version string and command
+    line (importlib.metadata, email, argparse: ~2 MiB)."""
+    package = _package_without_init("crc32c")
+    if package is None or "crc32c" in package.__dict__:
+        return
+    try:
+        package.crc32c = importlib.import_module("crc32c._crc32c").crc32c
+    except (ImportError, AttributeError):   # another layout: the whole package, on demand
+        pass
+
+
+def _package_without_init(name: str, where: Optional[Dict[str, str]] = None):
+    """The package ``name`` registered without running its ``__init__`` (so that its
+    submodules import alone), or the package already imported, or None when it is not
+    installed. ``where``: names the package's ``__init__`` would re-export -> the
+    submodule to read each from. Reading any other name of the package later (``from
+    kafka import KafkaConsumer``) runs that ``__init__`` then, so a later user of the
+    whole package gets it unchanged."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None or spec.loader is None:
+        return None
+    package = importlib.util.module_from_spec(spec)
+    package.__getattr__ = _WholePackageOnDemand(package, spec, where or {})   # PEP 562
+    sys.modules[name] = package
+    return package
+
+
+class _WholePackageOnDemand:
+    """The ``__getattr__`` of a package registered without its ``__init__``: a submodule
+    name imports that submodule alone, a name of ``where`` is read from its submodule;
+    any other name runs the package's ``__init__`` once and reads the name from it."""
+
+    def __init__(self, package, spec, where: Dict[str, str]):
+        self.package, self.spec, self.where = package, spec, where
+
+    def __call__(self, attr: str):
+        name = self.package.__name__
+        if attr in self.where:
+            try:
+                return getattr(importlib.import_module(f"{name}.{self.where[attr]}"), attr)
+            except (ImportError, AttributeError):   # another layout: the whole package
+                pass
+        try:
+            if importlib.util.find_spec(f"{name}.{attr}") is not None:
+                return importlib.import_module(f"{name}.{attr}")
+        except ImportError:
+            pass
+        namespace = self.package.__dict__
+        if namespace.get("__getattr__") is self:
+            del namespace["__getattr__"]
+            self.spec.loader.exec_module(self.package)
+        try:
+            return namespace[attr]
+        except KeyError:
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
+
+
+def producer_class():
+    """kafka-python's ``KafkaProducer``, loading only its producer side."""
+    return kafka_python_module("producer.kafka").KafkaProducer
+
+
 def make_producer(settings: KafkaSettings, **overrides: Any):
-    from kafka import KafkaProducer
-    return KafkaProducer(**producer_kwargs(settings, **overrides))
+    return producer_class()(**producer_kwargs(settings, **overrides))
 
 
 def make_consumer(settings: KafkaSettings, *topics: str, group_id: Optional[str] = None,

@@ -365,20 +365,18 @@ def _produce(sc, bootstrap: str, topic: str, seed, speed: float, rollout_start: 
     possible, then `speed` simulated seconds per wall second."""
     import numpy as np
 
-    from foliowatch.kafka_io import KafkaSettings, make_producer
-    from foliowatch.simulator import simulate_frame, to_wire_json
+    from foliowatch.kafka_io import KafkaSettings
+    from foliowatch.simulator import simulate_frame
+    from foliowatch.simulator.outputs import wire_records
+    from foliowatch.simulator.producer import make_record_producer
 
-    producer = make_producer(KafkaSettings(bootstrap=bootstrap.split(",")),
-                             batch_size=512 * 1024, linger_ms=50)
-    failures: list = []
+    producer = make_record_producer(KafkaSettings(bootstrap=bootstrap.split(",")), topic)
     try:
         wall0 = None
-        for chunk in simulate_frame(sc, sc.seed if seed is None else seed):
+        chunks = simulate_frame(sc, sc.seed if seed is None else seed)
+        for keys, values, ts in wire_records(chunks):
             if stop.is_set():
                 return
-            keys = chunk["host_id"].to_list()
-            values = to_wire_json(chunk).to_list()
-            ts = chunk["emit_ts"].to_numpy()
             # pace in slices of one simulated minute once the rollout has begun
             edges = list(np.searchsorted(ts, np.arange(ts[0], ts[-1] + 60.0, 60.0))[1:]) + [len(ts)]
             lo = 0
@@ -396,13 +394,11 @@ def _produce(sc, bootstrap: str, topic: str, seed, speed: float, rollout_start: 
                         if remaining <= 0:
                             break
                         stop.wait(min(0.1, remaining))
-                for k, v in zip(keys[lo:hi], values[lo:hi]):
-                    producer.send(topic, key=k.encode(), value=v.encode()).add_errback(failures.append)
+                # raises ServiceError (naming the topic) once a delivery has failed
+                producer.send(keys[lo:hi], values[lo:hi])
                 progress["sent"] += hi - lo
                 progress["sim_ts"] = float(ts[hi - 1])
                 lo = hi
-            if failures:
-                raise RuntimeError(f"{len(failures)} records not acknowledged: {failures[0]!r}")
         producer.flush()
     except BaseException as e:  # surfaced by the main loop
         progress["error"] = e

@@ -1,6 +1,6 @@
 """Where simulated records go: files (JSON lines or Parquet) or Kafka, through the
-project's durable producer settings (``kafka_io.make_librdkafka_producer``: acks=all,
-idempotence, zstd), keyed by host id like the agent.
+simulator's producer (``producer.make_record_producer``: acks=all, idempotence, the
+settings' compression), keyed by host id like the agent.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import polars as pl
 
 from .frames import _wire_json_expr, simulate_frame, to_wire_frame, to_wire_json
+from .producer import CLIENTS, DEFAULT_CLIENT, make_record_producer
 from .scenario import Scenario
 from .truth import ground_truth, host_table, scenario_summary
 
@@ -139,15 +140,18 @@ def write_files(scenario: Scenario, out_dir, seed: Optional[int] = None, fmt: st
 
 def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
                      seed: Optional[int] = None, realtime: bool = False, speed: float = 1.0,
-                     producer=None, progress=None, workers: int = 1) -> Dict[str, Any]:
+                     producer=None, progress=None, workers: int = 1,
+                     client: str = DEFAULT_CLIENT) -> Dict[str, Any]:
     """Send the simulated records to Kafka, key = host id, value = wire v1 JSON.
 
     As fast as possible with simulated timestamps by default; with ``realtime`` each
     record waits until its delivery time, the simulated clock running ``speed`` times
     faster than the wall clock. ``workers`` > 1 runs that many producer processes, each
-    sending the records of its share of the hosts. ``producer``: a kafka-python producer
-    to send with (default: librdkafka's, see ``_produce_share``). Returns ``sent`` (records acknowledged by the broker), ``seconds``,
-    ``records_per_s``, ``topic``."""
+    sending the records of its share of the hosts. ``client``: the Kafka client library
+    (``producer.CLIENTS``); ``producer``: a kafka-python producer the caller made (and
+    closes) to send with instead (see ``producer.make_record_producer``). Raises ``ServiceError`` naming
+    the topic if any record was not delivered. Returns ``sent`` (records acknowledged by
+    the broker), ``seconds``, ``records_per_s``, ``topic``."""
     from foliowatch.kafka_io import TOPIC_SAMPLES
 
     topic = topic or TOPIC_SAMPLES
@@ -155,10 +159,13 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
         raise ValueError(f"produce_to_kafka speed: must be > 0, got {speed}")
     if workers < 1:
         raise ValueError(f"produce_to_kafka workers: must be >= 1, got {workers}")
+    if client not in CLIENTS:
+        raise ValueError(f"produce_to_kafka client: {client!r} is not one of "
+                         f"{', '.join(CLIENTS)}")
     seed = scenario.seed if seed is None else int(seed)
     if workers == 1:
         return _produce_share(scenario, settings, topic, seed, realtime, speed, producer,
-                              progress, (0, 1))
+                              progress, (0, 1), client)
     if producer is not None:
         raise ValueError("produce_to_kafka: a given producer cannot be shared by workers; "
                          "pass workers=1")
@@ -168,7 +175,7 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
     # spawn, not fork: polars' thread pool must not be forked
     with mp.get_context("spawn").Pool(workers) as pool:
         results = pool.starmap(_produce_share, [
-            (scenario, settings, topic, seed, realtime, speed, None, None, (i, workers))
+            (scenario, settings, topic, seed, realtime, speed, None, None, (i, workers), client)
             for i in range(workers)])
     secs = time.monotonic() - t0
     sent = sum(r["sent"] for r in results)
@@ -176,26 +183,41 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
             "topic": topic, "workers": workers}
 
 
+#: records encoded at once for Kafka: large enough for polars' vectorised encoding, small
+#: enough that the ``bytes`` held for the producer stay ~70 MB per slice
+WIRE_SLICE_ROWS = 50_000
+
+
+def wire_records(chunks: Iterator[pl.DataFrame]) -> Iterator[Tuple[List[bytes], List[bytes],
+                                                                   np.ndarray]]:
+    """The chunks as the producer takes them, in slices of ``WIRE_SLICE_ROWS``: keys (host
+    ids) and values (wire JSON) as ``bytes``, each slice encoded at once
+    (``to_wire_json``), and the records' simulated delivery times."""
+    for chunk in chunks:
+        for lo in range(0, chunk.height, WIRE_SLICE_ROWS):
+            part = chunk.slice(lo, WIRE_SLICE_ROWS)
+            yield (part["host_id"].cast(pl.Binary).to_list(),
+                   to_wire_json(part).cast(pl.Binary).to_list(),
+                   part["emit_ts"].to_numpy())
+
+
 def _produce_share(scenario: Scenario, settings, topic: str, seed: int, realtime: bool,
-                   speed: float, producer, progress, share) -> Dict[str, Any]:
+                   speed: float, producer, progress, share,
+                   client: str = DEFAULT_CLIENT) -> Dict[str, Any]:
     """Produce the records of hosts whose id hashes to ``share[0]`` modulo ``share[1]``
     (all of them for ``(0, 1)``): a host's records all go through one producer, in order.
-    Its own producer is librdkafka's (``kafka_io.make_librdkafka_producer``); a given
-    ``producer`` is a kafka-python one."""
-    own = producer is None
-    sender = _LibrdkafkaSender(settings, topic) if own else _KafkaPythonSender(producer, topic)
+    The next chunks are simulated and encoded in a background thread while this one is
+    sent (polars and numpy release the GIL; so does the client's I/O thread)."""
     part, parts = share
+    chunks = simulate_frame(scenario, seed)
+    if parts > 1:
+        chunks = (c.filter(pl.col("host_id").hash(seed=0) % parts == part) for c in chunks)
     sent = 0
     t0 = time.monotonic()
     sim0 = scenario.start_ts
-    try:
-        for chunk in simulate_frame(scenario, seed):
-            if parts > 1:
-                chunk = chunk.filter(pl.col("host_id").hash(seed=0) % parts == part)
-            keys = chunk["host_id"].cast(pl.Binary).to_list()
-            values = to_wire_json(chunk).cast(pl.Binary).to_list()
-            if realtime:
-                emit = chunk["emit_ts"].to_numpy()
+    with make_record_producer(settings, topic, client, producer) as sender:
+        for keys, values, emit in _prefetch(wire_records(chunks), depth=2):
+            if realtime and len(emit):
                 # send in slices of ~1 simulated second so records leave near their time
                 bounds = np.searchsorted(emit, np.arange(emit[0], emit[-1] + 1.0, 1.0))
                 bounds = list(bounds[1:]) + [len(emit)]
@@ -214,66 +236,7 @@ def _produce_share(scenario: Scenario, settings, topic: str, seed: int, realtime
                 sent += len(keys)
             if progress:
                 progress(sent)
-        failures = sender.flush()
-        if failures:
-            raise RuntimeError(f"kafka topic {topic}: {len(failures)} of {sent} records not "
-                               f"acknowledged (first: {failures[0]!r}); check the broker")
-    finally:
-        if own:
-            sender.close()
+        sender.flush()
     secs = time.monotonic() - t0
     return {"sent": sent, "seconds": secs, "records_per_s": sent / secs if secs > 0 else 0.0,
             "topic": topic}
-
-
-class _KafkaPythonSender:
-    def __init__(self, producer, topic: str):
-        self.producer, self.topic = producer, topic
-        self.failures: List[BaseException] = []
-
-    def send(self, keys, values) -> None:
-        send, topic, failed = self.producer.send, self.topic, self.failures.append
-        for k, v in zip(keys, values):
-            send(topic, key=k, value=v).add_errback(failed)
-
-    def flush(self) -> List[BaseException]:
-        self.producer.flush()
-        return self.failures
-
-    def close(self) -> None:
-        self.producer.close()
-
-
-class _LibrdkafkaSender:
-    # larger batches than the agent's: one simulator stands in for a whole fleet
-    def __init__(self, settings, topic: str):
-        from foliowatch.kafka_io import make_librdkafka_producer
-        self.producer = make_librdkafka_producer(settings, **{
-            "linger.ms": 50, "batch.size": 1 << 20, "queue.buffering.max.kbytes": 256 << 10})
-        self.topic = topic
-        self.failures: List[Any] = []
-
-    def _delivered(self, err, _msg) -> None:
-        if err is not None:
-            self.failures.append(err)
-
-    def send(self, keys, values) -> None:
-        produce, poll, topic, cb = (self.producer.produce, self.producer.poll, self.topic,
-                                    self._delivered)
-        for k, v in zip(keys, values):
-            while True:
-                try:
-                    produce(topic, v, k, on_delivery=cb)
-                    break
-                except BufferError:   # the local queue is full: let deliveries drain it
-                    poll(0.05)
-        poll(0)
-
-    def flush(self) -> List[Any]:
-        left = self.producer.flush(120)
-        if left:
-            self.failures.append(f"{left} record(s) still queued after 120 s")
-        return self.failures
-
-    def close(self) -> None:
-        self.producer.flush(5)

@@ -4,6 +4,7 @@ A service that cannot start fails the test with its log; nothing here skips.
 """
 from __future__ import annotations
 
+import fcntl
 import uuid
 from pathlib import Path
 
@@ -38,6 +39,26 @@ def pytest_addoption(parser):
     parser.addoption("--faults", action="store_true",
                      help="also run the long fault-suite cases (marked faults); `make "
                           "faults` does, `make test` does not")
+
+
+@pytest.fixture(scope="session")
+def seed_dataset(tmp_path_factory, worker_id):
+    """The seed scenario (500 hosts, 22 h at 60 s, seed 7) through the simulator and the
+    pipeline's --from-files mode, built once per run: the workers of one run share it (the
+    first to ask builds it under a lock; the others wait and read). Tests only read it."""
+    from test_detector_e2e import simulate_and_aggregate
+
+    # pytest-xdist: the base temp of one run is the parent of each worker's
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
+    built = root / "seed-dataset"
+    with open(root / "seed-dataset.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (built / "dataset.done").exists():
+            dataset = simulate_and_aggregate(built, "seed-iomap-arm64-xfs",
+                                             hosts=500, hours=22, seed=7)
+            (built / "dataset.done").write_text(str(dataset))
+    return Path((built / "dataset.done").read_text())
 
 
 @pytest.fixture(scope="session")

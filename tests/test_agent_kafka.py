@@ -180,3 +180,65 @@ def test_samples_within_the_latency_budget_share_one_request(kafka, topic, tmp_p
     waits = [arrivals[s] - spooled[s] for s in spooled if s in arrivals]
     assert max(waits) <= 3.5 + 1.0, waits          # budget, plus a send's own time
     assert_exactly_once_in_order(consume_all(kafka.bootstrap, topic), agent.sampler.host_id, n)
+
+
+def test_agent_process_publishes_with_kafka_pythons_producer_side_only(kafka, topic, tmp_path):
+    """The agent's own process (``python -m foliowatch agent --once``) delivers to the real
+    broker having loaded kafka-python's producer and nothing of its consumer, group
+    coordinator or admin client, nor the admin and consumer request tables (the package's
+    ``__init__`` imports them all: ~3.5 MiB on every host), nor what crc32c's ``__init__``
+    imports for its version string (importlib.metadata, email)."""
+    state_dir = tmp_path / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nstate_dir = "{state_dir}"\ninterval_s = 1.0\nmounts = ["/"]\n'
+                      f'[agent.kafka]\nbootstrap = ["{kafka.bootstrap}"]\ntopic = "{topic}"\n'
+                      '[agent.metrics]\nenabled = false\n')
+    modules = tmp_path / "modules.txt"
+    # the modules the process holds when it exits, written by an atexit hook; the agent
+    # itself runs as ``python -m foliowatch`` does
+    entry = ("import atexit, runpy, sys\n"
+             f"atexit.register(lambda: open({str(modules)!r}, 'w').write('\\n'.join(sys.modules)))\n"
+             f"sys.argv = ['foliowatch', 'agent', '--once', '--config', {str(config)!r}]\n"
+             "runpy.run_module('foliowatch', run_name='__main__', alter_sys=True)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLIOWATCH_")}
+    p = subprocess.run([sys.executable, "-c", entry], capture_output=True, text=True,
+                       env=env, cwd=str(REPO), timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    loaded = set(modules.read_text().split())
+    assert {"kafka.producer.kafka", "kafka.record.default_records"} <= loaded
+    unwanted = sorted(m for m in loaded
+                      if m.split(".")[:2] in (["kafka", "consumer"], ["kafka", "admin"],
+                                              ["kafka", "coordinator"])
+                      or m.split(".")[:3] in (["kafka", "protocol", "admin"],
+                                              ["kafka", "protocol", "consumer"])
+                      and m not in ("kafka.protocol.admin", "kafka.protocol.admin.groups",
+                                    "kafka.protocol.consumer", "kafka.protocol.consumer.group")
+                      or m.split(".")[0] == "email" or m.startswith("importlib.metadata"))
+    assert unwanted == [], unwanted
+    # every batch's checksum: crc32c's C function (the package is among the agent's
+    # dependencies), never kafka-python's pure-Python fallback (~2.4 ms per 4 KiB)
+    assert "crc32c._crc32c" in loaded
+    msgs = consume_all(kafka.bootstrap, topic)
+    host = open("/etc/machine-id").read().strip()
+    assert [m[2]["seq"] for m in msgs] == [0] and msgs[0][1] == host
+
+
+def test_whole_kafka_package_still_loads_after_the_producer_only_import():
+    """A process that loaded only the producer side (the agent's way) and later reads
+    any other name of kafka-python (``KafkaConsumer``, the admin requests, crc32c's
+    version) gets the whole package unchanged: the skipped ``__init__`` runs then."""
+    code = ("import sys\n"
+            "from foliowatch.kafka_io import producer_class\n"
+            "P = producer_class()\n"
+            "assert 'kafka.consumer' not in sys.modules and 'kafka.admin' not in sys.modules\n"
+            "from kafka import KafkaConsumer, KafkaProducer, TopicPartition\n"
+            "import kafka, crc32c\n"
+            "from kafka.protocol.admin import CreateTopicsRequest\n"
+            "from kafka.protocol.consumer import *\n"
+            "assert KafkaProducer is P and kafka.__version__ and crc32c.__version__\n"
+            "assert KafkaConsumer.__module__ == 'kafka.consumer.group'\n"
+            "assert 'FetchRequest' in dir() and CreateTopicsRequest.__name__\n"
+            "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=str(REPO), timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-3000:]

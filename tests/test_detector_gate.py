@@ -14,7 +14,6 @@ import pytest
 
 from foliowatch.shell import cli
 
-from test_detector_e2e import simulate_and_aggregate
 
 AS_OF = "2026-11-02T21:55:00Z"
 FLEET = "payments-db"
@@ -22,15 +21,9 @@ ARM_KERNEL = "6.12.40-63.aarch64"
 X86_KERNEL = "6.12.40-63.x86_64"
 
 
-# one module-wide dataset (simulator + pipeline, a few minutes on a loaded machine) and
+# the shared seed dataset (conftest: simulator + pipeline, a few minutes on a loaded machine) and
 # a handful of full evaluations: more than the default per-test limit when cores are shared
 pytestmark = pytest.mark.timeout(1800)
-
-
-@pytest.fixture(scope="module")
-def seed_dataset(tmp_path_factory):
-    return simulate_and_aggregate(tmp_path_factory.mktemp("gate"), "seed-iomap-arm64-xfs",
-                                  hosts=500, hours=22, seed=7)
 
 
 def _verdict(capsys, dataset, state, kernel, *extra):

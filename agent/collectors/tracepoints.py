@@ -44,7 +44,6 @@ RLIMIT_NOFILE towards the hard limit when it needs more.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -79,7 +78,7 @@ PERF_ATTR_FLAG_DISABLED = 1 << 0
 PERF_EVENT_IOC_ENABLE = 0x2400
 PERF_EVENT_IOC_DISABLE = 0x2401
 # _IOW('$', 6, char *)
-PERF_EVENT_IOC_SET_FILTER = (1 << 30) | (ctypes.sizeof(ctypes.c_void_p) << 16) | (0x24 << 8) | 6
+PERF_EVENT_IOC_SET_FILTER = (1 << 30) | (struct.calcsize("P") << 16) | (0x24 << 8) | 6
 
 PRIVILEGE_HINT = ("grant the agent CAP_PERFMON (systemd: AmbientCapabilities=CAP_PERFMON) "
                   "or set kernel.perf_event_paranoid <= 0")
@@ -340,24 +339,30 @@ def online_cpus(sys: str = "/sys") -> List[int]:
 
 
 # -- perf_event_open ---------------------------------------------------------------------
-class _PerfEventAttr(ctypes.Structure):
-    # PERF_ATTR_SIZE_VER0 (64 bytes): accepted by every kernel since 2.6.31.
-    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32),
-                ("config", ctypes.c_uint64), ("sample_period", ctypes.c_uint64),
-                ("sample_type", ctypes.c_uint64), ("read_format", ctypes.c_uint64),
-                ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32),
-                ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64)]
-
-
+# ctypes (~0.3 MiB resident) is loaded only when the collector opens its counters: the
+# agent imports this module for its configuration defaults even when the collector is off.
 _libc = None
+_PerfEventAttr = None
 
 
 def _libc_handle():
-    global _libc
+    """libc (syscall, ioctl) and the perf_event_attr structure, on first use."""
+    global _libc, _PerfEventAttr
     if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.syscall.restype = ctypes.c_long
-        _libc.ioctl.restype = ctypes.c_int
+        import ctypes
+
+        class PerfEventAttr(ctypes.Structure):
+            # PERF_ATTR_SIZE_VER0 (64 bytes): accepted by every kernel since 2.6.31.
+            _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32),
+                        ("config", ctypes.c_uint64), ("sample_period", ctypes.c_uint64),
+                        ("sample_type", ctypes.c_uint64), ("read_format", ctypes.c_uint64),
+                        ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32),
+                        ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.ioctl.restype = ctypes.c_int
+        _libc, _PerfEventAttr = libc, PerfEventAttr
     return _libc
 
 
@@ -370,6 +375,7 @@ def perf_open_tracepoint(event_id: int, cpu: int, filter_: str = "") -> int:
                                      f"{platform.machine()}; the collector supports "
                                      f"{', '.join(sorted(SYSCALL_NR))}")
     libc = _libc_handle()
+    import ctypes
     attr = _PerfEventAttr()
     attr.type = PERF_TYPE_TRACEPOINT
     attr.size = ctypes.sizeof(_PerfEventAttr)
