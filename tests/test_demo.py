@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 # serial: "no new listening port" holds only while nothing else starts services
-pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.serial]
+# the demo's own limit (subprocess timeout=1500 below) fires first, with its output
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(1600)]
 
 
 def _listening_ports():
