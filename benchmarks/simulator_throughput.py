@@ -202,20 +202,20 @@ def kafka_rows(args) -> list:
             print(json.dumps({"what": row["what"], "tool_records_per_s": row["records_per_s"]}),
                   flush=True)
             rows.append(row)
-            rows.append(measure(SIM_ONE, simulator("librdkafka")))
+            rows.append(measure(SIM_ONE, simulator("confluent-kafka")))
             if round_ == 0:   # the slow client: once is enough for its ratio
                 rows.append(measure("simulator -> kafka, kafka-python, 1 process",
                                     simulator("kafka-python")))
             if args.kafka_workers > 1:
                 rows.append(measure(f"simulator -> kafka, librdkafka, {args.kafka_workers} "
-                                    "processes", simulator("librdkafka", args.kafka_workers)))
+                                    "processes", simulator("confluent-kafka", args.kafka_workers)))
 
         # where the time goes: each stage of the simulator's path alone, on one chunk
         rows.append(measure("  stage: simulate (one chunk, the plan included)",
                             lambda: (next(iter(simulate_frame(ksc, 1))).height, 0)))
         rows.append(measure("  stage: encode (to_wire_json, bytes for the producer)",
                             lambda: (len(next(wire_records(iter([chunk])))[1]), 0)))
-        for client in ("librdkafka", "kafka-python"):
+        for client in ("confluent-kafka", "kafka-python"):
             def produce_only(client=client):
                 with make_record_producer(settings, new_topic(), client) as p:
                     p.send(keys, values)

@@ -168,6 +168,13 @@ def producer_kwargs(settings: KafkaSettings, **overrides: Any) -> Dict[str, Any]
     return kw
 
 
+#: the Kafka client libraries the central services can use, by the name users pass
+#: (``pipeline --kafka-client``): librdkafka through confluent-kafka (C; the faster, and
+#: the default) and kafka-python (pure Python; the agent's only client)
+KAFKA_CLIENTS = ("confluent-kafka", "kafka-python")
+DEFAULT_KAFKA_CLIENT = "confluent-kafka"
+
+
 def kafka_python_module(name: str):
     """kafka-python's submodule ``kafka.<name>`` (``"producer.kafka"``, ``"codec"``)
     without what the package's ``__init__`` imports eagerly: its admin client, consumer

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from foliowatch.errors import ConfigError, FoliowatchError
-from foliowatch.kafka_io import KafkaSettings, librdkafka_config, make_consumer
+from foliowatch.kafka_io import (DEFAULT_KAFKA_CLIENT, KAFKA_CLIENTS, KafkaSettings,
+                                 librdkafka_config, make_consumer)
 
 log = logging.getLogger("foliowatch.pipeline")
 
-CLIENTS = ("confluent-kafka", "kafka-python")
-DEFAULT_CLIENT = "confluent-kafka"
+CLIENTS, DEFAULT_CLIENT = KAFKA_CLIENTS, DEFAULT_KAFKA_CLIENT
 # Fetch sizes (compressed bytes). librdkafka holds whole fetch responses and their
 # decompressed batches (zstd wire records grow ~7x). Measured on 300k simulator records,
 # 6 partitions (benchmarks/pipeline_throughput.md): at 2 MiB per partition and 16 MiB

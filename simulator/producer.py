@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Any, List, Sequence
 
 from foliowatch.errors import ConfigError, ServiceError
+from foliowatch.kafka_io import DEFAULT_KAFKA_CLIENT, KAFKA_CLIENTS
 
-CLIENTS = ("librdkafka", "kafka-python")
-DEFAULT_CLIENT = "librdkafka"
+CLIENTS, DEFAULT_CLIENT = KAFKA_CLIENTS, DEFAULT_KAFKA_CLIENT
 #: seconds ``flush`` waits for the last deliveries before it calls them failed
 FLUSH_TIMEOUT_S = 120.0
 
@@ -41,9 +41,9 @@ def make_record_producer(settings, topic: str, client: str = DEFAULT_CLIENT,
             raise ConfigError(f"simulator producer: expected a kafka-python KafkaProducer, "
                               f"got {type(producer).__name__} (a ready-made confluent-kafka "
                               "Producer could not report failed deliveries here); pass "
-                              "client='librdkafka' instead and the simulator makes its own")
+                              "client='confluent-kafka' instead and the simulator makes its own")
         return KafkaPythonRecordProducer(topic, producer=producer)
-    if client == "librdkafka":
+    if client == "confluent-kafka":
         return LibrdkafkaRecordProducer(topic, settings)
     if client == "kafka-python":
         return KafkaPythonRecordProducer(topic, settings=settings)

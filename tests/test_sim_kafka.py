@@ -138,5 +138,5 @@ def test_a_ready_made_confluent_producer_is_refused_as_it_would_hide_failed_deli
     from confluent_kafka import Producer
     from foliowatch.errors import ConfigError
     from foliowatch.simulator.producer import make_record_producer
-    with pytest.raises(ConfigError, match="client='librdkafka'"):
+    with pytest.raises(ConfigError, match="client='confluent-kafka'"):
         make_record_producer(KafkaSettings(), "t", producer=Producer({}))
