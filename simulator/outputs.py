@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from .frames import _wire_json_expr, simulate_frame, to_wire_frame, to_wire_json
-from .producer import CLIENTS, DEFAULT_CLIENT, make_record_producer
+from .producer import DEFAULT_CLIENT, check_client, make_record_producer
 from .scenario import Scenario
 from .truth import ground_truth, host_table, scenario_summary
 
@@ -159,9 +159,7 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
         raise ValueError(f"produce_to_kafka speed: must be > 0, got {speed}")
     if workers < 1:
         raise ValueError(f"produce_to_kafka workers: must be >= 1, got {workers}")
-    if client not in CLIENTS:
-        raise ValueError(f"produce_to_kafka client: {client!r} is not one of "
-                         f"{', '.join(CLIENTS)}")
+    check_client(client)   # before any worker starts
     seed = scenario.seed if seed is None else int(seed)
     if workers == 1:
         return _produce_share(scenario, settings, topic, seed, realtime, speed, producer,

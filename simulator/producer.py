@@ -28,6 +28,13 @@ CLIENTS, DEFAULT_CLIENT = KAFKA_CLIENTS, DEFAULT_KAFKA_CLIENT
 FLUSH_TIMEOUT_S = 120.0
 
 
+def check_client(client: str) -> None:
+    """Raise ``ConfigError`` unless ``client`` is one of ``CLIENTS``."""
+    if client not in CLIENTS:
+        raise ConfigError(f"simulator Kafka client: {client!r} is not one of "
+                          f"{', '.join(CLIENTS)}")
+
+
 def make_record_producer(settings, topic: str, client: str = DEFAULT_CLIENT,
                          producer=None) -> "RecordProducer":
     """The simulator's producer for ``topic``: a new one of ``client`` (one of
@@ -43,11 +50,10 @@ def make_record_producer(settings, topic: str, client: str = DEFAULT_CLIENT,
                               "Producer could not report failed deliveries here); pass "
                               "client='confluent-kafka' instead and the simulator makes its own")
         return KafkaPythonRecordProducer(topic, producer=producer)
+    check_client(client)
     if client == "confluent-kafka":
         return LibrdkafkaRecordProducer(topic, settings)
-    if client == "kafka-python":
-        return KafkaPythonRecordProducer(topic, settings=settings)
-    raise ConfigError(f"simulator Kafka client: {client!r} is not one of {', '.join(CLIENTS)}")
+    return KafkaPythonRecordProducer(topic, settings=settings)
 
 
 class RecordProducer:
@@ -179,6 +185,6 @@ class KafkaPythonRecordProducer(RecordProducer):
             self.producer.close(timeout=5 if self.failures else None)
 
 
-__all__ = ["CLIENTS", "DEFAULT_CLIENT", "make_record_producer", "RecordProducer",
+__all__ = ["CLIENTS", "DEFAULT_CLIENT", "check_client", "make_record_producer", "RecordProducer",
            "LibrdkafkaRecordProducer", "KafkaPythonRecordProducer"]
 
