@@ -435,17 +435,20 @@ def _finish(truth, workdir: Path, dataset: Path, state: Path, disp: Display) -> 
     _, cohorts, _ = _truth_summary(truth)
     records = _state_records(state)
     ok = _judge(records, cohorts, disp)
-    # the rollout gate for every rolled-out kernel of the scenario
+    # the rollout gate for every rolled-out kernel of the scenario, as `foliowatch verdict
+    # --fleet F --kernel K` decides and prints it, from one evaluation of the dataset
+    from foliowatch.detector import verdict
     gates = sorted({(c["fleet"], c["kernel_to"]) for c in cohorts})
-    for fleet, kernel in gates:
-        p = subprocess.run(_foliowatch() + ["verdict", "--dataset", str(dataset), "--state",
-                                            str(state), "--fleet", fleet, "--kernel", kernel],
-                           capture_output=True, text=True)
-        word = {0: "PROCEED", 1: "STOP: regression confirmed", 2: "WAIT: not enough evidence"}.get(
-            p.returncode, f"error {p.returncode}")
-        disp.say(f"[bold]verdict[/bold] {fleet} {kernel}: exit {p.returncode} = {word}")
-        for line in (p.stdout or p.stderr).strip().splitlines()[:8]:
-            disp.say(f"    {line}")
+    if gates:
+        parser = argparse.ArgumentParser(prog="foliowatch verdict")
+        verdict.add_arguments(parser)
+        args = parser.parse_args(["--dataset", str(dataset), "--state", str(state),
+                                  "--fleet", gates[0][0], "--kernel", gates[0][1]])
+        analysis, decisions = verdict.decide_gates(args, gates)
+        for d in decisions:
+            disp.say(f"[bold]verdict[/bold] {d.fleet} {d.kernel}: exit {d.code} = {d.word}")
+            for line in verdict.render(d, analysis.as_of, False).splitlines()[:8]:
+                disp.say(f"    {line}")
     try:
         page = report.build(dataset, state, workdir / "report")
         disp.say((workdir / "report" / "summary.txt").read_text().rstrip())
