@@ -363,42 +363,24 @@ def _produce(sc, bootstrap: str, topic: str, seed, speed: float, rollout_start: 
              progress: dict, stop: threading.Event) -> None:
     """Play the simulated fleet into Kafka: the history before the rollout as fast as
     possible, then `speed` simulated seconds per wall second."""
-    import numpy as np
-
     from foliowatch.kafka_io import KafkaSettings
     from foliowatch.simulator import simulate_frame
-    from foliowatch.simulator.outputs import wire_records
+    from foliowatch.simulator.outputs import Pacer, wire_records
     from foliowatch.simulator.producer import make_record_producer
 
     producer = make_record_producer(KafkaSettings(bootstrap=bootstrap.split(",")), topic)
     try:
-        wall0 = None
+        # slices of one simulated minute once the rollout has begun
+        pacer = Pacer(rollout_start, speed, step=60.0, stop=stop)
         chunks = simulate_frame(sc, sc.seed if seed is None else seed)
         for keys, values, ts in wire_records(chunks):
-            if stop.is_set():
-                return
-            # pace in slices of one simulated minute once the rollout has begun
-            edges = list(np.searchsorted(ts, np.arange(ts[0], ts[-1] + 60.0, 60.0))[1:]) + [len(ts)]
-            lo = 0
-            for hi in edges:
-                if hi <= lo:
-                    continue
-                if ts[lo] >= rollout_start:
-                    if wall0 is None:
-                        wall0 = time.monotonic() - 0.0
-                    due = wall0 + (ts[lo] - rollout_start) / speed
-                    # one reading of the clock per step: read twice, the second reading
-                    # can pass ``due`` and the sleep length come out negative
-                    while not stop.is_set():
-                        remaining = due - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        stop.wait(min(0.1, remaining))
+            for lo, hi in pacer.slices(ts):
+                if stop.is_set():
+                    return
                 # raises ServiceError (naming the topic) once a delivery has failed
                 producer.send(keys[lo:hi], values[lo:hi])
                 progress["sent"] += hi - lo
                 progress["sim_ts"] = float(ts[hi - 1])
-                lo = hi
         producer.flush()
     except BaseException as e:  # surfaced by the main loop
         progress["error"] = e

@@ -199,6 +199,50 @@ def wire_records(chunks: Iterator[pl.DataFrame]) -> Iterator[Tuple[List[bytes], 
                    part["emit_ts"].to_numpy())
 
 
+class Pacer:
+    """The one pacing rule for playing simulated records at a wall-clock speed: records
+    timed before ``sim_start`` go as fast as possible; from the first record at or after
+    it, a slice of ``step`` simulated seconds waits until ``(t - sim_start) / speed`` wall
+    seconds after that record was reached. ``stop`` (a ``threading.Event``) cuts a wait
+    short; the caller checks it."""
+
+    def __init__(self, sim_start: float, speed: float, step: float = 1.0,
+                 stop: Optional[threading.Event] = None):
+        if speed <= 0:
+            raise ValueError(f"Pacer speed: must be > 0, got {speed}")
+        self.sim_start, self.speed, self.step, self.stop = sim_start, speed, step, stop
+        self._wall0: Optional[float] = None
+
+    def slices(self, emit: np.ndarray) -> Iterator[Tuple[int, int]]:
+        """``(lo, hi)`` bounds of ``emit`` (sorted delivery times) in slices of ``step``
+        simulated seconds, each yielded once it is due."""
+        if not len(emit):
+            return
+        bounds = np.searchsorted(emit, np.arange(emit[0], emit[-1] + self.step, self.step))
+        lo = 0
+        for hi in list(bounds[1:]) + [len(emit)]:
+            if hi <= lo:
+                continue
+            if emit[lo] >= self.sim_start:
+                if self._wall0 is None:
+                    self._wall0 = time.monotonic()
+                self._wait_until(self._wall0 + (emit[lo] - self.sim_start) / self.speed)
+            yield lo, hi
+            lo = hi
+
+    def _wait_until(self, due: float) -> None:
+        # one reading of the clock per step: read twice, the second reading can pass
+        # ``due`` and the sleep length come out negative
+        while self.stop is None or not self.stop.is_set():
+            remaining = due - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.stop is None:
+                time.sleep(remaining)
+            else:
+                self.stop.wait(min(0.1, remaining))
+
+
 def _produce_share(scenario: Scenario, settings, topic: str, seed: int, realtime: bool,
                    speed: float, producer, progress, share,
                    client: str = DEFAULT_CLIENT) -> Dict[str, Any]:
@@ -212,23 +256,14 @@ def _produce_share(scenario: Scenario, settings, topic: str, seed: int, realtime
         chunks = (c.filter(pl.col("host_id").hash(seed=0) % parts == part) for c in chunks)
     sent = 0
     t0 = time.monotonic()
-    sim0 = scenario.start_ts
+    pacer = Pacer(scenario.start_ts, speed) if realtime else None
     with make_record_producer(settings, topic, client, producer) as sender:
         for keys, values, emit in _prefetch(wire_records(chunks), depth=2):
-            if realtime and len(emit):
-                # send in slices of ~1 simulated second so records leave near their time
-                bounds = np.searchsorted(emit, np.arange(emit[0], emit[-1] + 1.0, 1.0))
-                bounds = list(bounds[1:]) + [len(emit)]
-                lo = 0
-                for hi in bounds:
-                    if hi <= lo:
-                        continue
-                    wait = t0 + (emit[lo] - sim0) / speed - time.monotonic()
-                    if wait > 0:
-                        time.sleep(wait)
+            if pacer is not None:
+                # slices of ~1 simulated second, so records leave near their time
+                for lo, hi in pacer.slices(emit):
                     sender.send(keys[lo:hi], values[lo:hi])
                     sent += hi - lo
-                    lo = hi
             else:
                 sender.send(keys, values)
                 sent += len(keys)
