@@ -31,6 +31,9 @@ canary's memory reaches the fragmentation at which the change is at half its siz
 canary (1 %) wave. ``--start-before M``: the evaluations begin M minutes before the
 regression is at half size on 3 canaries instead of at the first canary (cheaper; an
 earlier start could only find it earlier, so the figures stay an upper bound).
+``--tracepoints``: the hosts' tracepoint counters are kept, so the detector has the
+mechanism evidence (``detector.mechanism``) as well; without it, as a fleet without the
+collector, only the vmstat, PSI and write metrics.
 
 ``small``: 5 % effects (``small-effect-5``: 0.95x writes on arm64 4K XFS, 4,000 hosts),
 one physics per run, evaluations every ``--step`` minutes through the 10 % wave; a run
@@ -64,10 +67,15 @@ from detector_scenarios import fold_records, host_windows  # noqa: E402
 
 from foliowatch.detector.analysis import AnalysisCache, DetectorConfig, analyze  # noqa: E402
 from foliowatch.detector.attribution import kernel_changes  # noqa: E402
+from foliowatch.detector.mechanism import ATTEMPTS, WRITTEN  # noqa: E402
 from foliowatch.detector.records import RegressionState  # noqa: E402
 from foliowatch.simulator import load_scenario  # noqa: E402
 from foliowatch.simulator.physics import Physics  # noqa: E402
 from foliowatch.simulator.truth import exposure_ts  # noqa: E402
+
+
+# what the detector's mechanism evidence reads (``detector.mechanism``)
+MECHANISM_COLUMNS = [ATTEMPTS, WRITTEN]
 
 
 def _no_effect(sc):
@@ -326,7 +334,7 @@ def speed(args) -> List[str]:
         truth = {(e["page_size"], e["gate"]): e["ts"] for g in (0.0, 0.5)
                  for e in exposure_ts(sc, seed, gate=g)}
         half, onset = truth.get((4096, 0.5)), truth.get((4096, 0.0))
-        df = host_windows(sc).select(KEEP)
+        df = host_windows(sc).select(KEEP + (MECHANISM_COLUMNS if args.tracepoints else []))
         ch = kernel_changes(df)
         first = ch["at"].min()
         canary_end = first + timedelta(hours=8)
@@ -523,6 +531,9 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=int, default=None, help="simulated minutes between evaluations")
     p.add_argument("--seeds", type=int, default=10, help="speed: seeds")
     p.add_argument("--seed0", type=int, default=300)
+    p.add_argument("--tracepoints", action="store_true",
+                   help="speed: the hosts run the tracepoint collector (the detector sees the "
+                        "mechanism evidence); without it, only the vmstat/PSI/write metrics")
     p.add_argument("--start-before", type=int, default=None,
                    help="speed: start evaluating this many minutes before the half-size exposure")
     p.add_argument("--out", default=None)
