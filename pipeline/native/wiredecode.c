@@ -28,6 +28,7 @@
 #include <string.h>
 
 #define LAYOUT_VERSION 1
+#define MAX_COLUMNS 256         /* per record, and per list item */
 
 enum { K_OBJ = 0, K_LIST = 1, K_MAP = 2, K_STR = 3, K_INT = 4, K_FLOAT = 5 };
 
@@ -519,8 +520,7 @@ static int parse_value(Cursor *c, Node *n, int slot) {
 /* The record's columns from its slots; 0 when a sum leaves int64 (Python refuses it). */
 static int emit_record(Cursor *c) {
     Layout *lay = c->lay;
-    int64_t sums[256];
-    if (lay->n_cols > 256) return 0;
+    int64_t sums[MAX_COLUMNS];
     for (int k = 0; k < lay->n_cols; k++) {   /* first: sums may refuse the record */
         Column *col = &lay->cols[k];
         if (col->type != C_INT) continue;
@@ -917,6 +917,8 @@ static int Layout_init(Layout *self, PyObject *args, PyObject *kwds) {
     if (!self->root) return -1;
     if (self->root->kind != K_OBJ) return fail("the record is an object"), -1;
     if (!build_columns(cols, self->n_slots, &self->cols, &self->n_cols)) return -1;
+    if (self->n_cols > MAX_COLUMNS || (self->list && self->list->n_item_cols > MAX_COLUMNS))
+        return fail("more than 256 columns"), -1;
     return 0;
 }
 
@@ -956,7 +958,8 @@ static PyObject *Layout_decode(Layout *self, PyObject *values) {
         PyErr_SetString(PyExc_RuntimeError, "Layout.decode is already running in another thread");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(values, "decode: expected a sequence of bytes");
+    /* a tuple of its own: the values stay alive and in place while the GIL is released */
+    PyObject *seq = PySequence_Tuple(values);
     if (!seq) return NULL;
     self->busy = 1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -994,9 +997,8 @@ static PyObject *Layout_decode(Layout *self, PyObject *values) {
                 !buf_put(&list->item_cols[k].offsets, &zero, 4))
                 oom = 1;
     /* item columns' lengths before each record, to undo a refused record's items */
-    size_t saved[64][3];
-    Py_ssize_t saved_nulls[64];
-    if (list && list->n_item_cols > 64) oom = 1;
+    size_t saved[MAX_COLUMNS][3];
+    Py_ssize_t saved_nulls[MAX_COLUMNS];
     for (Py_ssize_t i = 0; i < n && !oom; i++) {
         acc[i] = 0;
         if (!ptrs[i] || lens[i] > self->max_bytes) continue;
