@@ -91,7 +91,7 @@ class _Compiler:
         self.mod = mod
         self.wanted = wanted
         self.found: Dict[Tuple[str, ...], int] = {}
-        self.list_spec: Optional[Tuple[Tuple[str, ...], Any, Any]] = None
+        self.list_node: Optional[list] = None   # completed with the item columns
 
     def slot(self, path: Tuple[str, ...], f: Field) -> int:
         hit = self.wanted.get(path)
@@ -149,13 +149,12 @@ class _Compiler:
         if f.kind == OBJECT:
             return self.obj(f.members, path, in_list)
         if f.kind == LIST:
-            if in_list or self.list_spec is not None:
+            if in_list or self.list_node is not None:
                 raise NativeLayoutError(f"{name}: one list of objects, not nested, is supported")
             item = self.obj(f.members, path, True)
             max_items = f.max_items if f.max_items is not None else wire.MAX_RECORD_BYTES
-            node = [m.K_LIST, max_items, item, (), ()]
-            self.list_spec = (path, node, None)
-            return node   # completed by compile_layout (item columns)
+            self.list_node = [m.K_LIST, max_items, item, (), ()]
+            return self.list_node   # type: ignore[return-value]
         if f.kind == MAP:
             assert f.value is not None
             value = self.node(f.value, path + ("*",), in_list, slot=-1)
@@ -220,8 +219,8 @@ class NativeDecoder:
         if missing:
             raise NativeLayoutError(f"columns read {', '.join(missing)}, which the field "
                                     "table does not have")
-        assert comp.list_spec is not None
-        list_node = comp.list_spec[1]
+        list_node = comp.list_node
+        assert list_node is not None
         item_slots = sorted({s for _t, ins in item_columns for s in ins})
         list_node[3] = tuple(item_columns)
         list_node[4] = tuple(item_slots)
