@@ -484,6 +484,12 @@ def test_every_bound_in_the_field_table_holds_alike_on_every_path():
     got = _vector_verdicts(values)
     for v, want, have, edge in zip(values, expect, got, edges):
         assert have == want or (edge and not have), (v[:200], want, have)
+    # the compiled pass: the canonical layouts (even rows) exactly as the table says,
+    # int64 edges included (it reads 19-digit integers exactly)
+    native = [r is not None for r in _native_rows(values)]
+    for i, (v, want, have) in enumerate(zip(values, expect, native)):
+        assert have == (want and i % 2 == 0), (v[:200], want, have)
+    _assert_native_exact(values)
     out = decode_batch(values)
     for row, reason in out.rejected:
         assert reason.startswith(fields[row] + ":"), (fields[row], reason)
