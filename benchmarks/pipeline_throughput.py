@@ -75,19 +75,28 @@ def java_consumer_perf(cluster, topic: str, n: int) -> dict:
             "mb_per_s": float(d["MB.sec"]), "raw": d}
 
 
-def run_pipeline(bootstrap: str, topic: str, out: Path, extra, client: str) -> dict:
+def _decoder_env(decoder: str) -> dict:
+    """The environment that selects the decoder: the compiled pass ("native", the
+    default when built) or the Python/polars path alone ("python")."""
+    from foliowatch.pipeline.native_decode import DECODER_ENV
+    return {**os.environ, DECODER_ENV: decoder}
+
+
+def run_pipeline(bootstrap: str, topic: str, out: Path, extra, client: str,
+                 decoder: str = "native") -> dict:
     argv = [sys.executable, "-m", "foliowatch", "pipeline", "--bootstrap", bootstrap,
             "--topic", topic, "--dlq-topic", f"{topic}.dlq", "--group",
             f"bench-{uuid.uuid4().hex[:6]}", "--output", str(out), "--until-idle", "3",
             "--metrics-addr", "off", "--log-level", "WARNING", "--kafka-client", client,
             *extra]
     t0 = time.monotonic()
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=_decoder_env(decoder))
     wall = time.monotonic() - t0
     if p.returncode != 0:
         raise SystemExit(f"pipeline failed:\n{p.stderr[-3000:]}")
     t = json.loads([l for l in p.stdout.splitlines() if l.startswith("{")][-1])
-    return {"what": f"foliowatch pipeline (whole), {client}", "records": t["records"],
+    return {"what": f"foliowatch pipeline (whole), {client}, {decoder} decode",
+            "records": t["records"],
             "records_per_s": round(t["records"] / t["busy_seconds"]),
             "busy_seconds": t["busy_seconds"], "wall_seconds_incl_startup_and_idle": round(wall, 1),
             "peak_rss_mb": t["peak_rss_mb"], "windows": t["windows"],
@@ -177,11 +186,16 @@ def stages(bootstrap: str, topic: str, n: int, work: Path, batch: int) -> list:
     parts = [r.partition for r in recs[:n]]
     offs = [r.offset for r in recs[:n]]
     del recs
+    from foliowatch.pipeline.native_decode import DECODER_ENV
     rows = []
-    t0, c0 = time.perf_counter(), time.process_time()
-    decoded = [decode_batch(values[i:i + batch]) for i in range(0, len(values), batch)]
-    rows.append(_cpu_row("decode+validate only (pattern pass + Arrow JSON + polars)", n,
-                         time.perf_counter() - t0, time.process_time() - c0))
+    for decoder, what in (("python", "pattern pass + Arrow JSON + polars"),
+                          ("native", "compiled one-pass decoder")):
+        os.environ[DECODER_ENV] = decoder
+        decode_batch(values[:batch])   # warm: the pattern's automaton is built on first use
+        t0, c0 = time.perf_counter(), time.process_time()
+        decoded = [decode_batch(values[i:i + batch]) for i in range(0, len(values), batch)]
+        rows.append(_cpu_row(f"decode+validate only, {decoder} ({what})", n,
+                             time.perf_counter() - t0, time.process_time() - c0))
     agg = WindowAggregator()
     t0, c0 = time.perf_counter(), time.process_time()
     for i, d in enumerate(decoded):
@@ -195,16 +209,20 @@ def stages(bootstrap: str, topic: str, n: int, work: Path, batch: int) -> list:
     rows.append(_cpu_row("lateness+dedupe+aggregate+close only", n,
                          time.perf_counter() - t0, time.process_time() - c0))
     del decoded
-    out = work / "ds-engine"
-    engine = Pipeline(PipelineConfig(output=str(out), max_future_s=0), DatasetWriter(str(out)),
-                      FileDLQ(work / "engine-dlq.jsonl"))
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(0, n, batch):
-        engine.process(values[i:i + batch], parts[i:i + batch], offs[i:i + batch], topic)
-    engine.finish()
-    engine.dlq.flush()
-    rows.append(_cpu_row("whole engine without Kafka (decode ... durable Parquet, DLQ)", n,
-                         time.perf_counter() - t0, time.process_time() - c0))
+    for decoder in ("python", "native"):
+        os.environ[DECODER_ENV] = decoder
+        out = work / f"ds-engine-{decoder}"
+        engine = Pipeline(PipelineConfig(output=str(out), max_future_s=0),
+                          DatasetWriter(str(out)), FileDLQ(work / f"engine-dlq-{decoder}.jsonl"))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, n, batch):
+            engine.process(values[i:i + batch], parts[i:i + batch], offs[i:i + batch], topic)
+        engine.finish()
+        engine.dlq.flush()
+        rows.append(_cpu_row(f"whole engine without Kafka (decode ... durable Parquet, DLQ), "
+                             f"{decoder} decode", n,
+                             time.perf_counter() - t0, time.process_time() - c0))
+    os.environ[DECODER_ENV] = "native"
     return rows
 
 
@@ -252,6 +270,9 @@ def main() -> int:
         for client in CLIENTS:   # the one that ships first
             results.append(emit(run_pipeline(cluster.bootstrap, topic, work / f"ds-{client}",
                                              defaults, client)))
+        # the shipped client again with the Python decode path alone: before / after
+        results.append(emit(run_pipeline(cluster.bootstrap, topic, work / "ds-python-decode",
+                                         defaults, CLIENTS[0], decoder="python")))
         for client in CLIENTS:
             results.append(emit(consume_only(client, cluster.bootstrap, topic, n,
                                              args.max_poll_records,
@@ -286,10 +307,22 @@ def main() -> int:
           f"{whole['cpu_us_per_record'] / 8:.2f}x); peak RSS {whole['peak_rss_mb']} MB "
           f"(target <= 300: {whole['peak_rss_mb'] / 300:.2f}x); "
           f"cpus = {os.cpu_count()}, compression = {args.compression}")
-    other = results[2]
-    print(f"{whole['what']} / {other['what']}: "
-          f"{whole['records_per_s'] / other['records_per_s']:.2f}x records/s, "
-          f"{whole['cpu_us_per_record'] / other['cpu_us_per_record']:.2f}x CPU per record")
+    for other in (results[2], results[3]):
+        print(f"{whole['what']} / {other['what']}: "
+              f"{whole['records_per_s'] / other['records_per_s']:.2f}x records/s, "
+              f"{whole['cpu_us_per_record'] / other['cpu_us_per_record']:.2f}x CPU per record"
+              + (f", {whole['peak_rss_mb'] / other['peak_rss_mb']:.2f}x peak RSS"
+                 if other.get("peak_rss_mb") else ""))
+    by = {r["what"]: r for r in results}
+    for decoder in ("python", "native"):
+        dec = next(r for w, r in by.items() if w.startswith(f"decode+validate only, {decoder}"))
+        agg = by["lateness+dedupe+aggregate+close only"]
+        eng = next(r for w, r in by.items() if w.startswith("whole engine") and w.endswith(
+            f"{decoder} decode"))
+        rest = eng["cpu_us_per_record"] - dec["cpu_us_per_record"] - agg["cpu_us_per_record"]
+        print(f"engine by phase, {decoder} decode (µs CPU per record): decode+validate "
+              f"{dec['cpu_us_per_record']}, aggregation {agg['cpu_us_per_record']}, files and "
+              f"the rest {rest:.2f}; engine {eng['cpu_us_per_record']}")
     return 0
 
 

@@ -6,7 +6,8 @@ alphabets, lengths, required or optional, units) as data. Everything else is der
 from it: the strict validator (``validate``, ``decode``), the encoder (``encode``: the
 canonical layout, compact JSON in table order), and, in the pipeline, the Arrow schema,
 the vectorised column checks and the fast path's anchored pattern
-(``foliowatch.pipeline.wire_checks``). A schema change is one edit of the table.
+(``foliowatch.pipeline.wire_checks``), and the compiled decoder's layout
+(``foliowatch.pipeline.native_decode``). A schema change is one edit of the table.
 ``python -m foliowatch.schema`` prints the table.
 
 It is pure Python (3.9+, standard library only) because the agent runs it on every host.

@@ -7,6 +7,10 @@ aggregation needs), plus a reason for every record that does not.
 The checks themselves are derived from ``schema.FIELDS`` in ``wire_checks``; this module
 runs them in order, cheapest first:
 
+- The canonical layout, when the pipeline's native module is built (``native_decode``):
+  one compiled pass per record proves it against the table and extracts the flat
+  columns at once (~2-3 µs per record); the rows it does not accept take the paths below
+  as if they were the whole batch. Without the module, the paths below do all of it.
 - The canonical layout (what ``schema.encode`` writes: compact JSON, members in table
   order, strings without escapes) is proven by one anchored pattern pass per record, then
   parsed by one Arrow JSON read; only bounds that number syntax cannot prove and the
@@ -36,6 +40,7 @@ import polars as pl
 
 from foliowatch import schema as wire
 
+from . import native_decode
 from .wire_checks import DEFAULT, WireChecks, dtype
 
 
@@ -284,31 +289,21 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
     if n == 0:
         return DecodedBatch(pl.DataFrame(schema=FLAT_SCHEMA), [])
     values = list(values)
-    text, python_rows = _as_text(values)
-    good_parts: List[pl.DataFrame] = []
-    # 1) records in the canonical layout: one pattern pass, one parse, numeric checks
-    canon = checks.canonical(text)
-    general = (~canon).arg_true().to_list()
-    if python_rows:
-        general = sorted(set(general) - set(python_rows))
-    if canon.any():
-        rows = canon.arg_true()
-        dt = canonical_dtype(checks)
-        if rows.len() == n:
-            df = _parse(values, text, checks, dt)
-        else:
-            df = _parse([values[r] for r in rows.to_list()], text.filter(canon), checks, dt)
-        if df is None:   # not expected: the pattern implies parseable JSON
-            general = sorted(general + rows.to_list())
-        else:
-            df = df.with_columns(rows.cast(pl.Int64).alias("row"))
-            ok = df.select(checks.canonical_checks(pl.col("d"))).to_series()
-            good_parts.append(df.filter(ok).select(pl.col("row"), *_flatten(pl.col("d"))))
-            if not ok.all():
-                python_rows.extend(df.filter(~ok)["row"].to_list())
-    # 2) any other layout: parse strictly, check the columns and the JSON text
-    if general:
-        _decode_general(values, general, python_rows, good_parts, checks)
+    native = native_decode.decoder(checks)
+    if native is None:
+        good_parts, python_rows = _vectorised(values, checks)
+    else:
+        # 0) the canonical layout, proven and extracted in one compiled pass; the rest
+        #    takes the vectorised paths below as if it were the whole batch
+        good, rest = native.decode(values)
+        good_parts = [good] if good.height else []
+        python_rows = []
+        if rest:
+            parts, sub_python = _vectorised([values[r] for r in rest], checks)
+            row_of = pl.lit(pl.Series("row_of", rest, dtype=pl.Int64))
+            good_parts += [p.with_columns(row_of.gather(pl.col("row")).alias("row"))
+                           for p in parts]
+            python_rows = [rest[i] for i in sub_python]
 
     rejected: List[Tuple[int, str]] = []
     rescued: List[Dict[str, Any]] = []
@@ -335,6 +330,39 @@ def decode_batch(values: Sequence[bytes], now: Optional[float] = None,
             good = good.filter(~future)
     rejected.sort()
     return DecodedBatch(good, rejected, python_accepted=len(rescued))
+
+
+def _vectorised(values: List[bytes], checks: WireChecks
+                ) -> Tuple[List[pl.DataFrame], List[int]]:
+    """The polars/Arrow paths (the canonical pattern pass, then the general one): the
+    accepted rows' frames and the rows left to ``schema.decode``."""
+    n = len(values)
+    text, python_rows = _as_text(values)
+    good_parts: List[pl.DataFrame] = []
+    # 1) records in the canonical layout: one pattern pass, one parse, numeric checks
+    canon = checks.canonical(text)
+    general = (~canon).arg_true().to_list()
+    if python_rows:
+        general = sorted(set(general) - set(python_rows))
+    if canon.any():
+        rows = canon.arg_true()
+        dt = canonical_dtype(checks)
+        if rows.len() == n:
+            df = _parse(values, text, checks, dt)
+        else:
+            df = _parse([values[r] for r in rows.to_list()], text.filter(canon), checks, dt)
+        if df is None:   # not expected: the pattern implies parseable JSON
+            general = sorted(general + rows.to_list())
+        else:
+            df = df.with_columns(rows.cast(pl.Int64).alias("row"))
+            ok = df.select(checks.canonical_checks(pl.col("d"))).to_series()
+            good_parts.append(df.filter(ok).select(pl.col("row"), *_flatten(pl.col("d"))))
+            if not ok.all():
+                python_rows.extend(df.filter(~ok)["row"].to_list())
+    # 2) any other layout: parse strictly, check the columns and the JSON text
+    if general:
+        _decode_general(values, general, python_rows, good_parts, checks)
+    return good_parts, python_rows
 
 
 def _decode_general(values: List[bytes], rows: List[int], python_rows: List[int],

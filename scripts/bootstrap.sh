@@ -3,7 +3,8 @@
 #   Debian packages (Prometheus, Alertmanager, kcat, xfsprogs, node_exporter for the
 #   benchmark, strace to watch the durable writes' system calls), a Python 3.11+ virtualenv (.venv) with the project and its extras, a
 #   Python 3.9 virtualenv (.venv39) with only the agent (the fleet's oldest Python), and
-#   Apache Kafka's jars from Maven Central (deploy/kafka/kafka.sh fetch).
+#   Apache Kafka's jars from Maven Central (deploy/kafka/kafka.sh fetch), and the
+#   pipeline's optional native decoder (pipeline/native, C) built into .venv.
 # Each step is skipped when its inputs have not changed (stamp files keyed by content).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,6 +61,20 @@ make_venv() {  # make_venv DIR PYTHON EXTRAS
 py311=$(find_python 3.11 || find_python 3.12 || find_python 3.13) \
   || { echo "bootstrap: no Python 3.11+ found (pyenv versions, python3.11): install one" >&2; exit 1; }
 make_venv .venv "$py311" "all,bench"
+
+# The pipeline's native decoder (pipeline/native, C): in the central venv only, never in
+# the agent's. Optional: without it the pipeline decodes with its Python/polars path
+# (several times the CPU per record) and says so once.
+native_want="$(cat pipeline/native/wiredecode.c pipeline/native/setup.py pipeline/native/pyproject.toml | sha256sum | cut -c1-16)-$(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')"
+if [ "$(cat .venv/.wiredecode-stamp 2>/dev/null)" != "$native_want" ]; then
+  say "building the pipeline's native decoder (pipeline/native) into .venv"
+  if .venv/bin/python -m pip install -q --no-build-isolation ./pipeline/native >&2; then
+    echo "$native_want" >.venv/.wiredecode-stamp
+  else
+    say "the native decoder did not build (it needs a C compiler and Python's headers): the pipeline will decode with its Python path"
+  fi
+  rm -rf pipeline/native/build pipeline/native/*.egg-info
+fi
 
 if py39=$(find_python 3.9); then
   make_venv .venv39 "$py39" "agent,test"

@@ -484,6 +484,12 @@ def test_every_bound_in_the_field_table_holds_alike_on_every_path():
     got = _vector_verdicts(values)
     for v, want, have, edge in zip(values, expect, got, edges):
         assert have == want or (edge and not have), (v[:200], want, have)
+    # the compiled pass: the canonical layouts (even rows) exactly as the table says,
+    # int64 edges included (it reads 19-digit integers exactly)
+    native = [r is not None for r in _native_rows(values)]
+    for i, (v, want, have) in enumerate(zip(values, expect, native)):
+        assert have == (want and i % 2 == 0), (v[:200], want, have)
+    _assert_native_exact(values)
     out = decode_batch(values)
     for row, reason in out.rejected:
         assert reason.startswith(fields[row] + ":"), (fields[row], reason)
@@ -519,6 +525,10 @@ def test_a_table_edit_changes_every_path_at_once():
         values += [_enc(wire._ordered(fields, rec)), _enc(_other_layout(rec))]
     want = [ok for _rec, ok in cases for _layout in (0, 1)]
     assert _vector_verdicts(values, checks) == want
+    # the compiled pass reads the edited table too: the canonical layouts as the table
+    # says, the other layouts left to the exact path
+    native = [r is not None for r in _native_rows(values, checks)]
+    assert native == [ok and layout == 0 for _rec, ok in cases for layout in (0, 1)]
     out = decode_batch(values, checks=checks)
     assert sorted(out.good["row"].to_list()) == [i for i, ok in enumerate(want) if ok]
     # the default table is untouched: a 60.5 s interval is fine there, and a trace map is
@@ -621,6 +631,7 @@ def test_fast_path_corner_cases_get_schema_decodes_verdict_reason_and_values(mut
     for v, fast in zip(values, _fast_path_accepts(values)):
         if fast:
             assert _schema_reason(v) is None, v[:400]
+    _assert_native_exact(values)   # the compiled pass alone, values bit for bit
     out = decode_batch(values)
     good = {r["row"]: r for r in out.good.iter_rows(named=True)}
     rejected = dict(out.rejected)
@@ -631,3 +642,241 @@ def test_fast_path_corner_cases_get_schema_decodes_verdict_reason_and_values(mut
             _same_flat_row(good[i], v)
         else:
             assert rejected.get(i) == reason, (v[:400], rejected.get(i), reason)
+
+
+# -- the compiled pass (pipeline/native, built by scripts/bootstrap.sh) ----------------
+from foliowatch.pipeline import native_decode  # noqa: E402
+
+
+def _native_rows(values, checks=None):
+    """Per value: its flat row when the compiled pass alone accepts it, else None."""
+    from foliowatch.pipeline.wire_checks import DEFAULT
+    dec = native_decode.decoder(checks or DEFAULT)
+    assert dec is not None, "the native decoder is not built: run scripts/bootstrap.sh"
+    good, rest = dec.decode(values)
+    out = [None] * len(values)
+    for row in good.iter_rows(named=True):
+        out[row["row"]] = row
+    assert sorted(set(range(len(values))) - set(rest)) == sorted(good["row"].to_list())
+    return out
+
+
+def _same_bits(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and a == b \
+            and math.copysign(1, a) == math.copysign(1, b)
+    return a == b
+
+
+def _assert_native_exact(values, checks=None):
+    """Whatever the compiled pass accepts, schema.decode accepts, with the same flat row
+    (floats bit for bit, the sign of zero included); returns how many it accepted."""
+    accepted = 0
+    for v, got in zip(values, _native_rows(values, checks)):
+        if got is None:
+            continue
+        accepted += 1
+        want, reason = python_verdict(v, (checks.fields if checks else wire.FIELDS))
+        assert reason is None, (v[:400], reason)
+        for k, x in want.items():
+            assert _same_bits(got[k], x), (k, got[k], x, v[:400])
+    return accepted
+
+
+def test_the_bootstrap_builds_the_native_decoder_and_decode_batch_uses_it():
+    from foliowatch.pipeline.wire_checks import DEFAULT
+    assert native_decode.decoder(DEFAULT) is not None
+    values = [wire.encode(wire.example_record(seq=i)) for i in range(50)]
+    rows = _native_rows(values)
+    assert all(r is not None for r in rows)
+    out = decode_batch(values)
+    assert out.good.height == 50 and out.python_accepted == 0
+
+
+def test_the_native_pass_never_accepts_what_schema_rejects_on_canonical_mutations():
+    """The byte-level and targeted mutations of canonical records and the hostile
+    mutations of whole records, judged by the compiled pass alone: every record it
+    accepts, schema.decode accepts with the same values; it accepts the fleet's layouts."""
+    from foliowatch.simulator import load_scenario
+    from foliowatch.simulator.frames import simulate_frame, to_wire_json
+
+    rng = random.Random(31)
+    sc = load_scenario("seed-iomap-arm64-xfs", hosts=20, hours=0.2, seed=4)
+    bases = [v for ch in simulate_frame(sc, 4) for v in to_wire_json(ch).cast(pl.Binary)][:200]
+    bases += [wire.encode(varied_record(rng, i)) for i in range(100)]
+    values = [canonical_mutation(rng, rng.choice(bases)) for _ in range(12000)]
+    values += [mutate(rng, wire.decode(rng.choice(bases))) for _ in range(3000)]
+    accepted = _assert_native_exact(values + bases)
+    assert all(r is not None for r in _native_rows(bases))
+    assert 1000 < accepted < len(values) - 3000   # the mutations bite both ways
+
+
+def _with_token(member: bytes, token: bytes, probe: bool = True) -> bytes:
+    """A canonical record with the value of its first member ``member`` (``"name":``)
+    replaced by the raw JSON ``token``."""
+    import re as _re
+    rec = wire.example_record(probe=dict(PROBE) if probe else None)
+    if not probe:
+        del rec["probe"]
+    base = wire.encode(rec)
+    m = _re.search(_re.escape(member) + rb'(-?[0-9][0-9.eE+-]*|"[^"]*")', base)
+    assert m, member
+    return base[:m.start(1)] + token + base[m.end(1):]
+
+
+FLOAT_MEMBERS = [b'"ts":', b'"interval_s":', b'"uptime_s":', b'"frag_unusable_1m":',
+                 b'"mem_available_bytes":', b'"mib_s":', b'"seconds":']
+INT_MEMBERS = [b'"seq":', b'"cpus":', b'"mem_bytes":', b'"page_size":', b'"compact_stall":',
+               b'"allocstall_normal":', b'"nr_dirtied":', b'"write_bytes":', b'"write_ios":',
+               b'"chunk_bytes":']
+EDGE_NUMBERS = [
+    b"0", b"-0", b"0.0", b"-0.0", b"0e0", b"-0e5", b"1", b"-1", b"10", b"1e5", b"1E+5",
+    b"1e-5", b"2.5E-3", b"1e22", b"1e23", b"123456789e-30", b"1.5e300", b"1e307", b"9.9e307",
+    b"1e308", b"1.7976931348623157e308", b"1e309", b"1e-320", b"4.9e-324", b"2e-324",
+    b"1e-400", b"2.2250738585072014e-308", b"2.2250738585072011e-308",
+    b"9007199254740993", b"9007199254740993.0", b"9007199254740992.5",
+    b"1.00000000000000011102230246251565404236316680908203125",
+    b"0.1000000000000000055511151231257827021181583404541015625",
+    b"123456789012345678901234567890", b"0.000000000000000000000000001234567890123456789",
+    b"1" + b"0" * 40 + b".5", b"0." + b"0" * 30 + b"1", b"3" * 300, b"0." + b"7" * 300,
+    b"9223372036854775806", b"9223372036854775807", b"9223372036854775808",
+    b"-9223372036854775808", b"-9223372036854775809", b"18446744073709551616",
+    b"946684799", b"946684800", b"946684800.0000001", b"946684799.9999999", b"4102444800",
+    b"4102444800.0000005", b"3600", b"3600.0000000000005", b"3599.9999999999995",
+    b"1e-9", b"4096", b"4097", b"65536", b"1.0", b"01", b"1.", b".5", b"+1", b"1e", b"-",
+    b"1e+", b"NaN", b"Infinity", b"-Infinity"]
+
+
+def test_number_edge_forms_get_schema_decodes_verdict_and_value_on_the_native_pass():
+    """Exponents, signed zeros, long and halfway mantissas, subnormals, the double range,
+    integers at int64 and at every bound ±1, in float and integer members of every
+    object: the compiled pass never accepts what schema.decode rejects, converts every
+    number as Python's float()/int() do, and accepts the plain forms."""
+    values = [_with_token(m, t) for m in FLOAT_MEMBERS + INT_MEMBERS for t in EDGE_NUMBERS]
+    accepted = _assert_native_exact(values)
+    assert accepted > 300
+    # the plain forms are the native pass's, not left to Python
+    plain = [b"0", b"-0", b"-0.0", b"1e5", b"1e-5", b"9007199254740993", b"1e-400",
+             b"2.2250738585072011e-308", b"0.1000000000000000055511151231257827021181583404541015625"]
+    for t in plain:
+        assert _native_rows([_with_token(b'"uptime_s":', t)])[0] is not None, t
+    for t in (b"0", b"-0", b"9223372036854775807"):
+        assert _native_rows([_with_token(b'"nr_dirtied":', t)])[0] is not None, t
+    # and decode_batch as a whole gives every one the Python path's verdict and reason
+    # (schema.decode's, or a sum of counters beyond the 64-bit columns)
+    out = decode_batch(values)
+    good = {r["row"]: r for r in out.good.iter_rows(named=True)}
+    rejected = dict(out.rejected)
+    for i, v in enumerate(values):
+        reason = python_verdict(v)[1]
+        assert (i in good) == (reason is None), (v[:300], rejected.get(i), reason)
+        if reason is not None:
+            assert rejected[i] == reason
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FLOAT_MEMBERS + INT_MEMBERS),
+       st.one_of(
+           st.from_regex(rb"\A-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][+-]?[0-9]{1,3})?\Z"),
+           st.floats(allow_nan=False, allow_infinity=False).map(lambda x: repr(x).encode()),
+           st.integers(-(2**65), 2**65).map(lambda i: str(i).encode())))
+def test_random_numbers_convert_exactly_on_the_native_pass(member, token):
+    """Any JSON number in any numeric member: the compiled pass's verdict and value are
+    schema.decode's (it may only leave a record to the Python path)."""
+    _assert_native_exact([_with_token(member, token)])
+
+
+def test_escapes_unknown_and_reordered_members_are_left_to_the_exact_path():
+    """What the canonical layout does not have (string escapes, members the table does
+    not name, members in another order) is not accepted by the compiled pass, and
+    decode_batch still gives schema.decode's verdict and values (a reader ignores
+    unknown members)."""
+    rec = wire.example_record(probe=dict(PROBE))
+    base = wire.encode(rec)
+    escaped = [base.replace(b'"payments-db"', b'"payments\\u002ddb"'),
+               base.replace(b'"compact_stall"', b'"compact_st\\u0061ll"', 1),
+               base.replace(b'"xfs"', b'"\\u0078fs"'),
+               base.replace(b'"/var/lib/postgresql"', b'"\\/var\\/lib\\/postgresql"'),
+               base.replace(b'"madvise"', b'"mad\\"vise"', 1)]
+    unknown = [base.replace(b'{"schema":1,', b'{"schema":1,"extra":{"a":[1,2]},'),
+               base.replace(b'"labels":{', b'"labels":{"team":"x",'),
+               base.replace(b'"fs":"xfs",', b'"fs":"xfs","uuid":"u-1",'),
+               base.replace(b'"mib_s":', b'"new_gauge":1.5,"mib_s":'),
+               base[:-1] + b',"zz":null}']
+    reordered = [_enc(_other_layout(rec)),
+                 _enc({**{k: v for k, v in rec.items() if k != "labels"}, "labels": rec["labels"]}),
+                 _enc(dict(rec, mounts=[dict(reversed(list(m.items()))) for m in rec["mounts"]])),
+                 _enc(dict(rec, probe=dict(reversed(list(PROBE.items())))))]
+    values = escaped + unknown + reordered
+    assert all(r is None for r in _native_rows(values))
+    out = decode_batch(values)
+    good = {r["row"]: r for r in out.good.iter_rows(named=True)}
+    rejected = dict(out.rejected)
+    for i, v in enumerate(values):
+        reason = python_verdict(v)[1]
+        if reason is None:
+            assert i in good, (v[:300], rejected.get(i))
+            _same_flat_row(good[i], v)
+        else:
+            assert rejected.get(i) == reason
+    assert good[0]["fleet"] == "payments-db" and len(good) >= len(values) - 1
+
+
+def test_the_native_and_python_paths_give_the_same_frames(monkeypatch):
+    """The fleet's records through decode_batch with and without the compiled pass:
+    equal frames, column for column."""
+    from polars.testing import assert_frame_equal
+
+    from foliowatch.simulator import load_scenario
+    from foliowatch.simulator.frames import simulate_frame, to_wire_json
+    from foliowatch.pipeline.wire_checks import DEFAULT
+
+    sc = load_scenario("seed-iomap-arm64-xfs", hosts=200, hours=0.3, seed=6)
+    values = [v for ch in simulate_frame(sc, 6) for v in to_wire_json(ch).cast(pl.Binary)]
+    rng = random.Random(8)
+    values += [wire.encode(varied_record(rng, i)) for i in range(300)]
+    native = decode_batch(values)
+    assert native_decode.decoder(DEFAULT) is not None
+    monkeypatch.setenv(native_decode.DECODER_ENV, "python")
+    assert native_decode.decoder(DEFAULT) is None
+    python = decode_batch(values)
+    monkeypatch.delenv(native_decode.DECODER_ENV)
+    assert native.rejected == python.rejected == []
+    assert_frame_equal(native.good, python.good)
+
+
+def test_a_table_the_native_decoder_cannot_express_falls_back_loudly(caplog):
+    """A field table the compiled layout cannot hold (here a bound that is not exactly a
+    double) turns the native pass off for that table, says so once, and decode_batch
+    still judges by that table."""
+    from dataclasses import replace
+
+    from foliowatch.pipeline.wire_checks import WireChecks
+
+    fields = tuple(replace(f, maximum=2**62 + 1) if f.name == "ts" else f
+                   for f in wire.FIELDS)
+    checks = WireChecks(fields)
+    values = [wire.encode(wire.example_record(seq=i)) for i in range(5)]
+    with caplog.at_level("WARNING", logger="foliowatch.pipeline.native_decode"):
+        out1 = decode_batch(values, checks=checks)
+        out2 = decode_batch(values, checks=checks)
+    assert native_decode.decoder(checks) is None
+    said = [r.getMessage() for r in caplog.records if "compiled decoder is off" in r.getMessage()]
+    assert len(said) == 1 and "ts maximum" in said[0], said
+    assert out1.good.height == out2.good.height == 5
+
+
+def test_without_the_native_module_the_pipeline_decodes_and_says_so_once(monkeypatch, caplog):
+    import sys
+
+    from foliowatch.pipeline.wire_checks import WireChecks
+
+    monkeypatch.setitem(sys.modules, "foliowatch_wiredecode", None)   # import fails
+    checks = WireChecks()
+    values = [wire.encode(wire.example_record(seq=i)) for i in range(5)] + [b"{}"]
+    with caplog.at_level("WARNING", logger="foliowatch.pipeline.native_decode"):
+        out = decode_batch(values, checks=checks)
+        decode_batch(values, checks=WireChecks())
+    said = [r.getMessage() for r in caplog.records if "not installed" in r.getMessage()]
+    assert len(said) == 1 and "scripts/bootstrap.sh" in said[0]
+    assert out.good.height == 5 and out.rejected[0][0] == 5
