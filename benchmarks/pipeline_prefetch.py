@@ -74,7 +74,7 @@ def main() -> int:
     from foliowatch.shell.services import KafkaCluster
     work = Path(tempfile.mkdtemp(prefix="fw-prefetch-"))
     cluster = KafkaCluster(work / "kafka", brokers=1).start()
-    settings = [(5_000, 8 * 1024), (20_000, 16 * 1024), (100_000, 64 * 1024)]  # shipped, mid, librdkafka's
+    settings = [(5_000, 8 * 1024), (20_000, 16 * 1024), (100_000, 64 * 1024)]  # before, shipped, librdkafka's
     try:
         topic = f"prefetch.{uuid.uuid4().hex[:8]}"
         admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
