@@ -63,6 +63,7 @@ class Sampler:
         self._slow_at = -1e18
         self._settings: Dict[str, str] = {}
         self._mthp_files: List = []
+        self._thp_sizes: Optional[List] = None   # the per-size folders: made at boot
         self._boot_id: Optional[str] = None   # read once: a reboot ends the process
         self.tracepoints: Optional[tracepoints.TracepointCounters] = None
         if cfg.tracepoints.enabled:
@@ -85,13 +86,15 @@ class Sampler:
             return list(self._mounts)
 
     def _mount_readings(self) -> List[MountReading]:
-        disks = diskstats.read(self.proc)
+        mounts = self.watched_mounts()
+        disks = diskstats.read_devices([m.devno for m in mounts], self.proc)
         by_devno = diskstats.by_devno(disks)
         out: List[MountReading] = []
-        for m in self.watched_mounts():
+        for m in mounts:
             disk = by_devno.get(m.devno)
             if disk is None:  # e.g. btrfs: anonymous st_dev, the source names the device
-                disk = disks.get(os.path.basename(os.path.realpath(m.source)))
+                disk = diskstats.read(self.proc).get(
+                    os.path.basename(os.path.realpath(m.source)))
             device = disk.name if disk else labels.clean_label(os.path.basename(m.source), "none")
             counters = diskstats.mount_counters(disk) if disk else {}
             if m.fs == "xfs" and disk is not None:
@@ -123,7 +126,9 @@ class Sampler:
         if now - self._slow_at > MOUNT_REFRESH_S:
             self._settings = {k: labels.clean_label(v)
                               for k, v in thp.read_settings(self.sys).items()}
-            self._mthp_files = thp.mthp_files(thp.active_sizes(self.sys))
+            if self._thp_sizes is None:
+                self._thp_sizes = thp.size_dirs(self.sys)
+            self._mthp_files = thp.mthp_files(thp.active_sizes(self.sys, self._thp_sizes))
             self._slow_at = now
 
     # -- one pass ----------------------------------------------------------------------

@@ -56,6 +56,33 @@ def test_vmstat_fields_absent_on_a_kernel_stay_absent():
     assert "thp_underused_split_page" in new and "thp_underused_split_page" not in old
 
 
+def test_vmstat_shipped_counters_from_the_remembered_layout_equal_a_full_scan():
+    """parse_counters remembers where the shipped lines were; a text whose lines moved,
+    changed or broke is scanned in full again, never read at the old places."""
+    texts = {tree.name: text(tree / "proc/vmstat") for tree in ALL}
+    x86 = texts["x86_64-6.18-4k"]
+    lines = x86.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("compact_stall "))
+    variants = [
+        x86, x86.replace("compact_stall ", "compact_stall 1", 1),  # "compact_stall 1<n>"
+        "".join(lines[:at] + ["compact_stall 12 13\n"] + lines[at + 1:]),   # 3 fields
+        "".join(lines[:at] + ["compact_stall x\n"] + lines[at + 1:]),       # not a number
+        "".join(lines[:at] + ["compact_stall  7\n"] + lines[at + 1:]),      # two spaces
+        "".join(lines[:at] + ["compact_stalls 7\n"] + lines[at + 1:]),      # renamed
+        "".join(lines[:at] + [lines[at + 1], lines[at]] + lines[at + 2:]),  # swapped
+        "".join(lines[:at] + ["compact_stall -3\n"] + lines[at + 1:]),      # signed
+        *texts.values(), x86]
+    assert vmstat.scan_counters(x86) == vmstat.counters(vmstat.parse(x86))
+    for raw in texts.values():
+        vmstat.parse_counters(raw)
+        assert vmstat._layout is not None and vmstat._layout[0] == raw.count("\n") + 1
+    for raw in variants:
+        vmstat.parse_counters(x86)                       # the layout of a real kernel
+        expected = vmstat.scan_counters(raw)
+        assert vmstat.parse_counters(raw) == expected
+        assert vmstat.parse_counters(raw) == expected   # the second from its layout
+
+
 def test_vmstat_skips_malformed_lines():
     assert vmstat.parse("compact_stall 5\ngarbage\nnr_x notanumber\npgpgout 7 8\n") == \
         {"compact_stall": 5}
@@ -154,6 +181,23 @@ def test_diskstats_write_bytes_are_512_byte_sectors():
     assert diskstats.by_devno(d)["259:2"] is nvme1
     assert diskstats.mount_counters(nvme1) == {"write_bytes": 81920331872 * 512,
                                                "write_ios": 91203310}
+
+
+@pytest.mark.parametrize("tree", ALL, ids=lambda p: p.name)
+def test_diskstats_of_the_watched_devices_are_their_lines_of_the_whole_table(tree):
+    raw = text(tree / "proc/diskstats")
+    every = diskstats.parse(raw)
+    by_devno = diskstats.by_devno(every)
+    for picked in ([], list(by_devno)[:1], list(by_devno)[-2:], list(by_devno)):
+        assert diskstats.parse_devices(raw, picked) == \
+            {d.name: d for devno, d in by_devno.items() if devno in picked}
+    # numbers are matched whole: 8:1 is not 8:16, 18:1 nor 8:10
+    table = "   8       1 sda1 1 0 2 0 3 0 4 0 0 0 0 0 0 0 0\n" \
+            "   8      16 sdb 1 0 2 0 3 0 4 0 0 0 0 0 0 0 0\n" \
+            "  18       1 x 1 0 2 0 3 0 4 0 0 0 0 0 0 0 0\n" \
+            "   8      10 y 1 0 2 0 3 0 4 0 0 0 0 0 0 0 0\n"
+    assert list(diskstats.parse_devices(table, ["8:1"])) == ["sda1"]
+    assert diskstats.parse_devices(table, ["9:1"]) == {}
 
 
 def test_diskstats_real_capture_has_loop_device_with_the_32_mib_written():
