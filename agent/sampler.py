@@ -14,10 +14,9 @@ from foliowatch import __version__, schema
 from foliowatch.agent.collectors import (buddyinfo, diskstats, labels, meminfo, pressure,
                                          thp, tracepoints, vmstat, xfs)
 from foliowatch.agent.config import AgentConfig
-from foliowatch.agent.deltas import Baseline
+from foliowatch.agent.deltas import SEP, Baseline
 
 MOUNT_REFRESH_S = 60.0
-_SEP = "\x1f"
 _BAD_MOUNT_CHARS = re.compile(r"[^A-Za-z0-9._/+-]")
 
 
@@ -161,34 +160,27 @@ class Sampler:
         return dict(self._labels)
 
     @staticmethod
-    def flatten(reading: Reading) -> Dict[str, int]:
-        """Every cumulative counter under one key, for the baseline."""
-        flat = {f"c{_SEP}{k}": v for k, v in reading.counters.items()}
+    def sections(reading: Reading) -> Dict[str, Dict[str, int]]:
+        """Every cumulative counter by section, for the baseline: ``"c"`` for the
+        record's counters, ``"m<SEP>mount<SEP>device"`` for a mount's."""
+        out = {"c": reading.counters}
         for m in reading.mounts:
-            for k, v in m.counters.items():
-                flat[f"m{_SEP}{m.mount}{_SEP}{m.device}{_SEP}{k}"] = v
-        return flat
+            out[f"m{SEP}{m.mount}{SEP}{m.device}"] = m.counters
+        return out
 
     def record(self, reading: Reading, baseline: Baseline, seq: int = 0
                ) -> Optional[Dict[str, Any]]:
         """The wire record for the interval ending at ``reading``, or ``None`` when this
         reading only sets a new baseline."""
-        advanced = baseline.advance(reading.boot_id, reading.clock, self.flatten(reading))
+        advanced = baseline.advance(reading.boot_id, reading.clock, self.sections(reading))
         if advanced is None:
             return None
         interval, deltas = advanced
-        counters: Dict[str, int] = {}
-        mount_counters: Dict[str, Dict[str, int]] = {}
-        for key, value in deltas.items():
-            parts = key.split(_SEP)
-            if parts[0] == "c":
-                counters[parts[1]] = value
-            else:
-                mount_counters.setdefault(f"{parts[1]}{_SEP}{parts[2]}", {})[parts[3]] = value
+        counters = deltas["c"]
         if len(counters) > schema.MAX_COUNTERS:  # keep the kernel's vmstat/PSI first
             counters = dict(list(counters.items())[: schema.MAX_COUNTERS])
         mounts = [{"mount": m.mount, "fs": m.fs, "device": m.device,
-                   "counters": mount_counters.get(f"{m.mount}{_SEP}{m.device}", {})}
+                   "counters": deltas[f"m{SEP}{m.mount}{SEP}{m.device}"]}
                   for m in reading.mounts]
         return {
             "schema": schema.SCHEMA_VERSION,

@@ -323,27 +323,42 @@ def test_sampler_on_fixture_trees_emits_valid_records(tmp_path, tree, mount, dev
 # -- deltas and baselines ----------------------------------------------------------------
 def test_reboot_starts_a_new_baseline():
     b = Baseline()
-    assert b.advance("boot-a", 100.0, {"x": 10}) is None
-    assert b.advance("boot-a", 110.0, {"x": 15}) == (10.0, {"x": 5})
-    assert b.advance("boot-b", 5.0, {"x": 2}) is None
-    assert b.advance("boot-b", 15.0, {"x": 4}) == (10.0, {"x": 2})
+    assert b.advance("boot-a", 100.0, {"c": {"x": 10}}) is None
+    assert b.advance("boot-a", 110.0, {"c": {"x": 15}}) == (10.0, {"c": {"x": 5}})
+    assert b.advance("boot-b", 5.0, {"c": {"x": 2}}) is None
+    assert b.advance("boot-b", 15.0, {"c": {"x": 4}}) == (10.0, {"c": {"x": 2}})
 
 
 def test_counter_going_backwards_is_rebased_not_negative():
     b = Baseline()
-    b.advance("a", 0.0, {"x": 100, "y": 5})
-    interval, d = b.advance("a", 10.0, {"x": 3, "y": 9})
-    assert d == {"y": 4} and b.resets == 1
-    assert b.advance("a", 20.0, {"x": 7, "y": 9})[1] == {"x": 4, "y": 0}
+    b.advance("a", 0.0, {"c": {"x": 100, "y": 5}})
+    interval, d = b.advance("a", 10.0, {"c": {"x": 3, "y": 9}})
+    assert d == {"c": {"y": 4}} and b.resets == 1
+    assert b.advance("a", 20.0, {"c": {"x": 7, "y": 9}})[1] == {"c": {"x": 4, "y": 0}}
 
 
-def test_new_counter_and_long_gap():
+def test_new_counter_new_section_and_long_gap():
     b = Baseline()
-    b.advance("a", 0.0, {"x": 1})
-    assert b.advance("a", 10.0, {"x": 2, "new": 50})[1] == {"x": 1}
-    assert b.advance("a", 10.0 + 3601, {"x": 3, "new": 60}) is None   # gap > schema limit
+    b.advance("a", 0.0, {"c": {"x": 1}})
+    assert b.advance("a", 10.0, {"c": {"x": 2, "new": 50}, "m\x1f/\x1fsda": {"w": 9}})[1] == \
+        {"c": {"x": 1}, "m\x1f/\x1fsda": {}}
+    assert b.resets == 0
+    assert b.advance("a", 10.0 + 3601, {"c": {"x": 3, "new": 60}}) is None   # gap > limit
     restored = Baseline.from_json(b.to_json())
-    assert restored.advance("a", 3621.0, {"x": 5, "new": 61})[1] == {"x": 2, "new": 1}
+    assert restored.advance("a", 3621.0, {"c": {"x": 5, "new": 61}})[1] == \
+        {"c": {"x": 2, "new": 1}}
+
+
+def test_the_state_files_baseline_keeps_its_flat_form():
+    """state.json holds one key per counter, "<section>\\x1f<name>", as before the
+    baseline kept sections: a state file written by either version is read by both."""
+    b = Baseline()
+    b.advance("a", 1.0, {"c": {"x": 1}, "m\x1f/data\x1fnvme1n1": {"write_bytes": 7}})
+    assert b.to_json()["values"] == {"c\x1fx": 1, "m\x1f/data\x1fnvme1n1\x1fwrite_bytes": 7}
+    old = {"boot_id": "a", "clock": 1.0,
+           "values": {"c\x1fx": 1, "m\x1f/data\x1fnvme1n1\x1fwrite_bytes": 7, "junk": 3}}
+    assert Baseline.from_json(old).values == {"c": {"x": 1},
+                                              "m\x1f/data\x1fnvme1n1": {"write_bytes": 7}}
 
 
 # -- this machine's real files -------------------------------------------------------------
