@@ -214,21 +214,20 @@ def agent_worker(args) -> int:
 
 
 def threads(pid: int) -> dict:
-    """Per thread of ``pid``: thread id -> [CPU seconds, voluntary context switches
-    (wake-ups after sleeping), involuntary ones]. Python threads all carry the process's
-    name, so threads are told apart by id (ids grow in creation order)."""
+    """Per thread of ``pid``: thread id -> [CPU seconds (schedstat, ns resolution),
+    voluntary context switches (wake-ups after sleeping), involuntary ones]. Python
+    threads all carry the process's name, so threads are told apart by id (ids grow in
+    creation order)."""
     out: dict = {}
     for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                raw = f.read()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:   # the thread ended meanwhile
             continue
-        fields = raw.rsplit(")", 1)[1].split()
-        out[int(tid)] = [(int(fields[11]) + int(fields[12])) / TICK,
-                         int(status["voluntary_ctxt_switches"]),
+        out[int(tid)] = [ns / 1e9, int(status["voluntary_ctxt_switches"]),
                          int(status["nonvoluntary_ctxt_switches"])]
     return out
 
@@ -390,9 +389,9 @@ def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir:
     print("  targets: CPU per interval <= 0.5x node_exporter's per scrape, RSS <= 1.3x")
     for run in runs:
         print(f"\nagent {run['label']}: {'; '.join(run['sent']) or 'no delivery figures'}")
-        print("  threads over the run (in creation order; the first is the main, sampling "
-              "thread): CPU ms per interval, wake-ups per interval (voluntary context "
-              "switches), preemptions per interval")
+        print("  threads over the run (in creation order: sampling (main), /metrics, "
+              "delivery, kafka-python's network thread): CPU ms per interval (schedstat), "
+              "wake-ups per interval (voluntary context switches), preemptions per interval")
         th0, th1 = run["th0"], run["th1"]
         for i, tid in enumerate(sorted(th1)):
             a, b = th0.get(tid, [0.0, 0, 0]), th1[tid]
