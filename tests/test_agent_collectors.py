@@ -470,3 +470,19 @@ def test_a_file_longer_than_one_kernel_page_is_read_whole():
     whole = open(big, "rb").read()
     got = _io.read_bytes(big)
     assert len(whole) > 8192 and abs(len(got) - len(whole)) < len(whole) // 10
+
+
+def test_sysfs_attributes_read_in_one_read_are_whole():
+    """THP's sysfs attributes (and XFS stats) are taken from one read when it returns less
+    than asked: each is the same as the file read to its end."""
+    from foliowatch.agent.collectors import _io
+    files = [p for p in Path("/sys/kernel/mm/transparent_hugepage").rglob("*")
+             if p.is_file() and os.access(p, os.R_OK)]
+    assert files
+    for p in files:
+        try:
+            whole = p.read_bytes()
+        except OSError:
+            continue
+        assert _io.read_bytes(str(p)) == whole, p
+        assert _io.read_bytes(str(p)) == whole, p   # again, from the kept-open file

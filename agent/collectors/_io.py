@@ -19,6 +19,10 @@ import threading
 from typing import Dict
 
 _KERNEL_PREFIXES = ("/proc/", "/sys/")
+# sysfs attributes read every sample (THP counters, XFS stats): each is made whole by
+# one show() call, so one read returns all of it; not other filesystems under /sys
+# (tracefs formats are seq_files, given one page per read)
+_SYSFS_ATTRIBUTES = ("/sys/kernel/mm/", "/sys/fs/xfs/")
 _INITIAL_BUFFER = 1 << 16
 _local = threading.local()      # per thread: /metrics reads while the sampler does
 _open_lock = threading.Lock()
@@ -49,10 +53,12 @@ def _forget(path: str, fd: int) -> None:
             os.close(fd)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_all(fd: int, whole_if_short: bool = False) -> bytes:
     """The file from offset 0 to its end. The kernel may return less than asked while
     more follows (a seq_file gives one page per read: tracefs formats, a long vmstat),
-    so reading goes on until a read returns nothing."""
+    so reading goes on until a read returns nothing; ``whole_if_short``: a first read
+    that returns less than asked is the whole file (a sysfs attribute is made by one
+    call of its show method, at most a page, and read at once)."""
     buf = _buffer()
     n = 0
     while True:
@@ -61,21 +67,22 @@ def _read_all(fd: int) -> bytes:
             bigger[:n] = buf[:n]
             buf = bigger
         got = os.preadv(fd, [memoryview(buf)[n:]], n)
-        if got == 0:
-            return bytes(memoryview(buf)[:n])
+        if got == 0 or (whole_if_short and n == 0 and got < len(buf)):
+            return bytes(memoryview(buf)[:n + got])
         n += got
 
 
 def read_bytes(path: str) -> bytes:
     if path.startswith(_KERNEL_PREFIXES) and not path.startswith("/proc/self/"):
         fd = _kept_fd(path)
+        sysfs = path.startswith(_SYSFS_ATTRIBUTES)
         try:
-            return _read_all(fd)
+            return _read_all(fd, sysfs)
         except OSError:
             _forget(path, fd)                   # gone or stale: retry once, opened anew
             fd = _kept_fd(path)
             try:
-                return _read_all(fd)
+                return _read_all(fd, sysfs)
             except OSError:
                 _forget(path, fd)
                 raise
