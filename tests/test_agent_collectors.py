@@ -486,3 +486,23 @@ def test_sysfs_attributes_read_in_one_read_are_whole():
             continue
         assert _io.read_bytes(str(p)) == whole, p
         assert _io.read_bytes(str(p)) == whole, p   # again, from the kept-open file
+
+
+@pytest.mark.parametrize("name", ["meminfo", "pressure/memory", "pressure/io", "uptime",
+                                  "buddyinfo", "diskstats", "vmstat"])
+def test_procfs_files_read_in_one_short_read_are_whole(name):
+    """A procfs file whose first read returns less than half a page is taken from that
+    read: it holds every line of the file read to its end (the numbers move between
+    the two reads, the names do not)."""
+    from foliowatch.agent.collectors import _io
+    import re
+
+    def shape(text):
+        return [[re.sub(r"[0-9]+(?:[.][0-9]+)?", "N", tok) for tok in line.split()]
+                for line in text.splitlines()]
+    path = f"/proc/{name}"
+    with open(path) as f:
+        whole = f.read()
+    ours = _io.read_text(path)
+    assert ours.endswith("\n")
+    assert shape(ours) == shape(whole)
