@@ -58,6 +58,8 @@ class Sampler:
         self._mount_lock = threading.Lock()
         self._mounts: List[labels.Mount] = []
         self._mounts_at = -1e18
+        self._mount_table = labels.MountTable(proc)
+        self._mounts_settled = False
         # Slow-changing inputs, re-read every MOUNT_REFRESH_S rather than every sample.
         self._slow_at = -1e18
         self._settings: Dict[str, str] = {}
@@ -75,13 +77,20 @@ class Sampler:
         with self._mount_lock:
             now = time.monotonic()
             if now - self._mounts_at > MOUNT_REFRESH_S:
-                table = labels.read_mounts(self.proc)
-                found: List[labels.Mount] = []
-                for path in self.cfg.mounts:
-                    m = labels.find_mount(table, path) if os.path.exists(path) else None
-                    if m is not None and m not in found:
-                        found.append(m)
-                self._mounts, self._mounts_at = found, now
+                # Unchanged when every configured path was found, is no symlink, still
+                # exists and the kernel reports no mount or unmount since the last read.
+                if not (self._mounts_settled and not self._mount_table.changed()
+                        and all(map(os.path.exists, self.cfg.mounts))):
+                    table = self._mount_table.read()
+                    found: List[labels.Mount] = []
+                    settled = True
+                    for path in self.cfg.mounts:
+                        m = labels.find_mount(table, path) if os.path.exists(path) else None
+                        settled = settled and m is not None and os.path.realpath(path) == path
+                        if m is not None and m not in found:
+                            found.append(m)
+                    self._mounts, self._mounts_settled = found, settled
+                self._mounts_at = now
             return list(self._mounts)
 
     def _mount_readings(self) -> List[MountReading]:
@@ -117,6 +126,7 @@ class Sampler:
         tp.open()
 
     def close(self) -> None:
+        self._mount_table.close()
         if self.tracepoints is not None:
             self.tracepoints.close()
 

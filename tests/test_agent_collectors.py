@@ -506,3 +506,29 @@ def test_procfs_files_read_in_one_short_read_are_whole(name):
     ours = _io.read_text(path)
     assert ours.endswith("\n")
     assert shape(ours) == shape(whole)
+
+
+def test_watched_mounts_follow_a_mount_made_after_the_start(tmp_path):
+    """The minute's refresh re-reads /proc/self/mountinfo only when the kernel reports a
+    mount or unmount since the last read (or a watched path is missing): a mount made on
+    a watched path after the start is followed, and so is its unmount."""
+    import subprocess
+    watched = tmp_path / "data"
+    watched.mkdir()
+    s = Sampler(AgentConfig(mounts=["/", str(watched)]))
+    try:
+        before = s.watched_mounts()
+        assert str(watched) not in [m.mount for m in before]
+        s._mounts_at = -1e18                       # a minute later, nothing changed
+        assert s.watched_mounts() == before and not s._mount_table.changed()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(watched)], check=True)
+        try:
+            assert s.watched_mounts() == before    # within the minute
+            s._mounts_at = -1e18
+            assert (str(watched), "tmpfs") in [(m.mount, m.fs) for m in s.watched_mounts()]
+        finally:
+            subprocess.run(["umount", str(watched)], check=True)
+        s._mounts_at = -1e18
+        assert s.watched_mounts() == before
+    finally:
+        s.close()
