@@ -16,18 +16,27 @@ from typing import Any, Dict, Optional, Tuple
 from foliowatch import schema
 
 
+SEP = "\x1f"   # joins a section and a counter's name in the state file
+
+
 class Baseline:
+    """The last reading's cumulative counters by section (the sampler's: its counters,
+    and each watched mount's), ``{section: {name: value}}``."""
+
     def __init__(self, max_interval_s: float = schema.MAX_INTERVAL_S):
         self.max_interval_s = max_interval_s
         self.boot_id: Optional[str] = None
         self.clock: Optional[float] = None     # CLOCK_BOOTTIME seconds of the last reading
-        self.values: Dict[str, int] = {}
+        self.values: Dict[str, Dict[str, int]] = {}
         self.resets = 0                        # counters rebased because they went backwards
-        self._undo: Optional[Tuple[Dict[str, int], Optional[float], Optional[str], int]] = None
+        self._undo: Optional[Tuple[Dict[str, Dict[str, int]], Optional[float], Optional[str],
+                                   int]] = None
 
-    def advance(self, boot_id: str, clock: float, current: Dict[str, int]
-                ) -> Optional[Tuple[float, Dict[str, int]]]:
-        """Take a reading; return ``(interval_s, deltas)`` or ``None`` for a new baseline."""
+    def advance(self, boot_id: str, clock: float, current: Dict[str, Dict[str, int]]
+                ) -> Optional[Tuple[float, Dict[str, Dict[str, int]]]]:
+        """Take a reading; return ``(interval_s, deltas by section)`` or ``None`` for a
+        new baseline. The reading's dicts are kept as they are: the caller must not
+        change them afterwards."""
         prev, prev_clock, prev_boot = self.values, self.clock, self.boot_id
         self._undo = (prev, prev_clock, prev_boot, self.resets)
         self.values, self.clock, self.boot_id = dict(current), clock, boot_id
@@ -36,15 +45,15 @@ class Baseline:
         interval = clock - prev_clock
         if not 0.0 < interval <= self.max_interval_s:
             return None
-        deltas: Dict[str, int] = {}
-        for name, value in current.items():
-            before = prev.get(name)
-            if before is None:
-                continue
-            if value < before:
-                self.resets += 1
-                continue
-            deltas[name] = value - before
+        deltas: Dict[str, Dict[str, int]] = {}
+        for section, now in current.items():
+            before = prev.get(section, {})
+            d = {name: value - was for name, value in now.items()
+                 if (was := before.get(name)) is not None and value >= was}
+            if len(d) < len(now):   # new counters (no delta yet) or ones that went back
+                self.resets += sum(1 for name, value in now.items()
+                                   if name in before and value < before[name])
+            deltas[section] = d
         return interval, deltas
 
     def undo(self) -> None:
@@ -55,7 +64,10 @@ class Baseline:
             self._undo = None
 
     def to_json(self) -> Dict[str, Any]:
-        return {"boot_id": self.boot_id, "clock": self.clock, "values": self.values}
+        return {"boot_id": self.boot_id, "clock": self.clock,
+                "values": {f"{section}{SEP}{name}": value
+                           for section, values in self.values.items()
+                           for name, value in values.items()}}
 
     @classmethod
     def from_json(cls, d: Any, max_interval_s: float = schema.MAX_INTERVAL_S) -> "Baseline":
@@ -64,6 +76,8 @@ class Baseline:
             b.boot_id = d.get("boot_id") if isinstance(d.get("boot_id"), str) else None
             clock = d.get("clock")
             b.clock = float(clock) if isinstance(clock, (int, float)) else None
-            b.values = {k: v for k, v in d["values"].items()
-                        if isinstance(k, str) and isinstance(v, int)}
+            for key, value in d["values"].items():
+                if isinstance(key, str) and SEP in key and isinstance(value, int):
+                    section, _, name = key.rpartition(SEP)
+                    b.values.setdefault(section, {})[name] = value
         return b

@@ -14,10 +14,9 @@ from foliowatch import __version__, schema
 from foliowatch.agent.collectors import (buddyinfo, diskstats, labels, meminfo, pressure,
                                          thp, tracepoints, vmstat, xfs)
 from foliowatch.agent.config import AgentConfig
-from foliowatch.agent.deltas import Baseline
+from foliowatch.agent.deltas import SEP, Baseline
 
 MOUNT_REFRESH_S = 60.0
-_SEP = "\x1f"
 _BAD_MOUNT_CHARS = re.compile(r"[^A-Za-z0-9._/+-]")
 
 
@@ -59,10 +58,13 @@ class Sampler:
         self._mount_lock = threading.Lock()
         self._mounts: List[labels.Mount] = []
         self._mounts_at = -1e18
+        self._mount_table = labels.MountTable(proc)
+        self._mounts_settled = False
         # Slow-changing inputs, re-read every MOUNT_REFRESH_S rather than every sample.
         self._slow_at = -1e18
         self._settings: Dict[str, str] = {}
         self._mthp_files: List = []
+        self._thp_sizes: Optional[List] = None   # the per-size folders: made at boot
         self._boot_id: Optional[str] = None   # read once: a reboot ends the process
         self.tracepoints: Optional[tracepoints.TracepointCounters] = None
         if cfg.tracepoints.enabled:
@@ -75,23 +77,32 @@ class Sampler:
         with self._mount_lock:
             now = time.monotonic()
             if now - self._mounts_at > MOUNT_REFRESH_S:
-                table = labels.read_mounts(self.proc)
-                found: List[labels.Mount] = []
-                for path in self.cfg.mounts:
-                    m = labels.find_mount(table, path) if os.path.exists(path) else None
-                    if m is not None and m not in found:
-                        found.append(m)
-                self._mounts, self._mounts_at = found, now
+                # Unchanged when every configured path was found, is no symlink, still
+                # exists and the kernel reports no mount or unmount since the last read.
+                if not (self._mounts_settled and not self._mount_table.changed()
+                        and all(map(os.path.exists, self.cfg.mounts))):
+                    table = self._mount_table.read()
+                    found: List[labels.Mount] = []
+                    settled = True
+                    for path in self.cfg.mounts:
+                        m = labels.find_mount(table, path) if os.path.exists(path) else None
+                        settled = settled and m is not None and os.path.realpath(path) == path
+                        if m is not None and m not in found:
+                            found.append(m)
+                    self._mounts, self._mounts_settled = found, settled
+                self._mounts_at = now
             return list(self._mounts)
 
     def _mount_readings(self) -> List[MountReading]:
-        disks = diskstats.read(self.proc)
+        mounts = self.watched_mounts()
+        disks = diskstats.read_devices([m.devno for m in mounts], self.proc)
         by_devno = diskstats.by_devno(disks)
         out: List[MountReading] = []
-        for m in self.watched_mounts():
+        for m in mounts:
             disk = by_devno.get(m.devno)
             if disk is None:  # e.g. btrfs: anonymous st_dev, the source names the device
-                disk = disks.get(os.path.basename(os.path.realpath(m.source)))
+                disk = diskstats.read(self.proc).get(
+                    os.path.basename(os.path.realpath(m.source)))
             device = disk.name if disk else labels.clean_label(os.path.basename(m.source), "none")
             counters = diskstats.mount_counters(disk) if disk else {}
             if m.fs == "xfs" and disk is not None:
@@ -115,6 +126,7 @@ class Sampler:
         tp.open()
 
     def close(self) -> None:
+        self._mount_table.close()
         if self.tracepoints is not None:
             self.tracepoints.close()
 
@@ -123,7 +135,9 @@ class Sampler:
         if now - self._slow_at > MOUNT_REFRESH_S:
             self._settings = {k: labels.clean_label(v)
                               for k, v in thp.read_settings(self.sys).items()}
-            self._mthp_files = thp.mthp_files(thp.active_sizes(self.sys))
+            if self._thp_sizes is None:
+                self._thp_sizes = thp.size_dirs(self.sys)
+            self._mthp_files = thp.mthp_files(thp.active_sizes(self.sys, self._thp_sizes))
             self._slow_at = now
 
     # -- one pass ----------------------------------------------------------------------
@@ -156,34 +170,27 @@ class Sampler:
         return dict(self._labels)
 
     @staticmethod
-    def flatten(reading: Reading) -> Dict[str, int]:
-        """Every cumulative counter under one key, for the baseline."""
-        flat = {f"c{_SEP}{k}": v for k, v in reading.counters.items()}
+    def sections(reading: Reading) -> Dict[str, Dict[str, int]]:
+        """Every cumulative counter by section, for the baseline: ``"c"`` for the
+        record's counters, ``"m<SEP>mount<SEP>device"`` for a mount's."""
+        out = {"c": reading.counters}
         for m in reading.mounts:
-            for k, v in m.counters.items():
-                flat[f"m{_SEP}{m.mount}{_SEP}{m.device}{_SEP}{k}"] = v
-        return flat
+            out[f"m{SEP}{m.mount}{SEP}{m.device}"] = m.counters
+        return out
 
     def record(self, reading: Reading, baseline: Baseline, seq: int = 0
                ) -> Optional[Dict[str, Any]]:
         """The wire record for the interval ending at ``reading``, or ``None`` when this
         reading only sets a new baseline."""
-        advanced = baseline.advance(reading.boot_id, reading.clock, self.flatten(reading))
+        advanced = baseline.advance(reading.boot_id, reading.clock, self.sections(reading))
         if advanced is None:
             return None
         interval, deltas = advanced
-        counters: Dict[str, int] = {}
-        mount_counters: Dict[str, Dict[str, int]] = {}
-        for key, value in deltas.items():
-            parts = key.split(_SEP)
-            if parts[0] == "c":
-                counters[parts[1]] = value
-            else:
-                mount_counters.setdefault(f"{parts[1]}{_SEP}{parts[2]}", {})[parts[3]] = value
+        counters = deltas["c"]
         if len(counters) > schema.MAX_COUNTERS:  # keep the kernel's vmstat/PSI first
             counters = dict(list(counters.items())[: schema.MAX_COUNTERS])
         mounts = [{"mount": m.mount, "fs": m.fs, "device": m.device,
-                   "counters": mount_counters.get(f"{m.mount}{_SEP}{m.device}", {})}
+                   "counters": deltas[f"m{SEP}{m.mount}{SEP}{m.device}"]}
                   for m in reading.mounts]
         return {
             "schema": schema.SCHEMA_VERSION,

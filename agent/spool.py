@@ -8,10 +8,13 @@ Layout in ``<state_dir>/spool/``:
 
 - ``<20-digit index>.seg``: segments, appended in index order. Each record is framed as
   ``u32 length | u32 CRC32(payload) | payload`` (big-endian) and fsync'd after the write.
-- ``head``: ``<segment index> <offset> <dropped_total>``, the first unsent record and
-  how many records were ever dropped; replaced atomically (fsync'd when records are
-  dropped; not after each acknowledgement, where a lost update only means a re-send). A
-  missing or unreadable head restarts from the oldest segment.
+- ``head``: ``<segment index> <offset> <dropped_total> <CRC32 of those, hex>`` padded to
+  ``HEAD_BYTES``, the first unsent record and how many records were ever dropped.
+  Replaced atomically and fsync'd when records are dropped; after an acknowledgement
+  overwritten in place with one ``pwrite`` and not fsync'd (a lost or torn update only
+  means a re-send: a head whose checksum does not match is unreadable). A missing or
+  unreadable head restarts from the oldest segment. (A head of three fields, written
+  before the checksum, is read as it is.)
 
 Crash safety: on open every segment is scanned; a record whose header or payload is
 incomplete or whose CRC does not match ends its segment, which is truncated there (a
@@ -41,6 +44,7 @@ from foliowatch import schema
 from foliowatch.files import atomic_write, fsync_dir
 
 HEADER = struct.Struct(">II")
+HEAD_BYTES = 64
 SEGMENTS_PER_SPOOL = 16
 MAX_PAYLOAD = schema.MAX_RECORD_BYTES
 
@@ -124,6 +128,7 @@ class Spool:
         self._head = Position(0, 0)
         self._head_index = 0         # record index within head segment
         self._fd: Optional[int] = None
+        self._head_fd: Optional[int] = None   # the head file, for updates in place
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._open()
 
@@ -136,6 +141,8 @@ class Spool:
         try:
             with open(os.path.join(self.dir, "head")) as f:
                 parts = f.read().split()
+            if len(parts) > 3 and int(parts[3], 16) != _head_crc(" ".join(parts[:3])):
+                raise ValueError("torn head")
             head_seg, head_off = int(parts[0]), int(parts[1])
             self.dropped_total = int(parts[2]) if len(parts) > 2 else 0
         except (FileNotFoundError, IndexError, ValueError):
@@ -192,9 +199,19 @@ class Spool:
             return sum(self._sizes.values())
 
     def _save_head(self, durable: bool = True) -> None:
-        atomic_write(os.path.join(self.dir, "head"),
-                     f"{self._head.segment} {self._head.offset} {self.dropped_total}\n".encode(),
-                     fsync_data=durable, fsync_folder=durable, mode=0o600)
+        fields = f"{self._head.segment} {self._head.offset} {self.dropped_total}"
+        line = f"{fields} {_head_crc(fields):08x}".ljust(HEAD_BYTES - 1).encode() + b"\n"
+        path = os.path.join(self.dir, "head")
+        if not durable and self._head_fd is not None:
+            # One write over the same bytes instead of a new file and a rename (those
+            # cost ~0.3 ms of CPU, once per Kafka request).
+            if os.pwrite(self._head_fd, line, 0) == len(line):
+                return
+        if self._head_fd is not None:
+            os.close(self._head_fd)
+            self._head_fd = None
+        atomic_write(path, line, fsync_data=durable, fsync_folder=durable, mode=0o600)
+        self._head_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
 
     # -- writing --------------------------------------------------------------------
     def append(self, payload: bytes) -> int:
@@ -312,3 +329,10 @@ class Spool:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._head_fd is not None:
+                os.close(self._head_fd)
+                self._head_fd = None
+
+
+def _head_crc(fields: str) -> int:
+    return zlib.crc32(fields.encode()) & 0xFFFFFFFF

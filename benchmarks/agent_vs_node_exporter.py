@@ -214,42 +214,42 @@ def agent_worker(args) -> int:
 
 
 def threads(pid: int) -> dict:
-    """Per thread of ``pid``: thread id -> [CPU seconds, voluntary context switches
-    (wake-ups after sleeping), involuntary ones]. Python threads all carry the process's
-    name, so threads are told apart by id (ids grow in creation order)."""
+    """Per thread of ``pid``: thread id -> [CPU seconds (schedstat, ns resolution),
+    voluntary context switches (wake-ups after sleeping), involuntary ones]. Python
+    threads all carry the process's name, so threads are told apart by id (ids grow in
+    creation order)."""
     out: dict = {}
     for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                raw = f.read()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:   # the thread ended meanwhile
             continue
-        fields = raw.rsplit(")", 1)[1].split()
-        out[int(tid)] = [(int(fields[11]) + int(fields[12])) / TICK,
-                         int(status["voluntary_ctxt_switches"]),
+        out[int(tid)] = [ns / 1e9, int(status["voluntary_ctxt_switches"]),
                          int(status["nonvoluntary_ctxt_switches"])]
     return out
 
 
-def host_install(tmp: str) -> str:
+def host_install(tmp: str, source: str = REPO, name: str = "host") -> str:
     """The agent installed as on a host (deploy/ansible/roles/foliowatch_agent): a
-    virtualenv of this interpreter's base Python holding the foliowatch wheel and the
-    agent's dependencies only; returns its python. The development virtualenv would add
-    what hosts never load: the editable install's import finder (~1.9 MiB resident in
-    every process) and other extras' start-up hooks (urllib3-future's .pth, ~0.9 MiB)."""
+    virtualenv of this interpreter's base Python holding the foliowatch wheel built from
+    ``source`` and the agent's dependencies only; returns its python. The development
+    virtualenv would add what hosts never load: the editable install's import finder
+    (~1.9 MiB resident in every process) and other extras' start-up hooks
+    (urllib3-future's .pth, ~0.9 MiB)."""
     import glob
     import subprocess
-    venv, wheels = os.path.join(tmp, "host-venv"), os.path.join(tmp, "wheels")
+    venv, wheels = os.path.join(tmp, f"{name}-venv"), os.path.join(tmp, f"{name}-wheels")
     base = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
     if not os.path.exists(base):       # (Python 3.9's _base_executable names the venv's)
         base = getattr(sys, "_base_executable", sys.executable)
-    print(f"installing the agent as on a host ({base}) ...", file=sys.stderr)
+    print(f"installing the agent of {source} as on a host ({base}) ...", file=sys.stderr)
     python = os.path.join(venv, "bin", "python")
     for argv in ([base, "-m", "venv", venv],
                  [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                  "--no-build-isolation", "-w", wheels, REPO],
+                  "--no-build-isolation", "-w", wheels, source],
                  [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                   "WHEEL[agent]"]):
         if argv[-1] == "WHEEL[agent]":
@@ -260,52 +260,81 @@ def host_install(tmp: str) -> str:
     return python
 
 
+def checkout(ref: str, tmp: str) -> str:
+    """The repository's tree at git ``ref`` in a folder of ``tmp`` (for a wheel of it)."""
+    import subprocess
+    where = os.path.join(tmp, "ref-src")
+    os.makedirs(where)
+    archive = subprocess.run(["git", "-C", REPO, "archive", ref], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {ref}: {archive.stderr.decode()[-500:]}")
+    subprocess.run(["tar", "-x", "-C", where], input=archive.stdout, check=True)
+    return where
+
+
 def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir: str,
-           python: str = sys.executable) -> int:
-    """The real agent (``foliowatch agent`` run by ``python``, default configuration but
-    for the broker, the state folder and the /metrics port) at ``interval`` beside
-    node_exporter scraped at the same interval, both measured from outside over
-    ``minutes`` after a warm-up of three intervals. Kafka send included when
-    ``bootstrap`` is given."""
+           agents: list) -> int:
+    """The real agent (``foliowatch agent`` run by each ``(label, python)`` of
+    ``agents``, default configuration but for the broker, the state folder, the topic and
+    the /metrics port; several run side by side) at ``interval`` beside node_exporter
+    scraped at the same interval, all measured from outside over ``minutes`` after a
+    warm-up of three intervals. Kafka send included when ``bootstrap`` is given."""
     import shutil
     import subprocess
     exe = shutil.which("prometheus-node-exporter")
     if exe is None:
         raise SystemExit("prometheus-node-exporter not found: apt-get install "
                          "prometheus-node-exporter (scripts/bootstrap.sh installs it)")
-    ne_port, ag_port = free_port(), free_port()
+    ne_port = free_port()
     ne = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{ne_port}",
                            "--collector.disable-defaults",
                            *[f"--collector.{c}" for c in COLLECTORS]],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = dict(os.environ, FOLIOWATCH_AGENT_INTERVAL_S=str(interval),
-               FOLIOWATCH_AGENT_STATE_DIR=workdir,
-               FOLIOWATCH_AGENT_METRICS_LISTEN=f"127.0.0.1:{ag_port}",
-               FOLIOWATCH_AGENT_KAFKA_ENABLED="true" if bootstrap else "false",
-               FOLIOWATCH_AGENT_KAFKA_BOOTSTRAP=bootstrap or "127.0.0.1:9092",
-               FOLIOWATCH_AGENT_KAFKA_TOPIC=topic, FOLIOWATCH_AGENT_LOG_LEVEL="warning")
-    log = open(os.path.join(os.path.dirname(workdir), "agent.log"), "wb")
-    # run from the state folder: in the repository, ``-m`` would import its source tree
-    ag = subprocess.Popen([python, "-m", "foliowatch", "agent"], env=env, cwd=workdir,
-                          stdout=log, stderr=subprocess.STDOUT)
+    runs = []
+    for i, (label, python) in enumerate(agents):
+        state = os.path.join(workdir, f"agent{i}")
+        os.makedirs(state)
+        port = free_port()
+        agent_topic = topic if i == 0 else f"{topic}.{i}"
+        if bootstrap and i:
+            ensure_topic(bootstrap, agent_topic)
+        env = dict(os.environ, FOLIOWATCH_AGENT_INTERVAL_S=str(interval),
+                   FOLIOWATCH_AGENT_STATE_DIR=state,
+                   FOLIOWATCH_AGENT_METRICS_LISTEN=f"127.0.0.1:{port}",
+                   FOLIOWATCH_AGENT_KAFKA_ENABLED="true" if bootstrap else "false",
+                   FOLIOWATCH_AGENT_KAFKA_BOOTSTRAP=bootstrap or "127.0.0.1:9092",
+                   FOLIOWATCH_AGENT_KAFKA_TOPIC=agent_topic,
+                   FOLIOWATCH_AGENT_LOG_LEVEL="warning")
+        log = open(os.path.join(workdir, f"agent{i}.log"), "wb")
+        # run from the state folder: in the repository, ``-m`` would import its source tree
+        proc = subprocess.Popen([python, "-m", "foliowatch", "agent"], env=env, cwd=state,
+                                stdout=log, stderr=subprocess.STDOUT)
+        runs.append({"label": label, "proc": proc, "log": log.name,
+                     "url": f"http://127.0.0.1:{port}/metrics"})
     ne_url = f"http://127.0.0.1:{ne_port}/metrics"
     try:
         wait_http(ne_url, ne)
-        wait_http(f"http://127.0.0.1:{ag_port}/metrics", ag)
+        for run in runs:
+            wait_http(run["url"], run["proc"])
         # warm-up: the baseline, then the first Kafka request (within the latency budget:
         # kafka-python is imported and the producer connects then, once per process)
         deadline = time.monotonic() + 3 * interval + 300
-        while True:
-            page = get(f"http://127.0.0.1:{ag_port}/metrics").decode()
-            if not bootstrap or "\nfoliowatch_agent_send_requests_total 0.0" not in page:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("the agent sent nothing to Kafka during the warm-up")
-            time.sleep(1.0)
+        for run in runs:
+            while True:
+                page = get(run["url"]).decode()
+                if not bootstrap or "\nfoliowatch_agent_send_requests_total 0.0" not in page:
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"agent {run['label']} sent nothing to Kafka during "
+                                     "the warm-up")
+                time.sleep(1.0)
         time.sleep(3 * interval)
         n = max(1, int(minutes * 60 / interval))
-        ne0, ag0, th0 = cpu_seconds(ne.pid), cpu_seconds(ag.pid), threads(ag.pid)
-        nes0, ags0 = task_cpu_ns(ne.pid), task_cpu_ns(ag.pid)
+        load0 = os.getloadavg()
+        ne0, nes0 = cpu_seconds(ne.pid), task_cpu_ns(ne.pid)
+        for run in runs:
+            pid = run["proc"].pid
+            run.update(cpu0=cpu_seconds(pid), th0=threads(pid), ns0=task_cpu_ns(pid))
         t0 = time.monotonic()
         for i in range(n):                            # node_exporter: one scrape per interval
             get(ne_url)
@@ -313,51 +342,61 @@ def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir:
             if wait > 0:
                 time.sleep(wait)
         wall = time.monotonic() - t0
-        ne1, ag1, th1 = cpu_seconds(ne.pid), cpu_seconds(ag.pid), threads(ag.pid)
-        nes1, ags1 = task_cpu_ns(ne.pid), task_cpu_ns(ag.pid)
-        if ag.poll() is not None:
-            raise SystemExit(f"the agent exited ({ag.returncode}); see {log.name}")
+        ne1, nes1 = cpu_seconds(ne.pid), task_cpu_ns(ne.pid)
+        for run in runs:
+            pid = run["proc"].pid
+            run.update(cpu1=cpu_seconds(pid), th1=threads(pid), ns1=task_cpu_ns(pid))
+        for run in runs:
+            if run["proc"].poll() is not None:
+                raise SystemExit(f"agent {run['label']} exited ({run['proc'].returncode}); "
+                                 f"see {run['log']}")
         # after the CPU window: the agent's /metrics is scraped once (as Prometheus does in
         # production), so its RSS includes what a scrape loads
-        sent = [line for line in get(f"http://127.0.0.1:{ag_port}/metrics").decode().splitlines()
-                if line.startswith(("foliowatch_agent_samples_sent_total",
-                                    "foliowatch_agent_send_requests_total",
-                                    "foliowatch_agent_spool_records "))]
-        ne_mem, ag_mem = memory(ne.pid), memory(ag.pid)
+        for run in runs:
+            run["sent"] = [line for line in get(run["url"]).decode().splitlines()
+                           if line.startswith(("foliowatch_agent_samples_sent_total",
+                                               "foliowatch_agent_send_requests_total",
+                                               "foliowatch_agent_spool_records "))]
+            run["mem"] = memory(run["proc"].pid)
+        ne_mem = memory(ne.pid)
     finally:
-        for p in (ag, ne):
+        for p in [run["proc"] for run in runs] + [ne]:
             p.terminate()
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-    ne_ms, ag_ms = (ne1 - ne0) / n * 1e3, (ag1 - ag0) / n * 1e3
+    ne_ms = (ne1 - ne0) / n * 1e3
+    nes_ms = (nes1 - nes0) / n / 1e6
     mib = 1 << 20
     load = os.getloadavg()
-    where = "as installed on a host" if python != sys.executable else "development virtualenv"
     print(f"\nsteady state: {n} intervals of {interval:g} s ({wall / 60:.1f} min), agent "
-          f"{'with' if bootstrap else 'without'} Kafka, Python {sys.version.split()[0]} "
-          f"({where}), "
-          f"{os.uname().release}; load average at the end {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f}; {'; '.join(sent) or 'no delivery figures'}")
-    print(f"{'':44} {'node_exp':>9} {'agent':>8} {'ratio':>6} target")
-    print(f"  {'CPU per interval / scrape (ms)':42} {ne_ms:9.2f} {ag_ms:8.2f} "
-          f"{ag_ms / ne_ms:6.2f} <= 0.5")
-    nes_ms, ags_ms = (nes1 - nes0) / n / 1e6, (ags1 - ags0) / n / 1e6
-    print(f"  {'  the same from schedstat (ns, live threads)':42} {nes_ms:9.2f} {ags_ms:8.2f} "
-          f"{ags_ms / nes_ms:6.2f}")
-    print(f"  {'RSS at the end (MiB)':42} {ne_mem['VmRSS'] / mib:9.1f} "
-          f"{ag_mem['VmRSS'] / mib:8.1f} {ag_mem['VmRSS'] / ne_mem['VmRSS']:6.2f} <= 1.3")
-    print(f"  {'peak RSS (MiB)':42} {ne_mem['VmHWM'] / mib:9.1f} "
-          f"{ag_mem['VmHWM'] / mib:8.1f} {ag_mem['VmHWM'] / ne_mem['VmHWM']:6.2f}")
-    print("\nagent threads over the run (in creation order; the first is the main, "
-          "sampling thread): CPU ms per interval, wake-ups per interval (voluntary "
-          "context switches), preemptions per interval")
-    for i, tid in enumerate(sorted(th1)):
-        a, b = th0.get(tid, [0.0, 0, 0]), th1[tid]
-        print(f"  thread {i} (tid {tid}) {(b[0] - a[0]) / n * 1e3:8.2f} ms "
-              f"{(b[1] - a[1]) / n:8.1f} {(b[2] - a[2]) / n:8.1f}")
+          f"{'with' if bootstrap else 'without'} Kafka, Python {sys.version.split()[0]}, "
+          f"{os.uname().release}; load average at the start {load0[0]:.2f} {load0[1]:.2f} "
+          f"{load0[2]:.2f}, at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"  node_exporter: CPU per scrape {ne_ms:.2f} ms (schedstat {nes_ms:.2f}), RSS "
+          f"{ne_mem['VmRSS'] / mib:.1f} MiB (peak {ne_mem['VmHWM'] / mib:.1f})")
+    print(f"  {'agent':34} {'ms/interval':>11} {'ratio':>6} {'schedstat':>9} {'ratio':>6} "
+          f"{'RSS MiB':>8} {'ratio':>6} {'peak':>6}")
+    for run in runs:
+        ag_ms = (run["cpu1"] - run["cpu0"]) / n * 1e3
+        ags_ms = (run["ns1"] - run["ns0"]) / n / 1e6
+        rss, hwm = run["mem"]["VmRSS"], run["mem"]["VmHWM"]
+        print(f"  {run['label']:34} {ag_ms:11.2f} {ag_ms / ne_ms:6.2f} {ags_ms:9.2f} "
+              f"{ags_ms / nes_ms:6.2f} {rss / mib:8.1f} {rss / ne_mem['VmRSS']:6.2f} "
+              f"{hwm / mib:6.1f}")
+    print("  targets: CPU per interval <= 0.5x node_exporter's per scrape, RSS <= 1.3x")
+    for run in runs:
+        print(f"\nagent {run['label']}: {'; '.join(run['sent']) or 'no delivery figures'}")
+        print("  threads over the run (in creation order: sampling (main), /metrics, "
+              "delivery, kafka-python's network thread): CPU ms per interval (schedstat), "
+              "wake-ups per interval (voluntary context switches), preemptions per interval")
+        th0, th1 = run["th0"], run["th1"]
+        for i, tid in enumerate(sorted(th1)):
+            a, b = th0.get(tid, [0.0, 0, 0]), th1[tid]
+            print(f"  thread {i} (tid {tid}) {(b[0] - a[0]) / n * 1e3:8.2f} ms "
+                  f"{(b[1] - a[1]) / n:8.1f} {(b[2] - a[2]) / n:8.1f}")
     return 0
 
 
@@ -388,6 +427,9 @@ def main() -> int:
     ap.add_argument("--dev-venv", action="store_true",
                     help="--steady-minutes: run the agent from this virtualenv instead of "
                          "a host-like install (the wheel and the agent's dependencies only)")
+    ap.add_argument("--compare-with", metavar="GIT_REF",
+                    help="--steady-minutes: also run the agent of this commit (installed "
+                         "as on a host) side by side, beside the same node_exporter")
     ap.add_argument("--agent-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--state-dir", help=argparse.SUPPRESS)
     ap.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
@@ -411,10 +453,15 @@ def main() -> int:
                 ensure_topic(bootstrap, args.topic)
             if args.steady_minutes > 0:
                 os.makedirs(Path(tmp) / "agent")
-                python = sys.executable if args.dev_venv else host_install(tmp)
+                here = "this tree" + (" (development virtualenv)" if args.dev_venv else "")
+                agents = [(here, sys.executable if args.dev_venv else host_install(tmp))]
+                if args.compare_with:
+                    ref = checkout(args.compare_with, tmp)
+                    agents.append((f"{args.compare_with} (side by side)",
+                                   host_install(tmp, ref, "ref")))
                 return steady(args.steady_minutes, args.interval,
                               "" if args.no_kafka else bootstrap, args.topic,
-                              str(Path(tmp) / "agent"), python)
+                              str(Path(tmp) / "agent"), agents)
             ne = bench_node_exporter(args.samples)
             ag = bench_agent(args.samples, "" if args.no_kafka else bootstrap, args.topic,
                              str(Path(tmp) / "agent"))

@@ -501,6 +501,160 @@ def validate(record: Any, fields: Sequence[Field] = FIELDS,
     return record
 
 
+# ---------------------------------------------------------------- the writer's quick test
+# ``encode`` runs on every host for every sample, and walking the table costs more than
+# the record's JSON. So the table is also turned, once, into straight-line code that
+# accepts a record only when it is valid *and* laid out in table order, by tests that
+# are each as strict as ``validate``'s or stricter (exact types: ``int``, ``float``,
+# ``dict``, ``list``, ``str``; a FLOAT only as a float). Whatever it does not accept
+# goes through ``validate`` (which names the problem, or accepts an unusual but valid
+# record) and ``_ordered``. One rule, two speeds: ``tests/test_schema_quick.py`` checks
+# that nothing the quick test accepts fails ``validate``.
+class _QuickSource:
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+        self.env: Dict[str, Any] = {"_plain_names": _names_seen_valid,
+                                    "_isfinite": math.isfinite}
+        self.depth = 0
+
+    def const(self, value: Any) -> str:
+        name = f"_c{len(self.env)}"
+        self.env[name] = value
+        return name
+
+    def var(self) -> str:
+        self.depth += 1
+        return f"v{self.depth}"
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    def reject_unless(self, indent: int, test: str) -> None:
+        self.emit(indent, f"if not ({test}): return False")
+
+    def object(self, members: Sequence[Field], obj: str, indent: int) -> None:
+        required = tuple(m.name for m in members if m.required)
+        orders = {tuple(m.name for m in members if m.required or m.name in chosen)
+                  for chosen in _subsets([m.name for m in members if not m.required])}
+        assert all(set(required) <= set(o) for o in orders)
+        self.reject_unless(indent, f"type({obj}) is dict and tuple({obj}) in "
+                                   f"{self.const(frozenset(orders))}")
+        for m in members:
+            v = self.var()
+            if m.required:
+                self.emit(indent, f"{v} = {obj}[{m.name!r}]")
+                self.value(m, v, indent)
+            else:
+                self.emit(indent, f"if {m.name!r} in {obj}:")
+                self.emit(indent + 1, f"{v} = {obj}[{m.name!r}]")
+                self.value(m, v, indent + 1)
+
+    def value(self, f: Field, v: str, indent: int) -> None:
+        kind = f.kind
+        tests: List[str] = []
+        if kind in (INT, COUNTER):
+            tests.append(f"type({v}) is int")
+            lo = 0 if kind == COUNTER and (f.minimum is None or f.minimum < 0) else f.minimum
+            if lo is not None:
+                tests.append(f"{v} > {lo!r}" if f.exclusive_minimum else f"{v} >= {lo!r}")
+            if f.maximum is not None:
+                tests.append(f"{v} <= {f.maximum!r}")
+            if kind == INT and f.choices is not None:
+                tests.append(f"{v} in {self.const(frozenset(f.choices))}")
+        elif kind == FLOAT:
+            tests.append(f"type({v}) is float")
+            if f.minimum is not None:
+                tests.append(f"{v} > {float(f.minimum)!r}" if f.exclusive_minimum
+                             else f"{v} >= {float(f.minimum)!r}")
+            if f.maximum is not None:
+                tests.append(f"{v} <= {float(f.maximum)!r}")
+            if f.minimum is None or f.maximum is None:
+                tests.append(f"_isfinite({v})")
+        elif kind == STR:
+            tests.append(f"type({v}) is str")
+            if f.alphabet is not None:
+                if f.max_len is not None:
+                    tests.append(f"len({v}) <= {f.max_len}")
+                tests.append(f"{self.const(_compiled(f.alphabet))}.fullmatch({v}) is not None")
+            if f.choices is not None:
+                tests.append(f"{v} in {self.const(frozenset(f.choices))}")
+            if f.alphabet is None and f.choices is None:
+                tests.append("False")   # not a kind the table uses: leave it to validate
+        elif kind == OBJECT:
+            self.object(f.members, v, indent)
+            return
+        elif kind == LIST:
+            tests.append(f"type({v}) is list")
+            if f.max_items is not None:
+                tests.append(f"len({v}) <= {f.max_items}")
+            self.reject_unless(indent, " and ".join(tests))
+            item = self.var()
+            self.emit(indent, f"for {item} in {v}:")
+            self.object(f.members, item, indent + 1)
+            return
+        elif kind == MAP:
+            assert f.value is not None
+            tests.append(f"type({v}) is dict")
+            if f.max_items is not None:
+                tests.append(f"len({v}) <= {f.max_items}")
+            tests.append(f"_plain_names({v})")
+            plain = _PLAIN_VALUES.get(f.value.kind)
+            if plain is not None:
+                tests.append(f"{self.const(plain)}({self.const(f.value)}, list({v}.values()))")
+                self.reject_unless(indent, " and ".join(tests))
+                return
+            self.reject_unless(indent, " and ".join(tests))
+            item = self.var()
+            self.emit(indent, f"for {item} in {v}.values():")
+            self.value(f.value, item, indent + 1)
+            return
+        else:  # pragma: no cover - a table error
+            raise AssertionError(f"field {f.name}: unknown kind {kind!r}")
+        self.reject_unless(indent, " and ".join(tests))
+
+
+# Map names the quick test found valid before: a host's counters and gauges are the same
+# names sample after sample, and a valid set of names stays valid.
+_VALID_NAMES: Dict[Tuple[Any, ...], bool] = {}
+
+
+def _names_seen_valid(m: Dict[Any, Any]) -> bool:
+    names = tuple(m)
+    if names in _VALID_NAMES:
+        return True
+    if not _plain_names(m):
+        return False
+    if len(_VALID_NAMES) >= 64:   # bounded: a host has a few sets (resets drop a name)
+        _VALID_NAMES.clear()
+    _VALID_NAMES[names] = True
+    return True
+
+
+def _subsets(names: Sequence[str]) -> List[Tuple[str, ...]]:
+    out: List[Tuple[str, ...]] = [()]
+    for name in names:
+        out += [s + (name,) for s in out]
+    return out
+
+
+_QUICK: Dict[int, Tuple[Sequence[Field], Any]] = {}   # id(fields) -> (fields, test)
+
+
+def quick_valid(record: Any, fields: Sequence[Field] = FIELDS) -> bool:
+    """True only if ``validate(record, fields)`` accepts ``record`` and its members are
+    in table order (so its JSON is already the canonical layout); False means "ask
+    ``validate``", not "invalid"."""
+    known = _QUICK.get(id(fields))
+    if known is None or known[0] is not fields:   # (a table, by identity: hashing one
+        src = _QuickSource()                      # walks all of it)
+        src.emit(0, "def quick(v0):")
+        src.object(fields, "v0", 1)
+        src.emit(1, "return True")
+        exec("\n".join(src.lines), src.env)   # noqa: S102 - our own text, from the table
+        known = _QUICK[id(fields)] = (fields, src.env["quick"])
+    return known[1](record)
+
+
 # ---------------------------------------------------------------- the encoder
 def _ordered(members: Sequence[Field], obj: Mapping[str, Any]) -> Dict[str, Any]:
     out = {}
@@ -518,8 +672,10 @@ def _ordered(members: Sequence[Field], obj: Mapping[str, Any]) -> Dict[str, Any]
 def encode(record: Mapping[str, Any], fields: Sequence[Field] = FIELDS) -> bytes:
     """Validate and serialise a record to its wire bytes: the canonical layout (compact
     JSON, UTF-8, members in table order, map entries in the record's order)."""
-    validate(record, fields)
-    data = json.dumps(_ordered(fields, record), separators=(",", ":"), allow_nan=False,
+    if not quick_valid(record, fields):
+        validate(record, fields)
+        record = _ordered(fields, record)
+    data = json.dumps(record, separators=(",", ":"), allow_nan=False,
                       ensure_ascii=False).encode("utf-8")
     if len(data) > MAX_RECORD_BYTES:
         raise SchemaError("record", f"{len(data)} bytes encoded, at most {MAX_RECORD_BYTES}")

@@ -56,6 +56,33 @@ def test_vmstat_fields_absent_on_a_kernel_stay_absent():
     assert "thp_underused_split_page" in new and "thp_underused_split_page" not in old
 
 
+def test_vmstat_shipped_counters_from_the_remembered_layout_equal_a_full_scan():
+    """parse_counters remembers where the shipped lines were; a text whose lines moved,
+    changed or broke is scanned in full again, never read at the old places."""
+    texts = {tree.name: text(tree / "proc/vmstat") for tree in ALL}
+    x86 = texts["x86_64-6.18-4k"]
+    lines = x86.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("compact_stall "))
+    variants = [
+        x86, x86.replace("compact_stall ", "compact_stall 1", 1),  # "compact_stall 1<n>"
+        "".join(lines[:at] + ["compact_stall 12 13\n"] + lines[at + 1:]),   # 3 fields
+        "".join(lines[:at] + ["compact_stall x\n"] + lines[at + 1:]),       # not a number
+        "".join(lines[:at] + ["compact_stall  7\n"] + lines[at + 1:]),      # two spaces
+        "".join(lines[:at] + ["compact_stalls 7\n"] + lines[at + 1:]),      # renamed
+        "".join(lines[:at] + [lines[at + 1], lines[at]] + lines[at + 2:]),  # swapped
+        "".join(lines[:at] + ["compact_stall -3\n"] + lines[at + 1:]),      # signed
+        *texts.values(), x86]
+    assert vmstat.scan_counters(x86) == vmstat.counters(vmstat.parse(x86))
+    for raw in texts.values():
+        vmstat.parse_counters(raw)
+        assert vmstat._layout is not None and vmstat._layout[0] == raw.count("\n") + 1
+    for raw in variants:
+        vmstat.parse_counters(x86)                       # the layout of a real kernel
+        expected = vmstat.scan_counters(raw)
+        assert vmstat.parse_counters(raw) == expected
+        assert vmstat.parse_counters(raw) == expected   # the second from its layout
+
+
 def test_vmstat_skips_malformed_lines():
     assert vmstat.parse("compact_stall 5\ngarbage\nnr_x notanumber\npgpgout 7 8\n") == \
         {"compact_stall": 5}
@@ -154,6 +181,23 @@ def test_diskstats_write_bytes_are_512_byte_sectors():
     assert diskstats.by_devno(d)["259:2"] is nvme1
     assert diskstats.mount_counters(nvme1) == {"write_bytes": 81920331872 * 512,
                                                "write_ios": 91203310}
+
+
+@pytest.mark.parametrize("tree", ALL, ids=lambda p: p.name)
+def test_diskstats_of_the_watched_devices_are_their_lines_of_the_whole_table(tree):
+    raw = text(tree / "proc/diskstats")
+    every = diskstats.parse(raw)
+    by_devno = diskstats.by_devno(every)
+    for picked in ([], list(by_devno)[:1], list(by_devno)[-2:], list(by_devno)):
+        assert diskstats.parse_devices(raw, picked) == \
+            {d.name: d for devno, d in by_devno.items() if devno in picked}
+    # numbers are matched whole: 8:1 is not 8:16, 18:1 nor 8:10
+    table = "   8       1 sda1 1 0 2 0 3 0 4 0 0 0 0 0 0 0 0\n" \
+            "   8      16 sdb 1 0 2 0 3 0 4 0 0 0 0 0 0 0 0\n" \
+            "  18       1 x 1 0 2 0 3 0 4 0 0 0 0 0 0 0 0\n" \
+            "   8      10 y 1 0 2 0 3 0 4 0 0 0 0 0 0 0 0\n"
+    assert list(diskstats.parse_devices(table, ["8:1"])) == ["sda1"]
+    assert diskstats.parse_devices(table, ["9:1"]) == {}
 
 
 def test_diskstats_real_capture_has_loop_device_with_the_32_mib_written():
@@ -279,27 +323,42 @@ def test_sampler_on_fixture_trees_emits_valid_records(tmp_path, tree, mount, dev
 # -- deltas and baselines ----------------------------------------------------------------
 def test_reboot_starts_a_new_baseline():
     b = Baseline()
-    assert b.advance("boot-a", 100.0, {"x": 10}) is None
-    assert b.advance("boot-a", 110.0, {"x": 15}) == (10.0, {"x": 5})
-    assert b.advance("boot-b", 5.0, {"x": 2}) is None
-    assert b.advance("boot-b", 15.0, {"x": 4}) == (10.0, {"x": 2})
+    assert b.advance("boot-a", 100.0, {"c": {"x": 10}}) is None
+    assert b.advance("boot-a", 110.0, {"c": {"x": 15}}) == (10.0, {"c": {"x": 5}})
+    assert b.advance("boot-b", 5.0, {"c": {"x": 2}}) is None
+    assert b.advance("boot-b", 15.0, {"c": {"x": 4}}) == (10.0, {"c": {"x": 2}})
 
 
 def test_counter_going_backwards_is_rebased_not_negative():
     b = Baseline()
-    b.advance("a", 0.0, {"x": 100, "y": 5})
-    interval, d = b.advance("a", 10.0, {"x": 3, "y": 9})
-    assert d == {"y": 4} and b.resets == 1
-    assert b.advance("a", 20.0, {"x": 7, "y": 9})[1] == {"x": 4, "y": 0}
+    b.advance("a", 0.0, {"c": {"x": 100, "y": 5}})
+    interval, d = b.advance("a", 10.0, {"c": {"x": 3, "y": 9}})
+    assert d == {"c": {"y": 4}} and b.resets == 1
+    assert b.advance("a", 20.0, {"c": {"x": 7, "y": 9}})[1] == {"c": {"x": 4, "y": 0}}
 
 
-def test_new_counter_and_long_gap():
+def test_new_counter_new_section_and_long_gap():
     b = Baseline()
-    b.advance("a", 0.0, {"x": 1})
-    assert b.advance("a", 10.0, {"x": 2, "new": 50})[1] == {"x": 1}
-    assert b.advance("a", 10.0 + 3601, {"x": 3, "new": 60}) is None   # gap > schema limit
+    b.advance("a", 0.0, {"c": {"x": 1}})
+    assert b.advance("a", 10.0, {"c": {"x": 2, "new": 50}, "m\x1f/\x1fsda": {"w": 9}})[1] == \
+        {"c": {"x": 1}, "m\x1f/\x1fsda": {}}
+    assert b.resets == 0
+    assert b.advance("a", 10.0 + 3601, {"c": {"x": 3, "new": 60}}) is None   # gap > limit
     restored = Baseline.from_json(b.to_json())
-    assert restored.advance("a", 3621.0, {"x": 5, "new": 61})[1] == {"x": 2, "new": 1}
+    assert restored.advance("a", 3621.0, {"c": {"x": 5, "new": 61}})[1] == \
+        {"c": {"x": 2, "new": 1}}
+
+
+def test_the_state_files_baseline_keeps_its_flat_form():
+    """state.json holds one key per counter, "<section>\\x1f<name>", as before the
+    baseline kept sections: a state file written by either version is read by both."""
+    b = Baseline()
+    b.advance("a", 1.0, {"c": {"x": 1}, "m\x1f/data\x1fnvme1n1": {"write_bytes": 7}})
+    assert b.to_json()["values"] == {"c\x1fx": 1, "m\x1f/data\x1fnvme1n1\x1fwrite_bytes": 7}
+    old = {"boot_id": "a", "clock": 1.0,
+           "values": {"c\x1fx": 1, "m\x1f/data\x1fnvme1n1\x1fwrite_bytes": 7, "junk": 3}}
+    assert Baseline.from_json(old).values == {"c": {"x": 1},
+                                              "m\x1f/data\x1fnvme1n1": {"write_bytes": 7}}
 
 
 # -- this machine's real files -------------------------------------------------------------
@@ -411,3 +470,65 @@ def test_a_file_longer_than_one_kernel_page_is_read_whole():
     whole = open(big, "rb").read()
     got = _io.read_bytes(big)
     assert len(whole) > 8192 and abs(len(got) - len(whole)) < len(whole) // 10
+
+
+def test_sysfs_attributes_read_in_one_read_are_whole():
+    """THP's sysfs attributes (and XFS stats) are taken from one read when it returns less
+    than asked: each is the same as the file read to its end."""
+    from foliowatch.agent.collectors import _io
+    files = [p for p in Path("/sys/kernel/mm/transparent_hugepage").rglob("*")
+             if p.is_file() and os.access(p, os.R_OK)]
+    assert files
+    for p in files:
+        try:
+            whole = p.read_bytes()
+        except OSError:
+            continue
+        assert _io.read_bytes(str(p)) == whole, p
+        assert _io.read_bytes(str(p)) == whole, p   # again, from the kept-open file
+
+
+@pytest.mark.parametrize("name", ["meminfo", "pressure/memory", "pressure/io", "uptime",
+                                  "buddyinfo", "diskstats", "vmstat"])
+def test_procfs_files_read_in_one_short_read_are_whole(name):
+    """A procfs file whose first read returns less than half a page is taken from that
+    read: it holds every line of the file read to its end (the numbers move between
+    the two reads, the names do not)."""
+    from foliowatch.agent.collectors import _io
+    import re
+
+    def shape(text):
+        return [[re.sub(r"[0-9]+(?:[.][0-9]+)?", "N", tok) for tok in line.split()]
+                for line in text.splitlines()]
+    path = f"/proc/{name}"
+    with open(path) as f:
+        whole = f.read()
+    ours = _io.read_text(path)
+    assert ours.endswith("\n")
+    assert shape(ours) == shape(whole)
+
+
+def test_watched_mounts_follow_a_mount_made_after_the_start(tmp_path):
+    """The minute's refresh re-reads /proc/self/mountinfo only when the kernel reports a
+    mount or unmount since the last read (or a watched path is missing): a mount made on
+    a watched path after the start is followed, and so is its unmount."""
+    import subprocess
+    watched = tmp_path / "data"
+    watched.mkdir()
+    s = Sampler(AgentConfig(mounts=["/", str(watched)]))
+    try:
+        before = s.watched_mounts()
+        assert str(watched) not in [m.mount for m in before]
+        s._mounts_at = -1e18                       # a minute later, nothing changed
+        assert s.watched_mounts() == before and not s._mount_table.changed()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(watched)], check=True)
+        try:
+            assert s.watched_mounts() == before    # within the minute
+            s._mounts_at = -1e18
+            assert (str(watched), "tmpfs") in [(m.mount, m.fs) for m in s.watched_mounts()]
+        finally:
+            subprocess.run(["umount", str(watched)], check=True)
+        s._mounts_at = -1e18
+        assert s.watched_mounts() == before
+    finally:
+        s.close()

@@ -10,6 +10,7 @@ import zlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from foliowatch.agent import spool
 from foliowatch.agent.spool import HEADER, Spool, frame
 from foliowatch.agent.state import AgentState
 
@@ -184,6 +185,45 @@ def test_lost_state_rename_is_repaired_from_the_spool(tmp_path):
     fresh = Agent(cfg)                               # a normal restart keeps its baseline
     assert fresh.tick()["seq"] == 4
     fresh.close()
+
+
+def test_acknowledgements_update_the_head_in_place_and_a_restart_resumes_there(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(6):
+        sp.append(payload(i))
+    sp.ack(sp.peek(2)[-1][0])
+    inode = os.stat(tmp_path / "head").st_ino
+    sp.ack(sp.peek(2)[-1][0])
+    assert os.stat(tmp_path / "head").st_ino == inode      # overwritten, not replaced
+    assert len((tmp_path / "head").read_bytes()) == spool.HEAD_BYTES
+    sp.close()
+    assert drain_all(Spool(str(tmp_path), MIB)) == [4, 5]
+
+
+def test_a_torn_head_means_resend_not_loss(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(5):
+        sp.append(payload(i))
+    sp.ack(sp.peek(2)[-1][0])
+    sp.ack(sp.peek(1)[-1][0])
+    sp.close()
+    head = (tmp_path / "head").read_bytes()
+    seg, off, dropped, crc = head.split()
+    # half of a later update on top of this one: a larger offset, the old checksum
+    (tmp_path / "head").write_bytes(head.replace(off, str(int(off) + 7).encode(), 1))
+    assert drain_all(Spool(str(tmp_path), MIB)) == [0, 1, 2, 3, 4]
+
+
+def test_a_head_written_before_the_checksum_is_still_read(tmp_path):
+    sp = Spool(str(tmp_path), MIB)
+    for i in range(5):
+        sp.append(payload(i))
+    sp.ack(sp.peek(3)[-1][0])
+    sp.close()
+    seg, off, dropped, _ = (tmp_path / "head").read_bytes().split()
+    (tmp_path / "head").write_bytes(b"%s %s %s\n" % (seg, off, dropped))
+    again = Spool(str(tmp_path), MIB)
+    assert drain_all(again) == [3, 4]
 
 
 def test_empty_head_after_a_crash_means_resend_not_loss(tmp_path):

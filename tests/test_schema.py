@@ -275,3 +275,85 @@ def test_quick_map_checks_decide_exactly_as_the_full_checks(counters, gauges):
         assert outcome() == quick
     finally:
         schema._PLAIN_VALUES.update(saved)
+
+
+# --- the writer's quick test: the same rule, never looser ---------------------------------
+class _Label(str):
+    """A str subclass: valid for validate, not the quick test's exact type."""
+
+
+_ODD = st.sampled_from([
+    None, True, False, 0, -1, 1, 2**63 - 1, 2**63, 2**1100, 0.0, -0.0,
+    1.5, float("nan"), float("inf"), -float("inf"), 1e308, 946684800.0, 946684799.9,
+    4102444800.0, 4102444800.5, 3600.0, 3600.000001, 1, 4096, 16384, 3, "", "x", "x" * 65,
+    "x" * 129, "a\n", "ext4", "zz", "arm64", "/", "/a b", "é", [], {}, [{}], {"a": 1},
+    {"a": -1}, {"a": 1.0}, {"A": 1}, _Label("ok"), (1,), b"x"])
+
+
+def _paths(obj, path=()):
+    yield path
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, path + (i,))
+
+
+@st.composite
+def mutated_records(draw):
+    rec = draw(records())
+    if draw(st.booleans()):
+        rec["probe"] = {"bytes": 1, "seconds": 0.5, "chunk_bytes": 1, "mib_s": 2.0,
+                        "compact_stall": 0, "allocstall": 0}
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(rec) if p]
+        path = draw(st.sampled_from(paths))
+        parent = rec
+        for step in path[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["set", "delete", "add", "reorder"]))
+        if action == "set":
+            parent[path[-1]] = draw(_ODD)
+        elif action == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(st.sampled_from(["zz", "seq", "Bad", "a" * 70, 1]))] = draw(_ODD)
+        elif action == "reorder" and isinstance(parent, dict):
+            items = list(parent.items())
+            parent.clear()
+            parent.update(reversed(items))
+    return rec
+
+
+@settings(max_examples=600, deadline=None)
+@given(mutated_records())
+def test_the_quick_test_accepts_nothing_that_validate_refuses(rec):
+    """``encode``'s quick test is the table's rule, only stricter: whatever it accepts
+    passes ``validate`` and is already in the canonical layout, so the bytes are the
+    same as through ``validate`` and ``_ordered``."""
+    if schema.quick_valid(rec):
+        validate(copy.deepcopy(rec))
+        canonical = json.dumps(schema._ordered(schema.FIELDS, rec), separators=(",", ":"),
+                               allow_nan=False, ensure_ascii=False).encode()
+        assert encode(rec) == canonical
+    else:
+        try:
+            expected = json.dumps(schema._ordered(schema.FIELDS, validate(copy.deepcopy(rec))),
+                                  separators=(",", ":"), allow_nan=False,
+                                  ensure_ascii=False).encode()
+        except SchemaError as e:
+            with pytest.raises(SchemaError) as raised:
+                encode(rec)
+            assert str(raised.value) == str(e)   # the same message as before
+        else:
+            assert encode(rec) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(records())
+def test_records_laid_out_in_table_order_take_the_quick_path(rec):
+    assert schema.quick_valid(rec)
+    assert schema.quick_valid({**rec, "probe": {"bytes": 1, "seconds": 0.5, "chunk_bytes": 1,
+                                                "mib_s": 2.0, "compact_stall": 0,
+                                                "allocstall": 0}}) is False  # out of order

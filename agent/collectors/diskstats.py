@@ -9,7 +9,8 @@ whatever the device's logical block size.
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple
+import re
+from typing import Dict, NamedTuple, Sequence, Tuple
 from foliowatch.agent.collectors._io import read_lines
 
 SECTOR_BYTES = 512
@@ -55,5 +56,31 @@ def mount_counters(d: DiskCounters) -> Dict[str, int]:
     return {"write_bytes": d.write_bytes, "write_ios": d.write_ios}
 
 
+# "major:minor" devices -> the pattern of their lines (a host watches one or two mounts
+# but may have hundreds of block devices: partitions, loop devices, device-mapper)
+_LINES: Dict[Tuple[str, ...], "re.Pattern[str]"] = {}
+
+
+def _lines_of(devnos: Tuple[str, ...]) -> "re.Pattern[str]":
+    pattern = _LINES.get(devnos)
+    if pattern is None:
+        numbers = "|".join(rf"{int(major)} +{int(minor)}"
+                           for major, minor in (d.split(":") for d in devnos))
+        pattern = _LINES[devnos] = re.compile(rf"^ *(?:{numbers}) [^\n]*\n", re.M)
+    return pattern
+
+
+def parse_devices(text: str, devnos: Sequence[str]) -> Dict[str, DiskCounters]:
+    """``parse(text)`` of the devices ``devnos`` (``"major:minor"``) only: their lines
+    are found by their numbers and only they are split."""
+    if not devnos:
+        return {}
+    return parse("".join(_lines_of(tuple(devnos)).findall(text)))
+
+
 def read(proc: str = "/proc") -> Dict[str, DiskCounters]:
     return parse(read_lines(f"{proc}/diskstats"))
+
+
+def read_devices(devnos: Sequence[str], proc: str = "/proc") -> Dict[str, DiskCounters]:
+    return parse_devices(read_lines(f"{proc}/diskstats"), devnos)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import select
 from typing import Dict, List, NamedTuple, Optional
 
 from foliowatch import schema
@@ -140,3 +141,47 @@ def schema_fs(fs: str) -> str:
 def read_mounts(proc: str = "/proc") -> List[Mount]:
     with open(f"{proc}/self/mountinfo") as f:
         return parse_mountinfo(f.read())
+
+
+class MountTable:
+    """``read_mounts`` that can tell whether the kernel's mount table changed since it
+    was last read, without reading it: /proc/self/mountinfo is pollable (proc(5)), and
+    ``poll`` reports ``POLLPRI`` once a mount or unmount happened since the file was
+    opened or that was last reported. A host with hundreds of mounts (containers) would
+    otherwise parse them all every minute. Only the real /proc is watched; another
+    ``proc`` (a copy of its files) is taken as changed at every call."""
+
+    def __init__(self, proc: str = "/proc"):
+        self.proc = proc
+        self._fd: Optional[int] = None
+        self._poll: Optional[select.poll] = None
+
+    def changed(self) -> bool:
+        """False only when the table read last is still the kernel's. A change is
+        reported once: ``read`` the table when this says True."""
+        return self._poll is None or bool(self._poll.poll(0))
+
+    def read(self) -> List[Mount]:
+        self.close()
+        if self.proc != "/proc":
+            return read_mounts(self.proc)
+        fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []       # opened before reading: a change during the read is seen
+            while True:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            poll = select.poll()
+            poll.register(fd, select.POLLPRI)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._poll = fd, poll
+        return parse_mountinfo(b"".join(chunks).decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._poll = None

@@ -52,15 +52,13 @@ def read_settings(sys: str = "/sys") -> Dict[str, str]:
     out: Dict[str, str] = {}
     for fname, key in SETTINGS.items():
         try:
-            with open(os.path.join(base, fname)) as f:
-                value = parse_choice(f.read())
+            value = parse_choice(read_text(os.path.join(base, fname)))
         except OSError:
             continue
         if value:
             out[key] = value
     try:
-        with open(os.path.join(base, "khugepaged/defrag")) as f:
-            out["thp_khugepaged_defrag"] = f.read().strip()
+        out["thp_khugepaged_defrag"] = read_text(os.path.join(base, "khugepaged/defrag")).strip()
     except OSError:
         pass
     return out
@@ -88,12 +86,15 @@ def size_dirs(sys: str = "/sys") -> List[Tuple[int, str]]:
     return sorted(out)
 
 
-def active_sizes(sys: str = "/sys") -> List[Tuple[int, str]]:
+def active_sizes(sys: str = "/sys", sizes: Optional[List[Tuple[int, str]]] = None
+                 ) -> List[Tuple[int, str]]:
+    """The active ones of ``sizes`` (default: ``size_dirs(sys)``; the kernel creates
+    them at boot, so a caller may list them once)."""
     base = os.path.join(sys, THP_DIR)
     anon_global = _choice_of(os.path.join(base, "enabled"), "never")
     shmem_global = _choice_of(os.path.join(base, "shmem_enabled"), "never")
     out = []
-    for kb, folder in size_dirs(sys):
+    for kb, folder in size_dirs(sys) if sizes is None else sizes:
         anon = _choice_of(os.path.join(folder, "enabled"), "never")
         shmem = _choice_of(os.path.join(folder, "shmem_enabled"), "never")
         if anon == "inherit":
