@@ -127,9 +127,10 @@ def host_files(root: str, window_s: int, since: Optional[datetime] = None,
     return files
 
 
-def _collect_opened(paths: Sequence[str], query, engine: str = "auto") -> list:
+def _collect_opened(paths: Sequence[str], query, engine: str = "auto", each=None) -> list:
     """``query`` over ``paths`` opened first, in slices of FILES_PER_READ: what is read
-    is what was opened, whatever renames happen meanwhile."""
+    is what was opened, whatever renames happen meanwhile. ``each(i, frame)``: given
+    each slice's frame in turn instead of keeping it (nothing is returned)."""
     frames = []
     for i in range(0, len(paths), FILES_PER_READ):
         fds = []
@@ -142,10 +143,14 @@ def _collect_opened(paths: Sequence[str], query, engine: str = "auto") -> list:
             if fds:
                 lf = pl.scan_parquet([f"/proc/self/fd/{fd}" for fd in fds])
                 try:
-                    frames.append(query(lf).collect(engine=engine))
+                    frame = query(lf).collect(engine=engine)
                 except _READ_ERRORS as e:
                     e.foliowatch_files = list(paths[i:i + FILES_PER_READ])
                     raise
+                if each is None:
+                    frames.append(frame)
+                else:
+                    each(i // FILES_PER_READ, frame)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -155,9 +160,10 @@ def _collect_opened(paths: Sequence[str], query, engine: str = "auto") -> list:
 def collect_host_windows(root: str, window_s: int,
                          query: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda lf: lf,
                          since: Optional[datetime] = None, until: Optional[datetime] = None,
-                         attempts: int = READ_ATTEMPTS, engine: str = "auto") -> list:
+                         attempts: int = READ_ATTEMPTS, engine: str = "auto", each=None) -> list:
     """``query`` (row-wise: filters, selects) applied to the host windows; one frame per
-    slice of files read. ``since`` / ``until`` only prune ``date=`` folders: the query
+    slice of files read (``each(i, frame)``: each slice's frame given to it in turn, not
+    kept; a read again after an error gives the slices again from ``i`` 0). ``since`` / ``until`` only prune ``date=`` folders: the query
     filters rows. ``engine``: polars' (``"streaming"`` for an aggregation: it holds a
     batch of rows at a time, not the slice's; row order is then not the files'). Raises
     ``DatasetReadError`` naming the dataset when a file cannot be read (damaged, not a
@@ -172,8 +178,12 @@ def collect_host_windows(root: str, window_s: int,
                 raise _no_host_windows(root, window_s)
         try:
             if remote:
-                return [query(scan_remote_host_windows(root, window_s)).collect(engine=engine)]
-            return _collect_opened(files, query, engine)
+                frame = query(scan_remote_host_windows(root, window_s)).collect(engine=engine)
+                if each is None:
+                    return [frame]
+                each(0, frame)
+                return []
+            return _collect_opened(files, query, engine, each)
         except _READ_ERRORS as e:
             last = e
             if attempt + 1 < attempts:

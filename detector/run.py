@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Optional
@@ -120,16 +121,19 @@ def evaluate_by_group(args, as_of: Optional[datetime], config):
       aggregated as each day of files is read (``read_boots``);
     - of the memory-state reference history, one row per (group, kernel, host)
       (``analysis.reference_summary``);
-    - then per group of the lookback (``frames.GROUP_KEYS``): every column of its
-      lookback windows (what is compared) and, of its reference history, only the
-      windows of the hosts a reference can use (``analysis.reference_read_keys``) in
-      the columns a reference uses (``ReferenceWindows``); its comparisons run, and
-      only their results are kept.
+    - every column of the lookback's windows, and of the reference history only the
+      windows of the hosts a reference can use (``analysis.reference_read_keys``) in the
+      columns a reference uses (``ReferenceWindows``), each read once, a slice of files
+      at a time, and written to temporary files per group (``frames.GROUP_KEYS``);
+    - then per group: its windows read back, its comparisons run, and only their results
+      kept.
 
     Memory grows with the hosts of the largest groups (one per core) plus one row per
-    host and boot, not with the fleet times the history. The false discovery rate is
-    taken across every group's comparisons at the end (``analysis.conclude``), so the
-    result is the one ``analyze`` gives over every window at once."""
+    host and boot, not with the fleet times the history; the temporary files hold the
+    lookback and the reference windows of every group (on disk, compressed). The false
+    discovery rate is taken across every group's comparisons at the end
+    (``analysis.conclude``): the result is the one ``analyze`` gives over every window
+    at once."""
     import polars as pl
 
     from . import attribution
@@ -162,36 +166,76 @@ def evaluate_by_group(args, as_of: Optional[datetime], config):
         [_read(args, lambda lf: reference_summary(lf.filter(in_range), as_of, config), since,
                as_of, "streaming")]) if config.adjust else None)
 
-    def one_group(key):
-        is_group = pl.all_horizontal([pl.col(k) == v for k, v in zip(GROUP_KEYS, key)])
-        part = _read(args, lambda lf: lf.filter(lookback & is_group), as_of - config.lookback, as_of)
-
-        read: list = []
-
-        def reference():     # once, when a comparison of the group first needs it
-            if read:
-                return read[0]
-            group_summary = summary.filter(is_group)
-            keys = reference_read_keys(group_summary, config)
-
-            def select(lf):
-                wanted = (keys["host_id"] + "\x00" + keys["kernel"]).implode()
-                return ReferenceWindows.select(lf.filter(is_group).filter(
+    with tempfile.TemporaryDirectory(prefix="foliowatch-detect-") as spill:
+        # every group's rows, in one pass over the files, each group's to its own files:
+        # a group's windows are then read from them, not from the whole fleet's again
+        index = {key: i for i, key in enumerate(groups)}
+        lookback_rows = _spill_by_group(args, lambda lf: lf.filter(lookback), as_of - config.lookback,
+                                        as_of, index, os.path.join(spill, "lookback"))
+        if config.adjust:
+            keys = reference_read_keys(summary, config)
+            wanted = (keys["host_id"] + "\x00" + keys["kernel"]).implode()
+            reference_rows = _spill_by_group(
+                args, lambda lf: ReferenceWindows.select(lf.filter(
                     (pl.col("host_id").cast(pl.String) + "\x00" + pl.col("kernel").cast(pl.String))
-                    .is_in(wanted)), as_of, config)
-            read.append(ReferenceWindows.from_windows(
-                as_of, _read(args, select, as_of - config.reference_history, as_of),
-                summary=group_summary))
-            return read[0]
-        return evaluate_group(part.filter(recent), key, rollouts, as_of, config, reference)
+                    .is_in(wanted)), as_of, config),
+                as_of - config.reference_history, as_of, index, os.path.join(spill, "reference"))
 
-    workers = min(len(groups), os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            evaluated = list(pool.map(one_group, groups))
-    else:
-        evaluated = [one_group(k) for k in groups]
+        def one_group(key):
+            is_group = pl.all_horizontal([pl.col(k) == v for k, v in zip(GROUP_KEYS, key)])
+            part = lookback_rows(index[key])
+            read: list = []
+
+            def reference():     # once, when a comparison of the group first needs it
+                if not read:
+                    read.append(ReferenceWindows.from_windows(
+                        as_of, reference_rows(index[key]), summary=summary.filter(is_group)))
+                return read[0]
+            return evaluate_group(part.filter(recent), key, rollouts, as_of, config, reference)
+
+        workers = min(len(groups), os.cpu_count() or 1)
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                evaluated = list(pool.map(one_group, groups))
+        else:
+            evaluated = [one_group(k) for k in groups]
     return conclude(evaluated, rollouts, as_of, config)
+
+
+def _spill_by_group(args, query, lo: datetime, hi: datetime, index: dict, directory: str):
+    """``query``'s rows of the host-window files of ``lo`` .. ``hi``, read a slice of
+    files at a time and written per group (``index``: group key -> number) under
+    ``directory``. Returns ``rows(number)``: that group's rows, in the files' order (the
+    rows one read of every file would give, filtered to the group)."""
+    import glob
+    import shutil
+
+    import polars as pl
+
+    from .frames import GROUP_KEYS, collect_host_windows, normalise_host_windows
+    schema = {}
+
+    def write(i: int, frame: pl.DataFrame) -> None:
+        if i == 0 and os.path.isdir(directory):     # a read again after an error
+            shutil.rmtree(directory)
+        frame = normalise_host_windows(frame)
+        schema.setdefault("columns", frame.clear())
+        for key, part in frame.partition_by(list(GROUP_KEYS), maintain_order=True,
+                                            as_dict=True).items():
+            n = index.get(tuple(key))
+            if n is not None:
+                folder = os.path.join(directory, f"g{n}")
+                os.makedirs(folder, exist_ok=True)
+                part.write_parquet(os.path.join(folder, f"{i:06d}.parquet"), compression="lz4")
+    collect_host_windows(args.dataset, args.window_s, query, since=lo, until=hi, each=write)
+
+    def rows(n: int) -> pl.DataFrame:
+        parts = [pl.read_parquet(f) for f in
+                 sorted(glob.glob(os.path.join(directory, f"g{n}", "*.parquet")))]
+        if not parts:
+            return schema["columns"]
+        return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
+    return rows
 
 
 def _read(args, query, lo: datetime, hi: datetime, engine: str = "auto"):
