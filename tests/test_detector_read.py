@@ -136,7 +136,7 @@ def test_a_one_shot_read_group_by_group_decides_as_every_window_at_once(tmp_path
     """``detect`` and ``verdict`` read one group at a time (``run.evaluate_by_group``):
     the same comparisons, tests, false discovery rate and records as ``analyze`` over
     every window in memory, with the reference's host sample in use (groups larger than
-    ``reference_hosts``) and files read a few at a time."""
+    ``reference_hosts``) and files read a few at a time, in batches of rows."""
     from argparse import Namespace
 
     from foliowatch.detector import run
@@ -157,6 +157,7 @@ def test_a_one_shot_read_group_by_group_decides_as_every_window_at_once(tmp_path
     for h in range(5):      # an hour a file; every file holds every group
         df.filter(hour == h).write_parquet(day / f"part-p0-{h}.parquet")
     monkeypatch.setattr(frames, "FILES_PER_READ", 2)
+    monkeypatch.setattr(frames, "BATCH_ROWS", 7_000)
     whole = frames.read_host_windows(str(root), 60)
     config = DetectorConfig(reference_hosts=40)
     args = Namespace(dataset=str(root), window_s=60, history=timedelta(days=7))
