@@ -265,8 +265,8 @@ def read_boots(args, as_of: datetime, config):
                 .agg(pl.col("window_start").min(), *[pl.col(k).sort_by("window_start").first()
                                                     for k in keys]))
     # a day at a time, midnight to midnight (the dataset's date= folders: each file is
-    # read once): the per-boot aggregation holds one day's host and boot ids, not the
-    # history's
+    # read once), streaming: the per-boot aggregation holds a batch of a day's rows and
+    # one day's host and boot ids, not the history's
     parts = []
     day = first
     while day <= as_of:
@@ -275,7 +275,7 @@ def read_boots(args, as_of: datetime, config):
         if host_files(args.dataset, args.window_s, day, end):
             parts += [normalise_host_windows(f) for f in collect_host_windows(
                 args.dataset, args.window_s, lambda lf, lo=day, hi=end: per_boot(lf, lo, hi),
-                since=day, until=end)]
+                since=day, until=end, engine="streaming")]
         day = end + timedelta(microseconds=1)
     return (pl.concat(parts, how="diagonal_relaxed").sort("window_start")
             .group_by("host_id", "boot_id", maintain_order=True)
