@@ -13,7 +13,7 @@
    6 h lookback of one-minute host windows) for one new window.
 
 ``--one-shot``: only a one-shot ``detect --history {days}d`` over a generated dataset of
-``--hosts`` hosts and ``--days`` days, in its own process (wall and CPU seconds, peak
+``--hosts`` hosts and ``--days`` days (in ``--fleets`` fleets of four groups), in its own process (wall and CPU seconds, peak
 RSS), beside the previous read (every host window into memory, then ``analyze``;
 ``--previous-history none`` leaves it out) and, with ``--before DIR``, beside the same
 ``detect`` of another version of the package (DIR holds its ``foliowatch`` package, put
