@@ -3,6 +3,7 @@ detector can be compared decision for decision (a change meant only to make eval
 cheaper must leave this output identical).
 
     .venv/bin/python benchmarks/detector_decisions.py dump OUT.jsonl [--case seed|late-waves|both]
+        [--one-shot DIR]
     .venv/bin/python benchmarks/detector_decisions.py diff A.jsonl B.jsonl
 
 ``dump``: the seed case (0.75x, 2,000 hosts, default physics) every 20 simulated minutes
@@ -10,7 +11,11 @@ through its canary wave, and/or the late-waves no-effect rollout (3 copies at a 
 its size, ``Physics.random(300)``) every 2 hours; per evaluation, every comparison (hosts,
 windows, confounds, each test's p, q, effect and interval) and every candidate record
 (status, reasons, headline), one JSON line each. To dump an older version, put its
-package first on PYTHONPATH. ``diff``: the lines that differ (none: identical).
+package first on PYTHONPATH. ``--one-shot DIR``: each evaluation is instead the one-shot
+evaluation ``detect`` and ``verdict`` run (``run.evaluate`` with ``--as-of``: it reads what it
+needs from a dataset, without a cache between runs), over the case written once as a
+dataset under DIR (a day's windows in four files). ``diff``: the lines that differ (none:
+identical).
 """
 
 from __future__ import annotations
@@ -20,11 +25,27 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _evaluations(case: str):
+def _dataset(df, root: Path) -> None:
+    """``df``'s host windows in the dataset layout (``level=host/window_s=60/date=.../``),
+    each day in four files of six hours; kept when ``root`` holds them already."""
+    import polars as pl
+    base = root / "level=host" / "window_s=60"
+    if base.is_dir():
+        return
+    df = df.with_columns(pl.col("window_start").dt.date().alias("_day"),
+                         (pl.col("window_start").dt.hour() // 6).alias("_part"))
+    for (day, part), rows in df.group_by("_day", "_part", maintain_order=True):
+        d = base / f"date={day.isoformat()}"
+        d.mkdir(parents=True, exist_ok=True)
+        rows.drop("_day", "_part").write_parquet(d / f"part-{part}.parquet")
+
+
+def _evaluations(case: str, one_shot: Optional[str] = None):
     from detector_eval import KEEP, grid, replicate
     from detector_replay import NO_EFFECT
     from detector_scenarios import host_windows
@@ -46,16 +67,25 @@ def _evaluations(case: str):
     first = kernel_changes(df)["at"].min()
     end = first + span if span else df["window_start"].max()
     state, cache = RegressionState(None), AnalysisCache()
+    if one_shot:
+        from foliowatch.detector import run
+        root = Path(one_shot) / case
+        _dataset(df, root)
+        ns = argparse.Namespace(dataset=str(root), window_s=60, history=timedelta(days=7),
+                                lookback=timedelta(hours=6), fdr=None, as_of=None)
     for t in grid(first + timedelta(minutes=step), end, step):
-        a = analyze(df, as_of=t, config=DetectorConfig(changepoints=False), cache=cache)
+        if one_shot:
+            a = run.evaluate(ns, as_of=t)
+        else:
+            a = analyze(df, as_of=t, config=DetectorConfig(changepoints=False), cache=cache)
         state.update(a.candidates, a.rolled_back, a.as_of)
         yield case, t, a, state
 
 
-def dump(out: str, cases) -> None:
+def dump(out: str, cases, one_shot: Optional[str] = None) -> None:
     with open(out, "w") as f:
         for case in cases:
-            for c, t, a, state in _evaluations(case):
+            for c, t, a, state in _evaluations(case, one_shot):
                 for comp in sorted(a.comparisons, key=lambda c: (str(c.group), c.kernel_from, c.kernel_to)):
                     f.write(json.dumps({
                         "case": c, "as_of": t.isoformat(), "kind": "comparison",
@@ -123,13 +153,15 @@ def main(argv=None) -> int:
     d = sub.add_parser("dump")
     d.add_argument("out")
     d.add_argument("--case", default="both", choices=("seed", "late-waves", "both"))
+    d.add_argument("--one-shot", metavar="DIR", default=None,
+                   help="evaluate as a one-shot detect does, from the case written as a dataset here")
     f = sub.add_parser("diff")
     f.add_argument("a")
     f.add_argument("b")
     args = p.parse_args(argv)
     if args.cmd == "diff":
         return diff(args.a, args.b)
-    dump(args.out, ["seed", "late-waves"] if args.case == "both" else [args.case])
+    dump(args.out, ["seed", "late-waves"] if args.case == "both" else [args.case], args.one_shot)
     return 0
 
 

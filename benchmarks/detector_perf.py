@@ -13,7 +13,7 @@
    6 h lookback of one-minute host windows) for one new window.
 
 ``--one-shot``: only a one-shot ``detect --history {days}d`` over a generated dataset of
-``--hosts`` hosts and ``--days`` days, in its own process (wall and CPU seconds, peak
+``--hosts`` hosts and ``--days`` days (in ``--fleets`` fleets of four groups), in its own process (wall and CPU seconds, peak
 RSS), beside the previous read (every host window into memory, then ``analyze``;
 ``--previous-history none`` leaves it out) and, with ``--before DIR``, beside the same
 ``detect`` of another version of the package (DIR holds its ``foliowatch`` package, put
@@ -116,10 +116,11 @@ def host_level_incremental():
     return statistics.median(warm), max(warm), statistics.median(cold), hosts, rows, len(a.comparisons)
 
 
-def synthetic_dataset(root: str, hosts: int, days: int, seed: int = 0) -> None:
+def synthetic_dataset(root: str, hosts: int, days: int, seed: int = 0, fleets: int = 1) -> None:
     """``days`` of one-minute host windows of ``hosts`` hosts in the dataset layout
     (``level=host/window_s=60/date=.../*.parquet``), generated with polars (the
-    simulator would take hours for 86 M host windows): one fleet in four groups, 1% of
+    simulator would take hours for 86 M host windows): ``fleets`` fleets (``payments-db``,
+    or ``payments-db-0``, ``-1``, ... when more than one) in four groups each, 1% of
     hosts rebooting a day, and on the last day a rollout of 1% then 10% of the hosts to
     a new kernel (so the evaluation has comparisons to run)."""
     rng = np.random.default_rng(seed)
@@ -134,7 +135,9 @@ def synthetic_dataset(root: str, hosts: int, days: int, seed: int = 0) -> None:
         "h": np.arange(hosts), "host_id": [f"db-{i:06d}" for i in range(hosts)],
         "arch": arch, "page_size": np.array([p for _, p, _ in groups])[g],
         "fs": np.array([f for _, _, f in groups])[g], "instance_type": itype, "cpus": cpus,
-        "mem_bytes": cpus * 4 * 2**30, "level": rng.normal(0.0, 0.2, hosts)})
+        "mem_bytes": cpus * 4 * 2**30, "level": rng.normal(0.0, 0.2, hosts),
+        "fleet": (["payments-db"] * hosts if fleets == 1
+                  else [f"payments-db-{i % fleets}" for i in range(hosts)])})
     start = datetime(2026, 10, 1, tzinfo=timezone.utc)
     boot = np.zeros(hosts, dtype=np.int64)
     boot_min = -rng.uniform(1, 40, hosts) * 1440.0     # minute the current boot began
@@ -169,7 +172,7 @@ def synthetic_dataset(root: str, hosts: int, days: int, seed: int = 0) -> None:
                             (0.5 * pl.col("load") * (pl.col("frag_unusable_1m") / 0.8) ** 3
                              * (0.5 + pl.col("u"))).alias("compact_stall_per_s"))
               .select((pl.lit(start) + pl.duration(minutes=mm)).dt.cast_time_unit("us").alias("window_start"),
-                      pl.lit(60).alias("window_s"), pl.lit("payments-db").alias("fleet"),
+                      pl.lit(60).alias("window_s"), "fleet",
                       pl.lit("postgres").alias("role"), "arch", "page_size", "fs",
                       pl.concat_str(pl.when(pl.col("on_new")).then(pl.lit("6.12.40-63"))
                                     .otherwise(pl.lit("6.6.87-101")),
@@ -218,7 +221,7 @@ print("RESULT", time.perf_counter() - t0, ru.ru_maxrss / 1024.0, ru.ru_utime + r
 
 
 def one_shot(hosts: int, days: int, history: str, previous_history: str,
-             dataset: str = None, before: str = None):
+             dataset: str = None, before: str = None, fleets: int = 1):
     """A one-shot ``detect`` over ``days`` of ``hosts`` hosts, beside the previous read
     (every host window of ``--history`` into memory, then ``analyze``), each in its own
     process: wall seconds, peak RSS (MiB) and CPU seconds. ``dataset``: keep the
@@ -230,7 +233,7 @@ def one_shot(hosts: int, days: int, history: str, previous_history: str,
     with (contextlib.nullcontext(dataset) if dataset else tempfile.TemporaryDirectory()) as d:
         if not os.path.isdir(os.path.join(d, "level=host")):
             t0 = time.perf_counter()
-            synthetic_dataset(d, hosts, days)
+            synthetic_dataset(d, hosts, days, fleets=fleets)
             gen = time.perf_counter() - t0
         runs = [("before", history)] if before else []
         runs.append(("new", history))
@@ -258,6 +261,8 @@ def main(argv=None) -> int:
     p.add_argument("--one-shot", action="store_true",
                    help="only the one-shot detect over --days of --hosts hosts")
     p.add_argument("--hosts", type=int, default=2000)
+    p.add_argument("--fleets", type=int, default=1,
+                   help="one-shot: the hosts in this many fleets of four groups each")
     p.add_argument("--dataset", default=None,
                    help="one-shot: generate the dataset here, or reuse the one there")
     p.add_argument("--previous-history", default="3d",
@@ -271,7 +276,7 @@ def main(argv=None) -> int:
     if args.one_shot:
         load0 = os.getloadavg()
         res, gen = one_shot(args.hosts, args.days, f"{args.days}d", args.previous_history,
-                            args.dataset, args.before)
+                            args.dataset, args.before, args.fleets)
         tn, mn, cn = res["new"]
         rows = args.hosts * args.days * 1440
         cells = [f"{tn:.1f} s wall ({cn:.1f} s CPU), peak RSS {mn:,.0f} MiB"]
@@ -285,7 +290,8 @@ def main(argv=None) -> int:
             cells.append(f"previous read (all history in memory, `--history {args.previous_history}`): "
                          f"{to:.1f} s ({co:.1f} s CPU), {mo:,.0f} MiB; ratio new/previous "
                          f"{tn / to:.2f} (time), {mn / mo:.2f} (memory)")
-        lines.append(f"| one-shot `detect --history {args.days}d` | {args.hosts:,} hosts x {args.days} days = "
+        groups = f" in {4 * args.fleets} groups" if args.fleets > 1 else ""
+        lines.append(f"| one-shot `detect --history {args.days}d` | {args.hosts:,} hosts{groups} x {args.days} days = "
                      f"{rows / 1e6:.0f} M host windows | {'; '.join(cells)}; load average {load0[0]:.1f} -> "
                      f"{os.getloadavg()[0]:.1f} | < 30 s, < 4 GB |")
         print("\n".join(lines))

@@ -68,9 +68,6 @@ class AnalysisCache:
     boots_until: Optional[datetime] = None
     references: Dict[Tuple, Tuple[datetime, Dict[str, ReferenceState]]] = \
         field(default_factory=dict)
-    # the baseline histories read for one evaluation (``run.load_evaluated``): used
-    # instead of the host windows' own for a run as of ``reference_windows.as_of``
-    reference_windows: Optional["ReferenceWindows"] = None
 
     def rollouts(self, host_windows: pl.DataFrame, as_of: datetime) -> List[attribution.Rollout]:
         upto = pl.col("window_start") <= as_of
@@ -109,7 +106,9 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
             config: Optional[DetectorConfig] = None,
             cache: Optional[AnalysisCache] = None) -> Analysis:
     """Evaluate ``host_windows`` as of ``as_of`` (default: its last window). ``cache``:
-    state kept between the runs of a continuous detector (``AnalysisCache``)."""
+    state kept between the runs of a continuous detector (``AnalysisCache``). Every
+    group's windows are in ``host_windows``; a one-shot evaluation that reads one group
+    at a time (``run.evaluate_by_group``) calls ``evaluate_group`` and ``conclude``."""
     config = config or DetectorConfig()
     if host_windows.is_empty():
         raise ValueError("host windows: empty frame; nothing to analyse")
@@ -121,56 +120,96 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
 
     def references() -> "ReferenceWindows":     # once per evaluation, only when needed
         if not _references:
-            given = cache.reference_windows if cache is not None else None
-            _references.append(given if given is not None and given.as_of == as_of
-                               else ReferenceWindows.of(host_windows, as_of, config))
+            _references.append(ReferenceWindows.of(host_windows, as_of, config))
         return _references[0]
 
     rollouts = cache.rollouts(host_windows, as_of) if cache is not None \
         else attribution.infer_rollouts(host_windows.filter(pl.col("window_start") <= as_of))
-
-    hosts_by_group: Dict[Tuple, int] = {}
-    rolled_back: Set[Tuple[str, str]] = set()
-    change_points: List[GroupChangePoint] = []
-    tasks = []
-    for key, part in recent.group_by(list(GROUP_KEYS), maintain_order=True):
-        key = tuple(key)
-        hosts_by_group[key] = part["host_id"].n_unique()
-        for base, new in attribution.kernel_pairs(part, rollouts, key[:4]):
-            start = min((r.first_change for r in rollouts if r.key == key[:4]
-                         and (r.kernel_from, r.kernel_to) == (base, new)), default=None)
-            states = cache.reference_states((key, base, new), as_of) if cache is not None else None
-            reference = None
-            if states is None and config.adjust:
-                reference = references().reference(key, base, new, config)
-                states = {}
-                if cache is not None:
-                    cache.references[(key, base, new)] = (as_of, states)
-            tasks.append((part, key, base, new, reference, start, states))
-        rolled_back |= _rolled_back(part, rollouts, key, as_of, config.rollback_quiet)
-        if config.changepoints:
-            change_points.extend(_group_change_points(part, key, rollouts, config))
-
-    def run(task) -> Optional[cohort.Comparison]:
-        part, key, base, new, reference, start, states = task
-        c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
-                           reference=reference, rollout_start=start, reference_states=states,
-                           before_after_policy=config.policy.before_after,
-                           fresh_policy=config.policy.fresh_reference)
-        if c is not None:
-            c.costly_compaction = mechanism.costly_compaction(part, base, new,
-                                                              config.policy.mechanism)
-        return c
-
+    groups = [scan_group(part, tuple(key), rollouts, as_of, config, cache, references)
+              for key, part in recent.group_by(list(GROUP_KEYS), maintain_order=True)]
+    tasks = [t for g in groups for t in g.tasks]
     # Comparisons are independent (each fills only its own reference states) and spend
     # their time in polars, which releases the GIL: one per core.
     if len(tasks) > 1 and (os.cpu_count() or 1) > 1:
         with ThreadPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
-            results = list(pool.map(run, tasks))
+            results = list(pool.map(lambda t: compare_task(t, config), tasks))
     else:
-        results = [run(t) for t in tasks]
-    comparisons: List[cohort.Comparison] = [c for c in results if c is not None]
+        results = [compare_task(t, config) for t in tasks]
+    done = iter(results)
+    for g in groups:
+        g.comparisons = [c for c in (next(done) for _ in g.tasks) if c is not None]
+        g.tasks = []
+    return conclude(groups, rollouts, as_of, config)
 
+
+@dataclass
+class GroupEvaluation:
+    """What one group (``frames.GROUP_KEYS``) contributes to an evaluation: its hosts in
+    the lookback, its kernel comparisons (``tasks`` until they are run), the rollbacks
+    it has completed and its change points. Groups are independent until ``conclude``
+    takes the false discovery rate across all of them."""
+    key: Tuple
+    hosts: int
+    rolled_back: Set[Tuple[str, str]]
+    change_points: List[GroupChangePoint]
+    tasks: List[Tuple] = field(default_factory=list)
+    comparisons: List[cohort.Comparison] = field(default_factory=list)
+
+
+def scan_group(part: pl.DataFrame, key: Tuple, rollouts: List[attribution.Rollout],
+               as_of: datetime, config: DetectorConfig, cache: Optional[AnalysisCache],
+               references) -> GroupEvaluation:
+    """One group's lookback windows ``part``: its comparisons to run (``compare_task``),
+    rollbacks and change points. ``references``: returns the evaluation's
+    ``ReferenceWindows`` (called only when a reference is not cached)."""
+    g = GroupEvaluation(key, part["host_id"].n_unique(),
+                        _rolled_back(part, rollouts, key, as_of, config.rollback_quiet),
+                        _group_change_points(part, key, rollouts, config)
+                        if config.changepoints else [])
+    for base, new in attribution.kernel_pairs(part, rollouts, key[:4]):
+        start = min((r.first_change for r in rollouts if r.key == key[:4]
+                     and (r.kernel_from, r.kernel_to) == (base, new)), default=None)
+        states = cache.reference_states((key, base, new), as_of) if cache is not None else None
+        reference = None
+        if states is None and config.adjust:
+            reference = references().reference(key, base, new, config)
+            states = {}
+            if cache is not None:
+                cache.references[(key, base, new)] = (as_of, states)
+        g.tasks.append((part, key, base, new, reference, start, states))
+    return g
+
+
+def evaluate_group(part: pl.DataFrame, key: Tuple, rollouts: List[attribution.Rollout],
+                   as_of: datetime, config: DetectorConfig, references) -> GroupEvaluation:
+    """``scan_group`` and its comparisons, one after the other; only their results are
+    kept (not the group's windows)."""
+    g = scan_group(part, key, rollouts, as_of, config, None, references)
+    g.comparisons = [c for c in (compare_task(t, config) for t in g.tasks) if c is not None]
+    g.tasks = []
+    return g
+
+
+def compare_task(task: Tuple, config: DetectorConfig) -> Optional[cohort.Comparison]:
+    """One kernel comparison of ``scan_group``'s, with its mechanism summary."""
+    part, key, base, new, reference, start, states = task
+    c = cohort.compare(part, key, base, new, config.metrics, adjust=config.adjust,
+                       reference=reference, rollout_start=start, reference_states=states,
+                       before_after_policy=config.policy.before_after,
+                       fresh_policy=config.policy.fresh_reference)
+    if c is not None:
+        c.costly_compaction = mechanism.costly_compaction(part, base, new, config.policy.mechanism)
+    return c
+
+
+def conclude(groups: Sequence[GroupEvaluation], rollouts: List[attribution.Rollout],
+             as_of: datetime, config: DetectorConfig) -> Analysis:
+    """The evaluation from its groups' comparisons (in the groups' order): the false
+    discovery rate across all of them, judgements, regression candidates."""
+    hosts_by_group = {g.key: g.hosts for g in groups}
+    comparisons = [c for g in groups for c in g.comparisons]
+    change_points = [cp for g in groups for cp in g.change_points]
+    rolled_back = set().union(*(g.rolled_back for g in groups))
     evidence.apply_fdr(comparisons)
     judgements = evidence.rank(evidence.judge(c, config.policy, hosts_by_group[c.group])
                                for c in comparisons)

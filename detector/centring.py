@@ -27,5 +27,8 @@ def centred_windows(df: pl.DataFrame, metric: str, base_kernel: str) -> pl.DataF
     centre = (x.filter(pl.col("kernel") == base_kernel).group_by("window_start")
               .agg(pl.col("y").median().alias("centre"), pl.len().alias("nb"))
               .filter(pl.col("nb") >= MIN_CENTRE_HOSTS))
-    return (x.join(centre, on="window_start", how="inner")
+    # in ``df``'s row order: a hash join's own order changes from one run to the next,
+    # and the memory-state model samples rows (``MemoryStateModel.max_rows``), so the
+    # same data gave another model, and other effects, on every run
+    return (x.join(centre, on="window_start", how="inner", maintain_order="left")
             .with_columns((pl.col("y") - pl.col("centre")).alias("z")).collect())

@@ -95,6 +95,8 @@ def _files_per_read() -> int:
 
 
 FILES_PER_READ = _files_per_read()
+# rows a batch holds when a read's rows are handed on as they come (``each``)
+BATCH_ROWS = 500_000
 _READ_ERRORS = (pl.exceptions.PolarsError, OSError) + (
     (pl.exceptions.PanicException,) if hasattr(pl.exceptions, "PanicException") else ())
 
@@ -127,10 +129,13 @@ def host_files(root: str, window_s: int, since: Optional[datetime] = None,
     return files
 
 
-def _collect_opened(paths: Sequence[str], query, engine: str = "auto") -> list:
+def _collect_opened(paths: Sequence[str], query, engine: str = "auto", each=None) -> list:
     """``query`` over ``paths`` opened first, in slices of FILES_PER_READ: what is read
-    is what was opened, whatever renames happen meanwhile."""
+    is what was opened, whatever renames happen meanwhile. ``each(i, frame)``: given
+    each batch of at most BATCH_ROWS rows in turn (``i`` counts them) instead of
+    keeping the slices' frames (nothing is returned)."""
     frames = []
+    batches = 0
     for i in range(0, len(paths), FILES_PER_READ):
         fds = []
         try:
@@ -142,7 +147,13 @@ def _collect_opened(paths: Sequence[str], query, engine: str = "auto") -> list:
             if fds:
                 lf = pl.scan_parquet([f"/proc/self/fd/{fd}" for fd in fds])
                 try:
-                    frames.append(query(lf).collect(engine=engine))
+                    if each is None:
+                        frames.append(query(lf).collect(engine=engine))
+                    else:
+                        # in batches, in order: a slice of large files need not fit
+                        for frame in query(lf).collect_batches(chunk_size=BATCH_ROWS):
+                            each(batches, frame)
+                            batches += 1
                 except _READ_ERRORS as e:
                     e.foliowatch_files = list(paths[i:i + FILES_PER_READ])
                     raise
@@ -155,9 +166,11 @@ def _collect_opened(paths: Sequence[str], query, engine: str = "auto") -> list:
 def collect_host_windows(root: str, window_s: int,
                          query: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda lf: lf,
                          since: Optional[datetime] = None, until: Optional[datetime] = None,
-                         attempts: int = READ_ATTEMPTS, engine: str = "auto") -> list:
+                         attempts: int = READ_ATTEMPTS, engine: str = "auto", each=None) -> list:
     """``query`` (row-wise: filters, selects) applied to the host windows; one frame per
-    slice of files read. ``since`` / ``until`` only prune ``date=`` folders: the query
+    slice of files read (``each(i, frame)``: batches of at most ``BATCH_ROWS`` rows
+    given to it in order instead, none kept; a read again after an error gives them
+    again from ``i`` 0). ``since`` / ``until`` only prune ``date=`` folders: the query
     filters rows. ``engine``: polars' (``"streaming"`` for an aggregation: it holds a
     batch of rows at a time, not the slice's; row order is then not the files'). Raises
     ``DatasetReadError`` naming the dataset when a file cannot be read (damaged, not a
@@ -172,8 +185,12 @@ def collect_host_windows(root: str, window_s: int,
                 raise _no_host_windows(root, window_s)
         try:
             if remote:
-                return [query(scan_remote_host_windows(root, window_s)).collect(engine=engine)]
-            return _collect_opened(files, query, engine)
+                frame = query(scan_remote_host_windows(root, window_s)).collect(engine=engine)
+                if each is None:
+                    return [frame]
+                each(0, frame)
+                return []
+            return _collect_opened(files, query, engine, each)
         except _READ_ERRORS as e:
             last = e
             if attempt + 1 < attempts:

@@ -49,10 +49,11 @@ def _bin() -> pl.Expr:
     return frag_bin().alias("bin")
 
 
-def reference_bins(reference: pl.DataFrame, metric: str, base_kernel: str) -> Optional[pl.DataFrame]:
+def reference_bins(centred: pl.DataFrame, base_kernel: str) -> Optional[pl.DataFrame]:
     """Per baseline host and fragmentation bin of the reference history: the host's
-    median centred log value (``host_id, bin, z``)."""
-    x = centred_windows(reference, metric, base_kernel)
+    median centred log value (``host_id, bin, z``). ``centred``: the reference's
+    ``centring.centred_windows`` of the metric (built once for all its uses)."""
+    x = centred
     if "frag" not in x.columns or x.is_empty():
         return None
     return (x.filter((pl.col("kernel") == base_kernel) & pl.col("frag").is_finite())

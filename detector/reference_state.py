@@ -41,9 +41,9 @@ def reference_state(reference: pl.DataFrame, metric: str, base_kernel: str,
     ``metric`` is one of their metrics."""
     buckets = (before_buckets(reference, metric, base_kernel, before, before_after)
                if before_after is not None and metric in before_after.metrics else None)
-    bins = (reference_bins(reference, metric, base_kernel)
-            if fresh is not None and metric in fresh.metrics else None)
     ref = centred_windows(reference, metric, base_kernel)
+    bins = reference_bins(ref, base_kernel) if fresh is not None and metric in fresh.metrics \
+        else None
     if "frag" not in ref.columns or ref.is_empty():
         return ReferenceState(None, None, None, buckets, bins)
     # The model is fitted on, and only applied to, the comparable states: a curve fitted

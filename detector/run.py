@@ -7,7 +7,10 @@ regression state and announcing transitions belong to ``detect`` alone (``main``
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
@@ -94,55 +97,165 @@ class FollowedFrame:
         return self.df
 
 
-def load_evaluated(args, as_of: Optional[datetime], config):
-    """What one evaluation reads (a one-shot ``detect`` or ``verdict``), each part with
-    only the columns and rows it uses (filters and projections pushed into the scan):
+def evaluate(args, as_of: Optional[datetime] = None, frame=None, cache=None):
+    """One evaluation of the dataset as of ``as_of`` (default ``--as-of``, else the
+    newest window): the ``Analysis``, with nothing written. ``frame``: host windows
+    already read (``FollowedFrame``); ``cache``: an ``AnalysisCache`` kept between runs.
+    Without them, one group at a time (``evaluate_by_group``)."""
+    from .analysis import analyze
+    config = config_from(args)
+    as_of = as_of or args.as_of
+    if frame is None and cache is None:
+        return evaluate_by_group(args, as_of, config)
+    if frame.is_empty():
+        raise InputError(f"dataset {args.dataset}: no host windows in the requested range")
+    return analyze(frame, as_of=as_of, config=config, cache=cache)
 
-    - every column of the lookback's host windows (what is compared);
-    - of the memory-state reference history before it, one row per (group, kernel,
-      host), then only the windows of the hosts a reference can use (sampled baseline
-      hosts, hosts that ran another kernel, freshly booted ones: ``reference_read_keys``)
-      and only the columns a reference uses (``ReferenceWindows``);
-    - over ``--history``, one row per boot (the rollouts and rollbacks are read from
-      boots), aggregated as each day of files is read.
 
-    Memory grows with the hosts in the lookback plus the reference hosts, not with the
-    history. Returns (host windows, boots, reference windows, as_of)."""
+def evaluate_by_group(args, as_of: Optional[datetime], config):
+    """A one-shot evaluation (``detect``, ``verdict``) that holds one group's windows per
+    core at a time, each part read with only the rows and columns it uses (filters and
+    projections pushed into the scan):
+
+    - over ``--history``, one row per boot (rollouts and rollbacks are read from boots),
+      aggregated as each day of files is read (``read_boots``);
+    - of the memory-state reference history, one row per (group, kernel, host)
+      (``analysis.reference_summary``);
+    - every column of the lookback's windows, and of the reference history only the
+      windows of the hosts a reference can use (``analysis.reference_read_keys``) in the
+      columns a reference uses (``ReferenceWindows``), each read once, a slice of files
+      at a time, and written to temporary files per group (``frames.GROUP_KEYS``);
+    - then per group: its windows read back, its comparisons run, and only their results
+      kept.
+
+    Memory grows with the hosts of the largest groups (one per core) plus one row per
+    host and boot, not with the fleet times the history; the temporary files hold the
+    lookback and the reference windows of every group (on disk, compressed). The false
+    discovery rate is taken across every group's comparisons at the end
+    (``analysis.conclude``): the result is the one ``analyze`` gives over every window
+    at once."""
     import polars as pl
 
-    from .analysis import (ReferenceWindows, merge_reference_summaries, reference_read_keys,
-                           reference_summary)
-    from .attribution import ROLLOUT_KEYS
-    from .frames import _utc, collect_host_windows, host_files, newest_window, \
-        normalise_host_windows, read_host_windows
+    from . import attribution
+    from .analysis import (ReferenceWindows, conclude, evaluate_group,
+                           merge_reference_summaries, reference_read_keys, reference_summary)
+    from .frames import GROUP_KEYS, _utc, newest_window
     if as_of is None:
         as_of = newest_window(args.dataset, args.window_s)
         if as_of is None:
             raise InputError(f"dataset {args.dataset}: no host windows")
     as_of = _utc(as_of)
+    rollouts = attribution.infer_rollouts(
+        changes=attribution.changes_from_boots(read_boots(args, as_of, config)))
+    lookback = (pl.col("window_start") >= as_of - config.lookback) & (pl.col("window_start") <= as_of)
+    recent = (pl.col("window_start") > as_of - config.lookback) & (pl.col("window_start") <= as_of)
+    # the groups in the order ``analyze`` meets them: first window of each in the files
+    groups = [tuple(k) for k in _read(args, lambda lf: lf.filter(recent).select(GROUP_KEYS)
+                                      .unique(maintain_order=True), as_of - config.lookback, as_of)
+              .unique(maintain_order=True).iter_rows()]
     since = as_of - max(config.lookback, config.reference_history)
-    df = read_host_windows(args.dataset, args.window_s, since=as_of - config.lookback, until=as_of)
-    if df.is_empty():
+    if not groups:
         # nothing to compare; the history still says which rollouts were rolled back
-        df = read_host_windows(args.dataset, args.window_s, since=since, until=as_of)
-
-    def read(query, lo: datetime, hi: datetime, engine: str = "auto") -> pl.DataFrame:
-        parts = [normalise_host_windows(f) for f in collect_host_windows(
-            args.dataset, args.window_s, query, since=lo, until=hi, engine=engine)]
-        return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
-
+        if _read(args, lambda lf: lf.filter((pl.col("window_start") >= since)
+                                            & (pl.col("window_start") <= as_of))
+                 .select(pl.len()), since, as_of)["len"].sum() == 0:
+            raise InputError(f"dataset {args.dataset}: no host windows in the requested range")
+        return conclude([], rollouts, as_of, config)
     in_range = (pl.col("window_start") >= since) & (pl.col("window_start") <= as_of)
-    summary = merge_reference_summaries(
-        [read(lambda lf: reference_summary(lf.filter(in_range), as_of, config), since, as_of,
-              "streaming")])
-    keys = reference_read_keys(summary, config)
-    wanted = (keys["host_id"] + "\x00" + keys["kernel"]).implode()
-    reference = ReferenceWindows.from_windows(as_of, read(
-        lambda lf: ReferenceWindows.select(
-            lf.filter((pl.col("host_id").cast(pl.String) + "\x00" + pl.col("kernel").cast(pl.String))
-                      .is_in(wanted)), as_of, config),
-        as_of - config.reference_history, as_of), summary=summary)
+    summary = (merge_reference_summaries(
+        [_read(args, lambda lf: reference_summary(lf.filter(in_range), as_of, config), since,
+               as_of, "streaming")]) if config.adjust else None)
 
+    with tempfile.TemporaryDirectory(prefix="foliowatch-detect-") as spill:
+        # every group's rows, in one pass over the files, each group's to its own files:
+        # a group's windows are then read from them, not from the whole fleet's again
+        index = {key: i for i, key in enumerate(groups)}
+        lookback_rows = _spill_by_group(args, lambda lf: lf.filter(lookback), as_of - config.lookback,
+                                        as_of, index, os.path.join(spill, "lookback"))
+        if config.adjust:
+            keys = reference_read_keys(summary, config)
+            wanted = (keys["host_id"] + "\x00" + keys["kernel"]).implode()
+            reference_rows = _spill_by_group(
+                args, lambda lf: ReferenceWindows.select(lf.filter(
+                    (pl.col("host_id").cast(pl.String) + "\x00" + pl.col("kernel").cast(pl.String))
+                    .is_in(wanted)), as_of, config),
+                as_of - config.reference_history, as_of, index, os.path.join(spill, "reference"))
+
+        def one_group(key):
+            is_group = pl.all_horizontal([pl.col(k) == v for k, v in zip(GROUP_KEYS, key)])
+            part = lookback_rows(index[key])
+            read: list = []
+
+            def reference():     # once, when a comparison of the group first needs it
+                if not read:
+                    read.append(ReferenceWindows.from_windows(
+                        as_of, reference_rows(index[key]), summary=summary.filter(is_group)))
+                return read[0]
+            return evaluate_group(part.filter(recent), key, rollouts, as_of, config, reference)
+
+        workers = min(len(groups), os.cpu_count() or 1)
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                evaluated = list(pool.map(one_group, groups))
+        else:
+            evaluated = [one_group(k) for k in groups]
+    return conclude(evaluated, rollouts, as_of, config)
+
+
+def _spill_by_group(args, query, lo: datetime, hi: datetime, index: dict, directory: str):
+    """``query``'s rows of the host-window files of ``lo`` .. ``hi``, read a slice of
+    files at a time and written per group (``index``: group key -> number) under
+    ``directory``. Returns ``rows(number)``: that group's rows, in the files' order (the
+    rows one read of every file would give, filtered to the group)."""
+    import glob
+    import shutil
+
+    import polars as pl
+
+    from .frames import GROUP_KEYS, collect_host_windows, normalise_host_windows
+    schema = {}
+
+    def write(i: int, frame: pl.DataFrame) -> None:
+        if i == 0 and os.path.isdir(directory):     # a read again after an error
+            shutil.rmtree(directory)
+        frame = normalise_host_windows(frame)
+        schema.setdefault("columns", frame.clear())
+        for key, part in frame.partition_by(list(GROUP_KEYS), maintain_order=True,
+                                            as_dict=True).items():
+            n = index.get(tuple(key))
+            if n is not None:
+                folder = os.path.join(directory, f"g{n}")
+                os.makedirs(folder, exist_ok=True)
+                part.write_parquet(os.path.join(folder, f"{i:06d}.parquet"), compression="lz4")
+    collect_host_windows(args.dataset, args.window_s, query, since=lo, until=hi, each=write)
+
+    def rows(n: int) -> pl.DataFrame:
+        parts = [pl.read_parquet(f) for f in
+                 sorted(glob.glob(os.path.join(directory, f"g{n}", "*.parquet")))]
+        if not parts:
+            return schema["columns"]
+        return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
+    return rows
+
+
+def _read(args, query, lo: datetime, hi: datetime, engine: str = "auto"):
+    """``query`` over the host-window files of ``lo`` .. ``hi``, one frame."""
+    import polars as pl
+
+    from .frames import collect_host_windows, normalise_host_windows
+    parts = [normalise_host_windows(f) for f in collect_host_windows(
+        args.dataset, args.window_s, query, since=lo, until=hi, engine=engine)]
+    return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
+
+
+def read_boots(args, as_of: datetime, config):
+    """One row per (host, boot) over ``--history`` (and the lookback and reference
+    history, when longer) up to ``as_of``: its first window, kernel and rollout keys
+    (``attribution.boots``), read a day at a time."""
+    import polars as pl
+
+    from .attribution import ROLLOUT_KEYS
+    from .frames import collect_host_windows, host_files, normalise_host_windows
     first = as_of - max(args.history, config.lookback, config.reference_history)
     keys = ["kernel", *ROLLOUT_KEYS]
 
@@ -152,8 +265,8 @@ def load_evaluated(args, as_of: Optional[datetime], config):
                 .agg(pl.col("window_start").min(), *[pl.col(k).sort_by("window_start").first()
                                                     for k in keys]))
     # a day at a time, midnight to midnight (the dataset's date= folders: each file is
-    # read once): the per-boot aggregation holds one day's host and boot ids, not the
-    # history's
+    # read once), streaming: the per-boot aggregation holds a batch of a day's rows and
+    # one day's host and boot ids, not the history's
     parts = []
     day = first
     while day <= as_of:
@@ -162,27 +275,9 @@ def load_evaluated(args, as_of: Optional[datetime], config):
         if host_files(args.dataset, args.window_s, day, end):
             parts += [normalise_host_windows(f) for f in collect_host_windows(
                 args.dataset, args.window_s, lambda lf, lo=day, hi=end: per_boot(lf, lo, hi),
-                since=day, until=end)]
+                since=day, until=end, engine="streaming")]
         day = end + timedelta(microseconds=1)
-    boots = (pl.concat(parts, how="diagonal_relaxed").sort("window_start")
-             .group_by("host_id", "boot_id", maintain_order=True)
-             .agg(pl.col("window_start").first(), *[pl.col(k).first() for k in keys])
-             .select("host_id", "boot_id", "window_start", *keys))
-    return df, boots, reference, as_of
-
-
-def evaluate(args, as_of: Optional[datetime] = None, frame=None, cache=None):
-    """One evaluation of the dataset as of ``as_of`` (default ``--as-of``, else the
-    newest window): the ``Analysis``, with nothing written. ``frame``: host windows
-    already read (``FollowedFrame``); ``cache``: an ``AnalysisCache`` kept between runs.
-    Without them, only what this evaluation needs is read (``load_evaluated``)."""
-    from .analysis import AnalysisCache, analyze
-    config = config_from(args)
-    as_of = as_of or args.as_of
-    if frame is None and cache is None:
-        frame, boots, reference, as_of = load_evaluated(args, as_of, config)
-        cache = AnalysisCache(boots=boots, boots_until=as_of, reference_windows=reference)
-    df = frame
-    if df.is_empty():
-        raise InputError(f"dataset {args.dataset}: no host windows in the requested range")
-    return analyze(df, as_of=as_of, config=config, cache=cache)
+    return (pl.concat(parts, how="diagonal_relaxed").sort("window_start")
+            .group_by("host_id", "boot_id", maintain_order=True)
+            .agg(pl.col("window_start").first(), *[pl.col(k).first() for k in keys])
+            .select("host_id", "boot_id", "window_start", *keys))

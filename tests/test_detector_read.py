@@ -103,3 +103,69 @@ def test_a_damaged_file_is_named_with_what_to_do(tmp_path):
     assert "Move it out of the dataset" in msg
     with pytest.raises(FileNotFoundError, match="run `foliowatch pipeline` first"):
         frames.read_host_windows(str(tmp_path / "empty"), 60)
+
+
+def _evaluation(a) -> dict:
+    """What an evaluation decides, in a form two evaluations can be compared in."""
+    return {
+        "comparisons": [(c.group, c.kernel_from, c.kernel_to, c.n_new, c.n_base,
+                         c.n_new_compared, c.windows, c.confounds,
+                         [(t.metric, t.statistic, t.n_new, t.n_base, t.p_value, t.q_value,
+                           t.effect, t.ci_low, t.ci_high) for t in c.tests])
+                        for c in a.comparisons],
+        "candidates": [(r.id, r.status, r.metric, r.statistic, r.reasons, r.headline)
+                       for r in a.candidates],
+        "rolled_back": sorted(a.rolled_back), "hosts": a.hosts_by_group,
+        "rollouts": [(r.key, r.kernel_from, r.kernel_to, r.hosts, r.is_rollback)
+                     for r in a.rollouts],
+        "change_points": [(cp.group, cp.metric, cp.at, cp.attribution.kind) for cp in a.change_points],
+    }
+
+
+def _close(x, y) -> bool:
+    if isinstance(x, float) and isinstance(y, float):
+        return x == y or abs(x - y) <= 1e-9 * max(abs(x), abs(y))
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_close(a, b) for a, b in zip(x, y))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
+    return x == y
+
+
+def test_a_one_shot_read_group_by_group_decides_as_every_window_at_once(tmp_path, monkeypatch):
+    """``detect`` and ``verdict`` read one group at a time (``run.evaluate_by_group``):
+    the same comparisons, tests, false discovery rate and records as ``analyze`` over
+    every window in memory, with the reference's host sample in use (groups larger than
+    ``reference_hosts``) and files read a few at a time, in batches of rows."""
+    from argparse import Namespace
+
+    from foliowatch.detector import run
+    from foliowatch.detector.analysis import DetectorConfig, analyze
+    from test_detector_helpers import fleet_frame
+    df = pl.concat([
+        # a regression, a rollback without an effect, a group with no rollout
+        fleet_frame(n_hosts=90, minutes=300, canary_hosts=12, write_factor=0.75,
+                    stall_factor=4.0, seed=1),
+        fleet_frame(n_hosts=80, minutes=300, arch="x86_64", fs="ext4", canary_hosts=10,
+                    rollback_minute=200, seed=2),
+        fleet_frame(n_hosts=60, minutes=300, fleet="web", canary_hosts=0, seed=3),
+    ], how="diagonal_relaxed").sort("window_start", maintain_order=True)
+    root = tmp_path / "ds"
+    day = root / "level=host" / "window_s=60" / "date=2026-11-02"
+    day.mkdir(parents=True)
+    hour = pl.col("window_start").dt.hour()
+    for h in range(5):      # an hour a file; every file holds every group
+        df.filter(hour == h).write_parquet(day / f"part-p0-{h}.parquet")
+    monkeypatch.setattr(frames, "FILES_PER_READ", 2)
+    monkeypatch.setattr(frames, "BATCH_ROWS", 7_000)
+    whole = frames.read_host_windows(str(root), 60)
+    config = DetectorConfig(reference_hosts=40)
+    args = Namespace(dataset=str(root), window_s=60, history=timedelta(days=7))
+    for minute in (230, 299):
+        as_of = DAY0 + timedelta(minutes=minute)
+        one_shot = _evaluation(run.evaluate_by_group(args, as_of, config))
+        in_memory = _evaluation(analyze(whole, as_of=as_of, config=config))
+        assert _close(one_shot, in_memory), (one_shot, in_memory)
+        assert len(one_shot["hosts"]) == 3 and len(one_shot["comparisons"]) == 2
+    assert [c[1] for c in one_shot["candidates"]] == ["confirmed"], one_shot["candidates"]
+    assert one_shot["rolled_back"], one_shot
