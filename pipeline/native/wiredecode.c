@@ -396,15 +396,27 @@ static int parse_obj(Cursor *c, Node *n) {
     return 1;
 }
 
-/* The per-item columns of a list item just parsed: appended, undone with the record. */
-static int emit_item(Cursor *c, Node *list) {
-    for (int k = 0; k < list->n_item_cols; k++) {
-        Column *col = &list->item_cols[k];
+/* ``n`` columns (the record's, or a list item's) from the slots just parsed, appended;
+   0 when a sum leaves int64 (Python refuses it), before anything is appended. */
+static int emit_columns(Cursor *c, Column *cols, int n) {
+    int64_t sums[MAX_COLUMNS];
+    for (int k = 0; k < n; k++) {   /* first: sums may refuse the record */
+        Column *col = &cols[k];
+        if (col->type != C_INT) continue;
+        int64_t sum = 0;
+        for (int j = 0; j < col->n_inputs; j++) {
+            Slot *sl = &c->slots[col->inputs[j]];
+            if (sl->present && __builtin_add_overflow(sum, sl->i, &sum)) return 0;
+        }
+        sums[k] = sum;
+    }
+    for (int k = 0; k < n; k++) {
+        Column *col = &cols[k];
+        char present = 0;
         if (!buf_reserve(&col->values, 8) || !buf_reserve(&col->valid, 1)) {
             c->oom = 1;
             return 0;
         }
-        char present = 0;
         if (col->type == C_STR) {
             Slot *sl = &c->slots[col->inputs[0]];
             if (sl->present) {
@@ -420,15 +432,9 @@ static int emit_item(Cursor *c, Node *list) {
                 return 0;
             }
         } else if (col->type == C_INT) {
-            int64_t sum = 0;
-            for (int j = 0; j < col->n_inputs; j++) {
-                Slot *sl = &c->slots[col->inputs[j]];
-                if (sl->present) {
-                    if (__builtin_add_overflow(sum, sl->i, &sum)) return 0;
-                    present = 1;
-                }
-            }
-            memcpy(col->values.data + col->values.len, &sum, 8);
+            for (int j = 0; j < col->n_inputs; j++)
+                if (c->slots[col->inputs[j]].present) present = 1;
+            memcpy(col->values.data + col->values.len, &sums[k], 8);
             col->values.len += 8;
         } else {
             Slot *sl = &c->slots[col->inputs[0]];
@@ -441,6 +447,11 @@ static int emit_item(Cursor *c, Node *list) {
         if (!present) col->nulls++;
     }
     return 1;
+}
+
+/* The per-item columns of a list item just parsed: appended, undone with the record. */
+static int emit_item(Cursor *c, Node *list) {
+    return emit_columns(c, list->item_cols, list->n_item_cols);
 }
 
 static int parse_list(Cursor *c, Node *n) {
@@ -515,59 +526,6 @@ static int parse_value(Cursor *c, Node *n, int slot) {
     case K_MAP: return parse_map(c, n);
     }
     return 0;
-}
-
-/* The record's columns from its slots; 0 when a sum leaves int64 (Python refuses it). */
-static int emit_record(Cursor *c) {
-    Layout *lay = c->lay;
-    int64_t sums[MAX_COLUMNS];
-    for (int k = 0; k < lay->n_cols; k++) {   /* first: sums may refuse the record */
-        Column *col = &lay->cols[k];
-        if (col->type != C_INT) continue;
-        int64_t sum = 0;
-        for (int j = 0; j < col->n_inputs; j++) {
-            Slot *sl = &c->slots[col->inputs[j]];
-            if (sl->present && __builtin_add_overflow(sum, sl->i, &sum)) return 0;
-        }
-        sums[k] = sum;
-    }
-    for (int k = 0; k < lay->n_cols; k++) {
-        Column *col = &lay->cols[k];
-        char present = 0;
-        if (!buf_reserve(&col->values, 8) || !buf_reserve(&col->valid, 1)) {
-            c->oom = 1;
-            return 0;
-        }
-        if (col->type == C_STR) {
-            Slot *sl = &c->slots[col->inputs[0]];
-            if (sl->present) {
-                if (!buf_put(&col->values, sl->s, sl->len)) {
-                    c->oom = 1;
-                    return 0;
-                }
-                present = 1;
-            }
-            int32_t off = (int32_t)col->values.len;
-            if (!buf_put(&col->offsets, &off, 4)) {
-                c->oom = 1;
-                return 0;
-            }
-        } else if (col->type == C_INT) {
-            for (int j = 0; j < col->n_inputs; j++)
-                if (c->slots[col->inputs[j]].present) present = 1;
-            memcpy(col->values.data + col->values.len, &sums[k], 8);
-            col->values.len += 8;
-        } else {
-            Slot *sl = &c->slots[col->inputs[0]];
-            double v = sl->present ? sl->f : 0.0;
-            present = (char)sl->present;
-            memcpy(col->values.data + col->values.len, &v, 8);
-            col->values.len += 8;
-        }
-        col->valid.data[col->valid.len++] = present;
-        if (!present) col->nulls++;
-    }
-    return 1;
 }
 
 /* ------------------------------------------------------------------ layout building */
@@ -1013,7 +971,8 @@ static PyObject *Layout_decode(Layout *self, PyObject *values) {
             }
         Cursor c = {(const unsigned char *)ptrs[i], (const unsigned char *)ptrs[i] + lens[i],
                     slots, self, 0};
-        int ok = parse_obj(&c, self->root) && c.p == c.end && emit_record(&c);
+        int ok = parse_obj(&c, self->root) && c.p == c.end &&
+                 emit_columns(&c, self->cols, self->n_cols);
         if (c.oom) {
             oom = 1;
             break;
