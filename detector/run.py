@@ -1,14 +1,17 @@
 """One run of the detector over the dataset, shared by ``foliowatch detect`` and
 ``foliowatch verdict``: the arguments both take, the detector's configuration from them,
 reading the host windows (all at once, or incrementally for ``--follow``), and the
-evaluation, which returns an ``Analysis``. Nothing here writes anything: updating the
-regression state and announcing transitions belong to ``detect`` alone (``main``)."""
+evaluation, which returns an ``Analysis``. Nothing here writes anything but its own
+temporary files (``spill_directory``): updating the regression state and announcing
+transitions belong to ``detect`` alone (``main``)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import shutil
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -166,7 +169,7 @@ def evaluate_by_group(args, as_of: Optional[datetime], config):
         [_read(args, lambda lf: reference_summary(lf.filter(in_range), as_of, config), since,
                as_of, "streaming")]) if config.adjust else None)
 
-    with tempfile.TemporaryDirectory(prefix="foliowatch-detect-") as spill:
+    with spill_directory() as spill:
         # every group's rows, in one pass over the files, each group's to its own files:
         # a group's windows are then read from them, not from the whole fleet's again
         index = {key: i for i, key in enumerate(groups)}
@@ -200,6 +203,36 @@ def evaluate_by_group(args, as_of: Optional[datetime], config):
         else:
             evaluated = [one_group(k) for k in groups]
     return conclude(evaluated, rollouts, as_of, config)
+
+
+SPILL_PREFIX = "foliowatch-detect-"
+
+
+def spill_directory(parent: Optional[str] = None) -> tempfile.TemporaryDirectory:
+    """A one-shot evaluation's temporary folder (``SPILL_PREFIX`` + its pid), removed when
+    the evaluation ends. A ``detect`` killed outright (SIGKILL, the OOM killer) cannot
+    remove its own, and a 2,000-host spill is ~1 GB: the folders of processes that no
+    longer exist are removed here first."""
+    parent = parent or tempfile.gettempdir()
+    mine = re.compile(re.escape(SPILL_PREFIX) + r"([0-9]+)-")
+    for entry in os.scandir(parent):
+        m = mine.match(entry.name)
+        if not m or not entry.is_dir(follow_symlinks=False) or _alive(int(m.group(1))):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        print(f"detector: removed {entry.path}, left by a detect that was killed "
+              f"(pid {m.group(1)})", file=sys.stderr)
+    return tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # another user's process
+        return True
+    return True
 
 
 def _spill_by_group(args, query, lo: datetime, hi: datetime, index: dict, directory: str):

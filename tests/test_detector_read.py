@@ -6,6 +6,7 @@ that names the dataset and what to do."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -169,3 +170,26 @@ def test_a_one_shot_read_group_by_group_decides_as_every_window_at_once(tmp_path
         assert len(one_shot["hosts"]) == 3 and len(one_shot["comparisons"]) == 2
     assert [c[1] for c in one_shot["candidates"]] == ["confirmed"], one_shot["candidates"]
     assert one_shot["rolled_back"], one_shot
+
+
+def test_a_killed_detects_spill_folder_is_removed_by_the_next_one(tmp_path):
+    """A one-shot evaluation spills each group's rows to a temporary folder; SIGKILL or
+    the OOM killer leaves it behind (~1 GB at 2,000 hosts). The next evaluation removes
+    the folders of processes that no longer exist, and only those."""
+    import subprocess
+
+    from foliowatch.detector.run import SPILL_PREFIX, spill_directory
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = tmp_path / f"{SPILL_PREFIX}{gone.pid}-abc"
+    (left / "lookback").mkdir(parents=True)
+    (left / "lookback" / "part-0.parquet").write_bytes(b"x" * 1024)
+    running = tmp_path / f"{SPILL_PREFIX}{os.getppid()}-def"     # a live process's
+    running.mkdir()
+    other = tmp_path / "foliowatch-detect-notapid"
+    other.mkdir()
+    with spill_directory(str(tmp_path)) as spill:
+        assert os.path.basename(spill).startswith(f"{SPILL_PREFIX}{os.getpid()}-")
+        assert not left.exists()
+        assert running.exists() and other.exists()
+    assert not os.path.exists(spill)
