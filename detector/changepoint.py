@@ -18,8 +18,7 @@ Why each step:
   point-to-point sd reads an autocorrelated wander as shifts. The scale here is the
   long-run sd of an AR(1) noise, fitted to the robust variogram of the series (MAD of
   the differences at lags 1..K, K = n/8 up to 40, beside a k^2 term that takes up a
-  smooth signal such as a cycle where AR(1) alone cannot explain the variogram):
-  differences ignore the level,
+  smooth signal such as a cycle): differences ignore the level,
   medians ignore the few differences that straddle a shift, centring ignores a linear
   trend, and the lags beyond 1 measure how slowly the noise forgets (Chakar, Lebarbier,
   Levy-Leduc & Robin 2017 use lags 1 and 2 for the same reason). The estimate is
@@ -201,17 +200,14 @@ def noise_scale(x: np.ndarray, max_rho: float = 0.98) -> Tuple[float, float]:
     # under 64 points (fewer than 8 lags) two lags cannot tell autocorrelation from
     # shifts, and the noise is taken as uncorrelated.
     cap = min(max_rho, max(0.0, 1.0 - 1.0 / np.sqrt(n))) if K >= 8 else 0.0
-    err, rho, g0 = _fit_variogram(v, lags, cap, np.zeros(K))
-    if K >= 8:
-        # A smooth signal (a cycle, a curve) adds about beta k^2 to the variogram: fitted
-        # beside the noise so that it is not read as slowly forgetting noise. Only where
-        # it takes away most (80%) of what AR(1) alone leaves unexplained: on AR(1) 0.9
-        # noise a k^2 term fitted every time took up part of the noise's own rise and
-        # put the long-run sd at 0.85 of the truth (median, 1,000 points), which made
-        # 3.5% of such series show a shift; with the rule, 0.99.
-        err_d, rho_d, g0_d = _fit_variogram(v, lags, cap, (lags * lags).astype(np.float64))
-        if err_d < 0.2 * err:
-            rho, g0 = rho_d, g0_d
+    # A smooth signal (a cycle, a curve) adds about beta k^2 to the variogram: fitted
+    # beside the noise so that it is not read as slowly forgetting noise. (It also takes
+    # up part of an AR(1) 0.9 noise's own rise: the long-run sd comes out at 0.85 of the
+    # truth, median over 1,000 points, which the degrees of freedom of ``NoiseScale``
+    # answer for. Fitting it only where AR(1) alone fits badly read the daily cycle of
+    # a fleet median as rho 0.92 noise and missed a 17-sd load shift.)
+    drift = (lags * lags).astype(np.float64) if K >= 8 else np.zeros(K)
+    _err, rho, g0 = _fit_variogram(v, lags, cap, drift)
     return float(np.sqrt(g0 * (1 + rho) / (1 - rho))), float(rho)
 
 
@@ -221,19 +217,21 @@ class NoiseScale:
     carries: a jump in units of an estimated sd is a t statistic, not a z.
 
     Degrees of freedom, measured on 300 simulated series each from how far the estimate
-    falls below the truth (its 5% quantile read as chi-square's): 15 and 46 for white
-    noise of 20 and 60 points (about 0.75 n: rho is not fitted under 64 points), and
-    0.24-0.8 n (1 - rho) / (1 + rho) where rho is fitted (white noise of 200 and 1,000
-    points, AR(1) 0.5 of 200, AR(1) 0.9 of 200, 1,000 and 3,000); 0.25 is taken.
-    Without it, white noise of 20 points showed a shift at p 0.001 in 1.1% of 4,000
-    series, of 60 in 0.43%, of 200 in 0.2%; AR(1) 0.9 of 1,000 points in 3.5% of 200.
+    falls below the truth (its 5% quantile read as chi-square's), per point of n (1 -
+    rho) / (1 + rho): 0.75 for white noise of 20 and 60 points (rho is not fitted under
+    64 points); where rho is fitted, 1.1-1.5 for white noise of 200 and 1,000 points,
+    0.41 for AR(1) 0.5 of 200, 0.24-0.78 for AR(1) 0.9 of 200-3,000. Taken as
+    0.1 + 0.9 (1 - rho)^2, below those where rho is high because the fitted rho itself
+    comes out low there (0.84-0.88 for 0.9). Without it, white noise of 20 points showed
+    a shift at p 0.001 in 1.1% of 4,000 series, of 60 in 0.43%, of 200 in 0.2%; AR(1)
+    0.9 of 1,000 points in 3.5% of 200 (with it: 0 of 200).
     """
     sd: float
     dof: float
 
     @classmethod
     def of(cls, sd: float, rho: float, n: int) -> "NoiseScale":
-        share = 0.75 if n < 64 else 0.25 * (1.0 - rho) / (1.0 + rho)
+        share = 0.75 if n < 64 else (0.1 + 0.9 * (1.0 - rho) ** 2) * (1.0 - rho) / (1.0 + rho)
         return cls(sd, max(share * n, 1.0))
 
     def gaussian(self, z: float) -> float:

@@ -40,14 +40,28 @@ def test_no_change_point_on_a_daily_cycle(seed):
         assert LevelShifts().fit_predict(x) == [], (n, period, amplitude)
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_no_change_point_on_autocorrelated_noise(seed):
-    rng = np.random.default_rng(200 + seed)
+def test_no_change_point_on_autocorrelated_noise():
     # rho 0.9 wanders for tens of points: 200 of them cannot always tell it from shifts
-    # (2 series in 200 get one; see the results), 1,000 can. Before the noise scale's
-    # degrees of freedom were counted, 7 in 200 of 1,000 points got one.
-    for rho, n in ((0.5, 200), (0.5, 1000), (0.9, 1000), (0.9, 3000)):
-        assert LevelShifts().fit_predict(_ar1(rng, n, rho)) == [], (rho, n)
+    # (see the calibration in the results), 1,000 can. Over these 120 series at most
+    # one may show a shift: the rate measured over 200 seeds per kind is 0-0.5% (AR(1)
+    # 0.5 of 200 points: 1 in 200).
+    shown = []
+    for seed in range(30):
+        rng = np.random.default_rng(200 + seed)
+        for rho, n in ((0.5, 200), (0.5, 1000), (0.9, 1000), (0.9, 3000)):
+            if LevelShifts().fit_predict(_ar1(rng, n, rho)):
+                shown.append((seed, rho, n))
+    assert len(shown) <= 1, shown
+
+
+def test_strongly_autocorrelated_noise_is_not_read_as_shifts_for_want_of_its_scale():
+    # AR(1) 0.9 of 1,000 points carries about 50 points' worth of information about its
+    # own long-run sd: the estimate falls to 0.6-0.7 of the truth in one series in
+    # twenty. Read as a z, that showed a shift in 3.5% of 200 series; read as a t with
+    # the estimate's degrees of freedom, in none of 200.
+    shown = [seed for seed in range(100)
+             if LevelShifts().fit_predict(_ar1(np.random.default_rng(1000 + seed), 1000, 0.9))]
+    assert len(shown) <= 1, shown
 
 
 def test_a_two_sd_shift_with_30_points_on_each_side_is_found_within_3_points():
