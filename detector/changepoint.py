@@ -42,7 +42,7 @@ Why each step:
   within 3 points in about a quarter of runs at p 0.001, where the least-squares split
   with the noise sd known and an exact threshold reaches 0.39 and no threshold beats
   0.68 (where a 1-sd step begins is uncertain by several points); 100 a side: found in
-  95% of runs. Under 64 points the noise is taken as uncorrelated (two lags cannot tell
+  98% of runs. Under 64 points the noise is taken as uncorrelated (two lags cannot tell
   autocorrelation from shifts). A shift inside a cycle of only a few dozen points per
   period is rejected with the cycle, and on a smooth series whose noise is far below
   its curvature (a fleet median over hundreds of hosts) the flank of the daily cycle
