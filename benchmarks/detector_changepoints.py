@@ -4,6 +4,14 @@ ruptures PELT and Binseg (l2 cost, penalty 3 s^2 log n from the differences' MAD
 and Apache Otava's e-divisive means with its t-test (window 50, max_pvalue 0.001).
 
     .venv/bin/python benchmarks/detector_changepoints.py [--per-kind 8] [--out FILE]
+    .venv/bin/python benchmarks/detector_changepoints.py --calibration 200
+
+``--calibration SEEDS``: the default method alone, on SEEDS series of each kind with a
+known answer (the unit tests' kinds, many more seeds): the share of series with no
+change point that get one (per kind: white noise, linear trends, daily cycles, AR(1)),
+and the share of 1-sd and 2-sd shifts found within 3 points, each with its exact 95%
+interval (Clopper-Pearson), beside the most any method can do on the 1-sd shift (the
+least-squares split, noise sd known, threshold simulated at the given p).
 
 Generated series (ground truth exact), ``--per-kind`` of each kind and length:
 - ``shifts``: 1-3 level shifts of 0.5, 1, 2 or 4 noise sd, Gaussian noise;
@@ -12,7 +20,13 @@ Generated series (ground truth exact), ``--per-kind`` of each kind and length:
 - ``shift in trend+cycle``: one 2-sd shift on a trend plus cycle;
 lengths 20, 60, 200, 1,000 and 10,000 (10,000: the generated kinds once each).
 Fleet series: the simulator's load-shift scenario, per cohort group the median log
-write throughput per minute (diurnal cycle; load shifts at 18 h and 32 h are the truth).
+write throughput per minute (diurnal cycle). The truth is every level shift the scenario
+puts into the load: the weekend's end at local midnight (Monday 00:00 at UTC-5, 5 h;
+the weekend load factor is 0.7-0.85), the traffic move at 18 h, the batch import from
+32 h to 38 h (both ends). The rollout's reboot waves (10, 18, 26, 34 h) change memory
+state, and with it throughput by 2-5%, on part of the hosts: not counted either way.
+The fleet row is also run as ``analyze`` runs the method (``min_shift`` 0.03 on the log
+scale, ``DetectorConfig.cp_min_shift``).
 
 A found change point is a true positive if within max(3, 1% of n) points of a true one
 not matched yet; precision, recall, F1 over all series of a row; time per series.
@@ -37,6 +51,13 @@ MIN_SIZE = 5
 
 def foliowatch_default(x: np.ndarray) -> List[int]:
     return [c.index for c in LevelShifts().fit_predict(x)]
+
+
+def foliowatch_as_analyze(x: np.ndarray) -> List[int]:
+    from foliowatch.detector.analysis import DetectorConfig
+    c = DetectorConfig()
+    det = LevelShifts(c.cp_max_pvalue, c.cp_min_size, min_shift=c.cp_min_shift)
+    return [cp.index for cp in det.fit_predict(x)]
 
 
 def _pen(x: np.ndarray) -> float:
@@ -121,6 +142,10 @@ def generated(per_kind: int, seed: int = 0) -> Dict[str, List[Tuple[np.ndarray, 
     return kinds
 
 
+# the load-shift scenario's level shifts, hours from its start (see the docstring)
+FLEET_SHIFTS_H = (5, 18, 32, 38)
+
+
 def fleet_series() -> List[Tuple[np.ndarray, List[int]]]:
     import polars as pl
     from detector_scenarios import host_windows
@@ -133,7 +158,7 @@ def fleet_series() -> List[Tuple[np.ndarray, List[int]]]:
         s = (g.group_by("window_start").agg((pl.col("write_mib_s") + 0.05).log().median().alias("y"))
              .sort("window_start"))
         minutes = ((s["window_start"] - t0).dt.total_minutes()).to_numpy()
-        truth = [int(np.searchsorted(minutes, h * 60)) for h in (18, 32)]
+        truth = [int(np.searchsorted(minutes, h * 60)) for h in FLEET_SHIFTS_H]
         out.append((s["y"].to_numpy(), truth))
     return out
 
@@ -176,12 +201,106 @@ def evaluate(series, label: str, methods) -> List[str]:
     return rows
 
 
+def _interval(k: int, n: int) -> str:
+    from scipy.stats import beta
+    lo = beta.ppf(0.025, k, n - k + 1) if k else 0.0
+    hi = beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+    return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def null_kinds(rng) -> Dict[str, np.ndarray]:
+    """One series of each kind without a change point (the unit tests' kinds)."""
+    out: Dict[str, np.ndarray] = {}
+    for n in (20, 60, 200, 1000):
+        out[f"white noise, n={n}"] = rng.normal(0, 1, n)
+    for n, rise in ((60, 30.0), (500, 30.0), (500, -200.0), (2000, 50.0)):
+        out[f"linear trend {rise:+.0f} sd, n={n}"] = np.linspace(0, rise, n) + rng.normal(0, 1, n)
+    for n, period, amp in ((2880, 1440, 3.0), (672, 96, 3.0), (500, 96, 10.0)):
+        t = np.arange(n)
+        out[f"daily cycle, amplitude {amp:.0f} sd, period {period}, n={n}"] = (
+            amp * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi)) + rng.normal(0, 1, n))
+    for rho, n in ((0.5, 200), (0.5, 1000), (0.9, 200), (0.9, 1000), (0.9, 3000)):
+        out[f"AR(1) {rho}, n={n}"] = _ar1(rng, n, rho)
+    for n in (200, 1000):
+        out[f"trend 10 sd + cycle 3 sd of period n/2, n={n}"] = _trend_cycle(rng, n)
+    return out
+
+
+def _trend_cycle(rng, n: int) -> np.ndarray:
+    t = np.arange(n)
+    return np.linspace(0, 10, n) + 3 * np.sin(4 * np.pi * t / n) + rng.normal(0, 1, n)
+
+
+def oracle_power(shift: float, side: int, p: float, sims: int = 200_000, seed: int = 1) -> float:
+    """Share of runs in which the least-squares split of a Gaussian series with a known
+    noise sd (1) passes the maximum-over-splits threshold simulated at ``p`` and lies
+    within 3 points of the shift: the best any detector of one shift at p can do."""
+    rng = np.random.default_rng(seed)
+    n = 2 * side
+    k = np.arange(MIN_SIZE, n - MIN_SIZE + 1)
+
+    def zmax(x):
+        cs = np.cumsum(x, axis=1)
+        left = cs[:, k - 1]
+        tot = cs[:, -1:]
+        z = np.abs(left / k - (tot - left) / (n - k)) / np.sqrt(1 / k + 1 / (n - k))
+        return z.max(axis=1), k[z.argmax(axis=1)]
+
+    null, _ = zmax(rng.normal(size=(sims, n)))
+    crit = np.quantile(null, 1 - p)
+    z, at = zmax(rng.normal(size=(sims // 4, n)) + np.r_[np.zeros(side), np.full(side, shift)])
+    return float(np.mean((z > crit) & (np.abs(at - side) <= 3)))
+
+
+def calibration(seeds: int, p: float = 0.001) -> List[str]:
+    det = LevelShifts(max_pvalue=p)
+    fp: Dict[str, int] = {}
+    for s in range(seeds):
+        for kind, x in null_kinds(np.random.default_rng(50_000 + s)).items():
+            fp[kind] = fp.get(kind, 0) + bool(det.fit_predict(x))
+    rows = ["| series without a change point | series with one (false) |", "|---|---|"]
+    rows += [f"| {kind} | {_interval(k, seeds)} |" for kind, k in fp.items()]
+    rows += ["", "| one shift (Gaussian noise) | found within 3 points | found anywhere | "
+                 "most possible within 3 points (least squares, sd known) |", "|---|---|---|---|"]
+    for shift, side in ((1.0, 30), (1.0, 100), (2.0, 30), (2.0, 10)):
+        within = anywhere = 0
+        for s in range(seeds):
+            rng = np.random.default_rng(60_000 + s)
+            cps = det.fit_predict(np.r_[rng.normal(0, 1, side), rng.normal(shift, 1, side)])
+            anywhere += bool(cps)
+            within += any(abs(c.index - side) <= 3 for c in cps)
+        rows.append(f"| {shift:.0f} sd, {side} points a side | {_interval(within, seeds)} | "
+                    f"{_interval(anywhere, seeds)} | {oracle_power(shift, side, p):.3f} |")
+    for n in (200, 1000):
+        within = anywhere = 0
+        for s in range(seeds):
+            rng = np.random.default_rng(70_000 + s)
+            x = _trend_cycle(rng, n)
+            at = int(rng.integers(n // 4, 3 * n // 4))
+            x[at:] += 2.0 * rng.choice([-1, 1])
+            cps = det.fit_predict(x)
+            anywhere += bool(cps)
+            within += any(abs(c.index - at) <= 3 for c in cps)
+        rows.append(f"| 2 sd inside trend 10 sd + cycle 3 sd of period n/2, n={n} | "
+                    f"{_interval(within, seeds)} | {_interval(anywhere, seeds)} | - |")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-kind", type=int, default=8)
     p.add_argument("--methods", default=None, help="comma-separated substrings of method names")
     p.add_argument("--out", default=None)
+    p.add_argument("--fleet-only", action="store_true", help="only the fleet series")
+    p.add_argument("--calibration", type=int, default=0, metavar="SEEDS",
+                   help="false-positive rate per null kind and power, over SEEDS series each")
     args = p.parse_args(argv)
+    if args.calibration:
+        text = "\n".join(calibration(args.calibration))
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return 0
     methods = METHODS
     if args.methods:
         keys = args.methods.split(",")
@@ -189,10 +308,14 @@ def main(argv=None) -> int:
     head = ["| series | method | precision | recall | F1 | TP/FP/FN | ms per series |",
             "|---|---|---|---|---|---|---|"]
     rows: List[str] = []
-    for label, series in generated(args.per_kind).items():
+    for label, series in ({} if args.fleet_only else generated(args.per_kind)).items():
         rows += evaluate(series, f"{label} ({len(series)})", methods)
     fleet = fleet_series()
-    rows += evaluate(fleet, f"fleet load-shift ({len(fleet)} x {len(fleet[0][0])})", methods)
+    label = f"fleet load-shift ({len(fleet)} x {len(fleet[0][0])})"
+    rows += evaluate(fleet, label, methods)
+    if any("foliowatch" in k for k in methods):
+        rows += evaluate(fleet, label, {"foliowatch LevelShifts as analyze runs it (min_shift 0.03)":
+                                        foliowatch_as_analyze})
     text = "\n".join(head + rows)
     print(text)
     if args.out:

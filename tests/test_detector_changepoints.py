@@ -40,13 +40,28 @@ def test_no_change_point_on_a_daily_cycle(seed):
         assert LevelShifts().fit_predict(x) == [], (n, period, amplitude)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_no_change_point_on_autocorrelated_noise(seed):
-    rng = np.random.default_rng(200 + seed)
-    # rho 0.9 wanders for tens of points: 200 of them cannot tell it from shifts
-    # (about 1 series in 50 gets one; see the results), 1,000 can
-    for rho, n in ((0.5, 200), (0.5, 1000), (0.9, 1000), (0.9, 3000)):
-        assert LevelShifts().fit_predict(_ar1(rng, n, rho)) == [], (rho, n)
+def test_no_change_point_on_autocorrelated_noise():
+    # rho 0.9 wanders for tens of points: 200 of them cannot always tell it from shifts
+    # (see the calibration in the results), 1,000 can. Over these 120 series at most
+    # one may show a shift: the rate measured over 200 seeds per kind is 0-0.5% (AR(1)
+    # 0.5 of 200 points: 1 in 200).
+    shown = []
+    for seed in range(30):
+        rng = np.random.default_rng(200 + seed)
+        for rho, n in ((0.5, 200), (0.5, 1000), (0.9, 1000), (0.9, 3000)):
+            if LevelShifts().fit_predict(_ar1(rng, n, rho)):
+                shown.append((seed, rho, n))
+    assert len(shown) <= 1, shown
+
+
+def test_strongly_autocorrelated_noise_is_not_read_as_shifts_for_want_of_its_scale():
+    # AR(1) 0.9 of 1,000 points carries about 50 points' worth of information about its
+    # own long-run sd: the estimate falls to 0.6-0.7 of the truth in one series in
+    # twenty. Read as a z, that showed a shift in 3.5% of 200 series; read as a t with
+    # the estimate's degrees of freedom, in none of 200.
+    shown = [seed for seed in range(100)
+             if LevelShifts().fit_predict(_ar1(np.random.default_rng(1000 + seed), 1000, 0.9))]
+    assert len(shown) <= 1, shown
 
 
 def test_a_two_sd_shift_with_30_points_on_each_side_is_found_within_3_points():
@@ -61,18 +76,48 @@ def test_a_two_sd_shift_with_30_points_on_each_side_is_found_within_3_points():
 
 
 def test_a_one_sd_shift_is_found_within_3_points_once_it_has_the_points():
-    # 30 points a side give a one-sd shift a z of 3.9 before the search over splits:
-    # at p 0.001 that is found in about a quarter of the runs (see the results); 100 a
-    # side give z 7. Where a one-sd step begins is uncertain by a few points whatever
-    # the method (the argmax of a random walk with drift -1/2 per point).
-    within = 0
-    for seed in range(20):
+    # 100 points a side give z 7 before the search over splits: found in 98% of runs
+    # (see the results). Where a one-sd step begins is uncertain by a few points whatever
+    # the method (the argmax of a random walk with drift -1/2 per point): within 3
+    # points in about 70%.
+    found = within = 0
+    for seed in range(60):
         rng = np.random.default_rng(400 + seed)
         x = np.r_[rng.normal(0, 1, 100), rng.normal(1.0, 1, 100)]
         cps = LevelShifts().fit_predict(x)
-        assert len(cps) == 1, (seed, cps)
-        within += abs(cps[0].index - 100) <= 3
-    assert within >= 15, within
+        assert len(cps) <= 1, (seed, cps)
+        found += len(cps)
+        within += any(abs(c.index - 100) <= 3 for c in cps)
+    assert found >= 51 and within >= 33, (found, within)
+
+
+def test_a_one_sd_shift_with_30_points_a_side_is_found_as_often_as_the_noise_allows():
+    # The most any detector of one shift at p 0.001 can do here: the least-squares
+    # split, with the noise sd known and the threshold of the maximum over the splits
+    # simulated at this length, lies within 3 points of the shift and passes in 39% of
+    # runs. The default estimates the noise sd from the same 60 points and counts that
+    # estimate's uncertainty (or white noise of 60 points would show a shift in 0.43% of
+    # runs, not 0.1%): 0.25-0.27 measured over 200-400 seeds; held to half the best.
+    rng = np.random.default_rng(12)
+    k = np.arange(5, 56)
+
+    def largest_z(x):
+        cs = np.cumsum(x, axis=1)
+        left, total = cs[:, k - 1], cs[:, -1:]
+        z = np.abs(left / k - (total - left) / (60 - k)) / np.sqrt(1 / k + 1 / (60 - k))
+        return z.max(axis=1), k[z.argmax(axis=1)]
+
+    threshold = np.quantile(largest_z(rng.normal(size=(100_000, 60)))[0], 0.999)
+    step = np.r_[np.zeros(30), np.ones(30)]
+    z, at = largest_z(rng.normal(size=(20_000, 60)) + step)
+    best = float(np.mean((z > threshold) & (np.abs(at - 30) <= 3)))
+    assert 0.35 < best < 0.43, best
+    within = 0
+    for seed in range(200):
+        rng = np.random.default_rng(500 + seed)
+        cps = LevelShifts().fit_predict(rng.normal(0, 1, 60) + step)
+        within += any(abs(c.index - 30) <= 3 for c in cps)
+    assert within / 200 >= best / 2, (within, best)
 
 
 def test_a_one_sd_shift_with_30_points_a_side_at_p_01():
@@ -146,8 +191,23 @@ def test_noise_scale_reads_the_long_run_sd_of_ar1_noise_through_shifts():
 
 def test_bridge_pvalue_is_monotone_and_bounded():
     c = np.linspace(2.5, 8, 30)
-    p = max_bridge_pvalue(c, np.full(c.size, 0.02))
+    p = max_bridge_pvalue(c, np.full(c.size, 0.02), 250)
     assert np.all(np.diff(p) < 0) and p[0] <= 1 and p[-1] > 0
+
+
+def test_bridge_pvalue_matches_the_simulated_maximum_over_the_splits_of_60_points():
+    # the largest two-sample |z| over the splits (5 points a side at least) of 60
+    # Gaussian points: the p-value the detector gives it is the share of simulated
+    # segments that reach it; the continuous bridge's is twice that
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(50_000, 60))
+    k = np.arange(5, 56)
+    cs = np.cumsum(x, axis=1)
+    left, total = cs[:, k - 1], cs[:, -1:]
+    z = (np.abs(left / k - (total - left) / (60 - k)) / np.sqrt(1 / k + 1 / (60 - k))).max(axis=1)
+    for c in (3.0, 3.4, 3.8):
+        simulated = float(np.mean(z > c))
+        assert max_bridge_pvalue(c, 5 / 60, 60) == pytest.approx(simulated, rel=0.15), c
 
 
 def test_bad_settings_are_refused_with_the_setting_named():
