@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_run import TEST_PLAYS, build_wheel, local_inventory, playbook, recap
+from ansible_run import ANSIBLE_DIR, TEST_PLAYS, build_wheel, local_inventory, playbook, recap
 from foliowatch.shell.services import create_topics, free_port, stop_pid
 
 CONVERGE = TEST_PLAYS / "agent-converge.yml"
@@ -114,6 +114,7 @@ def agent_host(tmp_path_factory, kafka):
         "foliowatch_agent_kafka_bootstrap": [kafka.bootstrap],
         "foliowatch_agent_kafka_topic": topic,
         "foliowatch_agent_kafka_send_timeout_s": 5.0,
+        "foliowatch_agent_kafka_latency_budget_s": 0.0,   # each sample sent at once
         "foliowatch_agent_metrics_listen": f"127.0.0.1:{free_port()}",
     }
     inventory = local_inventory(tmp / "hosts", {"localhost": {}})
@@ -149,6 +150,7 @@ def test_converged_agent_runs_as_its_user_with_the_templated_config_and_publishe
     assert cfg["fleet"] == v["foliowatch_agent_fleet"] and cfg["interval_s"] == 1.0
     assert cfg["kafka"]["bootstrap"] == [agent_host["bootstrap"]]
     assert cfg["kafka"]["topic"] == agent_host["topic"]
+    assert cfg["kafka"]["latency_budget_s"] == 0.0
     assert cfg["metrics"]["listen"] == v["foliowatch_agent_metrics_listen"]
     # the state folder is the agent's alone; the config is root's, readable by the group
     st = (root / "state").stat()
@@ -232,3 +234,25 @@ def test_state_absent_leaves_nothing_behind(agent_host):
     again = playbook(agent_host["tmp"], CONVERGE, agent_host["inventory"],
                      dict(v, foliowatch_agent_state="absent"))
     assert again.returncode == 0 and recap(again.stdout)["localhost"]["changed"] == 0, again.stdout[-4000:]
+
+
+def test_the_roles_defaults_are_the_agents_defaults():
+    """A role variable that sets an agent key defaults to the agent's own default: a
+    default changed in the agent (agent/config.py) and not in the role would silently
+    keep every host deployed with Ansible on the old value. Keys the role leaves to the
+    agent (no variable) are named here."""
+    import yaml
+
+    from foliowatch.agent.config import DEFAULTS
+    role = yaml.safe_load((ANSIBLE_DIR / "roles" / "foliowatch_agent" / "defaults" / "main.yml")
+                          .read_text())
+    left_to_the_agent = {"agent.kafka.sasl_password_file", "agent.probe.user",
+                         "agent.tracepoints.enabled", "agent.tracepoints.order_buckets",
+                         "agent.tracepoints.pagecache_devices", "agent.tracepoints.tracefs"}
+    for key, default in DEFAULTS.items():
+        var = "foliowatch_" + key.replace(".", "_")
+        if key in left_to_the_agent:
+            assert var not in role, f"{var} is in the role now: drop {key} from this list"
+            continue
+        assert var in role, f"{key}: no role variable {var} (add one, or list the key here)"
+        assert role[var] == default, f"{var}: role default {role[var]!r}, agent's {default!r}"

@@ -90,6 +90,7 @@ sasl_username = "agent"
 sasl_password_file = "{password_file}"
 ssl_cafile = "{security.ca.path}"
 send_timeout_s = 5.0
+latency_budget_s = 0.0
 [agent.metrics]
 listen = "127.0.0.1:{metrics_port}"
 """)
