@@ -126,6 +126,21 @@ def _wakeups(thread) -> int:
         return int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", f.read(), re.M).group(1))
 
 
+def _settled_wakeups(thread) -> int:
+    """``_wakeups`` once ``thread`` has gone back to sleep: a scrape's client has its
+    answer before the server thread has closed the connection and is asleep again (and
+    on a loaded machine each wait for the GIL on the way counts as a switch too). A
+    thread that polls (every 0.5 s, as socketserver does by default) never settles."""
+    before, deadline = _wakeups(thread), time.monotonic() + 10.0
+    while True:
+        time.sleep(0.3)
+        now = _wakeups(thread)
+        if now == before:
+            return now
+        assert time.monotonic() < deadline, "the serving thread never went to sleep"
+        before = now
+
+
 def test_the_metrics_server_sleeps_between_scrapes(served_agent):
     """Between scrapes the serving thread stays asleep (no periodic polling: it ran on
     every host all the time)."""
@@ -133,22 +148,11 @@ def test_the_metrics_server_sleeps_between_scrapes(served_agent):
     _agent, url = served_agent
     scrape(url)
     server_thread = next(t for t in threading.enumerate() if t.name == "foliowatch-metrics")
-    # the client has its answer before the server thread has closed the connection and
-    # gone back to sleep (on a loaded machine each wait for the GIL on the way counts as
-    # a switch too): count from the moment it has settled; a server that polls (every
-    # 0.5 s, as socketserver does by default) never settles
-    before, deadline = _wakeups(server_thread), time.monotonic() + 10.0
-    while True:
-        time.sleep(0.3)
-        now = _wakeups(server_thread)
-        if now == before:
-            break
-        assert time.monotonic() < deadline, "the serving thread never went to sleep"
-        before = now
+    before = _settled_wakeups(server_thread)
     time.sleep(2.0)
     assert _wakeups(server_thread) - before <= 1
     scrape(url)
-    assert _wakeups(server_thread) > before      # a scrape does wake it
+    assert _settled_wakeups(server_thread) > before      # a scrape does wake it
 
 
 def test_exposition_is_byte_for_byte_prometheus_clients(served_agent):
