@@ -104,11 +104,16 @@ class Analysis:
 
 def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
             config: Optional[DetectorConfig] = None,
-            cache: Optional[AnalysisCache] = None) -> Analysis:
+            cache: Optional[AnalysisCache] = None,
+            reference_windows: Optional[pl.DataFrame] = None) -> Analysis:
     """Evaluate ``host_windows`` as of ``as_of`` (default: its last window). ``cache``:
     state kept between the runs of a continuous detector (``AnalysisCache``). Every
     group's windows are in ``host_windows``; a one-shot evaluation that reads one group
-    at a time (``run.evaluate_by_group``) calls ``evaluate_group`` and ``conclude``."""
+    at a time (``run.evaluate_by_group``) calls ``evaluate_group`` and ``conclude``.
+    ``reference_windows``: the windows the reference is chosen and built from, with at
+    least ``REFERENCE_HISTORY_COLUMNS`` (a continuous detector holds the reference
+    history in those columns only, and ``host_windows`` only over the lookback; then the
+    boots over ``--history`` are in ``cache``); default: ``host_windows``."""
     config = config or DetectorConfig()
     if host_windows.is_empty():
         raise ValueError("host windows: empty frame; nothing to analyse")
@@ -120,7 +125,8 @@ def analyze(host_windows: pl.DataFrame, as_of: Optional[datetime] = None,
 
     def references() -> "ReferenceWindows":     # once per evaluation, only when needed
         if not _references:
-            _references.append(ReferenceWindows.of(host_windows, as_of, config))
+            _references.append(ReferenceWindows.of(
+                host_windows if reference_windows is None else reference_windows, as_of, config))
         return _references[0]
 
     rollouts = cache.rollouts(host_windows, as_of) if cache is not None \
@@ -222,6 +228,9 @@ def conclude(groups: Sequence[GroupEvaluation], rollouts: List[attribution.Rollo
 # What a reference needs of a window (``reference_state``): its time, host and kernel,
 # the tested metrics and the memory state. Nothing else of the history is held.
 REFERENCE_COLUMNS = ("window_start", "host_id", "kernel", *TESTED_METRICS, STATE_METRIC)
+# What a reference needs of each window of the reference history: its rows
+# (``ReferenceWindows.select``) and the choice of its hosts (``reference_summary``).
+REFERENCE_HISTORY_COLUMNS = (*GROUP_KEYS, *REFERENCE_COLUMNS, "uptime_s")
 # Hosts up for less than this within the reference history show the fresh-memory
 # states; they are always in the reference.
 FRESH_UPTIME_S = 6 * 3600.0

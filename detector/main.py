@@ -38,11 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gate_arguments(parser)
 
 
-def detect_once(args, state, as_of=None, frame=None, cache=None):
+def detect_once(args, state, as_of=None, followed=None):
     """One evaluation, then the state updated and saved: returns (analysis, transitions).
-    ``frame`` and ``cache``: what a continuous detector keeps between runs."""
+    ``followed``: what a continuous detector keeps between runs (``run.FollowedFrame``)."""
     from .run import evaluate
-    analysis = evaluate(args, as_of=as_of, frame=frame, cache=cache)
+    analysis = evaluate(args, as_of=as_of, followed=followed)
     transitions = state.update(analysis.candidates, analysis.rolled_back, analysis.as_of,
                                min_consecutive=args.min_consecutive)
     state.save()
@@ -142,17 +142,15 @@ def run(args) -> int:
         except OSError as e:
             raise ConfigError(f"--metrics-addr {args.metrics_addr}: cannot listen "
                               f"({e.strerror}); pick a free port") from None
-    from .analysis import AnalysisCache
     from .frames import newest_window
     from .run import FollowedFrame
     newest_done = None
     followed = FollowedFrame(args)
-    cache = AnalysisCache()
     while True:
         newest = newest_window(args.dataset, args.window_s)
         if newest is not None and newest != newest_done:
             analysis, transitions = detect_once(args, state, as_of=newest,
-                                                frame=followed.update(newest), cache=cache)
+                                                followed=followed.update(newest))
             announce(args, transitions, analysis, state, last_run, kafka)
             if args.json:
                 print(json.dumps(summary(analysis, transitions)), flush=True)

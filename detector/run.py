@@ -76,43 +76,79 @@ def load_frame(args, as_of: Optional[datetime]):
 
 
 class FollowedFrame:
-    """The host windows a continuous detector holds between runs: each poll reads only
-    the windows from ``reread`` before the newest one held (late records rewrite the
-    last windows' files) and drops what falls out of ``history``."""
+    """What a continuous detector holds between runs, each part bounded by a horizon of
+    its own and never by ``--history``:
 
-    def __init__(self, args, reread: timedelta = timedelta(minutes=10)):
+    - ``windows``: every column of the windows of the lookback (and ``reread`` before
+      it), the ones compared;
+    - ``reference``: the ``REFERENCE_HISTORY_COLUMNS`` of the windows of the lookback or
+      the reference history, whichever is longer (the span a one-shot evaluation reads
+      for it), what the memory-state reference is chosen and built from;
+    - ``cache`` (an ``AnalysisCache``): one row per boot over ``--history`` (rollouts and
+      rollbacks are read from boots), read at the start a day at a time as a one-shot
+      evaluation reads them (``read_boots``), then extended by each new window's boots.
+
+    Each poll reads only the windows from ``reread`` before the newest one held: late
+    records rewrite the last windows' files. A newest window earlier than the last one
+    (a dataset replaced) starts afresh."""
+
+    def __init__(self, args, config=None, reread: timedelta = timedelta(minutes=10)):
         self.args = args
+        self.config = config or config_from(args)
         self.reread = reread
-        self.df = None
+        self.windows = self.reference = self.cache = self.newest = None
 
-    def update(self, newest: datetime):
-        from .frames import _utc, read_host_windows
+    def update(self, newest: datetime) -> "FollowedFrame":
         import polars as pl
+
+        from .analysis import REFERENCE_HISTORY_COLUMNS, AnalysisCache
+        from .frames import _utc, read_host_windows
         newest = _utc(newest)
-        if self.df is None or self.df.is_empty():
-            self.df = load_frame(self.args, newest)
-            return self.df
-        cut = self.df["window_start"].max() - self.reread
-        fresh = read_host_windows(self.args.dataset, self.args.window_s, since=cut, until=newest)
-        keep = self.df.filter((pl.col("window_start") < cut)
-                              & (pl.col("window_start") >= newest - self.args.history))
-        self.df = pl.concat([keep, fresh.select(keep.columns)], how="vertical_relaxed")
-        return self.df
+        ws = pl.col("window_start")
+        compared_from = newest - self.config.lookback - self.reread
+        reference_from = newest - max(self.config.lookback, self.config.reference_history)
+
+        def narrow(lf):
+            names = lf.collect_schema().names()
+            return lf.select([c for c in REFERENCE_HISTORY_COLUMNS if c in names])
+        if self.newest is None or newest < self.newest:
+            self.cache = AnalysisCache(boots=read_boots(self.args, newest, self.config),
+                                       boots_until=newest)
+            self.windows = read_host_windows(self.args.dataset, self.args.window_s,
+                                             since=compared_from, until=newest)
+            self.reference = _read(self.args, lambda lf: narrow(
+                lf.filter((ws >= reference_from) & (ws <= newest))), reference_from, newest)
+        else:
+            cut = (self.windows["window_start"].max() if not self.windows.is_empty()
+                   else self.newest) - self.reread
+            # (after a long pause, windows of the re-read that are past a horizon)
+            fresh = read_host_windows(self.args.dataset, self.args.window_s, since=cut,
+                                      until=newest).filter(ws >= reference_from)
+            self.windows = pl.concat(
+                [self.windows.filter((ws < cut) & (ws >= compared_from)),
+                 fresh.filter(ws >= compared_from).select(self.windows.columns)],
+                how="vertical_relaxed")
+            self.reference = pl.concat(
+                [self.reference.filter((ws < cut) & (ws >= reference_from)),
+                 narrow(fresh.lazy()).collect().select(self.reference.columns)],
+                how="vertical_relaxed")
+        self.newest = newest
+        return self
 
 
-def evaluate(args, as_of: Optional[datetime] = None, frame=None, cache=None):
+def evaluate(args, as_of: Optional[datetime] = None, followed: Optional[FollowedFrame] = None):
     """One evaluation of the dataset as of ``as_of`` (default ``--as-of``, else the
-    newest window): the ``Analysis``, with nothing written. ``frame``: host windows
-    already read (``FollowedFrame``); ``cache``: an ``AnalysisCache`` kept between runs.
-    Without them, one group at a time (``evaluate_by_group``)."""
+    newest window): the ``Analysis``, with nothing written. ``followed``: what a
+    continuous detector holds between runs (``FollowedFrame``); without it, one group
+    at a time (``evaluate_by_group``)."""
     from .analysis import analyze
-    config = config_from(args)
     as_of = as_of or args.as_of
-    if frame is None and cache is None:
-        return evaluate_by_group(args, as_of, config)
-    if frame.is_empty():
+    if followed is None:
+        return evaluate_by_group(args, as_of, config_from(args))
+    if followed.windows.is_empty():
         raise InputError(f"dataset {args.dataset}: no host windows in the requested range")
-    return analyze(frame, as_of=as_of, config=config, cache=cache)
+    return analyze(followed.windows, as_of=as_of, config=followed.config, cache=followed.cache,
+                   reference_windows=followed.reference)
 
 
 def evaluate_by_group(args, as_of: Optional[datetime], config):

@@ -1,6 +1,7 @@
 """The continuous detector (`foliowatch detect --follow`) on a dataset that grows while it
-runs: it evaluates each newest window, reads only what is new (the frame it holds equals
-a fresh read), serves /metrics over HTTP, and stops on SIGTERM."""
+runs: it evaluates each newest window, reads only what is new (what it holds equals a
+fresh read), holds the lookback and the reference history, never all of `--history`,
+decides as a one-shot `detect` does, serves /metrics over HTTP, and stops on SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from pathlib import Path
 import polars as pl
 
 from foliowatch.shell import cli
-from foliowatch.detector.run import FollowedFrame, load_frame
+from foliowatch.detector import attribution
+from foliowatch.detector.analysis import REFERENCE_HISTORY_COLUMNS, DetectorConfig, analyze
+from foliowatch.detector.run import FollowedFrame, evaluate, evaluate_by_group, load_frame
 from foliowatch.shell.services import free_port, stop_pid
 
 from test_detector_e2e import scenario_file
@@ -84,20 +87,65 @@ def test_follow_evaluates_new_windows_serves_metrics_and_stops_on_sigterm(tmp_pa
             stop_pid(proc.pid)
 
 
+def _sorted(df: pl.DataFrame) -> pl.DataFrame:
+    keys = [k for k in ("window_start", "host_id", "boot_id", "fs") if k in df.columns]
+    return df.sort(keys)
+
+
 def test_followed_frame_equals_a_fresh_read_after_the_dataset_grows(tmp_path):
     first, second = _split_samples(tmp_path, scenario_file(tmp_path, "seed-iomap-arm64-xfs"))
     dataset = tmp_path / "dataset"
-    args = Namespace(dataset=str(dataset), window_s=60, history=timedelta(hours=8))
+    args = Namespace(dataset=str(dataset), window_s=60, history=timedelta(hours=8),
+                     lookback=timedelta(hours=2))
+    config = DetectorConfig(lookback=args.lookback, reference_history=timedelta(hours=4))
     _pipeline(first, dataset)
-    followed = FollowedFrame(args)
+    followed = FollowedFrame(args, config)
     n1 = load_frame(args, None)["window_start"].max()
     followed.update(n1)
+    # one row per boot of the whole --history, read at the start (an evaluation adds the
+    # boots of each new window): the rollout began before the horizons
+    boots = attribution.boots(load_frame(args, n1))
+    assert boots["window_start"].min() < n1 - config.reference_history
+    assert _sorted(followed.cache.boots).equals(_sorted(boots.select(followed.cache.boots.columns)))
     _pipeline(second, dataset)
     n2 = load_frame(args, None)["window_start"].max()
-    assert n2 > n1
-    held = followed.update(n2)
+    assert n2 > n1 + timedelta(hours=1)
+    followed.update(n2)
     fresh = load_frame(args, n2)
-    keys = ["window_start", "host_id", "boot_id", "fs"]
-    assert held.height == fresh.height
-    assert held.sort(keys).equals(fresh.select(held.columns).sort(keys))
-    assert held["window_start"].min() >= n2 - args.history
+    ws = pl.col("window_start")
+    # every column of the lookback (and the windows re-read before it), nothing older
+    since = n2 - config.lookback - followed.reread
+    want = fresh.filter(ws >= since)
+    assert followed.windows["window_start"].min() == since
+    assert _sorted(followed.windows).equals(_sorted(want.select(followed.windows.columns)))
+    # the reference history in the reference's columns only
+    since = n2 - config.reference_history
+    assert followed.reference.columns == [c for c in REFERENCE_HISTORY_COLUMNS if c in fresh.columns]
+    assert followed.reference["window_start"].min() == since
+    assert _sorted(followed.reference).equals(
+        _sorted(fresh.filter(ws >= since).select(followed.reference.columns)))
+
+
+def test_the_follower_decides_as_a_one_shot_and_as_every_window_at_once(tmp_path, monkeypatch):
+    """Polled at two times, with a lookback and a reference history shorter than the
+    data (so that what the follower holds is a part of it), its evaluation equals a
+    one-shot ``detect``'s and ``analyze``'s over every window in memory: the same
+    comparisons, tests, false discovery rate, records, rollouts and rollbacks."""
+    from test_detector_read import DAY0, _close, _evaluation, three_groups_dataset
+    root, whole = three_groups_dataset(tmp_path, monkeypatch)
+    config = DetectorConfig(reference_hosts=40, lookback=timedelta(minutes=120),
+                            reference_history=timedelta(minutes=180))
+    args = Namespace(dataset=str(root), window_s=60, history=timedelta(days=7), as_of=None)
+    followed = FollowedFrame(args, config)
+    for minute in (230, 299):
+        as_of = DAY0 + timedelta(minutes=minute)
+        followed.update(as_of)
+        assert followed.reference["window_start"].min() == as_of - config.reference_history
+        follower = _evaluation(evaluate(args, as_of, followed))
+        one_shot = _evaluation(evaluate_by_group(args, as_of, config))
+        in_memory = _evaluation(analyze(whole, as_of=as_of, config=config))
+        assert _close(follower, one_shot), (follower, one_shot)
+        assert _close(follower, in_memory), (follower, in_memory)
+        assert len(follower["comparisons"]) == 2
+    assert [c[1] for c in follower["candidates"]] == ["confirmed"], follower["candidates"]
+    assert follower["rolled_back"], follower

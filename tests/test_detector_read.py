@@ -142,6 +142,23 @@ def test_a_one_shot_read_group_by_group_decides_as_every_window_at_once(tmp_path
 
     from foliowatch.detector import run
     from foliowatch.detector.analysis import DetectorConfig, analyze
+    root, whole = three_groups_dataset(tmp_path, monkeypatch)
+    config = DetectorConfig(reference_hosts=40)
+    args = Namespace(dataset=str(root), window_s=60, history=timedelta(days=7))
+    for minute in (230, 299):
+        as_of = DAY0 + timedelta(minutes=minute)
+        one_shot = _evaluation(run.evaluate_by_group(args, as_of, config))
+        in_memory = _evaluation(analyze(whole, as_of=as_of, config=config))
+        assert _close(one_shot, in_memory), (one_shot, in_memory)
+        assert len(one_shot["hosts"]) == 3 and len(one_shot["comparisons"]) == 2
+    assert [c[1] for c in one_shot["candidates"]] == ["confirmed"], one_shot["candidates"]
+    assert one_shot["rolled_back"], one_shot
+
+
+def three_groups_dataset(tmp_path, monkeypatch):
+    """A dataset of 5 h in which every file holds three groups (a regression, a rollback
+    without an effect, a group with no rollout), read a few files at a time, in batches
+    of rows: its root and every window of it in one frame."""
     from test_detector_helpers import fleet_frame
     df = pl.concat([
         # a regression, a rollback without an effect, a group with no rollout
@@ -159,17 +176,7 @@ def test_a_one_shot_read_group_by_group_decides_as_every_window_at_once(tmp_path
         df.filter(hour == h).write_parquet(day / f"part-p0-{h}.parquet")
     monkeypatch.setattr(frames, "FILES_PER_READ", 2)
     monkeypatch.setattr(frames, "BATCH_ROWS", 7_000)
-    whole = frames.read_host_windows(str(root), 60)
-    config = DetectorConfig(reference_hosts=40)
-    args = Namespace(dataset=str(root), window_s=60, history=timedelta(days=7))
-    for minute in (230, 299):
-        as_of = DAY0 + timedelta(minutes=minute)
-        one_shot = _evaluation(run.evaluate_by_group(args, as_of, config))
-        in_memory = _evaluation(analyze(whole, as_of=as_of, config=config))
-        assert _close(one_shot, in_memory), (one_shot, in_memory)
-        assert len(one_shot["hosts"]) == 3 and len(one_shot["comparisons"]) == 2
-    assert [c[1] for c in one_shot["candidates"]] == ["confirmed"], one_shot["candidates"]
-    assert one_shot["rolled_back"], one_shot
+    return root, frames.read_host_windows(str(root), 60)
 
 
 def test_a_killed_detects_spill_folder_is_removed_by_the_next_one(tmp_path):
