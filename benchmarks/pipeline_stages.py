@@ -18,6 +18,7 @@ import argparse
 import collections
 import functools
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -118,7 +119,7 @@ def main() -> int:
     for label, secs in sorted(own.items(), key=lambda kv: -kv[1]):
         print(f"  {secs / n * 1e6:6.2f}  {label}")
     print(f"  {cpu / n * 1e6:6.2f}  engine in all ({wall:.1f} s wall); load average "
-          f"{' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 
