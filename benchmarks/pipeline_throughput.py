@@ -7,6 +7,7 @@ alone, the engine without Kafka).
 
     .venv/bin/python benchmarks/pipeline_throughput.py                   # 1M records
     .venv/bin/python benchmarks/pipeline_throughput.py --records 300000 --compression lz4
+    .venv/bin/python benchmarks/pipeline_throughput.py --records 300000 --before ../main/.venv/bin/python
 
 Targets (issue 17): >= 50% of the Java tool's records/s, >= 100,000 records/s per
 pipeline process, <= 8 µs CPU per record, peak RSS <= 300 MB at the default batch. The
@@ -83,19 +84,24 @@ def _decoder_env(decoder: str) -> dict:
 
 
 def run_pipeline(bootstrap: str, topic: str, out: Path, extra, client: str,
-                 decoder: str = "native") -> dict:
-    argv = [sys.executable, "-m", "foliowatch", "pipeline", "--bootstrap", bootstrap,
+                 decoder: str = "native", python: str = sys.executable,
+                 label: str = "") -> dict:
+    """The whole pipeline as a subprocess; ``python``: the interpreter of the checkout to
+    run (another one's .venv runs that checkout's code: ``--before``)."""
+    python = str(Path(python).absolute())
+    argv = [python, "-m", "foliowatch", "pipeline", "--bootstrap", bootstrap,
             "--topic", topic, "--dlq-topic", f"{topic}.dlq", "--group",
             f"bench-{uuid.uuid4().hex[:6]}", "--output", str(out), "--until-idle", "3",
             "--metrics-addr", "off", "--log-level", "WARNING", "--kafka-client", client,
             *extra]
     t0 = time.monotonic()
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=_decoder_env(decoder))
+    cwd = REPO if python == str(Path(sys.executable).absolute()) else Path(python).absolute().parents[2]
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=_decoder_env(decoder))
     wall = time.monotonic() - t0
     if p.returncode != 0:
         raise SystemExit(f"pipeline failed:\n{p.stderr[-3000:]}")
     t = json.loads([l for l in p.stdout.splitlines() if l.startswith("{")][-1])
-    return {"what": f"foliowatch pipeline (whole), {client}, {decoder} decode",
+    return {"what": f"foliowatch pipeline (whole), {client}, {decoder} decode{label}",
             "records": t["records"],
             "records_per_s": round(t["records"] / t["busy_seconds"]),
             "busy_seconds": t["busy_seconds"], "wall_seconds_incl_startup_and_idle": round(wall, 1),
@@ -240,6 +246,11 @@ def main() -> int:
     ap.add_argument("--batch-records", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
+    ap.add_argument("--before", metavar="PYTHON",
+                    help="also run the whole pipeline (shipped client) with this interpreter, "
+                         "e.g. /work/main/.venv/bin/python: the code before a change, "
+                         "measured beside this checkout's on the same topic, twice, "
+                         "alternating")
     args = ap.parse_args()
 
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -248,7 +259,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="fw-pipebench-"))
     cluster = KafkaCluster(work / "kafka", brokers=1).start()
-    results = []
+    results, before_after = [], []
     print(f"load average at the start (1/5/15 min): "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     try:
@@ -270,6 +281,12 @@ def main() -> int:
         for client in CLIENTS:   # the one that ships first
             results.append(emit(run_pipeline(cluster.bootstrap, topic, work / f"ds-{client}",
                                              defaults, client)))
+        if args.before:
+            for i in range(2):
+                for python, label in ((args.before, ", before"), (sys.executable, ", after")):
+                    before_after.append(emit(run_pipeline(
+                        cluster.bootstrap, topic, work / f"ds-{label[2:]}-{i}", defaults,
+                        CLIENTS[0], python=python, label=label)))
         # the shipped client again with the Python decode path alone: before / after
         results.append(emit(run_pipeline(cluster.bootstrap, topic, work / "ds-python-decode",
                                          defaults, CLIENTS[0], decoder="python")))
@@ -286,6 +303,7 @@ def main() -> int:
             import shutil
             shutil.rmtree(work, ignore_errors=True)
 
+    results += before_after
     java = results[0]["records_per_s"]
     print("\n| measurement | records | records/s | vs Java tool | CPU s | CPU µs/record "
           "| peak RSS MB | load avg 1 min |")
@@ -313,6 +331,13 @@ def main() -> int:
               f"{whole['cpu_us_per_record'] / other['cpu_us_per_record']:.2f}x CPU per record"
               + (f", {whole['peak_rss_mb'] / other['peak_rss_mb']:.2f}x peak RSS"
                  if other.get("peak_rss_mb") else ""))
+    for b, a in zip(before_after[0::2], before_after[1::2]):
+        print(f"after / before (same topic, consecutive): "
+              f"{a['records_per_s'] / b['records_per_s']:.2f}x records/s, "
+              f"{a['cpu_us_per_record'] / b['cpu_us_per_record']:.2f}x CPU per record "
+              f"({a['cpu_us_per_record']} vs {b['cpu_us_per_record']} µs), "
+              f"{a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x peak RSS "
+              f"({a['peak_rss_mb']} vs {b['peak_rss_mb']} MB)")
     by = {r["what"]: r for r in results}
     for decoder in ("python", "native"):
         dec = next(r for w, r in by.items() if w.startswith(f"decode+validate only, {decoder}"))

@@ -40,6 +40,12 @@ RATE_INPUTS = wire.summed_columns()
 GAUGE_INPUTS = tuple(m.column for m in wire.KEY_METRIC_TABLE if not m.rate)
 SEEN_SCHEMA = {"partition": pl.Int64, "host_id": pl.String, "boot_id": pl.String,
                "seq": pl.Int64, "ts": pl.Float64}
+SEEN_KEYS = ["partition", "host_id", "boot_id", "seq"]   # a record's identity
+BOOT_KEYS = SEEN_KEYS[:3]
+# a boot's highest remembered seq and the ts of that record (which decides when it is
+# forgotten)
+_MAX_AGGS = (pl.col("seq").max().alias("prev"),
+             pl.col("ts").get(pl.col("seq").arg_max()).alias("prev_ts"))
 QUANTILE_METHOD = "linear"
 # Partial sums are exact integers (Int128): counter deltas as they are, float inputs
 # (intervals, gauges) in fixed point with this scale. Integer sums do not depend on the
@@ -265,8 +271,44 @@ def _cohort_aggs() -> Tuple[pl.Expr, ...]:
     return tuple(aggs + pooled_mechanism_aggs())
 
 
+def _seq_gaps(fresh: pl.DataFrame) -> Tuple[int, List[Tuple[str, str, int, int]]]:
+    """Samples a host boot's ``seq`` skipped, as far as the dedupe memory reaches:
+    between the highest seq remembered (``prev``) and the fresh ones above it (and
+    between the fresh ones), less fresh ones below it (a gap filled out of order). An
+    agent's spool that dropped its oldest samples, or samples lost on the way, show here.
+    ``fresh``: the batch's fresh identities (``BOOT_KEYS``, ``seq``) and their boot's
+    ``prev``. Returns the net count and, per host boot with a gap, (host, boot, first
+    seq after the gap, seqs missing)."""
+    if fresh.height == 0:
+        return 0, []
+    g = fresh.group_by(BOOT_KEYS).agg(
+        pl.col("prev").first(), pl.col("seq").min().alias("lo"),
+        pl.col("seq").max().alias("hi"), pl.len().alias("n"),
+        (pl.col("seq") > pl.col("prev")).sum().alias("above"),
+        (pl.col("seq") < pl.col("prev")).sum().alias("below"))
+    g = g.with_columns(pl.when(pl.col("prev").is_null())
+                       .then(pl.col("hi") - pl.col("lo") + 1 - pl.col("n"))
+                       .when(pl.col("hi") > pl.col("prev"))
+                       .then(pl.col("hi") - pl.col("prev") - pl.col("above"))
+                       .otherwise(0).alias("skipped"))
+    net = int(g["skipped"].sum() - g["below"].sum())
+    gaps = [(h, b, int(lo if prev is None else prev + 1), int(n))
+            for h, b, prev, lo, n in g.filter(pl.col("skipped") > 0)
+            .select("host_id", "boot_id", "prev", "lo", "skipped").iter_rows()]
+    return net, gaps
+
+
+def _in_offset_order(good: pl.DataFrame) -> pl.DataFrame:
+    """The batch with each partition's records in offset order (as a consumer hands
+    them over: then nothing is moved)."""
+    ordered = good.select((pl.col("offset").diff().over("partition") > 0)
+                          .fill_null(True).all()).item()
+    return good if ordered else good.sort("partition", "offset")
+
+
 @dataclass
 class ClosedWindow:
+
     """One window of one partition, final: its rows and the offsets they came from."""
     partition: int
     window_s: int
@@ -313,6 +355,7 @@ class WindowAggregator:
         # window costs its own rows, not every open window's
         self._windows: Dict[Tuple[int, int, int], List[pl.DataFrame]] = {}
         self._seen = pl.DataFrame(schema=SEEN_SCHEMA)
+        self._max: Optional[pl.DataFrame] = None   # see _boot_max
 
     # -- per batch -----------------------------------------------------------------
     def process(self, good: pl.DataFrame, next_offsets: Dict[int, int]) -> BatchOutcome:
@@ -325,7 +368,7 @@ class WindowAggregator:
             m.next_offset = max(m.next_offset, off)
         if good.height == 0:
             return out
-        good = good.sort("partition", "offset")
+        good = _in_offset_order(good)
         wm_state = {p: (m.watermark if m.watermark is not None else float("-inf"))
                     for p, m in self.meta.items()}
         closed = {p: m.closed_until for p, m in self.meta.items() if m.closed_until is not None}
@@ -338,62 +381,69 @@ class WindowAggregator:
              | (pl.col("ts") < pl.col("partition").replace_strict(
                  closed, default=float("-inf"), return_dtype=pl.Float64))).alias("late"))
         late = good.filter(pl.col("late"))
-        out.late_rows = late["row"].to_list()
+        out.late_rows = sorted(late["row"].to_list())
         good = good.filter(~pl.col("late")).drop("late")
         # watermarks advance with every on-time record
         if good.height:
             for p, mx in good.group_by("partition").agg(pl.col("ts").max()).iter_rows():
                 m = self.meta.setdefault(p, PartitionMeta())
                 m.watermark = mx if m.watermark is None else max(m.watermark, mx)
-        # dedupe: first copy in offset order wins, across batches through self._seen
-        keys = ["partition", "host_id", "boot_id", "seq"]
-        fresh = good.filter(pl.struct(keys).is_first_distinct())
-        if self._seen.height:
-            fresh = fresh.join(self._seen.select(keys), on=keys, how="anti",
-                               maintain_order="left")
+        # dedupe: first copy in offset order wins, across batches through self._seen.
+        # Only a record at or below its boot's highest remembered seq can be in that
+        # memory, so only those few are looked up in it: the batch is never hashed
+        # against the whole memory.
+        ident = (good.select(*SEEN_KEYS)
+                 .with_columns(pl.struct(SEEN_KEYS).is_first_distinct().alias("first"))
+                 .join(self._boot_max().select(*BOOT_KEYS, "prev"), on=BOOT_KEYS,
+                       how="left", maintain_order="left"))
+        maybe_seen = ident["first"] & (ident["seq"] <= ident["prev"]).fill_null(False)
+        keep = ident["first"]
+        if maybe_seen.any():
+            cand = ident.filter(maybe_seen).select(*SEEN_KEYS).with_row_index("i")
+            memory = self._seen.filter(pl.col("seq").is_in(cand["seq"].unique().implode()))
+            hits = cand.join(memory.select(SEEN_KEYS), on=SEEN_KEYS, how="semi")["i"]
+            if hits.len():
+                keep = keep.scatter(maybe_seen.arg_true().gather(hits), False)
+        fresh = good.filter(keep)
         out.duplicates = good.height - fresh.height
         out.accepted = fresh.height
-        out.missing, out.gaps = self._seq_gaps(fresh)
-        self._seen = pl.concat([self._seen, fresh.select(list(SEEN_SCHEMA))])
+        out.missing, out.gaps = _seq_gaps(fresh.select(*BOOT_KEYS, "seq").with_columns(
+            ident["prev"].filter(keep)))
+        new_seen = fresh.select(list(SEEN_SCHEMA))
+        self._seen = pl.concat([self._seen, new_seen])
+        self._remember_max(new_seen)
         self._prune_seen()
         if fresh.height:
             self._add_partials(fresh)
         return out
 
-    def _seq_gaps(self, fresh: pl.DataFrame) -> Tuple[int, List[Tuple[str, str, int, int]]]:
-        """Samples a host boot's ``seq`` skipped, as far as the dedupe memory reaches:
-        between the highest seq remembered and the fresh ones above it (and between the
-        fresh ones), less fresh ones below it (a gap filled out of order). An agent's
-        spool that dropped its oldest samples, or samples lost on the way, show here.
-        Returns the net count and, per host boot with a gap, (host, boot, first seq
-        after the gap, seqs missing)."""
-        if fresh.height == 0:
-            return 0, []
-        keys = ["partition", "host_id", "boot_id"]
-        prev = self._seen.group_by(keys).agg(pl.col("seq").max().alias("prev"))
-        f = fresh.select(*keys, "seq").join(prev, on=keys, how="left")
-        g = f.group_by(keys).agg(
-            pl.col("prev").first(), pl.col("seq").min().alias("lo"),
-            pl.col("seq").max().alias("hi"), pl.len().alias("n"),
-            (pl.col("seq") > pl.col("prev")).sum().alias("above"),
-            (pl.col("seq") < pl.col("prev")).sum().alias("below"))
-        g = g.with_columns(pl.when(pl.col("prev").is_null())
-                           .then(pl.col("hi") - pl.col("lo") + 1 - pl.col("n"))
-                           .when(pl.col("hi") > pl.col("prev"))
-                           .then(pl.col("hi") - pl.col("prev") - pl.col("above"))
-                           .otherwise(0).alias("skipped"))
-        net = int(g["skipped"].sum() - g["below"].sum())
-        gaps = [(h, b, int(lo if prev is None else prev + 1), int(n))
-                for h, b, prev, lo, n in g.filter(pl.col("skipped") > 0)
-                .select("host_id", "boot_id", "prev", "lo", "skipped").iter_rows()]
-        return net, gaps
+    def _boot_max(self) -> pl.DataFrame:
+        """Per (partition, host, boot) of the dedupe memory: its highest seq (``prev``)
+        and that record's ts; kept beside ``_seen`` (rebuilt from it when None)."""
+        if self._max is None:
+            self._max = self._seen.group_by(BOOT_KEYS).agg(*_MAX_AGGS)
+        return self._max
+
+    def _remember_max(self, new_seen: pl.DataFrame) -> None:
+        if new_seen.height:
+            both = pl.concat([self._boot_max(), new_seen.group_by(BOOT_KEYS).agg(*_MAX_AGGS)])
+            self._max = both.group_by(BOOT_KEYS).agg(
+                pl.col("prev").max(), pl.col("prev_ts").get(pl.col("prev").arg_max()))
 
     def _prune_seen(self) -> None:
         horizon = {p: (m.watermark - self.lateness_s if m.watermark is not None
                        else float("-inf")) for p, m in self.meta.items()}
-        self._seen = self._seen.filter(
-            pl.col("ts") >= pl.col("partition").replace_strict(
-                horizon, default=float("-inf"), return_dtype=pl.Float64))
+        cut = pl.col("partition").replace_strict(horizon, default=float("-inf"),
+                                                 return_dtype=pl.Float64)
+        self._seen = self._seen.filter(pl.col("ts") >= cut)
+        # a boot whose highest-seq record was forgotten: its highest is what remains
+        stale = self._boot_max().select(pl.col("prev_ts") < cut).to_series()
+        if stale.any():
+            gone = self._max.filter(stale).select(BOOT_KEYS)
+            self._max = pl.concat([
+                self._max.filter(~stale),
+                self._seen.join(gone, on=BOOT_KEYS, how="semi").group_by(BOOT_KEYS)
+                .agg(*_MAX_AGGS)])
 
     def _add_partials(self, fresh: pl.DataFrame) -> None:
         per_fs = explode_fs(fresh)
@@ -495,10 +545,13 @@ class WindowAggregator:
         if seen.height:
             self._seen = pl.concat([self._seen, seen.select(list(SEEN_SCHEMA))
                                     .cast(SEEN_SCHEMA)])
+            self._max = None
 
     def drop(self, partition: int) -> None:
         """Forget a partition (revoked: another instance continues from its checkpoint)."""
         self.meta.pop(partition, None)
         self._windows = {k: v for k, v in self._windows.items() if k[0] != partition}
         self._seen = self._seen.filter(pl.col("partition") != partition)
+        if self._max is not None:
+            self._max = self._max.filter(pl.col("partition") != partition)
 
