@@ -75,13 +75,18 @@ static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 #define TWO53 9007199254740992.0
 
-/* repr(x) for finite x with 1e-4 <= |x| < 2**53, without an exponent: the decimal with
+/* repr(x) for zeros, and for 1e-4 <= |x| < 2**53 (no exponent there): the decimal with
  * the fewest fraction digits k that reads back to x (y / 10**k == x, both exact doubles
  * and the division correctly rounded, as strtod would read "y e-k"). Taken only where
  * 10**-k is wider than x's rounding interval (so that decimal is the only one of its
  * length, the one Python's shortest repr picks); returns NULL to leave x to Python. */
 static char *put_double_fast(char *p, double x) {
     double a = fabs(x);
+    if (a == 0.0) {
+        if (signbit(x)) *p++ = '-';
+        memcpy(p, "0.0", 3);
+        return p + 3;
+    }
     if (!(a >= 1e-4 && a < TWO53)) return NULL;
     double ulp = nextafter(a, INFINITY) - a;
     for (int k = 0; k <= 17; k++) {
