@@ -19,7 +19,7 @@ from foliowatch.shell import cli
 from foliowatch.kafka_io import KafkaSettings, make_consumer
 from foliowatch.shell.services import create_topics
 from foliowatch.simulator import (load_scenario, produce_to_kafka, simulate_frame,
-                                  to_wire_json)
+                                  to_wire_bytes)
 from foliowatch.simulator.producer import CLIENTS
 
 pytestmark = pytest.mark.kafka
@@ -51,12 +51,13 @@ def test_produced_count_equals_consumed_count(kafka, topic):
     sc = small()
     wire = []
     for chunk in simulate_frame(sc, 3):
-        wire += list(zip(chunk["host_id"].to_list(), to_wire_json(chunk).to_list()))
+        wire += list(zip(chunk["host_id"].to_list(), to_wire_bytes(chunk)))
     result = produce_to_kafka(sc, KafkaSettings(bootstrap=[kafka.bootstrap]), topic, seed=3)
     assert result["sent"] == len(wire) > 5000
     msgs = consume_all(kafka.bootstrap, topic, len(wire))
     assert len(msgs) == len(wire)
-    assert sorted(m.value for m in msgs) == sorted(v.encode() for _, v in wire)
+    assert sorted(m.value for m in msgs) == sorted(v for _, v in wire)
+    assert all(schema.encode(json.loads(v)) == v for _, v in wire)   # schema.encode's bytes
     partitions = defaultdict(set)
     for m in msgs:
         rec = schema.decode(m.value)
@@ -87,6 +88,25 @@ def test_the_pipeline_accepts_every_record_of_a_simulated_fleet(kafka, tmp_path)
     assert read_topic(kafka, f"{topic}.dlq") == []
 
 
+def test_full_batches_of_simulated_records_fit_the_brokers_batch_limit(kafka, topic):
+    """The simulator's producer fills batches of 4 MiB before compression
+    (LibrdkafkaRecordProducer.BULK); compressed, a full one of simulated records must stay
+    within the broker's default limit per batch (1 MiB): 12,000 records of one host (one
+    partition, ~17 MB, several full batches) are all acknowledged and read back."""
+    from foliowatch.simulator.producer import LibrdkafkaRecordProducer, make_record_producer
+    assert LibrdkafkaRecordProducer.BULK["batch.size"] == 4 << 20
+    sc = load_scenario("seed-iomap-arm64-xfs", hosts=2000, hours=0.05, seed=3)
+    values = [v for c in simulate_frame(sc, 3) for v in to_wire_bytes(c)][:12_000]
+    assert len(values) == 12_000 and sum(map(len, values)) > 4 * (4 << 20)
+    keys = [b"one-host"] * len(values)
+    with make_record_producer(KafkaSettings(bootstrap=[kafka.bootstrap]), topic,
+                              "confluent-kafka") as producer:
+        producer.send(keys, values)
+        producer.flush()
+    msgs = consume_all(kafka.bootstrap, topic, len(values))
+    assert sorted(m.value for m in msgs) == sorted(values)
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_failed_delivery_is_an_error_naming_the_topic(kafka, client):
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -115,7 +135,7 @@ def test_cli_produces_to_kafka_with_two_workers_and_writes_truth(kafka, topic, t
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     sc = load_scenario("control-no-regression", hosts=30, hours=0.1, seed=2)
-    expect = sorted(v.encode() for c in simulate_frame(sc) for v in to_wire_json(c).to_list())
+    expect = sorted(v for c in simulate_frame(sc) for v in to_wire_bytes(c))
     msgs = consume_all(kafka.bootstrap, topic, out["sent"])
     assert len(msgs) == out["sent"] == len(expect) > 900
     assert sorted(m.value for m in msgs) == expect
