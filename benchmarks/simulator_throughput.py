@@ -260,14 +260,9 @@ def kafka_rows(args) -> list:
         payloads.write_bytes(b"\n".join(values[:20_000]))
         size = int(sum(len(v) for v in values) / len(values))
         bulk = LibrdkafkaRecordProducer.BULK
-        # Java's batch.size counts estimated bytes after compression, librdkafka's bytes
-        # before it: each gets batches as large as the broker takes (1 MiB compressed,
-        # its message.max.bytes): Java's ~1 MiB compressed, librdkafka's 4 MiB before
-        # compression (~540 KB after)
         java_props = ["acks=all", "enable.idempotence=true",
                       f"compression.type={settings.compression}",
-                      f"linger.ms={bulk['linger.ms']}",
-                      f"batch.size={min(bulk['batch.size'], 1 << 20)}"]
+                      f"linger.ms={bulk['linger.ms']}", f"batch.size={bulk['batch.size']}"]
         if settings.compression in ("zstd", "gzip", "lz4"):
             java_props.append(f"compression.{settings.compression}.level="
                               f"{bulk['compression.level']}")
@@ -282,11 +277,11 @@ def kafka_rows(args) -> list:
                               "broker_us_per_record": row["broker_us_per_record"]}), flush=True)
             return row
 
-        def java_perf(records: int = n) -> dict:
+        def java_perf() -> dict:
             kafka_sh = REPO / "deploy" / "kafka" / "kafka.sh"
             b0, c0, t0 = processes_cpu_ns(broker_pids), cpu_seconds(), time.monotonic()
             p = subprocess.run(["bash", str(kafka_sh), "tool", "producer-perf", "--topic",
-                                new_topic(), "--num-records", str(records), "--throughput", "-1",
+                                new_topic(), "--num-records", str(n), "--throughput", "-1",
                                 "--payload-file", str(payloads), "--producer-props",
                                 f"bootstrap.servers={bootstrap}", *java_props],
                                capture_output=True, text=True, timeout=1800)
@@ -332,9 +327,6 @@ def kafka_rows(args) -> list:
             print(json.dumps(row), flush=True)
             return with_broker(row, broker)
 
-        # a fresh broker compiles its hot paths (JIT) in its first minute: warm it up
-        # untimed, so that the first measured row does not pay for that
-        java_perf(min(n, 200_000))
         for round_ in range(args.kafka_rounds):
             rows.append(java_perf())
             for label, pkg in (trees if round_ % 2 == 0 else trees[::-1]):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any, List, Sequence
 
-from foliowatch import schema
 from foliowatch.errors import ConfigError, ServiceError
 from foliowatch.kafka_io import DEFAULT_KAFKA_CLIENT, KAFKA_CLIENTS
 
@@ -102,15 +101,8 @@ class LibrdkafkaRecordProducer(RecordProducer):
     # one simulator stands in for a whole fleet: larger batches than the agent's, and the
     # codec's fastest level (zstd 1 instead of the default 3 took the producer's CPU per
     # record from 17.4 to 11.3 us, and these records took no more room on the broker:
-    # 184 vs 199 B each). librdkafka's batch.size counts bytes before compression and
-    # is capped by its message.max.bytes (1,000,000 by default): 4 MiB batches (~540 KB
-    # compressed, within the broker's 1 MiB per batch at these records' ~7.7x) cost the
-    # broker 1.7-2.0 us per record where 1 MB batches cost it 2.2-4.7, and the
-    # producer's threads 0.5-2 us less (docs/scaling.md)
-    BATCH_BYTES = 4 << 20
-    BULK = {"linger.ms": 50, "batch.size": BATCH_BYTES,
-            "message.max.bytes": BATCH_BYTES + schema.MAX_RECORD_BYTES,
-            "queue.buffering.max.kbytes": 128 << 10,
+    # 184 vs 199 B each; docs/scaling.md)
+    BULK = {"linger.ms": 50, "batch.size": 1 << 20, "queue.buffering.max.kbytes": 128 << 10,
             "compression.level": 1, "partitioner": "murmur2_random"}
 
     def __init__(self, topic: str, settings):

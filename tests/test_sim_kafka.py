@@ -88,25 +88,6 @@ def test_the_pipeline_accepts_every_record_of_a_simulated_fleet(kafka, tmp_path)
     assert read_topic(kafka, f"{topic}.dlq") == []
 
 
-def test_full_batches_of_simulated_records_fit_the_brokers_batch_limit(kafka, topic):
-    """The simulator's producer fills batches of 4 MiB before compression
-    (LibrdkafkaRecordProducer.BULK); compressed, a full one of simulated records must stay
-    within the broker's default limit per batch (1 MiB): 12,000 records of one host (one
-    partition, ~17 MB, several full batches) are all acknowledged and read back."""
-    from foliowatch.simulator.producer import LibrdkafkaRecordProducer, make_record_producer
-    assert LibrdkafkaRecordProducer.BULK["batch.size"] == 4 << 20
-    sc = load_scenario("seed-iomap-arm64-xfs", hosts=2000, hours=0.05, seed=3)
-    values = [v for c in simulate_frame(sc, 3) for v in to_wire_bytes(c)][:12_000]
-    assert len(values) == 12_000 and sum(map(len, values)) > 4 * (4 << 20)
-    keys = [b"one-host"] * len(values)
-    with make_record_producer(KafkaSettings(bootstrap=[kafka.bootstrap]), topic,
-                              "confluent-kafka") as producer:
-        producer.send(keys, values)
-        producer.flush()
-    msgs = consume_all(kafka.bootstrap, topic, len(values))
-    assert sorted(m.value for m in msgs) == sorted(values)
-
-
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_failed_delivery_is_an_error_naming_the_topic(kafka, client):
     from kafka.admin import KafkaAdminClient, NewTopic
