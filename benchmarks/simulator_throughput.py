@@ -10,9 +10,42 @@ Targets: at least 300,000 records/s to files (issue 4), 100,000 records/s to Kaf
 acks=all, idempotence, zstd level 1, delivery reports for failures only), beside Kafka's
 own Java producer (kafka-producer-perf-test: the simulator's records as its payload
 file, the same count, acks, idempotence, codec and level, linger and batch size) in
-each round, and once through kafka-python's; then each stage alone (simulate, encode,
-produce + flush). The broker is started by the project's script unless --bootstrap is
-given.
+each round; the simulator runs in a process of its own, its CPU taken per thread
+(schedstat), the broker's CPU per record measured around every row; ``--compare-with
+main`` runs main's simulator path too, alternating with this tree's on the same broker;
+kafka-python's client and several processes on request; then each stage alone
+(simulate, encode native and polars, produce + flush). The broker is started by the
+project's script (and warmed up by an untimed Java run) unless --bootstrap is given.
+
+Measured 2026-12-03 (issue 17, third pass: the compiled encoder, simulator/native), 100,000
+hosts, 1 simulated minute (600k records of 1,417 B), 12 partitions:
+
+    .venv/bin/python benchmarks/simulator_throughput.py --formats generate \
+        --minutes 0.2 --kafka-minutes 1 --kafka-rounds 2 --compare-with main
+
+    background campaign paused, load average 5.3-6.1 (other engineers' work):
+    Java producer-perf (pre-encoded records)   79,091 / 135,162 records/s; broker 7.4 / 3.6 us
+    simulator, this tree                       76,965 / 70,570 records/s (0.97x / 0.52x Java)
+                                               12.4 / 13.7 us CPU per record; broker 5.5 / 3.7
+    simulator, main (polars encoding)          97,790 / 70,433 records/s (1.24x / 0.52x Java)
+                                               13.5 / 14.5 us CPU per record; broker 4.1 / 3.6
+    this tree per thread (us per record): simulate + encode thread 5.9-6.4, produce calls
+    2.0-2.3, librdkafka (zstd, batching, sockets) 4.1-4.7, polars pool 0.1
+    main per thread: simulate + encode thread 4.6-5.0, polars pool (encoding) 2.6-2.7,
+    produce calls 1.8-1.9, librdkafka 4.1-4.5
+    stages on one 92k-record chunk: encode native 249k records per CPU-second (4.0 us),
+    polars 177k (5.7 us); simulate 151k (6.6 us, the plan included)
+
+    same command with --formats generate,jsonl-devnull --minutes 1, campaign running,
+    load 7.7-9.9: this tree 31,643 / 23,193 records/s, 15.8 / 15.2 us CPU per record;
+    main 31,344 / 27,959, 17.0 / 16.4 us; Java 50,512 / 50,597 records/s
+
+So the simulator's own CPU per record fell 0.92-0.95x (the encoding 0.71x); records/s
+in a round is decided by the neighbours (main's path gave 70-98k/s within two minutes).
+Kafka's Java producer reached 103-135k records/s with the broker on the same 2 cores
+(campaign paused): 100,000/s is not held by the broker. 4 MiB batches before compression
+(~540 KB after) were measured too and not kept: in this fresh broker they cost it 8.5-11.3
+us per record beside 3.1-4.9 at 1 MB, and the simulator ran at 0.8x main's records/s.
 
 Measured 2026-12-02 (issue 17, second pass), 100,000 hosts, 1 simulated minute (600k
 records, 1,417 B each), 12 partitions, load average 12.6-21:
