@@ -191,7 +191,8 @@ def wire_records(chunks: Iterator[pl.DataFrame]) -> Iterator[Tuple[List[bytes], 
                                                                    np.ndarray]]:
     """The chunks as the producer takes them, in slices of ``WIRE_SLICE_ROWS``: keys (host
     ids) and values (wire JSON) as ``bytes``, each slice encoded at once
-    (``to_wire_json``), and the records' simulated delivery times."""
+    (``to_wire_bytes``: the compiled encoder when it is built), and the records'
+    simulated delivery times."""
     for chunk in chunks:
         for lo in range(0, chunk.height, WIRE_SLICE_ROWS):
             part = chunk.slice(lo, WIRE_SLICE_ROWS)
