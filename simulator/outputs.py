@@ -181,10 +181,10 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
             "topic": topic, "workers": workers}
 
 
-#: records encoded at once for Kafka: large enough for a vectorised encoding, small enough
-#: that the ``bytes`` held for the producer stay ~28 MB per slice (and the native
-#: encoder's output buffer is reused from one slice to the next)
-WIRE_SLICE_ROWS = 20_000
+#: records encoded at once for Kafka: large enough for a vectorised encoding and for the
+#: producer's batches to fill (a slice is produced in one burst), small enough that the
+#: ``bytes`` held for the producer stay ~70 MB per slice
+WIRE_SLICE_ROWS = 50_000
 
 
 def wire_records(chunks: Iterator[pl.DataFrame]) -> Iterator[Tuple[List[bytes], List[bytes],

@@ -146,7 +146,7 @@ typedef struct {
  * the GIL): a fresh one would be page-faulted in again on every call */
 static char *spare_buf;
 static size_t spare_cap;
-#define SPARE_MAX ((size_t)64 << 20)
+#define SPARE_MAX ((size_t)128 << 20)   /* a slice of 50,000 records is ~70 MB */
 
 static int reserve(Out *o, size_t more) {
     if (o->len + more <= o->cap) return 1;
