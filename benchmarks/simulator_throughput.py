@@ -10,9 +10,49 @@ Targets: at least 300,000 records/s to files (issue 4), 100,000 records/s to Kaf
 acks=all, idempotence, zstd level 1, delivery reports for failures only), beside Kafka's
 own Java producer (kafka-producer-perf-test: the simulator's records as its payload
 file, the same count, acks, idempotence, codec and level, linger and batch size) in
-each round, and once through kafka-python's; then each stage alone (simulate, encode,
-produce + flush). The broker is started by the project's script unless --bootstrap is
-given.
+each round; the simulator runs in a process of its own, its CPU taken per thread
+(schedstat), the broker's CPU per record measured around every row; ``--compare-with
+main`` runs main's simulator path too, alternating with this tree's on the same broker;
+kafka-python's client and several processes on request; then each stage alone
+(simulate, encode native and polars, produce + flush). The broker is started by the
+project's script (and warmed up by an untimed Java run) unless --bootstrap is given.
+
+Measured 2026-12-03 (issue 17, third pass: the compiled encoder, simulator/native), 100,000
+hosts, 1 simulated minute (600k records of 1,417 B), 12 partitions, 3 rounds, the
+simulator's path of this tree and of main alternating on one broker:
+
+    .venv/bin/python benchmarks/simulator_throughput.py --formats generate,jsonl-devnull \
+        --minutes 1 --kafka-minutes 1 --kafka-rounds 3 --compare-with main
+
+    background campaign paused, load average 3.3-4.2:
+    Java producer-perf (pre-encoded records)  141,073 / 163,528 / 165,650 records/s
+    simulator, this tree                      114,504 / 123,124 / 104,876 records/s
+                                              1.05-1.23x the target, 0.63-0.81x Java
+                                              10.53 / 10.58 / 10.68 us CPU per record
+    simulator, main (polars encoding)         116,342 / 117,275 / 114,653 records/s
+                                              11.52 / 11.98 / 11.62 us CPU per record
+    CPU per record, this tree / main: 0.88-0.92x; records/s 0.91-1.05x (noise)
+    broker CPU per record: 2.4-5.0 us (Java's rows 2.9-6.0)
+    this tree per thread (us per record): simulate + encode thread 5.0-5.2, produce calls
+    1.7-1.8, librdkafka (zstd 1, batching, sockets) 3.5-3.6, polars pool 0.1;
+    main per thread: simulate + encode thread 3.9-4.2 and polars pool (its encoding)
+    2.3-2.4, produce calls 1.5-1.6, librdkafka 3.4-3.6
+    stages on one 92k-record chunk: encode native 383k records per CPU-second (2.6 us),
+    polars 214k (4.7 us): 0.56x; simulate 164k (6.1 us, the plan included)
+
+    campaign running, load 6.5-8.5 (--formats generate --minutes 0.2 --kafka-rounds 2):
+    this tree 37,520 / 43,623 records/s, 14.0 / 11.4 us CPU per record; main 36,474 /
+    42,079, 14.7 / 13.6 us; Java 49,717 / 70,752 records/s
+
+The target is met on the quiet machine by main's path too (the quiet figures of the
+second pass below, 55-60k/s, were taken without the broker's warm-up and on another
+day); this pass takes the simulator's CPU per record to 0.84-0.95x main's. Slices of
+50,000 records matter: at 20,000 (produced in smaller bursts, so fuller batches less
+often) the produce calls, librdkafka and the broker each cost more per record (this
+tree 15.7-16.7 us beside main's 13.4-16.1, 0.8-0.95x its records/s). 4 MiB batches
+before compression (~540 KB after) were not kept: in this fresh broker they cost it
+3.95-11.8 us per record beside main's 3.3-5.3 at 1 MB (50,000-record slices, campaign
+paused, load 5.2-6.6).
 
 Measured 2026-12-02 (issue 17, second pass), 100,000 hosts, 1 simulated minute (600k
 records, 1,417 B each), 12 partitions, load average 12.6-21:
@@ -124,17 +164,112 @@ KAFKA_REF = "Java producer-perf"
 SIM_ONE = "simulator -> kafka, librdkafka, 1 process"
 
 
+def task_cpu_ns(pid: int) -> dict:
+    """CPU nanoseconds of each thread of ``pid`` (schedstat), with its name."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        out[int(t)] = (comm, ns)
+    return out
+
+
+def processes_cpu_ns(pids) -> int:
+    return sum(ns for pid in pids for _c, ns in task_cpu_ns(pid).values())
+
+
+def thread_group(tid: int, comm: str) -> str:
+    if tid == os.getpid():
+        return "main thread: produce calls, delivery reports"
+    if comm.startswith("rdk:"):
+        return "librdkafka threads: batching, compression, sockets"
+    if comm.startswith("polars"):
+        return "polars pool: simulate, polars encoding"
+    if comm.startswith("python") or comm == os.path.basename(sys.executable)[:15]:
+        return "prefetch thread: simulate, encode"
+    return "other threads"
+
+
+def produce_child(args) -> int:
+    """``--produce-child TOPIC``: one run of the simulator's path to Kafka in this process
+    (whichever ``foliowatch`` is importable: this tree, or a ref's with PYTHONPATH), its
+    CPU per thread from schedstat, sampled every 0.1 s so that threads which end before
+    the run does (the prefetch thread, the client's) are counted; one JSON line."""
+    import threading
+    from foliowatch.kafka_io import KafkaSettings
+    from foliowatch.simulator import load_scenario, produce_to_kafka
+    sc = load_scenario(args.scenario, hosts=args.hosts, hours=args.kafka_minutes / 60.0,
+                       interval_s=args.interval)
+    settings = KafkaSettings(bootstrap=[args.bootstrap])
+    seen, stop = {}, threading.Event()
+
+    def sample():
+        while True:
+            seen.update(task_cpu_ns(os.getpid()))
+            if stop.wait(0.1):
+                return
+    before = task_cpu_ns(os.getpid())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    sampler_tid = None
+    t0, c0 = time.monotonic(), time.process_time()
+    r = produce_to_kafka(sc, settings, args.produce_child, seed=1)
+    secs, cpu = time.monotonic() - t0, time.process_time() - c0
+    stop.set()
+    sampler_tid = sampler.native_id
+    sampler.join()
+    seen.update(task_cpu_ns(os.getpid()))
+    groups: dict = {}
+    for tid, (comm, ns) in seen.items():
+        g = "benchmark's sampler" if tid == sampler_tid else thread_group(tid, comm)
+        groups[g] = groups.get(g, 0) + ns - before.get(tid, (comm, 0))[1]
+    n = r["sent"]
+    groups["not sampled (threads' last 0.1 s)"] = max(0, cpu * 1e9 - sum(groups.values()))
+    print(json.dumps({"records": n, "seconds": secs, "cpu_s": cpu,
+                      "us_per_record": {k: round(v / n / 1e3, 2) for k, v in groups.items()},
+                      "peak_rss_mib": round(rss_mib())}), flush=True)
+    return 0
+
+
+def ref_package(ref: str, tmp: Path) -> Path:
+    """The repository at git ``ref`` laid out as the installed ``foliowatch`` package
+    (its folders mapped as pyproject's package-dir does), for PYTHONPATH."""
+    src, pkg = tmp / "ref-src", tmp / "ref-pkg"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {ref}: {archive.stderr.decode()[-500:]}")
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    shutil.copytree(src / "foliowatch", pkg / "foliowatch")
+    for d in ("agent", "pipeline", "detector", "dashboards", "simulator", "shell"):
+        (pkg / "foliowatch" / d).symlink_to(src / d)
+    return pkg
+
+
 def kafka_rows(args) -> list:
     """The Kafka rows, in rounds: Kafka's own Java producer (``kafka-producer-perf-test``:
     the same records from a payload file, the same count, acks, idempotence, codec and
     level, linger and batch size) beside the simulator's path (simulate, encode, produce,
-    flush) with each client, each on a fresh 12-partition topic of the same broker; then
-    the stages of the simulator's path alone."""
+    flush; a process of its own, CPU per thread) of this tree and, with
+    ``--compare-with``, of a git ref's, each on a fresh 12-partition topic of the same
+    broker, the broker's CPU per record measured around each; then the stages of the
+    simulator's path alone."""
     import polars as pl
     from kafka.admin import KafkaAdminClient, NewTopic
     from foliowatch.kafka_io import KafkaSettings
     from foliowatch.shell.services import KafkaCluster
     from foliowatch.simulator import load_scenario, produce_to_kafka, simulate_frame
+    from foliowatch.simulator.frames import to_wire_json
+    from foliowatch.simulator.native_encode import encoder
     from foliowatch.simulator.outputs import wire_records
     from foliowatch.simulator.producer import LibrdkafkaRecordProducer, make_record_producer
 
@@ -143,9 +278,11 @@ def kafka_rows(args) -> list:
     tmp = Path(tempfile.mkdtemp(prefix="simbench-kafka-"))
     try:
         bootstrap = args.bootstrap
+        broker_pids = [int(p) for p in args.broker_pids.split(",") if p]
         if not bootstrap:
-            cluster = KafkaCluster(tmp, brokers=1).start()
+            cluster = KafkaCluster(tmp / "kafka", brokers=1).start()
             bootstrap = cluster.bootstrap
+            broker_pids = cluster.pids()
         settings = KafkaSettings(bootstrap=[bootstrap])
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
 
@@ -169,60 +306,103 @@ def kafka_rows(args) -> list:
         if settings.compression in ("zstd", "gzip", "lz4"):
             java_props.append(f"compression.{settings.compression}.level="
                               f"{bulk['compression.level']}")
+        trees = [("this tree", None)]
+        if args.compare_with:
+            trees.append((args.compare_with, ref_package(args.compare_with, tmp)))
 
-        java_rate = {}
+        def with_broker(row: dict, broker_ns: int) -> dict:
+            row["broker_us_per_record"] = round(broker_ns / row["records"] / 1e3, 2)
+            row["cpu_us_per_record"] = round(row["cpu_s"] / row["records"] * 1e6, 2)
+            print(json.dumps({"what": row["what"], "cpu_us_per_record": row["cpu_us_per_record"],
+                              "broker_us_per_record": row["broker_us_per_record"]}), flush=True)
+            return row
 
-        def java_perf():
+        def java_perf() -> dict:
             kafka_sh = REPO / "deploy" / "kafka" / "kafka.sh"
+            b0, c0, t0 = processes_cpu_ns(broker_pids), cpu_seconds(), time.monotonic()
             p = subprocess.run(["bash", str(kafka_sh), "tool", "producer-perf", "--topic",
                                 new_topic(), "--num-records", str(n), "--throughput", "-1",
                                 "--payload-file", str(payloads), "--producer-props",
                                 f"bootstrap.servers={bootstrap}", *java_props],
                                capture_output=True, text=True, timeout=1800)
+            secs, cpu = time.monotonic() - t0, cpu_seconds() - c0
+            broker = processes_cpu_ns(broker_pids) - b0
             last = [l for l in p.stdout.splitlines() if "records sent" in l]
             if p.returncode != 0 or not last:
                 raise SystemExit(f"producer-perf failed ({p.returncode}):\n{p.stdout[-2000:]}"
                                  f"\n{p.stderr[-2000:]}")
             sent = int(last[-1].split()[0])
-            java_rate["records_per_s"] = int(float(last[-1].split()[3]))
-            return sent, sent * size
+            # the tool's own rate: from its first send to its last acknowledgement, JVM
+            # start excluded (the simulator's rows include its producer's start); its CPU
+            # includes the JVM's start
+            row = {"what": f"{KAFKA_REF} ({size} B payloads, same props)", "records": sent,
+                   "seconds": round(secs, 2), "records_per_s": int(float(last[-1].split()[3])),
+                   "cpu_s": round(cpu, 2), "records_per_cpu_s": int(sent / cpu),
+                   "mib": None, "bytes_per_record": size, "peak_rss_mib": round(rss_mib()),
+                   "load_avg_1m": os.getloadavg()[0]}
+            print(json.dumps(row), flush=True)
+            return with_broker(row, broker)
 
-        def simulator(client, workers=1):
-            def run():
-                r = produce_to_kafka(ksc, settings, new_topic(), seed=1, client=client,
-                                     workers=workers)
-                return r["sent"], r["sent"] * size
-            return run
+        def simulator(label: str, pkg) -> dict:
+            env = dict(os.environ)
+            if pkg is not None:
+                env["PYTHONPATH"] = str(pkg)
+            b0 = processes_cpu_ns(broker_pids)
+            p = subprocess.run([sys.executable, __file__, "--produce-child", new_topic(),
+                                "--bootstrap", bootstrap, "--scenario", args.scenario,
+                                "--hosts", str(args.hosts), "--interval", str(args.interval),
+                                "--kafka-minutes", str(args.kafka_minutes)],
+                               capture_output=True, text=True, env=env, timeout=3600)
+            broker = processes_cpu_ns(broker_pids) - b0
+            if p.returncode != 0:
+                raise SystemExit(f"simulator ({label}) failed:\n{p.stderr[-3000:]}")
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            row = {"what": f"{SIM_ONE} ({label})", "records": r["records"],
+                   "seconds": round(r["seconds"], 2),
+                   "records_per_s": int(r["records"] / r["seconds"]),
+                   "cpu_s": round(r["cpu_s"], 2),
+                   "records_per_cpu_s": int(r["records"] / r["cpu_s"]), "mib": None,
+                   "bytes_per_record": size, "peak_rss_mib": r["peak_rss_mib"],
+                   "load_avg_1m": os.getloadavg()[0], "threads_us_per_record": r["us_per_record"]}
+            print(json.dumps(row), flush=True)
+            return with_broker(row, broker)
 
         for round_ in range(args.kafka_rounds):
-            row = measure(f"{KAFKA_REF} ({size} B payloads, same props)", java_perf)
-            # the tool's own rate: from its first send to its last acknowledgement, JVM
-            # start excluded (the simulator's rows include its producer's start)
-            row["records_per_s"] = java_rate["records_per_s"]
-            print(json.dumps({"what": row["what"], "tool_records_per_s": row["records_per_s"]}),
-                  flush=True)
-            rows.append(row)
-            rows.append(measure(SIM_ONE, simulator("confluent-kafka")))
-            if round_ == 0:   # the slow client: once is enough for its ratio
-                rows.append(measure("simulator -> kafka, kafka-python, 1 process",
-                                    simulator("kafka-python")))
+            rows.append(java_perf())
+            for label, pkg in (trees if round_ % 2 == 0 else trees[::-1]):
+                rows.append(simulator(label, pkg))
+            if args.with_kafka_python and round_ == 0:   # the slow client: once is enough
+                def kafka_python():
+                    r = produce_to_kafka(ksc, settings, new_topic(), seed=1,
+                                         client="kafka-python")
+                    return r["sent"], r["sent"] * size
+                rows.append(measure("simulator -> kafka, kafka-python, 1 process", kafka_python))
             if args.kafka_workers > 1:
+                def workers():
+                    r = produce_to_kafka(ksc, settings, new_topic(), seed=1,
+                                         workers=args.kafka_workers)
+                    return r["sent"], r["sent"] * size
                 rows.append(measure(f"simulator -> kafka, librdkafka, {args.kafka_workers} "
-                                    "processes", simulator("confluent-kafka", args.kafka_workers)))
+                                    "processes", workers))
 
         # where the time goes: each stage of the simulator's path alone, on one chunk
         rows.append(measure("  stage: simulate (one chunk, the plan included)",
                             lambda: (next(iter(simulate_frame(ksc, 1))).height, 0)))
-        rows.append(measure("  stage: encode (to_wire_json, bytes for the producer)",
-                            lambda: (len(next(wire_records(iter([chunk])))[1]), 0)))
-        for client in ("confluent-kafka", "kafka-python"):
+        native = encoder()
+        if native is not None:
+            rows.append(measure("  stage: encode, native (bytes for the producer)",
+                                lambda: (len(native.encode(chunk)), 0)))
+        rows.append(measure("  stage: encode, polars (to_wire_json, bytes)",
+                            lambda: (len(to_wire_json(chunk).cast(pl.Binary).to_list()), 0)))
+        for client in ("confluent-kafka",) + (("kafka-python",) if args.with_kafka_python else ()):
             def produce_only(client=client):
                 with make_record_producer(settings, new_topic(), client) as p:
                     p.send(keys, values)
                     p.flush()
                 return len(keys), sum(len(v) for v in values)
-            rows.append(measure(f"  stage: produce + flush, pre-encoded, {client}",
-                                produce_only))
+            b0 = processes_cpu_ns(broker_pids)
+            row = measure(f"  stage: produce + flush, pre-encoded, {client}", produce_only)
+            rows.append(with_broker(row, processes_cpu_ns(broker_pids) - b0))
         admin.close()
     finally:
         if cluster is not None:
@@ -233,16 +413,23 @@ def kafka_rows(args) -> list:
 
 def summarise_kafka(rows) -> None:
     refs = [r for r in rows if r["what"].startswith(KAFKA_REF)]
-    sims = [r for r in rows if r["what"] == SIM_ONE]
+    sims = [r for r in rows if r["what"].startswith(SIM_ONE)]
     if not refs or not sims:
         return
     print()
-    for ref, sim in zip(refs, sims):
-        print(f"round: simulator -> Kafka (librdkafka, 1 process) {sim['records_per_s']:,} "
-              f"records/s, {KAFKA_REF} {ref['records_per_s']:,} records/s: "
-              f"{sim['records_per_s'] / ref['records_per_s']:.2f}x the reference, "
-              f"{sim['records_per_s'] / 100_000:.2f}x the target (>= 100,000, issue 17); "
-              f"load {sim['load_avg_1m']:.1f}")
+    per_round = len(sims) // len(refs)
+    for i, ref in enumerate(refs):
+        print(f"round {i + 1}: {KAFKA_REF} {ref['records_per_s']:,} records/s "
+              f"({ref['cpu_us_per_record']} us CPU per record with the JVM's start; broker "
+              f"{ref['broker_us_per_record']} us); load {ref['load_avg_1m']:.1f}")
+        for sim in sims[i * per_round:(i + 1) * per_round]:
+            print(f"  {sim['what'][len(SIM_ONE) + 1:]:14s} {sim['records_per_s']:,} records/s: "
+                  f"{sim['records_per_s'] / ref['records_per_s']:.2f}x the reference, "
+                  f"{sim['records_per_s'] / 100_000:.2f}x the target (>= 100,000, issue 17); "
+                  f"{sim['cpu_us_per_record']} us CPU per record, broker "
+                  f"{sim['broker_us_per_record']} us; load {sim['load_avg_1m']:.1f}")
+            for k, v in sim["threads_us_per_record"].items():
+                print(f"      {k:54s} {v:6.2f} us")
 
 
 def main() -> int:
@@ -254,8 +441,16 @@ def main() -> int:
                     help="simulated minutes for the file runs (5 min = ~3M records)")
     ap.add_argument("--kafka-minutes", type=float, default=1.0,
                     help="simulated minutes for the Kafka run")
-    ap.add_argument("--kafka-workers", type=int, default=2,
-                    help="also measure this many producer processes")
+    ap.add_argument("--kafka-workers", type=int, default=1,
+                    help="also measure this many producer processes (when > 1)")
+    ap.add_argument("--with-kafka-python", action="store_true",
+                    help="also measure kafka-python's client (once)")
+    ap.add_argument("--compare-with", metavar="GIT_REF",
+                    help="also run the simulator's path of this git ref (e.g. main), "
+                         "alternating with this tree's, on the same broker")
+    ap.add_argument("--broker-pids", default="",
+                    help="with --bootstrap: the broker's process ids, for its CPU")
+    ap.add_argument("--produce-child", metavar="TOPIC", help=argparse.SUPPRESS)
     ap.add_argument("--kafka-rounds", type=int, default=2,
                     help="rounds of the Kafka rows, each the reference then the simulator")
     ap.add_argument("--out", help="folder for the files (default: a temp folder on disk)")
@@ -263,6 +458,8 @@ def main() -> int:
     ap.add_argument("--no-kafka", action="store_true")
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     args = ap.parse_args()
+    if args.produce_child:
+        return produce_child(args)
 
     import polars as pl
     from foliowatch.simulator import load_scenario, simulate_frame, write_files

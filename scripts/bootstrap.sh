@@ -4,7 +4,8 @@
 #   benchmark, strace to watch the durable writes' system calls), a Python 3.11+ virtualenv (.venv) with the project and its extras, a
 #   Python 3.9 virtualenv (.venv39) with only the agent (the fleet's oldest Python), and
 #   Apache Kafka's jars from Maven Central (deploy/kafka/kafka.sh fetch), and the
-#   pipeline's optional native decoder (pipeline/native, C) built into .venv.
+#   pipeline's optional native decoder (pipeline/native, C) and the simulator's native
+#   encoder (simulator/native, C) built into .venv.
 # Each step is skipped when its inputs have not changed (stamp files keyed by content).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,19 +63,26 @@ py311=$(find_python 3.11 || find_python 3.12 || find_python 3.13) \
   || { echo "bootstrap: no Python 3.11+ found (pyenv versions, python3.11): install one" >&2; exit 1; }
 make_venv .venv "$py311" "all,bench"
 
-# The pipeline's native decoder (pipeline/native, C): in the central venv only, never in
-# the agent's. Optional: without it the pipeline decodes with its Python/polars path
-# (several times the CPU per record) and says so once.
-native_want="$(cat pipeline/native/wiredecode.c pipeline/native/setup.py pipeline/native/pyproject.toml | sha256sum | cut -c1-16)-$(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')"
-if [ "$(cat .venv/.wiredecode-stamp 2>/dev/null)" != "$native_want" ]; then
-  say "building the pipeline's native decoder (pipeline/native) into .venv"
-  if .venv/bin/python -m pip install -q --no-build-isolation ./pipeline/native >&2; then
-    echo "$native_want" >.venv/.wiredecode-stamp
-  else
-    say "the native decoder did not build (it needs a C compiler and Python's headers): the pipeline will decode with its Python path"
+# The native codecs (C), in the central venv only, never in the agent's, each optional:
+# the pipeline's decoder (pipeline/native: without it the pipeline decodes with its
+# Python/polars path, several times the CPU per record) and the simulator's encoder
+# (simulator/native: without it the simulator encodes with polars, ~2x the CPU per
+# record). Each says once that it is missing.
+build_native() {  # build_native DIR STAMP WHAT
+  local dir=$1 stamp=$2 what=$3 want
+  want="$(cat "$dir"/*.c "$dir/setup.py" "$dir/pyproject.toml" | sha256sum | cut -c1-16)-$(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')"
+  if [ "$(cat ".venv/$stamp" 2>/dev/null)" != "$want" ]; then
+    say "building the $what ($dir) into .venv"
+    if .venv/bin/python -m pip install -q --no-build-isolation "./$dir" >&2; then
+      echo "$want" >".venv/$stamp"
+    else
+      say "the $what did not build (it needs a C compiler and Python's headers): its Python path is used"
+    fi
+    rm -rf "$dir/build" "$dir"/*.egg-info
   fi
-  rm -rf pipeline/native/build pipeline/native/*.egg-info
-fi
+}
+build_native pipeline/native .wiredecode-stamp "pipeline's native decoder"
+build_native simulator/native .wireencode-stamp "simulator's native encoder"
 
 if py39=$(find_python 3.9); then
   make_venv .venv39 "$py39" "agent,test"

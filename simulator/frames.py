@@ -25,19 +25,19 @@ The flat form (one row per delivered record) has these columns:
 ``probe.<field>``          the write probe (``schema.PROBE_FIELDS``); null when no probe ran
 =========================  ==========================================================
 
-Records carry ``settings`` only when a probe ran (see ``_wire_spec``).
+Records carry ``settings`` only when a probe ran (see ``wire_spec``).
 
 ``to_wire_json`` turns a chunk into wire JSON (one string per row; vectorised in polars,
 byte for byte what ``schema.encode`` writes), ``to_wire_frame`` into the nested form that
 a JSON reader would produce (structs ``labels``/``counters``/``gauges``/``probe``, a list
 ``mounts``), which is what the Parquet files hold. Both walk the field table
-``schema.FIELDS``; ``_wire_spec`` says which columns feed which member.
+``schema.FIELDS``; ``wire_spec`` says which columns feed which member.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 import polars as pl
@@ -56,6 +56,7 @@ COUNTER_COLUMNS = tuple(f"counters.{c}" for c in COUNTERS)
 GAUGE_COLUMNS = tuple(f"gauges.{g}" for g in GAUGES)
 PROBE_COLUMNS = ("probe.bytes", "probe.seconds", "probe.chunk_bytes", "probe.mib_s",
                  "probe.compact_stall", "probe.allocstall")
+PROBE_PRESENT = "probe.bytes"   # null on the rows of records without a probe
 ROWS_PER_CHUNK = 250_000
 
 _INT_PER_STEP = ("seq",) + COUNTERS + ("write_bytes", "write_ios")
@@ -235,43 +236,60 @@ FLAT_COLUMNS = (("emit_ts", "host_id", "boot_id", "seq", "ts", "interval_s") + L
 
 # ------------------------------------------------------------------ wire conversion
 # The wire form is derived from the field table (schema.FIELDS): members in table order,
-# each one's value from the spec below. A spec is a column expression (a scalar, or a
-# struct for a map: its entries are the struct's fields, in order), a dict (an object:
-# member -> spec), a list (a list of objects), or Optional(condition, spec) for a member
-# present only on some rows. A member the table has and the spec lacks is absent.
+# each one's value from the spec below. A spec is a leaf (``Col``: a column of the flat
+# form; ``Lit``: a constant), a dict (an object, or a map's entries in order: member ->
+# spec), a list (a list of objects), or ``Present(column, spec)`` for a member present
+# only on the rows where that column is not null. A member the table has and the spec
+# lacks is absent. The polars encodings below and the compiled one
+# (``native_encode``) are both read from this one spec.
+
+
+class Col(NamedTuple):
+    """The value of a column of the flat form."""
+    name: str
+
+
+class Lit(NamedTuple):
+    """A constant (an int, a float or a string)."""
+    value: object
 
 
 class Present:
-    """A member present on the rows where ``when`` holds."""
+    """A member present on the rows where ``column`` is not null."""
 
-    def __init__(self, when: pl.Expr, spec):
-        self.when, self.spec = when, spec
-
-
-def _mount_col(name: str) -> pl.Expr:
-    return pl.col(f"mount.{name}")
+    def __init__(self, column: str, spec):
+        self.column, self.spec = column, spec
 
 
-def _wire_spec() -> Dict[str, object]:
-    has_probe = pl.col("probe.bytes").is_not_null()
-    mount_counters = {"write_bytes": _mount_col("write_bytes"),
-                      "write_ios": _mount_col("write_ios"),
-                      "xfs_write_bytes": Present(_mount_col("xfs_write_bytes").is_not_null(),
-                                                   _mount_col("xfs_write_bytes"))}
+def _expr(leaf) -> pl.Expr:
+    if isinstance(leaf, Col):
+        return pl.col(leaf.name)
+    return pl.lit(leaf.value, pl.Int64) if isinstance(leaf.value, int) else pl.lit(leaf.value)
+
+
+def _present(p: Present) -> pl.Expr:
+    return pl.col(p.column).is_not_null()
+
+
+def wire_spec() -> Dict[str, object]:
+    """Which column (or constant) feeds each member of the wire record."""
+    mount_counters = {"write_bytes": Col("mount.write_bytes"),
+                      "write_ios": Col("mount.write_ios"),
+                      "xfs_write_bytes": Present("mount.xfs_write_bytes",
+                                                 Col("mount.xfs_write_bytes"))}
     return {
-        "schema": pl.lit(schema.SCHEMA_VERSION, pl.Int64),
-        **{c: pl.col(c) for c in ("host_id", "boot_id", "seq", "ts", "interval_s")},
-        "labels": {c: pl.col(c) for c in LABEL_COLUMNS},
-        "counters": pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in COUNTER_COLUMNS]),
-        "gauges": pl.struct([pl.col(c).alias(c.split(".", 1)[1]) for c in GAUGE_COLUMNS]),
-        "mounts": [{"mount": _mount_col("path"), "fs": _mount_col("fs"),
-                    "device": _mount_col("device"), "counters": mount_counters}],
+        "schema": Lit(schema.SCHEMA_VERSION),
+        **{c: Col(c) for c in ("host_id", "boot_id", "seq", "ts", "interval_s")},
+        "labels": {c: Col(c) for c in LABEL_COLUMNS},
+        "counters": {c.split(".", 1)[1]: Col(c) for c in COUNTER_COLUMNS},
+        "gauges": {c.split(".", 1)[1]: Col(c) for c in GAUGE_COLUMNS},
+        "mounts": [{"mount": Col("mount.path"), "fs": Col("mount.fs"),
+                    "device": Col("mount.device"), "counters": mount_counters}],
         # the settings ride along with the probe, whose result they explain (THP
         # settings decide folio sizes)
-        "settings": Present(has_probe, pl.struct([pl.lit(v).alias(k)
-                                                    for k, v in SETTINGS.items()])),
-        "probe": Present(has_probe, {c.split(".", 1)[1]: pl.col(c) for c in PROBE_COLUMNS}),
-        "agent": pl.lit(AGENT_VERSION),
+        "settings": Present(PROBE_PRESENT, {k: Lit(v) for k, v in SETTINGS.items()}),
+        "probe": Present(PROBE_PRESENT, {c.split(".", 1)[1]: Col(c) for c in PROBE_COLUMNS}),
+        "agent": Lit(AGENT_VERSION),
     }
 
 
@@ -289,7 +307,7 @@ def _object_json(members, spec: Dict[str, object]) -> List[object]:
                                                                        if isinstance(v, Present) else v)
         if isinstance(v, Present):
             assert not first, "an object's first member must be required"
-            pieces.append(pl.when(v.when).then(pl.concat_str(_merged(piece)))
+            pieces.append(pl.when(_present(v)).then(pl.concat_str(_merged(piece)))
                           .otherwise(pl.lit("")))
         else:
             pieces += piece
@@ -299,9 +317,10 @@ def _object_json(members, spec: Dict[str, object]) -> List[object]:
 
 def _value_json(f: schema.Field, spec) -> List[object]:
     if f.kind == schema.OBJECT:
-        if all(isinstance(v, pl.Expr) for v in spec.values()) and len(spec) == len(f.members):
+        if all(isinstance(v, (Col, Lit)) for v in spec.values()) and len(spec) == len(f.members):
             # every member on every row: one vectorised struct encoding, in table order
-            return [pl.struct([spec[m.name].alias(m.name) for m in f.members]).struct.json_encode()]
+            return [pl.struct([_expr(spec[m.name]).alias(m.name) for m in f.members])
+                    .struct.json_encode()]
         return _object_json(f.members, spec)
     if f.kind == schema.LIST:
         out: List[object] = ["["]
@@ -309,15 +328,16 @@ def _value_json(f: schema.Field, spec) -> List[object]:
             out += ([","] if i else []) + _object_json(f.members, item)
         return out + ["]"]
     if f.kind == schema.MAP:
-        if isinstance(spec, dict):
+        if any(isinstance(v, Present) for v in spec.values()):
             return _object_json([replace(f.value, name=k, required=not isinstance(v, Present))
                                  for k, v in spec.items()], spec)
-        return [spec.struct.json_encode()]
+        # every entry on every row: its names are the struct's fields, in order
+        return [pl.struct([_expr(v).alias(k) for k, v in spec.items()]).struct.json_encode()]
     if f.kind == schema.STR:
         # no escaping needed: the alphabets exclude quotes and backslashes, and every string
         # column comes from the scenario's checked names or from fixed tables
-        return ['"', spec, '"']
-    return [spec.cast(pl.String)]
+        return ['"', _expr(spec), '"']
+    return [_expr(spec).cast(pl.String)]
 
 
 def _merged(pieces: List[object]) -> List[pl.Expr]:
@@ -332,7 +352,7 @@ def _merged(pieces: List[object]) -> List[pl.Expr]:
 
 
 def _wire_json_expr() -> pl.Expr:
-    return pl.concat_str(_merged(_object_json(schema.FIELDS, _wire_spec()))).alias("json")
+    return pl.concat_str(_merged(_object_json(schema.FIELDS, wire_spec()))).alias("json")
 
 
 def to_wire_json(frame: pl.DataFrame) -> pl.Series:
@@ -341,23 +361,49 @@ def to_wire_json(frame: pl.DataFrame) -> pl.Series:
     return frame.select(_wire_json_expr()).to_series()
 
 
+def to_wire_bytes(frame: pl.DataFrame) -> List[bytes]:
+    """Wire records of a flat chunk as ``bytes``, one per row, as the producer takes them:
+    from the compiled encoder (``native_encode``: byte for byte ``schema.encode``'s) when
+    it is built, else from polars (``to_wire_json``)."""
+    from .native_encode import NativeProgramError, encoder
+    native = encoder()
+    if native is not None:
+        try:
+            return native.encode(frame)
+        except NativeProgramError as e:
+            _say_polars_once(str(e))
+    return to_wire_json(frame).cast(pl.Binary).to_list()
+
+
+_polars_said: List[str] = []
+
+
+def _say_polars_once(why: str) -> None:
+    if not _polars_said:
+        import logging
+        logging.getLogger(__name__).warning(
+            "simulator: the native encoder cannot express this chunk (%s): encoding "
+            "with polars", why)
+        _polars_said.append(why)
+
+
 def _value_struct(f: schema.Field, spec) -> pl.Expr:
     if isinstance(spec, Present):
-        return pl.when(spec.when).then(_value_struct(f, spec.spec))
+        return pl.when(_present(spec)).then(_value_struct(f, spec.spec))
     if f.kind == schema.OBJECT:
         return pl.struct([_value_struct(m, spec[m.name]).alias(m.name)
                           for m in f.members if m.name in spec])
     if f.kind == schema.LIST:
         return pl.concat_list([_value_struct(replace(f, kind=schema.OBJECT), item)
                                for item in spec])
-    if f.kind == schema.MAP and isinstance(spec, dict):
+    if f.kind == schema.MAP:
         return pl.struct([_value_struct(f.value, v).alias(k) for k, v in spec.items()])
-    return spec
+    return _expr(spec)
 
 
 def to_wire_frame(frame: pl.DataFrame) -> pl.DataFrame:
     """The nested form of the wire record (what the Parquet files hold): a null inside
     ``counters``/``mounts[].counters`` or a null ``probe`` means absent on the wire."""
-    spec = _wire_spec()
+    spec = wire_spec()
     return frame.select([_value_struct(f, spec[f.name]).alias(f.name)
                          for f in schema.FIELDS if f.name in spec])

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import polars as pl
 
-from .frames import _wire_json_expr, simulate_frame, to_wire_frame, to_wire_json
+from .frames import _wire_json_expr, simulate_frame, to_wire_bytes, to_wire_frame
 from .producer import DEFAULT_CLIENT, check_client, make_record_producer
 from .scenario import Scenario
 from .truth import ground_truth, host_table, scenario_summary
@@ -181,8 +181,9 @@ def produce_to_kafka(scenario: Scenario, settings, topic: Optional[str] = None,
             "topic": topic, "workers": workers}
 
 
-#: records encoded at once for Kafka: large enough for polars' vectorised encoding, small
-#: enough that the ``bytes`` held for the producer stay ~70 MB per slice
+#: records encoded at once for Kafka: large enough for a vectorised encoding and for the
+#: producer's batches to fill (a slice is produced in one burst), small enough that the
+#: ``bytes`` held for the producer stay ~70 MB per slice
 WIRE_SLICE_ROWS = 50_000
 
 
@@ -190,12 +191,13 @@ def wire_records(chunks: Iterator[pl.DataFrame]) -> Iterator[Tuple[List[bytes], 
                                                                    np.ndarray]]:
     """The chunks as the producer takes them, in slices of ``WIRE_SLICE_ROWS``: keys (host
     ids) and values (wire JSON) as ``bytes``, each slice encoded at once
-    (``to_wire_json``), and the records' simulated delivery times."""
+    (``to_wire_bytes``: the compiled encoder when it is built), and the records'
+    simulated delivery times."""
     for chunk in chunks:
         for lo in range(0, chunk.height, WIRE_SLICE_ROWS):
             part = chunk.slice(lo, WIRE_SLICE_ROWS)
             yield (part["host_id"].cast(pl.Binary).to_list(),
-                   to_wire_json(part).cast(pl.Binary).to_list(),
+                   to_wire_bytes(part),
                    part["emit_ts"].to_numpy())
 
 

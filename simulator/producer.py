@@ -2,8 +2,8 @@
 library is chosen (``make_record_producer``).
 
 A ``RecordProducer`` takes a chunk at a time, as two lists of the same length: the keys
-(host ids) and the values (wire v1 JSON), both ``bytes``, as ``frames.to_wire_json``
-encodes them for a whole chunk at once. ``send`` does nothing per record but the client's
+(host ids) and the values (wire v1 JSON), both ``bytes``, as ``frames.to_wire_bytes``
+encodes them for a whole slice at once. ``send`` does nothing per record but the client's
 own produce call; ``flush`` waits for every record and raises ``ServiceError`` naming the
 topic if any was not delivered; ``close`` releases the client.
 

@@ -19,7 +19,7 @@ from foliowatch.shell import cli
 from foliowatch.kafka_io import KafkaSettings, make_consumer
 from foliowatch.shell.services import create_topics
 from foliowatch.simulator import (load_scenario, produce_to_kafka, simulate_frame,
-                                  to_wire_json)
+                                  to_wire_bytes)
 from foliowatch.simulator.producer import CLIENTS
 
 pytestmark = pytest.mark.kafka
@@ -51,12 +51,13 @@ def test_produced_count_equals_consumed_count(kafka, topic):
     sc = small()
     wire = []
     for chunk in simulate_frame(sc, 3):
-        wire += list(zip(chunk["host_id"].to_list(), to_wire_json(chunk).to_list()))
+        wire += list(zip(chunk["host_id"].to_list(), to_wire_bytes(chunk)))
     result = produce_to_kafka(sc, KafkaSettings(bootstrap=[kafka.bootstrap]), topic, seed=3)
     assert result["sent"] == len(wire) > 5000
     msgs = consume_all(kafka.bootstrap, topic, len(wire))
     assert len(msgs) == len(wire)
-    assert sorted(m.value for m in msgs) == sorted(v.encode() for _, v in wire)
+    assert sorted(m.value for m in msgs) == sorted(v for _, v in wire)
+    assert all(schema.encode(json.loads(v)) == v for _, v in wire)   # schema.encode's bytes
     partitions = defaultdict(set)
     for m in msgs:
         rec = schema.decode(m.value)
@@ -115,7 +116,7 @@ def test_cli_produces_to_kafka_with_two_workers_and_writes_truth(kafka, topic, t
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     sc = load_scenario("control-no-regression", hosts=30, hours=0.1, seed=2)
-    expect = sorted(v.encode() for c in simulate_frame(sc) for v in to_wire_json(c).to_list())
+    expect = sorted(v for c in simulate_frame(sc) for v in to_wire_bytes(c))
     msgs = consume_all(kafka.bootstrap, topic, out["sent"])
     assert len(msgs) == out["sent"] == len(expect) > 900
     assert sorted(m.value for m in msgs) == expect

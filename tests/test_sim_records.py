@@ -208,3 +208,111 @@ def test_write_files_jsonl_and_parquet(tmp_path, scenario, records):
     truth = json.loads(jl[-2].read_text())
     assert truth["scenario"]["name"] == sc.name and truth["truth"] == json.loads(
         json.dumps(ground_truth(sc, 3)))
+
+
+# -- the compiled encoder (simulator/native, built by scripts/bootstrap.sh) ---------------
+from foliowatch.simulator.frames import PROBE_PRESENT, to_wire_bytes  # noqa: E402
+from foliowatch.simulator.native_encode import ENCODER_ENV, encoder  # noqa: E402
+
+
+def _native():
+    enc = encoder()
+    assert enc is not None, "the native encoder is not built: run scripts/bootstrap.sh"
+    return enc
+
+
+def _schema_encode(frame: pl.DataFrame) -> list:
+    """What schema.encode writes for each row: the row as the record dict a JSON reader
+    gives (the nested form, absent members dropped)."""
+    return [schema.encode(_drop_nulls(row)) for row in to_wire_frame(frame).to_dicts()]
+
+
+def test_native_encoding_is_byte_for_byte_what_schema_encode_writes(records):
+    """Every simulated record (probes, ext4 mounts without the XFS counter, reboots,
+    duplicates) as the compiled encoder writes it equals schema.encode's bytes, and
+    to_wire_bytes (what the producer sends) is that encoder's output."""
+    native = _native().encode(records)
+    assert native == _schema_encode(records)
+    assert any(b'"probe"' in v for v in native) and any(b'"xfs_write_bytes"' not in v
+                                                         for v in native)
+    assert to_wire_bytes(records.head(500)) == native[:500]
+
+
+# doubles whose repr takes every branch: integral, few and many decimals, the shortest
+# repr's 17 digits, an exponent (below 1e-4, at and past 1e16), subnormal, the extremes
+EDGE_DOUBLES = [0.0, -0.0, 1.0, -1.5, 0.1, 0.2 + 0.1, 1 / 3, 2 / 3, 0.0001, 0.00011,
+                9.999999999999999e-05, 1e-05, 1.5e-07, 5e-324, 2.2250738585072014e-308,
+                123456789.123, 1793577611.627, 2.0 ** 52 + 0.5, 2.0 ** 53 - 1, 2.0 ** 53,
+                2.0 ** 53 + 2, 999999999999999.9, 1e15, 1e16, 1.2345e17, 1.7976931348623157e308,
+                -1.7976931348623157e308, 3.141592653589793, 166732353536.0, 0.7755]
+
+
+def _random_doubles(rng: np.random.Generator, n: int) -> np.ndarray:
+    bits = rng.integers(0, 2 ** 63, n, dtype=np.int64).view(np.float64)
+    bits = bits[np.isfinite(bits)]
+    decimals = np.round(rng.uniform(-1e7, 1e7, n), rng.integers(0, 8))
+    small = rng.uniform(0, 1, n) * 10.0 ** rng.integers(-9, 3, n)
+    integral = rng.integers(-2 ** 53, 2 ** 53, n).astype(np.float64)
+    return np.concatenate([bits, decimals, small, integral])
+
+
+def test_native_doubles_are_pythons_repr(records):
+    """The fast path writes a double exactly as repr() does wherever it answers (it leaves
+    the rest to Python's own repr), over random bit patterns and decimal-looking values;
+    it answers every double of the simulated records."""
+    import foliowatch_wireencode as mod
+    values = EDGE_DOUBLES + _random_doubles(np.random.default_rng(17), 100_000).tolist()
+    for x in values:
+        text = mod.format_double(x)
+        assert text is None or text == repr(x), x
+    simulated = pl.concat([records[c].drop_nulls().cast(pl.Float64)
+                           for c, t in records.schema.items() if t == pl.Float64
+                           and c != "emit_ts"]).to_list()
+    assert [mod.format_double(x) for x in simulated] == [repr(x) for x in simulated]
+
+
+def test_native_encoding_of_edge_values_is_schema_encodes(records):
+    """Rows carrying edge values where the wire allows them (counters 0 and int64's
+    maximum, gauges over every kind of double, probes on and off, the XFS counter on and
+    off) encode to schema.encode's bytes: doubles where polars and Python differ (an
+    exponent) included."""
+    rng = np.random.default_rng(5)
+    base = records.head(400)
+    n = base.height
+    doubles = np.array((EDGE_DOUBLES * (n // len(EDGE_DOUBLES) + 1))[:n])
+    counters = [c for c in base.columns if c.startswith("counters.")]
+    edge = base.with_columns(
+        pl.Series("gauges.uptime_s", rng.permutation(doubles)),
+        pl.Series("gauges.frag_unusable_1m", _random_doubles(rng, n)[:n]),
+        pl.Series("gauges.mem_free_bytes", doubles),
+        pl.Series(counters[0], rng.choice([0, 1, 2 ** 63 - 1, 10 ** 18], n)),
+        pl.Series(counters[1], rng.integers(0, 2 ** 63 - 1, n)),
+        pl.when(pl.Series(rng.random(n) < 0.5)).then(pl.col("mount.xfs_write_bytes"))
+        .alias("mount.xfs_write_bytes"),
+    )
+    assert edge[PROBE_PRESENT].null_count() not in (0, n)
+    assert _native().encode(edge) == _schema_encode(edge)
+    assert any(b"e-05" in v or b"e+16" in v for v in _native().encode(edge))
+
+
+def test_native_encoding_refuses_what_schema_encode_refuses(records):
+    """A gauge that is not finite, or a string that would need escaping, is a
+    SchemaError naming the column (json.dumps(allow_nan=False) and the wire's alphabets
+    refuse them too), never a record written."""
+    row = records.head(3)
+    with pytest.raises(schema.SchemaError, match="gauges.uptime_s"):
+        _native().encode(row.with_columns(pl.lit(float("nan")).alias("gauges.uptime_s")))
+    with pytest.raises(schema.SchemaError, match="host_id"):
+        _native().encode(row.with_columns(pl.lit('a"b').alias("host_id")))
+    with pytest.raises(schema.SchemaError, match="seq"):
+        _native().encode(row.with_columns(pl.lit(None, pl.Int64).alias("seq")))
+
+
+def test_without_the_native_encoder_polars_encodes(records, monkeypatch):
+    """FOLIOWATCH_ENCODER=polars (or no build) gives polars' encoding, the same records."""
+    sample = records.head(300)
+    monkeypatch.setenv(ENCODER_ENV, "polars")
+    assert encoder() is None
+    assert to_wire_bytes(sample) == [v.encode() for v in to_wire_json(sample).to_list()]
+    monkeypatch.delenv(ENCODER_ENV)
+    assert to_wire_bytes(sample) == _native().encode(sample)
