@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import polars as pl
 
-from .frames import _wire_json_expr, simulate_frame, to_wire_bytes, to_wire_frame
+from .frames import _say_polars_once, _wire_json_expr, simulate_frame, to_wire_bytes, to_wire_frame
 from .producer import DEFAULT_CLIENT, check_client, make_record_producer
 from .scenario import Scenario
 from .truth import ground_truth, host_table, scenario_summary
@@ -37,9 +37,18 @@ def write_ground_truth(scenario: Scenario, out_dir: Path, seed: int) -> Path:
 
 
 def _write_json_lines(fh, chunk: pl.DataFrame, parts: int = 2) -> int:
-    """Encode a chunk to wire JSON in ``parts`` slices in parallel (polars' own thread
-    pool) and append it as lines. A one-column CSV without quoting or header is exactly
-    JSON lines, and polars' CSV writer is the fastest way to get the strings to disk."""
+    """Encode a chunk to wire JSON and append it as lines: with the compiled encoder
+    when it is built (``schema.encode``'s bytes), else with polars in ``parts`` slices in
+    parallel (its own thread pool; a one-column CSV without quoting or header is exactly
+    JSON lines, and polars' CSV writer is the fastest way to get the strings to disk)."""
+    from .native_encode import NativeProgramError, encoder
+    native = encoder()
+    if native is not None:
+        try:
+            fh.write(b"\n".join(native.encode(chunk)) + b"\n")
+            return chunk.height
+        except NativeProgramError as e:
+            _say_polars_once(str(e))
     step = -(-chunk.height // parts)
     frames = pl.collect_all([chunk.lazy().slice(i * step, step).select(_wire_json_expr())
                              for i in range(parts)])

@@ -276,12 +276,21 @@ def test_native_encoding_of_edge_values_is_schema_encodes(records):
     maximum, gauges over every kind of double, probes on and off, the XFS counter on and
     off) encode to schema.encode's bytes: doubles where polars and Python differ (an
     exponent) included."""
+    edge = _edge_rows(records)
+    assert edge[PROBE_PRESENT].null_count() not in (0, edge.height)
+    assert _native().encode(edge) == _schema_encode(edge)
+    assert any(b"e-05" in v or b"e+16" in v for v in _native().encode(edge))
+
+
+def _edge_rows(records: pl.DataFrame) -> pl.DataFrame:
+    """400 simulated rows carrying edge values: counters 0 and int64's maximum, gauges
+    over every kind of double, the XFS counter on and off."""
     rng = np.random.default_rng(5)
     base = records.head(400)
     n = base.height
     doubles = np.array((EDGE_DOUBLES * (n // len(EDGE_DOUBLES) + 1))[:n])
     counters = [c for c in base.columns if c.startswith("counters.")]
-    edge = base.with_columns(
+    return base.with_columns(
         pl.Series("gauges.uptime_s", rng.permutation(doubles)),
         pl.Series("gauges.frag_unusable_1m", _random_doubles(rng, n)[:n]),
         pl.Series("gauges.mem_free_bytes", doubles),
@@ -290,9 +299,6 @@ def test_native_encoding_of_edge_values_is_schema_encodes(records):
         pl.when(pl.Series(rng.random(n) < 0.5)).then(pl.col("mount.xfs_write_bytes"))
         .alias("mount.xfs_write_bytes"),
     )
-    assert edge[PROBE_PRESENT].null_count() not in (0, n)
-    assert _native().encode(edge) == _schema_encode(edge)
-    assert any(b"e-05" in v or b"e+16" in v for v in _native().encode(edge))
 
 
 def test_native_encoding_refuses_what_schema_encode_refuses(records):
@@ -306,6 +312,28 @@ def test_native_encoding_refuses_what_schema_encode_refuses(records):
         _native().encode(row.with_columns(pl.lit('a"b').alias("host_id")))
     with pytest.raises(schema.SchemaError, match="seq"):
         _native().encode(row.with_columns(pl.lit(None, pl.Int64).alias("seq")))
+
+
+def test_json_lines_files_are_schema_encodes_bytes(tmp_path, scenario, records, monkeypatch):
+    """`simulate --format jsonl` writes each record as schema.encode writes it (the
+    compiled encoder), doubles that need an exponent included; without the encoder,
+    polars' lines: the same records, member for member."""
+    import io
+
+    from foliowatch.simulator.outputs import _write_json_lines
+    sc = load_scenario(scenario, hours=0.5)
+    lines = write_files(sc, tmp_path / "native", seed=3, fmt="jsonl")[0].read_bytes().splitlines()
+    assert lines == [schema.encode(schema.decode(x)) for x in lines]
+    edge, buf = _edge_rows(records), io.BytesIO()
+    assert _write_json_lines(buf, edge) == edge.height
+    assert buf.getvalue().splitlines() == _schema_encode(edge)
+    monkeypatch.setenv(ENCODER_ENV, "polars")
+    plain = io.BytesIO()
+    _write_json_lines(plain, edge)
+    plain = plain.getvalue().splitlines()
+    assert plain != _schema_encode(edge)
+    assert [json.loads(x, object_pairs_hook=list) for x in plain] == \
+        [json.loads(x, object_pairs_hook=list) for x in _schema_encode(edge)]
 
 
 def test_without_the_native_encoder_polars_encodes(records, monkeypatch):
