@@ -31,6 +31,7 @@ import polars as pl
 
 from foliowatch import schema as wire
 from foliowatch.errors import FoliowatchError
+from foliowatch.native import load_native
 from foliowatch.schema import COUNTER, FLOAT, INT, LIST, MAP, OBJECT, STR, Field
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,8 @@ class NativeLayoutError(FoliowatchError):
 
 def _module():
     """The native module, or None (with the reason) when absent, stale or turned off."""
-    if os.environ.get(DECODER_ENV, "native") == "python":
-        return None, f"{DECODER_ENV}=python"
-    try:
-        import foliowatch_wiredecode as mod
-    except ImportError as e:
-        return None, (f"the native decoder is not installed ({e}); run scripts/bootstrap.sh "
-                      "to build it (pipeline/native)")
-    if getattr(mod, "LAYOUT_VERSION", None) != LAYOUT_VERSION:
-        return None, (f"the native decoder reads layout version {mod.LAYOUT_VERSION}, this "
-                      f"code writes {LAYOUT_VERSION}; rebuild it with scripts/bootstrap.sh")
-    return mod, ""
+    return load_native("foliowatch_wiredecode", DECODER_ENV, "python", "LAYOUT_VERSION",
+                       LAYOUT_VERSION, "the native decoder", "pipeline/native")
 
 
 def _char_table(cls: Optional[str]) -> bytes:

@@ -28,6 +28,7 @@ import polars as pl
 
 from foliowatch import schema
 from foliowatch.errors import FoliowatchError
+from foliowatch.native import load_native
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,8 @@ class NativeProgramError(FoliowatchError):
 
 def _module():
     """The native module, or None (with the reason) when absent, stale or turned off."""
-    if os.environ.get(ENCODER_ENV, "native") == "polars":
-        return None, f"{ENCODER_ENV}=polars"
-    try:
-        import foliowatch_wireencode as mod
-    except ImportError as e:
-        return None, (f"the native encoder is not installed ({e}); run scripts/bootstrap.sh "
-                      "to build it (simulator/native)")
-    if getattr(mod, "PROGRAM_VERSION", None) != PROGRAM_VERSION:
-        return None, (f"the native encoder runs program version {mod.PROGRAM_VERSION}, this "
-                      f"code writes {PROGRAM_VERSION}; rebuild it with scripts/bootstrap.sh")
-    return mod, ""
+    return load_native("foliowatch_wireencode", ENCODER_ENV, "polars", "PROGRAM_VERSION",
+                       PROGRAM_VERSION, "the native encoder", "simulator/native")
 
 
 def _kind(dtype: pl.DataType, column: str) -> str:
