@@ -308,7 +308,6 @@ def _in_offset_order(good: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass
 class ClosedWindow:
-
     """One window of one partition, final: its rows and the offsets they came from."""
     partition: int
     window_s: int
