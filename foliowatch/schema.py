@@ -669,14 +669,18 @@ def _ordered(members: Sequence[Field], obj: Mapping[str, Any]) -> Dict[str, Any]
     return out
 
 
+# compact JSON, UTF-8, no NaN or infinity; one encoder for every record (json.dumps with
+# these options would build one per call)
+_WIRE_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def encode(record: Mapping[str, Any], fields: Sequence[Field] = FIELDS) -> bytes:
     """Validate and serialise a record to its wire bytes: the canonical layout (compact
     JSON, UTF-8, members in table order, map entries in the record's order)."""
     if not quick_valid(record, fields):
         validate(record, fields)
         record = _ordered(fields, record)
-    data = json.dumps(record, separators=(",", ":"), allow_nan=False,
-                      ensure_ascii=False).encode("utf-8")
+    data = _WIRE_JSON.encode(record).encode("utf-8")
     if len(data) > MAX_RECORD_BYTES:
         raise SchemaError("record", f"{len(data)} bytes encoded, at most {MAX_RECORD_BYTES}")
     return data

@@ -57,8 +57,9 @@ def test_vmstat_fields_absent_on_a_kernel_stay_absent():
 
 
 def test_vmstat_shipped_counters_from_the_remembered_layout_equal_a_full_scan():
-    """parse_counters remembers where the shipped lines were; a text whose lines moved,
-    changed or broke is scanned in full again, never read at the old places."""
+    """parse_counters remembers the layout of the shipped lines (as a pattern of the
+    whole text); a text whose lines moved, changed or broke is scanned in full again,
+    never read at the old places."""
     texts = {tree.name: text(tree / "proc/vmstat") for tree in ALL}
     x86 = texts["x86_64-6.18-4k"]
     lines = x86.splitlines(keepends=True)
@@ -75,7 +76,7 @@ def test_vmstat_shipped_counters_from_the_remembered_layout_equal_a_full_scan():
     assert vmstat.scan_counters(x86) == vmstat.counters(vmstat.parse(x86))
     for raw in texts.values():
         vmstat.parse_counters(raw)
-        assert vmstat._layout is not None and vmstat._layout[0] == raw.count("\n") + 1
+        assert vmstat._layout is not None and vmstat._layout[0].fullmatch(raw)
     for raw in variants:
         vmstat.parse_counters(x86)                       # the layout of a real kernel
         expected = vmstat.scan_counters(raw)
@@ -432,13 +433,23 @@ def test_the_per_sample_parsers_agree_with_the_full_ones(tree):
                                               if k in meminfo.SHIPPED}
 
 
+def test_uptime_of_the_real_proc_is_the_kernels_uptime_file():
+    """The real /proc's uptime is taken from CLOCK_BOOTTIME, the clock /proc/uptime
+    prints (in hundredths of a second): the two agree; a fixture tree is read as a file."""
+    before = labels.parse_uptime(open("/proc/uptime").read())
+    ours = labels.uptime_s()
+    after = labels.parse_uptime(open("/proc/uptime").read())
+    assert before <= ours <= after and round(ours, 2) == ours
+    assert labels.uptime_s(str(X86 / "proc")) == labels.parse_uptime(text(X86 / "proc/uptime"))
+
+
 def test_kernel_files_stay_open_and_are_read_anew(tmp_path):
     """procfs files are kept open between reads and still give fresh text each time;
     other files are opened per read (a fixture replaced meanwhile is seen)."""
     from foliowatch.agent.collectors import _io
-    a = labels.uptime_s()
+    a = labels.parse_uptime(_io.read_text("/proc/uptime"))
     time.sleep(0.05)
-    assert labels.uptime_s() > a and "/proc/uptime" in _io._fds
+    assert labels.parse_uptime(_io.read_text("/proc/uptime")) > a and "/proc/uptime" in _io._fds
     f = tmp_path / "vmstat"
     f.write_text("compact_stall 1\n")
     assert _io.read_lines(str(f)) == "compact_stall 1\n"

@@ -1,10 +1,10 @@
 """Reading small kernel files cheaply. The agent reads ~15 of them per sample on every
 host of the fleet, so what each read costs around the kernel's own work counts:
 
-- ``pread`` from offset 0 into a buffer reused by the thread until the end of the file,
-  decoded once: no buffered-reader or text-wrapper objects per file; a short first read
-  of a sysfs attribute or of a small procfs file is the whole file, so it is one read,
-  not one and an empty one after it;
+- ``pread`` from offset 0 until the end of the file, decoded once: no buffered-reader
+  or text-wrapper objects per file; a short first read of a sysfs attribute or of a
+  small procfs file is the whole file, so it is one read, not one and an empty one
+  after it;
 - files of procfs and sysfs (``/proc/...``, ``/sys/...``) stay open between samples:
   the kernel generates their text anew at every read from offset 0, so the open and
   close of each read (a third of its cost) are paid once. A file that went away (a
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 _KERNEL_PREFIXES = ("/proc/", "/sys/")
 # sysfs attributes read every sample (THP counters, XFS stats): each is made whole by
@@ -29,34 +29,37 @@ _SYSFS_ATTRIBUTES = ("/sys/kernel/mm/", "/sys/fs/xfs/")
 # (of lines shorter than that) is the whole file. meminfo, pressure, uptime, buddyinfo
 # and a short diskstats are; vmstat (~4 KiB) is read on to the end.
 _PROC_WHOLE_BELOW = os.sysconf("SC_PAGE_SIZE") // 2
-_INITIAL_BUFFER = 1 << 16
-_local = threading.local()      # per thread: /metrics reads while the sampler does
+# One read's size: more than a seq_file's page or a sysfs attribute gives at once. The
+# bytes object of this size that ``os.pread`` makes is shrunk to what was read.
+_READ_BYTES = 1 << 16
 _open_lock = threading.Lock()
-_fds: Dict[str, int] = {}
+# kept-open kernel files: path -> (fd, a first read shorter than this is the whole file)
+_fds: Dict[str, Tuple[int, int]] = {}
 
 
-def _buffer(at_least: int = 0) -> bytearray:
-    buf = getattr(_local, "buf", None)
-    if buf is None or len(buf) < at_least:
-        buf = _local.buf = bytearray(max(_INITIAL_BUFFER, at_least))
-    return buf
+def _whole_below(path: str) -> int:
+    return (_READ_BYTES if path.startswith(_SYSFS_ATTRIBUTES) else
+            _PROC_WHOLE_BELOW if path.startswith("/proc/") else 0)
 
 
-def _kept_fd(path: str) -> int:
-    fd = _fds.get(path)
-    if fd is None:
+def _kept(path: str) -> Optional[Tuple[int, int]]:
+    """The kept-open file of ``path``, opened now if it is a kernel file not open yet;
+    ``None`` for other paths."""
+    kept = _fds.get(path)
+    if kept is None and path.startswith(_KERNEL_PREFIXES) and not path.startswith("/proc/self/"):
         with _open_lock:
-            fd = _fds.get(path)
-            if fd is None:
-                fd = _fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    return fd
+            kept = _fds.get(path)
+            if kept is None:
+                kept = _fds[path] = (os.open(path, os.O_RDONLY | os.O_CLOEXEC),
+                                     _whole_below(path))
+    return kept
 
 
-def _forget(path: str, fd: int) -> None:
+def _forget(path: str, kept: Tuple[int, int]) -> None:
     with _open_lock:
-        if _fds.get(path) == fd:
+        if _fds.get(path) == kept:
             del _fds[path]
-            os.close(fd)
+            os.close(kept[0])
 
 
 def _read_all(fd: int, whole_below: int = 0) -> bytes:
@@ -64,33 +67,32 @@ def _read_all(fd: int, whole_below: int = 0) -> bytes:
     more follows (a seq_file gives one page per read: tracefs formats, a long vmstat),
     so reading goes on until a read returns nothing, unless the first read returned
     fewer than ``whole_below`` bytes: then that was the whole file (see the callers)."""
-    buf = _buffer()
-    n = 0
+    data = os.pread(fd, _READ_BYTES, 0)
+    if len(data) < whole_below or not data:
+        return data
+    chunks = [data]
+    offset = len(data)
     while True:
-        if n == len(buf):
-            bigger = _buffer(2 * len(buf))
-            bigger[:n] = buf[:n]
-            buf = bigger
-        got = os.preadv(fd, [memoryview(buf)[n:]], n)
-        if got == 0 or (n == 0 and got < whole_below):
-            return bytes(memoryview(buf)[:n + got])
-        n += got
+        more = os.pread(fd, _READ_BYTES, offset)
+        if not more:
+            return b"".join(chunks)
+        chunks.append(more)
+        offset += len(more)
 
 
 def read_bytes(path: str) -> bytes:
-    if path.startswith(_KERNEL_PREFIXES) and not path.startswith("/proc/self/"):
-        fd = _kept_fd(path)
-        whole_below = (_INITIAL_BUFFER if path.startswith(_SYSFS_ATTRIBUTES) else
-                       _PROC_WHOLE_BELOW if path.startswith("/proc/") else 0)
+    kept = _kept(path)
+    if kept is not None:
         try:
-            return _read_all(fd, whole_below)
+            return _read_all(*kept)
         except OSError:
-            _forget(path, fd)                   # gone or stale: retry once, opened anew
-            fd = _kept_fd(path)
+            _forget(path, kept)                 # gone or stale: retry once, opened anew
+            kept = _kept(path)
+            assert kept is not None
             try:
-                return _read_all(fd, whole_below)
+                return _read_all(*kept)
             except OSError:
-                _forget(path, fd)
+                _forget(path, kept)
                 raise
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -108,6 +108,9 @@ def order_of(size_bytes: int, page_size: int) -> int:
     return pages.bit_length() - 1
 
 
+_ORDER_NAMES = tuple(f"frag_unusable_order_{order}" for order in range(16))   # made once
+
+
 def gauges(zones: Sequence[ZoneFree], page_size: int) -> Dict[str, float]:
     """``unusable_index`` at every order, from one pass of suffix sums (the pages in
     blocks of order >= j for every j) instead of one sum per order."""
@@ -119,7 +122,8 @@ def gauges(zones: Sequence[ZoneFree], page_size: int) -> Dict[str, float]:
     total = usable[0] if blocks else 0
     if total:
         for order in range(1, len(blocks)):
-            out[f"frag_unusable_order_{order}"] = (total - usable[order]) / total
+            out[_ORDER_NAMES[order] if order < len(_ORDER_NAMES)
+                else f"frag_unusable_order_{order}"] = (total - usable[order]) / total
         one_mib = order_of(ONE_MIB, page_size)
         if one_mib < len(blocks):
             out["frag_unusable_1m"] = (total - usable[one_mib]) / total

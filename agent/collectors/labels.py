@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import select
+import time
 from typing import Dict, List, NamedTuple, Optional
 
 from foliowatch import schema
@@ -75,6 +76,12 @@ def parse_uptime(text: str) -> float:
 
 
 def uptime_s(proc: str = "/proc") -> float:
+    """Seconds since boot. The real /proc/uptime prints CLOCK_BOOTTIME in hundredths of
+    a second (fs/proc/uptime.c), so that clock is read instead of the file, whose other
+    field (idle time) the kernel sums over every CPU at each read; another ``proc`` (a
+    copy of its files) is read as a file."""
+    if proc == "/proc":
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 100) / 100
     return parse_uptime(read_text(f"{proc}/uptime"))
 
 

@@ -8,9 +8,8 @@ with CONFIG_COMPACTION): a counter the kernel lacks stays absent, it never becom
 
 from __future__ import annotations
 
-import operator
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from foliowatch.agent.collectors._io import read_lines
 
@@ -71,21 +70,18 @@ def parse_counters(text: str) -> Dict[str, int]:
     pass: what the agent ships per sample.
 
     A kernel prints the same lines in the same order at every read (only the numbers
-    change: the list of items is compiled in), so where the shipped lines were is
-    remembered: the next text is split into lines and only those are taken, checked to
-    hold exactly ``name number`` with the same names, in a text of as many lines
-    (anything else: the full scan, and a new layout)."""
-    lines = text.split("\n")
+    change: the list of items is compiled in), so the layout of the last well-formed
+    text is kept as one pattern: as many lines, the shipped ones at the same places
+    with the same names, each ``name number``. A text it matches gives its numbers from
+    that one match; anything else is scanned whole (and sets a new layout)."""
     layout = _layout
-    if layout is not None and layout[0] == len(lines):
-        _, pick, names = layout
-        tokens = " ".join(pick(lines)).split(" ")
-        if tokens[0::2] == names and len(tokens) == 2 * len(names):
-            numbers = tokens[1::2]
-            if _NUMBERS.fullmatch(" ".join(numbers)):
-                return dict(zip(names, map(int, numbers)))
+    if layout is not None:
+        pattern, names = layout
+        m = pattern.fullmatch(text)
+        if m is not None:
+            return dict(zip(names, map(int, m.groups())))
     out = scan_counters(text)
-    _remember_layout(lines, out)
+    _remember_layout(text, out)
     return out
 
 
@@ -95,25 +91,31 @@ def scan_counters(text: str) -> Dict[str, int]:
             if name not in NOT_COUNTERS}
 
 
-_NUMBERS = re.compile(r"-?[0-9]+(?: -?[0-9]+)*")
-# (lines in the text, a getter of the shipped lines, their names), or None
-_layout: Optional[Tuple[int, Callable[[List[str]], Any], List[str]]] = None
+_NUMBER = "(-?[0-9]+)"
+# (the pattern of the text's layout, the shipped names in its groups' order), or None
+_layout: Optional[Tuple["re.Pattern[str]", List[str]]] = None
 
 
 _WELL_FORMED = re.compile(r"(?:[a-z0-9_]+ -?[0-9]+\n)*")
 
 
-def _remember_layout(lines: List[str], shipped: Dict[str, int]) -> None:
+def _remember_layout(text: str, shipped: Dict[str, int]) -> None:
     """Only the layout of a text whose every line is ``name number``: a line left out
     for its form must not stay left out once it is well formed."""
     global _layout
     _layout = None
-    if not _WELL_FORMED.fullmatch("\n".join(lines)):
+    if not _WELL_FORMED.fullmatch(text):
         return
-    where = [i for i, line in enumerate(lines) if line.partition(" ")[0] in shipped]
-    names = [lines[i].partition(" ")[0] for i in where]
-    if len(where) >= 2 and names == list(shipped):   # (a getter of one returns no tuple)
-        _layout = (len(lines), operator.itemgetter(*where), names)
+    parts, names = [], []
+    for line in text.splitlines():
+        name = line.partition(" ")[0]
+        if name in shipped:
+            parts.append(re.escape(name) + " " + _NUMBER + "\n")
+            names.append(name)
+        else:
+            parts.append("[^\n]*\n")
+    if names == list(shipped):
+        _layout = (re.compile("".join(parts)), names)
 
 
 def is_counter(name: str) -> bool:
