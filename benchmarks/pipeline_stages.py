@@ -8,8 +8,17 @@ process CPU (every thread: polars' pool, the file writers) per record, without K
 Records: the simulator's ``seed-iomap-arm64-xfs`` scenario, 2,000 hosts (the records of
 benchmarks/pipeline_throughput.py), spread over 6 partitions by host, in batches of
 10,000. Each stage's CPU is its own (what it calls that is timed too is subtracted).
-The same script on another checkout measures that checkout's code with its own
-interpreter: ``../main/.venv/bin/python benchmarks/pipeline_stages.py`` from there.
+Run with another checkout's interpreter, this script measures that checkout's code, the
+whole package (each virtualenv's editable install maps ``foliowatch`` to its own
+checkout): ``/work/main/.venv/bin/python benchmarks/pipeline_stages.py``.
+
+``--output DIR`` keeps the dataset and the dead letters in DIR: the same records through
+two checkouts' engines give two folders that ``diff -r`` compares byte for byte (the
+output of a change must stay exactly the same):
+
+    /work/main/.venv/bin/python benchmarks/pipeline_stages.py --output /tmp/before
+    .venv/bin/python benchmarks/pipeline_stages.py --output /tmp/after
+    diff -r /tmp/before /tmp/after && echo identical
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import importlib.util
 import logging
 import os
 import shutil
@@ -27,7 +37,11 @@ import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if importlib.util.find_spec("foliowatch") is None:
+    # not installed: this checkout's code. When installed it is left alone: putting this
+    # checkout first would mix its foliowatch/ (schema, dataset contract, native loader)
+    # with another interpreter's pipeline/
+    sys.path.insert(0, str(REPO))
 
 STAGES = [  # (module, owner, function, label)
     ("engine", None, "decode_batch", "decode + validate"),
@@ -70,10 +84,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=300_000)
     ap.add_argument("--batch-records", type=int, default=10_000)
+    ap.add_argument("--output", metavar="DIR",
+                    help="keep the dataset (DIR/ds) and the dead letters (DIR/dlq.jsonl) "
+                         "there, to compare two checkouts' output with diff -r; must not "
+                         "exist yet (default: a temporary folder, removed)")
     args = ap.parse_args()
     logging.disable(logging.WARNING)   # the simulator's seq gaps would flood the output
-    import importlib
-
     from foliowatch.pipeline.engine import Pipeline, PipelineConfig
     from foliowatch.pipeline.sinks import DatasetWriter, FileDLQ
     values, parts, offsets = records(args.records)
@@ -100,7 +116,11 @@ def main() -> int:
         target = getattr(mod, owner) if owner else mod
         if hasattr(target, name):
             setattr(target, name, timed(getattr(target, name), label))
-    work = Path(tempfile.mkdtemp(prefix="fw-stages-"))
+    if args.output:
+        work = Path(args.output)
+        work.mkdir(parents=True)     # an existing folder's files would be compared too
+    else:
+        work = Path(tempfile.mkdtemp(prefix="fw-stages-"))
     try:
         engine = Pipeline(PipelineConfig(output=str(work / "ds"), max_future_s=0),
                           DatasetWriter(str(work / "ds")), FileDLQ(work / "dlq.jsonl"))
@@ -114,7 +134,8 @@ def main() -> int:
         engine.dlq.flush()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.output:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"{n} records, batches of {args.batch_records}; µs of CPU per record:")
     for label, secs in sorted(own.items(), key=lambda kv: -kv[1]):
         print(f"  {secs / n * 1e6:6.2f}  {label}")
