@@ -7,7 +7,12 @@ until Kafka has it, whatever happens to the broker or to the agent.
 Layout in ``<state_dir>/spool/``:
 
 - ``<20-digit index>.seg``: segments, appended in index order. Each record is framed as
-  ``u32 length | u32 CRC32(payload) | payload`` (big-endian) and fsync'd after the write.
+  ``u32 length | u32 CRC32(payload) | payload`` (big-endian) and durable when its write
+  returns: the tail segment is open with ``O_DSYNC``, so each write is a write and an
+  ``fdatasync`` of it in one system call (the record and the file's new size, what a
+  reader needs, are on disk; only times are left to the kernel). Measured in the
+  sampling thread's CPU with a pause between appends: 230-234 us against 257-286 for
+  ``write`` + ``fsync`` (one system call and one Python call fewer).
 - ``head``: ``<segment index> <offset> <dropped_total> <CRC32 of those, hex>`` padded to
   ``HEAD_BYTES``, the first unsent record and how many records were ever dropped.
   Replaced atomically and fsync'd when records are dropped; after an acknowledgement
@@ -186,8 +191,8 @@ class Spool:
         if self._fd is not None:
             os.close(self._fd)
         tail = max(self._sizes)
-        self._fd = os.open(self._seg_path(tail), os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                           | os.O_CLOEXEC, 0o600)
+        self._fd = os.open(self._seg_path(tail), os.O_WRONLY | os.O_APPEND | os.O_DSYNC
+                           | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     # -- state ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -229,9 +234,9 @@ class Spool:
                 dropped += self._drop_oldest()
             assert self._fd is not None
             try:
+                # O_DSYNC: on disk when the write returns (a failed sync fails the write)
                 if os.write(self._fd, data) != len(data):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._seg_path(tail))
-                os.fsync(self._fd)
             except OSError:
                 # Not accepted: cut a partial or unsynced record off again. Left in place
                 # it would end the segment for every reader: the records appended after

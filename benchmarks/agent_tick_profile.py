@@ -75,7 +75,7 @@ def main() -> int:
     S._refresh_slow = timed("slow refresh check", S._refresh_slow)
     S.read = timed("Sampler.read (all reads)", S.read)
     S.record = timed("Sampler.record", S.record)
-    Spool.append = timed("spool append (write+fsync)", Spool.append)
+    Spool.append = timed("spool append (durable write)", Spool.append)
     runner.Agent.tick = timed("tick (whole)", runner.Agent.tick)
 
     collections: List[float] = []

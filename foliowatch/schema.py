@@ -501,20 +501,47 @@ def validate(record: Any, fields: Sequence[Field] = FIELDS,
     return record
 
 
-# ---------------------------------------------------------------- the writer's quick test
+# ---------------------------------------------------------------- the writer's quick path
 # ``encode`` runs on every host for every sample, and walking the table costs more than
 # the record's JSON. So the table is also turned, once, into straight-line code that
 # accepts a record only when it is valid *and* laid out in table order, by tests that
 # are each as strict as ``validate``'s or stricter (exact types: ``int``, ``float``,
-# ``dict``, ``list``, ``str``; a FLOAT only as a float). Whatever it does not accept
-# goes through ``validate`` (which names the problem, or accepts an unusual but valid
-# record) and ``_ordered``. One rule, two speeds: ``tests/test_schema_quick.py`` checks
-# that nothing the quick test accepts fails ``validate``.
+# ``dict``, ``list``, ``str``; a FLOAT only as a float), and that writes the accepted
+# record's JSON text as it goes: one ``%`` format per object, made from the table's
+# member names for the members present, and one per map's set of names (made once, a
+# host sends the same names sample after sample). With exact types the format's
+# conversions write what the JSON encoder writes (``%d``: ``int.__repr__``, ``%r``:
+# ``float.__repr__``; a string of the table's alphabets or choices is its own JSON text
+# between quotes), so the bytes are ``_WIRE_JSON``'s. Whatever it does not accept goes
+# through ``validate`` (which names the problem, or accepts an unusual but valid
+# record), ``_ordered`` and the JSON encoder. One rule, two speeds:
+# ``tests/test_schema.py`` checks that nothing the quick path accepts fails
+# ``validate``, and that its bytes are the JSON encoder's.
+def _json_key(name: str) -> str:
+    """A member's or map entry's name as the JSON encoder writes it, ``%`` escaped for
+    a format."""
+    return json.dumps(name, ensure_ascii=False).replace("%", "%%") + ":"
+
+
+# a value's conversion in its parent's format, by kind (STR: a string that is its own
+# JSON text; text: JSON already written by the quick path)
+_CONVERSION = {INT: "%d", COUNTER: "%d", FLOAT: "%r", STR: '"%s"', "text": "%s"}
+
+
+def _str_is_plain(f: Field) -> bool:
+    """Every value the field allows is its own JSON text between quotes (no character
+    the JSON encoder escapes): true of the table's alphabets (``Alphabet``) and of
+    choices that need no escape."""
+    if f.alphabet is not None:
+        return True
+    return f.choices is not None and all(
+        isinstance(c, str) and json.dumps(c, ensure_ascii=False) == f'"{c}"' for c in f.choices)
+
+
 class _QuickSource:
     def __init__(self) -> None:
         self.lines: List[str] = []
-        self.env: Dict[str, Any] = {"_plain_names": _names_seen_valid,
-                                    "_isfinite": math.isfinite}
+        self.env: Dict[str, Any] = {"_map_format": _map_format, "_isfinite": math.isfinite}
         self.depth = 0
 
     def const(self, value: Any) -> str:
@@ -530,26 +557,43 @@ class _QuickSource:
         self.lines.append("    " * indent + line)
 
     def reject_unless(self, indent: int, test: str) -> None:
-        self.emit(indent, f"if not ({test}): return False")
+        self.emit(indent, f"if not ({test}): return None")
 
-    def object(self, members: Sequence[Field], obj: str, indent: int) -> None:
-        required = tuple(m.name for m in members if m.required)
-        orders = {tuple(m.name for m in members if m.required or m.name in chosen)
-                  for chosen in _subsets([m.name for m in members if not m.required])}
-        assert all(set(required) <= set(o) for o in orders)
-        self.reject_unless(indent, f"type({obj}) is dict and tuple({obj}) in "
-                                   f"{self.const(frozenset(orders))}")
+    def object(self, members: Sequence[Field], obj: str, indent: int) -> str:
+        """Checks of an object's members; returns the variable that holds its text."""
+        optional = [m.name for m in members if not m.required]
+        # each allowed member order (table order, any subset of the optional members)
+        # -> the object's format for it
+        formats = {}
+        for chosen in _subsets(optional):
+            present = [m for m in members if m.required or m.name in chosen]
+            formats[tuple(m.name for m in present)] = "{" + ",".join(
+                _json_key(m.name) + _CONVERSION[self.kind_of(m)] for m in present) + "}"
+        fmt, text = self.var(), self.var()
+        self.reject_unless(indent, f"type({obj}) is dict")
+        self.emit(indent, f"{fmt} = {self.const(formats)}.get(tuple({obj}))")
+        self.reject_unless(indent, f"{fmt} is not None")
+        values = self.var()
+        self.emit(indent, f"{values} = []")
         for m in members:
             v = self.var()
-            if m.required:
-                self.emit(indent, f"{v} = {obj}[{m.name!r}]")
-                self.value(m, v, indent)
-            else:
+            inner = indent
+            if not m.required:
                 self.emit(indent, f"if {m.name!r} in {obj}:")
-                self.emit(indent + 1, f"{v} = {obj}[{m.name!r}]")
-                self.value(m, v, indent + 1)
+                inner = indent + 1
+            self.emit(inner, f"{v} = {obj}[{m.name!r}]")
+            self.emit(inner, f"{values}.append({self.value(m, v, inner)})")
+        self.emit(indent, f"{text} = {fmt} % tuple({values})")
+        return text
 
-    def value(self, f: Field, v: str, indent: int) -> None:
+    @staticmethod
+    def kind_of(f: Field) -> str:
+        """How ``f``'s value goes into its parent's format (``_CONVERSION``)."""
+        return f.kind if f.kind in (INT, COUNTER, FLOAT, STR) else "text"
+
+    def value(self, f: Field, v: str, indent: int) -> str:
+        """Checks of one value; returns what its parent's format takes for it (the
+        value itself, or the variable that holds its text)."""
         kind = f.kind
         tests: List[str] = []
         if kind in (INT, COUNTER):
@@ -578,56 +622,67 @@ class _QuickSource:
                 tests.append(f"{self.const(_compiled(f.alphabet))}.fullmatch({v}) is not None")
             if f.choices is not None:
                 tests.append(f"{v} in {self.const(frozenset(f.choices))}")
-            if f.alphabet is None and f.choices is None:
+            if not _str_is_plain(f):
                 tests.append("False")   # not a kind the table uses: leave it to validate
         elif kind == OBJECT:
-            self.object(f.members, v, indent)
-            return
+            return self.object(f.members, v, indent)
         elif kind == LIST:
             tests.append(f"type({v}) is list")
             if f.max_items is not None:
                 tests.append(f"len({v}) <= {f.max_items}")
             self.reject_unless(indent, " and ".join(tests))
-            item = self.var()
+            items, item, text = self.var(), self.var(), self.var()
+            self.emit(indent, f"{items} = []")
             self.emit(indent, f"for {item} in {v}:")
-            self.object(f.members, item, indent + 1)
-            return
+            self.emit(indent + 1, f"{items}.append({self.object(f.members, item, indent + 1)})")
+            self.emit(indent, f"{text} = '[%s]' % ','.join({items})")
+            return text
         elif kind == MAP:
             assert f.value is not None
+            fmt, text = self.var(), self.var()
             tests.append(f"type({v}) is dict")
             if f.max_items is not None:
                 tests.append(f"len({v}) <= {f.max_items}")
-            tests.append(f"_plain_names({v})")
+            self.reject_unless(indent, " and ".join(tests))
+            conversion = _CONVERSION[self.kind_of(f.value)]
+            self.emit(indent, f"{fmt} = _map_format({v}, {conversion!r})")
+            self.reject_unless(indent, f"{fmt} is not None")
             plain = _PLAIN_VALUES.get(f.value.kind)
             if plain is not None:
-                tests.append(f"{self.const(plain)}({self.const(f.value)}, list({v}.values()))")
-                self.reject_unless(indent, " and ".join(tests))
-                return
-            self.reject_unless(indent, " and ".join(tests))
-            item = self.var()
-            self.emit(indent, f"for {item} in {v}.values():")
-            self.value(f.value, item, indent + 1)
-            return
+                self.reject_unless(
+                    indent, f"{self.const(plain)}({self.const(f.value)}, list({v}.values()))")
+            else:
+                item = self.var()
+                self.emit(indent, f"for {item} in {v}.values():")
+                self.value(f.value, item, indent + 1)
+                if self.kind_of(f.value) == "text":   # pragma: no cover - a table error
+                    raise AssertionError(f"map {f.name}: values of kind {f.value.kind}")
+            self.emit(indent, f"{text} = {fmt} % tuple({v}.values())")
+            return text
         else:  # pragma: no cover - a table error
             raise AssertionError(f"field {f.name}: unknown kind {kind!r}")
         self.reject_unless(indent, " and ".join(tests))
+        return v
 
 
-# Map names the quick test found valid before: a host's counters and gauges are the same
-# names sample after sample, and a valid set of names stays valid.
-_VALID_NAMES: Dict[Tuple[Any, ...], bool] = {}
+# (conversion, map names) -> the map's format, for names the quick path found valid
+# before: a host's counters and gauges are the same names sample after sample, and a
+# valid set of names stays valid.
+_MAP_FORMATS: Dict[Tuple[str, Tuple[Any, ...]], str] = {}
 
 
-def _names_seen_valid(m: Dict[Any, Any]) -> bool:
-    names = tuple(m)
-    if names in _VALID_NAMES:
-        return True
-    if not _plain_names(m):
-        return False
-    if len(_VALID_NAMES) >= 64:   # bounded: a host has a few sets (resets drop a name)
-        _VALID_NAMES.clear()
-    _VALID_NAMES[names] = True
-    return True
+def _map_format(m: Dict[Any, Any], conversion: str) -> Optional[str]:
+    """The format that writes map ``m`` with its values converted by ``conversion``,
+    or ``None`` when its names are not plain valid names (``validate`` decides)."""
+    key = (conversion, tuple(m))
+    fmt = _MAP_FORMATS.get(key)
+    if fmt is None:
+        if not _plain_names(m):
+            return None
+        if len(_MAP_FORMATS) >= 64:   # bounded: a host has a few sets (resets drop a name)
+            _MAP_FORMATS.clear()
+        fmt = _MAP_FORMATS[key] = "{" + ",".join(_json_key(k) + conversion for k in m) + "}"
+    return fmt
 
 
 def _subsets(names: Sequence[str]) -> List[Tuple[str, ...]]:
@@ -637,22 +692,31 @@ def _subsets(names: Sequence[str]) -> List[Tuple[str, ...]]:
     return out
 
 
-_QUICK: Dict[int, Tuple[Sequence[Field], Any]] = {}   # id(fields) -> (fields, test)
+_QUICK: Dict[int, Tuple[Sequence[Field], Any]] = {}   # id(fields) -> (fields, writer)
 
 
-def quick_valid(record: Any, fields: Sequence[Field] = FIELDS) -> bool:
-    """True only if ``validate(record, fields)`` accepts ``record`` and its members are
-    in table order (so its JSON is already the canonical layout); False means "ask
-    ``validate``", not "invalid"."""
+def _quick_writer(fields: Sequence[Field]) -> Any:
     known = _QUICK.get(id(fields))
     if known is None or known[0] is not fields:   # (a table, by identity: hashing one
         src = _QuickSource()                      # walks all of it)
         src.emit(0, "def quick(v0):")
-        src.object(fields, "v0", 1)
-        src.emit(1, "return True")
+        src.emit(1, f"return {src.object(fields, 'v0', 1)}")
         exec("\n".join(src.lines), src.env)   # noqa: S102 - our own text, from the table
         known = _QUICK[id(fields)] = (fields, src.env["quick"])
-    return known[1](record)
+    return known[1]
+
+
+def quick_text(record: Any, fields: Sequence[Field] = FIELDS) -> Optional[str]:
+    """The wire JSON text of ``record`` when ``validate(record, fields)`` accepts it and
+    its members are in table order (so its layout is already canonical); ``None`` means
+    "ask ``validate``", not "invalid"."""
+    return _quick_writer(fields)(record)
+
+
+def quick_valid(record: Any, fields: Sequence[Field] = FIELDS) -> bool:
+    """True only if ``validate(record, fields)`` accepts ``record`` and its members are
+    in table order (``quick_text`` writes it); False means "ask ``validate``"."""
+    return _quick_writer(fields)(record) is not None
 
 
 # ---------------------------------------------------------------- the encoder
@@ -677,10 +741,11 @@ _WIRE_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_asc
 def encode(record: Mapping[str, Any], fields: Sequence[Field] = FIELDS) -> bytes:
     """Validate and serialise a record to its wire bytes: the canonical layout (compact
     JSON, UTF-8, members in table order, map entries in the record's order)."""
-    if not quick_valid(record, fields):
+    text = _quick_writer(fields)(record)
+    if text is None:
         validate(record, fields)
-        record = _ordered(fields, record)
-    data = _WIRE_JSON.encode(record).encode("utf-8")
+        text = _WIRE_JSON.encode(_ordered(fields, record))
+    data = text.encode("utf-8")
     if len(data) > MAX_RECORD_BYTES:
         raise SchemaError("record", f"{len(data)} bytes encoded, at most {MAX_RECORD_BYTES}")
     return data

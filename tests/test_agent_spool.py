@@ -234,3 +234,32 @@ def test_empty_head_after_a_crash_means_resend_not_loss(tmp_path):
     sp.close()
     (tmp_path / "head").write_bytes(b"")       # unsynced head lost by the filesystem
     assert drain_all(Spool(str(tmp_path), MIB)) == [0, 1, 2, 3, 4]
+
+
+def _open_flags(path: str) -> int:
+    """The status flags of this process's open file ``path`` (/proc/self/fdinfo)."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == path:
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    return next(int(line.split()[1], 8) for line in f
+                                if line.startswith("flags:"))
+        except OSError:
+            continue
+    raise AssertionError(f"{path} is not open")
+
+
+def test_every_append_is_written_synchronously_also_after_a_roll(tmp_path):
+    """A sample is accepted when it is on disk: the segment appended to is open for
+    synchronous data writes (each write returns once its data and the file's size are
+    on disk), the first tail and each one opened when the spool rolls over."""
+    sp = Spool(str(tmp_path), MIB)   # segments of 64 KiB (one record of the largest size)
+    sp.append(payload(0, 10_000))
+    tail = str(tmp_path / f"{max(spool._segments(str(tmp_path))):020d}.seg")
+    assert _open_flags(tail) & os.O_DSYNC == os.O_DSYNC
+    for i in range(1, 10):   # rolls over
+        sp.append(payload(i, 10_000))
+    segments = spool._segments(str(tmp_path))
+    assert len(segments) > 1
+    assert _open_flags(str(tmp_path / f"{segments[-1]:020d}.seg")) & os.O_DSYNC == os.O_DSYNC
+    sp.close()

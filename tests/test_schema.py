@@ -357,3 +357,89 @@ def test_records_laid_out_in_table_order_take_the_quick_path(rec):
     assert schema.quick_valid({**rec, "probe": {"bytes": 1, "seconds": 0.5, "chunk_bytes": 1,
                                                 "mib_s": 2.0, "compact_stall": 0,
                                                 "allocstall": 0}}) is False  # out of order
+
+
+_ANY_FLOAT = st.floats(allow_nan=False, allow_infinity=False)
+_ANY_DELTA = st.one_of(st.integers(0, 2**63 - 1), st.sampled_from([0, 1, 2**53 + 1, 2**63 - 1]))
+
+
+@st.composite
+def agent_like_records(draw):
+    """Records of the agent's layout over the whole range of each value: any finite
+    double (subnormals, -0.0, 1e308, integral ones), deltas up to 2^63-1, names and labels
+    up to their length limits, settings, several mounts, a probe."""
+    rec = draw(records())
+    rec["ts"] = draw(st.floats(946684800.0, 4102444800.0))
+    rec["interval_s"] = draw(st.floats(0.0, 3600.0, exclude_min=True))
+    rec["counters"] = draw(st.dictionaries(
+        st.from_regex(r"\A[a-z][a-z0-9_]{0,63}\Z"), _ANY_DELTA, max_size=80))
+    rec["gauges"] = draw(st.dictionaries(names, _ANY_FLOAT, max_size=25))
+    rec["mounts"] = [{"mount": draw(st.from_regex(r"\A/[A-Za-z0-9._/+-]{0,40}\Z")),
+                      "fs": draw(st.sampled_from(schema.FILESYSTEMS)),
+                      "device": draw(label_values),
+                      "counters": draw(st.dictionaries(names, _ANY_DELTA, max_size=5))}
+                     for _ in range(draw(st.integers(0, 3)))]
+    if draw(st.booleans()):
+        rec["settings"] = draw(st.dictionaries(names, label_values, max_size=4))
+    else:
+        del rec["settings"]
+    if draw(st.booleans()):
+        rec["probe"] = {"bytes": draw(st.integers(0, 2**70)),
+                        "seconds": draw(st.floats(0.0, allow_infinity=False)),
+                        "chunk_bytes": draw(st.integers(0, 2**20)),
+                        "mib_s": draw(st.floats(0.0, allow_infinity=False)),
+                        "compact_stall": draw(st.integers(0, 10**6)),
+                        "allocstall": draw(st.integers(0, 10**6))}
+        rec["agent"] = rec.pop("agent")   # the table's order: probe before agent
+    return rec
+
+
+def _json_encoders_bytes(rec):
+    return json.dumps(schema._ordered(schema.FIELDS, validate(copy.deepcopy(rec))),
+                      separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+@settings(max_examples=500, deadline=None)
+@given(agent_like_records())
+def test_the_quick_path_writes_the_json_encoders_bytes(rec):
+    """Records of the agent's layout take the quick path, and the text it writes from
+    its formats is, byte for byte, what the JSON encoder writes after ``validate``."""
+    text = schema.quick_text(rec)
+    assert text is not None
+    assert text.encode() == encode(rec) == _json_encoders_bytes(rec)
+
+
+@settings(max_examples=500, deadline=None)
+@given(agent_like_records(), st.data())
+def test_the_quick_path_refuses_what_validate_refuses_with_its_message(rec, data):
+    """One mutation of an agent-like record: ``encode`` refuses it exactly when
+    ``validate`` does, with ``validate``'s message; what it accepts has the JSON
+    encoder's bytes, whichever path wrote them."""
+    paths = [p for p in _paths(rec) if p]
+    path = data.draw(st.sampled_from(paths))
+    parent = rec
+    for step in path[:-1]:
+        parent = parent[step]
+    action = data.draw(st.sampled_from(["set", "delete", "add", "reorder"]))
+    if action == "set":
+        parent[path[-1]] = data.draw(st.one_of(_ODD, _ANY_FLOAT, st.integers()))
+    elif action == "delete" and isinstance(parent, dict):
+        del parent[path[-1]]
+    elif action == "add" and isinstance(parent, dict):
+        parent[data.draw(st.sampled_from(["zz", "seq", "Bad", "a" * 70, "a%d", 1]))] = \
+            data.draw(_ODD)
+    elif action == "reorder" and isinstance(parent, dict):
+        items = list(parent.items())
+        parent.clear()
+        parent.update(reversed(items))
+    try:
+        expected = _json_encoders_bytes(rec)
+    except SchemaError as e:
+        assert schema.quick_text(rec) is None
+        with pytest.raises(SchemaError) as raised:
+            encode(rec)
+        assert str(raised.value) == str(e)
+    else:
+        text = schema.quick_text(rec)
+        assert text is None or text.encode() == expected
+        assert encode(rec) == expected

@@ -39,6 +39,7 @@ With no free memory at all the index is undefined and the gauges are absent.
 
 from __future__ import annotations
 
+from itertools import accumulate, zip_longest
 from typing import Dict, List, NamedTuple, Optional, Sequence
 from foliowatch.agent.collectors._io import read_lines
 
@@ -74,13 +75,8 @@ def parse(text: str) -> List[ZoneFree]:
 
 
 def total_blocks(zones: Sequence[ZoneFree]) -> List[int]:
-    """Free blocks per order summed over every node and zone."""
-    width = max((len(z.free_blocks) for z in zones), default=0)
-    out = [0] * width
-    for z in zones:
-        for order, n in enumerate(z.free_blocks):
-            out[order] += n
-    return out
+    """Free blocks per order summed over every node and zone (one column sum per order)."""
+    return list(map(sum, zip_longest(*(z.free_blocks for z in zones), fillvalue=0)))
 
 
 def free_pages(blocks: Sequence[int]) -> int:
@@ -116,19 +112,20 @@ def gauges(zones: Sequence[ZoneFree], page_size: int) -> Dict[str, float]:
     blocks of order >= j for every j) instead of one sum per order."""
     blocks = total_blocks(zones)
     out: Dict[str, float] = {}
-    usable = [0] * (len(blocks) + 1)
-    for order in range(len(blocks) - 1, -1, -1):
-        usable[order] = usable[order + 1] + (blocks[order] << order)
-    total = usable[0] if blocks else 0
+    if not blocks:
+        return out
+    # usable[j]: free pages in blocks of order >= j
+    usable = list(accumulate([n << order for order, n in enumerate(blocks)][::-1]))[::-1]
+    total = usable[0]
     if total:
-        for order in range(1, len(blocks)):
-            out[_ORDER_NAMES[order] if order < len(_ORDER_NAMES)
-                else f"frag_unusable_order_{order}"] = (total - usable[order]) / total
+        width = len(blocks)
+        names = _ORDER_NAMES[1:width] if width <= len(_ORDER_NAMES) else [
+            f"frag_unusable_order_{order}" for order in range(1, width)]
+        out = {name: (total - u) / total for name, u in zip(names, usable[1:])}
         one_mib = order_of(ONE_MIB, page_size)
-        if one_mib < len(blocks):
+        if one_mib < width:
             out["frag_unusable_1m"] = (total - usable[one_mib]) / total
-    if blocks:
-        out["buddy_free_bytes"] = float(total * page_size)
+    out["buddy_free_bytes"] = float(total * page_size)
     return out
 
 
