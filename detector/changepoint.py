@@ -332,6 +332,144 @@ def fill_missing(x: np.ndarray) -> np.ndarray:
     return out
 
 
+# --- the null model: a smooth baseline ----------------------------------------------
+
+@dataclass(frozen=True)
+class Baseline:
+    """The smooth part of a series that is not a level shift: a straight line plus
+    ``harmonics`` Fourier terms of ``period`` points (``terms`` 1: the line alone;
+    0: nothing, ``values`` is zero)."""
+    values: np.ndarray
+    period: float
+    harmonics: int
+    terms: int                  # fitted parameters beside the level
+
+    @classmethod
+    def none(cls, n: int) -> "Baseline":
+        return cls(np.zeros(n), 0.0, 0, 0)
+
+    def columns(self) -> List[np.ndarray]:
+        return _smooth_columns(self.values.size, self.period, self.harmonics) if self.terms else []
+
+
+def _smooth_columns(n: int, period: float, harmonics: int) -> List[np.ndarray]:
+    """A centred line and ``harmonics`` cosine/sine pairs of ``period`` points."""
+    t = np.arange(n, dtype=np.float64)
+    out = [(t - (n - 1) / 2.0) / n]
+    for h in range(1, harmonics + 1):
+        w = 2.0 * np.pi * h * t / period
+        out += [np.cos(w), np.sin(w)]
+    return out
+
+
+class SmoothBaseline:
+    """``SmoothBaseline().fit(x, sd, steps)``: the smooth model the null hypothesis of
+    "no level shift" is made of, chosen by a penalised criterion.
+
+    Candidates: nothing; a line; a line plus 1..``max_harmonics`` Fourier terms at each
+    of the ``peaks`` strongest periods of the periodogram of what a line and the
+    ``steps`` leave (zero-padded 8x: periods from 2 n down to ``min_period`` points, so a
+    daily cycle is found whatever the sampling interval, and a curve longer than the
+    series is part of a period), each period refined on the full model. Each candidate
+    is fitted by least squares *together with a level step at every index of*
+    ``steps``, so a shift is not absorbed into the smooth terms, and costs ``penalty``
+    log(n) long-run noise variances per parameter (PELT's price of a change point):
+    what a regressor of low frequency takes from noise is chi-square in long-run
+    variance units, whatever the autocorrelation. The smallest residual sum of squares
+    plus penalty wins."""
+
+    def __init__(self, penalty: float = 2.0, max_harmonics: int = 3, min_period: int = 16,
+                 peaks: int = 3):
+        self.penalty = penalty
+        self.max_harmonics = max_harmonics
+        self.min_period = min_period
+        self.peaks = peaks
+
+    def fit(self, x: np.ndarray, sd: float, steps: Sequence[int] = ()) -> Baseline:
+        x = np.asarray(x, dtype=np.float64)
+        n = x.size
+        if n < 4 * self.min_period or not sd > 0:
+            return Baseline.none(n)
+        fixed = _step_columns(n, steps)
+        price = self.penalty * np.log(n) * sd * sd
+
+        def rss(extra: List[np.ndarray]) -> Tuple[float, np.ndarray]:
+            A = np.column_stack([fixed] + extra) if extra else fixed
+            coef, *_ = np.linalg.lstsq(A, x, rcond=None)
+            smooth = (np.column_stack(extra) @ coef[fixed.shape[1]:]) if extra else np.zeros(n)
+            return float(np.sum((x - A @ coef) ** 2)), smooth
+
+        best_crit, smooth = rss([])
+        best = Baseline(smooth, 0.0, 0, 0)
+        err, smooth = rss(_smooth_columns(n, 1.0, 0))
+        if err + price < best_crit:
+            best_crit, best = err + price, Baseline(smooth, 0.0, 0, 1)
+        for peak in self._periods(x, fixed):
+            top = max(1, min(self.max_harmonics, int(peak / (self.min_period / 2.0))))
+            # the periodogram's peak is biased by the steps and the other harmonics:
+            # refined on the full model, within +-12% and then +-3%
+            period = peak
+            for width in (0.12, 0.03):
+                grid = period * (1.0 + np.linspace(-width, width, 9))
+                period = float(min(grid, key=lambda p: rss(_smooth_columns(n, p, top))[0]))
+            for h in range(1, top + 1):
+                err, smooth = rss(_smooth_columns(n, period, h))
+                crit = err + price * (1 + 2 * h)
+                if crit < best_crit:
+                    best_crit, best = crit, Baseline(smooth, period, h, 1 + 2 * h)
+        return best
+
+    @staticmethod
+    def steps(x: np.ndarray, baseline: Baseline, pen: float, min_size: int,
+              most: int = 10) -> List[int]:
+        """Level steps added one at a time, each where it explains most beside the
+        baseline's smooth terms and the steps before it, while it explains more than
+        ``pen``: the shifts a smooth fit alone has partly taken up."""
+        n = x.size
+        out: List[int] = []
+        ts = np.arange(min_size, n - min_size + 1)
+        while len(out) < most:
+            A = np.column_stack([_step_columns(n, out)] + baseline.columns())
+            Q, _r = np.linalg.qr(A)
+            r = x - Q @ (Q.T @ x)
+            # a step at t, less its projection on the model: its product with the
+            # residual is the residual's sum from t, its squared norm (n - t) less the
+            # squared norm of the model's columns summed from t
+            tail_r = np.cumsum(r[::-1])[::-1][ts]
+            tail_q = np.cumsum(Q[::-1], axis=0)[::-1][ts]
+            norm = (n - ts) - np.sum(tail_q * tail_q, axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gain = np.where(norm > 1e-9, tail_r * tail_r / norm, 0.0)
+            for c in out:
+                gain[np.abs(ts - c) < min_size] = 0.0
+            k = int(np.argmax(gain))
+            if gain[k] <= pen:
+                break
+            out.append(int(ts[k]))
+        return sorted(out)
+
+    def _periods(self, x: np.ndarray, fixed: np.ndarray) -> List[float]:
+        """The ``peaks`` periods (points) of the largest local maxima of the
+        periodogram of what the level, the steps and a line leave."""
+        n = x.size
+        A = np.column_stack([fixed] + _smooth_columns(n, 1.0, 0))
+        coef, *_ = np.linalg.lstsq(A, x, rcond=None)
+        power = np.abs(np.fft.rfft(x - A @ coef, 8 * n)) ** 2
+        cycles = np.arange(power.size) / 8.0            # cycles per n points
+        ok = (cycles >= 0.5) & (cycles <= n / self.min_period)
+        inner = np.zeros(power.size, dtype=bool)
+        inner[1:-1] = (power[1:-1] >= power[:-2]) & (power[1:-1] >= power[2:])
+        idx = np.flatnonzero(ok & inner)
+        top = idx[np.argsort(power[idx])[::-1][:self.peaks]]
+        return [n / cycles[i] for i in top]
+
+
+def _step_columns(n: int, steps: Sequence[int]) -> np.ndarray:
+    """The level and a unit step at each of ``steps``."""
+    t = np.arange(n)
+    return np.column_stack([np.ones(n)] + [(t >= c).astype(np.float64) for c in steps])
+
+
 # --- the default detector ----------------------------------------------------------
 
 class LevelShifts:
@@ -352,7 +490,7 @@ class LevelShifts:
 
     def __init__(self, max_pvalue: float = 0.001, min_size: int = 5, min_shift: float = 0.0,
                  cost=None, penalty: float = 2.0, winsorize_k: Optional[float] = 5.0,
-                 local_points: int = 60):
+                 local_points: int = 60, baseline: Optional[SmoothBaseline] = SmoothBaseline()):
         if min_size < 2:
             raise InputError(f"min_size: must be >= 2 points, got {min_size}")
         if not 0 < max_pvalue < 1:
@@ -364,6 +502,7 @@ class LevelShifts:
         self.penalty = penalty
         self.winsorize_k = winsorize_k
         self.local_points = local_points
+        self.baseline = baseline
 
     def fit_predict(self, series: Sequence[float]) -> List[ChangePoint]:
         x = fill_missing(np.asarray(series, dtype=np.float64))
@@ -376,11 +515,54 @@ class LevelShifts:
         if not sigma > 0:
             return []               # constant: no change point
         cost = self.cost if self.cost is not None else CostL2()
+        search = Pelt(cost, self.min_size)
+        baseline = Baseline.none(n)
+        smooth = self.baseline.fit(x, sigma) if self.baseline else baseline
+        if smooth.terms:
+            # the variogram's k^2 term takes up only part of a cycle: the noise scale
+            # of what the smooth fit leaves
+            sigma, rho = noise_scale(x - smooth.values)
         pen = self.penalty * sigma * sigma * np.log(max(n, 3))
-        cand = Pelt(cost, self.min_size).fit(x).predict(pen)
-        return self._check(x, cand, NoiseScale.of(sigma, rho, n))
+        cand = search.fit(x).predict(pen)
+        if smooth.terms:
+            # Two starts, kept by the penalised criterion: the level shifts of the series
+            # itself with the baseline refitted around them, and the smooth baseline with
+            # the steps it leaves unexplained (each then backfitted: segment what the
+            # baseline leaves, refit it with a step at every candidate). The first keeps
+            # a lone step from being taken up by a line or a long wave, the second keeps
+            # a trend plus a cycle from being cut into a staircase.
+            steps = self.baseline.steps(x, smooth, pen, self.min_size)
+            starts = [(self.baseline.fit(x, sigma, cand), cand),
+                      (self.baseline.fit(x, sigma, steps) if steps else smooth, None)]
+            fits = [self._backfit(x, b, c, search, sigma, pen) for b, c in starts]
+            _crit, baseline, cand = min(fits, key=lambda f: f[0])
+            if baseline.terms:
+                sigma, rho = noise_scale(x - baseline.values)
+        return self._check(x - baseline.values, cand, NoiseScale.of(sigma, rho, n),
+                           baseline.values)
 
-    def _check(self, x: np.ndarray, cand: List[int], noise: "NoiseScale") -> List[ChangePoint]:
+    def _backfit(self, x: np.ndarray, baseline: Baseline, cand: Optional[List[int]],
+                 search: Pelt, sigma: float, pen: float) -> Tuple[float, Baseline, List[int]]:
+        """Segment what the baseline leaves and refit the baseline with a step at every
+        candidate, until the baseline holds still; (residual cost + ``pen`` per change
+        point and per smooth parameter, baseline, candidates)."""
+        for _ in range(4):
+            if cand is None or baseline.terms:
+                cand = search.fit(x - baseline.values).predict(pen)
+            refit = self.baseline.fit(x, sigma, cand)
+            if refit.terms == baseline.terms and refit.period == baseline.period:
+                break
+            baseline = refit
+            cand = None
+        if cand is None:
+            cand = search.fit(x - baseline.values).predict(pen)
+        bounds = [0] + cand + [x.size]
+        cost = search.cost.fit(x - baseline.values)
+        err = sum(cost.error(a, b) for a, b in zip(bounds, bounds[1:]))
+        return err + pen * (len(cand) + baseline.terms), baseline, cand
+
+    def _check(self, x: np.ndarray, cand: List[int], noise: "NoiseScale",
+               baseline: np.ndarray) -> List[ChangePoint]:
         s1 = np.concatenate([[0.0], np.cumsum(x)])
         l2 = CostL2().fit(x)
         line = CostLinear().fit(x)
@@ -402,7 +584,7 @@ class LevelShifts:
                 before, after, _z = self._local_lines(x, a, t, b, noise)
             else:
                 before, after = (s1[t] - s1[a]) / (t - a), (s1[b] - s1[t]) / (b - t)
-            out.append(ChangePoint(t, p, float(before), float(after)))
+            out.append(ChangePoint(t, p, float(before + baseline[t]), float(after + baseline[t])))
         return out
 
     @staticmethod
