@@ -343,6 +343,7 @@ class Baseline:
     period: float
     harmonics: int
     terms: int                  # fitted parameters beside the level
+    rss: float = float("nan")   # residual sum of squares beside the steps it was fitted with
 
     @classmethod
     def none(cls, n: int) -> "Baseline":
@@ -390,71 +391,100 @@ class SmoothBaseline:
         n = x.size
         if n < 4 * self.min_period or not sd > 0:
             return Baseline.none(n)
-        fixed = _step_columns(n, steps)
         price = self.penalty * np.log(n) * sd * sd
+        # every candidate is fitted beside the level and the steps: both are projected
+        # out first (Frisch-Waugh-Lovell; projecting on a level per segment is taking
+        # each segment's mean), a candidate's own columns then cost a k x k solve
+        starts = np.array([0] + sorted(set(int(c) for c in steps if 0 < c < n)))
+        rest = _less_segment_means(x, starts)
+        base_rss = float(rest @ rest)
 
         def rss(extra: List[np.ndarray]) -> Tuple[float, np.ndarray]:
-            A = np.column_stack([fixed] + extra) if extra else fixed
-            coef, *_ = np.linalg.lstsq(A, x, rcond=None)
-            smooth = (np.column_stack(extra) @ coef[fixed.shape[1]:]) if extra else np.zeros(n)
-            return float(np.sum((x - A @ coef) ** 2)), smooth
+            if not extra:
+                return base_rss, np.zeros(n)
+            C = np.column_stack(extra)
+            Cr = _less_segment_means(C, starts)
+            coef = np.linalg.lstsq(Cr.T @ Cr, Cr.T @ rest, rcond=None)[0]
+            fitted = Cr @ coef
+            return float(np.sum((rest - fitted) ** 2)), C @ coef
 
         best_crit, smooth = rss([])
-        best = Baseline(smooth, 0.0, 0, 0)
+        best = Baseline(smooth, 0.0, 0, 0, best_crit)
         err, smooth = rss(_smooth_columns(n, 1.0, 0))
         if err + price < best_crit:
-            best_crit, best = err + price, Baseline(smooth, 0.0, 0, 1)
-        for peak in self._periods(x, fixed):
+            best_crit, best = err + price, Baseline(smooth, 0.0, 0, 1, err)
+        for peak in self._periods(rest):
             top = max(1, min(self.max_harmonics, int(peak / (self.min_period / 2.0))))
             # the periodogram's peak is biased by the steps and the other harmonics:
             # refined on the full model, within +-12% and then +-3%
             period = peak
             for width in (0.12, 0.03):
-                grid = period * (1.0 + np.linspace(-width, width, 9))
+                grid = period * (1.0 + np.linspace(-width, width, 7))
                 period = float(min(grid, key=lambda p: rss(_smooth_columns(n, p, top))[0]))
             for h in range(1, top + 1):
                 err, smooth = rss(_smooth_columns(n, period, h))
                 crit = err + price * (1 + 2 * h)
                 if crit < best_crit:
-                    best_crit, best = crit, Baseline(smooth, period, h, 1 + 2 * h)
+                    best_crit, best = crit, Baseline(smooth, period, h, 1 + 2 * h, err)
         return best
 
     @staticmethod
-    def steps(x: np.ndarray, baseline: Baseline, pen: float, min_size: int,
-              most: int = 10) -> List[int]:
-        """Level steps added one at a time, each where it explains most beside the
-        baseline's smooth terms and the steps before it, while it explains more than
-        ``pen``: the shifts a smooth fit alone has partly taken up."""
+    def step_gains(x: np.ndarray, baseline: Baseline, steps: Sequence[int], min_size: int
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+        """(t, the residual sum of squares a level step at t takes beside the
+        baseline's smooth terms and ``steps``) for every t ``min_size`` from the ends."""
         n = x.size
-        out: List[int] = []
         ts = np.arange(min_size, n - min_size + 1)
+        A = np.column_stack([_step_columns(n, steps)] + baseline.columns())
+        Q, _r = np.linalg.qr(A)
+        r = x - Q @ (Q.T @ x)
+        # a step at t less its projection on the model: its product with the residual
+        # is the residual's sum from t, its squared norm (n - t) less the squared norm
+        # of the model's orthonormal columns summed from t
+        tail_r = np.cumsum(r[::-1])[::-1][ts]
+        tail_q = np.cumsum(Q[::-1], axis=0)[::-1][ts]
+        norm = (n - ts) - np.sum(tail_q * tail_q, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = np.where(norm > 1e-9, tail_r * tail_r / norm, 0.0)
+        for c in steps:
+            gain[np.abs(ts - c) < min_size] = 0.0
+        return ts, gain
+
+    def steps(self, x: np.ndarray, baseline: Baseline, pen: float, min_size: int,
+              first: Optional[int] = None, most: int = 10) -> List[int]:
+        """Level steps added one at a time (after ``first``, if given), each where it
+        explains most beside the baseline's smooth terms and the steps before it, while
+        it explains more than ``pen``: the shifts a smooth fit alone has partly taken up."""
+        out: List[int] = [] if first is None else [int(first)]
         while len(out) < most:
-            A = np.column_stack([_step_columns(n, out)] + baseline.columns())
-            Q, _r = np.linalg.qr(A)
-            r = x - Q @ (Q.T @ x)
-            # a step at t, less its projection on the model: its product with the
-            # residual is the residual's sum from t, its squared norm (n - t) less the
-            # squared norm of the model's columns summed from t
-            tail_r = np.cumsum(r[::-1])[::-1][ts]
-            tail_q = np.cumsum(Q[::-1], axis=0)[::-1][ts]
-            norm = (n - ts) - np.sum(tail_q * tail_q, axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                gain = np.where(norm > 1e-9, tail_r * tail_r / norm, 0.0)
-            for c in out:
-                gain[np.abs(ts - c) < min_size] = 0.0
+            ts, gain = self.step_gains(x, baseline, out, min_size)
             k = int(np.argmax(gain))
             if gain[k] <= pen:
                 break
             out.append(int(ts[k]))
         return sorted(out)
 
-    def _periods(self, x: np.ndarray, fixed: np.ndarray) -> List[float]:
+    def first_steps(self, x: np.ndarray, baseline: Baseline, min_size: int,
+                    count: int = 3) -> List[int]:
+        """The ``count`` best places for one step beside the baseline (local maxima of
+        the gain at least 2 ``min_size`` apart), significant or not: where a step and
+        the smooth terms trade off, each is a start of its own."""
+        ts, gain = self.step_gains(x, baseline, [], min_size)
+        out: List[int] = []
+        for k in np.argsort(gain)[::-1]:
+            if len(out) == count or gain[k] <= 0:
+                break
+            if all(abs(int(ts[k]) - c) >= 2 * min_size for c in out):
+                out.append(int(ts[k]))
+        return out
+
+    def _periods(self, rest: np.ndarray) -> List[float]:
         """The ``peaks`` periods (points) of the largest local maxima of the
-        periodogram of what the level, the steps and a line leave."""
-        n = x.size
-        A = np.column_stack([fixed] + _smooth_columns(n, 1.0, 0))
-        coef, *_ = np.linalg.lstsq(A, x, rcond=None)
-        power = np.abs(np.fft.rfft(x - A @ coef, 8 * n)) ** 2
+        periodogram of ``rest`` (what the level and the steps leave) less a line."""
+        n = rest.size
+        t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        detrended = rest - t * float(t @ rest) / float(t @ t)
+        power = np.abs(np.fft.rfft(detrended, 8 * n)) ** 2
         cycles = np.arange(power.size) / 8.0            # cycles per n points
         ok = (cycles >= 0.5) & (cycles <= n / self.min_period)
         inner = np.zeros(power.size, dtype=bool)
@@ -462,6 +492,14 @@ class SmoothBaseline:
         idx = np.flatnonzero(ok & inner)
         top = idx[np.argsort(power[idx])[::-1][:self.peaks]]
         return [n / cycles[i] for i in top]
+
+
+def _less_segment_means(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``v`` (a vector or the columns of a matrix) less its mean over each segment
+    beginning at ``starts``."""
+    lengths = np.diff(np.r_[starts, v.shape[0]])
+    means = np.add.reduceat(v, starts, axis=0) / (lengths if v.ndim == 1 else lengths[:, None])
+    return v - np.repeat(means, lengths, axis=0)
 
 
 def _step_columns(n: int, steps: Sequence[int]) -> np.ndarray:
@@ -525,27 +563,33 @@ class LevelShifts:
         pen = self.penalty * sigma * sigma * np.log(max(n, 3))
         cand = search.fit(x).predict(pen)
         if smooth.terms:
-            # Two starts, kept by the penalised criterion: the level shifts of the series
-            # itself with the baseline refitted around them, and the smooth baseline with
-            # the steps it leaves unexplained (each then backfitted: segment what the
-            # baseline leaves, refit it with a step at every candidate). The first keeps
-            # a lone step from being taken up by a line or a long wave, the second keeps
-            # a trend plus a cycle from being cut into a staircase.
-            steps = self.baseline.steps(x, smooth, pen, self.min_size)
-            starts = [(self.baseline.fit(x, sigma, cand), cand),
-                      (self.baseline.fit(x, sigma, steps) if steps else smooth, None)]
-            fits = [self._backfit(x, b, c, search, sigma, pen) for b, c in starts]
-            _crit, baseline, cand = min(fits, key=lambda f: f[0])
+            # Starts, each a baseline refitted beside a set of steps: the level shifts of
+            # the series itself (which keeps a lone step from being taken up by a line or
+            # a long wave), and the steps the smooth fit leaves unexplained, added one at
+            # a time after nothing or after each of the best places for one step (where a
+            # step and the smooth terms trade off, a step and a wave can fit about
+            # equally well in two places). The best by the penalised criterion is then
+            # backfitted: segment what the baseline leaves, refit the baseline with a
+            # step at every candidate, until it holds still.
+            step_sets = [cand]
+            for first in [None] + self.baseline.first_steps(x, smooth, self.min_size):
+                steps = self.baseline.steps(x, smooth, pen, self.min_size, first)
+                if steps not in step_sets:
+                    step_sets.append(steps)
+            starts = [(self.baseline.fit(x, sigma, st), st) for st in step_sets]
+            baseline, steps = min(starts, key=lambda s: s[0].rss + pen * (s[0].terms + len(s[1])))
+            baseline, cand = self._backfit(x, baseline, cand if steps is cand else None,
+                                           search, sigma, pen)
             if baseline.terms:
                 sigma, rho = noise_scale(x - baseline.values)
         return self._check(x - baseline.values, cand, NoiseScale.of(sigma, rho, n),
                            baseline.values)
 
     def _backfit(self, x: np.ndarray, baseline: Baseline, cand: Optional[List[int]],
-                 search: Pelt, sigma: float, pen: float) -> Tuple[float, Baseline, List[int]]:
+                 search: Pelt, sigma: float, pen: float) -> Tuple[Baseline, List[int]]:
         """Segment what the baseline leaves and refit the baseline with a step at every
-        candidate, until the baseline holds still; (residual cost + ``pen`` per change
-        point and per smooth parameter, baseline, candidates)."""
+        candidate, until the baseline holds still: (baseline, candidates). ``cand``:
+        the segmentation of what ``baseline`` leaves, if known."""
         for _ in range(4):
             if cand is None or baseline.terms:
                 cand = search.fit(x - baseline.values).predict(pen)
@@ -556,10 +600,7 @@ class LevelShifts:
             cand = None
         if cand is None:
             cand = search.fit(x - baseline.values).predict(pen)
-        bounds = [0] + cand + [x.size]
-        cost = search.cost.fit(x - baseline.values)
-        err = sum(cost.error(a, b) for a, b in zip(bounds, bounds[1:]))
-        return err + pen * (len(cand) + baseline.terms), baseline, cand
+        return baseline, cand
 
     def _check(self, x: np.ndarray, cand: List[int], noise: "NoiseScale",
                baseline: np.ndarray) -> List[ChangePoint]:
