@@ -379,7 +379,7 @@ class SmoothBaseline:
     variance units, whatever the autocorrelation. The smallest residual sum of squares
     plus penalty wins."""
 
-    def __init__(self, penalty: float = 2.0, max_harmonics: int = 3, min_period: int = 16,
+    def __init__(self, penalty: float = 2.0, max_harmonics: int = 6, min_period: int = 16,
                  peaks: int = 3):
         self.penalty = penalty
         self.max_harmonics = max_harmonics
@@ -571,7 +571,7 @@ class LevelShifts:
             # equally well in two places). The best by the penalised criterion is then
             # backfitted: segment what the baseline leaves, refit the baseline with a
             # step at every candidate, until it holds still.
-            step_sets = [cand]
+            step_sets = [cand, []]
             for first in [None] + self.baseline.first_steps(x, smooth, self.min_size):
                 steps = self.baseline.steps(x, smooth, pen, self.min_size, first)
                 if steps not in step_sets:
@@ -581,9 +581,59 @@ class LevelShifts:
             baseline, cand = self._backfit(x, baseline, cand if steps is cand else None,
                                            search, sigma, pen)
             if baseline.terms:
-                sigma, rho = noise_scale(x - baseline.values)
+                sigma, rho = self._residual_noise(x, baseline, cand)
+                kept = self._beside_baseline(x, self._check(
+                    x - baseline.values, cand, NoiseScale.of(sigma, rho, n), baseline.values),
+                    NoiseScale.of(sigma, rho, n))
+                if kept != cand:
+                    cand = kept
+                    baseline = self.baseline.fit(x, sigma, cand)
+                    if baseline.terms:
+                        sigma, rho = self._residual_noise(x, baseline, cand)
         return self._check(x - baseline.values, cand, NoiseScale.of(sigma, rho, n),
                            baseline.values)
+
+    @staticmethod
+    def _residual_noise(x: np.ndarray, baseline: Baseline, cand: List[int]) -> Tuple[float, float]:
+        """The noise scale of what the baseline and the candidates' levels leave: where
+        the smooth model misses a little (a period 2% off over two cycles), the misfit
+        and the steps would otherwise read as slowly forgetting noise at the long lags
+        of the variogram."""
+        starts = np.array([0] + list(cand))
+        return noise_scale(_less_segment_means(x - baseline.values, starts))
+
+    def _beside_baseline(self, x: np.ndarray, found: List[ChangePoint], noise: "NoiseScale"
+                         ) -> List[int]:
+        """The change points that explain the series better than the smooth baseline
+        does without them: each one's step is dropped, the baseline refitted (period and
+        terms chosen again: a step and a slightly wrong period can stand in for each
+        other), and the residual sum of squares it gains read as a squared z, with the
+        maximum over the splits between its neighbours; the weakest failing is removed
+        until all hold. The sums of squares carry the baseline's penalty for its terms:
+        where the baseline needs more terms to stand in for the step, it pays for them.
+        """
+        price = self.baseline.penalty * np.log(x.size) * noise.sd ** 2
+
+        def criterion(steps: List[int]) -> float:
+            fit = self.baseline.fit(x, noise.sd, steps)
+            return fit.rss + price * fit.terms
+
+        steps = [c.index for c in found]
+        while steps:
+            full = criterion(steps)
+            bounds = [0] + steps + [x.size]
+            scores = []
+            for i, t in enumerate(steps):
+                gained = criterion(steps[:i] + steps[i + 1:]) - full
+                z = np.sqrt(max(gained, 0.0)) / noise.sd
+                span = bounds[i + 2] - bounds[i]
+                p = float(max_bridge_pvalue(noise.gaussian(z), self.min_size / span, span))
+                scores.append(np.log(self.max_pvalue / max(p, 1e-300)))
+            worst = int(np.argmin(scores))
+            if scores[worst] >= 0:
+                break
+            del steps[worst]
+        return steps
 
     def _backfit(self, x: np.ndarray, baseline: Baseline, cand: Optional[List[int]],
                  search: Pelt, sigma: float, pen: float) -> Tuple[Baseline, List[int]]:
