@@ -357,9 +357,12 @@ def _smooth_columns(n: int, period: float, harmonics: int) -> List[np.ndarray]:
     """A centred line and ``harmonics`` cosine/sine pairs of ``period`` points."""
     t = np.arange(n, dtype=np.float64)
     out = [(t - (n - 1) / 2.0) / n]
-    for h in range(1, harmonics + 1):
-        w = 2.0 * np.pi * h * t / period
-        out += [np.cos(w), np.sin(w)]
+    if harmonics:
+        unit = np.exp(2j * np.pi * t / period)
+        wave = unit
+        for _h in range(harmonics):
+            out += [wave.real, wave.imag]
+            wave = wave * unit
     return out
 
 
@@ -386,7 +389,10 @@ class SmoothBaseline:
         self.min_period = min_period
         self.peaks = peaks
 
-    def fit(self, x: np.ndarray, sd: float, steps: Sequence[int] = ()) -> Baseline:
+    def fit(self, x: np.ndarray, sd: float, steps: Sequence[int] = (),
+            near: Optional[float] = None) -> Baseline:
+        """The best baseline beside ``steps``; ``near``: a period found before, searched
+        only within +-3% of it (the periodogram is not consulted)."""
         x = np.asarray(x, dtype=np.float64)
         n = x.size
         if n < 4 * self.min_period or not sd > 0:
@@ -413,12 +419,12 @@ class SmoothBaseline:
         err, smooth = rss(_smooth_columns(n, 1.0, 0))
         if err + price < best_crit:
             best_crit, best = err + price, Baseline(smooth, 0.0, 0, 1, err)
-        for peak in self._periods(rest):
+        for peak in ([near] if near else self._periods(rest)):
             top = max(1, min(self.max_harmonics, int(peak / (self.min_period / 2.0))))
             # the periodogram's peak is biased by the steps and the other harmonics:
             # refined on the full model, within +-12% and then +-3%
             period = peak
-            for width in (0.12, 0.03):
+            for width in ((0.03,) if near else (0.12, 0.03)):
                 grid = period * (1.0 + np.linspace(-width, width, 7))
                 period = float(min(grid, key=lambda p: rss(_smooth_columns(n, p, top))[0]))
             for h in range(1, top + 1):
@@ -576,7 +582,8 @@ class LevelShifts:
                 steps = self.baseline.steps(x, smooth, pen, self.min_size, first)
                 if steps not in step_sets:
                     step_sets.append(steps)
-            starts = [(self.baseline.fit(x, sigma, st), st) for st in step_sets]
+            starts = [(self.baseline.fit(x, sigma, st, near=smooth.period), st)
+                      for st in step_sets]
             baseline, steps = min(starts, key=lambda s: s[0].rss + pen * (s[0].terms + len(s[1])))
             baseline, cand = self._backfit(x, baseline, cand if steps is cand else None,
                                            search, sigma, pen)
