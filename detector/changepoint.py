@@ -423,10 +423,22 @@ class SmoothBaseline:
             top = max(1, min(self.max_harmonics, int(peak / (self.min_period / 2.0))))
             # the periodogram's peak is biased by the steps and the other harmonics:
             # refined on the full model, within +-12% and then +-3%
+            # (then at the vertex of a parabola through the best and its neighbours: a
+            # large cycle needs its period to a fraction of a percent, or a step stands in
+            # for its drifting phase)
             period = peak
             for width in ((0.03,) if near else (0.12, 0.03)):
                 grid = period * (1.0 + np.linspace(-width, width, 7))
-                period = float(min(grid, key=lambda p: rss(_smooth_columns(n, p, top))[0]))
+                errs = np.array([rss(_smooth_columns(n, p, top))[0] for p in grid])
+                k = int(np.argmin(errs))
+                period = float(grid[k])
+            if 0 < k < 6:
+                e0, e1, e2 = errs[k - 1:k + 2]
+                curve = e0 - 2.0 * e1 + e2
+                if curve > 0:
+                    vertex = period + 0.5 * (e0 - e2) / curve * (grid[1] - grid[0])
+                    if rss(_smooth_columns(n, vertex, top))[0] < e1:
+                        period = float(vertex)
             for h in range(1, top + 1):
                 err, smooth = rss(_smooth_columns(n, period, h))
                 crit = err + price * (1 + 2 * h)
@@ -562,9 +574,22 @@ class LevelShifts:
         search = Pelt(cost, self.min_size)
         baseline = Baseline.none(n)
         smooth = self.baseline.fit(x, sigma) if self.baseline else baseline
+        if self.baseline and not smooth.terms:
+            # The variogram of a series with a strong cycle can read it as slowly
+            # forgetting noise (a long-run sd ten times the truth), which prices every
+            # smooth term out. So also: a baseline priced in the point-to-point sd (which
+            # a smooth signal hardly touches), then again in the long-run sd of what it
+            # leaves. Taken only for a wave seen at least twice: the series itself cannot
+            # tell a slower one from an autocorrelated wander (AR(1) 0.9 of 200 points
+            # then showed shifts in 5 of 20 series).
+            d = np.diff(x)
+            point_sd = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+            trial = self.baseline.fit(x, point_sd)
+            if trial.harmonics and trial.period <= 0.55 * n:
+                trial = self.baseline.fit(x, noise_scale(x - trial.values)[0])
+                if trial.harmonics and trial.period <= 0.55 * n:
+                    smooth = trial
         if smooth.terms:
-            # the variogram's k^2 term takes up only part of a cycle: the noise scale
-            # of what the smooth fit leaves
             sigma, rho = noise_scale(x - smooth.values)
         pen = self.penalty * sigma * sigma * np.log(max(n, 3))
         cand = search.fit(x).predict(pen)
