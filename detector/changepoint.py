@@ -425,31 +425,41 @@ class SmoothBaseline:
         rest = _less_segment_means(x, starts)
         base_rss = float(rest @ rest)
 
-        def rss(extra: List[np.ndarray]) -> Tuple[float, np.ndarray]:
-            if not extra:
-                return base_rss, np.zeros(n)
-            C = np.column_stack(extra)
+        def normal(period: float, harmonics: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+            C = np.column_stack(_smooth_columns(n, period, harmonics))
             Cr = _less_segment_means(C, starts)
-            coef = np.linalg.lstsq(Cr.T @ Cr, Cr.T @ rest, rcond=None)[0]
-            fitted = Cr @ coef
-            return float(np.sum((rest - fitted) ** 2)), C @ coef
+            return C, Cr.T @ Cr, Cr.T @ rest
 
-        best_crit, smooth = rss([])
-        best = Baseline(smooth, 0.0, 0, 0, best_crit)
-        err, smooth = rss(_smooth_columns(n, 1.0, 0))
+        def rss(G: np.ndarray, g: np.ndarray, k: int) -> Tuple[float, np.ndarray]:
+            """Residual sum of squares and coefficients of the first k columns."""
+            try:
+                coef = np.linalg.solve(G[:k, :k], g[:k])
+            except np.linalg.LinAlgError:
+                coef = np.linalg.lstsq(G[:k, :k], g[:k], rcond=None)[0]
+            return max(base_rss - float(g[:k] @ coef), 0.0), coef
+
+        def err_at(period: float, harmonics: int) -> float:
+            _C, G, g = normal(period, harmonics)
+            return rss(G, g, 1 + 2 * harmonics)[0]
+
+        best_crit, best = base_rss, Baseline(np.zeros(n), 0.0, 0, 0, base_rss)
+        C, G, g = normal(1.0, 0)
+        err, coef = rss(G, g, 1)
         if err + price < best_crit:
-            best_crit, best = err + price, Baseline(smooth, 0.0, 0, 1, err)
+            best_crit, best = err + price, Baseline(C @ coef, 0.0, 0, 1, err)
         for peak in ([near] if near else self._periods(rest)):
             top = max(1, min(self.max_harmonics, int(peak / (self.min_period / 2.0))))
             # the periodogram's peak is biased by the steps and the other harmonics:
-            # refined on the full model, within +-12% and then +-3%
-            # (then at the vertex of a parabola through the best and its neighbours: a
-            # large cycle needs its period to a fraction of a percent, or a step stands in
-            # for its drifting phase)
+            # refined on the full model, within +-12% and then +-3%, then at the vertex
+            # of a parabola through the best and its neighbours (a large cycle needs its
+            # period to a fraction of a percent, or a step stands in for its drifting
+            # phase)
             period = peak
+            if not near and base_rss - err_at(peak, top) < 1.5 * price:
+                continue            # far from paying for one harmonic: not refined
             for width in ((0.03,) if near else (0.12, 0.03)):
                 grid = period * (1.0 + np.linspace(-width, width, 7))
-                errs = np.array([rss(_smooth_columns(n, p, top))[0] for p in grid])
+                errs = np.array([err_at(p, top) for p in grid])
                 k = int(np.argmin(errs))
                 period = float(grid[k])
             if 0 < k < 6:
@@ -457,13 +467,15 @@ class SmoothBaseline:
                 curve = e0 - 2.0 * e1 + e2
                 if curve > 0:
                     vertex = period + 0.5 * (e0 - e2) / curve * (grid[1] - grid[0])
-                    if rss(_smooth_columns(n, vertex, top))[0] < e1:
+                    if err_at(vertex, top) < e1:
                         period = float(vertex)
+            C, G, g = normal(period, top)
             for h in range(1, top + 1):
-                err, smooth = rss(_smooth_columns(n, period, h))
+                err, coef = rss(G, g, 1 + 2 * h)
                 crit = err + price * (1 + 2 * h)
                 if crit < best_crit:
-                    best_crit, best = crit, Baseline(smooth, period, h, 1 + 2 * h, err)
+                    best_crit = crit
+                    best = Baseline(C[:, :1 + 2 * h] @ coef, period, h, 1 + 2 * h, err)
         return best
 
     @staticmethod
@@ -638,12 +650,12 @@ class LevelShifts:
                                            search, sigma, pen)
             if baseline.terms:
                 sigma, rho = self._residual_noise(x, baseline, cand)
-                kept = self._beside_baseline(x, self._check(
+                kept = self._beside_baseline(x, baseline.period, self._check(
                     x - baseline.values, cand, NoiseScale.of(sigma, rho, n), baseline.values),
                     NoiseScale.of(sigma, rho, n))
                 if kept != cand:
                     cand = kept
-                    baseline = self.baseline.fit(x, sigma, cand)
+                    baseline = self.baseline.fit(x, sigma, cand, near=baseline.period)
                     if baseline.terms:
                         sigma, rho = self._residual_noise(x, baseline, cand)
         return self._check(x - baseline.values, cand, NoiseScale.of(sigma, rho, n),
@@ -658,12 +670,12 @@ class LevelShifts:
         starts = np.array([0] + list(cand))
         return noise_scale(_less_segment_means(x - baseline.values, starts))
 
-    def _beside_baseline(self, x: np.ndarray, found: List[ChangePoint], noise: "NoiseScale"
-                         ) -> List[int]:
+    def _beside_baseline(self, x: np.ndarray, period: float, found: List[ChangePoint],
+                         noise: "NoiseScale") -> List[int]:
         """The change points that explain the series better than the smooth baseline
-        does without them: each one's step is dropped, the baseline refitted (period and
-        terms chosen again: a step and a slightly wrong period can stand in for each
-        other), and the residual sum of squares it gains read as a squared z, with the
+        does without them: each one's step is dropped, the baseline refitted (its terms
+        chosen again, its period within +-3% of ``period``: a step and a slightly wrong
+        period can stand in for each other), and the residual sum of squares it gains read as a squared z, with the
         maximum over the splits between its neighbours; the weakest failing is removed
         until all hold. The sums of squares carry the baseline's penalty for its terms:
         where the baseline needs more terms to stand in for the step, it pays for them.
@@ -671,7 +683,7 @@ class LevelShifts:
         price = self.baseline.penalty * np.log(x.size) * noise.sd ** 2
 
         def criterion(steps: List[int]) -> float:
-            fit = self.baseline.fit(x, noise.sd, steps)
+            fit = self.baseline.fit(x, noise.sd, steps, near=period)
             return fit.rss + price * fit.terms
 
         steps = [c.index for c in found]
@@ -699,7 +711,7 @@ class LevelShifts:
         for _ in range(4):
             if cand is None or baseline.terms:
                 cand = search.fit(x - baseline.values).predict(pen)
-            refit = self.baseline.fit(x, sigma, cand)
+            refit = self.baseline.fit(x, sigma, cand, near=baseline.period)
             if refit.terms == baseline.terms and refit.period == baseline.period:
                 break
             baseline = refit
