@@ -636,8 +636,15 @@ class LevelShifts:
                     trial = self.baseline.fit(x, left)
                     if trial.harmonics and trial.period <= 0.55 * n:
                         smooth = trial
-        if smooth.terms:
-            sigma, rho = noise_scale(x - smooth.values)
+        if not smooth.harmonics:
+            # nothing cyclic pays for itself: the search on the series itself, whose
+            # checks already tell a trend from a staircase (taking the line off first
+            # lost that and showed shifts on 1 in 200 linear trends)
+            pen = self.penalty * sigma * sigma * np.log(max(n, 3))
+            return self._check(x, search.fit(x).predict(pen), NoiseScale.of(sigma, rho, n),
+                               np.zeros(n))
+        plain = (sigma, rho)
+        sigma, rho = noise_scale(x - smooth.values)
         pen = self.penalty * sigma * sigma * np.log(max(n, 3))
         cand = search.fit(x).predict(pen)
         if smooth.terms:
@@ -669,6 +676,13 @@ class LevelShifts:
                     baseline = self.baseline.fit(x, sigma, cand, near=baseline.period)
                     if baseline.terms:
                         sigma, rho = self._residual_noise(x, baseline, cand)
+        if not baseline.harmonics:
+            # the steps explain what looked cyclic: the search on the series itself,
+            # in its own noise scale
+            sigma, rho = plain
+            pen = self.penalty * sigma * sigma * np.log(max(n, 3))
+            return self._check(x, search.fit(x).predict(pen), NoiseScale.of(sigma, rho, n),
+                               np.zeros(n))
         return self._check(x - baseline.values, cand, NoiseScale.of(sigma, rho, n),
                            baseline.values)
 
