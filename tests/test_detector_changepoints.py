@@ -177,7 +177,7 @@ def test_no_change_point_on_a_trend_plus_a_cycle_of_half_the_series():
 def test_a_two_sd_shift_inside_a_trend_plus_a_fast_cycle_is_found_within_3_points(n, least):
     # rejected with the cycle's staircase before (13% found within 3 points over 200
     # series, 1 and 2 of these 30): fitted beside the smooth baseline, the step is what
-    # the baseline cannot explain. 16 and 28 of these 30; at 200 points a step and a
+    # the baseline cannot explain. 16-17 and 28 of these 30; at 200 points a step and a
     # wave of 100 points still trade off (a step at t and a phase moved by a few points
     # fit about as well), at 1,000 they no longer do.
     hits = 0
