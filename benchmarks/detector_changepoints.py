@@ -5,6 +5,7 @@ and Apache Otava's e-divisive means with its t-test (window 50, max_pvalue 0.001
 
     .venv/bin/python benchmarks/detector_changepoints.py [--per-kind 8] [--out FILE]
     .venv/bin/python benchmarks/detector_changepoints.py --calibration 200
+    .venv/bin/python benchmarks/detector_changepoints.py --timing 20 --compare-with /work/main
 
 ``--calibration SEEDS``: the default method alone, on SEEDS series of each kind with a
 known answer (the unit tests' kinds, many more seeds): the share of series with no
@@ -12,6 +13,10 @@ change point that get one (per kind: white noise, linear trends, daily cycles, A
 and the share of 1-sd and 2-sd shifts found within 3 points, each with its exact 95%
 interval (Clopper-Pearson), beside the most any method can do on the 1-sd shift (the
 least-squares split, noise sd known, threshold simulated at the given p).
+
+``--timing SEEDS --compare-with CHECKOUT``: run time per series of the default method
+beside the one in another checkout, alternately in one process, on the calibration's
+series (SEEDS of each kind) and the fleet series; reported as ratios.
 
 Generated series (ground truth exact), ``--per-kind`` of each kind and length:
 - ``shifts``: 1-3 level shifts of 0.5, 1, 2 or 4 noise sd, Gaussian noise;
@@ -286,6 +291,66 @@ def calibration(seeds: int, p: float = 0.001) -> List[str]:
     return rows
 
 
+def _power_series(seeds: int):
+    """The calibration's series with one shift: (label, series) per seed."""
+    for s in range(seeds):
+        for shift, side in ((1.0, 30), (1.0, 100), (2.0, 30), (2.0, 10)):
+            rng = np.random.default_rng(60_000 + s)
+            yield (f"{shift:.0f} sd, {side} points a side",
+                   np.r_[rng.normal(0, 1, side), rng.normal(shift, 1, side)])
+        for n in (200, 1000):
+            rng = np.random.default_rng(70_000 + s)
+            x = _trend_cycle(rng, n)
+            x[int(rng.integers(n // 4, 3 * n // 4)):] += 2.0 * rng.choice([-1, 1])
+            yield f"2 sd inside trend 10 sd + cycle 3 sd of period n/2, n={n}", x
+
+
+def timing(seeds: int, reference: str) -> List[str]:
+    """Run time per series of the default method and of the ``LevelShifts`` in
+    ``reference``/detector/changepoint.py (another checkout), alternately on the same
+    series in this one process (the calibration's series and the fleet series), so
+    the machine's load falls on both alike."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "reference_changepoint", str(Path(reference) / "detector" / "changepoint.py"))
+    ref = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ref            # dataclasses look their module up there
+    spec.loader.exec_module(ref)
+    methods = {"this": LevelShifts(), "reference": ref.LevelShifts()}
+    spent: Dict[str, Dict[str, float]] = {}
+    count: Dict[str, int] = {}
+
+    def run(kind: str, x: np.ndarray) -> None:
+        count[kind] = count.get(kind, 0) + 1
+        for name, det in methods.items():
+            t0 = time.perf_counter()
+            det.fit_predict(x)
+            spent.setdefault(kind, {}).setdefault(name, 0.0)
+            spent[kind][name] += time.perf_counter() - t0
+
+    for s in range(seeds):
+        for kind, x in null_kinds(np.random.default_rng(50_000 + s)).items():
+            run(kind, x)
+    for kind, x in _power_series(seeds):
+        run(kind, x)
+    for x, _truth in fleet_series():
+        run("fleet load-shift, whole series (2,401-2,402 points)", x)
+        # what analyze runs it on: the 6 h lookback (360 one-minute windows)
+        for end in range(360, len(x) + 1, 360):
+            run("fleet load-shift, 6 h lookbacks (360 points, as analyze)", x[end - 360:end])
+    rows = ["| series | ms per series, this | ms per series, reference | ratio |", "|---|---|---|---|"]
+    total = {"this": 0.0, "reference": 0.0}
+    for kind, t in spent.items():
+        for k in total:
+            total[k] += t[k]
+        rows.append(f"| {kind} ({count[kind]}) | {1000 * t['this'] / count[kind]:.1f} | "
+                    f"{1000 * t['reference'] / count[kind]:.1f} | {t['this'] / t['reference']:.2f} |")
+    rows.append(f"| all ({sum(count.values())}) | {1000 * total['this'] / sum(count.values()):.1f} | "
+                f"{1000 * total['reference'] / sum(count.values()):.1f} | "
+                f"{total['this'] / total['reference']:.2f} |")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-kind", type=int, default=8)
@@ -294,7 +359,19 @@ def main(argv=None) -> int:
     p.add_argument("--fleet-only", action="store_true", help="only the fleet series")
     p.add_argument("--calibration", type=int, default=0, metavar="SEEDS",
                    help="false-positive rate per null kind and power, over SEEDS series each")
+    p.add_argument("--timing", type=int, default=0, metavar="SEEDS",
+                   help="run time per series beside --compare-with's method, SEEDS of each kind")
+    p.add_argument("--compare-with", default=None, metavar="CHECKOUT",
+                   help="another checkout of the repository (e.g. /work/main) for --timing")
     args = p.parse_args(argv)
+    if args.timing:
+        if not args.compare_with:
+            p.error("--timing needs --compare-with CHECKOUT (e.g. --compare-with /work/main)")
+        text = "\n".join(timing(args.timing, args.compare_with))
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return 0
     if args.calibration:
         text = "\n".join(calibration(args.calibration))
         print(text)
