@@ -75,8 +75,8 @@ Why each step:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.special import ndtr, ndtri, stdtr
@@ -668,9 +668,10 @@ class LevelShifts:
         baseline, steps = min(starts, key=lambda s: s[0].rss + pen * (s[0].terms + len(s[1])))
         baseline, cand = self._backfit(x, baseline, cand if steps is cand else None,
                                        search, sigma, pen)
+        beside: Dict[int, float] = {}
         if baseline.terms:
             sigma, rho = self._residual_noise(x, baseline, cand)
-            kept = self._beside_baseline(x, baseline.period, self._check(
+            kept, beside = self._beside_baseline(x, baseline.period, self._check(
                 x - baseline.values, cand, NoiseScale.of(sigma, rho, n), baseline.values),
                 NoiseScale.of(sigma, rho, n))
             if kept != cand:
@@ -685,8 +686,12 @@ class LevelShifts:
             pen = self.penalty * sigma * sigma * np.log(max(n, 3))
             return self._check(x, search.fit(x).predict(pen), NoiseScale.of(sigma, rho, n),
                                np.zeros(n))
-        return self._check(x - baseline.values, cand, NoiseScale.of(sigma, rho, n),
-                           baseline.values)
+        # A change point's p is that of the weakest test it passed: its level shift in
+        # what the baseline leaves, and its step beside the baseline refitted without it
+        # (the first alone read 5e-15 for a step whose second test gave 0.0006).
+        return [replace(cp, p_value=max(cp.p_value, beside.get(cp.index, 0.0)))
+                for cp in self._check(x - baseline.values, cand, NoiseScale.of(sigma, rho, n),
+                                      baseline.values)]
 
     @staticmethod
     def _residual_noise(x: np.ndarray, baseline: Baseline, cand: List[int]) -> Tuple[float, float]:
@@ -698,7 +703,7 @@ class LevelShifts:
         return noise_scale(_less_segment_means(x - baseline.values, starts))
 
     def _beside_baseline(self, x: np.ndarray, period: float, found: List[ChangePoint],
-                         noise: "NoiseScale") -> List[int]:
+                         noise: "NoiseScale") -> Tuple[List[int], Dict[int, float]]:
         """The change points that explain the series better than the smooth baseline
         does without them: each one's step is dropped, the baseline refitted (its terms
         chosen again, its period within +-3% of ``period``: a step and a slightly wrong
@@ -706,6 +711,7 @@ class LevelShifts:
         maximum over the splits between its neighbours; the weakest failing is removed
         until all hold. The sums of squares carry the baseline's penalty for its terms:
         where the baseline needs more terms to stand in for the step, it pays for them.
+        Returns the steps kept and each one's p in this test.
         """
         price = self.baseline.penalty * np.log(x.size) * noise.sd ** 2
 
@@ -714,21 +720,24 @@ class LevelShifts:
             return fit.rss + price * fit.terms
 
         steps = [c.index for c in found]
+        pvalues: Dict[int, float] = {}
         while steps:
             full = criterion(steps)
             bounds = [0] + steps + [x.size]
             scores = []
+            pvalues = {}
             for i, t in enumerate(steps):
                 gained = criterion(steps[:i] + steps[i + 1:]) - full
                 z = np.sqrt(max(gained, 0.0)) / noise.sd
                 span = bounds[i + 2] - bounds[i]
                 p = float(max_bridge_pvalue(noise.gaussian(z), self.min_size / span, span))
+                pvalues[t] = p
                 scores.append(np.log(self.max_pvalue / max(p, 1e-300)))
             worst = int(np.argmin(scores))
             if scores[worst] >= 0:
                 break
             del steps[worst]
-        return steps
+        return steps, pvalues
 
     def _backfit(self, x: np.ndarray, baseline: Baseline, cand: Optional[List[int]],
                  search: Pelt, sigma: float, pen: float) -> Tuple[Baseline, List[int]]:

@@ -275,3 +275,16 @@ def test_bad_settings_are_refused_with_the_setting_named():
         LevelShifts(min_size=1)
     with pytest.raises(InputError, match="max_pvalue"):
         LevelShifts(max_pvalue=2)
+
+
+def test_a_step_beside_a_cycle_reports_the_p_of_its_weakest_test():
+    # seed 10's 10-sd cycle of 96 points (the daily-cycle test above): a step passes the
+    # level test in what the baseline leaves at p ~5e-15 but its test beside the baseline
+    # refitted without it only at ~0.0008; the label must say the latter, not the former
+    rng = np.random.default_rng(110)
+    for n, period, amplitude in ((2880, 1440, 3.0), (672, 96, 3.0), (500, 96, 10.0)):
+        t = np.arange(n)
+        x = amplitude * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi)) + rng.normal(0, 1, n)
+    cps = LevelShifts().fit_predict(x)
+    assert [cp.index for cp in cps] == [246]
+    assert 1e-4 < cps[0].p_value <= 0.001, cps
