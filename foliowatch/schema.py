@@ -533,7 +533,10 @@ def _str_is_plain(f: Field) -> bool:
     the JSON encoder escapes): true of the table's alphabets (``Alphabet``) and of
     choices that need no escape."""
     if f.alphabet is not None:
-        return True
+        # (Alphabet's rule, checked here rather than trusted: one it breaks goes to the
+        # JSON encoder)
+        escaped = re.compile(f"[{f.alphabet.first}{f.alphabet.rest}]")
+        return not any(escaped.match(c) for c in '"\\' + "".join(map(chr, range(32))))
     return f.choices is not None and all(
         isinstance(c, str) and json.dumps(c, ensure_ascii=False) == f'"{c}"' for c in f.choices)
 
