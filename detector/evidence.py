@@ -2,7 +2,8 @@
 cohort x metric x statistic tested in a run, joint evidence (throughput down together
 with compaction / direct reclaim up on the same cohort), mechanism evidence (costly-order
 direct compaction on the new kernel that its baseline never shows, ``mechanism``:
-suspected on that alone), and ranking by impact.
+suspected on that alone, confirmed with a throughput drop that corroborates it), and
+ranking by impact.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class EvidencePolicy:
     confirm_min_hosts: int = 3
     confirm_min_windows: int = 15
     # a mechanism metric corroborates a significant throughput drop on the same cohort
-    # when it is worse at this nominal one-sided level
+    # when it is worse at this nominal one-sided level; the other way round, a
+    # throughput drop at this level corroborates the tracepoints' mechanism evidence
+    # (one pre-specified question, "does the mechanism cost writes?", not one of the
+    # run's family of tests; ``MechanismPolicy.corroborating_min_hosts``)
     corroborate_p: float = 0.01
     # Compaction or reclaim worse with throughput unchanged raises a suspicion only when
     # it is worse by at least this much (ratio 1.5x; bad-interval share +0.25). These
@@ -125,13 +129,13 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
     costly = policy.mechanism.shows(c.costly_compaction)
     if not sig:
         if costly:
-            return _mechanism_alone(c, policy, hosts_in_group)
+            return _mechanism_first(c, policy, hosts_in_group)
         return Judgement(c, None, [], None, 0.0, [])
     throughput = [t for t in sig if t.metric in THROUGHPUT_METRICS]
     mechanism = [t for t in sig if t.metric in MECHANISM_METRICS]
     if not throughput and not any(strong_alone(t, policy) for t in mechanism):
         if costly:
-            return _mechanism_alone(c, policy, hosts_in_group)
+            return _mechanism_first(c, policy, hosts_in_group)
         return Judgement(c, None, [], None, 0.0, [])
     if throughput and not mechanism:
         floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
@@ -178,6 +182,41 @@ def costly_test(e: CostlyCompaction) -> MetricTest:
                       adjusted=False, q_value=e.p_value)
 
 
+def corroborating_throughput(c: Comparison, policy: EvidencePolicy) -> List[MetricTest]:
+    """Throughput tests that corroborate the mechanism evidence, most significant first:
+    worse at ``corroborate_p`` nominal, by at least the smallest effect worth an alert,
+    on at least ``MechanismPolicy.corroborating_min_hosts`` new-kernel hosts. Statistics
+    that only ever corroborate a significant drop (``corroborating_only``) stay out, and
+    while a confound between hosts is named only each host's own before/after counts,
+    as for significant tests."""
+    floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
+    return sorted((t for t in c.tests if t.metric in THROUGHPUT_METRICS
+                   and t.statistic not in policy.corroborating_only
+                   and (not c.confounds or t.statistic in OWN_BEFORE_AFTER)
+                   and t.p_value <= policy.corroborate_p
+                   and t.n_new >= policy.mechanism.corroborating_min_hosts
+                   and t.worse_by() >= floor[t.effect_kind]), key=lambda t: t.p_value)
+
+
+def _mechanism_first(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
+    """The mechanism shows and no throughput test is significant across the run: confirmed
+    when a throughput drop corroborates it over enough windows, else suspected on the
+    mechanism alone."""
+    drops = corroborating_throughput(c, policy)
+    if not drops or c.windows < policy.confirm_min_windows:
+        return _mechanism_alone(c, policy, hosts_in_group)
+    primary = drops[0]
+    level = [t for t in drops if t.statistic == "level"]
+    eff = abs((level or [primary])[0].worse_by())
+    reasons = [c.costly_compaction.reason(),
+               f"{primary.metric} ({primary.statistic}) worse at p {primary.p_value:.1g} on "
+               f"{primary.n_new} new-kernel hosts over {c.windows} windows, corroborating "
+               f"the mechanism (p <= {policy.corroborate_p:g} on at least "
+               f"{policy.mechanism.corroborating_min_hosts} hosts)"]
+    return Judgement(c, "confirmed", [primary, costly_test(c.costly_compaction)], primary,
+                     eff * max(hosts_in_group, c.n_new + c.n_base), reasons, True)
+
+
 def _mechanism_alone(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
     """Suspected on the mechanism evidence alone: no test is significant yet, but the new
     kernel's hosts attempt costly-order direct compaction and the baseline's never do.
@@ -187,7 +226,9 @@ def _mechanism_alone(c: Comparison, policy: EvidencePolicy, hosts_in_group: int)
     e = c.costly_compaction
     t = costly_test(e)
     reasons = [e.reason() + "; suspected on the mechanism alone",
-               "no throughput effect is significant yet; confirmation needs it"]
+               "no throughput effect is significant yet, nor worse at p <= "
+               f"{policy.corroborate_p:g} on {policy.mechanism.corroborating_min_hosts} or more "
+               "hosts; confirmation needs it"]
     impact = policy.min_ratio_effect * max(hosts_in_group, c.n_new + c.n_base)
     return Judgement(c, "suspected", [t], t, impact, reasons, True)
 

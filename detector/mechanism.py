@@ -48,6 +48,17 @@ class MechanismPolicy:
     # workload of its own that asks costly orders; more, and the baseline does show it
     # and its presence on the new kernel says nothing about the new kernel).
     max_base_share: float = 0.01
+    # Once the mechanism shows, a throughput drop measured on this many new-kernel hosts
+    # in comparable memory states corroborates it (at ``EvidencePolicy.corroborate_p``)
+    # and confirms the cohort. Without the mechanism a drop needs EvidencePolicy.min_hosts
+    # (3) because one or two hosts in the tail are a noisy neighbour or a failing disk as
+    # often as a kernel; here ``min_new_hosts`` hosts attempting costly compaction that
+    # no baseline host attempts have already said "the kernel", and the drop only has to
+    # show its cost. Two, not one: one host's throughput is its disk's and neighbours' as
+    # much as its kernel's. On a canary wave the first hosts to reach the baseline's
+    # memory state are few (2 of 6-7 canaries an hour after the loss is at half size on
+    # 3 of them, in the replays of benchmarks/detector_results.md).
+    corroborating_min_hosts: int = 2
 
     def shows(self, e: Optional["CostlyCompaction"]) -> bool:
         """Whether ``e`` is the new kernel's mechanism: enough new-kernel hosts attempt
