@@ -48,9 +48,9 @@ class MechanismPolicy:
     # workload of its own that asks costly orders; more, and the baseline does show it
     # and its presence on the new kernel says nothing about the new kernel).
     max_base_share: float = 0.01
-    # Once the mechanism shows, a throughput drop measured on this many new-kernel hosts
-    # in comparable memory states corroborates it (at ``EvidencePolicy.corroborate_p``)
-    # and confirms the cohort. Without the mechanism a drop needs EvidencePolicy.min_hosts
+    # Once the mechanism shows, a throughput drop measured on this many new-kernel hosts,
+    # each against its own time on the old kernel (``evidence.corroborating_throughput``),
+    # corroborates it (at ``EvidencePolicy.corroborate_p``) and confirms the cohort. Without the mechanism a drop needs EvidencePolicy.min_hosts
     # (3) because one or two hosts in the tail are a noisy neighbour or a failing disk as
     # often as a kernel; here ``min_new_hosts`` hosts attempting costly compaction that
     # no baseline host attempts have already said "the kernel", and the drop only has to

@@ -15,30 +15,10 @@ from foliowatch.detector.analysis import DetectorConfig, analyze
 from foliowatch.detector.before_after import BeforeAfterPolicy, before_after, before_buckets
 from foliowatch.detector.cohort import Comparison, MetricTest
 from foliowatch.detector.frames import LOG_FLOOR
-from test_detector_helpers import T0, fleet_frame
+from test_detector_helpers import T0, fleet_frame, with_probe
 
 REBOOT = 180           # minutes of old-kernel history before the canaries reboot
 AS_OF = REBOOT + 35    # 30 minutes into the new kernel: canaries' memory still fresh
-
-
-def _with_probe(df: pl.DataFrame, probe_factor: float, frag_penalty: float = 0.15,
-                seed: int = 1) -> pl.DataFrame:
-    """The write probe every 30 minutes per host (each host at its own minute): a host's
-    own speed, times (1 - frag_penalty x fragmentation) (a fresh host writes faster:
-    the reboot bonus), times ``probe_factor`` on the new kernel, with 5 % noise."""
-    rng = np.random.default_rng(seed)
-    hosts = df["host_id"].unique().sort()
-    speed = pl.DataFrame({"host_id": hosts, "speed": 900.0 * np.exp(rng.normal(0, 0.2, hosts.len())),
-                          "offset": np.arange(hosts.len()) % 30})
-    minute = ((pl.col("window_start") - T0).dt.total_minutes()).cast(pl.Int64)
-    noise = pl.Series("noise", np.exp(rng.normal(0, 0.05, df.height)))
-    return (df.join(speed, on="host_id").with_columns(noise)
-            .with_columns(pl.when((minute + pl.col("offset")) % 30 == 0)
-                          .then(pl.col("speed") * (1 - frag_penalty * pl.col("frag_unusable_1m"))
-                                * pl.when(pl.col("kernel") == "6.18.0").then(probe_factor).otherwise(1.0)
-                                * pl.col("noise"))
-                          .otherwise(None).alias("probe_mib_s"))
-            .drop("speed", "offset", "noise"))
 
 
 def _canaries(probe_factor: float, frag_penalty: float = 0.15) -> pl.DataFrame:
@@ -46,7 +26,7 @@ def _canaries(probe_factor: float, frag_penalty: float = 0.15) -> pl.DataFrame:
     # fragmentation 0.55-0.9, where the canaries arrive only hours after their reboot
     df = fleet_frame(n_hosts=200, minutes=AS_OF + 1, reboot_minute=REBOOT, canary_hosts=10,
                      fresh_share=0.0, seed=3)
-    return _with_probe(df, probe_factor, frag_penalty)
+    return with_probe(df, probe_factor, frag_penalty)
 
 
 def _flags(df: pl.DataFrame):

@@ -91,3 +91,23 @@ def test_fleet_frame_has_the_contract_columns():
     for c in (*WINDOW_COLUMNS, *COHORT_KEYS, "host_id", "uptime_s", *KEY_METRICS):
         assert c in df.columns
     assert df.height == 200
+
+
+def with_probe(df: pl.DataFrame, probe_factor: float, frag_penalty: float = 0.15,
+               seed: int = 1, new_kernel: str = "6.18.0") -> pl.DataFrame:
+    """The write probe every 30 minutes per host (each host at its own minute): a host's
+    own speed, times (1 - frag_penalty x fragmentation) (a fresh host writes faster:
+    the reboot bonus), times ``probe_factor`` on the new kernel, with 5 % noise."""
+    rng = np.random.default_rng(seed)
+    hosts = df["host_id"].unique().sort()
+    speed = pl.DataFrame({"host_id": hosts, "speed": 900.0 * np.exp(rng.normal(0, 0.2, hosts.len())),
+                          "offset": np.arange(hosts.len()) % 30})
+    minute = ((pl.col("window_start") - T0).dt.total_minutes()).cast(pl.Int64)
+    noise = pl.Series("noise", np.exp(rng.normal(0, 0.05, df.height)))
+    return (df.join(speed, on="host_id").with_columns(noise)
+            .with_columns(pl.when((minute + pl.col("offset")) % 30 == 0)
+                          .then(pl.col("speed") * (1 - frag_penalty * pl.col("frag_unusable_1m"))
+                                * pl.when(pl.col("kernel") == new_kernel).then(probe_factor).otherwise(1.0)
+                                * pl.col("noise"))
+                          .otherwise(None).alias("probe_mib_s"))
+            .drop("speed", "offset", "noise"))
