@@ -3,11 +3,11 @@ wait that is one C call.
 
 The sampling thread sleeps on it between ticks, once per interval for the agent's whole
 life. ``threading.Event.wait`` is Python: a ``Condition``, a new lock made, appended,
-acquired with the timeout and discarded on every call, which from cold caches cost the
-thread 127 us (3.11) / 155 us (3.9) per wait with its wake-up, against 60-85 us for one
-C call (benchmarks/agent_vs_node_exporter.md, "The wait between ticks"). Here the flag is
-a lock held while the flag is clear: ``wait`` is one ``acquire(timeout=)``, and ``set``
-releases it, so every waiter acquires it in turn and hands it on.
+acquired with the timeout and discarded on every call. Here the flag is a lock held
+while the flag is clear: ``wait`` is one ``acquire(True, timeout)``, and ``set`` releases
+it, so every waiter acquires it in turn and hands it on. From cold caches, with its
+wake-up: 70-75 us per wait against Event's 103-104 (3.11), 92-100 against 143-146 (3.9)
+(benchmarks/agent_vs_node_exporter.md, fourth session of 2026-12-03).
 
 ``set`` may be called from a signal handler (SIGTERM, SIGINT): the handler runs in the
 main thread, which an ``acquire`` with a timeout lets run (POSIX), and the ``acquire``
