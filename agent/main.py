@@ -25,6 +25,7 @@ import time
 import types
 
 from foliowatch.agent import config as agent_config
+from foliowatch.agent.stop import StopFlag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,8 +180,8 @@ def _one_malloc_arena() -> None:
         pass
 
 
-def _stop_event() -> threading.Event:
-    stop = threading.Event()
+def _stop_event() -> StopFlag:
+    stop = StopFlag()
 
     def handler(signum, frame):
         stop.set()

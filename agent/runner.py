@@ -33,6 +33,7 @@ from foliowatch.agent.producer import KafkaSender
 from foliowatch.agent.sampler import Sampler
 from foliowatch.agent.spool import Spool
 from foliowatch.agent.state import SPOOL_DIR, AgentState, resume
+from foliowatch.agent.stop import StopFlag
 
 log = logging.getLogger("foliowatch.agent")
 DRAIN_BATCH = 200
@@ -225,7 +226,7 @@ class Agent:
         wait_s = max(0.0, self.cfg.latency_budget_s - self.cfg.interval_s / 2)
         return max(0.0, since + wait_s - time.monotonic(), self.sender.retry_in())
 
-    def _deliver_loop(self, stop: threading.Event) -> None:
+    def _deliver_loop(self, stop: StopFlag) -> None:
         # Asleep until a send is due: woken by ``tick`` when a sample arrives in an empty
         # spool (the budget's clock starts) and by ``run`` at stop, else by its timeout.
         while not stop.is_set():
@@ -240,7 +241,9 @@ class Agent:
                 log.exception("delivery failed: %s", e)
                 self._wake.wait(1.0)   # a client bug must not become a busy loop
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: StopFlag) -> None:
+        """Sample every interval until ``stop`` is set (the sampling thread sleeps on it
+        between ticks: one C call, ``agent.stop``)."""
         deliverer = None
         if self.sender is not None:
             deliverer = threading.Thread(target=self._deliver_loop, args=(stop,),

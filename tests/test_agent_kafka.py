@@ -15,6 +15,7 @@ import pytest
 from foliowatch import schema
 from foliowatch.agent.config import AgentConfig
 from foliowatch.agent.runner import Agent
+from foliowatch.agent.stop import StopFlag
 from foliowatch.agent.spool import Spool
 from foliowatch.agent.state import AgentState, resume_seq
 from foliowatch.kafka_io import KafkaSettings
@@ -146,7 +147,7 @@ def test_samples_within_the_latency_budget_share_one_request(kafka, topic, tmp_p
                       kafka=KafkaSettings(bootstrap=[kafka.bootstrap]), topic=topic,
                       send_timeout_s=5.0, latency_budget_s=3.5)
     agent = Agent(cfg)
-    stop = threading.Event()
+    stop = StopFlag()
     arrivals = {}                                     # seq -> monotonic time it was sent
     real_send = agent.sender.send
 

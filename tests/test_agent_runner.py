@@ -12,6 +12,7 @@ from foliowatch import schema
 from foliowatch.agent.config import AgentConfig
 from foliowatch.agent.exporter import metrics
 from foliowatch.agent.runner import Agent
+from foliowatch.agent.stop import StopFlag
 from foliowatch.kafka_io import KafkaSettings
 from foliowatch.shell.services import free_port
 
@@ -25,7 +26,7 @@ def test_sampling_keeps_its_cadence_while_kafka_is_unreachable(tmp_path):
                       kafka=KafkaSettings(bootstrap=[f"127.0.0.1:{free_port()}"]),
                       send_timeout_s=4.0, retry_backoff_max_s=0.5, latency_budget_s=0.0)
     agent = Agent(cfg)
-    stop = threading.Event()
+    stop = StopFlag()
     loop = threading.Thread(target=agent.run, args=(stop,))
     loop.start()
     time.sleep(5.5)
