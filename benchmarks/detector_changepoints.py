@@ -6,6 +6,7 @@ and Apache Otava's e-divisive means with its t-test (window 50, max_pvalue 0.001
     .venv/bin/python benchmarks/detector_changepoints.py [--per-kind 8] [--out FILE]
     .venv/bin/python benchmarks/detector_changepoints.py --calibration 200
     .venv/bin/python benchmarks/detector_changepoints.py --timing 20 --compare-with /work/main
+    .venv/bin/python benchmarks/detector_changepoints.py --same-as 200 --compare-with /work/main
 
 ``--calibration SEEDS``: the default method alone, on SEEDS series of each kind with a
 known answer (the unit tests' kinds, many more seeds): the share of series with no
@@ -17,6 +18,9 @@ least-squares split, noise sd known, threshold simulated at the given p).
 ``--timing SEEDS --compare-with CHECKOUT``: run time per series of the default method
 beside the one in another checkout, alternately in one process, on the calibration's
 series (SEEDS of each kind) and the fleet series; reported as ratios.
+``--same-as SEEDS --compare-with CHECKOUT``: on the same series, whether the default
+method returns the other checkout's change points (for a change meant to make it faster,
+not different).
 
 Generated series (ground truth exact), ``--per-kind`` of each kind and length:
 - ``shifts``: 1-3 level shifts of 0.5, 1, 2 or 4 noise sd, Gaussian noise;
@@ -305,17 +309,70 @@ def _power_series(seeds: int):
             yield f"2 sd inside trend 10 sd + cycle 3 sd of period n/2, n={n}", x
 
 
-def timing(seeds: int, reference: str) -> List[str]:
-    """Run time per series of the default method and of the ``LevelShifts`` in
-    ``reference``/detector/changepoint.py (another checkout), alternately on the same
-    series in this one process (the calibration's series and the fleet series), so
-    the machine's load falls on both alike."""
+def _reference_module(reference: str):
+    """``reference``/detector/changepoint.py (another checkout), imported on its own."""
     import importlib.util
     spec = importlib.util.spec_from_file_location(
         "reference_changepoint", str(Path(reference) / "detector" / "changepoint.py"))
     ref = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = ref            # dataclasses look their module up there
     spec.loader.exec_module(ref)
+    return ref
+
+
+def _timing_series(seeds: int):
+    """(kind, series): the calibration's series (SEEDS of each kind) and the fleet
+    series, whole and in the 6 h lookbacks ``analyze`` runs the method on."""
+    for s in range(seeds):
+        yield from null_kinds(np.random.default_rng(50_000 + s)).items()
+    yield from _power_series(seeds)
+    for x, _truth in fleet_series():
+        yield "fleet load-shift, whole series (2,401-2,402 points)", x
+        # what analyze runs it on: the 6 h lookback (360 one-minute windows)
+        for end in range(360, len(x) + 1, 360):
+            yield "fleet load-shift, 6 h lookbacks (360 points, as analyze)", x[end - 360:end]
+
+
+def same_as(seeds: int, reference: str) -> List[str]:
+    """Whether the default method returns the change points of the ``LevelShifts`` in
+    another checkout, on the series of ``--timing`` (as ``analyze`` runs it too on the
+    fleet's): per kind, how many series differ in where they put a change point, and
+    the largest relative difference of a p-value or a level where they agree (a
+    faster computation of the same method rounds differently)."""
+    from foliowatch.detector.analysis import DetectorConfig
+    ref = _reference_module(reference)
+    c = DetectorConfig()
+    default = (LevelShifts(), ref.LevelShifts())
+    as_analyze = (LevelShifts(c.cp_max_pvalue, c.cp_min_size, min_shift=c.cp_min_shift),
+                  ref.LevelShifts(c.cp_max_pvalue, c.cp_min_size, min_shift=c.cp_min_shift))
+    count: Dict[str, int] = {}
+    differ: Dict[str, int] = {}
+    worst: Dict[str, float] = {}
+    for kind, x in _timing_series(seeds):
+        count[kind] = count.get(kind, 0) + 1
+        differ.setdefault(kind, 0)
+        worst.setdefault(kind, 0.0)
+        for this, other in [default, as_analyze] if kind.startswith("fleet") else [default]:
+            a, b = this.fit_predict(x), other.fit_predict(x)
+            if [cp.index for cp in a] != [cp.index for cp in b]:
+                differ[kind] += 1
+                continue
+            for u, v in zip(a, b):
+                for p, q in ((u.p_value, v.p_value), (u.mean_before, v.mean_before),
+                             (u.mean_after, v.mean_after)):
+                    worst[kind] = max(worst[kind], abs(p - q) / max(abs(p), abs(q), 1e-300))
+    rows = ["| series | runs whose change points differ | largest relative difference of p or level |",
+            "|---|---|---|"]
+    rows += [f"| {kind} ({count[kind]}) | {differ[kind]} | {worst[kind]:.1e} |" for kind in count]
+    return rows
+
+
+def timing(seeds: int, reference: str) -> List[str]:
+    """Run time per series of the default method and of the ``LevelShifts`` in
+    ``reference``/detector/changepoint.py (another checkout), alternately on the same
+    series in this one process (the calibration's series and the fleet series), so
+    the machine's load falls on both alike."""
+    ref = _reference_module(reference)
     methods = {"this": LevelShifts(), "reference": ref.LevelShifts()}
     spent: Dict[str, Dict[str, float]] = {}
     count: Dict[str, int] = {}
@@ -328,16 +385,8 @@ def timing(seeds: int, reference: str) -> List[str]:
             spent.setdefault(kind, {}).setdefault(name, 0.0)
             spent[kind][name] += time.perf_counter() - t0
 
-    for s in range(seeds):
-        for kind, x in null_kinds(np.random.default_rng(50_000 + s)).items():
-            run(kind, x)
-    for kind, x in _power_series(seeds):
+    for kind, x in _timing_series(seeds):
         run(kind, x)
-    for x, _truth in fleet_series():
-        run("fleet load-shift, whole series (2,401-2,402 points)", x)
-        # what analyze runs it on: the 6 h lookback (360 one-minute windows)
-        for end in range(360, len(x) + 1, 360):
-            run("fleet load-shift, 6 h lookbacks (360 points, as analyze)", x[end - 360:end])
     rows = ["| series | ms per series, this | ms per series, reference | ratio |", "|---|---|---|---|"]
     total = {"this": 0.0, "reference": 0.0}
     for kind, t in spent.items():
@@ -363,11 +412,14 @@ def main(argv=None) -> int:
                    help="run time per series beside --compare-with's method, SEEDS of each kind")
     p.add_argument("--compare-with", default=None, metavar="CHECKOUT",
                    help="another checkout of the repository (e.g. /work/main) for --timing")
+    p.add_argument("--same-as", type=int, default=0, metavar="SEEDS",
+                   help="whether the change points are --compare-with's, on --timing's series")
     args = p.parse_args(argv)
-    if args.timing:
+    if args.timing or args.same_as:
         if not args.compare_with:
-            p.error("--timing needs --compare-with CHECKOUT (e.g. --compare-with /work/main)")
-        text = "\n".join(timing(args.timing, args.compare_with))
+            p.error("--timing and --same-as need --compare-with CHECKOUT (e.g. --compare-with /work/main)")
+        text = "\n".join(timing(args.timing, args.compare_with) if args.timing
+                         else same_as(args.same_as, args.compare_with))
         print(text)
         if args.out:
             Path(args.out).write_text(text + "\n")

@@ -79,6 +79,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from scipy.special import ndtr, ndtri, stdtr
 
 from foliowatch.errors import InputError
@@ -179,17 +180,16 @@ class Pelt:
         F = np.full(n + 1, np.inf)
         F[0] = -pen
         last = np.zeros(n + 1, dtype=np.int64)
-        R = np.zeros(0, dtype=np.int64)
-        for t in range(m, n + 1):
-            s_new = t - m
-            if s_new == 0 or s_new >= m:
-                R = np.append(R, s_new)
-            cost = F[R] + self.cost.errors(R, t)
-            k = int(np.argmin(cost))
-            F[t] = cost[k] + pen
-            last[t] = R[k]
-            # a start that cannot beat the optimum now never will (costs add up)
-            R = R[cost <= F[t]]
+        R = np.zeros(0, dtype=np.int64)         # the starts in play
+        # A segment ending at t starts at t - m or before, where F is known: the costs
+        # of m consecutive ends are computed together, with one array operation each.
+        for first in range(m, n + 1, m):
+            ends = np.arange(first, min(first + m, n + 1))
+            new = ends - m
+            R = np.concatenate([R, new[(new == 0) | (new >= m)]])
+            costs = F[R] + self.cost.errors(R[None, :], ends[:, None])
+            opened = R[None, :] <= (ends - m)[:, None]
+            R = R[self._choose(costs, opened, ends, R, F, last, pen)]
         out = []
         t = n
         while t > 0:
@@ -197,6 +197,33 @@ class Pelt:
             if t > 0:
                 out.append(t)
         return sorted(out)
+
+    @staticmethod
+    def _choose(costs: np.ndarray, opened: np.ndarray, ends: np.ndarray, R: np.ndarray,
+                F: np.ndarray, last: np.ndarray, pen: float) -> np.ndarray:
+        """The optimum at each of ``ends`` (rows of ``costs`` over the starts ``R``,
+        ``opened``: the starts open to each end), written to F and last, and which
+        starts stay in play: exactly as one end at a time. A start that cannot beat
+        the optimum at an end never will (costs add up) and is pruned from then on;
+        the optima of all ends are first taken with the starts pruned inside this
+        block still in, which changes nothing unless one of them wins an end after its
+        pruning: then end by end."""
+        rows = np.arange(ends.size)
+        k = np.where(opened, costs, np.inf).argmin(axis=1)
+        best = costs[rows, k] + pen
+        pruned = opened & ~(costs <= best[:, None])
+        before = np.logical_or.accumulate(pruned, axis=0)
+        if not before[rows[:-1], k[1:]].any():
+            F[ends], last[ends] = best, R[k]
+            return ~before[-1]
+        alive = np.ones(R.size, dtype=bool)
+        for t, cost, in_play in zip(ends, costs, opened):
+            in_play = in_play & alive
+            j = int(np.where(in_play, cost, np.inf).argmin())
+            F[t] = cost[j] + pen
+            last[t] = R[j]
+            alive &= ~in_play | (cost <= F[t])
+        return alive
 
 
 # --- noise scale and tests ---------------------------------------------------------
@@ -211,11 +238,7 @@ def noise_scale(x: np.ndarray, max_rho: float = 0.98) -> Tuple[float, float]:
     n = x.size
     K = int(np.clip(n // 8, 2, 40))
     lags = np.arange(1, K + 1)
-    v = np.empty(K)
-    for i, k in enumerate(lags):
-        d = x[k:] - x[:-k]
-        med = np.median(d)
-        v[i] = (1.4826 * np.median(np.abs(d - med))) ** 2 / 2.0
+    v = (1.4826 * _lag_difference_mads(x, lags)) ** 2 / 2.0
     if not np.isfinite(v).all() or v[0] <= 0:
         sd = float(np.std(x))
         return (sd if sd > 0 else 0.0), 0.0
@@ -263,21 +286,78 @@ class NoiseScale:
         return float(-ndtri(tail)) if tail > 0 else abs(z)
 
 
+def _lag_difference_mads(x: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """The MAD of the lag-k differences ``x[k:] - x[:-k]`` for every k in ``lags``
+    (not yet scaled to an sd): the same numbers as ``np.median`` lag by lag (NaN
+    included), with one sort per median over rows instead of a median per lag. The lags
+    whose differences have one parity of length share a row width, each row padded with
+    as many -inf before its differences as +inf after them, which leaves its median
+    (one middle value, or the mean of two) in the middle of the row for all of them."""
+    n = x.size
+    mads = np.empty(lags.size)
+    for parity in (0, 1):
+        group = (lags % 2) == parity
+        ks = lags[group]
+        if not ks.size:
+            continue
+        width = n - parity                  # n - k differences and k - parity pads
+        pads = (ks - parity) // 2           # on each side
+        col = np.arange(width)[None, :]
+        before, after = col < pads[:, None], col >= width - pads[:, None]
+        d = np.full((ks.size, width), np.inf)
+        d[before] = -np.inf
+        for row, k in enumerate(ks):
+            np.subtract(x[k:], x[:-k], out=d[row, pads[row]:width - pads[row]])
+        with np.errstate(invalid="ignore"):     # an infinite x: as np.median would
+            med = _middle(np.sort(d, axis=1))
+            dev = np.where(before, -np.inf, np.where(after, np.inf, np.abs(d - med[:, None])))
+            mads[group] = _middle(np.sort(dev, axis=1))
+    return mads
+
+
+def _middle(rows: np.ndarray) -> np.ndarray:
+    """The median of each sorted row, as ``np.median`` gives it (NaN, sorted last,
+    if the row has one)."""
+    w = rows.shape[1]
+    mid = rows[:, w // 2] if w % 2 else (rows[:, w // 2 - 1] + rows[:, w // 2]) / 2.0
+    return np.where(np.isnan(rows[:, -1]), np.nan, mid)
+
+
+# points of the variogram fit's grid of rho in [0, cap] (steps of 0.01 at the usual cap
+# 0.98), as the method has always searched it
+_VARIOGRAM_RHOS = 99
+
+
 def _fit_variogram(v: np.ndarray, lags: np.ndarray, cap: float, drift: np.ndarray
                    ) -> Tuple[float, float, float]:
     """(squared error, rho, gamma0) of gamma0 (1 - rho^k) + beta ``drift`` fitted to the
-    variogram ``v`` by least squares, over a grid of rho in [0, cap], beta >= 0."""
-    best = (np.inf, 0.0, float(v[0]))
-    for rho in np.linspace(0.0, cap, 99):
-        shape = 1.0 - rho ** lags
-        A = np.column_stack([shape, drift])
-        coef, *_ = np.linalg.lstsq(A, v, rcond=None)
-        if coef[1] < 0 or coef[0] <= 0:
-            coef = np.array([float(shape @ v / (shape @ shape)), 0.0])
-        err = float(np.sum((v - A @ coef) ** 2))
-        if err < best[0]:
-            best = (err, float(rho), float(coef[0]))
-    return best
+    variogram ``v`` by least squares, over a grid of rho in [0, cap], beta >= 0 (where
+    beta comes out negative, or gamma0 not positive: gamma0 alone). All rhos of the
+    grid at once: ``drift`` is the same column for all, so it is projected out of ``v``
+    and of each shape once (Gram-Schmidt on two columns, as least squares by QR does;
+    the normal equations would square the condition that the k^2 column worsens)."""
+    rhos = np.linspace(0.0, cap, _VARIOGRAM_RHOS)
+    shape = 1.0 - rhos[:, None] ** lags[None, :]                 # one row per rho
+    alone = (shape @ v) / np.einsum("rk,rk->r", shape, shape)   # gamma0 with beta 0
+    gamma0, beta = alone, np.zeros_like(alone)
+    drift_norm2 = float(drift @ drift)
+    if drift_norm2 > 0:
+        unit = drift / np.sqrt(drift_norm2)
+        v_rest = v - unit * float(unit @ v)
+        along = shape @ unit
+        shape_rest = shape - along[:, None] * unit[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = (shape_rest @ v_rest) / np.einsum("rk,rk->r", shape_rest, shape_rest)
+            b = (float(unit @ v) - g * along) / np.sqrt(drift_norm2)
+        both = (b >= 0) & (g > 0)
+        gamma0, beta = np.where(both, g, alone), np.where(both, b, 0.0)
+    resid = v[None, :] - gamma0[:, None] * shape - beta[:, None] * drift[None, :]
+    err = np.einsum("rk,rk->r", resid, resid)
+    err[np.isnan(err)] = np.inf
+    k = int(np.argmin(err))             # the first of equals, as a scan with "<" keeps
+    if not np.isfinite(err[k]):
+        return np.inf, 0.0, float(v[0])
+    return float(err[k]), float(rhos[k]), float(gamma0[k])
 
 
 def max_bridge_pvalue(c, t0, m) -> np.ndarray:
@@ -378,13 +458,22 @@ class Baseline:
 
 def _smooth_columns(n: int, period: float, harmonics: int) -> List[np.ndarray]:
     """A centred line and ``harmonics`` cosine/sine pairs of ``period`` points."""
+    return list(_smooth_design(n, np.array([period]), harmonics)[0])
+
+
+def _smooth_design(n: int, periods: np.ndarray, harmonics: int) -> np.ndarray:
+    """The columns of ``_smooth_columns`` for each of ``periods`` at once: an array
+    (period, column, point)."""
     t = np.arange(n, dtype=np.float64)
-    out = [(t - (n - 1) / 2.0) / n]
+    out = np.empty((periods.size, 1 + 2 * harmonics, n))
+    out[:, 0] = (t - (n - 1) / 2.0) / n
     if harmonics:
-        unit = np.exp(2j * np.pi * t / period)
+        angle = 2.0 * np.pi * t[None, :] / periods[:, None]
+        unit = np.empty(angle.shape, dtype=np.complex128)
+        unit.real, unit.imag = np.cos(angle), np.sin(angle)
         wave = unit
-        for _h in range(harmonics):
-            out += [wave.real, wave.imag]
+        for h in range(harmonics):
+            out[:, 1 + 2 * h], out[:, 2 + 2 * h] = wave.real, wave.imag
             wave = wave * unit
     return out
 
@@ -428,10 +517,19 @@ class SmoothBaseline:
         rest = _less_segment_means(x, starts)
         base_rss = float(rest @ rest)
 
-        def normal(period: float, harmonics: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-            C = np.column_stack(_smooth_columns(n, period, harmonics))
-            Cr = _less_segment_means(C, starts)
-            return C, Cr.T @ Cr, Cr.T @ rest
+        lengths = np.diff(np.r_[starts, n])
+
+        def normal(periods: Sequence[float], harmonics: int
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """(columns, Gram matrices, products with ``rest``) of the smooth model at
+            each of ``periods`` less its segment means, stacked: one call for a grid of
+            periods. Less the means, the Gram matrix is C C' less each segment's sums'
+            outer product over its length, and the products with ``rest`` (whose
+            segment means are zero) are C rest: the columns are not centred one by one."""
+            C = _smooth_design(n, np.asarray(periods, dtype=np.float64), harmonics)
+            sums = np.add.reduceat(C, starts, axis=-1)
+            G = C @ C.transpose(0, 2, 1) - (sums / lengths) @ sums.transpose(0, 2, 1)
+            return C, G, C @ rest
 
         def rss(G: np.ndarray, g: np.ndarray, k: int) -> Tuple[float, np.ndarray]:
             """Residual sum of squares and coefficients of the first k columns."""
@@ -441,28 +539,59 @@ class SmoothBaseline:
                 coef = np.linalg.lstsq(G[:k, :k], g[:k], rcond=None)[0]
             return max(base_rss - float(g[:k] @ coef), 0.0), coef
 
-        def err_at(period: float, harmonics: int) -> float:
-            _C, G, g = normal(period, harmonics)
-            return rss(G, g, 1 + 2 * harmonics)[0]
+        def nested_rss(G: np.ndarray, g: np.ndarray) -> np.ndarray:
+            """The residual sum of squares of the first k columns, for every k, from
+            one Cholesky factor L of G: the first k rows of L are the factor of the
+            first k columns, and what those explain is the sum of the first k squares
+            of L^-1 g."""
+            try:
+                w = solve_triangular(np.linalg.cholesky(G), g, lower=True)
+            except np.linalg.LinAlgError:
+                return np.array([rss(G, g, k)[0] for k in range(1, g.size + 1)])
+            return np.maximum(base_rss - np.cumsum(w * w), 0.0)
+
+        # each period's model as evaluated, (columns, Gram matrix, products with
+        # ``rest``): the period chosen is not fitted again
+        models: Dict[float, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+        def errs_at(periods: Sequence[float], harmonics: int) -> np.ndarray:
+            """The residual sum of squares at each of ``periods`` (one batched solve)."""
+            C, G, g = normal(periods, harmonics)
+            models.update((float(p), (C[i], G[i], g[i])) for i, p in enumerate(periods))
+            try:
+                coef = np.linalg.solve(G, g[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:       # a singular one: each on its own
+                return np.array([rss(G[i], g[i], G.shape[1])[0] for i in range(len(G))])
+            return np.maximum(base_rss - np.einsum("pk,pk->p", g, coef), 0.0)
 
         best_crit, best = base_rss, Baseline(np.zeros(n), 0.0, 0, 0, base_rss)
-        C, G, g = normal(1.0, 0)
-        err, coef = rss(G, g, 1)
+        C, G, g = normal([1.0], 0)
+        err, coef = rss(G[0], g[0], 1)
         if err + price < best_crit:
-            best_crit, best = err + price, Baseline(C @ coef, 0.0, 0, 1, err)
-        for peak in ([near] if near else self._periods(rest)):
-            top = max(1, min(self.max_harmonics, int(peak / (self.min_period / 2.0))))
+            best_crit, best = err + price, Baseline(coef @ C[0], 0.0, 0, 1, err)
+        peaks = [near] if near else self._periods(rest)
+        tops = [max(1, min(self.max_harmonics, int(peak / (self.min_period / 2.0))))
+                for peak in peaks]
+        far = [False] * len(peaks)
+        if peaks and not near:
+            # a peak far from paying for one harmonic is not refined (the peaks in one
+            # call, each with its own number of harmonics)
+            _C, G, g = normal(peaks, max(tops))
+            far = [base_rss - rss(G[i], g[i], 1 + 2 * top)[0] < 1.5 * price
+                   for i, top in enumerate(tops)]
+        for peak, top, skip in zip(peaks, tops, far):
+            if skip:
+                continue
+            models.clear()
             # the periodogram's peak is biased by the steps and the other harmonics:
             # refined on the full model, within +-12% and then +-3%, then at the vertex
             # of a parabola through the best and its neighbours (a large cycle needs its
             # period to a fraction of a percent, or a step stands in for its drifting
             # phase)
             period = peak
-            if not near and base_rss - err_at(peak, top) < 1.5 * price:
-                continue            # far from paying for one harmonic: not refined
             for width in ((0.03,) if near else (0.12, 0.03)):
                 grid = period * (1.0 + np.linspace(-width, width, 7))
-                errs = np.array([err_at(p, top) for p in grid])
+                errs = errs_at(grid, top)
                 k = int(np.argmin(errs))
                 period = float(grid[k])
             step, e1 = float(grid[1] - grid[0]), float(errs[k])
@@ -471,21 +600,25 @@ class SmoothBaseline:
                 curve = e0 - 2.0 * e1 + e2
                 if not (np.isfinite(curve) and curve > 0):
                     break
-                vertex = period + 0.5 * (e0 - e2) / curve * step
-                ev = err_at(vertex, top)
+                vertex = float(period + 0.5 * (e0 - e2) / curve * step)
+                ev = float(errs_at([vertex], top)[0])
                 if ev < e1:
-                    period, e1 = float(vertex), ev
+                    period, e1 = vertex, ev
                 # a sharp minimum is not a parabola over the whole grid step: again,
                 # four times closer
                 step /= 4.0
-                e0, e2 = err_at(period - step, top), err_at(period + step, top)
-            C, G, g = normal(period, top)
+                e0, e2 = errs_at([period - step, period + step], top)
+            C, G, g = models[period]
+            errs = nested_rss(G, g)
+            chosen = 0
             for h in range(1, top + 1):
-                err, coef = rss(G, g, 1 + 2 * h)
-                crit = err + price * (1 + 2 * h)
+                crit = errs[2 * h] + price * (1 + 2 * h)
                 if crit < best_crit:
-                    best_crit = crit
-                    best = Baseline(C[:, :1 + 2 * h] @ coef, period, h, 1 + 2 * h, err)
+                    best_crit, chosen = crit, h
+            if chosen:
+                k = 1 + 2 * chosen
+                _err, coef = rss(G, g, k)
+                best = Baseline(coef @ C[:k], period, chosen, k, float(errs[k - 1]))
         return best
 
     @staticmethod
@@ -555,11 +688,11 @@ class SmoothBaseline:
 
 
 def _less_segment_means(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """``v`` (a vector or the columns of a matrix) less its mean over each segment
-    beginning at ``starts``."""
-    lengths = np.diff(np.r_[starts, v.shape[0]])
-    means = np.add.reduceat(v, starts, axis=0) / (lengths if v.ndim == 1 else lengths[:, None])
-    return v - np.repeat(means, lengths, axis=0)
+    """``v`` (a vector, or an array of them along its last axis) less its mean over
+    each segment beginning at ``starts``."""
+    lengths = np.diff(np.r_[starts, v.shape[-1]])
+    means = np.add.reduceat(v, starts, axis=-1) / lengths
+    return v - np.repeat(means, lengths, axis=-1)
 
 
 def _step_columns(n: int, steps: Sequence[int]) -> np.ndarray:
@@ -585,9 +718,10 @@ class LevelShifts:
 
     Cost: O(n) per point searched while PELT prunes (change points present), up to
     O(n^2) elementary operations on a series without any; where a smooth baseline pays,
-    PELT runs two or three times and the baseline is fitted a few dozen times (k x k
-    least squares after projecting out the steps). Side by side with the method without
-    a baseline (``--timing`` in the benchmark): see the results.
+    PELT runs two or three times and the baseline is fitted about ten times, each fit a
+    few dozen k x k least-squares problems (the steps enter through their segment sums,
+    a grid of periods is one batched solve). Side by side with the method without a
+    baseline (``--timing`` in the benchmark): see the results.
     """
 
     def __init__(self, max_pvalue: float = 0.001, min_size: int = 5, min_shift: float = 0.0,
@@ -785,11 +919,15 @@ class LevelShifts:
     @staticmethod
     def _eliminate(x: np.ndarray, cand: List[int], margin) -> List[int]:
         """Remove the candidate with the most negative ``margin(a, t, b)`` (t between
-        its neighbours a and b) until none is negative."""
+        its neighbours a and b) until none is negative. A removal changes only its
+        neighbours' margins: the others are kept from the round before."""
+        margins: Dict[Tuple[int, int, int], float] = {}
         while cand:
             bounds = [0] + cand + [x.size]
-            scores = [margin(bounds[i - 1], bounds[i], bounds[i + 1])
-                      for i in range(1, len(bounds) - 1)]
+            for abc in zip(bounds, bounds[1:], bounds[2:]):
+                if abc not in margins:
+                    margins[abc] = margin(*abc)
+            scores = [margins[abc] for abc in zip(bounds, bounds[1:], bounds[2:])]
             worst = int(np.argmin(scores))
             if scores[worst] >= 0:
                 break

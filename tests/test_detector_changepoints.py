@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from foliowatch.detector import changepoint
 from foliowatch.detector.changepoint import (CostL2, CostLinear, LevelShifts, Pelt,
                                              SmoothBaseline, max_bridge_pvalue, noise_scale)
 from foliowatch.errors import InputError
@@ -288,3 +289,83 @@ def test_a_step_beside_a_cycle_reports_the_p_of_its_weakest_test():
     cps = LevelShifts().fit_predict(x)
     assert [cp.index for cp in cps] == [246]
     assert 1e-4 < cps[0].p_value <= 0.001, cps
+
+
+# --- the fast paths give the straightforward computation's answers ------------------
+
+def _pelt_one_end_at_a_time(cost, x, pen, m):
+    """PELT as written in the paper: one end at a time, pruning after each."""
+    n = x.size
+    cost.fit(x)
+    F = np.full(n + 1, np.inf)
+    F[0] = -pen
+    last = np.zeros(n + 1, dtype=int)
+    R = np.zeros(0, dtype=int)
+    for t in range(m, n + 1):
+        if t - m == 0 or t - m >= m:
+            R = np.append(R, t - m)
+        c = F[R] + cost.errors(R, t)
+        k = int(np.argmin(c))
+        F[t], last[t] = c[k] + pen, R[k]
+        R = R[c <= F[t]]
+    out, t = [], n
+    while t > 0:
+        t = int(last[t])
+        if t > 0:
+            out.append(t)
+    return sorted(out)
+
+
+def test_pelt_gives_the_segmentation_of_one_end_at_a_time():
+    # Heavy tails (t with 1.2 df): a start pruned at one end of a block of min_size
+    # ends wins a later end of the same block in about 6% of blocks, which the
+    # blockwise search must hand to its end-by-end path.
+    rng = np.random.default_rng(12)
+    for i in range(30):
+        x = rng.standard_t(1.2, int(rng.integers(20, 150)))
+        for cost in (CostL2, CostLinear):
+            for m in (3, 5):
+                for pen in (0.5, 2.0, 8.0):
+                    assert (Pelt(cost(), m).fit(x).predict(pen)
+                            == _pelt_one_end_at_a_time(cost(), x, pen, max(m, cost.min_size))), (i, m, pen)
+
+
+def test_the_noise_scale_takes_a_median_and_a_least_squares_fit_per_lag_and_rho():
+    rng = np.random.default_rng(13)
+    for n in (20, 63, 64, 65, 200, 361):
+        x = np.round(rng.normal(0, 1, n), 1)        # ties, as in quantised telemetry
+        K = int(np.clip(n // 8, 2, 40))
+        lags = np.arange(1, K + 1)
+        mads = [np.median(np.abs(x[k:] - x[:-k] - np.median(x[k:] - x[:-k]))) for k in lags]
+        assert np.array_equal(changepoint._lag_difference_mads(x, lags), mads), n
+        v = (1.4826 * np.asarray(mads)) ** 2 / 2.0
+        drift = (lags * lags).astype(float) if K >= 8 else np.zeros(K)
+        cap = 0.9 if K >= 8 else 0.0
+        best = (np.inf, 0.0, 0.0)
+        for rho in np.linspace(0.0, cap, 99):
+            A = np.column_stack([1.0 - rho ** lags, drift])
+            coef = np.linalg.lstsq(A, v, rcond=None)[0]
+            if coef[1] < 0 or coef[0] <= 0:
+                coef = np.array([float(A[:, 0] @ v / (A[:, 0] @ A[:, 0])), 0.0])
+            err = float(np.sum((v - A @ coef) ** 2))
+            if err < best[0]:
+                best = (err, float(rho), float(coef[0]))
+        err, rho, g0 = changepoint._fit_variogram(v, lags, cap, drift)
+        assert rho == best[1] and g0 == pytest.approx(best[2], rel=1e-9), n
+
+
+def test_the_baseline_is_the_least_squares_fit_beside_its_steps():
+    # the normal equations are formed without the steps' columns (their segment sums
+    # instead): the residual sum of squares is that of least squares on all columns
+    rng = np.random.default_rng(14)
+    n = 400
+    t = np.arange(n)
+    x = 3 * np.sin(2 * np.pi * t / 130) + np.where(t >= 170, 2.0, 0.0) + rng.normal(0, 1, n)
+    steps = [170, 300]
+    fit = SmoothBaseline().fit(x, 1.0, steps)
+    assert fit.harmonics >= 1
+    A = np.column_stack([changepoint._step_columns(n, steps)] + fit.columns())
+    coef = np.linalg.lstsq(A, x, rcond=None)[0]
+    assert fit.rss == pytest.approx(float(np.sum((x - A @ coef) ** 2)), rel=1e-9)
+    smooth = np.column_stack(fit.columns()) @ coef[len(steps) + 1:]
+    assert np.allclose(fit.values, smooth, atol=1e-8)
