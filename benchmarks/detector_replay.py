@@ -409,7 +409,7 @@ def costless(args) -> List[str]:
             "|---|---|---|---|---|---|---|"]
     false_conf, cohort_evals = 0, 0
     details = []
-    for k in range(args.seeds):
+    for k in range(args.from_run, args.seeds):
         seed = args.seed0 + k
         sc = load_scenario("seed-iomap-arm64-xfs", interval_s=60, seed=seed, hours=10 + 16 + 0.5)
         sc.physics = Physics.random(seed) if k else None
@@ -445,7 +445,7 @@ def costless(args) -> List[str]:
                            f"{(d['confirmed_at'] - first).total_seconds() / 60:.0f} min after the first "
                            f"canary: {r.metric} ({r.statistic}) x{r.effect:.3f}; " + "; ".join(r.reasons))
             print(details[-1], flush=True)
-    rows += ["", f"- {false_conf} false confirmations in {args.seeds} runs "
+    rows += ["", f"- {false_conf} false confirmations in {args.seeds - args.from_run} runs "
              f"({cohort_evals} cohort evaluations)"]
     return rows + details
 
@@ -586,6 +586,9 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=int, default=None, help="simulated minutes between evaluations")
     p.add_argument("--seeds", type=int, default=10, help="speed, costless: seeds")
     p.add_argument("--seed0", type=int, default=300)
+    p.add_argument("--from-run", type=int, default=0,
+                   help="costless: begin at this run of the --seeds (run 0: the default physics); "
+                        "splits a series between processes")
     p.add_argument("--tracepoints", action="store_true",
                    help="speed: the hosts run the tracepoint collector (the detector sees the "
                         "mechanism evidence); without it, only the vmstat/PSI/write metrics")

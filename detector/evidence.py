@@ -37,10 +37,8 @@ class EvidencePolicy:
     confirm_min_hosts: int = 3
     confirm_min_windows: int = 15
     # a mechanism metric corroborates a significant throughput drop on the same cohort
-    # when it is worse at this nominal one-sided level; the other way round, a
-    # throughput drop at this level corroborates the tracepoints' mechanism evidence
-    # (one pre-specified question, "does the mechanism cost writes?", not one of the
-    # run's family of tests; ``MechanismPolicy.corroborating_min_hosts``)
+    # when it is worse at this nominal one-sided level (the other way round, a drop
+    # corroborating the tracepoints' mechanism evidence: MechanismPolicy.corroborating_p)
     corroborate_p: float = 0.01
     # Compaction or reclaim worse with throughput unchanged raises a suspicion only when
     # it is worse by at least this much (ratio 1.5x; bad-interval share +0.25). These
@@ -184,9 +182,9 @@ def costly_test(e: CostlyCompaction) -> MetricTest:
 
 def corroborating_throughput(c: Comparison, policy: EvidencePolicy) -> List[MetricTest]:
     """Throughput tests that corroborate the mechanism evidence, most significant first:
-    each host's own before and after (``OWN_BEFORE_AFTER``), worse at ``corroborate_p``
-    nominal, by at least the smallest effect worth an alert, on at least
-    ``MechanismPolicy.corroborating_min_hosts`` new-kernel hosts. Not the comparisons
+    each host's own before and after (``OWN_BEFORE_AFTER``), worse at
+    ``MechanismPolicy.corroborating_p`` nominal, by at least the smallest effect worth
+    an alert, on at least ``MechanismPolicy.corroborating_min_hosts`` new-kernel hosts. Not the comparisons
     between hosts: two or three new-kernel hosts against the baseline are a draw from
     the fleet's host-to-host spread, and with heavy-tailed hosts that draw alone gives
     0.66x writes at p 0.005 on 3 canaries of a kernel without any cost
@@ -195,7 +193,7 @@ def corroborating_throughput(c: Comparison, policy: EvidencePolicy) -> List[Metr
     floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
     return sorted((t for t in c.tests if t.metric in THROUGHPUT_METRICS
                    and t.statistic in OWN_BEFORE_AFTER
-                   and t.p_value <= policy.corroborate_p
+                   and t.p_value <= policy.mechanism.corroborating_p
                    and t.n_new >= policy.mechanism.corroborating_min_hosts
                    and t.worse_by() >= floor[t.effect_kind]), key=lambda t: t.p_value)
 
@@ -213,7 +211,7 @@ def _mechanism_first(c: Comparison, policy: EvidencePolicy, hosts_in_group: int)
     reasons = [c.costly_compaction.reason(),
                f"{primary.metric} ({primary.statistic}) worse at p {primary.p_value:.1g} on "
                f"{primary.n_new} new-kernel hosts over {c.windows} windows, corroborating "
-               f"the mechanism (p <= {policy.corroborate_p:g} on at least "
+               f"the mechanism (p <= {policy.mechanism.corroborating_p:g} on at least "
                f"{policy.mechanism.corroborating_min_hosts} hosts)"]
     return Judgement(c, "confirmed", [primary, costly_test(c.costly_compaction)], primary,
                      eff * max(hosts_in_group, c.n_new + c.n_base), reasons, True)
@@ -229,7 +227,7 @@ def _mechanism_alone(c: Comparison, policy: EvidencePolicy, hosts_in_group: int)
     t = costly_test(e)
     reasons = [e.reason() + "; suspected on the mechanism alone",
                "no throughput effect is significant yet, nor worse at p <= "
-               f"{policy.corroborate_p:g} on {policy.mechanism.corroborating_min_hosts} or more "
+               f"{policy.mechanism.corroborating_p:g} on {policy.mechanism.corroborating_min_hosts} or more "
                "hosts; confirmation needs it"]
     impact = policy.min_ratio_effect * max(hosts_in_group, c.n_new + c.n_base)
     return Judgement(c, "suspected", [t], t, impact, reasons, True)

@@ -50,15 +50,22 @@ class MechanismPolicy:
     max_base_share: float = 0.01
     # Once the mechanism shows, a throughput drop measured on this many new-kernel hosts,
     # each against its own time on the old kernel (``evidence.corroborating_throughput``),
-    # corroborates it (at ``EvidencePolicy.corroborate_p``) and confirms the cohort. Without the mechanism a drop needs EvidencePolicy.min_hosts
-    # (3) because one or two hosts in the tail are a noisy neighbour or a failing disk as
-    # often as a kernel; here ``min_new_hosts`` hosts attempting costly compaction that
-    # no baseline host attempts have already said "the kernel", and the drop only has to
-    # show its cost. Two, not one: one host's throughput is its disk's and neighbours' as
-    # much as its kernel's. On a canary wave the first hosts to reach the baseline's
-    # memory state are few (2 of 6-7 canaries an hour after the loss is at half size on
-    # 3 of them, in the replays of benchmarks/detector_results.md).
+    # corroborates it and confirms the cohort. Without the mechanism a drop needs
+    # EvidencePolicy.min_hosts (3) because one or two hosts in the tail are a noisy
+    # neighbour or a failing disk as often as a kernel; here ``min_new_hosts`` hosts
+    # attempting costly compaction that no baseline host attempts have already said "the
+    # kernel", and the drop only has to show its cost. Two, not one: one host's
+    # throughput is its disk's and neighbours' as much as its kernel's. On a canary wave
+    # the first hosts to reach the baseline's memory state are few (2 of 6-7 canaries an
+    # hour after the loss is at half size on 3 of them, in the replays of
+    # benchmarks/detector_results.md).
     corroborating_min_hosts: int = 2
+    # ... worse at this nominal one-sided level. Not EvidencePolicy.corroborate_p (0.01):
+    # this question is asked again at every evaluation of a rollout (96 in 16 h at a
+    # 10-minute step), and at 0.01 a kernel with the mechanism and no cost at all was
+    # confirmed on chance drops (a probe 0.962x at p 0.007 on 5 canaries; 3 cohorts in
+    # 6 runs of ``benchmarks/detector_replay.py --only costless``).
+    corroborating_p: float = 0.001
 
     def shows(self, e: Optional["CostlyCompaction"]) -> bool:
         """Whether ``e`` is the new kernel's mechanism: enough new-kernel hosts attempt

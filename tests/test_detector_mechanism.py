@@ -114,7 +114,7 @@ def test_a_drop_between_hosts_on_a_few_canaries_does_not_corroborate_it():
 def test_corroboration_needs_two_hosts_own_before_and_after_worse_enough():
     policy = EvidencePolicy()
 
-    def corroborates(statistic="before_after", n_new=2, p=0.005, effect=0.95):
+    def corroborates(statistic="before_after", n_new=2, p=0.0005, effect=0.95):
         t = MetricTest("probe_mib_s", statistic, n_new, 400, p, effect, effect, effect,
                        "ratio", adjusted=True)
         c = Comparison(("db", "primary", "arm64", 4096, "xfs"), "old", "new", 10, 400, 30,
@@ -122,7 +122,7 @@ def test_corroboration_needs_two_hosts_own_before_and_after_worse_enough():
         return evidence.corroborating_throughput(c, policy) == [t]
     assert corroborates() and corroborates("within_host")
     assert not corroborates(n_new=1)                  # one host: its disk and neighbours
-    assert not corroborates(p=0.02)                   # above corroborate_p
+    assert not corroborates(p=0.002)                  # above MechanismPolicy.corroborating_p
     assert not corroborates(effect=0.995)             # below the smallest effect worth an alert
     assert not corroborates("level")                  # between hosts
     assert not corroborates("fresh_matched")          # only ever corroborates a significant drop
