@@ -50,7 +50,8 @@ meets the target when the affected cohort is confirmed by the wave's end.
 ``rollback``: the seed case rolled back 2 h after the regression exists on 3 canaries
 (``exposure_ts`` at half size; every host on the new kernel reboots back); evaluations
 every ``--step`` minutes until 2 h after the rollback; the target is a record confirmed,
-then resolved.
+then resolved. ``--tracepoints``: as for ``speed``, with the seed case's mechanism declared
+for the new kernel's arm64 build.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ from foliowatch.detector.mechanism import ATTEMPTS, WRITTEN  # noqa: E402
 from foliowatch.detector.records import RegressionState  # noqa: E402
 from foliowatch.simulator import load_scenario  # noqa: E402
 from foliowatch.simulator.physics import Physics  # noqa: E402
+from foliowatch.simulator.scenario import KernelMechanism  # noqa: E402
 from foliowatch.simulator.truth import exposure_ts  # noqa: E402
 
 
@@ -524,6 +526,10 @@ def rollback_2h(args) -> List[str]:
         sc = load_scenario("rollback", interval_s=60, seed=seed)
         r = sc.rollouts[0]
         sc.physics = Physics.random(seed)
+        if args.tracepoints:
+            # the seed case's mechanism, which the rollback scenario leaves undeclared
+            # (its counters draw from their own stream: the rest of the fleet is the same)
+            sc.kernels.append(KernelMechanism(r.kernel_to, "affected", "arm64"))
         r.rollback_h = None
 
         def exposed():
@@ -540,7 +546,7 @@ def rollback_2h(args) -> List[str]:
             raise RuntimeError(f"seed {seed}: no rollback time 2 h after the exposure found")
         sc.hours = r.rollback_h + 2.5
         rb = datetime.fromtimestamp(sc.start_ts, timezone.utc) + timedelta(hours=r.rollback_h)
-        df = host_windows(sc).select(KEEP)
+        df = host_windows(sc).select(KEEP + (MECHANISM_COLUMNS if args.tracepoints else []))
         ch = kernel_changes(df)
         first = ch["at"].min()
         state, cache = RegressionState(None), AnalysisCache()
@@ -590,7 +596,7 @@ def main(argv=None) -> int:
                    help="costless: begin at this run of the --seeds (run 0: the default physics); "
                         "splits a series between processes")
     p.add_argument("--tracepoints", action="store_true",
-                   help="speed: the hosts run the tracepoint collector (the detector sees the "
+                   help="speed, rollback: the hosts run the tracepoint collector (the detector sees the "
                         "mechanism evidence); without it, only the vmstat/PSI/write metrics")
     p.add_argument("--start-before", type=int, default=None,
                    help="speed: start evaluating this many minutes before the half-size exposure")
