@@ -90,8 +90,13 @@ def apply_fdr(comparisons: Iterable[Comparison]) -> None:
 
 
 def is_significant(t: MetricTest, policy: EvidencePolicy) -> bool:
+    return t.q_value <= policy.fdr and worth_an_alert(t, policy) and t.n_new >= policy.min_hosts
+
+
+def worth_an_alert(t: MetricTest, policy: EvidencePolicy) -> bool:
+    """Worse by at least the smallest effect worth an alert (ratio or share)."""
     floor = policy.min_share_effect if t.effect_kind == "share_diff" else policy.min_ratio_effect
-    return t.q_value <= policy.fdr and t.worse_by() >= floor and t.n_new >= policy.min_hosts
+    return t.worse_by() >= floor
 
 
 # the statistics that compare each host with itself (a confound between hosts leaves these)
@@ -136,10 +141,9 @@ def judge(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgeme
             return _mechanism_first(c, policy, hosts_in_group)
         return Judgement(c, None, [], None, 0.0, [])
     if throughput and not mechanism:
-        floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
         mechanism = sorted((t for t in c.tests if t.metric in MECHANISM_METRICS
                             and t.p_value <= policy.corroborate_p and t.n_new >= policy.min_hosts
-                            and t.worse_by() >= floor[t.effect_kind]), key=lambda t: t.p_value)
+                            and worth_an_alert(t, policy)), key=lambda t: t.p_value)
     primary = (throughput or mechanism)[0]
     # impact: the typical-interval effect when it is significant, else the primary's
     level = [t for t in (throughput or mechanism) if t.statistic == "level"]
@@ -183,19 +187,18 @@ def costly_test(e: CostlyCompaction) -> MetricTest:
 def corroborating_throughput(c: Comparison, policy: EvidencePolicy) -> List[MetricTest]:
     """Throughput tests that corroborate the mechanism evidence, most significant first:
     each host's own before and after (``OWN_BEFORE_AFTER``), worse at
-    ``MechanismPolicy.corroborating_p`` nominal, by at least the smallest effect worth
-    an alert, on at least ``MechanismPolicy.corroborating_min_hosts`` new-kernel hosts. Not the comparisons
-    between hosts: two or three new-kernel hosts against the baseline are a draw from
-    the fleet's host-to-host spread, and with heavy-tailed hosts that draw alone gives
-    0.66x writes at p 0.005 on 3 canaries of a kernel without any cost
+    ``MechanismPolicy.corroborating_p`` nominal and by an effect worth an alert, on at
+    least ``MechanismPolicy.corroborating_min_hosts`` new-kernel hosts. Not the
+    comparisons between hosts: two or three new-kernel hosts against the baseline are a
+    draw from the fleet's host-to-host spread, and with heavy-tailed hosts that draw
+    alone gave 0.66x writes at p 0.005 on 3 canaries of a kernel without any cost
     (``benchmarks/detector_replay.py --only costless``, seed 301); a host compared
     with itself leaves that spread out."""
-    floor = {"ratio": policy.min_ratio_effect, "share_diff": policy.min_share_effect}
+    m = policy.mechanism
     return sorted((t for t in c.tests if t.metric in THROUGHPUT_METRICS
-                   and t.statistic in OWN_BEFORE_AFTER
-                   and t.p_value <= policy.mechanism.corroborating_p
-                   and t.n_new >= policy.mechanism.corroborating_min_hosts
-                   and t.worse_by() >= floor[t.effect_kind]), key=lambda t: t.p_value)
+                   and t.statistic in OWN_BEFORE_AFTER and t.p_value <= m.corroborating_p
+                   and t.n_new >= m.corroborating_min_hosts and worth_an_alert(t, policy)),
+                  key=lambda t: t.p_value)
 
 
 def _mechanism_first(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
@@ -205,16 +208,13 @@ def _mechanism_first(c: Comparison, policy: EvidencePolicy, hosts_in_group: int)
     drops = corroborating_throughput(c, policy)
     if not drops or c.windows < policy.confirm_min_windows:
         return _mechanism_alone(c, policy, hosts_in_group)
-    primary = drops[0]
-    level = [t for t in drops if t.statistic == "level"]
-    eff = abs((level or [primary])[0].worse_by())
+    t, m = drops[0], policy.mechanism
     reasons = [c.costly_compaction.reason(),
-               f"{primary.metric} ({primary.statistic}) worse at p {primary.p_value:.1g} on "
-               f"{primary.n_new} new-kernel hosts over {c.windows} windows, corroborating "
-               f"the mechanism (p <= {policy.mechanism.corroborating_p:g} on at least "
-               f"{policy.mechanism.corroborating_min_hosts} hosts)"]
-    return Judgement(c, "confirmed", [primary, costly_test(c.costly_compaction)], primary,
-                     eff * max(hosts_in_group, c.n_new + c.n_base), reasons, True)
+               f"{t.metric} ({t.statistic}) worse at p {t.p_value:.1g} on {t.n_new} new-kernel "
+               f"hosts over {c.windows} windows, corroborating the mechanism "
+               f"(p <= {m.corroborating_p:g} on at least {m.corroborating_min_hosts} hosts)"]
+    return Judgement(c, "confirmed", [t, costly_test(c.costly_compaction)], t,
+                     abs(t.worse_by()) * max(hosts_in_group, c.n_new + c.n_base), reasons, True)
 
 
 def _mechanism_alone(c: Comparison, policy: EvidencePolicy, hosts_in_group: int) -> Judgement:
@@ -225,10 +225,10 @@ def _mechanism_alone(c: Comparison, policy: EvidencePolicy, hosts_in_group: int)
     smallest effect worth an alert)."""
     e = c.costly_compaction
     t = costly_test(e)
+    m = policy.mechanism
     reasons = [e.reason() + "; suspected on the mechanism alone",
-               "no throughput effect is significant yet, nor worse at p <= "
-               f"{policy.mechanism.corroborating_p:g} on {policy.mechanism.corroborating_min_hosts} or more "
-               "hosts; confirmation needs it"]
+               f"no throughput effect is significant yet, nor worse at p <= {m.corroborating_p:g} "
+               f"on {m.corroborating_min_hosts} or more hosts; confirmation needs it"]
     impact = policy.min_ratio_effect * max(hosts_in_group, c.n_new + c.n_base)
     return Judgement(c, "suspected", [t], t, impact, reasons, True)
 
