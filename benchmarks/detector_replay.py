@@ -206,6 +206,16 @@ def _simulated(name: str, seed: int, copies: int, scale: float, hours: Optional[
     return sc, df, time.perf_counter() - t0
 
 
+def note_open_records(state: RegressionState, t: datetime, seen: Dict[str, Dict]) -> None:
+    """Each open record of ``state`` at ``t`` into ``seen`` by id: when first seen, when
+    first confirmed ("confirmed_at"), its latest status level and its latest record."""
+    for rec in state.open_records():
+        d = seen.setdefault(rec.id, {"first": t, "status": rec.status, "rec": rec})
+        if rec.status == "confirmed" and "confirmed_at" not in d:
+            d["status"], d["confirmed_at"] = "confirmed", t
+        d["rec"] = rec
+
+
 def run_false(name: str, seed: int, copies: int, scale: float, step: int,
               hours: Optional[float], data: Optional[str] = None) -> Dict:
     sc, df, sim_s = _simulated(name, seed, copies, scale, hours, data)
@@ -226,11 +236,7 @@ def run_false(name: str, seed: int, copies: int, scale: float, step: int,
         evals.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
         state.update(a.candidates, a.rolled_back, a.as_of)
-        for rec in state.open_records():
-            d = alarms.setdefault(rec.id, {"first": t, "status": rec.status, "rec": rec})
-            if rec.status == "confirmed":
-                d["status"] = "confirmed"
-            d["rec"] = rec
+        note_open_records(state, t, alarms)
     return {"name": name, "seed": seed, "physics": sc.physics, "cohorts": starts.height,
             "cohort_days": cohort_days, "alarms": alarms, "sim_s": sim_s,
             "eval_s": statistics.median(evals) if evals else 0.0,
@@ -430,11 +436,7 @@ def costless(args) -> List[str]:
             cohorts.update(c.group for c in a.comparisons)
             cohort_evals += len(a.comparisons)
             state.update(a.candidates, a.rolled_back, a.as_of)
-            for rec in state.open_records():
-                d = seen.setdefault(rec.id, {"first": t, "status": rec.status, "rec": rec})
-                if rec.status == "confirmed" and d["status"] != "confirmed":
-                    d["status"], d["confirmed_at"] = "confirmed", t
-                d["rec"] = rec
+            note_open_records(state, t, seen)
         sus = sum(1 for d in seen.values() if d["status"] == "suspected")
         con = [d for d in seen.values() if d["status"] == "confirmed"]
         false_conf += len(con)
