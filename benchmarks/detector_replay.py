@@ -47,6 +47,11 @@ the writes regressed, and they did not: every confirmed record is a false one.
 one physics per run, evaluations every ``--step`` minutes through the 10 % wave; a run
 meets the target when the affected cohort is confirmed by the wave's end.
 
+``--new-kernel-probes S`` (every mode): the hosts also run the write probe every S seconds
+in their first hours on a kernel they had not run before (the agent's
+``agent.probe.new_kernel_every_s``; the scenario's ``probe_new_kernel_h``), besides every
+``probe_every_s`` (30 min) throughout; without it the fleet probes every 30 min only.
+
 ``rollback``: the seed case rolled back 2 h after the regression exists on 3 canaries
 (``exposure_ts`` at half size; every host on the new kernel reboots back); evaluations
 every ``--step`` minutes until 2 h after the rollback; the target is a record confirmed,
@@ -86,6 +91,16 @@ from foliowatch.simulator.truth import exposure_ts  # noqa: E402
 
 # what the detector's mechanism evidence reads (``detector.mechanism``)
 MECHANISM_COLUMNS = [ATTEMPTS, WRITTEN]
+
+
+def probing(sc, new_kernel_every_s: float):
+    """``sc`` with its hosts probing every ``new_kernel_every_s`` in their first hours on a
+    kernel they had not run before (the agent's ``agent.probe.new_kernel_every_s``; the
+    hours are the scenario's ``probe_new_kernel_h``), as well as every ``probe_every_s``
+    throughout; 0 leaves the scenario as it is."""
+    if new_kernel_every_s:
+        sc.faults["probe_new_kernel_every_s"] = float(new_kernel_every_s)
+    return sc
 
 
 def _no_effect(sc):
@@ -183,7 +198,7 @@ def _merge_parts(parts: Path, path: Path, slice_h: int = 2) -> None:
 
 
 def _simulated(name: str, seed: int, copies: int, scale: float, hours: Optional[float],
-               data: Optional[str]):
+               data: Optional[str], new_kernel_probes: float = 0.0):
     """The run's host windows and physics: read back from ``data`` when simulated before."""
     base, change = NO_EFFECT[name]
     sc = load_scenario(base, interval_s=60, seed=seed)
@@ -193,7 +208,9 @@ def _simulated(name: str, seed: int, copies: int, scale: float, hours: Optional[
         sc.hours = hours
     sc = replicate(sc, copies, scale, seed)
     sc.physics = Physics.random(seed)
-    path = (Path(data) / f"{name}-s{seed}-c{copies}-x{scale:g}-h{sc.hours:g}.parquet") if data else None
+    probing(sc, new_kernel_probes)
+    tail = f"-p{new_kernel_probes:g}" if new_kernel_probes else ""
+    path = (Path(data) / f"{name}-s{seed}-c{copies}-x{scale:g}-h{sc.hours:g}{tail}.parquet") if data else None
     t0 = time.perf_counter()
     if path is not None and path.exists():
         df = pl.read_parquet(path)
@@ -217,8 +234,9 @@ def note_open_records(state: RegressionState, t: datetime, seen: Dict[str, Dict]
 
 
 def run_false(name: str, seed: int, copies: int, scale: float, step: int,
-              hours: Optional[float], data: Optional[str] = None) -> Dict:
-    sc, df, sim_s = _simulated(name, seed, copies, scale, hours, data)
+              hours: Optional[float], data: Optional[str] = None,
+              new_kernel_probes: float = 0.0) -> Dict:
+    sc, df, sim_s = _simulated(name, seed, copies, scale, hours, data, new_kernel_probes)
     ch = kernel_changes(df)
     first = ch["at"].min()
     end = df["window_start"].max()
@@ -255,7 +273,7 @@ def _jsonl_row(r: Dict, args, commit: str) -> Dict:
     return {"scenario": r["name"], "seed": r["seed"], "physics": r["physics"].summary(),
             "hosts": r["hosts"], "hours": r["hours"], "cohorts": r["cohorts"],
             "cohort_days": round(r["cohort_days"], 3), "copies": args.copies, "scale": args.scale,
-            "step_min": args.step, "evals": r["evals"], "eval_s": round(r["eval_s"], 2),
+            "step_min": args.step, "new_kernel_probes_s": args.new_kernel_probes, "evals": r["evals"], "eval_s": round(r["eval_s"], 2),
             "eval_cpu_s": round(r["eval_cpu_s"], 2), "sim_s": round(r["sim_s"], 1),
             "suspected": sum(1 for a in r["alarms"].values() if a["status"] == "suspected"),
             "confirmed": sum(1 for a in r["alarms"].values() if a["status"] == "confirmed"),
@@ -309,7 +327,8 @@ def false_alarms(args) -> List[str]:
             break
         name = names[k % len(names)]
         seed = args.seed0 + k
-        r = run_false(name, seed, args.copies, args.scale, args.step, args.hours, args.data)
+        r = run_false(name, seed, args.copies, args.scale, args.step, args.hours, args.data,
+                      args.new_kernel_probes)
         sus = sum(1 for a in r["alarms"].values() if a["status"] == "suspected")
         con = sum(1 for a in r["alarms"].values() if a["status"] == "confirmed")
         tot_cd += r["cohort_days"]
@@ -346,6 +365,7 @@ def speed(args) -> List[str]:
         seed = args.seed0 + k
         sc = load_scenario("seed-iomap-arm64-xfs", interval_s=60, seed=seed, hours=10 + 8 + 0.5)
         sc.physics = Physics.random(seed) if k else None
+        probing(sc, args.new_kernel_probes)
         phys = sc.physics or Physics()
         truth = {(e["page_size"], e["gate"]): e["ts"] for g in (0.0, 0.5)
                  for e in exposure_ts(sc, seed, gate=g)}
@@ -421,6 +441,7 @@ def costless(args) -> List[str]:
         seed = args.seed0 + k
         sc = load_scenario("seed-iomap-arm64-xfs", interval_s=60, seed=seed, hours=10 + 16 + 0.5)
         sc.physics = Physics.random(seed) if k else None
+        probing(sc, args.new_kernel_probes)
         sc.changes = [c for c in sc.changes if c.kind != "regression"]
         assert any(km.mechanism == "affected" for km in sc.kernels), "the seed kernel's mechanism"
         df = host_windows(sc).select(KEEP + MECHANISM_COLUMNS)
@@ -474,7 +495,9 @@ def small_effects(args) -> List[str]:
         wave10 = r.start_h + r.wave_interval_h
         sc.hours = wave10 + r.wave_interval_h + 0.5
         sc.physics = Physics.random(seed)
-        path = Path(args.data) / f"small-effect-5-s{seed}-h{sc.hours:g}.parquet" if args.data else None
+        probing(sc, args.new_kernel_probes)
+        tail = f"-p{args.new_kernel_probes:g}" if args.new_kernel_probes else ""
+        path = Path(args.data) / f"small-effect-5-s{seed}-h{sc.hours:g}{tail}.parquet" if args.data else None
         if path is not None and path.exists():
             df = pl.read_parquet(path)
         elif path is not None:
@@ -528,6 +551,7 @@ def rollback_2h(args) -> List[str]:
         sc = load_scenario("rollback", interval_s=60, seed=seed)
         r = sc.rollouts[0]
         sc.physics = Physics.random(seed)
+        probing(sc, args.new_kernel_probes)
         if args.tracepoints:
             # the seed case's mechanism, which the rollback scenario leaves undeclared
             # (its counters draw from their own stream: the rest of the fleet is the same)
@@ -600,6 +624,10 @@ def main(argv=None) -> int:
     p.add_argument("--tracepoints", action="store_true",
                    help="speed, rollback: the hosts run the tracepoint collector (the detector sees the "
                         "mechanism evidence); without it, only the vmstat/PSI/write metrics")
+    p.add_argument("--new-kernel-probes", type=float, default=0.0, metavar="SECONDS",
+                   help="every mode: hosts also probe every SECONDS in their first hours on a kernel "
+                        "they had not run before (agent.probe.new_kernel_every_s); 0: only every "
+                        "probe_every_s, as the scenarios say")
     p.add_argument("--start-before", type=int, default=None,
                    help="speed: start evaluating this many minutes before the half-size exposure")
     p.add_argument("--out", default=None)

@@ -78,6 +78,9 @@ class Stepper:
         self.boot_idx = np.arange(n, dtype=np.int64)
         self.boot_ids: List[str] = _boot_ids(self.rng, n)
         self.boots = np.zeros(n, dtype=np.int64)   # reboots seen during the simulation
+        # when each host booted the kernel it runs, if that changed its kernel during the
+        # simulation (the agent's denser probe in its first hours on it)
+        self.kernel_since = np.full(n, -math.inf)
         # the relations above, or alternative ones (``physics.py``; scenario.physics)
         self.phys = ph = getattr(sc, "physics", None) or DEFAULT_PHYSICS
         self.noise_state: Dict[str, np.ndarray] = {}
@@ -119,6 +122,9 @@ class Stepper:
         self.late_min, self.late_max = fl["late_min_s"], fl["late_max_s"]
         self.probe_steps = (max(1, int(round(fl["probe_every_s"] / self.interval)))
                             if fl["probe_every_s"] > 0 else 0)
+        self.probe_new_steps = (max(1, int(round(fl["probe_new_kernel_every_s"] / self.interval)))
+                                if fl["probe_new_kernel_every_s"] > 0 and self.probe_steps else 0)
+        self.probe_new_s = fl["probe_new_kernel_h"] * 3600.0
         self.page_size = np.array([ap[1] for ap in ARCH_PAGE])[p.arch_page]
         self.mem_f = p.mem_bytes.astype(float)
         self.mechanism = MechanismModel(p, p.seed)
@@ -156,6 +162,8 @@ class Stepper:
             self.down_until[h] = ts + down
             self.boot_ts[h] = ts + 0.5 * down     # kernel up half way; agent after
             if p.reboot_ver[k] != REBOOT_KEEP_KERNEL:
+                if p.reboot_ver[k] != self.ver[h]:
+                    self.kernel_since[h] = self.boot_ts[h]
                 self.ver[h] = p.reboot_ver[k]
             self.boot_idx[h] = len(self.boot_ids)
             self.boot_ids.append(_boot_ids(self.rng, 1)[0])
@@ -309,6 +317,9 @@ class Stepper:
         }
         if self.probe_steps:
             has = up & ((i + p.probe_offset) % self.probe_steps == 0)
+            if self.probe_new_steps:
+                fresh = t_host - self.kernel_since < self.probe_new_s
+                has |= up & fresh & ((i + p.probe_offset) % self.probe_new_steps == 0)
             idx = np.nonzero(has)[0]
             pm = (p.probe_base[idx] * (1.0 - ph.write_frag_penalty * frag[idx]) * kw[idx] * epw[idx]
                   * np.exp(0.05 * rng.standard_normal(len(idx))))

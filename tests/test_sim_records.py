@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -14,6 +15,7 @@ from foliowatch import schema
 from foliowatch.simulator import (ground_truth, host_table, load_scenario, simulate_frame,
                                   to_wire_frame, to_wire_json, write_files)
 from foliowatch.simulator.fleet import REASON_ROLLBACK, REASON_ROLLOUT, build_plan
+from foliowatch.simulator.scenario import ScenarioError
 
 # a busy little fleet: the rollout, reboots, episodes and faults all happen within 3 h
 FAULTS = {"lost": 0.01, "late": 0.01, "duplicate": 0.01, "random_reboot_per_host_day": 0.5,
@@ -344,3 +346,57 @@ def test_without_the_native_encoder_polars_encodes(records, monkeypatch):
     assert to_wire_bytes(sample) == [v.encode() for v in to_wire_json(sample).to_list()]
     monkeypatch.delenv(ENCODER_ENV)
     assert to_wire_bytes(sample) == _native().encode(sample)
+
+
+def _probe_gaps(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per probe: host, kernel, time, and the time since the host's previous probe (a
+    record delivered twice counted once)."""
+    return (frame.filter(pl.col(PROBE_PRESENT).is_not_null()).unique(["host_id", "seq"])
+            .sort("host_id", "ts")
+            .with_columns(pl.col("ts").diff().over("host_id").alias("gap"))
+            .select("host_id", "kernel", "ts", "gap"))
+
+
+def test_hosts_probe_densely_in_their_first_hours_on_a_new_kernel_only():
+    """The agent's ``agent.probe.new_kernel_every_s`` as the simulator plays it: a host that
+    rebooted into another kernel (the rollout, and the rollback back again) probes every
+    5 min for its first hour on it, every 30 min otherwise; hosts that never changed kernel
+    keep the 30 min period. Without the key the records are the scenario's as before."""
+    faults = {"probe_every_s": 1800.0, "probe_new_kernel_every_s": 300.0, "probe_new_kernel_h": 1.0}
+    sc = load_scenario("rollback", hosts=60, hours=4, interval_s=60, seed=5, faults=faults)
+    r = sc.rollouts[0]
+    r.start_h, r.waves, r.wave_interval_h, r.rollback_h = 0.25, [0.5, 1.0], 8.0, 2.0
+    frame = pl.concat(list(simulate_frame(sc, 5, rows_per_chunk=50_000)))
+    changed = (frame.group_by("host_id").agg(pl.col("kernel").n_unique().alias("k"))
+               .filter(pl.col("k") > 1)["host_id"])
+    assert 0 < changed.len() < 60
+    first_on = (frame.sort("ts").with_columns((pl.col("kernel") != pl.col("kernel").shift(1)
+                                               .over("host_id")).alias("switch"))
+                .filter(pl.col("switch")).select("host_id", "kernel", pl.col("ts").alias("on_since")))
+    gaps = _probe_gaps(frame).join(first_on, on=["host_id", "kernel"], how="left")
+    fresh = gaps.filter(pl.col("host_id").is_in(changed.implode()) & pl.col("gap").is_not_null()
+                        & (pl.col("ts") - pl.col("on_since") > 300)
+                        & (pl.col("ts") - pl.col("on_since") < 3000))
+    assert fresh.height > 0 and fresh["gap"].max() <= 300 + 60
+    settled = gaps.filter(~pl.col("host_id").is_in(changed.implode()) & pl.col("gap").is_not_null())
+    assert settled.height > 0 and settled["gap"].min() >= 1800 - 60
+    late = gaps.filter(pl.col("host_id").is_in(changed.implode()) & pl.col("gap").is_not_null()
+                       & (pl.col("ts") - pl.col("on_since") > 3600 + 1800))
+    assert late.height > 0 and late["gap"].min() >= 1800 - 60
+    # off (the default): the same fleet's records as without the key
+    plain = load_scenario("rollback", hosts=60, hours=4, interval_s=60, seed=5,
+                          faults={"probe_every_s": 1800.0})
+    off = load_scenario("rollback", hosts=60, hours=4, interval_s=60, seed=5,
+                        faults={"probe_every_s": 1800.0, "probe_new_kernel_every_s": 0.0})
+    for s in (plain, off):
+        r = s.rollouts[0]
+        r.start_h, r.waves, r.wave_interval_h, r.rollback_h = 0.25, [0.5, 1.0], 8.0, 2.0
+    assert pl.concat(list(simulate_frame(off, 5))).equals(pl.concat(list(simulate_frame(plain, 5))))
+
+
+def test_a_new_kernel_probe_period_above_the_usual_one_is_refused(tmp_path):
+    src = (Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "rollback.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(src + "\n[faults]\nprobe_every_s = 600.0\nprobe_new_kernel_every_s = 1800.0\n")
+    with pytest.raises(ScenarioError, match=r"probe_new_kernel_every_s.*above probe_every_s 600"):
+        load_scenario(str(bad))
