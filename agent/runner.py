@@ -130,14 +130,16 @@ class Agent:
 
     # -- the write probe ---------------------------------------------------------------
     def probe_period_s(self, now: float) -> float:
-        """Seconds between probes at wall time ``now``: ``new_kernel_every_s`` during the
-        host's first ``new_kernel_hours`` on a kernel release it had not run before (the
-        canary wave, when the detector needs the probe most), else ``every_s``."""
+        """Seconds between probes at wall time ``now``: during the host's first
+        ``new_kernel_hours`` on a kernel release it had not run before (the canary wave,
+        when the detector needs the probe most) the shorter of ``new_kernel_every_s`` and
+        ``every_s`` (a host configured to probe more often than that keeps its period),
+        else ``every_s``."""
         p = self.cfg.probe
         since = self.state.kernel_since
         if (since is not None and p.new_kernel_hours > 0
                 and now - since < p.new_kernel_hours * 3600.0):
-            return p.new_kernel_every_s
+            return min(p.new_kernel_every_s, p.every_s)
         return p.every_s
 
     def probe_due(self) -> bool:

@@ -209,3 +209,18 @@ def test_no_dense_probing_on_a_first_install_nor_when_turned_off(tmp_path):
     agent.cfg.probe.new_kernel_hours = 0.0                # ...but turned off
     assert not due_after(agent, 610) and due_after(agent, 3610)
     agent.close()
+
+
+def test_a_host_that_probes_more_often_than_new_kernel_every_s_keeps_its_period(tmp_path):
+    """every_s (300) below new_kernel_every_s (the default 600): on a new kernel the
+    shorter period applies, and the configuration is valid as it was before the key."""
+    from foliowatch.agent.config import load
+    cfg_file = tmp_path / "agent.toml"
+    cfg_file.write_text(f'[agent]\nstate_dir = "{tmp_path / "st"}"\n'
+                        f'[agent.probe]\nenabled = true\ndirectory = "{tmp_path}"\nevery_s = 300.0\n')
+    load(str(cfg_file))               # no ConfigError
+    agent = probe_agent(tmp_path, every_s=300.0)
+    agent.state.kernel_since = time.time() - 60           # a new kernel a minute ago
+    assert not due_after(agent, 290) and due_after(agent, 310)
+    assert period_metric(agent) == 300.0
+    agent.close()
