@@ -80,6 +80,12 @@ size_bytes = 67108864        # bytes per probe (64 MiB), at most 4 GiB
 chunk_bytes = 1048576        # bytes per write(2) call (1 MiB asks for large folios)
 max_seconds = 30.0           # stop writing after this long
 every_s = 3600.0             # at most one probe per this many seconds
+new_kernel_every_s = 600.0   # at most one probe per this many seconds during a host's first
+                             # new_kernel_hours on a kernel release it had not run before
+                             # (a rollback too): the canary wave is when the detector needs
+                             # the probe most; >= agent.interval_s (the shorter of
+                             # this and every_s applies)
+new_kernel_hours = 8.0       # 0 turns the denser probing off; at most 168 (a week)
 min_free_bytes = 1073741824  # never leave less free than this...
 min_free_ratio = 0.1         # ...or than this share of the filesystem
 user = "nobody"              # when the agent is root, the probe runs as this user
@@ -103,6 +109,8 @@ class ProbeConfig:
     chunk_bytes: int = 1 << 20
     max_seconds: float = 30.0
     every_s: float = 3600.0
+    new_kernel_every_s: float = 600.0
+    new_kernel_hours: float = 8.0
     min_free_bytes: int = 1 << 30
     min_free_ratio: float = 0.1
     user: str = "nobody"
@@ -245,6 +253,7 @@ def merged_values(file_data: Optional[Mapping[str, Any]], environ: Mapping[str, 
 
 
 MAX_LATENCY_BUDGET_S = 240.0
+MAX_NEW_KERNEL_HOURS = 168.0   # a week: longer is no longer a rollout's canary wave
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -338,6 +347,14 @@ def _build(v: Dict[str, Any]) -> Tuple[AgentConfig, List[str]]:
     if pr.every_s < cfg.interval_s:
         p.append(f"config agent.probe.every_s: must be >= agent.interval_s ({cfg.interval_s:g}),"
                  f" got {pr.every_s:g}")
+    if pr.new_kernel_every_s < cfg.interval_s:
+        p.append(f"config agent.probe.new_kernel_every_s: must be >= agent.interval_s "
+                 f"({cfg.interval_s:g}), got {pr.new_kernel_every_s:g}; it is the probe "
+                 f"period of a host's first hours on a new kernel")
+    if not 0.0 <= pr.new_kernel_hours <= MAX_NEW_KERNEL_HOURS:
+        p.append(f"config agent.probe.new_kernel_hours: must be in [0, "
+                 f"{MAX_NEW_KERNEL_HOURS:g}] (0 turns the denser probing on a new kernel "
+                 f"off), got {pr.new_kernel_hours:g}")
     if not 0.0 <= pr.min_free_ratio < 1.0:
         p.append(f"config agent.probe.min_free_ratio: must be in [0, 1), got {pr.min_free_ratio}")
     if pr.min_free_bytes < 0:

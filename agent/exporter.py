@@ -202,6 +202,11 @@ class AgentCollector:
             yield info
         yield counter("probe_refusals", "Probes that did not run (space, permissions)",
                       st.probe_refusals)
+        if a.cfg.probe.enabled:
+            yield gauge("probe_period_seconds", "Seconds between write probes now: "
+                        "agent.probe.new_kernel_every_s in the host's first new_kernel_hours "
+                        "on a kernel release it had not run before, else every_s",
+                        a.probe_period_s(time.time()))
 
 
 # wire counter prefix -> (metric, help); the rest of the name is the order bucket

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from foliowatch import schema
+from foliowatch.agent.collectors import labels
 from foliowatch.agent.collectors import probe as write_probe
 from foliowatch.agent.config import AgentConfig
 from foliowatch.agent.deltas import Baseline
 from foliowatch.agent.producer import KafkaSender
 from foliowatch.agent.sampler import Sampler
 from foliowatch.agent.spool import Spool
-from foliowatch.agent.state import SPOOL_DIR, AgentState, resume
+from foliowatch.agent.state import SPOOL_DIR, AgentState, new_kernel_since, resume
 from foliowatch.agent.stop import StopFlag
 
 log = logging.getLogger("foliowatch.agent")
@@ -73,6 +74,15 @@ class Agent:
             log.info("state file older than the spool (the agent was not stopped cleanly): "
                      "seq resumes at %d, with a new baseline", self.state.next_seq)
         self.state.host_id = self.sampler.host_id
+        # the release cannot change while the agent runs: deciding at start is enough
+        was = self.state.kernel_release
+        self.state.kernel_release, self.state.kernel_since = new_kernel_since(
+            was, self.state.kernel_since, *labels.running_kernel(proc))
+        if (was is not None and was != self.state.kernel_release and cfg.probe.enabled
+                and cfg.probe.new_kernel_hours > 0):
+            log.info("kernel %s (was %s): a write probe every %gs for %gh",
+                     self.state.kernel_release, was, cfg.probe.new_kernel_every_s,
+                     cfg.probe.new_kernel_hours)
         self.save_state()   # a floor for seq should the spool folder ever be emptied
         self.sender: Optional[KafkaSender] = None
         if deliver and cfg.kafka_enabled:
@@ -89,8 +99,8 @@ class Agent:
             time.monotonic() - cfg.latency_budget_s if len(self.spool) else None)
 
     def save_state(self) -> None:
-        """Write the state file (baseline, probe time, seq floor): at start, after a
-        probe, at a clean stop."""
+        """Write the state file (baseline, probe time, kernel release, seq floor): at
+        start, after a probe, at a clean stop."""
         self.state.baseline = self.baseline.to_json()
         self.state.save()
 
@@ -119,16 +129,30 @@ class Agent:
         return self.spool.dropped_total
 
     # -- the write probe ---------------------------------------------------------------
+    def probe_period_s(self, now: float) -> float:
+        """Seconds between probes at wall time ``now``: during the host's first
+        ``new_kernel_hours`` on a kernel release it had not run before (the canary wave,
+        when the detector needs the probe most) the shorter of ``new_kernel_every_s`` and
+        ``every_s`` (a host configured to probe more often than that keeps its period),
+        else ``every_s``."""
+        p = self.cfg.probe
+        since = self.state.kernel_since
+        if (since is not None and p.new_kernel_hours > 0
+                and now - since < p.new_kernel_hours * 3600.0):
+            return min(p.new_kernel_every_s, p.every_s)
+        return p.every_s
+
     def probe_due(self) -> bool:
-        """Enabled, not run for ``every_s``, and a baseline exists (a probe in a
+        """Enabled, not run for ``probe_period_s``, and a baseline exists (a probe in a
         baseline-only tick would have no record to ride in)."""
         p = self.cfg.probe
+        now = time.time()
         return (p.enabled and bool(self.baseline.values)
-                and time.time() - self.state.last_probe_ts >= p.every_s)
+                and now - self.state.last_probe_ts >= self.probe_period_s(now))
 
     def run_probe(self) -> Optional[Dict[str, Any]]:
         p = self.cfg.probe
-        self.state.last_probe_ts = time.time()  # a failing probe also waits every_s
+        self.state.last_probe_ts = time.time()  # a failing probe also waits its period
         try:
             result = write_probe.run_as(p.user, p.directory, p.size_bytes, p.chunk_bytes,
                                         p.max_seconds, p.min_free_bytes, p.min_free_ratio)
@@ -137,7 +161,7 @@ class Agent:
             log.warning("write probe did not run: %s", e)
             return None
         try:
-            self.save_state()   # a restart must not probe again before every_s
+            self.save_state()   # a restart must not probe again before its period
         except OSError as e:
             log.warning("state file not written after the probe: %s", e)
         self.stats.probe = result["probe"]

@@ -1,5 +1,6 @@
 """The agent's small persistent state: the counter baseline, the time of the last write
-probe, and ``next_seq`` as a floor; and where ``seq`` resumes after a stop or a crash.
+probe, the kernel release last run and since when, and ``next_seq`` as a floor; and where
+``seq`` resumes after a stop or a crash.
 
 Stored as JSON in ``<state_dir>/state.json`` and replaced atomically and durably
 (``foliowatch.files.atomic_write``), but only when the agent starts, after a write probe
@@ -17,6 +18,10 @@ The baseline is only kept when it is the reading of the newest spooled record or
 spans the downtime; after a crash the file is older than the spool, and the agent takes
 a new baseline (the time between the last record and the restart is not reported; no
 ``seq`` is missing).
+
+``kernel_release`` and ``kernel_since`` say whether this host is in its first hours on a
+kernel release it had not run before (``new_kernel_since``), when the write probe runs
+more often: the canary wave of a rollout.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ class AgentState:
         self.baseline: Dict[str, Any] = {}
         self.last_probe_ts = 0.0   # wall time of the last write probe (none: 0)
         self.baseline_ts = 0.0     # wall time of the reading the baseline holds
+        self.kernel_release: Optional[str] = None   # uname -r when the agent last started
+        # wall time this host began running kernel_release after running another one
+        # (None: never seen it change)
+        self.kernel_since: Optional[float] = None
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._load()
 
@@ -62,13 +71,36 @@ class AgentState:
         self.baseline_ts = float(bts) if isinstance(bts, (int, float)) else 0.0
         probe_ts = d.get("last_probe_ts")
         self.last_probe_ts = float(probe_ts) if isinstance(probe_ts, (int, float)) else 0.0
+        # absent in files written before the agent kept them: as on a first install
+        release = d.get("kernel_release")
+        self.kernel_release = release if isinstance(release, str) and release else None
+        since = d.get("kernel_since")
+        self.kernel_since = float(since) if isinstance(since, (int, float)) else None
 
     def save(self) -> None:
         data = json.dumps({"next_seq": self.next_seq, "host_id": self.host_id,
                            "last_probe_ts": self.last_probe_ts,
+                           "kernel_release": self.kernel_release,
+                           "kernel_since": self.kernel_since,
                            "baseline_ts": self.baseline_ts, "baseline": self.baseline},
                           separators=(",", ":")).encode()
         atomic_write(self.path, data, mode=0o600)
+
+
+def new_kernel_since(stored_release: Optional[str], stored_since: Optional[float],
+                     release: str, booted_at: float) -> Tuple[str, Optional[float]]:
+    """``(release, since)`` to store, from what the state file holds and the running
+    kernel (``labels.running_kernel``). ``since`` is when this host began running a
+    release other than the one it ran before: this boot when the release changed (a
+    rollback too: that it resolved a regression shows in the probe as well); kept as
+    stored when it did not (an agent restart or a reboot into the same release do not
+    start it again); ``None`` when no release was recorded (a first install, or a state
+    file from before the agent kept one): a fresh install is not a rollout."""
+    if stored_release is None:
+        return release, None
+    if stored_release != release:
+        return release, booted_at
+    return release, stored_since
 
 
 def newest_record(newest: Optional[bytes]) -> Optional[Tuple[int, float]]:

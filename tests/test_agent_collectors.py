@@ -443,6 +443,25 @@ def test_uptime_of_the_real_proc_is_the_kernels_uptime_file():
     assert labels.uptime_s(str(X86 / "proc")) == labels.parse_uptime(text(X86 / "proc/uptime"))
 
 
+def proc_stat_btime() -> float:
+    with open("/proc/stat") as f:
+        return next(float(line.split()[1]) for line in f if line.startswith("btime "))
+
+
+def test_running_kernel_is_this_kernels_release_and_boot_time():
+    """The release `uname -r` prints and the boot time the kernel reports in /proc/stat
+    (btime, whole seconds); a fixture tree's uptime is its file's."""
+    import subprocess
+    release, booted_at = labels.running_kernel()
+    assert release == subprocess.run(["uname", "-r"], capture_output=True, text=True,
+                                     check=True).stdout.strip()
+    assert abs(booted_at - proc_stat_btime()) <= 1.5
+    uptime = labels.parse_uptime(text(X86 / "proc/uptime"))
+    before = time.time()
+    _, fixture_boot = labels.running_kernel(str(X86 / "proc"))
+    assert before - uptime <= fixture_boot <= time.time() - uptime
+
+
 def test_kernel_files_stay_open_and_are_read_anew(tmp_path):
     """procfs files are kept open between reads and still give fresh text each time;
     other files are opened per read (a fixture replaced meanwhile is seen)."""

@@ -77,6 +77,13 @@ def test_every_key_has_one_environment_variable():
      'sasl_username = "a"\nsasl_password = "x"\nsasl_password_file = "/etc/hostname"\n',
      "config agent.kafka.sasl_password, agent.kafka.sasl_password_file: give one of them"),
     ('[agent.probe]\nenabled = true\n', "config agent.probe.directory: required"),
+    ('[agent.probe]\nnew_kernel_every_s = 5.0\n',
+     "config agent.probe.new_kernel_every_s: must be >= agent.interval_s (10), got 5"),
+    ('[agent.probe]\nnew_kernel_hours = 200.0\n',
+     "config agent.probe.new_kernel_hours: must be in [0, 168] (0 turns the denser probing "
+     "on a new kernel off), got 200"),
+    ('[agent.probe]\nnew_kernel_hours = -1.0\n',
+     "config agent.probe.new_kernel_hours: must be in [0, 168]"),
     ('[agent.metrics]\nlisten = "9464"\n', "config agent.metrics.listen: expected host:port"),
     ('[agent.spool]\nmax_bytes = 1000\n', "config agent.spool.max_bytes: at least 1048576"),
     ('[kafka]\nbootstrap = "x:1"\n', "config kafka: unknown table"),

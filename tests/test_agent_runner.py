@@ -136,3 +136,91 @@ def test_sigkill_at_any_moment_never_reuses_nor_skips_a_seq(tmp_path):
         spool.ack(batch[-1][0])
     spool.close()
     assert n >= 7 and seqs == list(range(n)), seqs
+
+
+# -- the write probe's period on a new kernel -----------------------------------------------
+def probe_agent(tmp_path, **probe) -> Agent:
+    """A real agent with the probe enabled, past its baseline tick (probe_due is only
+    asked, the probe never runs)."""
+    from foliowatch.agent.config import ProbeConfig
+    cfg = AgentConfig(state_dir=str(tmp_path / "st"), mounts=["/"], kafka_enabled=False,
+                      interval_s=1.0,
+                      probe=ProbeConfig(enabled=True, directory=str(tmp_path), **probe))
+    agent = Agent(cfg)
+    assert not agent.probe_due()       # no baseline yet
+    agent.tick()
+    return agent
+
+
+def due_after(agent: Agent, seconds: float) -> bool:
+    """Whether a probe is due when the last one ran ``seconds`` ago."""
+    agent.state.last_probe_ts = time.time() - seconds
+    return agent.probe_due()
+
+
+def period_metric(agent: Agent) -> float:
+    text = metrics(agent).decode()
+    return float(re.search(r"^foliowatch_agent_probe_period_seconds (\S+)$", text,
+                           re.M).group(1))
+
+
+def boot_time() -> float:
+    with open("/proc/stat") as f:
+        return next(float(line.split()[1]) for line in f if line.startswith("btime "))
+
+
+def test_probe_every_new_kernel_every_s_in_the_first_hours_on_a_new_release(tmp_path):
+    """The state file says this host last ran another release: the dense period runs
+    from this boot, new_kernel_every_s (600) instead of every_s (3600) for
+    new_kernel_hours; after them, every_s again. An agent restart keeps the start."""
+    import os
+
+    from foliowatch.agent.state import AgentState
+    old = AgentState(str(tmp_path / "st"))
+    old.kernel_release = "0.0.0-the-release-before"
+    old.save()
+    agent = probe_agent(tmp_path, every_s=3600.0, new_kernel_every_s=600.0,
+                        new_kernel_hours=8.0)
+    assert agent.state.kernel_release == os.uname().release
+    since = agent.state.kernel_since
+    assert since is not None and abs(since - boot_time()) <= 1.5
+    agent.state.kernel_since = time.time() - 7.9 * 3600   # 7.9 h into the new kernel
+    assert not due_after(agent, 590) and due_after(agent, 610)
+    assert period_metric(agent) == 600.0
+    agent.state.kernel_since = time.time() - 8.1 * 3600   # past new_kernel_hours
+    assert not due_after(agent, 610) and not due_after(agent, 3590) and due_after(agent, 3610)
+    assert period_metric(agent) == 3600.0
+    agent.state.kernel_since = since
+    agent.close()
+    restarted = Agent(agent.cfg)      # same release: the dense period does not restart
+    assert restarted.state.kernel_since == since
+    restarted.close()
+
+
+def test_no_dense_probing_on_a_first_install_nor_when_turned_off(tmp_path):
+    """No state file: the release is recorded, not treated as a rollout; with
+    new_kernel_hours = 0 a changed release keeps every_s."""
+    import os
+    agent = probe_agent(tmp_path, every_s=3600.0, new_kernel_every_s=600.0)
+    assert (agent.state.kernel_release, agent.state.kernel_since) == (os.uname().release, None)
+    assert not due_after(agent, 610) and due_after(agent, 3610)
+    assert period_metric(agent) == 3600.0
+    agent.state.kernel_since = time.time() - 60           # as if just changed...
+    agent.cfg.probe.new_kernel_hours = 0.0                # ...but turned off
+    assert not due_after(agent, 610) and due_after(agent, 3610)
+    agent.close()
+
+
+def test_a_host_that_probes_more_often_than_new_kernel_every_s_keeps_its_period(tmp_path):
+    """every_s (300) below new_kernel_every_s (the default 600): on a new kernel the
+    shorter period applies, and the configuration is valid as it was before the key."""
+    from foliowatch.agent.config import load
+    cfg_file = tmp_path / "agent.toml"
+    cfg_file.write_text(f'[agent]\nstate_dir = "{tmp_path / "st"}"\n'
+                        f'[agent.probe]\nenabled = true\ndirectory = "{tmp_path}"\nevery_s = 300.0\n')
+    load(str(cfg_file))               # no ConfigError
+    agent = probe_agent(tmp_path, every_s=300.0)
+    agent.state.kernel_since = time.time() - 60           # a new kernel a minute ago
+    assert not due_after(agent, 290) and due_after(agent, 310)
+    assert period_metric(agent) == 300.0
+    agent.close()

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from foliowatch.agent import spool
 from foliowatch.agent.spool import HEADER, Spool, frame
-from foliowatch.agent.state import AgentState
+from foliowatch.agent.state import AgentState, new_kernel_since
 
 pytestmark = pytest.mark.agent39
 MIB = 1 << 20
@@ -154,6 +154,44 @@ def test_state_survives_restart_and_is_replaced_atomically(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if ".tmp." in f]
     s2 = AgentState(str(tmp_path))
     assert s2.next_seq == 41 and s2.baseline["values"] == {"c\x1fx": 3}
+
+
+def test_state_file_without_the_kernel_fields_loads_as_a_first_install(tmp_path):
+    """A state file written before the agent kept the kernel release: its seq floor,
+    baseline and probe time load; no release is known (so no dense probing); the next
+    save adds the fields."""
+    (tmp_path / "state.json").write_text(json.dumps(
+        {"next_seq": 41, "host_id": "h1", "last_probe_ts": 1700000000.5,
+         "baseline_ts": 1700000010.0, "baseline": {"boot_id": "b", "values": {"c\x1fx": 3}}}))
+    s = AgentState(str(tmp_path))
+    assert (s.next_seq, s.host_id, s.last_probe_ts) == (41, "h1", 1700000000.5)
+    assert s.baseline["values"] == {"c\x1fx": 3}
+    assert (s.kernel_release, s.kernel_since) == (None, None)
+    s.kernel_release, s.kernel_since = "6.18.3", 1700000100.0
+    s.save()
+    s2 = AgentState(str(tmp_path))
+    assert (s2.kernel_release, s2.kernel_since, s2.next_seq) == ("6.18.3", 1700000100.0, 41)
+
+
+BOOT = 1_700_000_000.0   # wall time this boot began
+
+
+@pytest.mark.parametrize("stored_release,stored_since,release,expected", [
+    # first install, or a state file from before the release was kept: not a rollout
+    (None, None, "6.18.3", ("6.18.3", None)),
+    (None, BOOT - 86400, "6.18.3", ("6.18.3", None)),
+    # the release changed: since this boot
+    ("6.6.58", None, "6.18.3", ("6.18.3", BOOT)),
+    ("6.6.58", BOOT - 86400 * 30, "6.18.3", ("6.18.3", BOOT)),
+    # a rollback to the release run before the last change is a change too
+    ("6.18.3", BOOT - 3600, "6.6.58", ("6.6.58", BOOT)),
+    # same release (agent restart, or a reboot into it): the stored since stays
+    ("6.18.3", BOOT - 3600, "6.18.3", ("6.18.3", BOOT - 3600)),
+    ("6.18.3", None, "6.18.3", ("6.18.3", None)),
+])
+def test_new_kernel_since_starts_only_when_the_release_changes(stored_release, stored_since,
+                                                                release, expected):
+    assert new_kernel_since(stored_release, stored_since, release, BOOT) == expected
 
 
 def test_state_file_damaged_by_hand_is_refused_not_reset(tmp_path):

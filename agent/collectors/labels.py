@@ -18,7 +18,7 @@ import platform
 import re
 import select
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from foliowatch import schema
 from foliowatch.agent.collectors._io import read_text
@@ -83,6 +83,12 @@ def uptime_s(proc: str = "/proc") -> float:
     if proc == "/proc":
         return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 100) / 100
     return parse_uptime(read_text(f"{proc}/uptime"))
+
+
+def running_kernel(proc: str = "/proc") -> Tuple[str, float]:
+    """``(release, booted_at)``: this kernel's ``uname -r`` and the wall time it booted
+    (now less the uptime), i.e. since when this host runs that release."""
+    return os.uname().release, time.time() - uptime_s(proc)
 
 
 def host_labels(*, fleet: str, role: str, instance_type: Optional[str], mem_bytes: int,
