@@ -122,8 +122,9 @@ class Stepper:
         self.late_min, self.late_max = fl["late_min_s"], fl["late_max_s"]
         self.probe_steps = (max(1, int(round(fl["probe_every_s"] / self.interval)))
                             if fl["probe_every_s"] > 0 else 0)
-        self.probe_new_steps = (max(1, int(round(fl["probe_new_kernel_every_s"] / self.interval)))
-                                if fl["probe_new_kernel_every_s"] > 0 and self.probe_steps else 0)
+        self.probe_new_steps = (
+            max(1, int(round(min(fl["probe_new_kernel_every_s"], fl["probe_every_s"]) / self.interval)))
+            if fl["probe_new_kernel_every_s"] > 0 and self.probe_steps else 0)
         self.probe_new_s = fl["probe_new_kernel_h"] * 3600.0
         self.page_size = np.array([ap[1] for ap in ARCH_PAGE])[p.arch_page]
         self.mem_f = p.mem_bytes.astype(float)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -15,7 +14,6 @@ from foliowatch import schema
 from foliowatch.simulator import (ground_truth, host_table, load_scenario, simulate_frame,
                                   to_wire_frame, to_wire_json, write_files)
 from foliowatch.simulator.fleet import REASON_ROLLBACK, REASON_ROLLOUT, build_plan
-from foliowatch.simulator.scenario import ScenarioError
 
 # a busy little fleet: the rollout, reboots, episodes and faults all happen within 3 h
 FAULTS = {"lost": 0.01, "late": 0.01, "duplicate": 0.01, "random_reboot_per_host_day": 0.5,
@@ -393,10 +391,3 @@ def test_hosts_probe_densely_in_their_first_hours_on_a_new_kernel_only():
         r.start_h, r.waves, r.wave_interval_h, r.rollback_h = 0.25, [0.5, 1.0], 8.0, 2.0
     assert pl.concat(list(simulate_frame(off, 5))).equals(pl.concat(list(simulate_frame(plain, 5))))
 
-
-def test_a_new_kernel_probe_period_above_the_usual_one_is_refused(tmp_path):
-    src = (Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "rollback.toml").read_text()
-    bad = tmp_path / "bad.toml"
-    bad.write_text(src + "\n[faults]\nprobe_every_s = 600.0\nprobe_new_kernel_every_s = 1800.0\n")
-    with pytest.raises(ScenarioError, match=r"probe_new_kernel_every_s.*above probe_every_s 600"):
-        load_scenario(str(bad))
