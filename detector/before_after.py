@@ -52,7 +52,9 @@ class BeforeAfterPolicy:
                                 "pgscan_direct_per_s")
     # "After" is each host's last hour: since fragmentation only grows with uptime, its
     # most fragmented memory on the kernel so far, where a fragmentation-gated
-    # regression shows most. The write probe runs every 30 min: an hour holds 2 probes.
+    # regression shows most. A canary's hour holds 6 write probes (the agent probes every
+    # 10 min in a host's first 8 h on a new kernel, ``agent.probe.new_kernel_every_s``),
+    # a settled host's 1-2.
     recent: timedelta = timedelta(minutes=60)
     # Matched load: "before" windows are those at the same time of day as "after"
     # (within this many minutes either side of the after hour's middle), on the days
