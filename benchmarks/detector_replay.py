@@ -93,14 +93,16 @@ from foliowatch.simulator.truth import exposure_ts  # noqa: E402
 MECHANISM_COLUMNS = [ATTEMPTS, WRITTEN]
 
 
-def probing(sc, new_kernel_every_s: float):
-    """``sc`` with its hosts probing every ``new_kernel_every_s`` in their first hours on a
+def probing(sc, new_kernel_every_s: float) -> str:
+    """Set ``sc``'s hosts probing every ``new_kernel_every_s`` in their first hours on a
     kernel they had not run before (the agent's ``agent.probe.new_kernel_every_s``; the
     hours are the scenario's ``probe_new_kernel_h``), as well as every ``probe_every_s``
-    throughout; 0 leaves the scenario as it is."""
-    if new_kernel_every_s:
-        sc.faults["probe_new_kernel_every_s"] = float(new_kernel_every_s)
-    return sc
+    throughout; 0 leaves the scenario as it is. Returns the tail that tells the kept host
+    windows of such a fleet apart in ``--data`` ("" for 0)."""
+    if not new_kernel_every_s:
+        return ""
+    sc.faults["probe_new_kernel_every_s"] = float(new_kernel_every_s)
+    return f"-p{new_kernel_every_s:g}"
 
 
 def _no_effect(sc):
@@ -208,8 +210,7 @@ def _simulated(name: str, seed: int, copies: int, scale: float, hours: Optional[
         sc.hours = hours
     sc = replicate(sc, copies, scale, seed)
     sc.physics = Physics.random(seed)
-    probing(sc, new_kernel_probes)
-    tail = f"-p{new_kernel_probes:g}" if new_kernel_probes else ""
+    tail = probing(sc, new_kernel_probes)
     path = (Path(data) / f"{name}-s{seed}-c{copies}-x{scale:g}-h{sc.hours:g}{tail}.parquet") if data else None
     t0 = time.perf_counter()
     if path is not None and path.exists():
@@ -495,8 +496,7 @@ def small_effects(args) -> List[str]:
         wave10 = r.start_h + r.wave_interval_h
         sc.hours = wave10 + r.wave_interval_h + 0.5
         sc.physics = Physics.random(seed)
-        probing(sc, args.new_kernel_probes)
-        tail = f"-p{args.new_kernel_probes:g}" if args.new_kernel_probes else ""
+        tail = probing(sc, args.new_kernel_probes)
         path = Path(args.data) / f"small-effect-5-s{seed}-h{sc.hours:g}{tail}.parquet" if args.data else None
         if path is not None and path.exists():
             df = pl.read_parquet(path)

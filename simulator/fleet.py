@@ -94,6 +94,11 @@ def _ver_index(versions: List[str], v: str) -> int:
     return versions.index(v)
 
 
+def probe_steps(every_s: float, interval: float) -> int:
+    """Sampling intervals between a host's write probes every ``every_s`` (0: no probe)."""
+    return max(1, int(round(every_s / interval))) if every_s > 0 else 0
+
+
 def build_plan(sc: Scenario, seed: int) -> Plan:
     rng = np.random.default_rng([seed, 0xF011])
     start = sc.start_ts
@@ -181,8 +186,7 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
     phase_s = rng.uniform(0.0, interval, n)
     delay_s = rng.uniform(0.05, 1.5, n)
     device_idx = (rng.random(n) < 0.3).astype(np.int32)
-    probe_steps = max(1, int(round(fl["probe_every_s"] / interval))) if fl["probe_every_s"] > 0 else 0
-    probe_offset = rng.integers(0, max(1, probe_steps), n)
+    probe_offset = rng.integers(0, max(1, probe_steps(fl["probe_every_s"], interval)), n)
 
     uptime0 = (a["up_lo"] + (a["up_hi"] - a["up_lo"]) * rng.random(n)) * 86400.0
     boot_ts0 = start - uptime0

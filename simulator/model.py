@@ -41,7 +41,7 @@ import numpy as np
 from foliowatch.schema import TRACEPOINT_COUNTERS
 
 from .fleet import (ARCH_PAGE, EP_DISK, EP_NOISY, REBOOT_KEEP_KERNEL, Plan,
-                    kernel_tied_changes)
+                    kernel_tied_changes, probe_steps)
 from .physics import DEFAULT as DEFAULT_PHYSICS
 from .mechanism import MechanismModel
 
@@ -120,10 +120,9 @@ class Stepper:
         self.p_lost, self.p_late, self.p_dup = fl["lost"], fl["late"], fl["duplicate"]
         self.p_out = fl["outlier_share"]
         self.late_min, self.late_max = fl["late_min_s"], fl["late_max_s"]
-        self.probe_steps = (max(1, int(round(fl["probe_every_s"] / self.interval)))
-                            if fl["probe_every_s"] > 0 else 0)
+        self.probe_steps = probe_steps(fl["probe_every_s"], self.interval)
         self.probe_new_steps = (
-            max(1, int(round(min(fl["probe_new_kernel_every_s"], fl["probe_every_s"]) / self.interval)))
+            probe_steps(min(fl["probe_new_kernel_every_s"], fl["probe_every_s"]), self.interval)
             if fl["probe_new_kernel_every_s"] > 0 and self.probe_steps else 0)
         self.probe_new_s = fl["probe_new_kernel_h"] * 3600.0
         self.page_size = np.array([ap[1] for ap in ARCH_PAGE])[p.arch_page]
