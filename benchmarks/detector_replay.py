@@ -52,6 +52,10 @@ in their first hours on a kernel they had not run before (the agent's
 ``agent.probe.new_kernel_every_s``; the scenario's ``probe_new_kernel_h``), besides every
 ``probe_every_s`` (30 min) throughout; without it the fleet probes every 30 min only.
 
+``--control-per-canary R`` (every mode): with each rollout's first wave, R baseline hosts
+per canary reboot and keep the old kernel (``[[rollout]] control_per_canary``): hosts in
+fresh memory states on both kernels, which is what the comparison of canaries needs.
+
 ``rollback``: the seed case rolled back 2 h after the regression exists on 3 canaries
 (``exposure_ts`` at half size; every host on the new kernel reboots back); evaluations
 every ``--step`` minutes until 2 h after the rollback; the target is a record confirmed,
@@ -103,6 +107,18 @@ def probing(sc, new_kernel_every_s: float) -> str:
         return ""
     sc.faults["probe_new_kernel_every_s"] = float(new_kernel_every_s)
     return f"-p{new_kernel_every_s:g}"
+
+
+def controls(sc, per_canary: float) -> str:
+    """Give each of ``sc``'s rollouts a control group: ``per_canary`` baseline hosts per
+    canary reboot with the first wave and keep the old kernel (the scenario's
+    ``control_per_canary``); 0 leaves the scenario as it is. Returns the tail that tells
+    the kept host windows of such a fleet apart in ``--data`` ("" for 0)."""
+    if not per_canary:
+        return ""
+    for r in sc.rollouts:
+        r.control_per_canary = float(per_canary)
+    return f"-c{per_canary:g}"
 
 
 def _no_effect(sc):
@@ -200,7 +216,8 @@ def _merge_parts(parts: Path, path: Path, slice_h: int = 2) -> None:
 
 
 def _simulated(name: str, seed: int, copies: int, scale: float, hours: Optional[float],
-               data: Optional[str], new_kernel_probes: float = 0.0):
+               data: Optional[str], new_kernel_probes: float = 0.0,
+               control_per_canary: float = 0.0):
     """The run's host windows and physics: read back from ``data`` when simulated before."""
     base, change = NO_EFFECT[name]
     sc = load_scenario(base, interval_s=60, seed=seed)
@@ -210,7 +227,7 @@ def _simulated(name: str, seed: int, copies: int, scale: float, hours: Optional[
         sc.hours = hours
     sc = replicate(sc, copies, scale, seed)
     sc.physics = Physics.random(seed)
-    tail = probing(sc, new_kernel_probes)
+    tail = probing(sc, new_kernel_probes) + controls(sc, control_per_canary)
     path = (Path(data) / f"{name}-s{seed}-c{copies}-x{scale:g}-h{sc.hours:g}{tail}.parquet") if data else None
     t0 = time.perf_counter()
     if path is not None and path.exists():
@@ -236,8 +253,9 @@ def note_open_records(state: RegressionState, t: datetime, seen: Dict[str, Dict]
 
 def run_false(name: str, seed: int, copies: int, scale: float, step: int,
               hours: Optional[float], data: Optional[str] = None,
-              new_kernel_probes: float = 0.0) -> Dict:
-    sc, df, sim_s = _simulated(name, seed, copies, scale, hours, data, new_kernel_probes)
+              new_kernel_probes: float = 0.0, control_per_canary: float = 0.0) -> Dict:
+    sc, df, sim_s = _simulated(name, seed, copies, scale, hours, data, new_kernel_probes,
+                               control_per_canary)
     ch = kernel_changes(df)
     first = ch["at"].min()
     end = df["window_start"].max()
@@ -274,7 +292,8 @@ def _jsonl_row(r: Dict, args, commit: str) -> Dict:
     return {"scenario": r["name"], "seed": r["seed"], "physics": r["physics"].summary(),
             "hosts": r["hosts"], "hours": r["hours"], "cohorts": r["cohorts"],
             "cohort_days": round(r["cohort_days"], 3), "copies": args.copies, "scale": args.scale,
-            "step_min": args.step, "new_kernel_probes_s": args.new_kernel_probes, "evals": r["evals"], "eval_s": round(r["eval_s"], 2),
+            "step_min": args.step, "new_kernel_probes_s": args.new_kernel_probes,
+            "control_per_canary": args.control_per_canary, "evals": r["evals"], "eval_s": round(r["eval_s"], 2),
             "eval_cpu_s": round(r["eval_cpu_s"], 2), "sim_s": round(r["sim_s"], 1),
             "suspected": sum(1 for a in r["alarms"].values() if a["status"] == "suspected"),
             "confirmed": sum(1 for a in r["alarms"].values() if a["status"] == "confirmed"),
@@ -329,7 +348,7 @@ def false_alarms(args) -> List[str]:
         name = names[k % len(names)]
         seed = args.seed0 + k
         r = run_false(name, seed, args.copies, args.scale, args.step, args.hours, args.data,
-                      args.new_kernel_probes)
+                      args.new_kernel_probes, args.control_per_canary)
         sus = sum(1 for a in r["alarms"].values() if a["status"] == "suspected")
         con = sum(1 for a in r["alarms"].values() if a["status"] == "confirmed")
         tot_cd += r["cohort_days"]
@@ -367,6 +386,7 @@ def speed(args) -> List[str]:
         sc = load_scenario("seed-iomap-arm64-xfs", interval_s=60, seed=seed, hours=10 + 8 + 0.5)
         sc.physics = Physics.random(seed) if k else None
         probing(sc, args.new_kernel_probes)
+        controls(sc, args.control_per_canary)
         phys = sc.physics or Physics()
         truth = {(e["page_size"], e["gate"]): e["ts"] for g in (0.0, 0.5)
                  for e in exposure_ts(sc, seed, gate=g)}
@@ -443,6 +463,7 @@ def costless(args) -> List[str]:
         sc = load_scenario("seed-iomap-arm64-xfs", interval_s=60, seed=seed, hours=10 + 16 + 0.5)
         sc.physics = Physics.random(seed) if k else None
         probing(sc, args.new_kernel_probes)
+        controls(sc, args.control_per_canary)
         sc.changes = [c for c in sc.changes if c.kind != "regression"]
         assert any(km.mechanism == "affected" for km in sc.kernels), "the seed kernel's mechanism"
         df = host_windows(sc).select(KEEP + MECHANISM_COLUMNS)
@@ -496,7 +517,7 @@ def small_effects(args) -> List[str]:
         wave10 = r.start_h + r.wave_interval_h
         sc.hours = wave10 + r.wave_interval_h + 0.5
         sc.physics = Physics.random(seed)
-        tail = probing(sc, args.new_kernel_probes)
+        tail = probing(sc, args.new_kernel_probes) + controls(sc, args.control_per_canary)
         path = Path(args.data) / f"small-effect-5-s{seed}-h{sc.hours:g}{tail}.parquet" if args.data else None
         if path is not None and path.exists():
             df = pl.read_parquet(path)
@@ -552,6 +573,7 @@ def rollback_2h(args) -> List[str]:
         r = sc.rollouts[0]
         sc.physics = Physics.random(seed)
         probing(sc, args.new_kernel_probes)
+        controls(sc, args.control_per_canary)
         if args.tracepoints:
             # the seed case's mechanism, which the rollback scenario leaves undeclared
             # (its counters draw from their own stream: the rest of the fleet is the same)
@@ -628,6 +650,10 @@ def main(argv=None) -> int:
                    help="every mode: hosts also probe every SECONDS in their first hours on a kernel "
                         "they had not run before (agent.probe.new_kernel_every_s); 0: only every "
                         "probe_every_s, as the scenarios say")
+    p.add_argument("--control-per-canary", type=float, default=0.0, metavar="R",
+                   help="every mode: with the first wave, R baseline hosts per canary (rounded) "
+                        "reboot and keep the old kernel (the scenario's control_per_canary); "
+                        "0: no control group")
     p.add_argument("--start-before", type=int, default=None,
                    help="speed: start evaluating this many minutes before the half-size exposure")
     p.add_argument("--out", default=None)

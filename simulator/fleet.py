@@ -9,6 +9,7 @@ whole fleet with array operations.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -25,7 +26,7 @@ DEVICES = ("nvme1n1", "md0")
 
 REBOOT_KEEP_KERNEL = -1
 # why a host rebooted (kept in the plan for tests and ground truth)
-REASON_ROLLOUT, REASON_ROLLBACK, REASON_RANDOM, REASON_DISK = 0, 1, 2, 3
+REASON_ROLLOUT, REASON_ROLLBACK, REASON_RANDOM, REASON_DISK, REASON_CONTROL = 0, 1, 2, 3, 4
 EP_NONE, EP_NOISY, EP_DISK = 0, 1, 2
 
 
@@ -207,6 +208,32 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
         reb_reason.append(np.full(len(hosts), reason, dtype=np.int8))
         reb_wave.append(np.full(len(hosts), wave, dtype=np.int8))
 
+    def control_group(candidates, canaries, k):
+        """``k`` hosts of ``candidates`` (in order of preference) for a control group:
+        one per canary in turn, from the canary's group (its cohort) with its instance
+        type, else from its group, else any candidate."""
+        grp = a["group_idx"]
+        queues: Dict[Any, deque] = {"any": deque(candidates)}
+        for h in candidates:
+            queues.setdefault((grp[h], itype_idx[h]), deque()).append(h)
+            queues.setdefault(grp[h], deque()).append(h)
+        used: set = set()
+
+        def take(key):
+            q = queues.get(key, deque())
+            while q and q[0] in used:
+                q.popleft()
+            return q.popleft() if q else None
+        picked = []
+        for i in range(min(k, len(candidates))):
+            c = canaries[i % len(canaries)]
+            h = take((grp[c], itype_idx[c]))
+            h = take(grp[c]) if h is None else h
+            h = take("any") if h is None else h
+            used.add(h)
+            picked.append(h)
+        return np.asarray(picked, dtype=np.int64)
+
     for r in sc.rollouts:
         fi = [f.name for f in sc.fleets].index(r.fleet)
         vf, vt = versions.index(r.kernel_from), versions.index(r.kernel_to)
@@ -230,6 +257,19 @@ def build_plan(sc: Scenario, seed: int) -> Plan:
             ts = t_wave + rng.uniform(0.0, spread, len(hosts))
             # the rollback halts the wave: reboots not yet begun are cancelled
             hosts, ts = hosts[ts < rollback_ts], ts[ts < rollback_ts]
+            if wi == 0 and r.control_per_canary > 0 and len(hosts):
+                control = control_group(order[target:][::-1], hosts,
+                                        int(round(r.control_per_canary * len(hosts))))
+                cts = t_wave + rng.uniform(0.0, spread, len(control))
+                control, cts = control[cts < rollback_ts], cts[cts < rollback_ts]
+                if len(control):
+                    add_reboots(cts, control, REBOOT_KEEP_KERNEL, REASON_CONTROL, 1)
+                    rollout_events.append(dict(
+                        type="rollout", action="control", ts=t_wave, fleet=r.fleet,
+                        kernel_from=r.kernel_from, kernel_to=r.kernel_from, wave=1,
+                        wave_fraction=0.0, hosts=int(len(control)), hosts_total=0,
+                        reboot_spread_s=spread,
+                        instance_types=sorted({itypes[i] for i in itype_idx[control]})))
             if len(hosts):
                 add_reboots(ts, hosts, vt, REASON_ROLLOUT, wi + 1)
                 moved.append(hosts)

@@ -40,6 +40,11 @@ same structure in YAML (``.yaml``/``.yml``)::
     pause_after_wave = 2            # optional: hold after this wave (1-based) ...
     pause_h = 12                    # ... for this many hours
     rollback_h = 30                 # optional: hosts on kernel_to reboot back at this hour
+    control_per_canary = 0          # optional: with the first wave, this many baseline hosts
+                                    # per canary (rounded) reboot and keep kernel_from: a
+                                    # control group in fresh memory states, like the
+                                    # canaries' (picked from the last wave's hosts, matched
+                                    # on instance type); 0: none
 
     [[change]]                      # injected effects, with ground truth
     kind = "regression"             # regression | improvement | load_shift
@@ -71,6 +76,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +215,7 @@ class Rollout:
     pause_after_wave: Optional[int] = None
     pause_h: float = 0.0
     rollback_h: Optional[float] = None
+    control_per_canary: float = 0.0
 
 
 @dataclass
@@ -479,11 +486,16 @@ def _parse(doc: Dict[str, Any], src: str) -> Scenario:
         rb = r.get("rollback_h", float, None, check=_non_negative)
         if rb is not None and rb <= start_h:
             r.fail("rollback_h", f"{rb} is not after start_h {start_h}; a rollback follows a rollout")
+        control = r.get("control_per_canary", float, 0.0,
+                        check=lambda v: None if 0 <= v < math.inf else
+                        f"must be a finite number >= 0, got {v}",
+                        hint="baseline hosts per canary that reboot with the first wave "
+                             "and keep kernel_from; 0 for none")
         r.finish(("fleet", "kernel_from", "kernel_to", "start_h", "waves", "wave_interval_h",
                   "reboot_spread_min", "prefer_instance_types", "pause_after_wave", "pause_h",
-                  "rollback_h"))
+                  "rollback_h", "control_per_canary"))
         rollouts.append(Rollout(fl, kf, kt, start_h, [float(w) for w in waves], wi, spread,
-                                list(prefer), paw, pause_h, rb))
+                                list(prefer), paw, pause_h, rb, control))
 
     changes: List[Change] = []
     for i, ct in enumerate(top.get("change", list, [])):

@@ -16,7 +16,9 @@ examined against it. Written as ``ground_truth.json`` beside the generated data.
              the means over all intervals, and medians barely move),
              ``start_ts`` (first host exposed), ``end_ts`` (rollback or end of a load
              shift, else ``None``), ``hosts`` (hosts in the cohort), ``note``.
-``rollout``  a rollout event: ``action`` (``start`` of a wave, ``pause``, ``rollback``),
+``rollout``  a rollout event: ``action`` (``start`` of a wave, ``pause``, ``rollback``,
+             ``control``: baseline hosts rebooted with the first wave, keeping
+             ``kernel_from``, so that hosts in fresh memory states run both kernels),
              ``ts``, ``fleet``, ``kernel_from``, ``kernel_to`` (version-build; releases
              differ per arch/page size), ``wave``, ``wave_fraction`` (cumulative),
              ``hosts`` (rebooted in this event), ``hosts_total``, ``reboot_spread_s``.
@@ -32,8 +34,8 @@ end_ts, hours, interval_s, hosts, fleets: [...], faults}, "truth": [the list abo
 
 ``host_table(scenario)`` (written as ``ground_truth_hosts.csv``) lists every host: its
 cohort labels, instance type, initial kernel release, and the rollout wave and times at
-which it rebooted onto the new kernel (and back, on a rollback): the canary set a
-detector can be scored against host by host.
+which it rebooted onto the new kernel (and back, on a rollback; or, for a control host,
+without changing kernel): the canary set a detector can be scored against host by host.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def host_table(scenario: Scenario, seed: Optional[int] = None):
     import numpy as np
     import polars as pl
 
-    from .fleet import ARCH_PAGE, FS_NAMES, REASON_ROLLBACK, REASON_ROLLOUT
+    from .fleet import ARCH_PAGE, FS_NAMES, REASON_CONTROL, REASON_ROLLBACK, REASON_ROLLOUT
 
     sc = scenario
     seed = sc.seed if seed is None else int(seed)
@@ -219,11 +221,14 @@ def host_table(scenario: Scenario, seed: Optional[int] = None):
     wave = np.zeros(n, dtype=np.int64)
     moved = np.full(n, np.nan)
     back = np.full(n, np.nan)
+    control = np.full(n, np.nan)
     for ts, h, reason, w in zip(p.reboot_ts, p.reboot_host, p.reboot_reason, p.reboot_wave):
         if reason == REASON_ROLLOUT and np.isnan(moved[h]):
             moved[h], wave[h] = ts, w
         elif reason == REASON_ROLLBACK and np.isnan(back[h]):
             back[h] = ts
+        elif reason == REASON_CONTROL:
+            control[h] = ts
     fleets = [f for f in sc.fleets]
     return pl.DataFrame({
         "host_id": p.host_id,
@@ -238,6 +243,7 @@ def host_table(scenario: Scenario, seed: Optional[int] = None):
         "rollout_wave": wave,
         "rollout_reboot_ts": pl.Series(moved).fill_nan(None),
         "rollback_reboot_ts": pl.Series(back).fill_nan(None),
+        "control_reboot_ts": pl.Series(control).fill_nan(None),
     })
 
 

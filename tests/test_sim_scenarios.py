@@ -102,6 +102,12 @@ def test_overrides_scale_hosts_and_clock(tmp_path):
     (lambda s: s + '[[change]]\nkind = "regression"\nkernel = "6.12.40-63"\n'
                    'write_throughput = 0.9\nfrag_onset = 0.5\nfrag_full = 0.2\n',
      "frag_full", "above frag_onset"),
+    (lambda s: s.replace('start_h = 0.5', 'start_h = 0.5\ncontrol_per_canary = -1'),
+     "control_per_canary", "must be a finite number >= 0"),
+    (lambda s: s.replace('start_h = 0.5', 'start_h = 0.5\ncontrol_per_canary = inf'),
+     "control_per_canary", "baseline hosts per canary"),
+    (lambda s: s.replace('start_h = 0.5', 'start_h = 0.5\ncontrol_per_canary = "2"'),
+     "control_per_canary", "expected float"),
 ])
 def test_bad_scenario_error_names_the_key(tmp_path, edit, key, hint):
     with pytest.raises(ScenarioError) as e:
