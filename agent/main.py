@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", metavar="DIR", help="override agent.state_dir")
     parser.add_argument("--print-default-config", action="store_true",
                         help="print the embedded default configuration and exit")
+    parser.add_argument("--export-tracefs-events", metavar="DIR",
+                        help="as root: copy the id and format files of the tracepoints the "
+                             "collector counts from tracefs into DIR (world-readable), for "
+                             "an agent running unprivileged with CAP_PERFMON and "
+                             "agent.tracepoints.tracefs = DIR; exit 0, or 1 with DIR "
+                             "removed")
 
 
 def _load(args) -> "tuple":
@@ -96,6 +102,21 @@ def _runtime_problems(cfg) -> list:
         problems.append(f"config agent.state_dir: {cfg.state_dir!r} not writable by uid "
                         f"{os.geteuid()}; create it for the agent's user")
     return problems
+
+
+def _export_tracefs_events(dest: str) -> int:
+    from foliowatch.agent.collectors import tracepoints
+    try:
+        copied = tracepoints.export_event_files(dest)
+    except tracepoints.TracepointsUnavailable as e:
+        print(f"foliowatch agent --export-tracefs-events: {e}; the tracepoint collector "
+              "will be off", file=sys.stderr)
+        return 1
+    missing = [e for e in tracepoints.EVENTS if e not in copied]
+    print(f"foliowatch agent --export-tracefs-events: {len(copied)} of "
+          f"{len(tracepoints.EVENTS)} events copied to {os.path.abspath(dest)}"
+          + (f" (not in this kernel: {', '.join(missing)})" if missing else ""))
+    return 0
 
 
 def _stdout_samples(cfg, once: bool, interval: float) -> int:
@@ -196,6 +217,8 @@ def run(args) -> int:
     if args.print_default_config:
         sys.stdout.write(agent_config.DEFAULT_TOML)
         return 0
+    if args.export_tracefs_events:
+        return _export_tracefs_events(args.export_tracefs_events)
     cfg, problems = _load(args)
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

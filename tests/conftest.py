@@ -5,6 +5,8 @@ A service that cannot start fails the test with its log; nothing here skips.
 from __future__ import annotations
 
 import fcntl
+import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -104,3 +106,12 @@ def alertmanager(tmp_path):
     am = Alertmanager(tmp_path / "alertmanager").start()
     yield am
     am.stop()
+
+
+@pytest.fixture(scope="session")
+def tracefs():
+    """The real kernel's tracefs at /sys/kernel/tracing, mounted if it is not (root)."""
+    assert os.geteuid() == 0, "the tracepoint tests count on the real kernel and need root"
+    if not os.path.isdir("/sys/kernel/tracing/events"):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=True)
+    return "/sys/kernel/tracing"

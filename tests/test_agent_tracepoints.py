@@ -135,15 +135,50 @@ def test_config_defaults_off_and_names_bad_keys():
                for p in problems)
 
 
+# -- the events' files copied for an unprivileged agent ---------------------------------
+@agent39
+def test_export_copies_each_event_world_readable_and_replaces_an_old_copy_whole(tmp_path):
+    src = tmp_path / "tracing"
+    shutil.copytree(TRACEFS_FIX, src)
+    shutil.rmtree(src / "events" / tp.EV_COMPACT_DEFERRED)     # a kernel without it
+    dest = tmp_path / "state" / "tracefs-events"
+    (dest / "events" / "old" / "gone").mkdir(parents=True)     # an earlier kernel's copy
+    (dest / "events" / "old" / "gone" / "id").write_text("999\n")
+    umask = os.umask(0o077)                                     # systemd's UMask= of the unit
+    try:
+        copied = tp.export_event_files(str(dest), [str(tmp_path / "absent"), str(src)])
+    finally:
+        os.umask(umask)
+    assert copied == [e for e in tp.EVENTS if e != tp.EV_COMPACT_DEFERRED]
+    assert not (dest / "events" / "old").exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tracefs-events"]   # no staging left
+    for path in [dest, *dest.rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+    for event in copied:
+        assert tp.read_event_format(str(dest), event) == tp.read_event_format(str(src), event)
+
+
+@agent39
+def test_export_without_tracefs_removes_the_old_copy_and_says_what_to_do(tmp_path):
+    dest = tmp_path / "tracefs-events"
+    shutil.copytree(TRACEFS_FIX, dest)
+    with pytest.raises(tp.TracepointsUnavailable,
+                       match="tracefs not mounted .*mount -t tracefs nodev /sys/kernel/tracing"):
+        tp.export_event_files(str(dest), [str(tmp_path / "tracing")])
+    assert not dest.exists()     # never an earlier kernel's event ids
+
+
+@agent39
+def test_collector_says_a_tracefs_setting_without_events_names_nothing_it_can_read(tmp_path):
+    counters = tp.TracepointCounters(DEFAULT, tracefs=str(tmp_path / "tracefs-events"))
+    counters.open()
+    assert not counters.on
+    assert counters.off_reason.startswith(f"agent.tracepoints.tracefs {tmp_path}/tracefs-events: "
+                                          "no events/ folder in it")
+    assert "--export-tracefs-events" in counters.off_reason
+
+
 # -- the real kernel -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tracefs():
-    assert os.geteuid() == 0, "the tracepoint tests count on the real kernel and need root"
-    if not os.path.isdir("/sys/kernel/tracing/events"):
-        _run("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing")
-    return "/sys/kernel/tracing"
 
 
 @contextmanager
@@ -300,22 +335,15 @@ def test_unprivileged_agent_says_once_why_tracepoints_are_off_and_keeps_collecti
     out, err = _run_as_nobody("")
     assert out["on"] is False
     assert "permission denied" in out["off"] and "tracefs" in out["off"]
-    # 2. the ids readable (a copy of this kernel's tracefs files): perf_event_open refuses
-    copy = Path(tempfile.mkdtemp(prefix="foliowatch-tracefs-", dir="/tmp"))
+    # 2. the ids readable (this kernel's event files, copied as the unit's ExecStartPre
+    # does): perf_event_open refuses
+    parent = Path(tempfile.mkdtemp(prefix="foliowatch-tracefs-", dir="/tmp"))
     try:
-        for event in tp.EVENTS:
-            src = Path(tracefs) / "events" / event
-            if src.is_dir():
-                (copy / "events" / event).mkdir(parents=True)
-                for name in ("id", "format"):
-                    shutil.copy(src / name, copy / "events" / event / name)
-        for d, _dirs, files in os.walk(copy):
-            os.chmod(d, 0o755)
-            for f in files:
-                os.chmod(os.path.join(d, f), 0o644)
-        out2, err2 = _run_as_nobody(str(copy))
+        os.chmod(parent, 0o755)
+        assert tp.export_event_files(str(parent / "copy")) == list(tp.EVENTS)
+        out2, err2 = _run_as_nobody(str(parent / "copy"))
     finally:
-        shutil.rmtree(copy, ignore_errors=True)
+        shutil.rmtree(parent, ignore_errors=True)
     print("unprivileged, tracefs unreadable:", out["off"])
     print(f"unprivileged, perf_event_paranoid = {paranoid}:", out2["off"])
     assert out2["on"] is False

@@ -17,6 +17,7 @@ import grp
 import shlex
 import shutil
 import subprocess
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -30,8 +31,13 @@ CONVERGE = TEST_PLAYS / "agent-converge.yml"
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
+def unit_fields(unit_text: str, key: str) -> list:
+    """Every value of ``key`` in the unit, in order."""
+    return [line.split("=", 1)[1] for line in unit_text.splitlines() if line.startswith(key + "=")]
+
+
 def unit_field(unit_text: str, key: str) -> str:
-    values = [line.split("=", 1)[1] for line in unit_text.splitlines() if line.startswith(key + "=")]
+    values = unit_fields(unit_text, key)
     assert len(values) == 1, (key, values)
     return values[0]
 
@@ -46,26 +52,53 @@ def env_file(path: Path) -> dict:
     return env
 
 
+def _setpriv_caps(text: str) -> list:
+    """setpriv's arguments for the unit's CapabilityBoundingSet= and AmbientCapabilities=
+    (systemd.exec(5): the ambient set is also raised in the inheritable set)."""
+    def names(key):
+        return [c.lower().removeprefix("cap_") for c in unit_field(text, key).split()]
+    args = ["--bounding-set=" + ",".join(["-all"] + ["+" + c for c in names("CapabilityBoundingSet")])]
+    ambient = names("AmbientCapabilities")
+    if ambient:
+        raised = ",".join(["-all"] + ["+" + c for c in ambient])
+        args += ["--inh-caps=" + raised, "--ambient-caps=" + raised]
+    return args
+
+
 def start_unit_command(unit: Path, log: Path) -> subprocess.Popen:
-    """What systemd would do with the unit: ExecStart as User=/Group= with the
-    EnvironmentFile= loaded (the leading '-' makes a missing file acceptable)."""
+    """What systemd would do with the unit: each ExecStartPre= in order ("+": with full
+    privileges, "-": a failure ignored), then ExecStart=, as User=/Group= with the
+    EnvironmentFile= loaded (the leading '-' makes a missing file acceptable) and the
+    unit's capability sets."""
     text = unit.read_text()
     user, group = unit_field(text, "User"), unit_field(text, "Group")
     envfile = Path(unit_field(text, "EnvironmentFile").lstrip("-"))
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     if envfile.exists():
         env.update(env_file(envfile))
-    argv = ["setpriv", "--reuid", user, "--regid", group, "--init-groups", "--"]
-    argv += shlex.split(unit_field(text, "ExecStart"))
-    return subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    as_user = ["setpriv", "--reuid", user, "--regid", group, "--init-groups"]
+    as_user += _setpriv_caps(text) + ["--"]
+    with log.open("ab") as out:
+        for line in unit_fields(text, "ExecStartPre"):
+            prefixes = line[:len(line) - len(line.lstrip("-+"))]
+            argv = shlex.split(line[len(prefixes):])
+            pre = subprocess.run(argv if "+" in prefixes else as_user + argv, env=env, cwd="/",
+                                 stdout=out, stderr=subprocess.STDOUT, timeout=120)
+            assert pre.returncode == 0 or "-" in prefixes, (line, log.read_text()[-3000:])
+    return subprocess.Popen(as_user + shlex.split(unit_field(text, "ExecStart")), env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             start_new_session=True, cwd="/")
 
 
-def proc_uid(pid: int) -> int:
+def proc_status(pid: int, key: str) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Uid in /proc/{pid}/status")
+        if line.startswith(key + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def proc_uid(pid: int) -> int:
+    return int(proc_status(pid, "Uid").split()[0])
 
 
 def user_exists(name: str) -> bool:
@@ -88,7 +121,7 @@ def consume(bootstrap: str, topic: str, want: int, timeout_s: float) -> list:
 
 
 @pytest.fixture(scope="module")
-def agent_host(tmp_path_factory, kafka):
+def agent_host(tmp_path_factory, kafka, tracefs):
     tmp = tmp_path_factory.mktemp("ansible-agent")
     tag = uuid.uuid4().hex[:8]
     # Not under the pytest temp folder (0700 root): the agent's user must reach its venv.
@@ -116,6 +149,8 @@ def agent_host(tmp_path_factory, kafka):
         "foliowatch_agent_kafka_send_timeout_s": 5.0,
         "foliowatch_agent_kafka_latency_budget_s": 0.0,   # each sample sent at once
         "foliowatch_agent_metrics_listen": f"127.0.0.1:{free_port()}",
+        # the real kernel's tracepoints, counted by the unprivileged agent
+        "foliowatch_agent_tracepoints_enabled": True,
     }
     inventory = local_inventory(tmp / "hosts", {"localhost": {}})
     first = playbook(tmp, CONVERGE, inventory, vars_)
@@ -164,6 +199,14 @@ def test_converged_agent_runs_as_its_user_with_the_templated_config_and_publishe
     assert unit_field(unit, "ReadWritePaths") == v["foliowatch_agent_state_dir"]
     for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
         assert hardening in unit.splitlines()
+    # the tracepoint collector: CAP_PERFMON and no other capability; the events' files
+    # copied from root-only tracefs by a privileged ExecStartPre, before --check
+    copy = root / "state" / "tracefs-events"
+    assert cfg["tracepoints"]["enabled"] is True and cfg["tracepoints"]["tracefs"] == str(copy)
+    assert unit_field(unit, "CapabilityBoundingSet") == "CAP_PERFMON"
+    assert unit_field(unit, "AmbientCapabilities") == "CAP_PERFMON"
+    assert unit_fields(unit, "ExecStartPre")[0] == (
+        f"-+{v['foliowatch_agent_venv']}/bin/foliowatch agent --export-tracefs-events {copy}")
 
     agent = agent_host["agent"]
     records = consume(agent_host["bootstrap"], agent_host["topic"], want=3, timeout_s=90)
@@ -177,6 +220,16 @@ def test_converged_agent_runs_as_its_user_with_the_templated_config_and_publishe
     assert proc_uid(agent.pid) == user.pw_uid
     assert (root / "state" / "state.json").exists()
     assert (root / "state" / "state.json").stat().st_uid == user.pw_uid
+    # it counts the kernel's tracepoints with CAP_PERFMON as its only capability
+    perfmon = f"{1 << 38:016x}"      # CAP_PERFMON, include/uapi/linux/capability.h
+    assert (proc_status(agent.pid, "CapEff"), proc_status(agent.pid, "CapBnd")) == (perfmon, perfmon)
+    for r in records:
+        assert {"tp_pagecache_folios_order_0", "tp_compact_try_order_8_up",
+                "tp_direct_reclaim"} <= set(r["counters"]), sorted(r["counters"])
+    metrics = urllib.request.urlopen(f"http://{v['foliowatch_agent_metrics_listen']}/metrics",
+                                     timeout=10).read().decode()
+    assert "\nfoliowatch_agent_tracepoints_enabled 1.0\n" in metrics, metrics[-2000:]
+    assert all(f.stat().st_uid == 0 for f in copy.rglob("*"))
 
 
 def test_second_run_changes_nothing(agent_host):
@@ -193,13 +246,15 @@ def _snapshot(root: Path) -> dict:
 def test_wrong_variable_fails_in_argument_validation_before_anything_changes(agent_host):
     before = _snapshot(agent_host["root"])
     bad = dict(agent_host["vars"], foliowatch_agent_interval_s="every ten seconds",
-               foliowatch_agent_service_manager="upstart")
+               foliowatch_agent_service_manager="upstart",
+               foliowatch_agent_tracepoints_pagecache_devices="mounted")
     run = playbook(agent_host["tmp"], CONVERGE, agent_host["inventory"], bad)
     assert run.returncode != 0
     out = run.stdout + run.stderr
     assert "Validating arguments against arg spec" in out, out[-4000:]
     assert "foliowatch_agent_interval_s" in out and "foliowatch_agent_service_manager" in out, out[-4000:]
     assert "upstart" in out
+    assert "foliowatch_agent_tracepoints_pagecache_devices" in out and "mounted" in out, out[-4000:]
     assert recap(run.stdout)["localhost"]["changed"] == 0
     assert _snapshot(agent_host["root"]) == before
     assert agent_host["agent"].poll() is None
@@ -246,9 +301,9 @@ def test_the_roles_defaults_are_the_agents_defaults():
     from foliowatch.agent.config import DEFAULTS
     role = yaml.safe_load((ANSIBLE_DIR / "roles" / "foliowatch_agent" / "defaults" / "main.yml")
                           .read_text())
+    # probe.user: the agent's own user; tracepoints.tracefs: the unit's copy of tracefs
     left_to_the_agent = {"agent.kafka.sasl_password_file", "agent.probe.user",
-                         "agent.tracepoints.enabled", "agent.tracepoints.order_buckets",
-                         "agent.tracepoints.pagecache_devices", "agent.tracepoints.tracefs"}
+                         "agent.tracepoints.tracefs"}
     for key, default in DEFAULTS.items():
         var = "foliowatch_" + key.replace(".", "_")
         if key in left_to_the_agent:

@@ -80,6 +80,12 @@ PERF_EVENT_IOC_DISABLE = 0x2401
 # _IOW('$', 6, char *)
 PERF_EVENT_IOC_SET_FILTER = (1 << 30) | (struct.calcsize("P") << 16) | (0x24 << 8) | 6
 
+# What an agent that cannot read tracefs (mode 0700 root by default) can do about it.
+TRACEFS_ACCESS_HINT = ("run the agent as root (with only CAP_PERFMON among its "
+                       "capabilities), or copy the events' files as root before it starts "
+                       "(`foliowatch agent --export-tracefs-events DIR`) and set "
+                       "agent.tracepoints.tracefs = DIR, or mount tracefs with gid= of the "
+                       "agent's group")
 PRIVILEGE_HINT = ("grant the agent CAP_PERFMON (systemd: AmbientCapabilities=CAP_PERFMON) "
                   "or set kernel.perf_event_paranoid <= 0")
 
@@ -327,6 +333,66 @@ def find_tracefs(candidates: Iterable[str] = TRACEFS_PATHS) -> Optional[str]:
     return None
 
 
+def _not_mounted(candidates: Sequence[str]) -> "TracepointsUnavailable":
+    return TracepointsUnavailable(
+        f"tracefs not mounted (looked in {', '.join(candidates)}); mount it: "
+        "mount -t tracefs nodev /sys/kernel/tracing (or in /etc/fstab)")
+
+
+def export_event_files(dest: str, candidates: Sequence[str] = TRACEFS_PATHS) -> List[str]:
+    """Copy the ``id`` and ``format`` of each of ``EVENTS`` from this host's tracefs into
+    ``dest`` (``dest/events/<sys>/<name>/``, world-readable), so that an agent running as
+    an unprivileged user with CAP_PERFMON can plan its counters without reading tracefs
+    (mode 0700 root by default) and without a capability that reads every file
+    (``agent.tracepoints.tracefs = dest``). Run as root before the agent starts, on every
+    start: ids are fixed while a kernel runs, and a reboot into another kernel restarts
+    the agent. Returns the events copied (an event this kernel lacks is left out, as
+    the collector leaves it out). ``dest`` is replaced whole; on failure it is removed,
+    so that a copy from an earlier kernel is never read. Raises TracepointsUnavailable."""
+    import shutil
+    import tempfile
+
+    dest = os.path.abspath(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        source = find_tracefs(candidates)
+    except PermissionError as e:
+        raise TracepointsUnavailable(f"tracefs {e.filename}: permission denied for uid "
+                                     f"{os.geteuid()}; copy the event files as root") from None
+    if source is None:
+        raise _not_mounted(candidates)
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(dest) + ".", dir=parent)
+    copied = []
+    try:
+        os.chmod(staging, 0o755)
+        for event in EVENTS:
+            src = os.path.join(source, "events", event)
+            try:
+                files = {name: read_text(os.path.join(src, name)) for name in ("id", "format")}
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            out = os.path.join(staging, "events", event)
+            os.makedirs(out, mode=0o755, exist_ok=True)
+            for name, text in files.items():
+                fd = os.open(os.path.join(out, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o644)
+                with os.fdopen(fd, "w") as f:
+                    os.fchmod(f.fileno(), 0o644)        # not masked by the umask
+                    f.write(text)
+            copied.append(event)
+        for root, dirs, _ in os.walk(staging):      # makedirs' mode is masked by the umask
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+        os.rename(staging, dest)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise TracepointsUnavailable(f"copying tracefs event files to {dest}: "
+                                     f"{e.strerror} ({e.filename})") from None
+    return copied
+
+
 def online_cpus(sys: str = "/sys") -> List[int]:
     """``/sys/devices/system/cpu/online`` (``0-3,5``) as a list."""
     out: List[int] = []
@@ -475,22 +541,23 @@ class TracepointCounters:
         except PermissionError as e:
             raise TracepointsUnavailable(
                 f"tracefs {e.filename}: permission denied for uid {os.geteuid()}; the "
-                "event ids are read from tracefs: run the agent as root (with only "
-                "CAP_PERFMON among its capabilities) or mount tracefs with gid= of the "
-                "agent's group") from None
-        if tracefs is None:
+                f"event ids are read from tracefs: {TRACEFS_ACCESS_HINT}") from None
+        if self.tracefs and not os.path.isdir(os.path.join(tracefs, "events")):
             raise TracepointsUnavailable(
-                f"tracefs not mounted (looked in {', '.join(TRACEFS_PATHS)}); mount it: "
-                "mount -t tracefs nodev /sys/kernel/tracing (or in /etc/fstab)")
+                f"agent.tracepoints.tracefs {tracefs}: no events/ folder in it; it names "
+                "tracefs or a copy of its event files (`foliowatch agent "
+                "--export-tracefs-events DIR`, run as root before the agent starts: see "
+                "its output for why it made none)")
+        if tracefs is None:
+            raise _not_mounted(TRACEFS_PATHS)
         formats: Dict[str, EventFormat] = {}
         for event in EVENTS:
             try:
                 f = read_event_format(tracefs, event)
             except PermissionError as e:
                 raise TracepointsUnavailable(
-                    f"{e.filename}: permission denied for uid {os.geteuid()}; run the agent "
-                    "as root (restricted to CAP_PERFMON) or mount tracefs with gid= of the "
-                    "agent's group") from None
+                    f"{e.filename}: permission denied for uid {os.geteuid()}; "
+                    f"{TRACEFS_ACCESS_HINT}") from None
             if f is not None:
                 formats[event] = f
         self.specs, self.problems = plan(formats, self.buckets,
