@@ -246,6 +246,33 @@ def write_file(path: str, chunk: int, count: int) -> None:
 
 
 @agent39
+def test_counts_are_read_once_per_cpu_and_equal_each_counters_own(tracefs, monkeypatch):
+    with loop_fs("xfs") as (mnt, devno):
+        # only the loop device's folios: nothing else adds to them between the reads
+        counters = tp.TracepointCounters(DEFAULT, devices=[tp.kernel_dev(devno)])
+        counters.open()
+        try:
+            assert counters.on, counters.off_reason
+            write_file(f"{mnt}/large", MIB, 16)
+            reads = []
+            real_read = os.read
+            monkeypatch.setattr(tp.os, "read", lambda fd, n: reads.append(fd) or real_read(fd, n))
+            grouped = counters.raw_counts()
+            monkeypatch.undo()
+            one_by_one = dict.fromkeys(grouped, 0)
+            for _leader, keys, fds in counters._groups:
+                for key, fd in zip(keys, fds):
+                    one_by_one[key] += tp.read_count(fd)
+        finally:
+            counters.close()
+    cpus = tp.online_cpus()
+    assert len(reads) == len(cpus) == len(set(reads)), reads
+    pagecache = {k: v for k, v in grouped.items() if k.startswith("pagecache_")}
+    assert sum(v << int(k.rsplit("_", 1)[1]) for k, v in pagecache.items()) * 4096 == 16 * MIB
+    assert {k: one_by_one[k] for k in pagecache} == pagecache
+
+
+@agent39
 @pytest.mark.parametrize("fstype", ["xfs", "ext4"])
 def test_buffered_writes_land_in_the_expected_buckets_and_agree_with_perf_stat(
         tracefs, fstype, tmp_path):
@@ -455,7 +482,7 @@ def test_agent_ships_and_serves_tracepoint_counts_when_enabled(tracefs, tmp_path
             text = metrics(agent).decode()
         finally:
             agent.close()
-            assert agent.sampler.tracepoints._fds == {}   # closed with the agent
+            assert agent.sampler.tracepoints._groups == []   # closed with the agent
     schema.validate(record)
     c = record["counters"]
     assert sum(c[f"tp_pagecache_bytes_{b.name}"] for b in DEFAULT) == 64 * MIB
