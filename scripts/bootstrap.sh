@@ -13,7 +13,7 @@ cd "$top"
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------
-apt_pkgs=(prometheus prometheus-alertmanager kcat xfsprogs linux-perf prometheus-node-exporter maven openjdk-17-jre-headless strace)
+apt_pkgs=(prometheus prometheus-alertmanager kcat xfsprogs linux-perf prometheus-node-exporter maven openjdk-17-jre-headless strace systemd)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -207,6 +207,10 @@ def test_converged_agent_runs_as_its_user_with_the_templated_config_and_publishe
     assert unit_field(unit, "AmbientCapabilities") == "CAP_PERFMON"
     assert unit_fields(unit, "ExecStartPre")[0] == (
         f"-+{v['foliowatch_agent_venv']}/bin/foliowatch agent --export-tracefs-events {copy}")
+    # and systemd's own parser accepts the unit as installed (prefixes, capabilities, paths)
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(agent_host["unit"])],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
 
     agent = agent_host["agent"]
     records = consume(agent_host["bootstrap"], agent_host["topic"], want=3, timeout_s=90)
