@@ -273,12 +273,13 @@ def checkout(ref: str, tmp: str) -> str:
 
 
 def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir: str,
-           agents: list) -> int:
+           agents: list, tracepoints: bool = False) -> int:
     """The real agent (``foliowatch agent`` run by each ``(label, python)`` of
     ``agents``, default configuration but for the broker, the state folder, the topic and
     the /metrics port; several run side by side) at ``interval`` beside node_exporter
     scraped at the same interval, all measured from outside over ``minutes`` after a
-    warm-up of three intervals. Kafka send included when ``bootstrap`` is given."""
+    warm-up of three intervals. Kafka send included when ``bootstrap`` is given; the
+    tracepoint collector on with ``tracepoints`` (root, tracefs mounted)."""
     import shutil
     import subprocess
     exe = shutil.which("prometheus-node-exporter")
@@ -304,6 +305,7 @@ def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir:
                    FOLIOWATCH_AGENT_KAFKA_ENABLED="true" if bootstrap else "false",
                    FOLIOWATCH_AGENT_KAFKA_BOOTSTRAP=bootstrap or "127.0.0.1:9092",
                    FOLIOWATCH_AGENT_KAFKA_TOPIC=agent_topic,
+                   FOLIOWATCH_AGENT_TRACEPOINTS_ENABLED="true" if tracepoints else "false",
                    FOLIOWATCH_AGENT_LOG_LEVEL="warning")
         log = open(os.path.join(workdir, f"agent{i}.log"), "wb")
         # run from the state folder: in the repository, ``-m`` would import its source tree
@@ -372,7 +374,8 @@ def steady(minutes: float, interval: float, bootstrap: str, topic: str, workdir:
     mib = 1 << 20
     load = os.getloadavg()
     print(f"\nsteady state: {n} intervals of {interval:g} s ({wall / 60:.1f} min), agent "
-          f"{'with' if bootstrap else 'without'} Kafka, Python {sys.version.split()[0]}, "
+          f"{'with' if bootstrap else 'without'} Kafka"
+          f"{', tracepoint collector on (' + str(os.cpu_count()) + ' CPUs)' if tracepoints else ''}, Python {sys.version.split()[0]}, "
           f"{os.uname().release}; load average at the start {load0[0]:.2f} {load0[1]:.2f} "
           f"{load0[2]:.2f}, at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"  node_exporter: CPU per scrape {ne_ms:.2f} ms (schedstat {nes_ms:.2f}), RSS "
@@ -430,6 +433,9 @@ def main() -> int:
     ap.add_argument("--compare-with", metavar="GIT_REF",
                     help="--steady-minutes: also run the agent of this commit (installed "
                          "as on a host) side by side, beside the same node_exporter")
+    ap.add_argument("--tracepoints", action="store_true",
+                    help="--steady-minutes: the agents run the tracepoint collector "
+                         "(agent.tracepoints.enabled; root and tracefs mounted)")
     ap.add_argument("--agent-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--state-dir", help=argparse.SUPPRESS)
     ap.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
@@ -461,7 +467,7 @@ def main() -> int:
                                    host_install(tmp, ref, "ref")))
                 return steady(args.steady_minutes, args.interval,
                               "" if args.no_kafka else bootstrap, args.topic,
-                              str(Path(tmp) / "agent"), agents)
+                              str(Path(tmp) / "agent"), agents, args.tracepoints)
             ne = bench_node_exporter(args.samples)
             ag = bench_agent(args.samples, "" if args.no_kafka else bootstrap, args.topic,
                              str(Path(tmp) / "agent"))
