@@ -77,6 +77,7 @@ PERF_TYPE_SOFTWARE = 1
 PERF_TYPE_TRACEPOINT = 2
 PERF_COUNT_SW_DUMMY = 9      # counts nothing: the leader of each CPU's group of counters
 PERF_FORMAT_GROUP = 1 << 3   # read(2) of a leader: u64 nr, then u64 value per member
+GROUP_LEADER = "software:dummy (the counters' group leader)"   # its name in messages
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 PERF_ATTR_FLAG_DISABLED = 1 << 0
 PERF_EVENT_IOC_ENABLE = 0x2400
@@ -622,8 +623,7 @@ class TracepointCounters:
                     leaders[cpu] = perf_open_group_leader(cpu)
                 except OSError as e:
                     if e.errno != errno.ENODEV:    # ENODEV: went offline since the listing
-                        self._refused("software:dummy (the counters' group leader)", e)
-                members[cpu] = []
+                        self._refused(GROUP_LEADER, e)
             for spec in self.specs:
                 opened: List[Tuple[int, int]] = []
                 try:
@@ -651,13 +651,14 @@ class TracepointCounters:
                         continue
                     self._refused(ev, e)
                 for cpu, fd in opened:
-                    members[cpu].append((spec.key, fd))
+                    members.setdefault(cpu, []).append((spec.key, fd))
                 if opened:
                     self._keys.append(spec.key)
         finally:
             for cpu, leader in leaders.items():
-                self._groups.append((leader, tuple(k for k, _ in members[cpu]),
-                                     [fd for _, fd in members[cpu]]))
+                joined = members.get(cpu, [])
+                self._groups.append((leader, tuple(k for k, _ in joined),
+                                     [fd for _, fd in joined]))
         if not self._keys:
             raise TracepointsUnavailable("no counter could be opened: "
                                          + "; ".join(self.problems))
@@ -665,7 +666,7 @@ class TracepointCounters:
             try:
                 perf_enable(leader)
             except OSError as e:
-                self._refused("software:dummy (the counters' group leader)", e)
+                self._refused(GROUP_LEADER, e)
 
     @staticmethod
     def _refused(ev: str, e: OSError) -> None:
