@@ -1,9 +1,11 @@
 """What bounds the pipeline's records/s by the wall clock: librdkafka's prefetch bounds
-(``kafka_client.ConsumerOptions.queued_min_messages`` / ``queued_max_kbytes``) against
-its own defaults, with confluent-kafka consuming alone and with the whole pipeline, on
-one topic of the real broker (issue 17).
+(``kafka_client.ConsumerOptions.queued_min_messages`` / ``queued_max_kbytes``) and the
+wait once they are reached (``fetch_queue_backoff_ms``) against its own defaults, with
+confluent-kafka consuming alone and with the whole pipeline, on one topic of the real
+broker (issue 17).
 
     .venv/bin/python benchmarks/pipeline_prefetch.py --records 300000
+    .venv/bin/python benchmarks/pipeline_prefetch.py --settings 20000,16384,1000 20000,16384,10
 
 Prints one JSON object per run: records/s, CPU µs per record and (whole pipeline) peak
 RSS, with the load average. Each setting runs twice, alternating.
@@ -29,7 +31,7 @@ PATCH = r'''
 import sys
 import foliowatch.pipeline.kafka_client as kc
 d = list(kc.ConsumerOptions.__init__.__defaults__)
-d[-2], d[-1] = int(sys.argv[1]), int(sys.argv[2])
+d[-3], d[-2], d[-1] = (int(a) for a in sys.argv[1].split(","))
 kc.ConsumerOptions.__init__.__defaults__ = tuple(d)
 '''
 
@@ -37,7 +39,7 @@ CONSUME = PATCH + r'''
 import json, time
 from foliowatch.kafka_io import KafkaSettings
 from foliowatch.pipeline.kafka_client import ConsumerOptions, Listener, open_consumer
-bootstrap, topic, n = sys.argv[3], sys.argv[4], int(sys.argv[5])
+bootstrap, topic, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
 class FromStart(Listener):
     def assigned(self, p): return {}
     def revoked(self, p): return {}
@@ -58,7 +60,7 @@ print(json.dumps({"records_per_s": round(got / secs), "cpu_us_per_record": round
 '''
 
 PIPELINE = PATCH + r'''
-sys.argv = ["foliowatch"] + sys.argv[3:]
+sys.argv = ["foliowatch"] + sys.argv[2:]
 from foliowatch.shell.cli import main
 sys.exit(main())
 '''
@@ -67,6 +69,13 @@ sys.exit(main())
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=300_000)
+    ap.add_argument("--settings", nargs="+", metavar="MSGS,KIB,BACKOFF_MS",
+                    default=["20000,16384,1000", "20000,16384,10", "100000,65536,1000"],
+                    help="prefetch bounds to compare: queued.min.messages, "
+                         "queued.max.messages.kbytes, fetch.queue.backoff.ms "
+                         "(default: the bounds shipped on 2026-12-03 with librdkafka's "
+                         "backoff, the same with the backoff shipped on 2026-12-04, "
+                         "librdkafka's own)")
     args = ap.parse_args()
     import pipeline_throughput as pt
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -74,7 +83,9 @@ def main() -> int:
     from foliowatch.shell.services import KafkaCluster
     work = Path(tempfile.mkdtemp(prefix="fw-prefetch-"))
     cluster = KafkaCluster(work / "kafka", brokers=1).start()
-    settings = [(5_000, 8 * 1024), (20_000, 16 * 1024), (100_000, 64 * 1024)]  # before, shipped, librdkafka's
+    settings = [tuple(int(v) for v in s.split(",")) for s in args.settings]
+    if any(len(s) != 3 for s in settings):
+        raise SystemExit("--settings: each is MSGS,KIB,BACKOFF_MS, e.g. 20000,16384,10")
     try:
         topic = f"prefetch.{uuid.uuid4().hex[:8]}"
         admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
@@ -83,10 +94,12 @@ def main() -> int:
         admin.close()
         n = pt.produce(cluster.bootstrap, topic, args.records, "zstd", 1)
         for what in ("consume only", "whole pipeline"):
-            for qmin, qkb in settings * 2:
-                row = {"what": what, "queued_min_messages": qmin, "queued_max_kbytes": qkb}
+            for qmin, qkb, backoff in settings * 2:
+                row = {"what": what, "queued_min_messages": qmin, "queued_max_kbytes": qkb,
+                       "fetch_queue_backoff_ms": backoff}
+                bounds = f"{qmin},{qkb},{backoff}"
                 if what == "consume only":
-                    p = subprocess.run([sys.executable, "-c", CONSUME, str(qmin), str(qkb),
+                    p = subprocess.run([sys.executable, "-c", CONSUME, bounds,
                                         cluster.bootstrap, topic, str(n)],
                                        capture_output=True, text=True, cwd=REPO)
                     if p.returncode:
@@ -95,7 +108,7 @@ def main() -> int:
                 else:
                     out = work / f"ds-{uuid.uuid4().hex[:6]}"
                     p = subprocess.run(
-                        [sys.executable, "-c", PIPELINE, str(qmin), str(qkb), "pipeline",
+                        [sys.executable, "-c", PIPELINE, bounds, "pipeline",
                          "--bootstrap", cluster.bootstrap, "--topic", topic,
                          "--dlq-topic", f"{topic}.dlq", "--group", f"pf-{uuid.uuid4().hex[:6]}",
                          "--output", str(out), "--until-idle", "3", "--metrics-addr", "off",
