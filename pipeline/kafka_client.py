@@ -104,12 +104,13 @@ class ConsumerOptions:
     queued_min_messages: int = 20_000
     queued_max_kbytes: int = 16 * 1024
     # Once a partition's queue is past those bounds, librdkafka waits this long before it
-    # looks again (its default is 1000 ms): a pipeline that drains a full queue in tens of
+    # fetches for it again (its default is 1000 ms; librdkafka issue #2879, "Consumer
+    # fetching once a second"): a pipeline that drains a full queue in tens of
     # milliseconds then sat idle for the rest of the second. At 10 ms the whole pipeline
-    # did 2.7-3.1x the records/s at 0.7-0.75x the CPU per record
-    # (benchmarks/pipeline_prefetch.py, 2026-12-04, quiet machine); 1 ms gained nothing
-    # more. A consumer that keeps up with live traffic never reaches the bounds, so it
-    # matters in catching up and replays.
+    # did 2.7-3.2x the records/s at 0.7-0.82x the CPU per record
+    # (benchmarks/pipeline_prefetch.py and pipeline_throughput.py --before, 2026-12-04,
+    # quiet machine); 1 ms gained nothing more. A consumer that keeps up with live
+    # traffic never reaches the bounds: this matters when catching up and in replays.
     fetch_queue_backoff_ms: int = 10
 
 
