@@ -95,12 +95,11 @@ class ConsumerOptions:
     max_poll_records: int = 10_000
     # librdkafka prefetches until a partition has queued.min.messages or the consumer
     # queued.max.messages.kbytes (counted as fetched, i.e. compressed: zstd wire records
-    # grow ~7x when decompressed); its defaults are 100,000 messages and 64 MiB. With the
-    # compiled decoder the pipeline waits on these, not on CPU
-    # (benchmarks/pipeline_prefetch.py, 2026-12-03): against 5,000 / 8 MiB, 20,000 /
-    # 16 MiB gave 1.18-1.27x the records/s for +0-15 MB of RSS; librdkafka's defaults
-    # 1.75-1.94x for ~+100 MB, past the 300 MB budget. The fetch sizes above bound the
-    # rest of librdkafka's memory.
+    # grow ~7x when decompressed); its defaults are 100,000 messages and 64 MiB. They
+    # trade memory for records/s (benchmarks/pipeline_prefetch.py, 2026-12-04, with the
+    # backoff below): 1,000 / 2 MiB 79-82k records/s at 363 MB peak, these 84-95k at
+    # 388-394 MB, librdkafka's defaults 91-99k at 479-515 MB, past the 300 MB budget.
+    # The fetch sizes above bound the rest of librdkafka's memory.
     queued_min_messages: int = 20_000
     queued_max_kbytes: int = 16 * 1024
     # Once a partition's queue is past those bounds, librdkafka waits this long before it
