@@ -55,8 +55,9 @@ ssl_cafile = ""              # CA certificate(s) that signed the brokers' certif
                              # ("" = this host's CA bundle)
 ssl_certfile = ""            # a client certificate (PEM), only for brokers that ask one
 ssl_keyfile = ""
-compression = "gzip"         # gzip (always available), zstd / lz4 / snappy need their
-                             # Python package (zstandard, lz4, python-snappy), or none
+compression = "zstd"         # zstd (zstandard, one of the agent's dependencies), gzip
+                             # (always available), lz4 / snappy (their Python package:
+                             # lz4, python-snappy), or none
 send_timeout_s = 10.0        # a batch not acknowledged by then stays in the spool
 retry_backoff_max_s = 30.0   # back-off between attempts grows up to this
 latency_budget_s = 120.0     # a sample may wait this long in the spool so that one Kafka
@@ -136,7 +137,7 @@ class AgentConfig:
     log_level: str = "info"
     kafka_enabled: bool = True
     kafka: kafka_io.KafkaSettings = field(default_factory=lambda: kafka_io.KafkaSettings(
-        compression="gzip", client_id="foliowatch-agent"))
+        compression="zstd", client_id="foliowatch-agent"))
     topic: str = kafka_io.TOPIC_SAMPLES
     send_timeout_s: float = 10.0
     retry_backoff_max_s: float = 30.0

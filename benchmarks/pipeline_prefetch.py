@@ -76,6 +76,12 @@ def main() -> int:
                          "(default: the bounds shipped on 2026-12-03 with librdkafka's "
                          "backoff, the same with the backoff shipped on 2026-12-04, "
                          "librdkafka's own)")
+    ap.add_argument("--compression", default="zstd", choices=("none", "gzip", "lz4", "zstd"),
+                    help="the topic's codec (the agents send gzip by default)")
+    ap.add_argument("--wire-batch", type=int, default=0, metavar="RECORDS",
+                    help="produce the topic in batches of about RECORDS records with "
+                         "kafka-python, as the agents do (12 at their defaults); default: "
+                         "the simulator's 1 MiB batches")
     args = ap.parse_args()
     import pipeline_throughput as pt
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -92,11 +98,13 @@ def main() -> int:
         admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1),
                              NewTopic(f"{topic}.dlq", num_partitions=1, replication_factor=1)])
         admin.close()
-        n = pt.produce(cluster.bootstrap, topic, args.records, "zstd", 1)
+        n = pt.produce(cluster.bootstrap, topic, args.records, args.compression, 1,
+                       args.wire_batch)
         for what in ("consume only", "whole pipeline"):
             for qmin, qkb, backoff in settings * 2:
                 row = {"what": what, "queued_min_messages": qmin, "queued_max_kbytes": qkb,
-                       "fetch_queue_backoff_ms": backoff}
+                       "fetch_queue_backoff_ms": backoff, "compression": args.compression,
+                       "wire_batch": args.wire_batch or "1 MiB"}
                 bounds = f"{qmin},{qkb},{backoff}"
                 if what == "consume only":
                     p = subprocess.run([sys.executable, "-c", CONSUME, bounds,

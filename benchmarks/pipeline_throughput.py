@@ -38,14 +38,31 @@ def emit(row: dict) -> dict:
     return row
 
 
-def produce(bootstrap: str, topic: str, records: int, compression: str, seed: int) -> int:
-    from foliowatch.kafka_io import KafkaSettings
+# the mean wire record (docs/scaling.md): sizes kafka-python's batches for --wire-batch
+WIRE_RECORD_BYTES = 1418
+
+
+def produce(bootstrap: str, topic: str, records: int, compression: str, seed: int,
+            wire_batch: int = 0) -> int:
+    """The benchmark's topic: the simulator's records, in the simulator's 1 MiB batches,
+    or with ``wire_batch`` in batches of about that many records made by kafka-python,
+    as the agents make them (12 at the default 10 s interval and 120 s latency budget):
+    each batch is compressed, and decompressed by the pipeline, on its own."""
+    from foliowatch.kafka_io import KafkaSettings, make_producer
     from foliowatch.simulator import load_scenario, produce_to_kafka
     hosts = 2000
     hours = records / (hosts * 360.0)
     sc = load_scenario("seed-iomap-arm64-xfs", hosts=hosts, hours=hours, seed=seed)
     settings = KafkaSettings(bootstrap=[bootstrap], compression=compression)
-    return produce_to_kafka(sc, settings, topic=topic, seed=seed)["sent"]
+    if not wire_batch:
+        return produce_to_kafka(sc, settings, topic=topic, seed=seed)["sent"]
+    producer = make_producer(settings, batch_size=wire_batch * WIRE_RECORD_BYTES,
+                             linger_ms=50)
+    try:
+        return produce_to_kafka(sc, settings, topic=topic, seed=seed,
+                                producer=producer)["sent"]
+    finally:
+        producer.close(timeout=30)
 
 
 def _children_cpu() -> float:
