@@ -186,17 +186,26 @@ def _import_only_what_is_used(cfg) -> None:
                 sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
-_M_ARENA_MAX = -8    # glibc's mallopt parameter (malloc.h)
+_M_ARENA_MAX = -8        # glibc's mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 128 * 1024   # glibc's initial value, kept fixed
 
 
-def _one_malloc_arena() -> None:
+def _malloc_settings() -> None:
     """glibc gives each thread that allocates its own malloc arena; the agent's four
     threads (sampling, delivery, Kafka's network thread, /metrics) are idle nearly
     always, and one shared arena saves ~1.5 MiB of resident memory (as
-    MALLOC_ARENA_MAX=1 would). Before any thread starts; a no-op off glibc."""
+    MALLOC_ARENA_MAX=1 would). A fixed mmap threshold keeps large blocks (the codec's
+    ~0.8 MiB zstd context, made and freed once per Kafka request) in mappings that go
+    back to the kernel when freed: glibc otherwise raises the threshold after the first
+    such free and keeps the next ones in the heap, resident (measured: +0.90 MiB after
+    20 compressions of a 17 KB batch, +0.46 MiB with the fixed threshold). Before any
+    thread starts; a no-op off glibc."""
     try:
         import ctypes
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_ARENA_MAX, 1)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
 
@@ -248,7 +257,7 @@ def run(args) -> int:
         return _stdout_samples(cfg, args.once, interval)
 
     _import_only_what_is_used(cfg)
-    _one_malloc_arena()
+    _malloc_settings()
     from foliowatch.agent.runner import Agent
     try:
         agent = Agent(cfg)

@@ -6,6 +6,7 @@ broker (issue 17).
 
     .venv/bin/python benchmarks/pipeline_prefetch.py --records 300000
     .venv/bin/python benchmarks/pipeline_prefetch.py --settings 20000,16384,1000 20000,16384,10
+    .venv/bin/python benchmarks/pipeline_prefetch.py --settings 20000,16384,10 --compression gzip --wire-batch 12
 
 Prints one JSON object per run: records/s, CPU µs per record and (whole pipeline) peak
 RSS, with the load average. Each setting runs twice, alternating.
