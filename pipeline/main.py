@@ -79,6 +79,8 @@ def _windows(text: str):
 
 
 def run(args) -> int:
+    from foliowatch.malloc import tune_glibc_malloc
+    tune_glibc_malloc()   # large blocks go back to the kernel when freed (peak RSS)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .engine import Pipeline, PipelineConfig

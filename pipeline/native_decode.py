@@ -37,7 +37,7 @@ from foliowatch.schema import COUNTER, FLOAT, INT, LIST, MAP, OBJECT, STR, Field
 log = logging.getLogger(__name__)
 
 # The layout format this module writes; the native module states the one it reads.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 DECODER_ENV = "FOLIOWATCH_DECODER"
 INT64_MIN = -(2**63)
 
@@ -217,44 +217,30 @@ class NativeDecoder:
         list_node[3] = tuple(item_columns)
         list_node[4] = tuple(item_slots)
         root = _freeze(root)
-        self.layout = mod.Layout(root, tuple(columns), len(wanted), wire.MAX_RECORD_BYTES)
+        self.layout = mod.Layout(root, tuple(columns), len(wanted), wire.MAX_RECORD_BYTES,
+                                 tuple(self.column_names), lst.name, tuple(self.item_names))
         self.flat_schema = FLAT_SCHEMA
         self.lock = threading.Lock()
 
     def decode(self, values: Sequence[bytes]) -> Tuple[pl.DataFrame, List[int]]:
         """(accepted rows as a ``FLAT_SCHEMA`` frame, the rows left to the other paths)."""
-        import pyarrow as pa
         with self.lock:
-            mask, n_ok, cols, list_offsets, items, n_items = self.layout.decode(values)
-        n = len(mask)
-        flags = pl.from_arrow(pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(mask)]))
-        assert isinstance(flags, pl.Series)
-        flags = flags.cast(pl.Boolean)
-        rest = (~flags).arg_true().to_list() if n_ok < n else []
-        arrays = []
-        rows = flags.arg_true().cast(pl.Int64).alias("row")
-        for (dt, col) in zip([self.flat_schema[c] for c in self.column_names], cols):
-            arrays.append(_arrow(pa, dt, n_ok, col))
-        fields = [_arrow(pa, dt, n_items, col) for dt, col in zip(
-            [pl.String] + [pl.Int64] * (len(self.item_names) - 1), items)]
-        mounts = pa.ListArray.from_arrays(
-            pa.Array.from_buffers(pa.int32(), n_ok + 1, [None, pa.py_buffer(list_offsets)]),
-            pa.StructArray.from_arrays(fields, names=self.item_names))
-        table = pa.Table.from_arrays(arrays + [mounts], names=self.column_names + ["mounts"])
-        df = pl.from_arrow(table)
-        assert isinstance(df, pl.DataFrame)
-        df = df.with_columns(rows).select(list(self.flat_schema))
-        return df, rest
+            rest, _n_ok, schema, array = self.layout.decode(values)
+        # the columns come through the Arrow C data interface (the native module's
+        # buffers, handed over): no pyarrow, no copy
+        df = pl.Series(_ArrowBatch(schema, array)).struct.unnest()
+        return df.select(list(self.flat_schema)), rest
 
 
-def _arrow(pa, dt: pl.DataType, n: int, col: tuple):
-    valid, nulls, values, offsets = col
-    validity = None if valid is None else pa.py_buffer(valid)
-    if dt == pl.String:
-        return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets),
-                                                      pa.py_buffer(values)], null_count=nulls)
-    typ = pa.int64() if dt == pl.Int64 else pa.float64()
-    return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(values)], null_count=nulls)
+class _ArrowBatch:
+    """A decoded batch's (schema, array) capsules, for polars' Arrow PyCapsule import."""
+    __slots__ = ("capsules",)
+
+    def __init__(self, schema, array):
+        self.capsules = (schema, array)
+
+    def __arrow_c_array__(self, requested_schema=None):
+        return self.capsules
 
 
 def _freeze(x):

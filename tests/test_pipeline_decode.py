@@ -878,3 +878,56 @@ def test_without_the_native_module_the_pipeline_decodes_and_says_so_once(monkeyp
     said = [r.getMessage() for r in caplog.records if "not installed" in r.getMessage()]
     assert len(said) == 1 and "scripts/bootstrap.sh" in said[0]
     assert out.good.height == 5 and out.rejected[0][0] == 5
+
+
+def test_a_natively_decoded_frame_keeps_its_values_after_the_next_batches():
+    """The compiled pass hands its column buffers over to the frame (Arrow C data
+    interface, no copy): a frame must not share memory with the decoder's next batches,
+    nor lose it when the decoder and the other frames are gone."""
+    import gc
+
+    from foliowatch.pipeline.wire_checks import WireChecks
+    rng = random.Random(7)
+    checks_ = WireChecks()
+    first = [wire.encode(varied_record(rng, i)) for i in range(300)]
+    want = [python_verdict(v, checks_.fields)[0] for v in first]
+    dec = native_decode.decoder(checks_)
+    assert dec is not None, "the native decoder is not built: run scripts/bootstrap.sh"
+    kept, rest = dec.decode(first)
+    assert rest == [] and kept.height == 300
+    for i in range(5):   # other batches through the same layout, then dropped
+        other = [wire.encode(varied_record(rng, 1000 * (i + 1) + j)) for j in range(400)]
+        dec.decode(other)
+    del dec, checks_
+    gc.collect()
+    for row in kept.iter_rows(named=True):
+        w = want[row["row"]]
+        for k, x in w.items():
+            assert _same_bits(row[k], x), (k, row[k], x)
+
+
+def test_a_few_records_the_native_pass_leaves_go_to_schema_decode_without_pyarrow():
+    """Fewer than VECTORISED_MIN_ROWS leftovers of the compiled pass take schema.decode
+    one by one (cheaper than an Arrow JSON read for a handful): same verdicts, and the
+    pipeline process never loads pyarrow for them."""
+    import subprocess
+    import sys
+    code = r"""
+import json, sys
+from foliowatch import schema as wire
+from foliowatch.pipeline.decode import VECTORISED_MIN_ROWS, decode_batch, python_verdict
+canon = [wire.encode(wire.example_record(seq=i)) for i in range(200)]
+# valid records in another member order (the compiled pass leaves them), and garbage
+odd = [json.dumps(json.loads(v), sort_keys=True, separators=(",", ":")).encode()
+       for v in canon[:5]] + [b"{}", b"\xff"]
+values = canon[:100] + odd + canon[100:]
+out = decode_batch(values)
+assert len(odd) < VECTORISED_MIN_ROWS
+assert out.good.height == 205 and out.python_accepted == 5, (out.good.height, out.python_accepted)
+assert [r for r, _ in out.rejected] == [105, 106], out.rejected
+assert out.rejected[1][1] == python_verdict(b"\xff", wire.FIELDS)[1]
+print("pyarrow" in sys.modules)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "False", "pyarrow was loaded for a few leftover records"

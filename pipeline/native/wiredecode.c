@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LAYOUT_VERSION 1
+#define LAYOUT_VERSION 2
 #define MAX_COLUMNS 256         /* per record, and per list item */
 
 enum { K_OBJ = 0, K_LIST = 1, K_MAP = 2, K_STR = 3, K_INT = 4, K_FLOAT = 5 };
@@ -114,6 +114,9 @@ typedef struct {
     int n_cols;
     Column *cols;               /* per record */
     Node *list;                 /* the one list node with item columns (or NULL) */
+    char **names;               /* the record columns' names (n_cols) */
+    char *list_name;            /* the list column's name */
+    char **item_names;          /* the list items' columns' names */
     Py_ssize_t max_bytes;
     locale_t c_locale;
     int busy;                   /* decode runs without the GIL: one call at a time */
@@ -849,23 +852,238 @@ bad:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ Arrow C data interface
+ * The accepted rows leave as one Arrow struct array (https://arrow.apache.org/docs/format/
+ * CDataInterface.html): "row" (int64, the record's index in the batch), the record
+ * columns, and the list column of item structs. The column buffers are handed over, not
+ * copied: each array owns what it points to and frees it in its release callback, which
+ * touches no Python object (a consumer may release from any thread, without the GIL). */
+#ifndef ARROW_C_DATA_INTERFACE
+#define ARROW_C_DATA_INTERFACE
+#define ARROW_FLAG_NULLABLE 2
+struct ArrowSchema {
+    const char *format;
+    const char *name;
+    const char *metadata;
+    int64_t flags;
+    int64_t n_children;
+    struct ArrowSchema **children;
+    struct ArrowSchema *dictionary;
+    void (*release)(struct ArrowSchema *);
+    void *private_data;
+};
+struct ArrowArray {
+    int64_t length;
+    int64_t null_count;
+    int64_t offset;
+    int64_t n_buffers;
+    int64_t n_children;
+    const void **buffers;
+    struct ArrowArray **children;
+    struct ArrowArray *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+#endif
+
+typedef struct {            /* one array's or schema's own allocations */
+    void *buffers[3];       /* array: owned buffers (the ``buffers`` pointers) */
+    char *name;             /* schema: its field name */
+    int64_t n_children;
+    void **child_ptrs;      /* the children's pointer table */
+    void *children;         /* the children's structs, one block */
+} Owned;
+
+static void release_array(struct ArrowArray *a) {
+    Owned *o = a->private_data;
+    for (int64_t i = 0; i < a->n_children; i++) {
+        struct ArrowArray *ch = a->children[i];
+        if (ch->release) ch->release(ch);
+    }
+    for (int i = 0; i < 3; i++) free(o->buffers[i]);
+    free(o->child_ptrs);
+    free(o->children);
+    free(o);
+    a->release = NULL;
+}
+
+static void release_schema(struct ArrowSchema *s) {
+    Owned *o = s->private_data;
+    for (int64_t i = 0; i < s->n_children; i++) {
+        struct ArrowSchema *ch = s->children[i];
+        if (ch->release) ch->release(ch);
+    }
+    free(o->name);
+    free(o->child_ptrs);
+    free(o->children);
+    free(o);
+    s->release = NULL;
+}
+
+/* An array with ``n_children`` zeroed children; NULL when out of memory. Its buffers
+ * are set by the caller, who owns what it puts in Owned.buffers from then on. */
+static int init_array(struct ArrowArray *a, int64_t length, int64_t null_count,
+                      int64_t n_buffers, int64_t n_children) {
+    Owned *o = calloc(1, sizeof(Owned));
+    if (!o) return 0;
+    memset(a, 0, sizeof(*a));
+    a->length = length;
+    a->null_count = null_count;
+    a->n_buffers = n_buffers;
+    a->n_children = 0;      /* raised as children are made, so a release frees just those */
+    a->private_data = o;
+    a->release = release_array;
+    a->buffers = (const void **)o->buffers;
+    if (n_children) {
+        o->children = calloc(n_children, sizeof(struct ArrowArray));
+        o->child_ptrs = calloc(n_children, sizeof(void *));
+        if (!o->children || !o->child_ptrs) return 0;
+        for (int64_t i = 0; i < n_children; i++)
+            o->child_ptrs[i] = (struct ArrowArray *)o->children + i;
+        a->children = (struct ArrowArray **)o->child_ptrs;
+    }
+    return 1;
+}
+
+static int init_schema(struct ArrowSchema *s, const char *format, const char *name,
+                       int64_t n_children) {
+    Owned *o = calloc(1, sizeof(Owned));
+    if (!o) return 0;
+    memset(s, 0, sizeof(*s));
+    s->format = format;
+    s->flags = ARROW_FLAG_NULLABLE;
+    s->private_data = o;
+    s->release = release_schema;
+    o->name = strdup(name);
+    s->name = o->name;
+    if (!o->name) return 0;
+    if (n_children) {
+        o->children = calloc(n_children, sizeof(struct ArrowSchema));
+        o->child_ptrs = calloc(n_children, sizeof(void *));
+        if (!o->children || !o->child_ptrs) return 0;
+        for (int64_t i = 0; i < n_children; i++)
+            o->child_ptrs[i] = (struct ArrowSchema *)o->children + i;
+        s->children = (struct ArrowSchema **)o->child_ptrs;
+    }
+    return 1;
+}
+
+/* ``b``'s memory, handed over (the Buf starts empty again), trimmed to its length; a
+ * small zeroed block when it is empty (a buffer is never NULL). */
+static void *take_buf(Buf *b) {
+    void *d = b->data;
+    size_t len = b->len;
+    memset(b, 0, sizeof(Buf));
+    if (!d) return calloc(1, 8);
+    if (len == 0) len = 8;
+    void *t = realloc(d, len);
+    return t ? t : d;
+}
+
+/* The column as an array of ``n`` rows: validity bitmap (NULL without nulls), then
+ * offsets and bytes (strings) or the 8-byte values; 0 when out of memory. */
+static int export_column(Column *c, Py_ssize_t n, struct ArrowArray *a) {
+    int is_str = c->type == C_STR;
+    if (!init_array(a, n, c->nulls, is_str ? 3 : 2, 0)) return 0;
+    Owned *o = a->private_data;
+    if (c->nulls) {
+        unsigned char *bm = calloc((n + 7) / 8 ? (n + 7) / 8 : 1, 1);
+        if (!bm) return 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (c->valid.data[i]) bm[i >> 3] |= (unsigned char)(1u << (i & 7));
+        o->buffers[0] = bm;
+    }
+    if (is_str) {
+        o->buffers[1] = take_buf(&c->offsets);
+        o->buffers[2] = take_buf(&c->values);
+        if (!o->buffers[1] || !o->buffers[2]) return 0;
+    } else {
+        o->buffers[1] = take_buf(&c->values);
+        if (!o->buffers[1]) return 0;
+    }
+    return 1;
+}
+
+static const char *column_format(const Column *c) {
+    return c->type == C_STR ? "u" : c->type == C_INT ? "l" : "g";
+}
+
+static void capsule_free_schema(PyObject *cap) {
+    struct ArrowSchema *s = PyCapsule_GetPointer(cap, "arrow_schema");
+    if (!s) {
+        PyErr_Clear();
+        return;
+    }
+    if (s->release) s->release(s);
+    free(s);
+}
+
+static void capsule_free_array(PyObject *cap) {
+    struct ArrowArray *a = PyCapsule_GetPointer(cap, "arrow_array");
+    if (!a) {
+        PyErr_Clear();
+        return;
+    }
+    if (a->release) a->release(a);
+    free(a);
+}
+
 /* ------------------------------------------------------------------ the type */
+static void free_names(char **names, int n) {
+    if (!names) return;
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
 static void Layout_dealloc(Layout *self) {
+    if (self->list) free_names(self->item_names, self->list->n_item_cols);
     node_free(self->root);
     for (int i = 0; i < self->n_cols; i++) {
         free(self->cols[i].inputs);
         col_free_bufs(&self->cols[i]);
     }
     free(self->cols);
+    free_names(self->names, self->n_cols);
+    free(self->list_name);
     if (self->c_locale) freelocale(self->c_locale);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* ``n`` names from a sequence of str, as C strings; NULL with an exception otherwise. */
+static char **get_names(PyObject *spec, int n, const char *what) {
+    PyObject *seq = PySequence_Fast(spec, "names must be a sequence");
+    if (!seq) return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != n) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "%s: %d names expected", what, n);
+        return NULL;
+    }
+    char **names = calloc(n ? n : 1, sizeof(char *));
+    if (!names) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *s = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
+        if (!s || !(names[i] = strdup(s))) {
+            if (s) PyErr_NoMemory();
+            free_names(names, n);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    return names;
+}
+
 static int Layout_init(Layout *self, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"root", "columns", "n_slots", "max_bytes", NULL};
-    PyObject *root, *cols;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOin", kw, &root, &cols, &self->n_slots,
-                                     &self->max_bytes))
+    static char *kw[] = {"root", "columns", "n_slots", "max_bytes", "names", "list_name",
+                         "item_names", NULL};
+    PyObject *root, *cols, *names, *item_names;
+    const char *list_name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOinOsO", kw, &root, &cols, &self->n_slots,
+                                     &self->max_bytes, &names, &list_name, &item_names))
         return -1;
     if (self->root) return fail("already initialised"), -1;
     if (self->n_slots < 0 || self->n_slots > 4096) return fail("slot count out of range"), -1;
@@ -877,38 +1095,64 @@ static int Layout_init(Layout *self, PyObject *args, PyObject *kwds) {
     if (!build_columns(cols, self->n_slots, &self->cols, &self->n_cols)) return -1;
     if (self->n_cols > MAX_COLUMNS || (self->list && self->list->n_item_cols > MAX_COLUMNS))
         return fail("more than 256 columns"), -1;
+    if (!(self->names = get_names(names, self->n_cols, "columns"))) return -1;
+    if (!(self->list_name = strdup(list_name))) return PyErr_NoMemory(), -1;
+    if (self->list &&
+        !(self->item_names = get_names(item_names, self->list->n_item_cols, "item columns")))
+        return -1;
     return 0;
 }
 
-static PyObject *bitmap(Buf *valid, Py_ssize_t n, Py_ssize_t nulls) {
-    if (nulls == 0) Py_RETURN_NONE;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (n + 7) / 8);
-    if (!out) return NULL;
-    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out);
-    memset(b, 0, (n + 7) / 8);
+/* The batch's accepted rows as one struct array (see "Arrow C data interface" above)
+ * into ``s`` and ``a``; 0 when out of memory (the caller releases what was made). */
+static int export_batch(Layout *self, const unsigned char *acc, Py_ssize_t n,
+                        Py_ssize_t accepted, Buf *list_offsets, Py_ssize_t n_items,
+                        struct ArrowSchema *s, struct ArrowArray *a) {
+    Node *list = self->list;
+    int64_t n_children = 1 + self->n_cols + (list ? 1 : 0);
+    if (!init_schema(s, "+s", "", n_children) || !init_array(a, accepted, 0, 1, n_children))
+        return 0;
+    s->n_children++;
+    a->n_children++;
+    if (!init_schema(s->children[0], "l", "row", 0) ||
+        !init_array(a->children[0], accepted, 0, 2, 0))
+        return 0;
+    int64_t *rows = malloc(accepted ? sizeof(int64_t) * accepted : 8);
+    if (!rows) return 0;
+    ((Owned *)a->children[0]->private_data)->buffers[1] = rows;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (valid->data[i]) b[i >> 3] |= (unsigned char)(1u << (i & 7));
-    return out;
-}
-
-static PyObject *column_result(Column *c, Py_ssize_t n) {
-    PyObject *valid = bitmap(&c->valid, n, c->nulls);
-    if (!valid) return NULL;
-    PyObject *values = PyBytes_FromStringAndSize(c->values.data ? c->values.data : "", c->values.len);
-    PyObject *offsets;
-    if (c->type == C_STR)
-        offsets = PyBytes_FromStringAndSize(c->offsets.data, c->offsets.len);
-    else {
-        offsets = Py_None;
-        Py_INCREF(offsets);
+        if (acc[i]) *rows++ = i;
+    for (int k = 0; k < self->n_cols; k++) {
+        s->n_children++;
+        a->n_children++;
+        if (!init_schema(s->children[1 + k], column_format(&self->cols[k]), self->names[k], 0) ||
+            !export_column(&self->cols[k], accepted, a->children[1 + k]))
+            return 0;
     }
-    if (!values || !offsets) {
-        Py_XDECREF(valid);
-        Py_XDECREF(values);
-        Py_XDECREF(offsets);
-        return NULL;
+    if (!list) return 1;
+    struct ArrowSchema *ls = s->children[n_children - 1];
+    struct ArrowArray *la = a->children[n_children - 1];
+    s->n_children++;
+    a->n_children++;
+    if (!init_schema(ls, "+l", self->list_name, 1) || !init_array(la, accepted, 0, 2, 1))
+        return 0;
+    if (!(((Owned *)la->private_data)->buffers[1] = take_buf(list_offsets))) return 0;
+    ls->n_children++;
+    la->n_children++;
+    struct ArrowSchema *is = ls->children[0];
+    struct ArrowArray *ia = la->children[0];
+    if (!init_schema(is, "+s", "item", list->n_item_cols) ||
+        !init_array(ia, n_items, 0, 1, list->n_item_cols))
+        return 0;
+    for (int k = 0; k < list->n_item_cols; k++) {
+        is->n_children++;
+        ia->n_children++;
+        if (!init_schema(is->children[k], column_format(&list->item_cols[k]),
+                         self->item_names[k], 0) ||
+            !export_column(&list->item_cols[k], n_items, ia->children[k]))
+            return 0;
     }
-    return Py_BuildValue("(NnNN)", valid, c->nulls, values, offsets);
+    return 1;
 }
 
 static PyObject *Layout_decode(Layout *self, PyObject *values) {
@@ -924,9 +1168,12 @@ static PyObject *Layout_decode(Layout *self, PyObject *values) {
     const char **ptrs = malloc(sizeof(char *) * (n ? n : 1));
     Py_ssize_t *lens = malloc(sizeof(Py_ssize_t) * (n ? n : 1));
     Slot *slots = calloc(self->n_slots ? self->n_slots : 1, sizeof(Slot));
-    PyObject *mask = PyBytes_FromStringAndSize(NULL, n);
+    unsigned char *acc = malloc(n ? n : 1);
     Buf list_offsets = {0};
-    if (!ptrs || !lens || !slots || !mask) goto oom;
+    struct ArrowSchema *schema = NULL;
+    struct ArrowArray *array = NULL;
+    PyObject *rest = NULL, *schema_cap = NULL, *array_cap = NULL;
+    if (!ptrs || !lens || !slots || !acc) goto oom;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *v = PySequence_Fast_GET_ITEM(seq, i);
         if (PyBytes_Check(v)) {
@@ -941,7 +1188,6 @@ static PyObject *Layout_decode(Layout *self, PyObject *values) {
     Node *list = self->list;
     if (list)
         for (int k = 0; k < list->n_item_cols; k++) col_reset(&list->item_cols[k]);
-    unsigned char *acc = (unsigned char *)PyBytes_AS_STRING(mask);
     Py_ssize_t accepted = 0;
     int32_t zero = 0;
     int oom = 0;
@@ -1005,57 +1251,53 @@ static PyObject *Layout_decode(Layout *self, PyObject *values) {
     ptrs = NULL;
     lens = NULL;
     slots = NULL;
-    PyObject *cols = PyList_New(self->n_cols);
-    if (!cols) goto err;
-    for (int k = 0; k < self->n_cols; k++) {
-        PyObject *r = column_result(&self->cols[k], accepted);
-        if (!r) {
-            Py_DECREF(cols);
-            goto err;
-        }
-        PyList_SET_ITEM(cols, k, r);
+    /* the rows left to the other paths */
+    rest = PyList_New(n - accepted);
+    if (!rest) goto err;
+    for (Py_ssize_t i = 0, j = 0; i < n; i++) {
+        if (acc[i]) continue;
+        PyObject *r = PyLong_FromSsize_t(i);
+        if (!r) goto err;
+        PyList_SET_ITEM(rest, j++, r);
     }
-    PyObject *items = PyList_New(list ? list->n_item_cols : 0);
-    Py_ssize_t n_items = 0;
-    if (!items) {
-        Py_DECREF(cols);
-        goto err;
-    }
-    if (list) {
-        n_items = list->n_item_cols ? (Py_ssize_t)list->item_cols[0].valid.len : 0;
-        for (int k = 0; k < list->n_item_cols; k++) {
-            PyObject *r = column_result(&list->item_cols[k], n_items);
-            if (!r) {
-                Py_DECREF(cols);
-                Py_DECREF(items);
-                goto err;
-            }
-            PyList_SET_ITEM(items, k, r);
-        }
-    }
-    PyObject *loffs = list ? PyBytes_FromStringAndSize(list_offsets.data, list_offsets.len)
-                           : (Py_INCREF(Py_None), Py_None);
+    Py_ssize_t n_items = list && list->n_item_cols ? (Py_ssize_t)list->item_cols[0].valid.len : 0;
+    schema = calloc(1, sizeof(struct ArrowSchema));
+    array = calloc(1, sizeof(struct ArrowArray));
+    if (!schema || !array) goto oom;
+    if (!export_batch(self, acc, n, accepted, &list_offsets, n_items, schema, array)) goto oom;
+    schema_cap = PyCapsule_New(schema, "arrow_schema", capsule_free_schema);
+    if (!schema_cap) goto err;
+    schema = NULL;   /* the capsule's now */
+    array_cap = PyCapsule_New(array, "arrow_array", capsule_free_array);
+    if (!array_cap) goto err;
+    array = NULL;
+    free(acc);
     free(list_offsets.data);
-    /* the per-call buffers are kept for the next batch, trimmed if a batch grew them */
+    /* the validity bytes are kept for the next batch, trimmed if a batch grew them */
     for (int k = 0; k < self->n_cols; k++)
-        if (self->cols[k].values.cap > (64u << 20)) col_free_bufs(&self->cols[k]);
+        if (self->cols[k].valid.cap > (64u << 20)) col_free_bufs(&self->cols[k]);
     Py_DECREF(seq);
     self->busy = 0;
-    if (!loffs) {
-        Py_DECREF(cols);
-        Py_DECREF(items);
-        Py_DECREF(mask);
-        return NULL;
-    }
-    return Py_BuildValue("(NnNNNn)", mask, accepted, cols, loffs, items, n_items);
+    return Py_BuildValue("(NnNN)", rest, accepted, schema_cap, array_cap);
 oom:
     PyErr_NoMemory();
 err:
     free(ptrs);
     free(lens);
     free(slots);
+    free(acc);
     free(list_offsets.data);
-    Py_XDECREF(mask);
+    if (schema) {
+        if (schema->release) schema->release(schema);
+        free(schema);
+    }
+    if (array) {
+        if (array->release) array->release(array);
+        free(array);
+    }
+    Py_XDECREF(rest);
+    Py_XDECREF(schema_cap);
+    Py_XDECREF(array_cap);
     Py_DECREF(seq);
     self->busy = 0;
     return NULL;
@@ -1063,8 +1305,9 @@ err:
 
 static PyMethodDef Layout_methods[] = {
     {"decode", (PyCFunction)Layout_decode, METH_O,
-     "decode(values) -> (accepted mask bytes, n_accepted, record columns, list offsets, "
-     "item columns, n_items); each column (validity bitmap or None, nulls, values, offsets)"},
+     "decode(values) -> (rows left to the other paths, n_accepted, schema capsule, array "
+     "capsule): the accepted rows as one Arrow struct array (row, the record columns, the "
+     "list column), through the Arrow C data interface"},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject LayoutType = {
@@ -1072,7 +1315,8 @@ static PyTypeObject LayoutType = {
     .tp_basicsize = sizeof(Layout),
     .tp_dealloc = (destructor)Layout_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Layout(root, columns, n_slots, max_bytes): a compiled record layout",
+    .tp_doc = "Layout(root, columns, n_slots, max_bytes, names, list_name, item_names): a "
+               "compiled record layout",
     .tp_methods = Layout_methods,
     .tp_init = (initproc)Layout_init,
     .tp_new = PyType_GenericNew,
