@@ -37,13 +37,17 @@ log = logging.getLogger("foliowatch.pipeline")
 
 CLIENTS, DEFAULT_CLIENT = KAFKA_CLIENTS, DEFAULT_KAFKA_CLIENT
 # Fetch sizes (compressed bytes). librdkafka holds whole fetch responses and their
-# decompressed batches (zstd wire records grow ~7x). Measured on 300k simulator records,
-# 6 partitions (benchmarks/pipeline_throughput.md): at 2 MiB per partition and 16 MiB
-# per fetch the pipeline peaked at 531-558 MB; at these, 415-438 MB with the same busy
-# time and CPU; at 256 KiB / 1 MiB the memory was alike but batches filled more slowly
-# (busy time 1.25x, CPU per record ~1.1x).
-DEFAULT_PARTITION_FETCH_BYTES = 1024 * 1024
-DEFAULT_FETCH_MAX_BYTES = 4 * 1024 * 1024
+# decompressed batches (zstd wire records grow ~7x), and a fetch overshoots the prefetch
+# bounds below by up to these. Measured on 300k simulator records, 6 partitions
+# (benchmarks/pipeline_throughput.md): 2 MiB per partition and 16 MiB per fetch peaked at
+# 531-558 MB; 1 MiB / 4 MiB 415-438 MB (2026-12-02). With the decoder's columns handed
+# over without pyarrow and the fixed mmap threshold (2026-12-04, with the prefetch bounds
+# below, alternating): 1 MiB / 4 MiB 324-326 MB at 78.6-83.6k records/s, 10.1-10.8 us per
+# record; these 294-298 MB at 79.3-80.4k/s, 10.5 us; 256 KiB / 1 MiB 298-305 MB at
+# 73.5-77.0k/s, 11.0-11.4 us (batches fill more slowly). A batch larger than the
+# partition's size still comes whole (Kafka returns at least one).
+DEFAULT_PARTITION_FETCH_BYTES = 512 * 1024
+DEFAULT_FETCH_MAX_BYTES = 2 * 1024 * 1024
 
 
 class CommitFailed(FoliowatchError):
@@ -97,11 +101,12 @@ class ConsumerOptions:
     # queued.max.messages.kbytes (counted as fetched, i.e. compressed: zstd wire records
     # grow ~7x when decompressed); its defaults are 100,000 messages and 64 MiB. They
     # trade memory for records/s (benchmarks/pipeline_prefetch.py, 2026-12-04, with the
-    # backoff below): 1,000 / 2 MiB 79-82k records/s at 363 MB peak, these 84-95k at
-    # 388-394 MB, librdkafka's defaults 91-99k at 479-515 MB, past the 300 MB budget.
-    # The fetch sizes above bound the rest of librdkafka's memory.
-    queued_min_messages: int = 20_000
-    queued_max_kbytes: int = 16 * 1024
+    # backoff below): librdkafka's defaults 91-99k records/s at 479-515 MB peak. Since
+    # the decoder no longer loads pyarrow, 2,000 / 4 MiB with the fetch sizes above
+    # peaked at 294-298 MB for the same records/s and CPU per record as 20,000 / 16 MiB
+    # with 1 MiB / 4 MiB fetches (324-326 MB), in the same run.
+    queued_min_messages: int = 2_000
+    queued_max_kbytes: int = 4 * 1024
     # Once a partition's queue is past those bounds, librdkafka waits this long before it
     # fetches for it again (its default is 1000 ms; librdkafka issue #2879, "Consumer
     # fetching once a second"): a pipeline that drains a full queue in tens of

@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "whose data may be recorded or simulated at any time)")
     p.add_argument("--batch-records", type=int, default=10_000,
                    help="micro-batch size bound (default %(default)s; peak memory grows "
-                        "with it: about 0.4 GB at 10k records of ~1 KB, 0.9-1 GB at 25k, "
-                        "for the same CPU per record)")
+                        "with it: about 0.3 GB at 10k records of ~1.4 KB, for the same CPU "
+                        "per record as larger batches)")
     p.add_argument("--batch-seconds", type=float, default=1.0,
                    help="micro-batch time bound (default %(default)s)")
     add_kafka_arguments(p, "consume the samples from Kafka (unless --from-files)")
