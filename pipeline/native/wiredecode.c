@@ -920,7 +920,17 @@ static void release_schema(struct ArrowSchema *s) {
     s->release = NULL;
 }
 
-/* An array with ``n_children`` zeroed children; NULL when out of memory. Its buffers
+/* ``n`` zeroed children of ``size`` bytes each in one block, and the pointer table the
+ * parent's ``children`` points to; 0 when out of memory (the parent's release frees them). */
+static int alloc_children(Owned *o, int64_t n, size_t size) {
+    o->children = calloc(n, size);
+    o->child_ptrs = calloc(n, sizeof(void *));
+    if (!o->children || !o->child_ptrs) return 0;
+    for (int64_t i = 0; i < n; i++) o->child_ptrs[i] = (char *)o->children + i * size;
+    return 1;
+}
+
+/* An array with ``n_children`` zeroed children; 0 when out of memory. Its buffers
  * are set by the caller, who owns what it puts in Owned.buffers from then on. */
 static int init_array(struct ArrowArray *a, int64_t length, int64_t null_count,
                       int64_t n_buffers, int64_t n_children) {
@@ -935,11 +945,7 @@ static int init_array(struct ArrowArray *a, int64_t length, int64_t null_count,
     a->release = release_array;
     a->buffers = (const void **)o->buffers;
     if (n_children) {
-        o->children = calloc(n_children, sizeof(struct ArrowArray));
-        o->child_ptrs = calloc(n_children, sizeof(void *));
-        if (!o->children || !o->child_ptrs) return 0;
-        for (int64_t i = 0; i < n_children; i++)
-            o->child_ptrs[i] = (struct ArrowArray *)o->children + i;
+        if (!alloc_children(o, n_children, sizeof(struct ArrowArray))) return 0;
         a->children = (struct ArrowArray **)o->child_ptrs;
     }
     return 1;
@@ -958,11 +964,7 @@ static int init_schema(struct ArrowSchema *s, const char *format, const char *na
     s->name = o->name;
     if (!o->name) return 0;
     if (n_children) {
-        o->children = calloc(n_children, sizeof(struct ArrowSchema));
-        o->child_ptrs = calloc(n_children, sizeof(void *));
-        if (!o->children || !o->child_ptrs) return 0;
-        for (int64_t i = 0; i < n_children; i++)
-            o->child_ptrs[i] = (struct ArrowSchema *)o->children + i;
+        if (!alloc_children(o, n_children, sizeof(struct ArrowSchema))) return 0;
         s->children = (struct ArrowSchema **)o->child_ptrs;
     }
     return 1;
