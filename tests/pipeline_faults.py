@@ -13,6 +13,10 @@ checkpoint yet), ``checkpoint`` (one partition's checkpoint saved, the others an
 offset commit not yet), ``commit`` (every checkpoint saved, the offset commit not sent).
 ``--batch-pause S``: sleep S seconds between micro-batches, so that a test can act
 (SIGKILL, a second instance joining) while a run is under way.
+``--slow-worker S --in-flight-file PATH``: the batch worker sleeps S seconds per batch
+(the slower side), and PATH gets the largest number of batches alive at once (handed to
+the worker and not yet processed, plus the one being filled), counted at the start of
+each fill.
 What follows ``--`` is the command line of ``foliowatch`` (``pipeline`` and its arguments).
 """
 
@@ -102,18 +106,61 @@ def inject(kill_after_windows: int, batch_pause_s: float) -> None:
         KafkaRunner._fill_batch = pause_between_batches
 
 
+def count_in_flight(slow_worker_s: float, path: str) -> None:
+    import atexit
+    import threading
+
+    from foliowatch.pipeline.consumer import KafkaRunner
+    lock = threading.Lock()
+    handed, most = [0], [0]
+    fill, hand, work = (KafkaRunner._fill_batch, KafkaRunner._process_pending,
+                        KafkaRunner._process_records)
+
+    def counted_fill(self):
+        with lock:
+            most[0] = max(most[0], handed[0] + 1)   # + the batch this fill makes
+        return fill(self)
+
+    def counted_hand(self):
+        if len(self.pending):
+            with lock:
+                handed[0] += 1
+        return hand(self)
+
+    def slow_work(self, recs):
+        time.sleep(slow_worker_s)
+        try:
+            return work(self, recs)
+        finally:
+            with lock:
+                handed[0] -= 1
+
+    KafkaRunner._fill_batch = counted_fill
+    KafkaRunner._process_pending = counted_hand
+    KafkaRunner._process_records = slow_work
+
+    def report():
+        with open(path, "w") as f:
+            f.write(str(most[0]))
+    atexit.register(report)
+
+
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="pipeline_faults.py")
     p.add_argument("--kill-after-windows", type=int, default=0)
     p.add_argument("--batch-pause", type=float, default=0.0)
     p.add_argument("--kill-at", choices=STEPS)
     p.add_argument("--kill-after", type=int, default=1)
+    p.add_argument("--slow-worker", type=float, default=0.0)
+    p.add_argument("--in-flight-file")
     p.add_argument("pipeline_args", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     rest = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
     inject(args.kill_after_windows, args.batch_pause)
     if args.kill_at:
         inject_kill_at(args.kill_at, args.kill_after)
+    if args.in_flight_file:
+        count_in_flight(args.slow_worker, args.in_flight_file)
     if rest[:1] != ["pipeline"]:
         p.error(f"expected `-- pipeline ARGS...`, got {rest[:1]}")
     from foliowatch.shell.cli import main as cli

@@ -493,3 +493,19 @@ def test_sigterm_with_the_broker_gone_stops_with_a_checkpoint_of_what_is_durable
     got = snapshot(out)
     assert sorted(got) == sorted(expected)
     assert all(got[k] == expected[k] for k in expected)
+
+
+def test_at_most_two_batches_of_records_are_alive_and_the_dataset_is_unchanged(
+        kafka, sim_topic, tmp_path):
+    """Peak memory: the consuming thread hands a full batch over and waits for the worker
+    to take it before it fills the next, so at most two batches of records are alive
+    (the worker's and the next), even when the worker is the slower side; the dataset is
+    the uninterrupted run's."""
+    topic, ref_out, ref_totals = sim_topic
+    out = tmp_path / "ds"
+    counted = tmp_path / "in-flight"
+    t = run_to_end(kafka, topic, out, "two-batches", "--batch-records", "500",
+                   faults=("--slow-worker", "0.05", "--in-flight-file", str(counted)))
+    assert t["records"] == ref_totals["records"] > 1000
+    assert int(counted.read_text()) == 2, counted.read_text()
+    assert snapshot(out) == snapshot(ref_out)
