@@ -241,8 +241,8 @@ class KafkaRunner(Listener):
         return n
 
     def _process_pending(self) -> None:
-        """Hand the pending records to the worker (waits while it is still busy with
-        the batch before the previous one)."""
+        """Hand the pending records to the worker and wait until it has taken them
+        (it is then busy with them, and no other batch is waiting)."""
         if not len(self.pending):
             return
         recs, self.pending = self.pending, Records()
