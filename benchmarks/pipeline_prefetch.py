@@ -70,15 +70,18 @@ sys.exit(main())
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=300_000)
+    from foliowatch.pipeline.kafka_client import ConsumerOptions
+    shipped = ConsumerOptions(group="")
     ap.add_argument("--settings", nargs="+", metavar="MSGS,KIB,BACKOFF_MS",
-                    default=["20000,16384,1000", "20000,16384,10", "100000,65536,1000"],
+                    default=[f"{shipped.queued_min_messages},{shipped.queued_max_kbytes},"
+                             f"{shipped.fetch_queue_backoff_ms}",
+                             "20000,16384,10", "100000,65536,1000"],
                     help="prefetch bounds to compare: queued.min.messages, "
                          "queued.max.messages.kbytes, fetch.queue.backoff.ms "
-                         "(default: the bounds shipped on 2026-12-03 with librdkafka's "
-                         "backoff, the same with the backoff shipped on 2026-12-04, "
-                         "librdkafka's own)")
+                         "(default: the shipped ones (ConsumerOptions), those shipped "
+                         "until the evening of 2026-12-04, librdkafka's own)")
     ap.add_argument("--compression", default="zstd", choices=("none", "gzip", "lz4", "zstd"),
-                    help="the topic's codec (the agents send gzip by default)")
+                    help="the topic's codec (the agents send zstd by default)")
     ap.add_argument("--wire-batch", type=int, default=0, metavar="RECORDS",
                     help="produce the topic in batches of about RECORDS records with "
                          "kafka-python, as the agents do (12 at their defaults); default: "
