@@ -52,6 +52,12 @@ class ConsumerConfig:
     group: str = "foliowatch-pipeline"
     batch_records: int = 10_000
     batch_seconds: float = 1.0
+    # A batch is handed over when it is full, when batch_seconds have passed since it
+    # began, or as soon as one poll of this long brings nothing: the consumer has caught
+    # up, and waiting for the rest of batch_seconds would only delay the records it holds
+    # (at the end of a backlog, up to a whole second for the last few). Idle, the loop
+    # comes round this often for checkpoints, the lag and --until-idle.
+    batch_pause_s: float = 0.1
     checkpoint_seconds: float = 5.0
     until_idle_s: float = 0.0          # > 0: stop after this long with nothing to read
     session_timeout_ms: int = 10_000
@@ -231,9 +237,13 @@ class KafkaRunner(Listener):
         self._batch_started_cpu = time.process_time()
         n = 0
         while n < self.cfg.batch_records and not self.stop_requested:
-            timeout = max(0.0, deadline - time.monotonic())
+            # polls of at most batch_pause_s: confluent-kafka's returns only when it has
+            # all it was asked for or its timeout is over
+            timeout = max(0.0, min(deadline - time.monotonic(), self.cfg.batch_pause_s))
             polled = self.consumer.poll(min(self.cfg.max_poll_records,
                                             self.cfg.batch_records - n), timeout)
+            if not len(polled):
+                break       # caught up: hand over what is here now
             self.pending.extend(polled)
             n += len(polled)
             if time.monotonic() >= deadline:

@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with it: about 0.3 GB at 10k records of ~1.4 KB, for the same CPU "
                         "per record as larger batches)")
     p.add_argument("--batch-seconds", type=float, default=1.0,
-                   help="micro-batch time bound (default %(default)s)")
+                   help="micro-batch time bound (default %(default)s); a batch is also "
+                        "handed over as soon as the consumer has caught up")
     add_kafka_arguments(p, "consume the samples from Kafka (unless --from-files)")
     k = p.add_argument_group("Kafka consumer")
     k.add_argument("--topic", default=TOPIC_SAMPLES)

@@ -509,3 +509,17 @@ def test_at_most_two_batches_of_records_are_alive_and_the_dataset_is_unchanged(
     assert t["records"] == ref_totals["records"] > 1000
     assert int(counted.read_text()) == 2, counted.read_text()
     assert snapshot(out) == snapshot(ref_out)
+
+
+def test_a_partial_batch_is_handed_over_once_the_consumer_has_caught_up(kafka, sim_topic,
+                                                                       tmp_path):
+    """A batch is handed over as soon as a poll brings nothing, not when its time bound
+    is over: with a record bound larger than the topic and a time bound of an hour, the
+    run reads the topic, processes it and ends (a batch waiting for its hour would never
+    let it end), and the dataset is the uninterrupted run's."""
+    topic, ref_out, ref_totals = sim_topic
+    out = tmp_path / "ds"
+    t = run_to_end(kafka, topic, out, "caught-up", "--batch-records", "1000000",
+                   "--batch-seconds", "3600")
+    assert t["records"] == ref_totals["records"] > 1000
+    assert snapshot(out) == snapshot(ref_out)
