@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from foliowatch.errors import InputError
+from foliowatch.errors import ConfigError, InputError
 from foliowatch.pipeline import main as pipeline_main
 
 from test_pipeline_reference import Reference, assert_dataset_matches, file_messages, read_output
@@ -177,3 +177,13 @@ def test_a_simulator_output_folder_is_read_without_its_ground_truth(tmp_path):
     assert (tmp_path / "sim" / "ground_truth.json").exists()
     names = [p.name for p in expand_inputs([str(tmp_path / "sim")])]
     assert names and all(n.startswith("samples-") for n in names)
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-seconds", "0"), ("--batch-seconds", "-1"),
+                                        ("--batch-seconds", "nan"),
+                                        ("--batch-seconds", "inf"),
+                                        ("--batch-records", "0")])
+def test_batch_bounds_that_cannot_bound_a_batch_are_refused(flag, value, tmp_path):
+    with pytest.raises(ConfigError, match=f"^{flag}: expected .*got {value}"):
+        run_pipeline(["--output", str(tmp_path / "ds"), "--from-files", str(tmp_path),
+                      "--metrics-addr", "off", flag, value])
