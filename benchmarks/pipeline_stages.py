@@ -57,7 +57,10 @@ STAGES = [  # (module, owner, function, label)
     ("aggregate", "WindowAggregator", "close_ready", "closing: merge, split by window"),
     ("aggregate", None, "host_rows", "closing: host rows"),
     ("aggregate", None, "cohort_rows", "closing: cohort rows"),
-    ("sinks", "DatasetWriter", "write_windows", "durable Parquet (encode, fsync, rename)"),
+    # the files of a batch are written while the next one is aggregated: here start_windows
+    # waits for them (``_waited``), so that their CPU is theirs and not that stage's
+    ("sinks", "DatasetWriter", "start_windows", "durable Parquet (encode, fsync, rename)"),
+    ("sinks", "DatasetWriter", "write_windows", "durable Parquet (encode, fsync, rename)"),  # before
     ("engine", "Pipeline", "process", "the rest of a batch (gathers, dead letters)"),
 ]
 
@@ -111,11 +114,20 @@ def main() -> int:
                     stack[-1] += dt
         return wrapper
 
+    def waited(fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            pending = fn(*a, **k)
+            pending.wait()
+            return pending
+        return wrapper
+
     for module, owner, name, label in STAGES:
         mod = importlib.import_module(f"foliowatch.pipeline.{module}")
         target = getattr(mod, owner) if owner else mod
         if hasattr(target, name):
-            setattr(target, name, timed(getattr(target, name), label))
+            fn = getattr(target, name)
+            setattr(target, name, timed(waited(fn) if name == "start_windows" else fn, label))
     if args.output:
         work = Path(args.output)
         work.mkdir(parents=True)     # an existing folder's files would be compared too

@@ -57,7 +57,7 @@ class ConsumerConfig:
     # up, and waiting for the rest of batch_seconds would only delay the records it holds
     # (at the end of a backlog, up to a whole second for the last few). Idle, the loop
     # comes round this often for checkpoints, the lag and --until-idle.
-    batch_pause_s: float = 0.1
+    caught_up_poll_s: float = 0.1
     checkpoint_seconds: float = 5.0
     until_idle_s: float = 0.0          # > 0: stop after this long with nothing to read
     session_timeout_ms: int = 10_000
@@ -237,9 +237,9 @@ class KafkaRunner(Listener):
         self._batch_started_cpu = time.process_time()
         n = 0
         while n < self.cfg.batch_records and not self.stop_requested:
-            # polls of at most batch_pause_s: confluent-kafka's returns only when it has
+            # polls of at most caught_up_poll_s: confluent-kafka's returns only when it has
             # all it was asked for or its timeout is over
-            timeout = max(0.0, min(deadline - time.monotonic(), self.cfg.batch_pause_s))
+            timeout = max(0.0, min(deadline - time.monotonic(), self.cfg.caught_up_poll_s))
             polled = self.consumer.poll(min(self.cfg.max_poll_records,
                                             self.cfg.batch_records - n), timeout)
             if not len(polled):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import polars as pl
 
@@ -16,7 +16,7 @@ from foliowatch import dataset as contract
 
 from .aggregate import ClosedWindow, WindowAggregator
 from .decode import decode_batch
-from .sinks import DatasetWriter, StateStore, dlq_record
+from .sinks import DatasetWriter, PendingFiles, StateStore, dlq_record
 
 log = logging.getLogger("foliowatch.pipeline")
 
@@ -51,6 +51,8 @@ class Pipeline:
         self.dlq = dlq
         self.metrics = metrics
         self.agg = WindowAggregator(cfg.windows_s, cfg.lateness_s)
+        # the last batch's window files, still being written (at most one batch's)
+        self._writing: Optional[Tuple[PendingFiles, List[ClosedWindow]]] = None
 
     def process(self, values: Sequence[bytes], partitions: Sequence[int],
                 offsets: Sequence[int], topic: str,
@@ -93,15 +95,32 @@ class Pipeline:
         return st
 
     def emit(self, closed: List[ClosedWindow]) -> int:
-        self.writer.write_windows(closed)      # all durable when it returns
+        """Start writing ``closed``'s files, once the previous batch's are durable: they
+        are written while the next batch is decoded and aggregated, and ``wait_durable``
+        (which ``checkpoint`` and ``finish`` call) waits for them."""
+        self.wait_durable()
+        if closed:
+            self._writing = (self.writer.start_windows(closed), closed)
+        return len(closed)
+
+    def wait_durable(self) -> int:
+        """Return when every window file handed to the writer is durable, with the number
+        of windows that were still being written; raises the writer's error."""
+        if self._writing is None:
+            return 0
+        (pending, closed), self._writing = self._writing, None
+        pending.wait()
         if self.metrics is not None:
             for cw in closed:
                 self.metrics.observe_window(cw)
         return len(closed)
 
     def finish(self, partitions: Optional[Sequence[int]] = None) -> int:
-        """End of input: close every open window of ``partitions`` (default: all)."""
-        return self.emit(self.agg.close_ready(final=True, partitions=partitions))
+        """End of input: close every open window of ``partitions`` (default: all); their
+        files are durable when it returns."""
+        n = self.emit(self.agg.close_ready(final=True, partitions=partitions))
+        self.wait_durable()
+        return n
 
     def checkpoint(self, store: StateStore, partitions: Sequence[int],
                    dlq_timeout_s: float = 30.0) -> Dict[int, int]:
@@ -110,6 +129,7 @@ class Pipeline:
         whose stored checkpoint is already ahead (another instance owns it now) is left
         alone and not returned. Raises ``sinks.DeadLetterError`` (and saves nothing)
         when the dead letters cannot be made durable within ``dlq_timeout_s``."""
+        self.wait_durable()     # the checkpoint covers closed windows: their files first
         self.dlq.flush(dlq_timeout_s)
         out: Dict[int, int] = {}
         for p in partitions:

@@ -101,31 +101,32 @@ class DatasetWriter:
             self.tmp = self.path / "_tmp"
 
     def write_windows(self, closed: Sequence[ClosedWindow]) -> List[str]:
-        """Write the files of ``closed``; every one is durable when this returns. Files
-        are encoded and fsync'd on a few threads at once (polars and fsync release the
-        GIL): a batch that closes many windows waits for the disk once, not per file."""
+        """Write the files of ``closed``; every one is durable when this returns."""
+        pending = self.start_windows(closed)
+        pending.wait()
+        return pending.files
+
+    def start_windows(self, closed: Sequence[ClosedWindow]) -> "PendingFiles":
+        """Start writing the files of ``closed`` and return at once; they are durable
+        when the returned ``wait()`` returns. Files are encoded and fsync'd on a few
+        threads (polars and fsync release the GIL), while the caller goes on with the
+        next batch: a batch that closes many windows waits for the disk once, not per
+        file, and not before its next batch is aggregated."""
         jobs = [(window_file(level, cw.window_s, cw.window_start, cw.partition,
                              cw.first_offset, cw.last_offset), frame)
                 for cw in closed for level, frame in (("host", cw.hosts),
                                                       ("cohort", cw.cohorts))]
-        if jobs:
-            write_when_space(lambda: self._write_all(jobs), f"--output {self.root}")
-        return [rel for rel, _frame in jobs]
+        if not jobs:
+            return PendingFiles(self, jobs, [])
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dataset-writer")
+        return PendingFiles(self, jobs, [self._pool.submit(self._write, rel, frame)
+                                         for rel, frame in jobs])
 
     def _write_all(self, jobs: List[Tuple[str, pl.DataFrame]]) -> None:
-        if len(jobs) <= 2:
-            for rel, frame in jobs:
-                self._write(rel, frame)
-        else:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-                self._pool = ThreadPoolExecutor(max_workers=4,
-                                                thread_name_prefix="dataset-writer")
-            futures = [self._pool.submit(self._write, rel, frame) for rel, frame in jobs]
-            for fut in futures:     # every write finished before one failure is raised
-                fut.exception()
-            for fut in futures:
-                fut.result()        # re-raises a failed write
+        for rel, frame in jobs:
+            self._write(rel, frame)
 
     def _write(self, rel: str, frame: pl.DataFrame) -> None:
         if self.remote:
@@ -134,6 +135,32 @@ class DatasetWriter:
         buf = io.BytesIO()
         frame.write_parquet(buf, compression="zstd", statistics=True)
         atomic_write(self.path / rel, buf.getvalue(), tmp_dir=self.tmp)
+
+
+class PendingFiles:
+    """One batch's window files on their way to the disk (``DatasetWriter.start_windows``).
+    ``wait()`` returns when every one is durable, or raises the first failure once all
+    have finished. A full filesystem is waited out as ``write_when_space`` does: the
+    batch's files are written again, one by one, until they fit (each write is atomic
+    and idempotent)."""
+
+    def __init__(self, writer: "DatasetWriter", jobs: List[Tuple[str, pl.DataFrame]],
+                 futures: list):
+        self.writer = writer
+        self.jobs = jobs
+        self.files = [rel for rel, _frame in jobs]
+        self._futures = futures
+
+    def wait(self) -> None:
+        futures, self._futures = self._futures, []
+        errors = [f.exception() for f in futures]     # every write has finished
+        if any(isinstance(e, OSError) and e.errno in NO_SPACE for e in errors):
+            write_when_space(lambda: self.writer._write_all(self.jobs),
+                             f"--output {self.writer.root}")
+            return
+        for e in errors:
+            if e is not None:
+                raise e
 
 
 def _ipc_bytes(df: pl.DataFrame) -> bytes:

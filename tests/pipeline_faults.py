@@ -67,7 +67,7 @@ def inject_kill_at(step: str, n: int) -> None:
     elif step == "decode":
         _kill_on_nth(engine, "decode_batch", n)
     elif step == "write":
-        _kill_on_nth(engine.Pipeline, "emit", n, counts=lambda windows: windows > 0)
+        _kill_on_nth(engine.Pipeline, "wait_durable", n, counts=lambda windows: windows > 0)
     elif step == "checkpoint":
         _kill_on_nth(StateStore, "save", n)
     elif step == "commit":
@@ -83,16 +83,16 @@ def inject(kill_after_windows: int, batch_pause_s: float) -> None:
     from foliowatch.pipeline.engine import Pipeline
 
     if kill_after_windows:
-        emit = Pipeline.emit
+        wait_durable = Pipeline.wait_durable
         written = [0]
 
-        def emit_then_maybe_die(self, closed):
-            n = emit(self, closed)           # returns once the windows' files are durable
+        def durable_then_maybe_die(self):
+            n = wait_durable(self)           # returns once the windows' files are durable
             written[0] += n
             if written[0] >= kill_after_windows:
                 os.kill(os.getpid(), signal.SIGKILL)
             return n
-        Pipeline.emit = emit_then_maybe_die
+        Pipeline.wait_durable = durable_then_maybe_die
 
     if batch_pause_s:
         fill = KafkaRunner._fill_batch

@@ -52,9 +52,10 @@ class MemoryWriter:
     def __init__(self):
         self.windows = []
 
-    def write_windows(self, closed):
+    def start_windows(self, closed):
+        from foliowatch.pipeline.sinks import PendingFiles
         self.windows.extend(closed)
-        return []
+        return PendingFiles(self, [], [])
 
 
 # -- the strategy ---------------------------------------------------------------------
