@@ -12,10 +12,12 @@ confluent-kafka by default) and used through its small interface: rebalances arr
 ``Listener`` calls, and the client commits a revoked partition's checkpoint in the way
 its library allows inside a rebalance.
 
-Consuming and processing overlap: this thread polls Kafka while one worker thread runs
-the previous batch through the pipeline (Arrow and polars release the GIL). Everything that reads or changes the
-pipeline's state from this thread (checkpoints, rebalances, the end of input) first
-waits for the worker to finish what it was handed, so checkpoints stay consistent.
+Consuming and processing overlap: this thread polls Kafka and decodes a batch (the
+compiled decoder runs without the GIL and touches no pipeline state) while one worker
+thread aggregates the previous batch and the files of the one before are written
+(polars and fsync release the GIL). Everything that reads or changes the pipeline's
+state from this thread (checkpoints, rebalances, the end of input) first waits for the
+worker to finish what it was handed, so checkpoints stay consistent.
 
 SIGTERM/SIGINT stop it promptly even when the broker is gone: every blocking broker call
 has a bound (offset commits, leaving the group, delivering dead letters), the final
@@ -260,7 +262,9 @@ class KafkaRunner(Listener):
             self._first_record_at = self._batch_started_at
             self._first_record_cpu = self._batch_started_cpu
         self._raise_worker_error()
-        self._work.put(recs)
+        recs.values = [v if v is not None else b"" for v in recs.values]
+        decoded = self.pipeline.decode(recs.values)
+        self._work.put((recs, decoded))
         self._taken.acquire()
 
     def _drain(self) -> None:
@@ -275,22 +279,22 @@ class KafkaRunner(Listener):
 
     def _work_loop(self) -> None:
         while True:
-            recs = self._work.get()
+            item = self._work.get()
             self._taken.release()
             try:
-                if recs is None:
+                if item is None:
                     return
                 if self._worker_error is None:
-                    self._process_records(recs)
+                    self._process_records(*item)
             except BaseException as e:  # re-raised in the consuming thread
                 self._worker_error = e
             finally:
                 self._work.task_done()
 
-    def _process_records(self, recs: Records) -> None:
+    def _process_records(self, recs: Records, decoded) -> None:
         cpu0 = time.thread_time()
-        st = self.pipeline.process([v if v is not None else b"" for v in recs.values],
-                                   recs.partitions, recs.offsets, self.cfg.topic, recs.keys)
+        st = self.pipeline.process(recs.values, recs.partitions, recs.offsets,
+                                   self.cfg.topic, recs.keys, decoded=decoded)
         for k in self.totals:
             self.totals[k] += getattr(st, k)
         self._last_batch_done_at = time.monotonic()

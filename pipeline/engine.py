@@ -15,7 +15,7 @@ import polars as pl
 from foliowatch import dataset as contract
 
 from .aggregate import ClosedWindow, WindowAggregator
-from .decode import decode_batch
+from .decode import DecodedBatch, decode_batch
 from .sinks import DatasetWriter, PendingFiles, StateStore, dlq_record
 
 log = logging.getLogger("foliowatch.pipeline")
@@ -54,14 +54,22 @@ class Pipeline:
         # the last batch's window files, still being written (at most one batch's)
         self._writing: Optional[Tuple[PendingFiles, List[ClosedWindow]]] = None
 
+    def decode(self, values: Sequence[bytes]) -> DecodedBatch:
+        """Decode and validate ``values`` (``decode.decode_batch``): the first step of
+        ``process``, which a caller may run ahead, on another thread (it touches none
+        of the pipeline's state)."""
+        return decode_batch(values, max_future_s=self.cfg.max_future_s)
+
     def process(self, values: Sequence[bytes], partitions: Sequence[int],
                 offsets: Sequence[int], topic: str,
-                keys: Optional[Sequence[Optional[bytes]]] = None) -> BatchStats:
+                keys: Optional[Sequence[Optional[bytes]]] = None,
+                decoded: Optional[DecodedBatch] = None) -> BatchStats:
+        """One batch; ``decoded``: ``values`` already through ``decode``."""
         t0 = time.perf_counter()
         st = BatchStats(records=len(values))
         if not values:
             return st
-        dec = decode_batch(values, max_future_s=self.cfg.max_future_s)
+        dec = self.decode(values) if decoded is None else decoded
         part_s = pl.Series("partition", partitions, dtype=pl.Int64)
         off_s = pl.Series("offset", offsets, dtype=pl.Int64)
         good = dec.good.with_columns(part_s.gather(dec.good["row"]).alias("partition"),

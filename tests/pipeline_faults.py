@@ -127,10 +127,10 @@ def count_in_flight(slow_worker_s: float, path: str) -> None:
                 handed[0] += 1
         return hand(self)
 
-    def slow_work(self, recs):
+    def slow_work(self, *batch):
         time.sleep(slow_worker_s)
         try:
-            return work(self, recs)
+            return work(self, *batch)
         finally:
             with lock:
                 handed[0] -= 1
