@@ -100,12 +100,6 @@ class DatasetWriter:
                                   f"folder ({e.strerror}); choose a writable path") from None
             self.tmp = self.path / "_tmp"
 
-    def write_windows(self, closed: Sequence[ClosedWindow]) -> List[str]:
-        """Write the files of ``closed``; every one is durable when this returns."""
-        pending = self.start_windows(closed)
-        pending.wait()
-        return pending.files
-
     def start_windows(self, closed: Sequence[ClosedWindow]) -> "PendingFiles":
         """Start writing the files of ``closed`` and return at once; they are durable
         when the returned ``wait()`` returns. Files are encoded and fsync'd on a few
@@ -148,7 +142,6 @@ class PendingFiles:
                  futures: list):
         self.writer = writer
         self.jobs = jobs
-        self.files = [rel for rel, _frame in jobs]
         self._futures = futures
 
     def wait(self) -> None:
