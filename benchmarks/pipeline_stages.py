@@ -58,7 +58,7 @@ STAGES = [  # (module, owner, function, label)
     ("aggregate", None, "host_rows", "closing: host rows"),
     ("aggregate", None, "cohort_rows", "closing: cohort rows"),
     # the files of a batch are written while the next one is aggregated: here start_windows
-    # waits for them (``_waited``), so that their CPU is theirs and not that stage's
+    # waits for them (``waited``), so that their CPU is theirs and not that stage's
     ("sinks", "DatasetWriter", "start_windows", "durable Parquet (encode, fsync, rename)"),
     ("sinks", "DatasetWriter", "write_windows", "durable Parquet (encode, fsync, rename)"),  # before
     ("engine", "Pipeline", "process", "the rest of a batch (gathers, dead letters)"),

@@ -90,7 +90,7 @@ def run(args) -> int:
 
     if args.batch_records <= 0:
         raise ConfigError(f"--batch-records: expected > 0, got {args.batch_records}")
-    if not args.batch_seconds > 0 or args.batch_seconds == float("inf"):
+    if not 0 < args.batch_seconds < float("inf"):     # nan fails both comparisons
         raise ConfigError(f"--batch-seconds: expected a number of seconds > 0, got "
                           f"{args.batch_seconds}; the default is 1")
     max_future = args.max_future
