@@ -94,6 +94,7 @@ class DecodedBatch:
     good: pl.DataFrame
     rejected: List[Tuple[int, str]]
     python_accepted: int = 0   # rows accepted by schema.decode (the Python path)
+    seconds: float = 0.0       # wall time of the decode (``Pipeline.decode``)
 
 
 def _summed(xs: List[pl.Expr]) -> pl.Expr:
