@@ -93,16 +93,18 @@ def java_consumer_perf(cluster, topic: str, n: int) -> dict:
             "mb_per_s": float(d["MB.sec"]), "raw": d}
 
 
-def _decoder_env(decoder: str) -> dict:
+def _decoder_env(decoder: str, writer: str = "native") -> dict:
     """The environment that selects the decoder: the compiled pass ("native", the
-    default when built) or the Python/polars path alone ("python")."""
+    default when built) or the Python/polars path alone ("python"); and the window
+    files' writer: the compiled one ("native") or polars' ("polars")."""
     from foliowatch.pipeline.native_decode import DECODER_ENV
-    return {**os.environ, DECODER_ENV: decoder}
+    from foliowatch.pipeline.native_parquet import WRITER_ENV
+    return {**os.environ, DECODER_ENV: decoder, WRITER_ENV: writer}
 
 
 def run_pipeline(bootstrap: str, topic: str, out: Path, extra, client: str,
                  decoder: str = "native", python: str = sys.executable,
-                 label: str = "") -> dict:
+                 label: str = "", writer: str = "native") -> dict:
     """The whole pipeline as a subprocess; ``python``: the interpreter of the checkout to
     run (another one's .venv runs that checkout's code: ``--before``)."""
     python = str(Path(python).absolute())
@@ -113,7 +115,8 @@ def run_pipeline(bootstrap: str, topic: str, out: Path, extra, client: str,
             *extra]
     t0 = time.monotonic()
     cwd = REPO if python == str(Path(sys.executable).absolute()) else Path(python).absolute().parents[2]
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=_decoder_env(decoder))
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd,
+                       env=_decoder_env(decoder, writer))
     wall = time.monotonic() - t0
     if p.returncode != 0:
         raise SystemExit(f"pipeline failed:\n{p.stderr[-3000:]}")
@@ -276,7 +279,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="fw-pipebench-"))
     cluster = KafkaCluster(work / "kafka", brokers=1).start()
-    results, before_after = [], []
+    results, before_after, writers = [], [], []
     print(f"load average at the start (1/5/15 min): "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     try:
@@ -298,6 +301,13 @@ def main() -> int:
         for client in CLIENTS:   # the one that ships first
             results.append(emit(run_pipeline(cluster.bootstrap, topic, work / f"ds-{client}",
                                              defaults, client)))
+        # the window files' writer: polars' (the reference) and the compiled one,
+        # alternating on the same topic
+        for i in range(2):
+            for writer in ("polars", "native"):
+                writers.append(emit(run_pipeline(
+                    cluster.bootstrap, topic, work / f"ds-{writer}-{i}", defaults, CLIENTS[0],
+                    label=f", {writer} Parquet writer", writer=writer)))
         if args.before:
             for i in range(2):
                 for python, label in ((args.before, ", before"), (sys.executable, ", after")):
@@ -320,7 +330,7 @@ def main() -> int:
             import shutil
             shutil.rmtree(work, ignore_errors=True)
 
-    results += before_after
+    results += writers + before_after
     java = results[0]["records_per_s"]
     print("\n| measurement | records | records/s | vs Java tool | CPU s | CPU µs/record "
           "| peak RSS MB | load avg 1 min |")
@@ -348,6 +358,13 @@ def main() -> int:
               f"{whole['cpu_us_per_record'] / other['cpu_us_per_record']:.2f}x CPU per record"
               + (f", {whole['peak_rss_mb'] / other['peak_rss_mb']:.2f}x peak RSS"
                  if other.get("peak_rss_mb") else ""))
+    for b, a in zip(writers[0::2], writers[1::2]):
+        print(f"compiled / polars Parquet writer (same topic, consecutive): "
+              f"{a['records_per_s'] / b['records_per_s']:.2f}x records/s, "
+              f"{a['cpu_us_per_record'] / b['cpu_us_per_record']:.2f}x CPU per record "
+              f"({a['cpu_us_per_record']} vs {b['cpu_us_per_record']} µs), "
+              f"{a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x peak RSS "
+              f"({a['peak_rss_mb']} vs {b['peak_rss_mb']} MB)")
     for b, a in zip(before_after[0::2], before_after[1::2]):
         print(f"after / before (same topic, consecutive): "
               f"{a['records_per_s'] / b['records_per_s']:.2f}x records/s, "

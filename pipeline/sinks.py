@@ -31,6 +31,7 @@ from foliowatch.errors import ConfigError, InputError, ServiceError
 from foliowatch.files import atomic_write, make_dirs_durable
 
 from .aggregate import PARTIAL_SCHEMA, SEEN_SCHEMA, ClosedWindow, PartitionMeta
+from .native_parquet import parquet_bytes
 
 STATE_VERSION = 1
 log = logging.getLogger("foliowatch.pipeline")
@@ -126,9 +127,7 @@ class DatasetWriter:
         if self.remote:
             frame.write_parquet(f"{self.root}/{rel}", compression="zstd")
             return
-        buf = io.BytesIO()
-        frame.write_parquet(buf, compression="zstd", statistics=True)
-        atomic_write(self.path / rel, buf.getvalue(), tmp_dir=self.tmp)
+        atomic_write(self.path / rel, parquet_bytes(frame), tmp_dir=self.tmp)
 
 
 class PendingFiles:

@@ -1,7 +1,12 @@
-"""The C extension of foliowatch-wiredecode (metadata: pyproject.toml)."""
+"""The C extensions of foliowatch-wiredecode (metadata: pyproject.toml): the wire decoder
+and the window files' Parquet writer."""
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "foliowatch_wiredecode", sources=["wiredecode.c"],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                        "-Wno-missing-field-initializers"])])
+FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+         "-Wno-missing-field-initializers"]
+
+setup(ext_modules=[
+    Extension("foliowatch_wiredecode", sources=["wiredecode.c"], extra_compile_args=FLAGS),
+    Extension("foliowatch_parquetwrite", sources=["parquetwrite.c"],
+              extra_compile_args=FLAGS),
+])
