@@ -4,8 +4,8 @@
 #   benchmark, strace to watch the durable writes' system calls), a Python 3.11+ virtualenv (.venv) with the project and its extras, a
 #   Python 3.9 virtualenv (.venv39) with only the agent (the fleet's oldest Python), and
 #   Apache Kafka's jars from Maven Central (deploy/kafka/kafka.sh fetch), and the
-#   pipeline's optional native decoder (pipeline/native, C) and the simulator's native
-#   encoder (simulator/native, C) built into .venv.
+#   pipeline's optional native decoder and Parquet writer (pipeline/native, C) and the
+#   simulator's native encoder (simulator/native, C) built into .venv.
 # Each step is skipped when its inputs have not changed (stamp files keyed by content).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,8 +64,9 @@ py311=$(find_python 3.11 || find_python 3.12 || find_python 3.13) \
 make_venv .venv "$py311" "all,bench"
 
 # The native codecs (C), in the central venv only, never in the agent's, each optional:
-# the pipeline's decoder (pipeline/native: without it the pipeline decodes with its
-# Python/polars path, several times the CPU per record) and the simulator's encoder
+# the pipeline's decoder and window-file writer (pipeline/native: without them the
+# pipeline decodes with its Python/polars path, several times the CPU per record, and
+# polars writes the Parquet files, ~1 ms more CPU per file) and the simulator's encoder
 # (simulator/native: without it the simulator encodes with polars, ~2x the CPU per
 # record). Each says once that it is missing.
 build_native() {  # build_native DIR STAMP WHAT
@@ -81,7 +82,7 @@ build_native() {  # build_native DIR STAMP WHAT
     rm -rf "$dir/build" "$dir"/*.egg-info
   fi
 }
-build_native pipeline/native .wiredecode-stamp "pipeline's native decoder"
+build_native pipeline/native .wiredecode-stamp "pipeline's native decoder and Parquet writer"
 build_native simulator/native .wireencode-stamp "simulator's native encoder"
 
 if py39=$(find_python 3.9); then
