@@ -4,7 +4,9 @@ once, into the Parquet dataset of ``foliowatch.dataset``.
 Modules: ``decode`` (a whole micro-batch decoded and validated with polars, agreeing
 with ``schema.decode``), ``native_decode`` (its compiled one-pass decoder for the canonical
 layout: the optional C module ``pipeline/native`` and the layout compiled from
-``schema.FIELDS``), ``wire_checks`` (the field table in vectorised form), ``aggregate`` (lateness, dedupe, host partial sums, host and
+``schema.FIELDS``), ``native_parquet`` (the window files' Parquet bytes: a compiled
+encoder in the same C build, polars' writer for the rest), ``wire_checks`` (the field
+table in vectorised form), ``aggregate`` (lateness, dedupe, host partial sums, host and
 cohort rows; pure), ``sinks`` (durable dataset writes, partition checkpoints, dead
 letters), ``engine`` (one batch through all of it), ``consumer`` (the consumer-group
 member: micro-batches, rebalances, commit after durable output), ``files``
