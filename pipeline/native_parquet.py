@@ -20,8 +20,8 @@ the format has, which every reader reads:
 - types: Int64 (INT64), Float64 (DOUBLE), String (BYTE_ARRAY, STRING), Datetime in
   µs (INT64, TIMESTAMP(MICROS), adjusted to UTC when it has the UTC zone).
 
-Any other column type (or a page beyond the format's 2 GiB) makes it return None and
-polars writes the file: the same rows either way. ``FOLIOWATCH_PARQUET_WRITER=polars``
+Any other column type, a frame without rows, or a page beyond the format's 2 GiB makes
+it return None and polars writes the file: the same rows either way. ``FOLIOWATCH_PARQUET_WRITER=polars``
 turns the compiled encoder off (benchmarks measure both in one run).
 """
 
@@ -81,7 +81,7 @@ def _compress():
 
 def native_bytes(frame: pl.DataFrame) -> Optional[bytes]:
     """``frame`` as a Parquet file by the compiled encoder, or None when it is not built
-    (or turned off) or cannot write one of the frame's column types."""
+    (or turned off), the frame has no rows, or it cannot write one of its column types."""
     mod = _module()
     if mod is None:
         return None
