@@ -71,7 +71,7 @@ make_venv .venv "$py311" "all,bench"
 # record). Each says once that it is missing.
 build_native() {  # build_native DIR STAMP WHAT
   local dir=$1 stamp=$2 what=$3 want
-  want="$(cat "$dir"/*.c "$dir/setup.py" "$dir/pyproject.toml" | sha256sum | cut -c1-16)-$(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')"
+  want="$(cat "$dir"/*.[ch] "$dir/setup.py" "$dir/pyproject.toml" | sha256sum | cut -c1-16)-$(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')"
   if [ "$(cat ".venv/$stamp" 2>/dev/null)" != "$want" ]; then
     say "building the $what ($dir) into .venv"
     if .venv/bin/python -m pip install -q --no-build-isolation "./$dir" >&2; then

@@ -835,6 +835,11 @@ def test_writer_env_polars_turns_the_native_encoder_off(monkeypatch):
     frame = _small()
     native(frame)
     monkeypatch.setenv(native_parquet.WRITER_ENV, "polars")
+    assert_polars_writes(frame)
+
+
+def assert_polars_writes(frame: pl.DataFrame) -> None:
+    """The compiled encoder declines ``frame`` and parquet_bytes gives polars' file."""
     assert native_parquet.native_bytes(frame) is None
     data = native_parquet.parquet_bytes(frame)
     assert pq.ParquetFile(io.BytesIO(data)).metadata.created_by.startswith("Polars")
@@ -844,19 +849,13 @@ def test_writer_env_polars_turns_the_native_encoder_off(monkeypatch):
 def test_parquet_bytes_falls_back_to_polars_when_the_module_cannot_be_imported(monkeypatch):
     frame = _small()
     monkeypatch.setitem(sys.modules, "foliowatch_parquetwrite", None)
-    assert native_parquet.native_bytes(frame) is None
-    data = native_parquet.parquet_bytes(frame)
-    assert pq.ParquetFile(io.BytesIO(data)).metadata.created_by.startswith("Polars")
-    assert_round_trips(frame, data)
+    assert_polars_writes(frame)
 
 
 def test_parquet_bytes_falls_back_to_polars_without_zstandard(monkeypatch):
     frame = _small()
     monkeypatch.setitem(sys.modules, "zstandard", None)
-    assert native_parquet.native_bytes(frame) is None
-    data = native_parquet.parquet_bytes(frame)
-    assert pq.ParquetFile(io.BytesIO(data)).metadata.created_by.startswith("Polars")
-    assert_round_trips(frame, data)
+    assert_polars_writes(frame)
 
 
 def test_parquet_bytes_is_the_native_file_when_the_encoder_applies():

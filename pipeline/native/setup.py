@@ -6,7 +6,8 @@ FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
          "-Wno-missing-field-initializers"]
 
 setup(ext_modules=[
-    Extension("foliowatch_wiredecode", sources=["wiredecode.c"], extra_compile_args=FLAGS),
-    Extension("foliowatch_parquetwrite", sources=["parquetwrite.c"],
+    Extension("foliowatch_wiredecode", sources=["wiredecode.c"], depends=["arrow_c_abi.h"],
               extra_compile_args=FLAGS),
+    Extension("foliowatch_parquetwrite", sources=["parquetwrite.c"],
+              depends=["arrow_c_abi.h"], extra_compile_args=FLAGS),
 ])

@@ -858,33 +858,7 @@ bad:
  * columns, and the list column of item structs. The column buffers are handed over, not
  * copied: each array owns what it points to and frees it in its release callback, which
  * touches no Python object (a consumer may release from any thread, without the GIL). */
-#ifndef ARROW_C_DATA_INTERFACE
-#define ARROW_C_DATA_INTERFACE
-#define ARROW_FLAG_NULLABLE 2
-struct ArrowSchema {
-    const char *format;
-    const char *name;
-    const char *metadata;
-    int64_t flags;
-    int64_t n_children;
-    struct ArrowSchema **children;
-    struct ArrowSchema *dictionary;
-    void (*release)(struct ArrowSchema *);
-    void *private_data;
-};
-struct ArrowArray {
-    int64_t length;
-    int64_t null_count;
-    int64_t offset;
-    int64_t n_buffers;
-    int64_t n_children;
-    const void **buffers;
-    struct ArrowArray **children;
-    struct ArrowArray *dictionary;
-    void (*release)(struct ArrowArray *);
-    void *private_data;
-};
-#endif
+#include "arrow_c_abi.h"
 
 typedef struct {            /* one array's or schema's own allocations */
     void *buffers[3];       /* array: owned buffers (the ``buffers`` pointers) */
