@@ -6,7 +6,9 @@ environment variable so that benchmarks measure both paths in one run."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import threading
 from types import ModuleType
 from typing import Optional, Tuple
 
@@ -29,3 +31,17 @@ def load_native(name: str, env: str, off: str, version_attr: str, version: int,
         return None, (f"{what} was built for {version_attr.lower().replace('_', ' ')} {built}, "
                       f"this code writes {version}; rebuild it with scripts/bootstrap.sh")
     return mod, ""
+
+
+_said: set = set()
+_said_lock = threading.Lock()
+
+
+def say_once(log: logging.Logger, message: str, reason: str) -> None:
+    """Warn ``message % reason`` once per process for each (message, reason): why a
+    compiled module is not used, said on the first call and not on every batch."""
+    with _said_lock:
+        if (message, reason) in _said:
+            return
+        _said.add((message, reason))
+    log.warning(message, reason)

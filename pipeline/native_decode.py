@@ -31,7 +31,7 @@ import polars as pl
 
 from foliowatch import schema as wire
 from foliowatch.errors import FoliowatchError
-from foliowatch.native import load_native
+from foliowatch.native import load_native, say_once
 from foliowatch.schema import COUNTER, FLOAT, INT, LIST, MAP, OBJECT, STR, Field
 
 log = logging.getLogger(__name__)
@@ -249,17 +249,9 @@ def _freeze(x):
     return x
 
 
-_said: set = set()
-_said_lock = threading.Lock()
-
-
 def _say_once(reason: str) -> None:
-    with _said_lock:
-        if reason in _said:
-            return
-        _said.add(reason)
-    log.warning("decode: the compiled decoder is off (%s); the Python/polars path decodes "
-                "every record (the same verdicts, several times the CPU per record)", reason)
+    say_once(log, "decode: the compiled decoder is off (%s); the Python/polars path decodes "
+                  "every record (the same verdicts, several times the CPU per record)", reason)
 
 
 def decoder(checks) -> Optional[NativeDecoder]:

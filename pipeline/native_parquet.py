@@ -21,8 +21,9 @@ the format has, which every reader reads:
   µs (INT64, TIMESTAMP(MICROS), adjusted to UTC when it has the UTC zone).
 
 Any other column type, a frame without rows, or a page beyond the format's 2 GiB makes
-it return None and polars writes the file: the same rows either way. ``FOLIOWATCH_PARQUET_WRITER=polars``
-turns the compiled encoder off (benchmarks measure both in one run).
+it return None and polars writes the file: the same rows either way.
+``FOLIOWATCH_PARQUET_WRITER=polars`` turns the compiled encoder off (benchmarks measure
+both in one run).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Optional
 import polars as pl
 
 from foliowatch import __version__
-from foliowatch.native import load_native
+from foliowatch.native import load_native, say_once
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ WRITER_ENV = "FOLIOWATCH_PARQUET_WRITER"
 ZSTD_LEVEL = 3
 CREATED_BY = f"foliowatch version {__version__}"
 
-_said: set = set()
-_said_lock = threading.Lock()
 _local = threading.local()
 
 
@@ -60,12 +59,8 @@ def _module():
         except ImportError as e:
             mod, reason = None, f"zstandard is not installed ({e})"
     if mod is None:
-        with _said_lock:
-            if reason not in _said:
-                _said.add(reason)
-                log.warning("dataset files: the compiled Parquet writer is off (%s); "
-                            "polars writes them (the same rows, ~1 ms more CPU per file)",
-                            reason)
+        say_once(log, "dataset files: the compiled Parquet writer is off (%s); polars "
+                      "writes them (the same rows, ~1 ms more CPU per file)", reason)
     return mod
 
 

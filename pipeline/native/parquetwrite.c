@@ -201,6 +201,15 @@ static int kind_of(const char *format, enum Kind *out) {
     return 0;
 }
 
+/* the Parquet physical type a column kind is written as */
+static int physical_type(enum Kind k) {
+    if (k == K_DOUBLE)
+        return PQ_DOUBLE;
+    if (k == K_INT64 || k == K_TS_UTC || k == K_TS_LOCAL)
+        return PQ_INT64;
+    return PQ_BYTE_ARRAY;
+}
+
 static int is_valid(const struct ArrowArray *a, int64_t i) {
     const uint8_t *bits = (const uint8_t *)a->buffers[0];
     if (bits == NULL || a->null_count == 0)
@@ -353,7 +362,7 @@ static void write_statistics(TW *t, int16_t id, const Col *col) {
     tw_i64(t, 3, col->nulls);                               /* null_count */
     if (col->has_minmax) {
         uint8_t lo[8], hi[8];
-        if (col->kind == K_UTF8 || col->kind == K_LARGE_UTF8 || col->kind == K_UTF8_VIEW) {
+        if (physical_type(col->kind) == PQ_BYTE_ARRAY) {
             tw_binary(t, 5, col->smax, (size_t)col->smaxlen);  /* max_value */
             tw_binary(t, 6, col->smin, (size_t)col->sminlen);  /* min_value */
         } else {
@@ -380,8 +389,7 @@ static void write_statistics(TW *t, int16_t id, const Col *col) {
 }
 
 static void write_schema_element(TW *t, const Col *col) {
-    int type = col->kind == K_INT64 || col->kind == K_TS_UTC || col->kind == K_TS_LOCAL
-                   ? PQ_INT64 : col->kind == K_DOUBLE ? PQ_DOUBLE : PQ_BYTE_ARRAY;
+    int type = physical_type(col->kind);
     tw_elem(t);
     tw_i32(t, 1, type);
     tw_i32(t, 3, PQ_OPTIONAL);
@@ -575,10 +583,7 @@ static PyObject *pw_write(PyObject *self, PyObject *args) {
             tw_elem(&t);                                     /* ColumnChunk */
             tw_i64(&t, 2, col->page_offset);                 /* file_offset */
             tw_struct(&t, 3);                                /* meta_data */
-            int type = col->kind == K_DOUBLE ? PQ_DOUBLE
-                       : (col->kind == K_INT64 || col->kind == K_TS_UTC ||
-                          col->kind == K_TS_LOCAL) ? PQ_INT64 : PQ_BYTE_ARRAY;
-            tw_i32(&t, 1, type);
+            tw_i32(&t, 1, physical_type(col->kind));
             tw_list(&t, 2, T_I32, 2);                        /* encodings */
             buf_varint(&out, zigzag64(PQ_PLAIN));
             buf_varint(&out, zigzag64(PQ_RLE));
