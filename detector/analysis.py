@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import polars as pl
 
+from foliowatch.polars_engine import IN_MEMORY
+
 from . import attribution, cohort, evidence, mechanism
 from .changepoint import LevelShifts
 from .headline import headline, level_effects
@@ -319,7 +321,8 @@ class ReferenceWindows:
     @classmethod
     def of(cls, host_windows: pl.DataFrame, as_of: datetime, config: "DetectorConfig"
            ) -> "ReferenceWindows":
-        return cls.from_windows(as_of, cls.select(host_windows.lazy(), as_of, config).collect(),
+        return cls.from_windows(as_of, cls.select(host_windows.lazy(), as_of, config)
+                                .collect(engine=IN_MEMORY),
                                 host_windows=host_windows)
 
     @classmethod
@@ -358,7 +361,7 @@ class ReferenceWindows:
             return ref
         else:
             summary = reference_summary(self.host_windows.lazy().filter(is_group), self.as_of,
-                                        config).collect()
+                                        config).collect(engine=IN_MEMORY)
         keep = reference_hosts(summary, base, new, config)
         if keep is not None:
             ref = ref.filter(pl.col("host_id").is_in(keep.implode()))

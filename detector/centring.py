@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from foliowatch.polars_engine import IN_MEMORY
+
 from .frames import LOG_FLOOR, STATE_METRIC
 
 # A window's centre needs this many baseline hosts; with fewer the median is noise.
@@ -31,4 +33,5 @@ def centred_windows(df: pl.DataFrame, metric: str, base_kernel: str) -> pl.DataF
     # and the memory-state model samples rows (``MemoryStateModel.max_rows``), so the
     # same data gave another model, and other effects, on every run
     return (x.join(centre, on="window_start", how="inner", maintain_order="left")
-            .with_columns((pl.col("y") - pl.col("centre")).alias("z")).collect())
+            .with_columns((pl.col("y") - pl.col("centre")).alias("z"))
+            .collect(engine=IN_MEMORY))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from foliowatch.polars_engine import IN_MEMORY
+
 
 class MemoryStateModel:
     """How the baseline kernel's centred metric depends on fragmentation, learnt from
@@ -36,7 +38,7 @@ class MemoryStateModel:
     def fit(self, reference: pl.DataFrame) -> "MemoryStateModel":
         r = (reference.lazy().filter(pl.col("frag").is_not_null() & pl.col("frag").is_finite()
                                      & pl.col("z").is_finite())
-             .select("host_id", "frag", "z").collect())
+             .select("host_id", "frag", "z").collect(engine=IN_MEMORY))
         if r.height < 200:
             return self
         if r.height > self.max_rows:

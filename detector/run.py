@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Optional
 
 from foliowatch.errors import ConfigError, InputError
+from foliowatch.polars_engine import IN_MEMORY
 
 DEFAULT_STATE = "foliowatch-detector-state.json"
 
@@ -130,7 +131,8 @@ class FollowedFrame:
                 how="vertical_relaxed")
             self.reference = pl.concat(
                 [self.reference.filter((ws < cut) & (ws >= reference_from)),
-                 narrow(fresh.lazy()).collect().select(self.reference.columns)],
+                 narrow(fresh.lazy()).collect(engine=IN_MEMORY)
+                 .select(self.reference.columns)],
                 how="vertical_relaxed")
         self.newest = newest
         return self

@@ -29,6 +29,7 @@ import polars as pl
 
 from foliowatch import dataset as contract
 from foliowatch import schema as wire
+from foliowatch.polars_engine import IN_MEMORY
 
 from .decode import FLAT_SCHEMA
 
@@ -125,13 +126,6 @@ WINDOW_KEY = ["partition", "window_s", "window_start"]
 MAX_OPEN_FRAMES = 8
 
 
-# The engine of the queries below. polars 2.x's default for a lazy ``collect`` ("auto")
-# chose its streaming engine, which took 5.5x the CPU of the in-memory one on a batch's
-# partial sums (29.6 vs 5.4 ms on 10,000 records: measured, polars 2.1); an eager frame
-# method runs in-memory already.
-ENGINE = "in-memory"
-
-
 def take(frame: pl.DataFrame, mask: pl.Series) -> pl.DataFrame:
     """``frame.filter(mask)`` column by column on the calling thread. An eager frame
     operation is a query handed to polars' thread pool, and the hand-off (waking a
@@ -162,7 +156,7 @@ def split_by(frame: pl.DataFrame, keys: Sequence[str], maintain_order: bool = Fa
 def _merge(frames: List[pl.DataFrame]) -> pl.DataFrame:
     """Partial frames of the same window(s) as one frame, one row per group."""
     return (pl.concat(frames).lazy().group_by(list(GROUP_KEYS)).agg(_merge_aggs())
-            .select(list(PARTIAL_SCHEMA)).collect(engine=ENGINE))
+            .select(list(PARTIAL_SCHEMA)).collect(engine=IN_MEMORY))
 
 
 def host_rows(partials: pl.DataFrame, keep: Sequence[str] = ()) -> pl.DataFrame:
@@ -171,7 +165,7 @@ def host_rows(partials: pl.DataFrame, keep: Sequence[str] = ()) -> pl.DataFrame:
     ``partition``) lead the rows and the sort, so many windows are done in one call."""
     return (partials.lazy().select(*[pl.col(k) for k in keep], *_host_row_exprs())
             .sort([*keep, "window_s", "window_start", *contract.COHORT_KEYS, "host_id",
-                   "boot_id"]).collect(engine=ENGINE))
+                   "boot_id"]).collect(engine=IN_MEMORY))
 
 
 @functools.lru_cache(maxsize=None)
@@ -270,7 +264,7 @@ def explode_fs(flat: pl.DataFrame) -> pl.DataFrame:
         return (flat.lazy()
                 .with_columns(first.struct.field("fs").fill_null("none").alias("fs"),
                               *[first.struct.field(c).alias(c) for c in mount_cols])
-                .drop("mounts").collect(engine=ENGINE))
+                .drop("mounts").collect(engine=IN_MEMORY))
     base = flat.drop("mounts")
     m = (flat.select("row", "mounts")
          .with_columns(pl.when(pl.col("mounts").list.len() == 0)
@@ -288,7 +282,7 @@ def cohort_rows(hosts: pl.DataFrame, keep: Sequence[str] = ()) -> pl.DataFrame:
     """Cohort-window rows (the ``level=cohort`` columns) from host-window rows; ``keep``
     columns lead the group keys and the sort (many windows in one call)."""
     keys = [*keep, *contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
-    return hosts.lazy().group_by(keys).agg(_cohort_aggs()).sort(keys).collect(engine=ENGINE)
+    return hosts.lazy().group_by(keys).agg(_cohort_aggs()).sort(keys).collect(engine=IN_MEMORY)
 
 
 @functools.lru_cache(maxsize=None)
@@ -325,7 +319,7 @@ def _seq_gaps(fresh: pl.DataFrame) -> Tuple[int, List[Tuple[str, str, int, int]]
                       .then(pl.col("hi") - pl.col("lo") + 1 - pl.col("n"))
                       .when(pl.col("hi") > pl.col("prev"))
                       .then(pl.col("hi") - pl.col("prev") - pl.col("above"))
-                      .otherwise(0).alias("skipped")).collect(engine=ENGINE))
+                      .otherwise(0).alias("skipped")).collect(engine=IN_MEMORY))
     skipped = g.get_column("skipped")
     net = int(skipped.sum() - g.get_column("below").sum())
     gaps = [(h, b, int(lo if prev is None else prev + 1), int(n))
@@ -438,7 +432,7 @@ class WindowAggregator:
         ident = (good.lazy().select(*SEEN_KEYS)
                  .with_columns(pl.struct(SEEN_KEYS).is_first_distinct().alias("first"))
                  .join(self._boot_max().lazy().select(*BOOT_KEYS, "prev"), on=BOOT_KEYS,
-                       how="left", maintain_order="left").collect(engine=ENGINE))
+                       how="left", maintain_order="left").collect(engine=IN_MEMORY))
         maybe_seen = ident["first"] & (ident["seq"] <= ident["prev"]).fill_null(False)
         keep = ident["first"]
         if maybe_seen.any():
@@ -472,7 +466,8 @@ class WindowAggregator:
             both = pl.concat([self._boot_max().lazy(),
                               new_seen.lazy().group_by(BOOT_KEYS).agg(*_MAX_AGGS)])
             self._max = both.group_by(BOOT_KEYS).agg(
-                pl.col("prev").max(), pl.col("prev_ts").get(pl.col("prev").arg_max())).collect(engine=ENGINE)
+                pl.col("prev").max(), pl.col("prev_ts").get(pl.col("prev").arg_max())
+            ).collect(engine=IN_MEMORY)
 
     def _prune_seen(self) -> None:
         horizon = {p: (m.watermark - self.lateness_s if m.watermark is not None
@@ -506,7 +501,7 @@ class WindowAggregator:
                     pl.lit(w, dtype=pl.Int64).alias("window_s"),
                     ((pl.col("ts") // w) * w).cast(pl.Int64).alias("window_start"))
                     .group_by(list(GROUP_KEYS)).agg(_partial_aggs()))
-            part = part.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA).collect(engine=ENGINE)
+            part = part.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA).collect(engine=IN_MEMORY)
             self._add_window_frames(part)
             prev = (w, part)
 
@@ -552,7 +547,7 @@ class WindowAggregator:
             return []
         spans = (merged.lazy().group_by(WINDOW_KEY)
                  .agg(pl.col("first_offset").min(), pl.col("last_offset").max())
-                 .sort(WINDOW_KEY).collect(engine=ENGINE))
+                 .sort(WINDOW_KEY).collect(engine=IN_MEMORY))
         # the window's key travels as plain integers beside the rows ("_start": the
         # host rows turn window_start into a timestamp)
         keep = ["partition", "_start"]
