@@ -282,7 +282,8 @@ def cohort_rows(hosts: pl.DataFrame, keep: Sequence[str] = ()) -> pl.DataFrame:
     """Cohort-window rows (the ``level=cohort`` columns) from host-window rows; ``keep``
     columns lead the group keys and the sort (many windows in one call)."""
     keys = [*keep, *contract.WINDOW_COLUMNS, *contract.COHORT_KEYS]
-    return hosts.lazy().group_by(keys).agg(_cohort_aggs()).sort(keys).collect(engine=IN_MEMORY)
+    return (hosts.lazy().group_by(keys).agg(_cohort_aggs()).sort(keys)
+            .collect(engine=IN_MEMORY))
 
 
 @functools.lru_cache(maxsize=None)
@@ -323,8 +324,8 @@ def _seq_gaps(fresh: pl.DataFrame) -> Tuple[int, List[Tuple[str, str, int, int]]
     skipped = g.get_column("skipped")
     net = int(skipped.sum() - g.get_column("below").sum())
     gaps = [(h, b, int(lo if prev is None else prev + 1), int(n))
-            for h, b, prev, lo, n in columns(take(g, skipped > 0), (
-                "host_id", "boot_id", "prev", "lo", "skipped")).iter_rows()]
+            for h, b, prev, lo, n in take(columns(g, (
+                "host_id", "boot_id", "prev", "lo", "skipped")), skipped > 0).iter_rows()]
     return net, gaps
 
 
@@ -436,7 +437,7 @@ class WindowAggregator:
         maybe_seen = ident["first"] & (ident["seq"] <= ident["prev"]).fill_null(False)
         keep = ident["first"]
         if maybe_seen.any():
-            cand = columns(take(ident, maybe_seen), SEEN_KEYS).with_row_index("i")
+            cand = take(columns(ident, SEEN_KEYS), maybe_seen).with_row_index("i")
             memory = self._seen.filter(pl.col("seq").is_in(cand["seq"].unique().implode()))
             hits = cand.join(memory.select(SEEN_KEYS), on=SEEN_KEYS, how="semi")["i"]
             if hits.len():
@@ -501,7 +502,8 @@ class WindowAggregator:
                     pl.lit(w, dtype=pl.Int64).alias("window_s"),
                     ((pl.col("ts") // w) * w).cast(pl.Int64).alias("window_start"))
                     .group_by(list(GROUP_KEYS)).agg(_partial_aggs()))
-            part = part.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA).collect(engine=IN_MEMORY)
+            part = (part.select(list(PARTIAL_SCHEMA)).cast(PARTIAL_SCHEMA)
+                    .collect(engine=IN_MEMORY))
             self._add_window_frames(part)
             prev = (w, part)
 
